@@ -1,0 +1,31 @@
+# Two commands: `make demo` (set up, then run every stage on generated faces) and `make test`.
+PYTHON_SYSTEM ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT ?= outputs/demo
+DEMO_EPOCHS ?= 8
+
+.PHONY: setup demo test tensorboard clean
+
+# The venv is rebuilt only when requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) demo_data.py --out-dir $(OUT)/data --min-age 20 --max-age 50 --per-age 24
+	$(PY) eda.py --data-dir $(OUT)/data --out-dir $(OUT)
+	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run
+	@echo "demo finished: outputs in $(OUT)/ (open TensorBoard with: make tensorboard)"
+
+test: setup
+	$(PY) -m pytest -q
+
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir $(OUT) --port 6006
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,635 @@
+"""Data layer: label discovery, image checks, the one preprocessing definition, datasets and the cache.
+
+Everything that turns a file on disk into a tensor lives here, so that training, evaluation,
+benchmarking and inference cannot drift apart:
+
+    discover_labels()  folder per age | UTKFace names | CSV  ->  records (path, age) + skip counts
+    scan_images()      decode every image once: size, content hash, or the reason it is unusable
+    deduplicate()      byte-identical files: keep one if the ages agree, drop the group if not
+    stratified_split() seeded 80:10:10 split stratified by age
+    preprocess()       decode -> RGB -> resize -> denoise -> deblur  (uint8, cached per setting)
+    normalize()        uint8 NCHW -> float, (x - mean) / std          (also inside every export)
+    augment_batch()    training-only flips, shift/scale/rotation, brightness/contrast
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
+MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
+UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; the rest is irregular
+
+
+class DataError(Exception):
+    """A problem with the user's input that a one-line message explains (no traceback)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Label discovery
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS or path.name.lower().endswith(".jpg.chip.jpg")
+
+
+def _parse_age(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?\d+", text) else None
+
+
+def _find_csv(data_dir: Path) -> Path | None:
+    if data_dir.is_file() and data_dir.suffix.lower() == ".csv":
+        return data_dir
+    if data_dir.is_dir():
+        for candidate in sorted(data_dir.glob("*.csv")):
+            with open(candidate, newline="", encoding="utf-8", errors="replace") as f:
+                header = [h.strip().lower() for h in next(csv.reader(f), [])]
+            if "path" in header and "age" in header:
+                return candidate
+    return None
+
+
+def _walk_files(root: Path):
+    """Sorted recursive listing that survives symlink loops and unreadable folders."""
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            key = os.stat(dirpath).st_ino, os.stat(dirpath).st_dev
+        except OSError:
+            dirnames[:] = []
+            continue
+        if key in seen_dirs:  # a symlink loop brings us back to a folder already listed
+            dirnames[:] = []
+            continue
+        seen_dirs.add(key)
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = None):
+    """Find labelled images under data_dir.
+
+    Returns (records, skipped, layout): records is a list of {"path": absolute path, "age": int},
+    skipped a Counter of reasons, layout one of "folder_per_age", "utkface", "csv".
+    Raises DataError when the folder matches none of the three layouts.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError(f"data folder not found: {data_dir} (pass --data-dir with an existing folder or CSV)")
+    skipped: Counter = Counter()
+    records = []
+    csv_path = _find_csv(data_dir)
+    if csv_path is not None:
+        layout = "csv"
+        with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+            for row in csv.DictReader(f):
+                row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
+                age = _parse_age(row.get("age", ""))
+                if age is None:
+                    skipped["bad_age_label"] += 1
+                    continue
+                rel = row.get("path", "").strip()
+                path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
+                if not rel or not path.is_file():
+                    skipped["missing_file"] += 1
+                    continue
+                records.append({"path": str(path.absolute()), "age": age})
+    else:
+        age_dirs = [p for p in sorted(data_dir.iterdir()) if p.is_dir()] if data_dir.is_dir() else []
+        numeric = [p for p in age_dirs if _parse_age(p.name) is not None]
+        flat_images = [p for p in sorted(data_dir.iterdir()) if p.is_file() and _is_image_name(p)]
+        utk = [p for p in flat_images if UTKFACE_NAME.match(p.name)]
+        if numeric:
+            layout = "folder_per_age"
+            for folder in age_dirs:
+                age = _parse_age(folder.name)
+                files = list(_walk_files(folder))
+                if age is None:
+                    skipped["folder_not_an_age"] += len(files) or 1
+                    continue
+                for path in files:
+                    if not path.is_file():
+                        skipped["not_a_file"] += 1
+                    elif not _is_image_name(path):
+                        skipped["not_an_image_name"] += 1
+                    else:
+                        records.append({"path": str(path.absolute()), "age": age})
+        elif utk:
+            layout = "utkface"
+            for path in flat_images:
+                m = UTKFACE_NAME.match(path.name)
+                if m is None:
+                    skipped["name_without_age"] += 1
+                else:
+                    records.append({"path": str(path.absolute()), "age": int(m.group(1))})
+        else:
+            raise DataError(
+                f"no labelled images found in {data_dir}: expected folders named by age (DIR/25/*.jpg), "
+                "UTKFace names (25_0_1_2017.jpg.chip.jpg) or a CSV with path,age columns")
+    kept = []
+    for rec in records:
+        if not 0 <= rec["age"] <= 120:  # 0 is a valid newborn label; above 120 is a typo
+            skipped["age_out_of_range"] += 1
+        elif (min_age is not None and rec["age"] < min_age) or (max_age is not None and rec["age"] > max_age):
+            skipped["outside_min_max_age"] += 1
+        else:
+            kept.append(rec)
+    return kept, skipped, layout
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding: every image becomes 8-bit RGB the same way, whatever its mode or EXIF orientation
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale to 8 bits instead of letting PIL clip everything above 255
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # transparent pixels become black, the same rule for every file
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_rgb(path) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 RGB array (raises on unreadable files)."""
+    with Image.open(path) as img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise DataError(f"image too large: {path}")
+        return np.asarray(_to_rgb(img))
+
+
+def check_image(path) -> dict:
+    """Read a file once: content hash, size, and the reason it is unusable (reason None = usable)."""
+    result = {"path": str(path), "hash": None, "width": 0, "height": 0, "reason": None}
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        result["reason"] = "unreadable_file"
+        return result
+    if not data:
+        result["reason"] = "empty_file"
+        return result
+    result["hash"] = hashlib.blake2b(data, digest_size=16).hexdigest()
+    import io
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = ImageOps.exif_transpose(img).size if _has_rotation(img) else img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    result["reason"] = "too_large"
+                    return result
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))  # fast full pass
+                img.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        result["reason"] = "too_large"
+        return result
+    except OSError as exc:
+        result["reason"] = "truncated" if "truncated" in str(exc).lower() else "undecodable"
+        return result
+    except Exception:
+        result["reason"] = "undecodable"
+        return result
+    result["width"], result["height"] = width, height
+    if min(width, height) < MIN_IMAGE_SIDE:
+        result["reason"] = "too_small"
+    return result
+
+
+def _has_rotation(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return False
+
+
+def scan_images(records, workers: int = 2, progress: bool = True):
+    """check_image() for every record, in parallel processes, in input order."""
+    from tqdm import tqdm
+    paths = [r["path"] for r in records]
+    if workers > 1 and len(paths) > 256:
+        import multiprocessing as mp
+        with mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
+            it = pool.imap(check_image, paths, chunksize=64)
+            results = list(tqdm(it, total=len(paths), desc="checking images", disable=not progress))
+    else:
+        results = [check_image(p) for p in tqdm(paths, desc="checking images", disable=not progress)]
+    return [{**rec, **res} for rec, res in zip(records, results)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Duplicates and the split
+
+def deduplicate(records):
+    """Byte-identical files share a hash: keep one per group if the ages agree, drop the group if not.
+
+    Returns (kept, stats) with stats = {"duplicate_files_removed", "conflict_groups_dropped",
+    "conflict_files_dropped"}.
+    """
+    groups: dict[str, list] = {}
+    for rec in records:
+        groups.setdefault(rec["hash"], []).append(rec)
+    kept, stats = [], Counter()
+    for group in groups.values():
+        if len({r["age"] for r in group}) > 1:
+            stats["conflict_groups_dropped"] += 1
+            stats["conflict_files_dropped"] += len(group)
+            continue
+        kept.append(min(group, key=lambda r: r["path"]))  # deterministic representative
+        stats["duplicate_files_removed"] += len(group) - 1
+    kept.sort(key=lambda r: r["path"])
+    return kept, {k: stats.get(k, 0) for k in
+                  ("duplicate_files_removed", "conflict_groups_dropped", "conflict_files_dropped")}
+
+
+def stratification_bins(ages, min_per_bin: int = 10) -> np.ndarray:
+    """Map each age to a stratum; ages rarer than min_per_bin merge with their neighbours.
+
+    Consecutive sorted ages are accumulated until the group holds min_per_bin images, so every
+    stratum can give at least one image to each of the 10 % splits. A small remainder at the top
+    joins the last group. Nothing is dropped.
+    """
+    ages = np.asarray(ages)
+    values, counts = np.unique(ages, return_counts=True)
+    bin_of_age, current, filled = {}, 0, 0
+    for value, count in zip(values, counts):
+        bin_of_age[value] = current
+        filled += count
+        if filled >= min_per_bin:
+            current, filled = current + 1, 0
+    if 0 < filled < min_per_bin and current > 0:  # leftover ages at the top join the previous bin
+        for value in values[::-1]:
+            if bin_of_age[value] == current:
+                bin_of_age[value] = current - 1
+            else:
+                break
+    return np.array([bin_of_age[a] for a in ages])
+
+
+def stratified_split(records, seed: int = 42, fractions=(0.8, 0.1, 0.1)):
+    """Seeded split of records into (train, val, test), stratified by age.
+
+    Within each stratum, val and test get round(n * fraction) images each and train the rest, so
+    each split's share of a stratum is within one image of its target.
+    """
+    if not math.isclose(sum(fractions), 1.0):
+        raise ValueError("split fractions must sum to 1")
+    records = sorted(records, key=lambda r: r["path"])  # independent of discovery order
+    bins = stratification_bins([r["age"] for r in records])
+    rng = np.random.default_rng(seed)
+    splits = ([], [], [])
+    for b in np.unique(bins):
+        members = [records[i] for i in np.flatnonzero(bins == b)]
+        order = rng.permutation(len(members))
+        n_val = int(round(len(members) * fractions[1]))
+        n_test = int(round(len(members) * fractions[2]))
+        n_train = len(members) - n_val - n_test
+        for i, idx in enumerate(order):
+            target = 0 if i < n_train else (1 if i < n_train + n_val else 2)
+            splits[target].append(members[idx])
+    return tuple(sorted(s, key=lambda r: r["path"]) for s in splits)
+
+
+def write_csv(path, rows, columns):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_split(path) -> list[dict]:
+    """Read a split CSV (columns path, age at least) with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file not found: {path} (run eda.py first; it writes OUT/splits/*.csv)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "path" not in columns or "age" not in columns:
+            raise DataError(f"{path} has columns {columns}; a split CSV needs path,age (as eda.py writes)")
+        rows = []
+        for row in reader:
+            row = {k.strip().lower(): v for k, v in row.items() if k}
+            age = _parse_age(row.get("age") or "")
+            if age is None:
+                raise DataError(f"{path}: age {row.get('age')!r} is not an integer (row {len(rows) + 2})")
+            rows.append({"path": row["path"], "age": age})
+    if not rows:
+        raise DataError(f"{path} has no rows; rerun eda.py on a folder with images")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing: the single definition used by training, evaluation, export metadata and inference
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    image_size: int = 128      # square side fed to the network
+    denoise: bool = True       # OpenCV non-local means (the seed's cv2.fastNlMeansDenoisingColored)
+    denoise_strength: float = 5.0  # h / hColor of non-local means; higher removes more noise and detail
+    deblur: bool = True        # unsharp mask (the seed's sharpening step)
+    deblur_amount: float = 0.5  # weight of the high-pass added back
+    mean: tuple = (0.5, 0.5, 0.5)  # per-channel, on the 0-1 scale; replaced by training-split stats
+    std: tuple = (0.25, 0.25, 0.25)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+    def cache_settings(self) -> dict:
+        """The settings that change the cached uint8 pixels (not mean/std, applied later)."""
+        d = self.to_dict()
+        d.pop("mean"), d.pop("std")
+        return d
+
+
+def preprocess_rgb(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """HxWx3 uint8 RGB (any size) -> image_size x image_size x 3 uint8, denoised and sharpened.
+
+    Resize comes first (unlike the seed, which denoised at full size) so that the cost per image is
+    the same for a 200 px crop and a 2000 px photo, and the denoiser sees noise at the scale the
+    network sees it, for training crops and wild photos alike.
+    """
+    import cv2
+    size = cfg.image_size
+    interp = cv2.INTER_AREA if min(rgb.shape[:2]) >= size else cv2.INTER_LINEAR
+    out = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
+    if cfg.denoise:
+        h = float(cfg.denoise_strength)
+        out = cv2.fastNlMeansDenoisingColored(out, None, h, h, 7, 21)
+    if cfg.deblur:
+        blurred = cv2.GaussianBlur(out, (0, 0), sigmaX=1.0)
+        out = cv2.addWeighted(out, 1.0 + cfg.deblur_amount, blurred, -cfg.deblur_amount, 0)
+    return out
+
+
+def preprocess_file(path, cfg: PreprocessConfig) -> np.ndarray:
+    return preprocess_rgb(load_rgb(path), cfg)
+
+
+def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 or 0-255 float NCHW -> normalised float. mean/std are (3,) on the 0-1 scale.
+
+    Kept to plain tensor ops so the exported models run the very same code (TorchScript, ONNX).
+    """
+    x = batch.float() / 255.0
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 1024):
+    """Per-channel mean and std (0-1 scale) of an N x H x W x 3 uint8 array, computed in chunks."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+        count += x.shape[0]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation: training only, on whole batches (cheap vectorised ops instead of per-image PIL work)
+
+@dataclasses.dataclass
+class AugmentConfig:
+    flip: bool = True          # horizontal flip with p = 0.5
+    max_rotate: float = 10.0   # degrees
+    max_shift: float = 0.05    # fraction of the image side
+    max_scale: float = 0.10    # zoom in/out by up to this fraction
+    brightness: float = 0.2    # multiplicative jitter of brightness
+    contrast: float = 0.2      # multiplicative jitter of contrast around the image mean
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        return cls(False, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random flips, rotation/shift/scale and brightness/contrast on a float NCHW batch (0-255)."""
+    n = x.shape[0]
+
+    def uniform(low, high):
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    if cfg.flip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if cfg.max_rotate or cfg.max_shift or cfg.max_scale:
+        angle = uniform(-cfg.max_rotate, cfg.max_rotate) * math.pi / 180
+        scale = uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
+        tx, ty = uniform(-cfg.max_shift, cfg.max_shift) * 2, uniform(-cfg.max_shift, cfg.max_shift) * 2
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.brightness or cfg.contrast:
+        b = uniform(1 - cfg.brightness, 1 + cfg.brightness).view(-1, 1, 1, 1)
+        c = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(-1, 1, 1, 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * c + mean) * b
+        x = x.clamp(0, 255)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache: each image decoded and denoised once per setting
+
+def _preprocess_or_none(args):
+    path, cfg_dict = args
+    import cv2
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
+    try:
+        return preprocess_file(path, PreprocessConfig.from_dict(cfg_dict)), None
+    except FileNotFoundError:
+        return None, "missing_file"
+    except Exception:
+        return None, "undecodable"
+
+
+def cache_key(paths, cfg: PreprocessConfig) -> str:
+    """Hash of the settings and of every file's path, size and modification time."""
+    h = hashlib.sha256(json.dumps(cfg.cache_settings(), sort_keys=True).encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:20]
+
+
+def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progress: bool = True, name: str = ""):
+    """Preprocess every path once and store one uint8 array, or reuse it if the key matches.
+
+    Returns (images N x S x S x 3 uint8 memory-mapped, ok mask (N,) bool, skipped Counter).
+    Files that vanished or broke since the split was made are masked out and counted; the caller
+    warns and skips them.
+    """
+    from tqdm import tqdm
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(paths, cfg)
+    array_path = cache_dir / f"{name}{'_' if name else ''}{key}.npy"
+    meta_path = array_path.with_suffix(".json")
+    if array_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key and meta.get("n") == len(paths):
+            images = np.load(array_path, mmap_mode="r")
+            return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
+    size = cfg.image_size
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped: Counter = Counter()
+    jobs = [(p, cfg.to_dict()) for p in paths]
+    desc = f"preprocessing {name or 'images'} (once, cached)"
+    if workers > 1 and len(paths) > 64:
+        import multiprocessing as mp
+        with mp.get_context("fork").Pool(workers) as pool:
+            results = pool.imap(_preprocess_or_none, jobs, chunksize=16)
+            for i, (img, reason) in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not progress)):
+                _store(images, ok, skipped, i, img, reason)
+    else:
+        for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress)):
+            _store(images, ok, skipped, i, *_preprocess_or_none(job))
+    # write then rename, so an interrupted build never leaves a cache that looks complete
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, images)
+    os.replace(tmp, array_path)
+    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+    tmp_meta.write_text(json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped),
+                                    "settings": cfg.cache_settings()}))
+    os.replace(tmp_meta, meta_path)
+    return np.load(array_path, mmap_mode="r"), ok, skipped
+
+
+def _store(images, ok, skipped, i, img, reason):
+    if img is None:
+        skipped[reason] += 1
+    else:
+        images[i] = img
+        ok[i] = True
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset and loader
+
+class CustomDataset(torch.utils.data.Dataset):
+    """Images and ages of one split as uint8 CHW tensors.
+
+    With `images` (the cache) an item is a slice of one array; without it each item is decoded
+    and preprocessed on the fly (the slow path, kept for the loader benchmark and tiny data).
+    Augmentation and normalisation happen per batch in functions.py, not here, so that this class
+    never decides whether it is training or evaluation.
+    """
+
+    def __init__(self, records, cfg: PreprocessConfig, images: np.ndarray | None = None):
+        self.paths = [r["path"] for r in records]
+        self.ages = torch.tensor([float(r["age"]) for r in records])
+        self.cfg = cfg
+        self.images = images
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        img = self.images[i] if self.images is not None else preprocess_file(self.paths[i], self.cfg)
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), self.ages[i]
+
+    def __getitems__(self, indices):
+        # one fancy-indexing read per batch instead of a Python call per image
+        if self.images is None:
+            return [self[i] for i in indices]
+        idx = np.asarray(indices)
+        order = np.argsort(idx)  # sorted reads are faster on a memory map
+        batch = np.empty((len(idx),) + self.images.shape[1:], dtype=np.uint8)
+        batch[order] = self.images[idx[order]]
+        return torch.from_numpy(batch).permute(0, 3, 1, 2), self.ages[idx]
+
+    def subset(self, indices) -> "CustomDataset":
+        indices = np.asarray(indices, dtype=np.int64)
+        records = [{"path": self.paths[i], "age": self.ages[i].item()} for i in indices]
+        images = None if self.images is None else np.asarray(self.images[indices])
+        return CustomDataset(records, self.cfg, images)
+
+    def batch(self, indices):
+        """(uint8 N x 3 x S x S, ages) for the given indices."""
+        return collate(self.__getitems__(list(indices)))
+
+
+def collate(batch):
+    if isinstance(batch, tuple):  # already a batch from __getitems__
+        return batch
+    images, ages = zip(*batch)
+    return torch.stack(images), torch.stack(ages)
+
+
+def load_split_dataset(split_csv, cfg: PreprocessConfig, cache_dir=None, workers: int = 2,
+                       progress: bool = True, log=print):
+    """Split CSV -> CustomDataset backed by the cache; missing or broken files are skipped with a warning."""
+    records = read_split(split_csv)
+    name = Path(split_csv).stem
+    if cache_dir is None:
+        return CustomDataset(records, cfg)
+    images, ok, skipped = build_cache([r["path"] for r in records], cfg, cache_dir, workers, progress, name)
+    if not ok.all():
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+        log(f"warning: {name}: skipping {int((~ok).sum())} of {len(records)} images that can no longer be "
+            f"read ({reasons}); rerun eda.py to refresh the splits")
+        keep = np.flatnonzero(ok)
+        records = [records[i] for i in keep]
+        images = images[keep] if len(keep) else images[:0]
+    if not records:
+        raise DataError(f"no readable images left in {split_csv}; rerun eda.py")
+    return CustomDataset(records, cfg, np.asarray(images) if not ok.all() else images)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, num_workers: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, collate_fn=collate, generator=generator, drop_last=False,
+        persistent_workers=num_workers > 0)

@@ -1,0 +1,157 @@
+"""Explore a labelled face folder and write the seeded, leakage-free 80:10:10 split.
+
+    python eda.py --data-dir DATA --out-dir OUT [--min-age 20] [--max-age 50] [--seed 42]
+
+Writes OUT/labels.csv, OUT/data_report.json, OUT/splits/{train,val,test}.csv,
+OUT/pics/sample_images.png, OUT/figs/age_distribution.png, OUT/figs/train_test_valid_age_distri.png.
+The data folder is only read.
+"""
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from custom_dataset import (DataError, deduplicate, discover_labels, load_rgb, scan_images,
+                            stratified_split, write_csv)
+from functions import run_cli, same_or_inside
+
+SPLITS = ("train", "val", "test")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="folder per age, UTKFace folder, or CSV with path,age")
+    p.add_argument("--out-dir", required=True, help="where labels, report, splits and figures go")
+    p.add_argument("--min-age", type=int, default=None, help="drop images younger than this")
+    p.add_argument("--max-age", type=int, default=None, help="drop images older than this")
+    p.add_argument("--seed", type=int, default=42, help="split seed: same seed and data -> same split")
+    p.add_argument("--workers", type=int, default=2, help="processes that check images")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def age_stats(ages):
+    ages = np.asarray(ages)
+    return {"min": int(ages.min()), "max": int(ages.max()), "mean": round(float(ages.mean()), 2),
+            "median": float(np.median(ages))}
+
+
+def plot_age_distribution(ages, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ages = np.asarray(ages)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.hist(ages, bins=np.arange(ages.min(), ages.max() + 2) - 0.5, color="#4c72b0")
+    ax.set(xlabel="age (years)", ylabel="images", title=f"Age distribution ({len(ages)} images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_split_distributions(split_ages: dict, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    all_ages = np.concatenate([np.asarray(a) for a in split_ages.values()])
+    bins = np.arange(all_ages.min(), all_ages.max() + 2) - 0.5
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for (name, ages), color in zip(split_ages.items(), ("#4c72b0", "#dd8452", "#55a868")):
+        ax.hist(ages, bins=bins, density=True, histtype="step", linewidth=1.8, color=color,
+                label=f"{name} ({len(ages)})")
+    ax.set(xlabel="age (years)", ylabel="share of split", title="Age distribution per split (normalised)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_samples(records, path, seed=0, n=24, cols=8):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(seed)
+    picks = [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
+    picks.sort(key=lambda r: r["age"])
+    rows = max(1, int(np.ceil(len(picks) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.85))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, rec in zip(np.ravel(axes), picks):
+        ax.imshow(load_rgb(rec["path"]))
+        ax.set_title(f"age {rec['age']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_summary(report):
+    rows = [("layout", report["layout"]), ("files found", report["found"]), ("used", report["used"])]
+    rows += [(f"skipped: {k}", v) for k, v in sorted(report["skipped"].items())]
+    d = report["duplicates"]
+    rows += [("duplicates merged (files)", d["duplicate_files_removed"]),
+             ("conflicting-age groups dropped", f"{d['conflict_groups_dropped']} ({d['conflict_files_dropped']} files)")]
+    a = report["age"]
+    rows += [("age min / max", f"{a['min']} / {a['max']}"), ("age mean / median", f"{a['mean']} / {a['median']}")]
+    rows += [(f"split {k}", v) for k, v in report["splits"].items()]
+    rows += [("scan seconds", report["scan_seconds"])]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def main(args):
+    data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
+    if same_or_inside(out_dir, data_dir):
+        raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
+    if args.min_age is not None and args.max_age is not None and args.min_age > args.max_age:
+        raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
+    start = time.perf_counter()
+    records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age)
+    found = len(records) + sum(skipped.values())
+    checked = scan_images(records, workers=args.workers, progress=not args.no_progress)
+    skipped = Counter(skipped)
+    good = []
+    for rec in checked:
+        if rec["reason"] is None:
+            good.append(rec)
+        else:
+            skipped[rec["reason"]] += 1
+    scan_seconds = round(time.perf_counter() - start, 1)
+    if not good:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no image files"
+        raise DataError(f"no usable images in {data_dir} ({reasons}); check the folder and the age filters")
+    kept, dup_stats = deduplicate(good)
+    if len(kept) < 3:
+        raise DataError(f"only {len(kept)} usable unique images in {data_dir}; a train/val/test split needs more")
+    train, val, test = stratified_split(kept, seed=args.seed)
+    ages = [r["age"] for r in kept]
+    report = {
+        "data_dir": str(data_dir.absolute()), "layout": layout, "min_age_filter": args.min_age,
+        "max_age_filter": args.max_age, "seed": args.seed, "found": found, "used": len(kept),
+        "skipped": dict(sorted(skipped.items())), "duplicates": dup_stats, "age": age_stats(ages),
+        "splits": {"train": len(train), "val": len(val), "test": len(test)}, "scan_seconds": scan_seconds,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("splits", "figs", "pics"):
+        (out_dir / sub).mkdir(exist_ok=True)
+    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height"])
+    for name, rows in zip(SPLITS, (train, val, test)):
+        write_csv(out_dir / "splits" / f"{name}.csv", rows, ["path", "age", "hash"])
+    (out_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=args.seed)
+    plot_age_distribution(ages, out_dir / "figs" / "age_distribution.png")
+    plot_split_distributions({n: [r["age"] for r in rows] for n, rows in zip(SPLITS, (train, val, test))},
+                             out_dir / "figs" / "train_test_valid_age_distri.png")
+    print(f"eda: {data_dir}")
+    print_summary(report)
+    print(f"wrote {out_dir}/labels.csv, data_report.json, splits/, figs/, pics/")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

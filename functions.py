@@ -1,0 +1,371 @@
+"""Plain step functions shared by every stage: seeding, losses, one training epoch, evaluation,
+self-describing checkpoints, exports with parity checks, plots, and the command-line error rule."""
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from custom_dataset import AugmentConfig, DataError, augment_batch, normalize
+
+AGE_BIN_WIDTH = 10  # per-age-bin MAE is reported per decade: 20-29, 30-39, ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the message names the epoch and batch."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def run_cli(main, parser):
+    """Parse, run, and turn expected failures into one line on stderr with exit code 2."""
+    args = parser.parse_args()
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (DataError, ValueError, RuntimeError, OSError, NonFiniteLossError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def same_or_inside(path, folder) -> bool:
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_threads(threads: int | None = None):
+    """Use every core for torch's own ops; the loader works in-process, so nothing competes."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and metrics
+
+def age_loss(model, outputs, target, kind: str = "l1", sigma: float = 2.0):
+    """Loss on predicted ages; the distribution head adds KL to a Gaussian around the true age."""
+    pred = model.ages_from_outputs(outputs)
+    if kind == "l1":
+        loss = F.l1_loss(pred, target)
+    elif kind == "mse":
+        loss = F.mse_loss(pred, target)
+    elif kind == "huber":
+        loss = F.huber_loss(pred, target, delta=5.0)
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose l1, mse or huber")
+    if model.head == "distribution":
+        grid = model.age_grid
+        soft = torch.exp(-0.5 * ((grid.view(1, -1) - target.view(-1, 1)) / sigma) ** 2)
+        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+        loss = loss + F.kl_div(F.log_softmax(outputs, 1), soft, reduction="batchmean")
+    return loss, pred
+
+
+def age_bin(age: float) -> str:
+    low = int(age // AGE_BIN_WIDTH) * AGE_BIN_WIDTH
+    return f"{low}-{low + AGE_BIN_WIDTH - 1}"
+
+
+def regression_metrics(pred, true) -> dict:
+    """MAE, RMSE, CS@5 (share of |error| <= 5 years) and MAE per decade of true age."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    err = np.abs(pred - true)
+    per_bin = {}
+    for b in sorted({age_bin(a) for a in true}, key=lambda s: int(s.split("-")[0])):
+        mask = np.array([age_bin(a) == b for a in true])
+        per_bin[b] = {"mae": float(err[mask].mean()), "n": int(mask.sum())}
+    return {"mae": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "cs5": float((err <= 5).mean()), "mae_per_bin": per_bin, "n": int(len(err))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+
+def _prepare(images, mean, std, device, channels_last):
+    x = images.to(device, non_blocking=True)
+    x = normalize(x, mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(model, loader, optimizer, mean, std, loss_kind="l1", scheduler=None,
+                    augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0,
+                    channels_last=True, progress=True, max_grad_norm=None):
+    """One pass over the loader. Returns {"loss", "mae", "images", "seconds", "images_per_s"}.
+
+    The scheduler, if given, steps per batch (warm-up and cosine are defined in steps).
+    """
+    from tqdm import tqdm
+    model.train()
+    total_loss = total_abs = 0.0
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
+    for batch_index, (images, ages) in enumerate(bar):
+        images = images.float()
+        if augment is not None:
+            images = augment_batch(images, augment, generator)
+        x = _prepare(images, mean, std, device, channels_last)
+        y = ages.to(device, non_blocking=True)
+        outputs = model(x)
+        loss, pred = age_loss(model, outputs, y, loss_kind)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_index}; "
+                                     "lower --lr or check the labels (the last good checkpoint is kept)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = len(ages)
+        total_loss += loss.item() * n
+        total_abs += (pred.detach() - y).abs().sum().item()
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", mae=f"{total_abs / seen:.2f}")
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "mae": total_abs / max(seen, 1), "images": seen,
+            "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def predict_loader(model, loader, mean, std, device="cpu", tta_flip=False, channels_last=True, progress=False):
+    """Predicted and true ages of a loader, optionally averaged with the mirrored image."""
+    from tqdm import tqdm
+    model.eval()
+    preds, trues = [], []
+    for images, ages in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        x = _prepare(images.float(), mean, std, device, channels_last)
+        pred = model.predict(x)
+        if tta_flip:
+            pred = 0.5 * (pred + model.predict(x.flip(-1)))
+        preds.append(pred.float().cpu())
+        trues.append(ages.float())
+    return torch.cat(preds).numpy(), torch.cat(trues).numpy()
+
+
+def evaluate(model, loader, mean, std, loss_kind="l1", device="cpu", tta_flip=False, channels_last=True,
+             progress=False):
+    """Metrics of a loader (see regression_metrics) plus "loss", "pred" and "true" arrays."""
+    pred, true = predict_loader(model, loader, mean, std, device, tta_flip, channels_last, progress)
+    metrics = regression_metrics(pred, true)
+    p, t = torch.from_numpy(pred), torch.from_numpy(true)
+    metrics["loss"] = {"l1": F.l1_loss, "mse": F.mse_loss}.get(loss_kind, lambda a, b: F.huber_loss(a, b, delta=5.0))(p, t).item()
+    metrics["pred"], metrics["true"] = pred, true
+    return metrics
+
+
+def public(metrics: dict) -> dict:
+    """Metrics without the per-image arrays, ready for JSON."""
+    return {k: v for k, v in metrics.items() if k not in ("pred", "true")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: atomic, self-describing
+
+def atomic_write(path, write):
+    """write(file_object) into a temporary file beside path, fsync, then rename over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path, checkpoint: dict):
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable checkpoint ({type(exc).__name__}); "
+                        "pass a best.pt/last.pt written by train.py") from None
+    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
+        raise DataError(f"{path} is not a checkpoint written by train.py (no model_state)")
+    return checkpoint
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                   *np_state[2:]], "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict):
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Export: the preprocessing-aware model, TorchScript and ONNX, each checked against eager
+
+class ExportedAgeModel(torch.nn.Module):
+    """Input: float N x 3 x S x S RGB in 0-255 (already resized/denoised by custom_dataset.preprocess_rgb).
+    Output: ages (N,). Normalisation is inside, so exports need no statistics from elsewhere."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.model.predict(normalize(x, self.mean, self.std))
+
+
+def export_torchscript(wrapper, example, path, metadata: dict):
+    """TorchScript (deprecated in this torch; kept because users ship it) with metadata inside."""
+    wrapper = wrapper.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, example)
+    extra = {"metadata.json": json.dumps(metadata)}
+    atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files=extra))
+    return path
+
+
+def load_torchscript(path):
+    """(module, metadata) from a model.jit written by export_torchscript."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"model file not found: {path} (train.py writes RUN/model.jit)")
+    extra = {"metadata.json": ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise DataError(f"{path} is not a TorchScript model ({type(exc).__name__}); pass the model.jit "
+                        "written by train.py") from None
+    if not extra["metadata.json"]:
+        raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
+    return module.eval(), json.loads(extra["metadata.json"])
+
+
+def export_onnx(wrapper, example, path, metadata: dict):
+    """ONNX through torch's dynamo exporter, batch dimension dynamic, metadata in the model props."""
+    import onnx
+    wrapper = wrapper.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                    verbose=False)
+        program.save(str(tmp_path))
+        proto = onnx.load(str(tmp_path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "metadata.json", json.dumps(metadata)
+        atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    return path
+
+
+def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -> dict:
+    """Max |eager - export| on a batch; raises if any export differs by more than tolerance."""
+    import onnxruntime as ort
+    with torch.no_grad():
+        eager = wrapper.eval()(example).numpy()
+    diffs = {}
+    if jit_path:
+        module, _ = load_torchscript(jit_path)
+        with torch.no_grad():
+            diffs["torchscript"] = float(np.abs(module(example).numpy() - eager).max())
+    if onnx_path:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
+        diffs["onnx"] = float(np.abs(out.reshape(eager.shape) - eager).max())
+    bad = {k: v for k, v in diffs.items() if not v <= tolerance}
+    if bad:
+        raise RuntimeError(f"export differs from the eager model by more than {tolerance}: {bad}")
+    return diffs
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_learning_curves(history: list, path):
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax1.legend()
+    ax2.plot(epochs, [h["train_mae"] for h in history], "o-", label="train MAE (augmented)")
+    ax2.plot(epochs, [h["val_mae"] for h in history], "o-", label="val MAE")
+    ax2.set(xlabel="epoch", ylabel="years", title="Mean absolute error")
+    ax2.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_pred_vs_true(pred, true, path, title="Test set"):
+    plt = _pyplot()
+    pred, true = np.asarray(pred), np.asarray(true)
+    metrics = regression_metrics(pred, true)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax1.scatter(true, pred, s=6, alpha=0.4)
+    low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax1.plot([low, high], [low, high], "k--", linewidth=1)
+    ax1.set(xlabel="true age", ylabel="predicted age",
+            title=f"{title}: MAE {metrics['mae']:.2f}, CS@5 {metrics['cs5']:.1%} (n={metrics['n']})")
+    bins = list(metrics["mae_per_bin"])
+    ax2.bar(bins, [metrics["mae_per_bin"][b]["mae"] for b in bins], color="#dd8452")
+    for i, b in enumerate(bins):
+        ax2.text(i, metrics["mae_per_bin"][b]["mae"], f"n={metrics['mae_per_bin'][b]['n']}", ha="center",
+                 va="bottom", fontsize=8)
+    ax2.set(xlabel="true age bin", ylabel="MAE (years)", title="Error per age bin")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def face_grid_figure(images, true, pred, cols=8):
+    """Matplotlib figure of uint8 NCHW faces titled with true and predicted age (for TensorBoard)."""
+    plt = _pyplot()
+    n = len(images)
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.7))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, img, t, p in zip(np.ravel(axes), images, true, pred):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(f"true {t:.0f} / pred {p:.1f}", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,107 @@
+"""Age regressors: the seed's SimpleCNN, a BatchNorm variant, and torchvision ResNets.
+
+Every model maps a normalised N x 3 x S x S batch to `outputs` numbers per image:
+- head "regression": one number, the age;
+- head "distribution": logits over the integer ages min_age..max_age; the age is the expected value
+  of their softmax (DLDL-style label distribution learning).
+`AgeModel.predict()` turns either into ages, so training, evaluation and exports share one rule.
+"""
+import torch
+import torch.nn as nn
+
+MODEL_NAMES = ("simplecnn", "simplecnn_bn", "resnet18", "resnet34", "resnet50")
+
+
+class SimpleCNN(nn.Module):
+    """The seed's network: 4 x (Conv3x3 + ReLU + MaxPool2) with 16/32/64/128 filters, FC 64, FC out.
+
+    128x128x3 -> 64x64x16 -> 32x32x32 -> 16x16x64 -> 8x8x128 -> 8192 -> 64 -> output_nodes.
+    """
+
+    def __init__(self, input_dim=3, output_nodes=1, image_size=128, batch_norm=False, dropout=0.0):
+        super().__init__()
+        layers, channels = [], input_dim
+        for width in (16, 32, 64, 128):
+            layers.append(nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        flat = 128 * (image_size // 16) ** 2
+        self.regressor = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(flat, 64),
+                                       nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, output_nodes))
+
+    def forward(self, x):
+        return self.regressor(self.features(x))
+
+
+def _resnet(name, outputs, pretrained=False, weights_file=None):
+    import torchvision
+    builder = getattr(torchvision.models, name)
+    weights = None
+    if pretrained and not weights_file:
+        enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        try:
+            net = builder(weights=enum)
+        except Exception as exc:  # offline, proxy, corrupt download: one clear line, not a traceback
+            raise RuntimeError(
+                f"could not download ImageNet weights for {name} ({type(exc).__name__}); with no network, "
+                f"download {enum.url} elsewhere and pass --weights FILE, or drop --pretrained") from None
+    else:
+        net = builder(weights=weights)
+    if weights_file:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet head is replaced
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("fc.")]:
+            raise RuntimeError(f"{weights_file} does not hold {name} weights "
+                               f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    net.fc = nn.Linear(net.fc.in_features, outputs)
+    return net
+
+
+class AgeModel(nn.Module):
+    """A backbone plus the rule that turns its outputs into ages."""
+
+    def __init__(self, backbone: nn.Module, head: str, min_age: int, max_age: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        grid = torch.arange(min_age, max_age + 1, dtype=torch.float32) if head == "distribution" else torch.zeros(1)
+        self.register_buffer("age_grid", grid)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+    def ages_from_outputs(self, outputs):
+        if self.head == "distribution":
+            return torch.softmax(outputs, dim=1) @ self.age_grid
+        return outputs[:, 0]
+
+    def predict(self, x):
+        return self.ages_from_outputs(self.forward(x))
+
+
+def build_model(name: str, head: str = "regression", min_age: int = 0, max_age: int = 100,
+                image_size: int = 128, pretrained: bool = False, weights_file=None, dropout: float = 0.0):
+    """Model by name; `outputs` follows the head (1, or one logit per integer age)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if head not in ("regression", "distribution"):
+        raise ValueError(f"unknown head {head!r}; choose regression or distribution")
+    outputs = 1 if head == "regression" else max_age - min_age + 1
+    if name == "simplecnn":
+        backbone = SimpleCNN(3, outputs, image_size, dropout=dropout)
+    elif name == "simplecnn_bn":
+        backbone = SimpleCNN(3, outputs, image_size, batch_norm=True, dropout=dropout or 0.3)
+    else:
+        backbone = _resnet(name, outputs, pretrained, weights_file)
+    if weights_file and name.startswith("simplecnn"):
+        raise ValueError("--weights is for ResNet ImageNet weights; resume a SimpleCNN run with --resume")
+    return AgeModel(backbone, head, min_age, max_age)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

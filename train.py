@@ -1,0 +1,283 @@
+"""Train an age regressor on the splits written by eda.py, test the best epoch once, export it.
+
+    python train.py --splits OUT/splits --model simplecnn --epochs 20 --out-dir RUN [--resume]
+
+Writes into RUN: best.pt, last.pt (atomic, self-describing), tb/ (TensorBoard), learning_curves.png,
+history.json, metrics.json and pred_vs_true.png (test split, best epoch), model.jit and model.onnx.
+"""
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
+                            make_loader)
+from functions import (ExportedAgeModel, check_export_parity, configure_threads, evaluate, export_onnx,
+                       export_torchscript, face_grid_figure, load_checkpoint, plot_learning_curves,
+                       plot_pred_vs_true, public, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                       train_one_epoch)
+from model import MODEL_NAMES, build_model, count_parameters
+
+CHECKPOINT_VERSION = 1
+# Crop rule shared with inference.py: a detected face box grows by this fraction on each side, which
+# makes Haar boxes on UTKFace's aligned 200 px crops cover about the same area as the crop itself.
+DEFAULT_CROP_MARGIN = 0.25
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--splits", required=True, help="folder with train.csv, val.csv, test.csv from eda.py")
+    g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: SPLITS/../cache)")
+    g.add_argument("--image-size", type=int, default=128, help="network input side in pixels")
+    g.add_argument("--no-denoise", action="store_true", help="skip non-local-means denoising")
+    g.add_argument("--denoise-strength", type=float, default=5.0, help="non-local-means h")
+    g.add_argument("--no-deblur", action="store_true", help="skip the unsharp mask")
+    g.add_argument("--subset-fraction", type=float, default=1.0,
+                   help="train on a seeded random share of the training split (quick searches)")
+    g.add_argument("--augment", choices=("none", "light", "default", "strong"), default="default",
+                   help="training-only augmentation strength (never applied to val/test)")
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
+    g.add_argument("--head", choices=("regression", "distribution"), default="regression",
+                   help="one output, or softmax over ages with expected value (label distribution)")
+    g.add_argument("--pretrained", action="store_true", help="ResNet: start from torchvision ImageNet weights")
+    g.add_argument("--weights", default=None, help="ResNet: local ImageNet weights file (offline --pretrained)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout before the fully connected layers")
+    g.add_argument("--epochs", type=int, default=20, help="passes over the training split")
+    g.add_argument("--batch-size", type=int, default=64, help="images per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    g.add_argument("--loss", choices=("l1", "mse", "huber"), default="l1", help="loss on the predicted age")
+    g.add_argument("--schedule", choices=("constant", "cosine"), default="cosine",
+                   help="learning rate after warm-up: constant, or cosine decay to zero")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length")
+    g.add_argument("--tta-flip", action="store_true", help="average each prediction with its mirror image")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", required=True, help="run folder: checkpoints, logs, figures, exports")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    g.add_argument("--seed", type=int, default=42, help="seeds weights, shuffling and augmentation")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--workers", type=int, default=2, help="processes that build the cache")
+    g.add_argument("--no-test", action="store_true", help="skip the test split (used by the search)")
+    g.add_argument("--no-export", action="store_true", help="skip model.jit / model.onnx")
+    g.add_argument("--no-tensorboard", action="store_true", help="do not write RUN/tb")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+AUGMENTATIONS = {
+    "none": AugmentConfig.off(),
+    "light": AugmentConfig(flip=True, max_rotate=0.0, max_shift=0.0, max_scale=0.0, brightness=0.0, contrast=0.0),
+    "default": AugmentConfig(),
+    "strong": AugmentConfig(flip=True, max_rotate=15.0, max_shift=0.08, max_scale=0.15, brightness=0.3, contrast=0.3),
+}
+
+
+def preprocess_config(args) -> PreprocessConfig:
+    return PreprocessConfig(image_size=args.image_size, denoise=not args.no_denoise,
+                            denoise_strength=args.denoise_strength, deblur=not args.no_deblur)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def load_data(args, cfg, log=print):
+    splits = Path(args.splits)
+    if not splits.is_dir():
+        raise DataError(f"splits folder not found: {splits} (eda.py writes OUT/splits)")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else splits.parent / "cache"
+    progress = not args.no_progress
+    train = load_split_dataset(splits / "train.csv", cfg, cache_dir, args.workers, progress, log)
+    if not 0 < args.subset_fraction <= 1:
+        raise DataError(f"--subset-fraction must be in (0, 1], got {args.subset_fraction}")
+    if args.subset_fraction < 1:
+        keep = np.random.default_rng(args.seed).permutation(len(train))[:max(1, round(len(train) * args.subset_fraction))]
+        train = train.subset(np.sort(keep))
+    val = load_split_dataset(splits / "val.csv", cfg, cache_dir, args.workers, progress, log)
+    return train, val, cache_dir
+
+
+def main(args):
+    start_time = time.perf_counter()
+    configure_threads(args.threads)
+    set_seed(args.seed)
+    device = resolve_device(args.device)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    if args.model not in MODEL_NAMES:
+        raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+    resume_from = out / "last.pt"
+    checkpoint = None
+    if args.resume and resume_from.exists():
+        checkpoint = load_checkpoint(resume_from)
+        saved = checkpoint["config"]
+        for key in ("model", "head", "image_size", "batch_size", "loss", "seed", "epochs", "splits"):
+            if saved.get(key) != getattr(args, key):
+                raise DataError(f"--resume: {key} was {saved.get(key)!r} in {resume_from}, now {getattr(args, key)!r}; "
+                                "use the same arguments or a new --out-dir")
+    elif args.resume:
+        print(f"--resume: no {resume_from} yet, starting from epoch 1")
+
+    cfg = preprocess_config(args)
+    train_set, val_set, cache_dir = load_data(args, cfg)
+    if checkpoint is not None:
+        cfg = PreprocessConfig.from_dict(checkpoint["preprocess"])
+    else:
+        cfg.mean, cfg.std = channel_stats(train_set.images)
+    ages = train_set.ages
+    min_age, max_age = (checkpoint["min_age"], checkpoint["max_age"]) if checkpoint else (int(ages.min()), int(ages.max()))
+    model = build_model(args.model, args.head, min_age, max_age, args.image_size, args.pretrained,
+                        args.weights, args.dropout).to(device)
+    channels_last = True  # measured +30-40 % training speed on CPU for these convnets
+    model = model.to(memory_format=torch.channels_last)
+    print(f"model {args.model} ({args.head} head): {count_parameters(model):,} parameters; "
+          f"train {len(train_set)}, val {len(val_set)} images; device {device}, {torch.get_num_threads()} threads")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    train_loader = lambda epoch: make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed * 1000 + epoch)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
+    val_loader = make_loader(val_set, 256, shuffle=False)
+    mean = torch.tensor(cfg.mean, device=device)
+    std = torch.tensor(cfg.std, device=device)
+
+    history, best_val, start_epoch = [], float("inf"), 1
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        scheduler.load_state_dict(checkpoint["scheduler_state"])
+        set_rng_state(checkpoint["rng_state"])
+        history, best_val = checkpoint["history"], checkpoint["best_val_mae"]
+        start_epoch = checkpoint["epoch"] + 1
+        print(f"resumed from {resume_from} at epoch {checkpoint['epoch']} (best val MAE {best_val:.3f})")
+
+    writer = None
+    if not args.no_tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch)
+    preview = val_set.batch(range(min(16, len(val_set))))
+
+    def make_checkpoint(epoch, metrics):
+        return {"version": CHECKPOINT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
+                "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(),
+                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "rng_state": rng_state(), "epoch": epoch,
+                "metrics": metrics, "history": history, "best_val_mae": best_val}
+
+    augment = AUGMENTATIONS[args.augment]
+    for epoch in range(start_epoch, args.epochs + 1):
+        # every source of randomness is re-seeded per epoch, so a resumed run repeats an uninterrupted one
+        torch.manual_seed(args.seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch)
+        train_metrics = train_one_epoch(model, train_loader(epoch), optimizer, mean, std, args.loss, scheduler,
+                                        augment, generator, device, epoch, channels_last, progress)
+        val_metrics = evaluate(model, val_loader, mean, std, args.loss, device, args.tta_flip, channels_last)
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "train_loss": train_metrics["loss"], "train_mae": train_metrics["mae"],
+               "val_loss": val_metrics["loss"], "val_mae": val_metrics["mae"], "val_cs5": val_metrics["cs5"],
+               "lr": lr, "train_images_per_s": train_metrics["images_per_s"], "epoch_seconds": train_metrics["seconds"]}
+        history.append(row)
+        improved = val_metrics["mae"] < best_val
+        best_val = min(best_val, val_metrics["mae"])
+        print(f"epoch {epoch:3d}/{args.epochs}  train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f}  "
+              f"val MAE {row['val_mae']:.2f} CS@5 {row['val_cs5']:.1%}  lr {lr:.2e}  "
+              f"{row['train_images_per_s']:.0f} img/s{'  * best' if improved else ''}")
+        if writer is not None:
+            writer.add_scalar("loss/train", row["train_loss"], epoch)
+            writer.add_scalar("loss/val", row["val_loss"], epoch)
+            writer.add_scalar("mae/train", row["train_mae"], epoch)
+            writer.add_scalar("mae/val", row["val_mae"], epoch)
+            writer.add_scalar("cs5/val", row["val_cs5"], epoch)
+            writer.add_scalar("lr", lr, epoch)
+            writer.add_scalar("speed/train_images_per_s", row["train_images_per_s"], epoch)
+            writer.add_figure("val_faces", face_grid_figure(preview[0], preview[1], val_metrics["pred"][:16]), epoch)
+            writer.flush()
+        checkpoint = make_checkpoint(epoch, {"train": train_metrics, "val": public(val_metrics)})
+        if improved:
+            save_checkpoint(out / "best.pt", checkpoint)
+        save_checkpoint(out / "last.pt", checkpoint)
+        plot_learning_curves(history, out / "learning_curves.png")
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    if writer is not None:
+        writer.close()
+
+    summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,
+               "train_seconds": round(time.perf_counter() - start_time, 1),
+               "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
+               "params": count_parameters(model)}
+    best = load_checkpoint(out / "best.pt")
+    model.load_state_dict(best["model_state"])
+    if not args.no_test:
+        summary["test"] = test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last)
+    if not args.no_export:
+        summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
+    return summary
+
+
+def test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last):
+    """The test split is read here, once, for the best epoch only."""
+    test_set = load_split_dataset(Path(args.splits) / "test.csv", cfg, cache_dir, args.workers, not args.no_progress)
+    metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, args.loss, device,
+                       args.tta_flip, channels_last)
+    plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
+                      title=f"{args.model}, test, best epoch {best['epoch']}")
+    result = {**public(metrics), "best_epoch": best["epoch"], "model": args.model, "head": args.head,
+              "tta_flip": args.tta_flip}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"test (best epoch {best['epoch']}): MAE {metrics['mae']:.2f}  RMSE {metrics['rmse']:.2f}  "
+          f"CS@5 {metrics['cs5']:.1%}  n={metrics['n']}  -> {out / 'metrics.json'}")
+    return result
+
+
+def export_metadata(cfg, best, test_metrics=None) -> dict:
+    return {"format_version": CHECKPOINT_VERSION, "model_name": best["model_name"], "head": best["head"],
+            "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
+            "crop_margin": DEFAULT_CROP_MARGIN, "tta_flip": best["config"].get("tta_flip", False),
+            "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
+            "val_mae": best["best_val_mae"], "test_mae": (test_metrics or {}).get("mae")}
+
+
+def export_best(model, cfg, best, out, val_set, test_metrics=None):
+    """model.jit and model.onnx of the best epoch, each checked against the eager model."""
+    import copy
+    eager = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
+    wrapper = ExportedAgeModel(eager, cfg.mean, cfg.std).eval()
+    n = min(8, len(val_set))
+    example = val_set.batch(range(n))[0].float()
+    metadata = export_metadata(cfg, best, test_metrics)
+    jit_path = export_torchscript(wrapper, example, out / "model.jit", metadata)
+    onnx_path = export_onnx(wrapper, example, out / "model.onnx", metadata)
+    diffs = check_export_parity(wrapper, jit_path, onnx_path, example)
+    print(f"exported {jit_path} and {onnx_path} (max |export - eager|: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
+    return {"torchscript": str(jit_path), "onnx": str(onnx_path), "max_abs_diff": diffs}
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
