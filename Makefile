@@ -19,6 +19,9 @@ demo: setup
 	$(PY) demo_data.py --out-dir $(OUT)/data --min-age 20 --max-age 50 --per-age 24
 	$(PY) eda.py --data-dir $(OUT)/data --out-dir $(OUT)
 	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run
+	$(PY) hyperparameter_tunning.py --splits $(OUT)/splits --model simplecnn --out-dir $(OUT)/search \
+		--lrs 3e-4,1e-3,3e-3 --weight-decays 0,1e-3 --epochs-per-trial 2 --subset-fraction 0.5 --skip-final
+	$(PY) inference.py --model $(OUT)/run/model.jit --input-dir $(OUT)/data/35 --output-dir $(OUT)/annotated
 	@echo "demo finished: outputs in $(OUT)/ (open TensorBoard with: make tensorboard)"
 
 test: setup

@@ -52,33 +52,55 @@ def _parse_age(text: str) -> int | None:
     return int(text) if re.fullmatch(r"-?\d+", text) else None
 
 
+def _csv_header(path: Path) -> list[str]:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first column name
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [h.strip().lower() for h in next(csv.reader(f), [])]
+
+
 def _find_csv(data_dir: Path) -> Path | None:
-    if data_dir.is_file() and data_dir.suffix.lower() == ".csv":
+    if data_dir.is_file():
+        header = _csv_header(data_dir) if data_dir.suffix.lower() == ".csv" else []
+        if "path" not in header or "age" not in header:
+            raise DataError(f"{data_dir} is a file but not a CSV with path,age columns; pass the data folder "
+                            "or such a CSV as --data-dir")
         return data_dir
     if data_dir.is_dir():
         for candidate in sorted(data_dir.glob("*.csv")):
-            with open(candidate, newline="", encoding="utf-8", errors="replace") as f:
-                header = [h.strip().lower() for h in next(csv.reader(f), [])]
+            header = _csv_header(candidate)
             if "path" in header and "age" in header:
                 return candidate
     return None
 
 
 def _walk_files(root: Path):
-    """Sorted recursive listing that survives symlink loops and unreadable folders."""
+    """Sorted recursive listing that survives symlink loops and unreadable folders.
+
+    Yields file paths, and the path of every folder link that points back at the folder holding
+    it or at any folder above it (a symlink loop; also a link to the data root, which would
+    relabel other age folders): such a link is yielded once, not followed, so the caller can
+    count it.
+    """
     seen_dirs = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         try:
-            key = os.stat(dirpath).st_ino, os.stat(dirpath).st_dev
+            st = os.stat(dirpath)
         except OSError:
             dirnames[:] = []
             continue
-        if key in seen_dirs:  # a symlink loop brings us back to a folder already listed
+        key = st.st_ino, st.st_dev
+        if key in seen_dirs:  # two links to the same folder: list it once
             dirnames[:] = []
             continue
         seen_dirs.add(key)
-        dirnames.sort()
-        for name in sorted(filenames):
+        real = os.path.realpath(dirpath)
+        loops = []
+        for name in dirnames:
+            target = os.path.realpath(os.path.join(dirpath, name))
+            if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+                loops.append(name)
+        dirnames[:] = sorted(n for n in dirnames if n not in loops)
+        for name in sorted(filenames + loops):
             yield Path(dirpath) / name
 
 
@@ -97,7 +119,7 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
     csv_path = _find_csv(data_dir)
     if csv_path is not None:
         layout = "csv"
-        with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
             for row in csv.DictReader(f):
                 row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
                 age = _parse_age(row.get("age", ""))
@@ -117,6 +139,8 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
         utk = [p for p in flat_images if UTKFACE_NAME.match(p.name)]
         if numeric:
             layout = "folder_per_age"
+            if flat_images:  # loose images next to the age folders carry no label
+                skipped["image_outside_age_folder"] += len(flat_images)
             for folder in age_dirs:
                 age = _parse_age(folder.name)
                 files = list(_walk_files(folder))
@@ -124,7 +148,9 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
                     skipped["folder_not_an_age"] += len(files) or 1
                     continue
                 for path in files:
-                    if not path.is_file():
+                    if path.is_dir():
+                        skipped["symlink_loop"] += 1
+                    elif not path.is_file():
                         skipped["not_a_file"] += 1
                     elif not _is_image_name(path):
                         skipped["not_an_image_name"] += 1
@@ -166,7 +192,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # transparent pixels become black, the same rule for every file
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -174,12 +200,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path) -> np.ndarray:
-    """Decode an image file to an HxWx3 uint8 RGB array (raises on unreadable files)."""
+def load_rgb(path, max_side: int | None = None) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 RGB array (raises on unreadable files).
+
+    max_side (for previews only): shrink so that the longer side is at most max_side; JPEGs are
+    then decoded at reduced scale, which is much faster for very large photos.
+    """
     with Image.open(path) as img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise DataError(f"image too large: {path}")
-        return np.asarray(_to_rgb(img))
+        if max_side is None:
+            return np.asarray(_to_rgb(img))
+        if img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))
+        rgb = _to_rgb(img)
+        rgb.thumbnail((max_side, max_side))
+        return np.asarray(rgb)
 
 
 def check_image(path) -> dict:
@@ -199,7 +235,7 @@ def check_image(path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                width, height = ImageOps.exif_transpose(img).size if _has_rotation(img) else img.size
+                width, height = (img.height, img.width) if _has_rotation(img) else img.size  # as loaded
                 if width * height > MAX_IMAGE_PIXELS:
                     result["reason"] = "too_large"
                     return result
@@ -228,13 +264,22 @@ def _has_rotation(img: Image.Image) -> bool:
         return False
 
 
+def worker_pool(workers: int):
+    """A process pool that is safe to start from a process already running torch or OpenCV threads.
+
+    "fork" copies the parent's thread locks mid-state and can hang the children (seen in pytest after
+    torch ops); "spawn" starts clean interpreters, at about a second of start-up.
+    """
+    import multiprocessing as mp
+    return mp.get_context("spawn").Pool(workers)
+
+
 def scan_images(records, workers: int = 2, progress: bool = True):
     """check_image() for every record, in parallel processes, in input order."""
     from tqdm import tqdm
     paths = [r["path"] for r in records]
     if workers > 1 and len(paths) > 256:
-        import multiprocessing as mp
-        with mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             it = pool.imap(check_image, paths, chunksize=64)
             results = list(tqdm(it, total=len(paths), desc="checking images", disable=not progress))
     else:
@@ -331,7 +376,7 @@ def read_split(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path} (run eda.py first; it writes OUT/splits/*.csv)")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "path" not in columns or "age" not in columns:
@@ -525,9 +570,8 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     skipped: Counter = Counter()
     jobs = [(p, cfg.to_dict()) for p in paths]
     desc = f"preprocessing {name or 'images'} (once, cached)"
-    if workers > 1 and len(paths) > 64:
-        import multiprocessing as mp
-        with mp.get_context("fork").Pool(workers) as pool:
+    if workers > 1 and len(paths) > 256:
+        with worker_pool(workers) as pool:
             results = pool.imap(_preprocess_or_none, jobs, chunksize=16)
             for i, (img, reason) in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not progress)):
                 _store(images, ok, skipped, i, img, reason)

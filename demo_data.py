@@ -20,7 +20,7 @@ and a real, learnable age signal:
 Everything is deterministic: image (seed, age, index) is drawn from its own
 random generator, so it is byte-identical whatever else is generated.
 
-    python demo_data.py --out-dir data/demo --min-age 20 --max-age 50 --per-age 20
+    python demo_data.py --out-dir outputs/demo/data --min-age 20 --max-age 50 --per-age 20
 """
 
 import argparse
@@ -115,7 +115,7 @@ def pose_matrix(size, rng):
     fill = rng.uniform(0.55, 0.80)       # face height / frame height
     scale = fill * size / 2.0
     roll = np.deg2rad(rng.uniform(-15.0, 15.0))
-    yaw_squash = rng.uniform(0.85, 1.0)
+    yaw_squash = rng.uniform(0.85, 1.0)  # a head turned a little looks narrower
     centre = size * np.array([0.5, 0.53]) + rng.uniform(-0.05, 0.05, 2) * size
     cr, sr = np.cos(roll), np.sin(roll)
     linear = scale * np.array([[cr, -sr], [sr, cr]]) @ np.diag([yaw_squash, 1.0])
@@ -183,7 +183,7 @@ def draw_hair(img, matrix, rng, hair_rgb, grey, hairline_y, recession,
     """Hair cap with strands; `grey` 0..1 turns a share of strands grey."""
     size = img.shape[0]
     grey_rgb = np.full(3, rng.uniform(165, 225))
-    base = hair_rgb + 0.5 * grey * (grey_rgb - hair_rgb)
+    base = hair_rgb + 0.6 * grey * (grey_rgb - hair_rgb)
     layer = np.empty_like(img)
     layer[:] = np.clip(base, 0, 255).astype(np.uint8)
     n = int(0.9 * size)
@@ -194,7 +194,7 @@ def draw_hair(img, matrix, rng, hair_rgb, grey, hairline_y, recession,
     strands = _px(np.stack([starts, ends], axis=1).reshape(-1, 2), matrix).reshape(n, 2, 2)
     # One polylines call per shade keeps this fast; grey strands go last.
     shade = rng.integers(0, 3, n)
-    is_grey = rng.uniform(size=n) < grey
+    is_grey = rng.uniform(size=n) < 1.2 * grey
     groups = [(hair_rgb * f, (shade == k) & ~is_grey) for k, f in enumerate((0.65, 1.0, 1.3))]
     groups.append((grey_rgb, is_grey))
     for rgb, chosen in groups:
@@ -207,20 +207,20 @@ def draw_hair(img, matrix, rng, hair_rgb, grey, hairline_y, recession,
     return (img * (1 - alpha) + layer * alpha).astype(np.uint8)
 
 
-def texture_skin(img, face_mask, rng, skin_rgb, amount, matrix, dot_width):
+def texture_skin(img, face_mask, rng, skin_rgb, amount, matrix):
     """Blotchy, uneven skin and age spots, both growing with `amount`."""
     size = img.shape[0]
     blotch = _low_freq_noise(rng, size, max(4, size // 10))
     grain = rng.normal(0.0, 1.0, (size, size, 1)).astype(np.float32)
-    strength = 0.02 + 0.10 * amount
+    strength = 0.02 + 0.14 * amount
     gain = 1.0 + strength * (0.8 * blotch + 0.4 * grain)
     alpha = (face_mask.astype(np.float32) / 255.0)[..., None]
     out = img * (1 - alpha) + np.clip(img * gain, 0, 255) * alpha
     out = out.astype(np.uint8)
-    for _ in range(rng.poisson(1 + 25 * amount)):
+    for _ in range(rng.poisson(1 + 30 * amount)):
         centre = [rng.uniform(-0.6, 0.6), rng.uniform(-0.55, 0.85)]
         radius = rng.uniform(0.01, 0.025) * (1 + amount)
-        spot_rgb = skin_rgb * rng.uniform(0.65, 0.88) * np.array([1.0, 0.93, 0.85])
+        spot_rgb = skin_rgb * rng.uniform(0.6, 0.85) * np.array([1.0, 0.93, 0.85])
         _fill(out, matrix, _arc(*centre, radius, radius, n=10), spot_rgb)
     return out
 
@@ -229,9 +229,9 @@ def draw_wrinkles(img, matrix, rng, skin_rgb, amount, eye, hairline_y, width):
     """Forehead lines, crow's feet, under-eye bags and nasolabial folds."""
     ex, ey, eax, eay = eye
     # Relative darkening, so creases show on every skin tone.
-    crease = skin_rgb * (0.88 - 0.45 * amount * rng.uniform(0.7, 1.2))
+    crease = skin_rgb * (0.85 - 0.5 * amount * rng.uniform(0.7, 1.2))
     # Forehead lines: more, longer and darker with age, kept below the hair.
-    n_lines = int(amount * 5 + rng.uniform())
+    n_lines = int(amount * 6 + rng.uniform())
     half_len = 0.15 + 0.35 * amount
     for k in range(n_lines):
         y = -0.34 - 0.07 * k + rng.normal(0, 0.01)
@@ -243,8 +243,8 @@ def draw_wrinkles(img, matrix, rng, skin_rgb, amount, eye, hairline_y, width):
     for side in (-1, 1):
         corner = np.array([side * (ex + eax + 0.02), ey])
         # Crow's feet fan out from the outer eye corner.
-        for k in range(int(amount * 4 + rng.uniform())):
-            angle = np.deg2rad(-30 + 20 * k + rng.normal(0, 6))
+        for k in range(int(amount * 5 + rng.uniform())):
+            angle = np.deg2rad(-35 + 17 * k + rng.normal(0, 5))
             length = 0.05 + 0.10 * amount
             tip = corner + length * np.array([side * np.cos(angle), np.sin(angle)])
             _line(img, matrix, [corner, tip], crease, width)
@@ -252,8 +252,8 @@ def draw_wrinkles(img, matrix, rng, skin_rgb, amount, eye, hairline_y, width):
                    np.pi * 0.15, np.pi * 0.85, 10)
         _line(img, matrix, bag, skin_rgb + amount * (crease - skin_rgb), width)
         fold = _bezier((side * 0.12, 0.30), (side * 0.26, 0.40), (side * 0.27, 0.60))
-        fold_rgb = skin_rgb + (0.2 + 0.8 * amount) * (crease - skin_rgb)
-        _line(img, matrix, fold, fold_rgb, width * (1 + amount))
+        fold_rgb = skin_rgb + (0.2 + 0.6 * amount) * (crease - skin_rgb)
+        _line(img, matrix, fold, fold_rgb, width * (1 + 0.6 * amount))
 
 
 def draw_features(img, matrix, rng, skin_rgb, brow_rgb, eye, lip_scale, width):
@@ -330,7 +330,7 @@ def draw_face(age, rng, size=128):
 
     img = draw_background(rng, size)
     if rng.uniform() < 0.4:
-        # Long hair falls behind the head and shoulders.
+        # Long hair falls behind the head and shoulders, and greys with the rest.
         back = np.array([[-0.95, -0.3], [0.95, -0.3], [1.05, 1.4], [-1.05, 1.4]])
         _fill(img, matrix, np.vstack([_arc(0, -0.3, 0.95, 0.85, np.pi, 2 * np.pi), back[2:]]),
               (hair_rgb + 0.5 * cues["grey"] * (200 - hair_rgb)) * 0.85)
@@ -344,7 +344,7 @@ def draw_face(age, rng, size=128):
     face_mask = np.zeros((size, size), np.uint8)
     _fill(face_mask, matrix, outline, 255)
     _fill(img, matrix, outline, skin_rgb)
-    img = texture_skin(img, face_mask, rng, skin_rgb, cues["skin"], matrix, width)
+    img = texture_skin(img, face_mask, rng, skin_rgb, cues["skin"], matrix)
     draw_wrinkles(img, matrix, rng, skin_rgb, cues["wrinkles"], eye, hairline_y, width)
     img = draw_hair(img, matrix, rng, hair_rgb, cues["grey"], hairline_y,
                     cues["recession"], width)

@@ -8,6 +8,7 @@ The data folder is only read.
 """
 import argparse
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,7 +83,7 @@ def plot_samples(records, path, seed=0, n=24, cols=8):
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, rec in zip(np.ravel(axes), picks):
-        ax.imshow(load_rgb(rec["path"]))
+        ax.imshow(load_rgb(rec["path"], max_side=256))  # a thumbnail: fast even for huge photos
         ax.set_title(f"age {rec['age']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -106,14 +107,16 @@ def print_summary(report):
 
 def main(args):
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
-    if same_or_inside(out_dir, data_dir):
+    if same_or_inside(out_dir, data_dir.parent if data_dir.is_file() else data_dir):  # a CSV: its folder
         raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
     if args.min_age is not None and args.max_age is not None and args.min_age > args.max_age:
         raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
     start = time.perf_counter()
     records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age)
     found = len(records) + sum(skipped.values())
-    checked = scan_images(records, workers=args.workers, progress=not args.no_progress)
+    # progress bars only on a terminal: in a log or a pipe they would bury the one-line error
+    progress = not args.no_progress and sys.stderr.isatty()
+    checked = scan_images(records, workers=args.workers, progress=progress)
     skipped = Counter(skipped)
     good = []
     for rec in checked:

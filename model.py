@@ -75,6 +75,13 @@ class AgeModel(nn.Module):
     def forward(self, x):
         return self.backbone(x)
 
+    @torch.no_grad()
+    def init_output_bias(self, age: float):
+        """Start a regression head at the mean training age instead of 0, so the first epochs learn
+        faces rather than the age scale."""
+        last = [m for m in self.backbone.modules() if isinstance(m, nn.Linear)][-1]
+        last.bias.fill_(age)
+
     def ages_from_outputs(self, outputs):
         if self.head == "distribution":
             return torch.softmax(outputs, dim=1) @ self.age_grid

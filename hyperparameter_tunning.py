@@ -1,0 +1,535 @@
+"""Search the learning rate and weight decay on the validation split, then train the winner once.
+
+    python hyperparameter_tunning.py --splits OUT/splits --model simplecnn --out-dir RUN \\
+        [--lrs 1e-4,3e-4,1e-3] [--weight-decays 0,1e-4,1e-3] [--epochs-per-trial 3] [--subset-fraction 0.5]
+
+1. Overfit check: a few training images (--overfit-images) must be memorised, full batch, without
+   augmentation, to an MAE below --overfit-threshold within --overfit-steps; if not, the pipeline or
+   the model is broken and the search stops (exit code 2). RUN/overfit.json, RUN/overfit.png.
+2. Learning-rate sweep at --sweep-weight-decay: one short train.py run per lr. RUN/lr_sweep.csv/.png.
+3. Weight-decay grid: the --top-lrs best lrs x --weight-decays. RUN/grid_search.csv/.png.
+4. Final run: the best (lr, weight decay) by validation MAE, --final-epochs, test metrics and exports,
+   into RUN/final; RUN/best_params.json. --skip-final stops after the grid.
+
+Every trial is a train.py run in RUN/trials/<name> (no test split, no export, no TensorBoard) on the
+shared preprocessing cache, logged to TensorBoard's HParams view (RUN/tb_hparams). A CSV row is
+appended and flushed as each trial finishes; running the same command again skips trials already in
+a CSV (and a trial cut short resumes from its last.pt). Selection reads validation metrics only: the
+search never opens test.csv; only the final run does, once.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import train
+from custom_dataset import DataError, channel_stats, load_split_dataset
+from functions import (NonFiniteLossError, atomic_write, configure_threads, evaluate, load_checkpoint, run_cli,
+                       set_seed, train_one_epoch)
+from model import MODEL_NAMES, build_model
+
+DEFAULT_LRS = tuple(float(f"{v:.3g}") for v in np.logspace(math.log10(1e-4), math.log10(3e-3), 5))
+DEFAULT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
+COLUMNS = ("lr", "weight_decay", "epochs", "train_mae", "val_mae", "val_cs5", "seconds",
+           "subset_fraction", "seed", "model", "settings", "status", "source", "trial")
+# train.py options that change a trial's result besides the key columns; hashed into "settings"
+SETTING_KEYS = ("head", "loss", "batch_size", "augment", "image_size", "no_denoise", "denoise_strength", "no_deblur")
+
+
+def float_list(text: str) -> list:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return list(dict.fromkeys(values))  # drop repeats, keep order
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data (passed to every trial)")
+    g.add_argument("--splits", required=True, help="folder with train.csv and val.csv from eda.py "
+                   "(test.csv is read by the final run only)")
+    g.add_argument("--cache-dir", default=None, help="preprocessing cache shared by all trials (default: SPLITS/../cache)")
+    g.add_argument("--image-size", type=int, default=128, help="network input side in pixels")
+    g.add_argument("--no-denoise", action="store_true", help="skip non-local-means denoising")
+    g.add_argument("--denoise-strength", type=float, default=5.0, help="non-local-means h")
+    g.add_argument("--no-deblur", action="store_true", help="skip the unsharp mask")
+    g.add_argument("--augment", choices=tuple(train.AUGMENTATIONS), default="default",
+                   help="training augmentation of the trials and the final run")
+    g = p.add_argument_group("model (passed to every trial)")
+    g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
+    g.add_argument("--head", choices=("regression", "distribution"), default="regression")
+    g.add_argument("--loss", choices=("l1", "mse", "huber"), default="l1")
+    g.add_argument("--batch-size", type=int, default=64, help="images per step")
+    g = p.add_argument_group("search budget")
+    g.add_argument("--lrs", type=float_list, default=list(DEFAULT_LRS),
+                   help="learning rates of the sweep, comma-separated (default: 5 log-spaced from 1e-4 to 3e-3)")
+    g.add_argument("--sweep-weight-decay", type=float, default=0.0, help="weight decay during the lr sweep")
+    g.add_argument("--top-lrs", type=int, default=2, help="best lrs of the sweep that enter the weight-decay grid")
+    g.add_argument("--weight-decays", type=float_list, default=list(DEFAULT_WEIGHT_DECAYS),
+                   help="weight decays of the grid, comma-separated (default: 0,1e-4,1e-3)")
+    g.add_argument("--epochs-per-trial", type=int, default=3, help="epochs of each sweep/grid trial")
+    g.add_argument("--subset-fraction", type=float, default=0.5,
+                   help="share of the training split each trial trains on (the final run uses all)")
+    g.add_argument("--final-epochs", type=int, default=20, help="epochs of the final run")
+    g.add_argument("--skip-final", action="store_true", help="stop after the grid (no final run, no test split)")
+    g = p.add_argument_group("overfit check")
+    g.add_argument("--overfit-images", type=int, default=64, help="training images to memorise")
+    g.add_argument("--overfit-threshold", type=float, default=1.0, help="training MAE (years) to reach")
+    g.add_argument("--overfit-steps", type=int, default=300, help="full-batch Adam steps allowed")
+    g.add_argument("--overfit-lr", type=float, default=1e-3, help="Adam learning rate of the check")
+    g.add_argument("--skip-overfit", action="store_true", help="do not run the overfit check")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", required=True, help="search folder: CSVs, plots, trials/, final/, best_params.json")
+    g.add_argument("--seed", type=int, default=42, help="seed of every trial (weights, shuffling, subset)")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--workers", type=int, default=2, help="processes that build the cache")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Overfit check
+
+def overfit_check(model_name, dataset, n_images=64, threshold=1.0, max_steps=300, lr=1e-3, head="regression",
+                  loss="l1", seed=42, device="cpu", log=print) -> dict:
+    """Memorise n_images of dataset (full batch, Adam, no augmentation) until their MAE < threshold.
+
+    The MAE is measured in eval mode on the same images after every step. The regression output's bias
+    starts at the images' mean age, so the steps go to fitting faces rather than to reaching the age
+    scale. Returns {"passed", "steps", "final_mae", "best_mae", "threshold", "images", "lr", "curve"}
+    with curve a list of [step, MAE] (step 0 = before training); raises nothing when it fails.
+    """
+    set_seed(seed)
+    device = torch.device(device)
+    n = min(int(n_images), len(dataset))
+    if n < 1:
+        raise DataError("overfit check: the dataset is empty")
+    index = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+    images, ages = dataset.batch(index)
+    batch = [(images, ages)]
+    mean, std = channel_stats(images.permute(0, 2, 3, 1).numpy())
+    mean, std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    model = build_model(model_name, head, int(ages.min()), int(ages.max()), int(images.shape[-1])).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    if head == "regression":
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias.fill_(float(ages.mean()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def mae():
+        return evaluate(model, batch, mean, std, loss, device)["mae"]
+
+    curve = [[0, mae()]]
+    step = 0
+    start = time.perf_counter()
+    while curve[-1][1] >= threshold and step < max_steps:
+        step += 1
+        try:
+            train_one_epoch(model, batch, optimizer, mean, std, loss, None, None, None, device, step,
+                            progress=False)
+        except NonFiniteLossError as exc:
+            log(f"overfit check: {exc}")
+            curve.append([step, float("nan")])
+            break
+        curve.append([step, mae()])
+        if step % 25 == 0:
+            log(f"overfit check: step {step}/{max_steps}  MAE {curve[-1][1]:.3f}")
+    final = curve[-1][1]
+    finite = [m for _, m in curve if math.isfinite(m)]
+    return {"passed": bool(final < threshold), "steps": step, "final_mae": final,
+            "best_mae": min(finite) if finite else float("nan"), "threshold": threshold, "images": n, "lr": lr,
+            "model": model_name, "head": head, "loss": loss, "seconds": round(time.perf_counter() - start, 1),
+            "curve": curve}
+
+
+def plot_overfit(result: dict, path):
+    plt = pyplot()
+    steps, maes = zip(*result["curve"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, maes, "-", label="training MAE (eval mode)")
+    ax.axhline(result["threshold"], color="k", linestyle="--", linewidth=1, label=f"threshold {result['threshold']:g}")
+    ax.set_yscale("log")
+    ax.set(xlabel="full-batch step", ylabel="MAE (years)",
+           title=f"Overfit {result['images']} images: {'passed' if result['passed'] else 'FAILED'} "
+                 f"(MAE {result['final_mae']:.2f} after {result['steps']} steps)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def run_overfit_check(args, out: Path, cache_dir: Path, device) -> dict:
+    settings = {"model": args.model, "head": args.head, "loss": args.loss, "images": args.overfit_images,
+                "threshold": args.overfit_threshold, "max_steps": args.overfit_steps, "lr": args.overfit_lr,
+                "seed": args.seed, "preprocess": train.preprocess_config(args).cache_settings(),
+                "splits": str(Path(args.splits).resolve())}
+    path = out / "overfit.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("passed") and previous.get("settings") == settings:
+            print(f"overfit check: passed before ({path}), not repeated")
+            return previous
+    train_set = load_split_dataset(Path(args.splits) / "train.csv", train.preprocess_config(args), cache_dir,
+                                   args.workers, not args.no_progress)
+    print(f"overfit check: {min(args.overfit_images, len(train_set))} training images, up to "
+          f"{args.overfit_steps} steps, target MAE < {args.overfit_threshold:g}")
+    result = overfit_check(args.model, train_set, args.overfit_images, args.overfit_threshold, args.overfit_steps,
+                           args.overfit_lr, args.head, args.loss, args.seed, device)
+    result["settings"] = settings
+    write_json(path, result)
+    plot_overfit(result, out / "overfit.png")
+    if not result["passed"]:
+        raise DataError(f"cannot overfit {result['images']} images (MAE {result['final_mae']:.2f} after "
+                        f"{result['steps']} steps): the pipeline or model is broken (curve in {out / 'overfit.png'})")
+    print(f"overfit check passed: MAE {result['final_mae']:.3f} after {result['steps']} steps "
+          f"({result['seconds']} s)")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Trials: one train.py run each, one CSV row each
+
+def settings_hash(args) -> str:
+    settings = {k: getattr(args, k) for k in SETTING_KEYS}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def trial_key(model, lr, weight_decay, epochs, subset_fraction, seed, settings) -> tuple:
+    return (str(model), f"{float(lr):.6g}", f"{float(weight_decay):.6g}", int(epochs),
+            f"{float(subset_fraction):.6g}", int(seed), str(settings))
+
+
+def row_key(row: dict) -> tuple:
+    return trial_key(row["model"], row["lr"], row["weight_decay"], row["epochs"], row["subset_fraction"],
+                     row["seed"], row["settings"])
+
+
+def trial_name(key: tuple) -> str:
+    _, lr, wd, epochs, *_ = key
+    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:6]
+    return f"lr{float(lr):.3g}_wd{float(wd):.3g}_e{epochs}_{digest}"
+
+
+def read_rows(path: Path) -> list:
+    """Rows of a search CSV with numbers parsed; a half-written last line is ignored."""
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise DataError(f"{path} has columns {reader.fieldnames}, not {list(COLUMNS)}; "
+                            "it was written by another version of this script: use a new --out-dir")
+        for row in reader:
+            try:
+                for k in ("lr", "weight_decay", "train_mae", "val_mae", "val_cs5", "seconds", "subset_fraction"):
+                    row[k] = float(row[k])
+                row["epochs"], row["seed"] = int(row["epochs"]), int(row["seed"])
+            except (TypeError, ValueError):
+                continue
+            rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: dict):
+    """Append one row (header first if the file is new), flushed to disk before returning."""
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        read_rows(path)  # refuses a CSV with other columns
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            newline_missing = f.read(1) != b"\n"
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        if not new and newline_missing:  # a crash mid-write left a partial line: start a fresh one
+            f.write("\n")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def trial_argv(args, lr, weight_decay, epochs, run_dir, cache_dir, final=False) -> list:
+    """train.py command line of a trial (final=False) or of the final run."""
+    argv = ["--splits", str(args.splits), "--cache-dir", str(cache_dir), "--out-dir", str(run_dir),
+            "--model", args.model, "--head", args.head, "--loss", args.loss, "--batch-size", str(args.batch_size),
+            "--augment", args.augment, "--image-size", str(args.image_size),
+            "--denoise-strength", repr(args.denoise_strength), "--seed", str(args.seed),
+            "--epochs", str(epochs), "--lr", repr(float(lr)), "--weight-decay", repr(float(weight_decay)),
+            "--device", args.device, "--workers", str(args.workers)]
+    if not final:
+        argv += ["--subset-fraction", repr(args.subset_fraction), "--no-test", "--no-export", "--no-tensorboard",
+                 "--resume"]
+    flags = {"--no-denoise": args.no_denoise, "--no-deblur": args.no_deblur, "--no-progress": args.no_progress,
+             "--debug": args.debug}
+    argv += [flag for flag, on in flags.items() if on]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    return argv
+
+
+class Search:
+    """Runs trials, skipping those already in a CSV, and logs each new one to the HParams view."""
+
+    def __init__(self, args, out: Path, cache_dir: Path):
+        self.args, self.out, self.cache_dir = args, out, cache_dir
+        self.settings = settings_hash(args)
+        self.csvs = {"lr_sweep": out / "lr_sweep.csv", "grid_search": out / "grid_search.csv"}
+        self.trained = 0
+        self._writer = None
+
+    def key(self, lr, weight_decay):
+        a = self.args
+        return trial_key(a.model, lr, weight_decay, a.epochs_per_trial, a.subset_fraction, a.seed, self.settings)
+
+    def find(self, key, own):
+        """(stage, row) of a finished trial with this key, looking in every CSV of the search."""
+        for stage in sorted(self.csvs, key=lambda s: s != own):  # the stage's own CSV first
+            for row in read_rows(self.csvs[stage]):
+                if row_key(row) == key:
+                    return stage, row
+        return None, None
+
+    def run(self, stage: str, lr: float, weight_decay: float, label: str) -> dict:
+        key = self.key(lr, weight_decay)
+        found_in, row = self.find(key, stage)
+        if found_in == stage:
+            print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: done before (val MAE {row['val_mae']:.3f}), skipped")
+            return row
+        if row is not None:  # the same trial already ran in the other stage: reuse it, do not retrain
+            row = {**row, "source": found_in}
+            append_row(self.csvs[stage], row)
+            print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: reused from {found_in}.csv "
+                  f"(val MAE {row['val_mae']:.3f})")
+            return row
+        name = trial_name(key)
+        run_dir = self.out / "trials" / name
+        argv = trial_argv(self.args, lr, weight_decay, self.args.epochs_per_trial, run_dir, self.cache_dir)
+        print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: training {self.args.epochs_per_trial} epoch(s) "
+              f"-> {run_dir}")
+        start = time.perf_counter()
+        status = "ok"
+        try:
+            summary = train.main(train.get_args_parser().parse_args(argv))
+        except NonFiniteLossError as exc:  # a diverging lr is a result of the search, not a failure of it
+            print(f"[{label}] diverged: {exc}")
+            status, summary = "diverged", {}
+        self.trained += 1
+        best = {"train_mae": math.nan, "val_mae": math.nan, "val_cs5": math.nan}
+        history_path = run_dir / "history.json"
+        if status == "ok" and history_path.exists():
+            history = json.loads(history_path.read_text())
+            best = min(history, key=lambda h: h["val_mae"])
+        model, lr_s, wd_s, epochs, subset, seed, settings = key
+        row = {"lr": float(lr), "weight_decay": float(weight_decay), "epochs": epochs,
+               "train_mae": round(best["train_mae"], 4), "val_mae": round(best["val_mae"], 4),
+               "val_cs5": round(best["val_cs5"], 4),
+               "seconds": round(summary.get("train_seconds", time.perf_counter() - start), 1),
+               "subset_fraction": float(subset), "seed": seed, "model": model, "settings": settings,
+               "status": status, "source": "trained", "trial": name}
+        append_row(self.csvs[stage], row)
+        self.log_hparams(row)
+        if status == "ok":
+            print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: val MAE {row['val_mae']:.3f}  "
+                  f"CS@5 {row['val_cs5']:.1%}  train MAE {row['train_mae']:.3f}  ({row['seconds']} s)")
+        return row
+
+    def log_hparams(self, row):
+        if not all(math.isfinite(row[k]) for k in ("val_mae", "val_cs5", "train_mae")):
+            return  # the HParams view cannot show NaN metrics
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.out / "tb_hparams"))
+        self._writer.add_hparams({"lr": row["lr"], "weight_decay": row["weight_decay"], "epochs": row["epochs"]},
+                                 {"val_mae": row["val_mae"], "val_cs5": row["val_cs5"], "train_mae": row["train_mae"]},
+                                 run_name=row["trial"])
+        self._writer.flush()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+
+
+def finite(rows):
+    return [r for r in rows if math.isfinite(r["val_mae"])]
+
+
+def by_val(row):
+    return row["val_mae"], row["lr"], row["weight_decay"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots and files
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_lr_sweep(rows, path, weight_decay):
+    plt = pyplot()
+    rows = sorted(rows, key=lambda r: r["lr"])
+    ok = finite(rows)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["lr"] for r in ok], [r["val_mae"] for r in ok], "o-", label="val MAE (best epoch)")
+    ax.plot([r["lr"] for r in ok], [r["train_mae"] for r in ok], "s--", alpha=0.6, label="train MAE (augmented)")
+    for r in rows:
+        if not math.isfinite(r["val_mae"]):
+            ax.axvline(r["lr"], color="r", linestyle=":", label="diverged")
+    if ok:
+        best = min(ok, key=by_val)
+        ax.plot([best["lr"]], [best["val_mae"]], "*", color="k", markersize=14, label=f"best lr {best['lr']:.3g}")
+    ax.set_xscale("log")
+    epochs = rows[0]["epochs"] if rows else "?"
+    ax.set(xlabel="learning rate", ylabel="MAE (years)",
+           title=f"Learning-rate sweep ({epochs} epoch(s), weight decay {weight_decay:g})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_grid(rows, lrs, weight_decays, path):
+    plt = pyplot()
+    table = np.full((len(lrs), len(weight_decays)), np.nan)
+    for r in rows:
+        for i, lr in enumerate(lrs):
+            for j, wd in enumerate(weight_decays):
+                if math.isclose(r["lr"], lr, rel_tol=1e-9) and math.isclose(r["weight_decay"], wd, rel_tol=1e-9, abs_tol=1e-15):
+                    table[i, j] = r["val_mae"]
+    fig, ax = plt.subplots(figsize=(1.8 * len(weight_decays) + 2.5, 1.1 * len(lrs) + 2))
+    image = ax.imshow(np.ma.masked_invalid(table), cmap="viridis_r", aspect="auto")
+    fig.colorbar(image, ax=ax, label="val MAE (years)")
+    best = np.nanargmin(table) if np.isfinite(table).any() else None
+    for i in range(len(lrs)):
+        for j in range(len(weight_decays)):
+            value = table[i, j]
+            text = f"{value:.2f}" if math.isfinite(value) else "n/a"
+            if best is not None and (i, j) == np.unravel_index(best, table.shape):
+                text += "\nbest"
+            ax.text(j, i, text, ha="center", va="center", fontweight="bold" if "best" in text else "normal",
+                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
+    ax.set_xticks(range(len(weight_decays)), [f"{wd:g}" for wd in weight_decays])
+    ax.set_yticks(range(len(lrs)), [f"{lr:.3g}" for lr in lrs])
+    ax.set(xlabel="weight decay", ylabel="learning rate", title="Validation MAE per (lr, weight decay)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_json(path, data):
+    text = json.dumps(data, indent=2, default=str, allow_nan=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def final_should_resume(run_dir: Path, argv: list) -> bool:
+    """Resume the final run only when its last.pt was written with the same training settings."""
+    last = run_dir / "last.pt"
+    if not last.exists():
+        return False
+    try:
+        saved = load_checkpoint(last)["config"]
+    except DataError:
+        return False
+    wanted = vars(train.get_args_parser().parse_args(argv))
+    ignore = {"resume", "threads", "workers", "no_progress", "debug", "device", "cache_dir"}
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def check_args(args):
+    if args.model not in MODEL_NAMES:
+        raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if any(lr <= 0 or not math.isfinite(lr) for lr in args.lrs):
+        raise DataError(f"--lrs must be positive, got {args.lrs}")
+    if any(wd < 0 or not math.isfinite(wd) for wd in args.weight_decays + [args.sweep_weight_decay]):
+        raise DataError("weight decays must be >= 0")
+    for name in ("top_lrs", "epochs_per_trial", "final_epochs", "overfit_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.overfit_steps < 0:
+        raise DataError(f"--overfit-steps must be >= 0, got {args.overfit_steps}")
+    if not 0 < args.subset_fraction <= 1:
+        raise DataError(f"--subset-fraction must be in (0, 1], got {args.subset_fraction}")
+    splits = Path(args.splits)
+    for name in ("train.csv", "val.csv"):  # test.csv is not looked at here: only the final run reads it
+        if not (splits / name).is_file():
+            raise DataError(f"{splits / name} not found (eda.py writes OUT/splits/train.csv and val.csv)")
+
+
+def main(args):
+    check_args(args)
+    configure_threads(args.threads)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.splits).parent / "cache"
+    device = train.resolve_device(args.device)
+    start = time.perf_counter()
+
+    overfit = None if args.skip_overfit else run_overfit_check(args, out, cache_dir, device)
+
+    search = Search(args, out, cache_dir)
+    try:
+        sweep = [search.run("lr_sweep", lr, args.sweep_weight_decay, f"lr sweep {i}/{len(args.lrs)}")
+                 for i, lr in enumerate(args.lrs, 1)]
+        plot_lr_sweep(sweep, out / "lr_sweep.png", args.sweep_weight_decay)
+        ranked = sorted(finite(sweep), key=by_val)
+        if not ranked:
+            raise DataError(f"every lr of the sweep diverged ({', '.join(f'{lr:g}' for lr in args.lrs)}); "
+                            "try smaller --lrs")
+        top = [r["lr"] for r in ranked[:args.top_lrs]]
+        print("lr sweep: best " + ", ".join(f"lr {r['lr']:.3g} (val MAE {r['val_mae']:.3f})"
+                                            for r in ranked[:args.top_lrs]))
+        cells = [(lr, wd) for lr in top for wd in args.weight_decays]
+        grid = [search.run("grid_search", lr, wd, f"grid {i}/{len(cells)}") for i, (lr, wd) in enumerate(cells, 1)]
+        plot_grid(grid, top, args.weight_decays, out / "grid_search.png")
+    finally:
+        search.close()
+
+    candidates = finite(sweep + grid)
+    chosen = min(candidates, key=by_val)
+    print(f"search: {search.trained} trial(s) trained this time, {len(sweep) + len(grid)} rows; best lr "
+          f"{chosen['lr']:.3g}, weight decay {chosen['weight_decay']:g} (val MAE {chosen['val_mae']:.3f}, "
+          f"{chosen['trial']}) in {time.perf_counter() - start:.0f} s")
+
+    best = {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"], "val_mae": chosen["val_mae"],
+            "val_cs5": chosen["val_cs5"], "train_mae": chosen["train_mae"], "trial": chosen["trial"],
+            "selected_by": "lowest validation MAE of the sweep and grid trials",
+            "trial_epochs": args.epochs_per_trial, "subset_fraction": args.subset_fraction, "seed": args.seed,
+            "model": args.model, "head": args.head, "loss": args.loss, "batch_size": args.batch_size,
+            "augment": args.augment, "image_size": args.image_size,
+            "overfit_check": None if overfit is None else {k: overfit[k] for k in ("passed", "steps", "final_mae")},
+            "trials_trained_this_run": search.trained, "final": None}
+    if not args.skip_final:
+        run_dir = out / "final"
+        argv = trial_argv(args, chosen["lr"], chosen["weight_decay"], args.final_epochs, run_dir, cache_dir, final=True)
+        if final_should_resume(run_dir, argv):
+            argv.append("--resume")
+        best["final_command"] = "python train.py " + shlex.join(argv)
+        print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")
+        best["final"] = train.main(train.get_args_parser().parse_args(argv))
+    write_json(out / "best_params.json", best)
+    print(f"wrote {out / 'best_params.json'}")
+    return best
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

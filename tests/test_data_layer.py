@@ -1,0 +1,249 @@
+"""Label discovery (three layouts), age filters, de-duplication and the stratified split."""
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from custom_dataset import (DataError, deduplicate, discover_labels, read_split, scan_images,
+                            stratification_bins, stratified_split, write_csv)
+
+FRACTIONS = (0.8, 0.1, 0.1)
+
+
+def write_jpeg(path, seed, size=(24, 32)):
+    """A small random JPEG; a different seed gives different bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG", quality=90)
+    return path
+
+
+def as_pairs(records):
+    return sorted((r["path"], r["age"]) for r in records)
+
+
+def folder_per_age_truth(root, lo=None, hi=None):
+    """(path, age) of every file of a folder-per-age tree, read from the tree itself."""
+    pairs = []
+    for folder in Path(root).iterdir():
+        age = int(folder.name)
+        if (lo is None or age >= lo) and (hi is None or age <= hi):
+            pairs += [(str(p.absolute()), age) for p in folder.iterdir()]
+    return sorted(pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+
+def test_folder_per_age_layout(demo_dir):
+    records, skipped, layout = discover_labels(demo_dir)
+    assert layout == "folder_per_age"
+    assert as_pairs(records) == folder_per_age_truth(demo_dir)
+    assert sum(skipped.values()) == 0
+
+
+UTK_NAMES = [
+    "25_0_1_20170116174525125.jpg.chip.jpg",   # regular
+    "26_1_2_2017.jpg.chip.jpg",                # short date
+    "39_1_20170116174525125.jpg.chip.jpg",     # missing race field
+    "61_1_20170109150557335.jpg.chip.jpg",     # missing race field
+    "24_0_1_20170116220224657 .jpg.chip.jpg",  # a space before the extension
+    "55_0_0_20170116232725357jpg.chip.jpg",    # missing dot
+    "7_0_0.JPG",                               # upper-case extension, one digit
+]
+
+
+def test_utkface_layout(tmp_path):
+    for i, name in enumerate(UTK_NAMES):
+        write_jpeg(tmp_path / name, seed=i)
+    write_jpeg(tmp_path / "holiday.jpg", seed=99)  # an image whose name carries no age
+    (tmp_path / "README.txt").write_text("not an image")
+    records, skipped, layout = discover_labels(tmp_path)
+    assert layout == "utkface"
+    expected = sorted((str((tmp_path / n).absolute()), int(n.split("_")[0])) for n in UTK_NAMES)
+    assert as_pairs(records) == expected
+    assert skipped == Counter({"name_without_age": 1})
+
+
+@pytest.mark.parametrize("bom", [False, True], ids=["plain", "utf8-bom"])
+def test_csv_layout_paths_relative_to_csv(tmp_path, bom):
+    data = tmp_path / "data"
+    rows = [("img/a.jpg", 31), ("img/sub/b b.jpg", 45), ("c.jpg", 2)]
+    for i, (rel, _) in enumerate(rows):
+        write_jpeg(data / rel, seed=i)
+    text = "Path,Age,comment\n" + "".join(f"{rel},{age},x\n" for rel, age in rows)
+    (data / "labels.csv").write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    expected = sorted((str((data / rel).absolute()), age) for rel, age in rows)
+    for target in (data, data / "labels.csv"):  # the folder or the CSV itself
+        records, skipped, layout = discover_labels(target)
+        assert layout == "csv"
+        assert as_pairs(records) == expected
+        assert sum(skipped.values()) == 0
+
+
+def test_csv_file_without_path_age_columns_is_refused(tmp_path):
+    bad = tmp_path / "list.csv"
+    bad.write_text("file,label\na.jpg,3\n")
+    with pytest.raises(DataError):
+        discover_labels(bad)
+
+
+def test_folder_matching_no_layout_raises(tmp_path):
+    write_jpeg(tmp_path / "holiday.jpg", seed=0)
+    write_jpeg(tmp_path / "abc" / "x.jpg", seed=1)
+    (tmp_path / "notes.csv").write_text("name,value\nx,1\n")  # a CSV without path,age
+    with pytest.raises(DataError, match="no labelled images"):
+        discover_labels(tmp_path)
+
+
+def test_empty_and_missing_folders_raise(tmp_path):
+    with pytest.raises(DataError):
+        discover_labels(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        discover_labels(tmp_path / "nope")
+
+
+def test_min_max_age_filter(demo_dir):
+    lo, hi = 22, 25
+    records, skipped, _ = discover_labels(demo_dir, min_age=lo, max_age=hi)
+    inside = folder_per_age_truth(demo_dir, lo, hi)
+    assert as_pairs(records) == inside
+    assert skipped == Counter({"outside_min_max_age": len(folder_per_age_truth(demo_dir)) - len(inside)})
+    only_min, _, _ = discover_labels(demo_dir, min_age=hi)
+    assert as_pairs(only_min) == folder_per_age_truth(demo_dir, lo=hi)
+
+
+def test_age_folder_outside_0_120_is_skipped(tmp_path):
+    write_jpeg(tmp_path / "0" / "newborn.jpg", seed=0)
+    write_jpeg(tmp_path / "121" / "typo.jpg", seed=1)
+    write_jpeg(tmp_path / "-1" / "minus.jpg", seed=2)
+    records, skipped, _ = discover_labels(tmp_path)
+    assert [r["age"] for r in records] == [0]
+    assert skipped == Counter({"age_out_of_range": 2})
+
+
+def test_symlink_to_ancestor_is_a_loop_not_a_relabel(tmp_path):
+    write_jpeg(tmp_path / "20" / "a.jpg", seed=0)
+    write_jpeg(tmp_path / "25" / "b.jpg", seed=1)
+    (tmp_path / "25" / "self").symlink_to(tmp_path / "25")
+    (tmp_path / "25" / "deeper").mkdir()
+    (tmp_path / "25" / "deeper" / "root").symlink_to(tmp_path)  # would relabel 20/a.jpg as 25
+    records, skipped, _ = discover_labels(tmp_path)
+    assert as_pairs(records) == [(str(tmp_path / "20" / "a.jpg"), 20), (str(tmp_path / "25" / "b.jpg"), 25)]
+    assert skipped == Counter({"symlink_loop": 2})
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicates
+
+def test_deduplicate_keeps_one_of_agreeing_copies_and_drops_conflicts(tmp_path):
+    same_age = [tmp_path / "30" / f"copy{i}.jpg" for i in range(3)]
+    conflict = [tmp_path / "30" / "clash.jpg", tmp_path / "41" / "clash.jpg"]
+    unique = [write_jpeg(tmp_path / "41" / f"u{i}.jpg", seed=10 + i) for i in range(2)]
+    write_jpeg(same_age[0], seed=1)
+    write_jpeg(conflict[0], seed=2)
+    for p in same_age[1:]:
+        shutil.copyfile(same_age[0], p)
+    shutil.copyfile(conflict[0], conflict[1])
+
+    records, _, _ = discover_labels(tmp_path)
+    checked = scan_images(records, workers=1, progress=False)
+    kept, stats = deduplicate(checked)
+    assert stats == {"duplicate_files_removed": len(same_age) - 1, "conflict_groups_dropped": 1,
+                     "conflict_files_dropped": len(conflict)}
+    kept_paths = {r["path"] for r in kept}
+    assert len(kept_paths & {str(p) for p in same_age}) == 1
+    assert not kept_paths & {str(p) for p in conflict}
+    assert {str(p) for p in unique} <= kept_paths
+    assert len(kept) == len(records) - stats["duplicate_files_removed"] - stats["conflict_files_dropped"]
+    assert len({r["hash"] for r in kept}) == len(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strata and the split
+
+def test_stratification_bins_golden():
+    # counts per age: 1:2, 2:1, 3:3, 4:1, 5:1. With 3 per bin: {1,2} fills bin 0, {3} fills bin 1,
+    # {4,5} holds only 2 and joins bin 1.
+    ages = [1, 1, 2, 3, 3, 3, 4, 5]
+    assert stratification_bins(ages, min_per_bin=3).tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    shuffled = [5, 1, 3, 1, 3, 2, 3, 4]
+    assert stratification_bins(shuffled, min_per_bin=3).tolist() == [1, 0, 1, 0, 1, 0, 1, 1]
+    assert stratification_bins([40, 41, 42], min_per_bin=10).tolist() == [0, 0, 0]  # too few: one bin
+
+
+def skewed_records(n=600, seed=0):
+    """Many mid ages, a few rare ones at both ends and in the middle (singletons included)."""
+    rng = np.random.default_rng(seed)
+    ages = list(np.clip(rng.normal(35, 8, n).round().astype(int), 18, 60)) + [1, 2, 2, 90, 99, 116]
+    order = rng.permutation(len(ages))  # paths unrelated to ages
+    return [{"path": f"/data/img_{order[i]:05d}.jpg", "age": int(a), "hash": f"h{order[i]}"}
+            for i, a in enumerate(ages)]
+
+
+def test_stratification_merges_rare_ages_into_neighbours():
+    records = skewed_records()
+    ages = np.array([r["age"] for r in records])
+    bins = stratification_bins(ages)
+    counts = Counter(bins.tolist())
+    assert min(counts.values()) >= 10  # every stratum can give one image to val and to test
+    for rare in (1, 2, 90, 99, 116):
+        b = bins[ages == rare][0]
+        assert (bins[ages == rare] == b).all()
+        assert set(ages[bins == b]) != {rare}  # shares its stratum with other ages
+    # strata are runs of consecutive ages
+    order = np.argsort(ages, kind="stable")
+    assert (np.diff(bins[order]) >= 0).all()
+
+
+def uniform_records(ages=range(20, 30), per_age=20):
+    """Every age its own stratum of a size where 80:10:10 is exact."""
+    return [{"path": f"/data/{a}_{i:03d}.jpg", "age": a, "hash": f"{a}-{i}"} for a in ages for i in range(per_age)]
+
+
+@pytest.mark.parametrize("records", [skewed_records(), uniform_records()], ids=["skewed", "uniform"])
+def test_stratified_split_proportions_and_coverage(records):
+    splits = stratified_split(records, seed=7)
+    paths = [[r["path"] for r in s] for s in splits]
+    all_paths = sum(paths, [])
+    assert sorted(all_paths) == sorted(r["path"] for r in records)  # each record in exactly one split
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not {r["hash"] for r in splits[a]} & {r["hash"] for r in splits[b]}
+    for rare in {1, 2, 90, 99, 116} & {r["age"] for r in records}:  # never dropped
+        assert sum(r["age"] == rare for s in splits for r in s) == sum(r["age"] == rare for r in records)
+
+    ages = [r["age"] for r in records]
+    bin_of_age = dict(zip(ages, stratification_bins(ages).tolist()))
+    per_bin = Counter(bin_of_age[a] for a in ages)
+    for split, fraction in zip(splits, FRACTIONS):
+        got = Counter(bin_of_age[r["age"]] for r in split)
+        for b, n in per_bin.items():
+            assert abs(got.get(b, 0) - n * fraction) <= 1, (b, n, fraction, got.get(b, 0))
+            if all(float(n * f).is_integer() for f in FRACTIONS):  # exact when it can be
+                assert got.get(b, 0) == n * fraction, (b, n, fraction, got.get(b, 0))
+
+
+def test_stratified_split_is_seeded_and_order_independent():
+    records = skewed_records()
+    names = lambda splits: [sorted(r["path"] for r in s) for s in splits]  # noqa: E731
+    first = names(stratified_split(records, seed=3))
+    assert names(stratified_split(records, seed=3)) == first
+    assert names(stratified_split(list(reversed(records)), seed=3)) == first
+    other = names(stratified_split(records, seed=4))
+    assert other != first
+    assert other[1] != first[1] and other[2] != first[2]
+
+
+def test_write_csv_read_split_round_trip(tmp_path):
+    rows = [{"path": "/d/visage été 1.jpg", "age": 3, "hash": "x"}, {"path": "/d/a,b.jpg", "age": 40, "hash": "y"}]
+    write_csv(tmp_path / "s" / "train.csv", rows, ["path", "age", "hash"])
+    assert read_split(tmp_path / "s" / "train.csv") == [{"path": r["path"], "age": r["age"]} for r in rows]
+    assert not list((tmp_path / "s").glob("*.tmp"))
+    with pytest.raises(DataError):
+        read_split(tmp_path / "s" / "missing.csv")

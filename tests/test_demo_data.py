@@ -1,0 +1,193 @@
+"""Tests of the synthetic face generator: layout, determinism, and a real age signal."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves the repo root off
+    sys.path.insert(0, str(REPO))
+
+import demo_data  # noqa: E402
+
+# Big enough for a stable ridge fit, small enough to generate in a couple of seconds.
+SIGNAL_AGES = (20, 50)
+SIGNAL_PER_AGE = 6
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file())
+
+
+def _load(root):
+    """Images and ages of a folder-per-age data set, as the pipeline reads them."""
+    images, ages = [], []
+    for path in sorted(Path(root).rglob("*.jpg")):
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+        ages.append(int(path.parent.name))
+    return np.stack(images), np.array(ages, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """The same ages drawn with two seeds: fit on one, evaluate on the other."""
+    sets = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp(f"seed{seed}")
+        demo_data.generate_dataset(out, *SIGNAL_AGES, per_age=SIGNAL_PER_AGE, seed=seed)
+        sets.append(_load(out))
+    return sets
+
+
+def image_statistics(images, grid=6):
+    """Pose-agnostic summary statistics on a coarse grid: edge energy, saturation, brightness.
+
+    Wrinkles, spots and grey strands add fine edges and remove colour; nothing here knows
+    where the face or its features are.
+    """
+    feats = []
+    for rgb in images:
+        gray = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 0.8)
+        edges = np.abs(cv2.Laplacian(gray, cv2.CV_32F))
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
+        greyish = ((hsv[..., 1] < 50) & (hsv[..., 2] > 120)).astype(np.float32)
+        maps = [np.log1p(edges), np.log1p(edges / (np.median(edges) + 1)),
+                hsv[..., 1], hsv[..., 2], greyish]
+        feats.append(np.concatenate(
+            [cv2.resize(m, (grid, grid), interpolation=cv2.INTER_AREA).ravel() for m in maps]))
+    return np.array(feats)
+
+
+def ridge_mae(train_x, train_y, test_x, test_y, lam=100.0):
+    """Ridge regression by least squares on standardised features; returns test MAE."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (train_y - train_y.mean()))
+    return np.abs(b @ w + train_y.mean() - test_y).mean()
+
+
+def _gray(images):
+    return images.astype(np.float64).mean(axis=-1)
+
+
+def _corr(x, y):
+    return np.corrcoef(x, y)[0, 1]
+
+
+# ---------------------------------------------------------------- drawing
+
+def test_draw_face_is_rgb_uint8_and_pure():
+    a = demo_data.draw_face(33.0, np.random.default_rng(5), size=96)
+    b = demo_data.draw_face(33.0, np.random.default_rng(5), size=96)
+    c = demo_data.draw_face(33.0, np.random.default_rng(6), size=96)
+    assert a.shape == (96, 96, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.std() > 10  # a picture, not a flat fill
+
+
+def test_face_roughly_centred():
+    # Skin-free corners vs centre: the face sits in the middle like an aligned crop,
+    # so the centre differs from the background corners in most images.
+    size = 64
+    diffs = []
+    for i in range(20):
+        img = demo_data.draw_face(30, demo_data.image_rng(0, 30, i), size).astype(np.float64)
+        centre = img[size // 2 - 4:size // 2 + 4, size // 2 - 4:size // 2 + 4].mean((0, 1))
+        corner = img[:6, :6].mean((0, 1))
+        diffs.append(np.abs(centre - corner).sum())
+    assert np.median(diffs) > 20
+
+
+# ---------------------------------------------------------------- data set files
+
+def test_layout_count_and_decoding(tmp_path):
+    n = demo_data.generate_dataset(tmp_path, min_age=20, max_age=22, per_age=3, size=64, seed=0)
+    assert n == 9
+    expected = [f"{age}/{age}_{i:04d}.jpg" for age in (20, 21, 22) for i in range(3)]
+    assert _files(tmp_path) == expected
+    for rel in expected:
+        with Image.open(tmp_path / rel) as im:
+            assert im.format == "JPEG"
+            assert im.size == (64, 64)
+            assert im.mode == "RGB"
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        demo_data.generate_dataset(tmp_path / name, 30, 31, per_age=2, size=64, seed=seed)
+        runs[name] = {rel: (tmp_path / name / rel).read_bytes() for rel in _files(tmp_path / name)}
+    assert runs["a"] == runs["b"]
+    assert runs["a"].keys() == runs["c"].keys()
+    assert all(runs["a"][rel] != runs["c"][rel] for rel in runs["a"])
+
+
+def test_image_does_not_depend_on_what_else_is_generated(tmp_path):
+    demo_data.generate_dataset(tmp_path / "wide", 20, 30, per_age=3, size=64, seed=7)
+    demo_data.generate_dataset(tmp_path / "narrow", 25, 25, per_age=2, size=64, seed=7)
+    for rel in ("25/25_0000.jpg", "25/25_0001.jpg"):
+        assert (tmp_path / "wide" / rel).read_bytes() == (tmp_path / "narrow" / rel).read_bytes()
+
+
+def test_bad_arguments_raise(tmp_path):
+    with pytest.raises(ValueError):
+        demo_data.generate_dataset(tmp_path, min_age=40, max_age=30)
+    with pytest.raises(ValueError):
+        demo_data.generate_dataset(tmp_path, per_age=0)
+    assert _files(tmp_path) == []
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_writes_and_summarises(tmp_path, capsys):
+    parser = demo_data.get_args_parser()
+    args = parser.parse_args(["--out-dir", str(tmp_path), "--min-age", "40", "--max-age", "41",
+                              "--per-age", "2", "--size", "48", "--seed", "2"])
+    assert demo_data.main(args) == 4
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "4" in out[0] and str(tmp_path) in out[0]
+    assert len(_files(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("argv", [["--min-age", "50", "--max-age", "20"], ["--per-age", "0"]])
+def test_cli_rejects_bad_arguments_with_one_line(tmp_path, argv):
+    proc = subprocess.run([sys.executable, str(REPO / "demo_data.py"), "--out-dir", str(tmp_path), *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "error:" in proc.stderr.strip().splitlines()[-1]
+    assert _files(tmp_path) == []
+
+
+# ---------------------------------------------------------------- the age signal
+
+def test_age_is_learnable_across_seeds(two_seeds):
+    (train_img, train_age), (test_img, test_age) = two_seeds
+    train_x, test_x = image_statistics(train_img), image_statistics(test_img)
+    baseline = np.abs(test_age - train_age.mean()).mean()
+    mae = ridge_mae(train_x, train_age, test_x, test_age)
+    assert mae < 0.8 * baseline, f"MAE {mae:.2f} vs predicting the mean {baseline:.2f}"
+
+    # Negative control: the same fit on shuffled ages must not look good, or the
+    # comparison above would prove nothing.
+    shuffled = np.random.default_rng(0).permutation(train_age)
+    control = ridge_mae(train_x, shuffled, test_x, test_age)
+    assert control > 0.9 * baseline
+
+
+def test_no_single_pixel_gives_the_age(two_seeds):
+    images, ages = two_seeds[0]
+    gray = _gray(images)
+    size = gray.shape[1]
+    assert abs(_corr(gray[:, size // 2, size // 2], ages)) < 0.5
+    # Nor do a handful of other fixed positions (hair, cheeks, chin, background) or overall brightness.
+    for y in (size // 5, size // 2, 4 * size // 5):
+        for x in (size // 5, size // 2, 4 * size // 5):
+            assert abs(_corr(gray[:, y, x], ages)) < 0.5, (y, x)
+    assert abs(_corr(gray.mean(axis=(1, 2)), ages)) < 0.5

@@ -1,0 +1,139 @@
+"""eda.py end to end on a small generated set, and its one-line errors."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+FIGURES = ("pics/sample_images.png", "figs/age_distribution.png", "figs/train_test_valid_age_distri.png")
+SPLITS = ("train", "val", "test")
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def eda_run(tmp_path_factory, demo_dir, run_eda):
+    """The demo set plus one same-age duplicate, one cross-age conflict pair and one broken file."""
+    data = tmp_path_factory.mktemp("eda") / "data"
+    shutil.copytree(demo_dir, data)
+    ages = sorted(int(p.name) for p in data.iterdir())
+    dup_src = next((data / str(ages[0])).iterdir())
+    shutil.copyfile(dup_src, dup_src.with_name("dup_" + dup_src.name))
+    clash = sorted((data / str(ages[1])).iterdir())[0]
+    shutil.copyfile(clash, data / str(ages[2]) / ("clash_" + clash.name))
+    (data / str(ages[3]) / "broken.jpg").write_bytes(b"")
+    (data / str(ages[3]) / "notes.txt").write_text("not an image")
+    injected = {"duplicate_files_removed": 1, "conflict_groups_dropped": 1, "conflict_files_dropped": 2,
+                "skipped": {"empty_file": 1, "not_an_image_name": 1}}
+    out = data.parent / "out"
+    report = run_eda(data, out, "--seed", 5)
+    return data, out, report, injected
+
+
+def test_all_outputs_exist_and_figures_decode(eda_run):
+    _, out, _, _ = eda_run
+    for name in ("labels.csv", "data_report.json", *(f"splits/{s}.csv" for s in SPLITS)):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in FIGURES:
+        with Image.open(out / name) as img:
+            img.load()
+            assert img.width > 0 and img.height > 0, name
+    assert json.loads((out / "data_report.json").read_text()) == json.loads(json.dumps(eda_run[2]))
+
+
+def test_labels_csv(eda_run):
+    data, out, report, _ = eda_run
+    columns, rows = read_rows(out / "labels.csv")
+    assert columns == ["path", "age", "hash", "width", "height"]
+    assert len(rows) == report["used"]
+    for row in rows:
+        path = Path(row["path"])
+        assert path.is_file() and data in path.parents
+        assert int(row["age"]) == int(path.parent.name)
+        with Image.open(path) as img:
+            assert (int(row["width"]), int(row["height"])) == img.size
+    assert len({r["hash"] for r in rows}) == len(rows)
+
+
+def test_report_counts_add_up(eda_run):
+    data, out, report, injected = eda_run
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert report["found"] == len(files)
+    d = report["duplicates"]
+    assert report["found"] == (report["used"] + sum(report["skipped"].values()) + d["duplicate_files_removed"]
+                               + d["conflict_files_dropped"])
+    assert report["skipped"] == injected["skipped"]
+    assert d == {k: injected[k] for k in d}
+    _, rows = read_rows(out / "labels.csv")
+    ages = [int(r["age"]) for r in rows]
+    assert (report["age"]["min"], report["age"]["max"]) == (min(ages), max(ages))
+    assert report["layout"] == "folder_per_age" and report["seed"] == 5
+
+
+def test_splits_cover_used_images_once(eda_run):
+    _, out, report, _ = eda_run
+    _, labels = read_rows(out / "labels.csv")
+    split_rows = {s: read_rows(out / "splits" / f"{s}.csv")[1] for s in SPLITS}
+    assert {s: len(r) for s, r in split_rows.items()} == report["splits"]
+    paths = [r["path"] for rows in split_rows.values() for r in rows]
+    assert sorted(paths) == sorted(r["path"] for r in labels)
+    hashes = [set(r["hash"] for r in rows) for rows in split_rows.values()]
+    assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2])
+    assert all(len(rows) > 0 for rows in split_rows.values())
+
+
+def test_same_seed_same_split(eda_run, run_eda, tmp_path):
+    data, out, _, _ = eda_run
+    run_eda(data, tmp_path / "again", "--seed", 5)
+    for s in SPLITS:
+        assert (tmp_path / "again" / "splits" / f"{s}.csv").read_bytes() == (out / "splits" / f"{s}.csv").read_bytes()
+
+
+def assert_one_line_error(proc):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_only_bad_files(tmp_path, eda_cli):
+    data = tmp_path / "data"
+    (data / "30").mkdir(parents=True)
+    (data / "30" / "empty.jpg").write_bytes(b"")
+    (data / "30" / "text.jpg").write_text("not a picture")
+    (data / "31").mkdir()
+    (data / "31" / "half.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    proc = eda_cli("--data-dir", data, "--out-dir", tmp_path / "out")  # progress bars left on
+    assert_one_line_error(proc)
+    assert "empty_file" in proc.stderr
+    assert not (tmp_path / "out" / "labels.csv").exists()
+
+
+@pytest.mark.parametrize("case", ["out_inside_data", "out_is_data", "missing_data", "empty_folder",
+                                  "out_next_to_csv"])
+def test_cli_refuses_bad_folders(tmp_path, demo_dir, eda_cli, case):
+    data = tmp_path / "data"
+    if case == "missing_data":
+        out = tmp_path / "out"
+    elif case == "empty_folder":
+        data.mkdir()
+        out = tmp_path / "out"
+    elif case == "out_next_to_csv":
+        data.mkdir()
+        (data / "labels.csv").write_text("path,age\n")
+        out = data / "out"
+        data = data / "labels.csv"
+    else:
+        shutil.copytree(demo_dir, data)
+        out = data / "eda_out" if case == "out_inside_data" else data
+    before = sorted(p for p in tmp_path.rglob("*"))
+    proc = eda_cli("--data-dir", data, "--out-dir", out)
+    assert_one_line_error(proc)
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere

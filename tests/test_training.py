@@ -1,0 +1,286 @@
+"""Model, metrics, checkpoints, resume after SIGKILL, NaN handling, exports and train.py errors."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import custom_dataset
+import demo_data
+import eda
+import functions
+import train
+from model import SimpleCNN, build_model, count_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="session")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    demo_data.generate_dataset(root / "data", min_age=20, max_age=50, per_age=5, size=96, seed=1)
+    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
+                                               "--no-progress"]))
+    return root / "out" / "splits"
+
+
+def train_args(splits, out_dir, *extra):
+    return train.get_args_parser().parse_args(["--splits", str(splits), "--out-dir", str(out_dir), *FAST, *extra])
+
+
+def run_script(*args, timeout=120):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+def test_simplecnn_matches_the_seed_architecture():
+    net = SimpleCNN()
+    shapes, x = [], torch.zeros(2, 3, 128, 128)
+    for layer in net.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(16, 64, 64), (32, 32, 32), (64, 16, 16), (128, 8, 8)]
+    assert net(torch.zeros(2, 3, 128, 128)).shape == (2, 1)
+    convs = sum(cin * cout * 9 + cout for cin, cout in [(3, 16), (16, 32), (32, 64), (64, 128)])
+    assert count_parameters(net) == convs + (8192 * 64 + 64) + (64 + 1)
+    assert count_parameters(net) < 1_000_000
+
+
+def test_distribution_head_predicts_expected_age():
+    model = build_model("simplecnn", head="distribution", min_age=20, max_age=50)
+    logits = torch.full((2, 31), -1e4)
+    logits[0, 5] = 0.0                   # all mass on age 25
+    logits[1, 10] = logits[1, 12] = 0.0  # half on 30, half on 32
+    assert torch.allclose(model.ages_from_outputs(logits), torch.tensor([25.0, 31.0]))
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vgg99")
+
+
+def test_resnet_pretrained_offline_says_what_to_do(monkeypatch, tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache: forces a download attempt
+    def no_network(*a, **k):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(RuntimeError, match="--weights FILE"):
+        build_model("resnet18", pretrained=True)
+    # a local ImageNet-format file is accepted instead, its 1000-class head replaced
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    model = build_model("resnet18", weights_file=tmp_path / "r18.pth")
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+    assert model.backbone.fc.out_features == 1
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def test_regression_metrics_golden_values():
+    m = functions.regression_metrics([20, 25, 40, 31], [22, 25, 30, 36])
+    assert m["mae"] == pytest.approx((2 + 0 + 10 + 5) / 4)
+    assert m["rmse"] == pytest.approx(math.sqrt((4 + 0 + 100 + 25) / 4))
+    assert m["cs5"] == pytest.approx(3 / 4)  # |error| <= 5 counts
+    assert m["mae_per_bin"] == {"20-29": {"mae": 1.0, "n": 2}, "30-39": {"mae": 7.5, "n": 2}}
+
+
+def test_augmentation_is_off_in_evaluation_and_seeded_in_training():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    off = custom_dataset.augment_batch(x, custom_dataset.AugmentConfig.off())
+    assert torch.equal(off, x)
+    cfg = custom_dataset.AugmentConfig()
+    a = custom_dataset.augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    b = custom_dataset.augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    functions.save_checkpoint(path, {"model_state": {"w": torch.ones(2)}, "epoch": 1})
+
+    def crash_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(functions.torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        functions.save_checkpoint(path, {"model_state": {"w": torch.zeros(2)}, "epoch": 2})
+    monkeypatch.undo()
+    assert functions.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(custom_dataset.DataError, match="not a readable checkpoint"):
+        functions.load_checkpoint(bad)
+
+
+# ---------------------------------------------------------------------------------------------- training runs
+
+@pytest.fixture(scope="session")
+def full_run(splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_full")
+    summary = train.main(train_args(splits, out, "--epochs", "3"))
+    return out, summary
+
+
+def test_training_writes_every_output(full_run, splits):
+    out, summary = full_run
+    for name in ("best.pt", "last.pt", "learning_curves.png", "metrics.json", "pred_vs_true.png",
+                 "model.jit", "model.onnx", "history.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"mae", "rmse", "cs5", "mae_per_bin", "n"} <= set(metrics)
+    assert metrics["n"] == len(custom_dataset.read_split(splits / "test.csv"))
+    ckpt = functions.load_checkpoint(out / "best.pt")
+    assert ckpt["model_name"] == "simplecnn" and ckpt["config"]["image_size"] == 64
+    assert ckpt["preprocess"]["denoise"] is False and len(ckpt["preprocess"]["mean"]) == 3
+    history = json.loads((out / "history.json").read_text())
+    assert ckpt["best_val_mae"] == pytest.approx(min(h["val_mae"] for h in history))
+
+
+def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
+    import onnxruntime as ort
+    out, _ = full_run
+    ckpt = functions.load_checkpoint(out / "best.pt")
+    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
+    model = build_model("simplecnn", image_size=64, min_age=ckpt["min_age"], max_age=ckpt["max_age"])
+    model.load_state_dict(ckpt["model_state"])
+    wrapper = functions.ExportedAgeModel(model.eval(), cfg.mean, cfg.std)
+    val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+    x = val.batch(range(5))[0].float()
+    module, metadata = functions.load_torchscript(out / "model.jit")
+    assert metadata["preprocess"] == cfg.to_dict()
+    with torch.no_grad():
+        eager = wrapper(x).numpy()
+        assert np.abs(module(x).numpy() - eager).max() <= 1e-4
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(onnx_out - eager).max() <= 1e-4
+
+
+def test_preprocessing_cache_is_reused_and_invalidated(splits, tmp_path):
+    cfg = custom_dataset.PreprocessConfig(image_size=32, denoise=False)
+    paths = [r["path"] for r in custom_dataset.read_split(splits / "val.csv")][:6]
+    images, ok, _ = custom_dataset.build_cache(paths, cfg, tmp_path, workers=1, progress=False)
+    assert ok.all() and images.shape == (6, 32, 32, 3)
+    assert np.array_equal(images[2], custom_dataset.preprocess_file(paths[2], cfg))
+    files_before = sorted(tmp_path.iterdir())
+    custom_dataset.build_cache(paths, cfg, tmp_path, workers=1, progress=False)
+    assert sorted(tmp_path.iterdir()) == files_before  # same key: read, not rebuilt
+    custom_dataset.build_cache(paths, custom_dataset.PreprocessConfig(image_size=32, denoise=False, deblur=False),
+                               tmp_path, workers=1, progress=False)
+    assert len(list(tmp_path.glob("*.npy"))) == 2  # other settings: another key, another array
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(full_run, splits, tmp_path):
+    reference = json.loads((full_run[0] / "history.json").read_text())
+    out = tmp_path / "killed"
+    cmd = ["train.py", "--splits", str(splits), "--out-dir", str(out), *FAST, "--epochs", "3", "--no-export",
+           "--no-test"]
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "last.pt").exists():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside epoch 2 (or saving it)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert functions.load_checkpoint(out / "last.pt")["epoch"] >= 1
+    done = run_script(*cmd, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stdout or functions.load_checkpoint(out / "last.pt")["epoch"] == 3
+    resumed = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    for a, b in zip(reference, resumed):
+        assert b["val_mae"] == pytest.approx(a["val_mae"], abs=1e-4)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+
+
+def test_kill_during_checkpoint_save_keeps_previous_checkpoint(splits, tmp_path):
+    out = tmp_path / "killed_saving"
+    script = f"""
+import os, signal, sys
+sys.argv = ["train.py", "--splits", {str(splits)!r}, "--out-dir", {str(out)!r}, *{FAST!r}, "--epochs", "3",
+            "--no-export", "--no-test", "--no-tensorboard"]
+import functions, train
+real_save, calls = functions.torch.save, []
+def dying_save(obj, f):
+    calls.append(1)
+    if len(calls) == 3:  # epoch 2: best.pt is saved first, last.pt second; die inside a write
+        f.write(b"partial")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, f)
+functions.torch.save = dying_save
+functions.run_cli(train.main, train.get_args_parser())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert functions.load_checkpoint(out / "best.pt")["epoch"] == 1
+    done = run_script("train.py", "--splits", str(splits), "--out-dir", str(out), *FAST, "--epochs", "3",
+                      "--no-export", "--no-test", "--no-tensorboard", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 3
+    assert not list(out.glob(".*.tmp"))  # the dead write's temporary file is cleared on restart
+
+
+def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(splits, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    real_loss = functions.age_loss
+    state = {"epoch": 0}
+    real_train = functions.train_one_epoch
+
+    def tracking_train(*a, **k):
+        state["epoch"] = k.get("epoch", a[10] if len(a) > 10 else 0)
+        return real_train(*a, **k)
+
+    def poisoned_loss(model, outputs, target, kind="l1", sigma=2.0):
+        loss, pred = real_loss(model, outputs, target, kind, sigma)
+        return (loss * float("nan"), pred) if state["epoch"] == 2 else (loss, pred)
+    monkeypatch.setattr(functions, "age_loss", poisoned_loss)
+    monkeypatch.setattr(train, "train_one_epoch", tracking_train)
+    with pytest.raises(functions.NonFiniteLossError, match="epoch 2, batch 0"):
+        train.main(train_args(splits, out, "--epochs", "3", "--no-export", "--no-tensorboard"))
+    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing_splits", "wrong_columns", "unknown_model", "bad_resume_file"])
+def test_train_cli_errors_are_one_line_exit_2(case, splits, tmp_path):
+    args = ["train.py", "--splits", str(splits), "--out-dir", str(tmp_path / "run"), *FAST, "--epochs", "1"]
+    if case == "missing_splits":
+        args[2] = str(tmp_path / "nowhere")
+    elif case == "wrong_columns":
+        bad = tmp_path / "bad_splits"
+        bad.mkdir()
+        for name in ("train", "val", "test"):
+            (bad / f"{name}.csv").write_text("file,label\nx.jpg,3\n")
+        args[2] = str(bad)
+    elif case == "unknown_model":
+        args += ["--model", "vgg99"]
+    else:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "last.pt").write_text("garbage")
+        args += ["--resume"]
+    proc = run_script(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,219 @@
+"""Tests of hyperparameter_tunning.py on a tiny synthetic data set: the overfit check, one CSV row per
+trial, resuming without retraining, and a search that never opens the test split."""
+
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves the repo root off
+    sys.path.insert(0, str(REPO))
+
+import custom_dataset  # noqa: E402
+import demo_data  # noqa: E402
+import eda  # noqa: E402
+import hyperparameter_tunning as ht  # noqa: E402
+import train  # noqa: E402
+from custom_dataset import CustomDataset, DataError, PreprocessConfig, load_split_dataset  # noqa: E402
+from functions import run_cli  # noqa: E402
+
+IMAGE_SIZE = 64
+# 2 lrs x 2 weight decays, 1 epoch each: the sweep trains 2 trials, the grid reuses 2 and trains 2.
+SEARCH = ["--model", "simplecnn", "--image-size", str(IMAGE_SIZE), "--no-denoise", "--lrs", "1e-3,3e-3",
+          "--weight-decays", "0,1e-3", "--top-lrs", "2", "--epochs-per-trial", "1", "--subset-fraction", "1",
+          "--batch-size", "32", "--skip-overfit", "--no-progress", "--threads", "2"]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """Synthetic faces (ages 20-50, 6 per age) and the splits eda.py writes for them."""
+    root = tmp_path_factory.mktemp("tuning")
+    demo_data.generate_dataset(root / "data", min_age=20, max_age=50, per_age=6, size=IMAGE_SIZE, seed=0)
+    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
+                                               "--no-progress"]))
+    return {"root": root, "splits": root / "out" / "splits", "cache": root / "out" / "cache"}
+
+
+@pytest.fixture(scope="session")
+def train_set(demo):
+    cfg = PreprocessConfig(image_size=IMAGE_SIZE, denoise=False)
+    return load_split_dataset(demo["splits"] / "train.csv", cfg, demo["cache"], workers=1, progress=False)
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def count_train_calls(monkeypatch, change=None):
+    """Replace train.main with a wrapper that records every call's arguments."""
+    calls, real_main = [], train.main
+
+    def counting_main(args):
+        if change:
+            change(args)
+        calls.append(args)
+        return real_main(args)
+
+    monkeypatch.setattr(train, "main", counting_main)
+    return calls
+
+
+# ----------------------------------------------------------------------------------------------
+# Overfit check
+
+def test_overfit_check_memorises_synthetic_faces(train_set):
+    # 32 images instead of the default 64 keeps this under ~5 s (the default takes ~130 steps)
+    result = ht.overfit_check("simplecnn", train_set, n_images=32, threshold=1.0, max_steps=300)
+    assert result["passed"], result["final_mae"]
+    assert result["final_mae"] < 1.0 and result["steps"] <= 300 and result["images"] == 32
+    assert result["curve"][0][0] == 0 and result["curve"][-1] == [result["steps"], result["final_mae"]]
+
+
+def test_overfit_check_fails_when_identical_images_carry_different_ages(train_set):
+    # every image twice, once aged a and once a + 10: for identical inputs the prediction is identical,
+    # so the MAE of each pair is at least 5 years whatever the network learns; 1 year is unreachable
+    images, ages = train_set.batch(range(8))
+    nhwc = images.permute(0, 2, 3, 1).numpy()
+    records = [{"path": f"img{i}", "age": int(a)} for i, a in enumerate(ages)]
+    records += [{"path": f"img{i}", "age": int(a) + 10} for i, a in enumerate(ages)]
+    contradictory = CustomDataset(records, train_set.cfg, np.concatenate([nhwc, nhwc]))
+    result = ht.overfit_check("simplecnn", contradictory, n_images=16, threshold=1.0, max_steps=25)
+    assert not result["passed"]
+    assert result["steps"] == 25
+    assert min(mae for _, mae in result["curve"]) >= 5.0 - 1e-3
+
+
+def test_failed_overfit_check_exits_2_with_one_line(demo, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = [a for a in SEARCH if a != "--skip-overfit"] + [
+        "--splits", str(demo["splits"]), "--out-dir", str(out), "--overfit-images", "8", "--overfit-steps", "2",
+        "--overfit-threshold", "0"]
+    assert "--skip-overfit" not in argv
+    calls = count_train_calls(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["hyperparameter_tunning.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        run_cli(ht.main, ht.get_args_parser())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot overfit 8 images (MAE" in err and "after 2 steps): the pipeline or model is broken" in err
+    assert (out / "overfit.json").exists() and (out / "overfit.png").exists()
+    assert not calls  # the search does not start
+
+
+# ----------------------------------------------------------------------------------------------
+# Search
+
+def test_lr_options():
+    parser = ht.get_args_parser()
+    default = parser.parse_args(["--splits", "s", "--out-dir", "o"]).lrs
+    assert len(default) == 5 and default[0] == pytest.approx(1e-4) and default[-1] == pytest.approx(3e-3)
+    assert all(b / a == pytest.approx(default[1] / default[0], rel=0.02) for a, b in zip(default, default[1:]))
+    args = parser.parse_args(["--splits", "s", "--out-dir", "o", "--lrs", "1e-4,3e-4,1e-3"])
+    assert args.lrs == [1e-4, 3e-4, 1e-3]
+    assert args.weight_decays == [0.0, 1e-4, 1e-3]
+
+
+@pytest.fixture(scope="module")
+def search(demo, tmp_path_factory):
+    """A --skip-final search on splits without test.csv, with any attempt to read test.csv failing."""
+    root = tmp_path_factory.mktemp("search")
+    splits = root / "splits"
+    splits.mkdir()
+    for name in ("train.csv", "val.csv"):  # test.csv left behind on purpose
+        shutil.copy(demo["splits"] / name, splits / name)
+    argv = SEARCH + ["--splits", str(splits), "--cache-dir", str(demo["cache"]), "--out-dir", str(root / "run"),
+                     "--skip-final"]
+    opened, real_read_split = [], custom_dataset.read_split
+
+    def guarded_read_split(path):
+        opened.append(Path(path).name)
+        if Path(path).name == "test.csv":
+            raise AssertionError("the search opened the test split")
+        return real_read_split(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(custom_dataset, "read_split", guarded_read_split)
+        calls = count_train_calls(mp)
+        best = ht.main(ht.get_args_parser().parse_args(argv))
+    return {"run": root / "run", "splits": splits, "argv": argv, "calls": calls, "best": best, "opened": opened}
+
+
+def test_search_never_reads_the_test_split(search):
+    assert search["opened"] and set(search["opened"]) <= {"train.csv", "val.csv"}
+    assert all(args.no_test and args.no_export and args.no_tensorboard for args in search["calls"])
+    assert search["best"]["final"] is None
+
+
+def test_one_csv_row_per_trial_and_pairs_reused(search):
+    run = search["run"]
+    sweep, grid = rows(run / "lr_sweep.csv"), rows(run / "grid_search.csv")
+    assert [float(r["lr"]) for r in sweep] == [1e-3, 3e-3]
+    assert len(grid) == 4
+    assert {(float(r["lr"]), float(r["weight_decay"])) for r in grid} == {(1e-3, 0), (1e-3, 1e-3), (3e-3, 0), (3e-3, 1e-3)}
+    for r in sweep + grid:
+        assert set(ht.COLUMNS) <= set(r) and r["status"] == "ok" and float(r["val_mae"]) > 0
+        assert r["epochs"] == "1" and r["model"] == "simplecnn"
+    # (lr, 0) pairs were trained in the sweep and reused in the grid: 2 + 2 trials, not 2 + 4
+    assert sorted(r["source"] for r in grid) == ["lr_sweep", "lr_sweep", "trained", "trained"]
+    assert len(search["calls"]) == 4
+    assert len(list((run / "trials").iterdir())) == 4
+    assert len([d for d in (run / "tb_hparams").iterdir() if d.is_dir()]) == 4
+    for name in ("lr_sweep.png", "grid_search.png", "best_params.json"):
+        assert (run / name).exists(), name
+    best = min(sweep + grid, key=lambda r: float(r["val_mae"]))
+    assert search["best"]["val_mae"] == pytest.approx(float(best["val_mae"]))
+    assert search["best"]["lr"] == pytest.approx(float(best["lr"]))
+
+
+def test_rerun_skips_finished_trials(search, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(search["run"], run)
+    argv = [a if a != str(search["run"]) else str(run) for a in search["argv"]]
+    before = {n: (run / n).read_text() for n in ("lr_sweep.csv", "grid_search.csv")}
+    calls = count_train_calls(monkeypatch)
+    ht.main(ht.get_args_parser().parse_args(argv))
+    assert calls == []
+    assert {n: (run / n).read_text() for n in before} == before
+    # a search interrupted before its last grid row: only that trial runs again
+    lines = before["grid_search.csv"].splitlines(keepends=True)
+    (run / "grid_search.csv").write_text("".join(lines[:-1]))
+    ht.main(ht.get_args_parser().parse_args(argv))
+    assert len(calls) == 1
+    assert len(rows(run / "grid_search.csv")) == 4
+
+
+def test_final_run_trains_the_best_pair_with_test_metrics(search, demo, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(search["run"], run)
+    argv = SEARCH + ["--splits", str(demo["splits"]), "--cache-dir", str(demo["cache"]), "--out-dir", str(run),
+                     "--final-epochs", "1"]
+
+    def no_export(args):  # exports are train.py's concern and slow; everything else stays on
+        args.no_export = True
+
+    calls = count_train_calls(monkeypatch, no_export)
+    best = ht.main(ht.get_args_parser().parse_args(argv))
+    assert len(calls) == 1  # every trial was reused; only the final run trains
+    final_args = calls[0]
+    assert final_args.lr == pytest.approx(search["best"]["lr"])
+    assert final_args.weight_decay == pytest.approx(search["best"]["weight_decay"])
+    assert final_args.epochs == 1 and not final_args.no_test and final_args.subset_fraction == 1.0
+    assert not final_args.no_tensorboard
+    assert Path(final_args.out_dir) == run / "final"
+    assert (run / "final" / "metrics.json").exists()
+    assert best["final"]["test"]["n"] > 0
+    saved = ht.json.loads((run / "best_params.json").read_text())
+    assert saved["final"]["test"]["mae"] == pytest.approx(best["final"]["test"]["mae"])
+
+
+def test_missing_val_split_is_a_data_error(demo, tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    shutil.copy(demo["splits"] / "train.csv", splits / "train.csv")
+    with pytest.raises(DataError, match="val.csv"):
+        ht.main(ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path / "r")]))
