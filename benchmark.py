@@ -1,0 +1,238 @@
+"""Reproduce every accuracy and speed figure of the README with one command.
+
+    python benchmark.py                       # Protocols S and F, every model in MODELS (hours on a CPU)
+    python benchmark.py --protocols S --models simplecnn_dldl
+    python benchmark.py --quick               # smoke version: minutes
+    python benchmark.py --table               # print the README table from bench/results.json
+
+Data: UTKFace (../shared/data/UTKFace by default), byte-identical duplicates merged, conflicting-age
+groups dropped, stratified 80:10:10 with seed 42 (all by eda.py). Protocol S: ages 20-50 (the seed
+data set's range); Protocol F: all ages. Each model is trained by train.py (selection on validation,
+test split read once, by the best epoch). Figures are merged into bench/results.json, so one protocol
+or one model can be rerun without losing the others. Run it with nothing else on the machine: two
+torch processes on two cores slow each other several-fold.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import eda
+import train
+from custom_dataset import DataError, PreprocessConfig, build_cache, read_split, CustomDataset, make_loader
+from functions import atomic_write, load_torchscript, run_cli
+
+PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
+# name -> train.py arguments (beyond splits/out-dir). The first is the seed's recipe as the seed ran it.
+MODELS = {
+    "simplecnn_seed": ["--model", "simplecnn", "--loss", "l1", "--epochs", "20", "--lr", "1e-3",
+                       "--schedule", "constant", "--warmup-epochs", "0", "--augment", "light"],
+    "simplecnn": ["--model", "simplecnn", "--loss", "l1", "--epochs", "20", "--lr", "1e-3",
+                  "--augment", "default", "--tta-flip"],
+    "simplecnn_dldl": ["--model", "simplecnn", "--head", "distribution", "--epochs", "20", "--lr", "1e-3",
+                       "--augment", "default", "--tta-flip"],
+    "simplecnn_bn_dldl": ["--model", "simplecnn_bn", "--head", "distribution", "--epochs", "20", "--lr", "1e-3",
+                          "--augment", "default", "--tta-flip"],
+    "resnet18_dldl": ["--model", "resnet18", "--head", "distribution", "--epochs", "15", "--lr", "1e-3",
+                      "--augment", "default", "--tta-flip", "--image-size", "112"],
+}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data/UTKFace", help="UTKFace folder (read only)")
+    p.add_argument("--work-dir", default="bench/work", help="splits, caches and runs")
+    p.add_argument("--out", default="bench/results.json", help="results file (merged, not overwritten)")
+    p.add_argument("--protocols", default="S,F", help="comma-separated: S (ages 20-50), F (all ages)")
+    p.add_argument("--models", default="simplecnn_seed,simplecnn_dldl", help=f"comma-separated from {', '.join(MODELS)}")
+    p.add_argument("--epochs", type=int, default=None, help="override every model's epoch count")
+    p.add_argument("--quick", action="store_true", help="smoke run: Protocol S, 2 epochs on 10 %% of train")
+    p.add_argument("--no-speed", action="store_true", help="skip the loader speed measurement")
+    p.add_argument("--crop-check", type=int, default=0,
+                   help="Protocol S: also compare test MAE direct vs through the detector on N pasted test faces")
+    p.add_argument("--table", action="store_true", help="only print the README table from --out")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def jit_speed(jit_path, image_size, runs_b1=300, runs_b64=20):
+    """Median batch-1 latency (ms) and batch-64 throughput (images/s) of an exported model.jit."""
+    module, _ = load_torchscript(jit_path)
+    x1 = torch.rand(1, 3, image_size, image_size) * 255
+    x64 = torch.rand(64, 3, image_size, image_size) * 255
+    with torch.inference_mode():
+        for _ in range(20):
+            module(x1)
+        times = []
+        for _ in range(runs_b1):
+            t = time.perf_counter()
+            module(x1)
+            times.append(time.perf_counter() - t)
+        for _ in range(3):
+            module(x64)
+        t = time.perf_counter()
+        for _ in range(runs_b64):
+            module(x64)
+        b64 = 64 * runs_b64 / (time.perf_counter() - t)
+    return 1000 * statistics.median(times), b64
+
+
+def loader_speed(splits, cache_dir, n=192):
+    """Images/s of a training pass's data side: preprocessing per item vs reading the cache."""
+    cfg = PreprocessConfig()
+    records = read_split(Path(splits) / "train.csv")[:n]
+    images, ok, _ = build_cache([r["path"] for r in records], cfg, cache_dir, workers=1, progress=False,
+                                name="speedcheck")
+    result = {}
+    for label, ds in (("uncached", CustomDataset(records, cfg)), ("cached", CustomDataset(records, cfg, images))):
+        loader = make_loader(ds, 64, shuffle=True, seed=0)
+        t = time.perf_counter()
+        passes = 1 if label == "uncached" else 20
+        for _ in range(passes):
+            for batch, _ages in loader:
+                batch.float()
+        result[f"loader_{label}_images_per_s"] = passes * len(ds) / (time.perf_counter() - t)
+    result["loader_cache_speedup"] = result["loader_cached_images_per_s"] / result["loader_uncached_images_per_s"]
+    result["loader_images_measured"] = len(records)
+    return result
+
+
+def crop_consistency(run_dir, splits, n, seed=0):
+    """Test MAE on aligned crops directly vs after pasting each face into a larger scene and detecting it."""
+    import cv2
+    import inference
+    from custom_dataset import load_rgb
+    module, metadata, cfg = inference.load_model(run_dir / "model.jit")
+    detector = inference.load_detector()
+    rng = np.random.default_rng(seed)
+    records = read_split(Path(splits) / "test.csv")
+    records = [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
+    direct, through, detected = [], [], 0
+    for rec in records:
+        face = load_rgb(rec["path"])
+        direct.append(inference.predict_crops(module, metadata, cfg, [face])[0])
+        canvas = rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+        canvas = cv2.GaussianBlur(canvas, (0, 0), 8)
+        side = int(rng.uniform(0.3, 0.6) * 480)
+        x, y = int(rng.integers(0, 640 - side)), int(rng.integers(0, 480 - side))
+        canvas[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+        boxes = inference.detect_faces(canvas, detector)
+        if boxes:
+            detected += 1
+            best = max(boxes, key=lambda b: inference.iou(b, (x, y, side, side)))
+            crop = inference.crop_face(canvas, best, metadata.get("crop_margin", 0.0))
+        else:
+            crop = canvas
+        through.append(inference.predict_crops(module, metadata, cfg, [crop])[0])
+    ages = np.array([r["age"] for r in records], dtype=float)
+    mae_direct = float(np.abs(np.array(direct) - ages).mean())
+    mae_detector = float(np.abs(np.array(through) - ages).mean())
+    return {"images": len(records), "detected": detected, "mae_direct": mae_direct,
+            "mae_through_detector": mae_detector, "gap": mae_detector - mae_direct}
+
+
+def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False):
+    run_dir = work / protocol / name
+    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *train_args, "--no-progress"]
+    if epochs is not None:
+        argv += ["--epochs", str(epochs)]
+    if quick:
+        argv += ["--epochs", "2", "--subset-fraction", "0.1"]
+    args = train.get_args_parser().parse_args(argv)
+    start = time.perf_counter()
+    summary = train.main(args)
+    wall = time.perf_counter() - start
+    test = summary["test"]
+    history = json.loads((run_dir / "history.json").read_text())
+    latency, b64 = jit_speed(run_dir / "model.jit", args.image_size)
+    return {
+        "test_mae": round(test["mae"], 3), "test_rmse": round(test["rmse"], 3), "test_cs5": round(test["cs5"], 4),
+        "test_mae_per_decade": {k: round(v["mae"], 2) for k, v in test["mae_per_bin"].items()},
+        "test_images": test["n"], "best_val_mae": round(summary["best_val_mae"], 3), "best_epoch": test["best_epoch"],
+        "epochs": args.epochs, "params": summary["params"],
+        "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
+        "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 2),
+        "wall_minutes_incl_eval_export": round(wall / 60, 2),
+        "model_jit_bytes": (run_dir / "model.jit").stat().st_size,
+        "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
+        "latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
+        "command": "python train.py " + shlex.join(argv),
+    }
+
+
+def load_results(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {"protocols": {}}
+
+
+def save_results(path, results):
+    text = json.dumps(results, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def table(results) -> str:
+    lines = ["| protocol | model | test MAE | CS@5 | params | train img/s | train min | epochs | jit b1 ms | jit b64 img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for protocol, models in results.get("protocols", {}).items():
+        for name, r in models.items():
+            lines.append(f"| {protocol} | {name} | {r['test_mae']:.2f} | {r['test_cs5']:.1%} | {r['params']:,} | "
+                         f"{r['train_images_per_s']:.0f} | {r['train_minutes']:.1f} | {r['epochs']} | "
+                         f"{r['latency_b1_ms']:.2f} | {r['images_per_s_b64']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(args):
+    if args.table:
+        print(table(load_results(args.out)))
+        return
+    data_dir, work = Path(args.data_dir), Path(args.work_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"UTKFace folder not found: {data_dir} (pass --data-dir)")
+    protocols = ["S"] if args.quick else [p.strip() for p in args.protocols.split(",") if p.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in models:
+        if name not in MODELS:
+            raise DataError(f"unknown benchmark model {name!r}; choose from {', '.join(MODELS)}")
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise DataError(f"unknown protocol {p!r}; choose S or F")
+    out_path = Path(args.out) if not args.quick else Path(args.out).with_name("results_quick.json")
+    results = load_results(out_path)
+    results.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                               f"torch {torch.__version__}", "date": datetime.date.today().isoformat()})
+    for protocol in protocols:
+        eda_args = eda.get_args_parser().parse_args(["--data-dir", str(data_dir), "--out-dir", str(work / protocol),
+                                                     "--seed", "42", "--no-progress", *PROTOCOLS[protocol]])
+        report = eda.main(eda_args)
+        splits = work / protocol / "splits"
+        results["protocols"].setdefault(protocol, {})
+        results.setdefault("data", {})[protocol] = {k: report[k] for k in ("used", "splits", "duplicates", "age")}
+        if protocol == "S" and not args.no_speed:
+            results["speed"] = loader_speed(splits, work / protocol / "cache")
+            print("loader:", json.dumps(results["speed"]))
+            save_results(out_path, results)
+        for name in models:
+            print(f"== protocol {protocol}, {name}")
+            results["protocols"][protocol][name] = run_model(protocol, name, MODELS[name], splits, work,
+                                                             args.epochs, args.quick)
+            print(json.dumps(results["protocols"][protocol][name], indent=1))
+            save_results(out_path, results)
+        if protocol == "S" and args.crop_check:
+            run_dir = work / protocol / models[-1]
+            results["crop_consistency"] = {"model": models[-1], **crop_consistency(run_dir, splits, args.crop_check)}
+            print("crop consistency:", json.dumps(results["crop_consistency"]))
+            save_results(out_path, results)
+    print(table(results))
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
