@@ -671,9 +671,11 @@ def load_split_dataset(split_csv, cfg: PreprocessConfig, cache_dir=None, workers
     return CustomDataset(records, cfg, np.asarray(images) if not ok.all() else images)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, num_workers: int = 0):
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, num_workers: int = 0,
+                pin_memory: bool = False):
+    """pin_memory: page-locked batches, so CUDA copies with non_blocking=True overlap compute (CUDA only)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=num_workers, collate_fn=collate, generator=generator, drop_last=False,
-        persistent_workers=num_workers > 0)
+        persistent_workers=num_workers > 0, pin_memory=pin_memory)

@@ -369,3 +369,158 @@ def face_grid_figure(images, true, pred, cols=8):
         ax.set_title(f"true {t:.0f} / pred {p:.1f}", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes (torchrun / DistributedDataParallel): this rank's place, sharded evaluation,
+# epoch metrics summed over ranks, and the wrappers the training step sees
+
+class Distributed:
+    """This process's place in a torchrun launch. A plain process is rank 0 of 1 and every method
+    is a no-op, so the single-process path runs exactly as before."""
+
+    def __init__(self, rank=0, local_rank=0, world_size=1, local_world_size=1, device=None, backend=None):
+        self.rank, self.local_rank = rank, local_rank
+        self.world_size, self.local_world_size = world_size, local_world_size
+        self.device, self.backend = device, backend
+        self.active = backend is not None  # a process group was started (by init_process_group)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if not self.active:
+            return
+        import torch.distributed as dist
+        if self.backend == "nccl" and self.device is not None and self.device.type == "cuda":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+    def gather(self, value) -> list:
+        """Every rank's value (any picklable object), in rank order, on every rank."""
+        if not self.active:
+            return [value]
+        import torch.distributed as dist
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, value)
+        return parts
+
+    def all_same(self, value, what: str):
+        """value if every rank has the same one, else a DataError naming what differs."""
+        parts = self.gather(value)
+        if any(p != parts[0] for p in parts):
+            raise DataError(f"{what} differs between ranks: {parts}")
+        return value
+
+    def in_turn(self, fn):
+        """fn() on rank 0 first (it builds what is missing, e.g. the preprocessing cache), then on the
+        first rank of every other node (its disk may not be shared), then on the rest, which only read;
+        barriers in between, so nothing is built twice on one disk."""
+        result = None
+        for turn in (self.rank == 0, self.rank != 0 and self.local_rank == 0, self.local_rank != 0):
+            if turn:
+                result = fn()
+            self.barrier()
+        return result
+
+    def close(self):
+        if self.active:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.active = False
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list:
+    """Every world_size-th index from rank: each item in exactly one shard, no padding duplicates."""
+    return list(range(rank, n, world_size))
+
+
+def metrics_of_predictions(pred, true, loss_kind="l1") -> dict:
+    """What evaluate returns, from arrays of predicted and true ages."""
+    pred, true = np.asarray(pred, dtype=np.float32), np.asarray(true, dtype=np.float32)
+    metrics = regression_metrics(pred, true)
+    p, t = torch.from_numpy(pred), torch.from_numpy(true)
+    metrics["loss"] = {"l1": F.l1_loss, "mse": F.mse_loss}.get(loss_kind, lambda a, b: F.huber_loss(a, b, delta=5.0))(p, t).item()
+    metrics["pred"], metrics["true"] = pred, true
+    return metrics
+
+
+def evaluate_sharded(model, dataset, batch_size, mean, std, loss_kind="l1", device="cpu", tta_flip=False,
+                     channels_last=True, dist_ctx: Distributed | None = None, pin_memory=False):
+    """evaluate() over a whole data set, split across the ranks of dist_ctx: each rank predicts
+    shard_indices(...), the predictions are gathered back into data-set order, and every rank gets the
+    metrics of the full set (the same figures as one process evaluating everything)."""
+    from custom_dataset import make_loader
+    if dist_ctx is None or not dist_ctx.active or dist_ctx.world_size == 1:
+        return evaluate(model, make_loader(dataset, batch_size, shuffle=False, pin_memory=pin_memory), mean, std,
+                        loss_kind, device, tta_flip, channels_last)
+    indices = shard_indices(len(dataset), dist_ctx.rank, dist_ctx.world_size)
+    if indices:
+        loader = make_loader(dataset, batch_size, shuffle=False, sampler=indices, pin_memory=pin_memory)
+        pred, true = predict_loader(model, loader, mean, std, device, tta_flip, channels_last)
+    else:  # fewer images than ranks
+        pred, true = np.zeros(0, np.float32), np.zeros(0, np.float32)
+    pred_all, true_all = np.zeros(len(dataset), np.float32), np.zeros(len(dataset), np.float32)
+    for rank, (p, t) in enumerate(dist_ctx.gather((pred, true))):
+        pred_all[rank::dist_ctx.world_size], true_all[rank::dist_ctx.world_size] = p, t
+    return metrics_of_predictions(pred_all, true_all, loss_kind)
+
+
+def reduce_train_metrics(metrics: dict, dist_ctx: Distributed | None = None) -> dict:
+    """train_one_epoch's metrics over all ranks: image-weighted loss and MAE, images summed (and per
+    rank in "images_per_rank"), seconds of the slowest rank."""
+    keys = ("loss", "mae", "images", "seconds")
+    parts = dist_ctx.gather({k: metrics[k] for k in keys}) if dist_ctx is not None else [metrics]
+    images = sum(p["images"] for p in parts)
+    seconds = max(p["seconds"] for p in parts)
+    return {"loss": sum(p["loss"] * p["images"] for p in parts) / max(images, 1),
+            "mae": sum(p["mae"] * p["images"] for p in parts) / max(images, 1), "images": images,
+            "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
+            "images_per_rank": [p["images"] for p in parts]}
+
+
+def broadcast_buffers(model, src: int = 0):
+    """Copy rank src's buffers (BatchNorm running statistics) to every rank. DDP syncs them at the start
+    of each forward only, so after an epoch each rank's statistics come from its own last batch; this
+    makes every rank evaluate exactly the weights rank 0 saves."""
+    import torch.distributed as dist
+    for buf in model.buffers():
+        dist.broadcast(buf, src)
+
+
+class _Forwarding:
+    """Attributes the wrapper lacks (head, ages_from_outputs, age_grid, predict...) come from the model."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = super().__getattr__(self._inner_name)
+            return getattr(inner, name)
+
+
+class AutocastModel(_Forwarding, torch.nn.Module):
+    """forward under bf16 autocast (CUDA), outputs back in float32 so losses and metrics stay float32.
+    Only the training step sees it; evaluation, checkpoints and exports use the plain model."""
+    _inner_name = "model"
+
+    def __init__(self, model, device_type="cuda", dtype=torch.bfloat16):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x).float()
+
+
+def forwarding_ddp(model, **kwargs):
+    """DistributedDataParallel(model) that still answers model.head, model.ages_from_outputs etc., so
+    train_one_epoch and age_loss take it unchanged."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    class ForwardingDDP(_Forwarding, DistributedDataParallel):
+        _inner_name = "module"
+    return ForwardingDDP(model, **kwargs)

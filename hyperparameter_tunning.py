@@ -449,7 +449,7 @@ def final_should_resume(run_dir: Path, argv: list) -> bool:
     except DataError:
         return False
     wanted = vars(train.get_args_parser().parse_args(argv))
-    ignore = {"resume", "threads", "workers", "no_progress", "debug", "device", "cache_dir"}
+    ignore = {"resume", "threads", "workers", "no_progress", "debug", "device", "cache_dir", "dist_backend", "dist_timeout", "amp"}
     return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
 
 

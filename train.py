@@ -1,13 +1,17 @@
 """Train an age regressor on the splits written by eda.py, test the best epoch once, export it.
 
     python train.py --splits OUT/splits --model simplecnn --epochs 20 --out-dir RUN [--resume]
+    torchrun --nproc_per_node 4 train.py ...   (DistributedDataParallel: one process per GPU, or per CPU share)
 
 Writes into RUN: best.pt, last.pt (atomic, self-describing), tb/ (TensorBoard), learning_curves.png,
 history.json, metrics.json and pred_vs_true.png (test split, best epoch), model.jit and model.onnx.
 """
 import argparse
+import contextlib
+import datetime
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -16,9 +20,10 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (ExportedAgeModel, check_export_parity, configure_threads, evaluate, export_onnx,
-                       export_torchscript, face_grid_figure, load_checkpoint, plot_learning_curves,
-                       plot_pred_vs_true, public, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+from functions import (AutocastModel, Distributed, ExportedAgeModel, broadcast_buffers, check_export_parity,
+                       configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
+                       face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
+                       public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
                        train_one_epoch)
 from model import MODEL_NAMES, build_model, count_parameters
 
@@ -50,7 +55,9 @@ def get_args_parser():
     g.add_argument("--weights", default=None, help="ResNet: local ImageNet weights file (offline --pretrained)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout before the fully connected layers")
     g.add_argument("--epochs", type=int, default=20, help="passes over the training split")
-    g.add_argument("--batch-size", type=int, default=64, help="images per step")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help="images per step per process: under torchrun the global batch is --batch-size x "
+                        "processes (the learning rate is not rescaled; raise --lr yourself if wanted)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
     g.add_argument("--loss", choices=("l1", "mse", "huber"), default="l1", help="loss on the predicted age")
@@ -62,8 +69,17 @@ def get_args_parser():
     g.add_argument("--out-dir", required=True, help="run folder: checkpoints, logs, figures, exports")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--seed", type=int, default=42, help="seeds weights, shuffling and augmentation")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--device", default="auto",
+                   help="auto, cpu or cuda (under torchrun, auto and cuda mean cuda:LOCAL_RANK)")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for the training forward pass on CUDA; ignored, with a note, on CPU "
+                        "(evaluation, checkpoints and exports stay float32)")
+    g.add_argument("--dist-backend", default="auto",
+                   help="torchrun only: process-group backend, auto = nccl on CUDA, gloo on CPU")
+    g.add_argument("--dist-timeout", type=float, default=60.0,
+                   help="torchrun only: minutes a rank waits at a barrier (e.g. while rank 0 builds the cache)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: all cores, divided among a node's torchrun processes)")
     g.add_argument("--workers", type=int, default=2, help="processes that build the cache")
     g.add_argument("--no-test", action="store_true", help="skip the test split (used by the search)")
     g.add_argument("--no-export", action="store_true", help="skip model.jit / model.onnx")
@@ -97,12 +113,54 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
     return factor
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """auto -> cuda if torch sees one, else cpu. Under torchrun (local_rank given) cuda means cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise DataError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if name == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise DataError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices on this "
+                            "node; lower torchrun --nproc_per_node")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def setup_distributed(args) -> Distributed:
+    """Under torchrun (WORLD_SIZE > 1 in the environment): this rank's device and the process group.
+    Without it: rank 0 of 1, no group, nothing else changes."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in env:
+        return Distributed(device=resolve_device(args.device))
+    import torch.distributed as dist
+    rank, local_rank, world = int(env["RANK"]), int(env.get("LOCAL_RANK", "0")), int(env["WORLD_SIZE"])
+    local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
+    device = resolve_device(args.device, local_rank)
+    backend = args.dist_backend if args.dist_backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=args.dist_timeout))
+    return Distributed(rank, local_rank, world, local_world, device, backend)
+
+
+def main(args):
+    """Train in this process, or as one rank of a torchrun launch. Only rank 0 prints, writes and
+    exports; the process group is closed on every exit, errors included."""
+    dist_ctx = setup_distributed(args)
+    try:
+        if not dist_ctx.active:
+            return train_run(args, dist_ctx)
+        args = argparse.Namespace(**vars(args))
+        if args.threads is None:  # torch's default (all cores) in every process would oversubscribe the node
+            args.threads = max(1, (os.cpu_count() or 1) // dist_ctx.local_world_size)
+        if dist_ctx.is_main:
+            return train_run(args, dist_ctx)
+        args.no_progress = True
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return train_run(args, dist_ctx)
+    finally:
+        dist_ctx.close()
 
 
 def load_data(args, cfg, log=print):
@@ -121,33 +179,41 @@ def load_data(args, cfg, log=print):
     return train, val, cache_dir
 
 
-def main(args):
+def train_run(args, dist_ctx: Distributed):
     start_time = time.perf_counter()
     configure_threads(args.threads)
     set_seed(args.seed)
-    device = resolve_device(args.device)
+    device = dist_ctx.device
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a process killed while writing; never a valid file
-        stale.unlink()
+    if dist_ctx.is_main:
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing; never a valid file
+            stale.unlink()
+    if args.amp and device.type != "cuda":
+        print("--amp ignored: bf16 autocast is used on CUDA only, this run is float32 on the CPU")
     progress = not args.no_progress
     if args.model not in MODEL_NAMES:
         raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
 
     resume_from = out / "last.pt"
     checkpoint = None
-    if args.resume and resume_from.exists():
+    # every rank loads last.pt itself; they must all see it (multi-node: --out-dir on a shared disk)
+    if dist_ctx.all_same(args.resume and resume_from.exists(), f"--resume: whether {resume_from} exists"):
         checkpoint = load_checkpoint(resume_from)
         saved = checkpoint["config"]
         for key in ("model", "head", "image_size", "batch_size", "loss", "seed", "epochs", "splits"):
             if saved.get(key) != getattr(args, key):
                 raise DataError(f"--resume: {key} was {saved.get(key)!r} in {resume_from}, now {getattr(args, key)!r}; "
                                 "use the same arguments or a new --out-dir")
+        if checkpoint.get("world_size", 1) != dist_ctx.world_size:
+            print(f"warning: --resume: {resume_from} was written by {checkpoint.get('world_size', 1)} processes, now "
+                  f"{dist_ctx.world_size}; the global batch and schedule differ from the interrupted run")
     elif args.resume:
         print(f"--resume: no {resume_from} yet, starting from epoch 1")
 
     cfg = preprocess_config(args)
-    train_set, val_set, cache_dir = load_data(args, cfg)
+    # rank 0 builds the cache while the others wait; then they read it
+    train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, cfg))
     if checkpoint is not None:
         cfg = PreprocessConfig.from_dict(checkpoint["preprocess"])
     else:
@@ -161,14 +227,31 @@ def main(args):
     channels_last = True  # measured +30-40 % training speed on CPU for these convnets
     model = model.to(memory_format=torch.channels_last)
     print(f"model {args.model} ({args.head} head): {count_parameters(model):,} parameters; "
-          f"train {len(train_set)}, val {len(val_set)} images; device {device}, {torch.get_num_threads()} threads")
+          f"train {len(train_set)}, val {len(val_set)} images; device {device}, {torch.get_num_threads()} threads"
+          + (f"; {dist_ctx.world_size} processes ({dist_ctx.backend}), global batch "
+             f"{args.batch_size * dist_ctx.world_size}" if dist_ctx.active else ""))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    train_loader = lambda epoch: make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed * 1000 + epoch)
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    pin = device.type == "cuda"  # page-locked batches; _prepare copies with non_blocking=True
+    if dist_ctx.active:
+        from torch.utils.data.distributed import DistributedSampler
+        # each rank a disjoint 1/world share (padded by at most world-1 repeats), permuted per epoch with the
+        # same seed * 1000 + epoch as one process, so a resumed run repeats an uninterrupted one
+        sampler = DistributedSampler(train_set, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=args.seed * 1000)
+
+        def train_loader(epoch):
+            sampler.set_epoch(epoch)
+            return make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler, pin_memory=pin)
+        steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
+    else:
+        train_loader = lambda epoch: make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed * 1000 + epoch,
+                                                 pin_memory=pin)
+        steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
-    val_loader = make_loader(val_set, 256, shuffle=False)
+    # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
+    validate = lambda: evaluate_sharded(model, val_set, 256, mean, std, args.loss, device, args.tta_flip,
+                                        channels_last, dist_ctx, pin)
     mean = torch.tensor(cfg.mean, device=device)
     std = torch.tensor(cfg.std, device=device)
 
@@ -182,8 +265,12 @@ def main(args):
         start_epoch = checkpoint["epoch"] + 1
         print(f"resumed from {resume_from} at epoch {checkpoint['epoch']} (best val MAE {best_val:.3f})")
 
+    net = AutocastModel(model) if args.amp and device.type == "cuda" else model  # what the training step runs
+    if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
+        net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
+
     writer = None
-    if not args.no_tensorboard:
+    if not args.no_tensorboard and dist_ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch)
     preview = val_set.batch(range(min(16, len(val_set))))
@@ -193,20 +280,25 @@ def main(args):
                 "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(),
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "rng_state": rng_state(), "epoch": epoch,
-                "metrics": metrics, "history": history, "best_val_mae": best_val}
+                "metrics": metrics, "history": history, "best_val_mae": best_val, "world_size": dist_ctx.world_size}
 
     augment = AUGMENTATIONS[args.augment]
     for epoch in range(start_epoch, args.epochs + 1):
         # every source of randomness is re-seeded per epoch, so a resumed run repeats an uninterrupted one
-        torch.manual_seed(args.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch)
-        train_metrics = train_one_epoch(model, train_loader(epoch), optimizer, mean, std, args.loss, scheduler,
+        # (rank r > 0 of a torchrun launch offsets its seeds, so ranks draw different augmentations)
+        torch.manual_seed(args.seed * 1000 + epoch + 100_003 * dist_ctx.rank)
+        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch + 100_003 * dist_ctx.rank)
+        train_metrics = train_one_epoch(net, train_loader(epoch), optimizer, mean, std, args.loss, scheduler,
                                         augment, generator, device, epoch, channels_last, progress)
-        val_metrics = evaluate(model, val_loader, mean, std, args.loss, device, args.tta_flip, channels_last)
+        if dist_ctx.active:
+            broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
+        train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
+        val_metrics = validate()
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": train_metrics["loss"], "train_mae": train_metrics["mae"],
                "val_loss": val_metrics["loss"], "val_mae": val_metrics["mae"], "val_cs5": val_metrics["cs5"],
-               "lr": lr, "train_images_per_s": train_metrics["images_per_s"], "epoch_seconds": train_metrics["seconds"]}
+               "lr": lr, "train_images_per_s": train_metrics["images_per_s"], "epoch_seconds": train_metrics["seconds"],
+               "train_images": train_metrics["images"], "train_images_per_rank": train_metrics["images_per_rank"]}
         history.append(row)
         improved = val_metrics["mae"] < best_val
         best_val = min(best_val, val_metrics["mae"])
@@ -223,12 +315,14 @@ def main(args):
             writer.add_scalar("speed/train_images_per_s", row["train_images_per_s"], epoch)
             writer.add_figure("val_faces", face_grid_figure(preview[0], preview[1], val_metrics["pred"][:16]), epoch)
             writer.flush()
-        checkpoint = make_checkpoint(epoch, {"train": train_metrics, "val": public(val_metrics)})
-        if improved:
-            save_checkpoint(out / "best.pt", checkpoint)
-        save_checkpoint(out / "last.pt", checkpoint)
-        plot_learning_curves(history, out / "learning_curves.png")
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        if dist_ctx.is_main:  # rank 0 alone writes; the others wait at the barrier
+            checkpoint = make_checkpoint(epoch, {"train": train_metrics, "val": public(val_metrics)})
+            if improved:
+                save_checkpoint(out / "best.pt", checkpoint)
+            save_checkpoint(out / "last.pt", checkpoint)
+            plot_learning_curves(history, out / "learning_curves.png")
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+        dist_ctx.barrier()
     if writer is not None:
         writer.close()
 
@@ -236,12 +330,14 @@ def main(args):
                "train_seconds": round(time.perf_counter() - start_time, 1),
                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
                "params": count_parameters(model)}
-    best = load_checkpoint(out / "best.pt")
-    model.load_state_dict(best["model_state"])
-    if not args.no_test:
-        summary["test"] = test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last)
-    if not args.no_export:
-        summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
+    if dist_ctx.is_main:  # rank 0 alone tests and exports the best epoch; the others wait at the barrier
+        best = load_checkpoint(out / "best.pt")
+        model.load_state_dict(best["model_state"])
+        if not args.no_test:
+            summary["test"] = test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last)
+        if not args.no_export:
+            summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
+    dist_ctx.barrier()
     return summary
 
 
