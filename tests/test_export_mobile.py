@@ -1,0 +1,139 @@
+"""export_mobile.py: ExecuTorch .pte and torch.export .pt2 exports, parity with eager, int8, latency table."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import demo_data
+import eda
+import export_mobile
+import functions
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "32",
+        "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A one-epoch SimpleCNN run (best.pt, model.jit, model.onnx) on generated faces."""
+    root = tmp_path_factory.mktemp("mobile")
+    demo_data.generate_dataset(root / "data", min_age=20, max_age=40, per_age=4, size=64, seed=3)
+    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
+                                               "--no-progress"]))
+    train.main(train.get_args_parser().parse_args(["--splits", str(root / "out" / "splits"), "--out-dir",
+                                                   str(root / "run"), *FAST, "--epochs", "1"]))
+    return root / "run"
+
+
+def need_executorch():
+    """Skip without executorch, unless requirements.txt lists it: then a missing install is a failure."""
+    if re.search(r"^executorch\b", (REPO / "requirements.txt").read_text(), re.M):
+        import executorch  # noqa: F401
+    else:
+        pytest.importorskip("executorch")
+
+
+def cli_args(*args):
+    return export_mobile.get_args_parser().parse_args([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    """`export_mobile.py --checkpoint RUN/best.pt --quantize` (short timing loop), run in this process."""
+    result = export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--quantize", "--runs", "20",
+                                         "--warmup", "3"))
+    return result
+
+
+@pytest.fixture(scope="module")
+def eager(run_dir):
+    checkpoint = functions.load_checkpoint(run_dir / "best.pt")
+    wrapper, cfg, size = export_mobile.rebuild(checkpoint)
+    val = export_mobile.load_val(checkpoint, cfg, cli_args("--checkpoint", "x"))
+    return wrapper, val.batch(range(min(8, len(val))))[0].float()
+
+
+def jit_metadata(run_dir):
+    return functions.load_torchscript(run_dir / "model.jit")[1]
+
+
+def test_pte_matches_eager_and_carries_the_metadata(run_dir, exported, eager):
+    need_executorch()
+    wrapper, images = eager
+    pte = run_dir / "model.pte"
+    assert exported["exports"]["model.pte"]["max_abs_diff"] <= 1e-4
+    assert export_mobile.check_mobile_parity(wrapper, pte, images) <= 1e-4  # real faces, batch 8, 1 and 32
+    run, metadata = export_mobile.load_executorch(pte)
+    assert metadata == json.loads((run_dir / "model.pte.json").read_text())
+    assert metadata["export"]["dynamic_batch"] == [1, export_mobile.PTE_MAX_BATCH]
+    assert {k: v for k, v in metadata.items() if k != "export"} == jit_metadata(run_dir)
+    with pytest.raises(ValueError, match="at most 32"):
+        run(images[:1].repeat(33, 1, 1, 1))
+
+
+def test_int8_pte_is_smaller_and_close_to_float(run_dir, exported):
+    need_executorch()
+    int8 = exported["int8"]
+    assert (run_dir / "model_int8.pte").stat().st_size < (run_dir / "model.pte").stat().st_size / 2
+    assert int8["val_n"] > 0 and int8["calibration_images"] == min(64, int8["val_n"])
+    assert abs(int8["val_mae_int8"] - int8["val_mae_float"]) < 1.0
+    _, metadata = export_mobile.load_executorch(run_dir / "model_int8.pte")
+    assert metadata["export"]["dtype"] == "int8"
+
+
+def test_table_lists_size_and_latency_of_every_export(run_dir, exported):
+    report = json.loads((run_dir / "mobile_exports.json").read_text())
+    table = report["latency"]
+    assert table["threads"] == 1 and table["batch"] == 1 and table["runs"] == 20
+    present = [name for name in export_mobile.BENCH_FILES if (run_dir / name).is_file()]
+    assert {"model.jit", "model.onnx"} <= set(present) and len(present) >= 3
+    assert [row["file"] for row in table["rows"]] == present
+    for row in table["rows"]:
+        assert row["size_bytes"] == (run_dir / row["file"]).stat().st_size
+        assert 0 < row["latency_ms_median"] <= row["latency_ms_p90"], row
+        assert row["stale"] is False
+
+
+def test_pt2_matches_eager_with_metadata_inside(run_dir, eager, tmp_path):
+    wrapper, images = eager
+    metadata = {"model_name": "simplecnn", "note": "ünïcode"}
+    path = export_mobile.export_pt2(wrapper, images, tmp_path / "model.pt2", metadata)
+    assert export_mobile.check_mobile_parity(wrapper, path, images) <= 1e-4
+    module, loaded = export_mobile.load_pt2(path)
+    assert loaded["note"] == "ünïcode" and loaded["export"]["dynamic_batch"] == [1, export_mobile.MAX_BATCH]
+    with torch.no_grad():
+        assert module(images[:3]).shape == (3,)
+
+
+@pytest.mark.parametrize("cause", ["not_installed", "lowering_fails"])
+def test_falls_back_to_pt2_and_says_why_in_one_line(run_dir, tmp_path, monkeypatch, capsys, cause):
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no XNNPACK kernel for this op\nsecond line")
+    if cause == "lowering_fails":
+        monkeypatch.setattr(export_mobile, "_lower_to_pte", broken)
+    else:
+        monkeypatch.setattr(export_mobile, "executorch_missing", lambda: "executorch is not importable (test)")
+    export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("writing model.pt2 (torch.export) instead"), lines
+    assert ("no XNNPACK kernel for this op" if cause == "lowering_fails" else "not importable") in lines[0]
+    assert (tmp_path / "model.pt2").is_file() and not (tmp_path / "model.pte").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_file", "no_val_split"])
+def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, monkeypatch, capsys, case):
+    args = {"missing": ["--checkpoint", tmp_path / "nope.pt"],
+            "wrong_file": ["--checkpoint", run_dir / "model.onnx"],
+            "no_val_split": ["--checkpoint", run_dir / "best.pt", "--quantize", "--splits", tmp_path]}[case]
+    monkeypatch.setattr(sys, "argv", ["export_mobile.py", *map(str, args), "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        functions.run_cli(export_mobile.main, export_mobile.get_args_parser())
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert not list(tmp_path.glob("model*"))
