@@ -59,6 +59,10 @@ def get_args_parser():
     p.add_argument("--crop-check", type=int, default=0,
                    help="Protocol S: also compare test MAE direct vs through the detector on N pasted test faces")
     p.add_argument("--table", action="store_true", help="only print the README table from --out")
+    p.add_argument("--refresh-exports", action="store_true",
+                   help="re-export the listed models' existing runs and re-measure model.jit (no training)")
+    p.add_argument("--crop-margins", default=None,
+                   help="with --crop-check: comma-separated crop margins to compare (default: the model's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -105,7 +109,7 @@ def loader_speed(splits, cache_dir, n=192):
     return result
 
 
-def crop_consistency(run_dir, splits, n, seed=0):
+def crop_consistency(run_dir, splits, n, seed=0, margin=None):
     """Test MAE on aligned crops directly vs after pasting each face into a larger scene and detecting it."""
     import cv2
     import inference
@@ -128,14 +132,14 @@ def crop_consistency(run_dir, splits, n, seed=0):
         if boxes:
             detected += 1
             best = max(boxes, key=lambda b: inference.iou(b, (x, y, side, side)))
-            crop = inference.crop_face(canvas, best, metadata.get("crop_margin", 0.0))
+            crop = inference.crop_face(canvas, best, metadata.get("crop_margin", 0.0) if margin is None else margin)
         else:
             crop = canvas
         through.append(inference.predict_crops(module, metadata, cfg, [crop])[0])
     ages = np.array([r["age"] for r in records], dtype=float)
     mae_direct = float(np.abs(np.array(direct) - ages).mean())
     mae_detector = float(np.abs(np.array(through) - ages).mean())
-    return {"images": len(records), "detected": detected, "mae_direct": mae_direct,
+    return {"images": len(records), "detected": detected, "margin": metadata.get("crop_margin") if margin is None else margin, "mae_direct": mae_direct,
             "mae_through_detector": mae_detector, "gap": mae_detector - mae_direct}
 
 
@@ -166,6 +170,34 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         "latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
         "command": "python train.py " + shlex.join(argv),
     }
+
+
+def refresh_exports(protocol, name, work, results):
+    """Re-export an existing run's best.pt with the current exporter and re-measure its model.jit."""
+    run_dir = work / protocol / name
+    best = train.load_checkpoint(run_dir / "best.pt")
+    cfg = PreprocessConfig.from_dict(best["preprocess"])
+    from model import build_model
+    model = build_model(best["model_name"], best["head"], best["min_age"], best["max_age"], cfg.image_size,
+                        dropout=best["config"].get("dropout", 0.0))
+    model.load_state_dict(best["model_state"])
+    val = train.load_split_dataset(Path(best["config"]["splits"]) / "val.csv", cfg,
+                                   Path(best["config"]["splits"]).parent / "cache", progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    train.export_best(model.eval(), cfg, best, run_dir, val, metrics)
+    latency, b64 = jit_speed(run_dir / "model.jit", cfg.image_size)
+    entry = results["protocols"][protocol][name]
+    entry.update({"latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
+                  "model_jit_bytes": (run_dir / "model.jit").stat().st_size})
+    return entry
+
+
+def check_crops(args, work, name, results, out_path):
+    margins = [float(m) for m in args.crop_margins.split(",")] if args.crop_margins else [None]
+    results["crop_consistency"] = [{"model": name, **crop_consistency(work / "S" / name, work / "S" / "splits",
+                                                                      args.crop_check, margin=m)} for m in margins]
+    print("crop consistency:", json.dumps(results["crop_consistency"]))
+    save_results(out_path, results)
 
 
 def load_results(path):
@@ -206,6 +238,15 @@ def main(args):
             raise DataError(f"unknown protocol {p!r}; choose S or F")
     out_path = Path(args.out) if not args.quick else Path(args.out).with_name("results_quick.json")
     results = load_results(out_path)
+    if args.refresh_exports:
+        for protocol in protocols:
+            for name in models:
+                print(protocol, name, json.dumps(refresh_exports(protocol, name, work, results)))
+                save_results(out_path, results)
+        if "S" in protocols and args.crop_check:
+            check_crops(args, work, models[-1], results, out_path)
+        print(table(results))
+        return
     results.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                                f"torch {torch.__version__}", "date": datetime.date.today().isoformat()})
     for protocol in protocols:
@@ -226,10 +267,7 @@ def main(args):
             print(json.dumps(results["protocols"][protocol][name], indent=1))
             save_results(out_path, results)
         if protocol == "S" and args.crop_check:
-            run_dir = work / protocol / models[-1]
-            results["crop_consistency"] = {"model": models[-1], **crop_consistency(run_dir, splits, args.crop_check)}
-            print("crop consistency:", json.dumps(results["crop_consistency"]))
-            save_results(out_path, results)
+            check_crops(args, work, models[-1], results, out_path)
     print(table(results))
     print(f"wrote {out_path}")
 

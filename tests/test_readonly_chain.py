@@ -1,0 +1,33 @@
+"""The whole chain (EDA, training, export, inference) on a read-only data folder changes nothing in it."""
+import subprocess
+import sys
+from pathlib import Path
+
+import demo_data
+from test_bad_inputs import set_writable, snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_whole_chain_on_read_only_data(tmp_path):
+    data = tmp_path / "data"
+    demo_data.generate_dataset(data, min_age=20, max_age=35, per_age=4, size=64, seed=3)
+    out = tmp_path / "out"
+    set_writable(data, False)
+    try:
+        before = snapshot(data)
+        run("eda.py", "--data-dir", data, "--out-dir", out, "--no-progress")
+        run("train.py", "--splits", out / "splits", "--out-dir", out / "run", "--epochs", "1", "--image-size", "64",
+            "--no-denoise", "--threads", "1", "--no-progress")
+        proc = run("inference.py", "--model", out / "run" / "model.jit", "--input-dir", data / "25",
+                   "--output-dir", out / "annotated", "--threads", "1")
+        assert (out / "annotated" / "predictions.csv").is_file(), proc.stdout
+        assert snapshot(data) == before  # nothing created, modified or removed under the data folder
+    finally:
+        set_writable(data, True)
