@@ -192,6 +192,13 @@ def refresh_exports(protocol, name, work, results):
     return entry
 
 
+def median_baseline(splits):
+    """Test MAE of always predicting the training split's median age: the floor any model must beat."""
+    train_ages = np.array([r["age"] for r in read_split(Path(splits) / "train.csv")], dtype=float)
+    test_ages = np.array([r["age"] for r in read_split(Path(splits) / "test.csv")], dtype=float)
+    return round(float(np.abs(test_ages - np.median(train_ages)).mean()), 3)
+
+
 def check_crops(args, work, name, results, out_path):
     margins = [float(m) for m in args.crop_margins.split(",")] if args.crop_margins else [None]
     results["crop_consistency"] = [{"model": name, **crop_consistency(work / "S" / name, work / "S" / "splits",
@@ -256,6 +263,7 @@ def main(args):
         splits = work / protocol / "splits"
         results["protocols"].setdefault(protocol, {})
         results.setdefault("data", {})[protocol] = {k: report[k] for k in ("used", "splits", "duplicates", "age")}
+        results["data"][protocol]["test_mae_of_train_median"] = median_baseline(splits)
         if protocol == "S" and not args.no_speed:
             results["speed"] = loader_speed(splits, work / protocol / "cache")
             print("loader:", json.dumps(results["speed"]))
