@@ -28,7 +28,8 @@ import torch
 import eda
 import train
 from custom_dataset import DataError, PreprocessConfig, build_cache, read_split, CustomDataset, make_loader
-from functions import atomic_write, load_torchscript, run_cli
+from export_mobile import time_runs
+from functions import atomic_write, load_torchscript, model_from_checkpoint, run_cli
 
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # name -> train.py arguments (beyond splits/out-dir). The first is the seed's recipe as the seed ran it.
@@ -59,6 +60,8 @@ def get_args_parser():
     p.add_argument("--crop-check", type=int, default=0,
                    help="Protocol S: also compare test MAE direct vs through the detector on N pasted test faces")
     p.add_argument("--table", action="store_true", help="only print the README table from --out")
+    p.add_argument("--probes", action="store_true",
+                   help="only run the speed probes behind the README's speed choices (about 2 minutes)")
     p.add_argument("--refresh-exports", action="store_true",
                    help="re-export the listed models' existing runs and re-measure model.jit (no training)")
     p.add_argument("--crop-margins", default=None,
@@ -72,21 +75,9 @@ def jit_speed(jit_path, image_size, runs_b1=300, runs_b64=20):
     module, _ = load_torchscript(jit_path)
     x1 = torch.rand(1, 3, image_size, image_size) * 255
     x64 = torch.rand(64, 3, image_size, image_size) * 255
-    with torch.inference_mode():
-        for _ in range(20):
-            module(x1)
-        times = []
-        for _ in range(runs_b1):
-            t = time.perf_counter()
-            module(x1)
-            times.append(time.perf_counter() - t)
-        for _ in range(3):
-            module(x64)
-        t = time.perf_counter()
-        for _ in range(runs_b64):
-            module(x64)
-        b64 = 64 * runs_b64 / (time.perf_counter() - t)
-    return 1000 * statistics.median(times), b64
+    b1 = time_runs(module, x1, runs=runs_b1, warmup=20)
+    b64 = time_runs(module, x64, runs=runs_b64, warmup=3)
+    return 1000 * statistics.median(b1), 64 * runs_b64 / sum(b64)
 
 
 def loader_speed(splits, cache_dir, n=192):
@@ -176,20 +167,76 @@ def refresh_exports(protocol, name, work, results):
     """Re-export an existing run's best.pt with the current exporter and re-measure its model.jit."""
     run_dir = work / protocol / name
     best = train.load_checkpoint(run_dir / "best.pt")
-    cfg = PreprocessConfig.from_dict(best["preprocess"])
-    from model import build_model
-    model = build_model(best["model_name"], best["head"], best["min_age"], best["max_age"], cfg.image_size,
-                        dropout=best["config"].get("dropout", 0.0))
-    model.load_state_dict(best["model_state"])
+    model, cfg = model_from_checkpoint(best)
     val = train.load_split_dataset(Path(best["config"]["splits"]) / "val.csv", cfg,
                                    Path(best["config"]["splits"]).parent / "cache", progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    train.export_best(model.eval(), cfg, best, run_dir, val, metrics)
+    train.export_best(model, cfg, best, run_dir, val, metrics)
     latency, b64 = jit_speed(run_dir / "model.jit", cfg.image_size)
     entry = results["protocols"][protocol][name]
     entry.update({"latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
                   "model_jit_bytes": (run_dir / "model.jit").stat().st_size})
     return entry
+
+
+def speed_probes(image_size=128, threads=2):
+    """The measurements behind the speed choices (random weights and data: speed does not depend on them).
+
+    Training step images/s for memory format and batch size, whole-batch augmentation images/s, and
+    TorchScript batch-1/batch-64 speed as traced, frozen, and optimised for inference.
+    """
+    import torch.nn.functional as F
+    from custom_dataset import AugmentConfig, augment_batch, normalize
+    from functions import ExportedAgeModel
+    from model import build_model
+    torch.set_num_threads(threads)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+
+    def train_speed(batch, channels_last, steps=12):
+        torch.manual_seed(0)
+        model = build_model("simplecnn", image_size=image_size)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+        images = (torch.rand(batch, 3, image_size, image_size) * 255).to(torch.uint8)
+        ages = torch.rand(batch) * 30 + 20
+        generator = torch.Generator().manual_seed(0)
+
+        def step(_):
+            with torch.enable_grad():  # time_runs times under no_grad
+                x = normalize(augment_batch(images.float(), AugmentConfig(), generator), mean, std)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                loss = F.l1_loss(model.predict(x), ages)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        times = time_runs(step, None, runs=steps, warmup=3)
+        return round(batch * steps / sum(times), 1)
+
+    probes = {"threads": threads, "train_images_per_s": {}}
+    for batch, channels_last in ((64, False), (64, True), (32, True), (16, True), (8, True)):
+        key = f"batch{batch}_{'channels_last' if channels_last else 'contiguous'}"
+        probes["train_images_per_s"][key] = train_speed(batch, channels_last, steps=max(12, 512 // batch))
+        print("probe", key, probes["train_images_per_s"][key], flush=True)
+    x = torch.rand(64, 3, image_size, image_size) * 255
+    generator = torch.Generator().manual_seed(0)
+    times = time_runs(lambda b: augment_batch(b, AugmentConfig(), generator), x, runs=10, warmup=2)
+    probes["augment_images_per_s"] = round(64 * 10 / sum(times), 1)
+    wrapper = ExportedAgeModel(build_model("simplecnn", image_size=image_size).eval(), mean.tolist(), std.tolist())
+    x1 = torch.rand(1, 3, image_size, image_size) * 255
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper.eval(), x1)
+    variants = {"eager": wrapper, "traced": traced, "frozen": torch.jit.freeze(traced),
+                "optimize_for_inference": torch.jit.optimize_for_inference(torch.jit.freeze(traced))}
+    probes["inference"] = {}
+    for name, module in variants.items():
+        b1 = time_runs(module, x1, runs=200, warmup=20)
+        b64 = time_runs(module, x, runs=15, warmup=3)
+        probes["inference"][name] = {"b1_ms": round(1000 * statistics.median(b1), 3),
+                                     "b64_images_per_s": round(64 * 15 / sum(b64), 1)}
+        print("probe", name, probes["inference"][name], flush=True)
+    return probes
 
 
 def median_baseline(splits):
@@ -231,6 +278,12 @@ def table(results) -> str:
 def main(args):
     if args.table:
         print(table(load_results(args.out)))
+        return
+    if args.probes:
+        results = load_results(args.out)
+        results["probes"] = speed_probes()
+        save_results(args.out, results)
+        print(json.dumps(results["probes"], indent=1))
         return
     data_dir, work = Path(args.data_dir), Path(args.work_dir)
     if not data_dir.is_dir():

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import warnings
 from collections import Counter

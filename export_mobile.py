@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from custom_dataset import DataError, PreprocessConfig, load_split_dataset
-from functions import ExportedAgeModel, atomic_write, load_checkpoint, load_torchscript, run_cli
-from model import build_model
+from custom_dataset import DataError, load_split_dataset
+from functions import (ExportedAgeModel, atomic_write, load_checkpoint, load_torchscript, model_from_checkpoint,
+                       run_cli)
 
 PARITY_TOLERANCE = 1e-4
 METADATA_METHOD = "metadata_json"  # ExecuTorch constant method holding the metadata JSON as uint8
@@ -344,18 +344,9 @@ def format_table(table: dict) -> str:
 
 def rebuild(checkpoint: dict):
     """(wrapper, PreprocessConfig, image_size) from the checkpoint alone."""
-    config = checkpoint.get("config") or {}
-    cfg = PreprocessConfig.from_dict(checkpoint.get("preprocess") or {})
-    image_size = int(config.get("image_size") or cfg.image_size)
-    model = build_model(checkpoint["model_name"], checkpoint["head"], checkpoint["min_age"], checkpoint["max_age"],
-                        image_size, dropout=config.get("dropout", 0.0))
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as exc:
-        raise DataError(f"the checkpoint's weights do not fit a {checkpoint['model_name']} "
-                        f"({str(exc).splitlines()[0]})") from None
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    return ExportedAgeModel(model, cfg.mean, cfg.std).eval(), cfg, image_size
+    model, cfg = model_from_checkpoint(checkpoint)
+    model = model.to(memory_format=torch.contiguous_format)
+    return ExportedAgeModel(model, cfg.mean, cfg.std).eval(), cfg, cfg.image_size
 
 
 def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:

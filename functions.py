@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from custom_dataset import AugmentConfig, DataError, augment_batch, normalize
+from custom_dataset import AugmentConfig, DataError, PreprocessConfig, augment_batch, normalize
 
 AGE_BIN_WIDTH = 10  # per-age-bin MAE is reported per decade: 20-29, 30-39, ...
 
@@ -213,6 +213,22 @@ def load_checkpoint(path) -> dict:
     if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
         raise DataError(f"{path} is not a checkpoint written by train.py (no model_state)")
     return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict):
+    """(model in eval mode, PreprocessConfig) rebuilt from a checkpoint alone."""
+    from model import build_model
+    config = checkpoint.get("config") or {}
+    cfg = PreprocessConfig.from_dict(checkpoint.get("preprocess") or {})
+    image_size = int(config.get("image_size") or cfg.image_size)
+    model = build_model(checkpoint["model_name"], checkpoint["head"], checkpoint["min_age"], checkpoint["max_age"],
+                        image_size, dropout=config.get("dropout", 0.0))
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as exc:
+        raise DataError(f"the checkpoint's weights do not fit a {checkpoint['model_name']} "
+                        f"({str(exc).splitlines()[0]})") from None
+    return model.eval(), cfg
 
 
 def rng_state() -> dict:

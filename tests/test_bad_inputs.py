@@ -10,7 +10,6 @@ import io
 import os
 import stat
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
