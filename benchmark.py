@@ -29,7 +29,7 @@ import eda
 import train
 from custom_dataset import DataError, PreprocessConfig, build_cache, read_split, CustomDataset, make_loader
 from export_mobile import time_runs
-from functions import atomic_write, load_torchscript, model_from_checkpoint, run_cli
+from functions import atomic_write, keep_freed_memory, load_torchscript, model_from_checkpoint, run_cli
 
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # name -> train.py arguments (beyond splits/out-dir). The first is the seed's recipe as the seed ran it.
@@ -44,6 +44,27 @@ MODELS = {
                           "--augment", "default", "--tta-flip"],
     "resnet18_dldl": ["--model", "resnet18", "--head", "distribution", "--epochs", "15", "--lr", "1e-3",
                       "--augment", "default", "--tta-flip", "--image-size", "112"],
+}
+
+# One-lever-at-a-time experiments on Protocol S, judged on validation only (the test split is not read):
+# each run is ABLATION_BASE with one change. 10 epochs keeps the set affordable on 2 cores (~7 min a
+# run); it favours levers that pay off early, which the README says next to the table.
+ABLATION_BASE = ["--model", "simplecnn", "--head", "distribution", "--loss", "l1", "--epochs", "10",
+                 "--lr", "1e-3", "--batch-size", "64", "--augment", "default", "--tta-flip"]
+ABLATIONS = {  # name -> (what changes, train.py arguments that override the base)
+    "base": ("SimpleCNN, label-distribution head, L1, default augmentation, cosine, flip-TTA", []),
+    "simplecnn_bn": ("BatchNorm after each conv (simplecnn_bn)", ["--model", "simplecnn_bn"]),
+    "no_denoise_deblur": ("seed's denoise and deblur off", ["--no-denoise", "--no-deblur"]),
+    "augment_strong": ("strong augmentation", ["--augment", "strong"]),
+    "augment_light": ("light augmentation (flips only)", ["--augment", "light"]),
+    "batch_32": ("batch 32 instead of 64", ["--batch-size", "32"]),
+    "regression_head": ("regression head (one output) instead of label distribution", ["--head", "regression"]),
+    "loss_huber": ("Huber (delta 5) instead of L1 on the expected age", ["--loss", "huber"]),
+    "loss_mse": ("MSE instead of L1 on the expected age", ["--loss", "mse"]),
+    "constant_lr": ("constant learning rate, no warm-up, instead of warm-up + cosine",
+                    ["--schedule", "constant", "--warmup-epochs", "0"]),
+    "image_size_96": ("96 px input instead of 128", ["--image-size", "96"]),
+    "dropout_0.3": ("dropout 0.3 before the fully connected layers", ["--dropout", "0.3"]),
 }
 
 
@@ -66,12 +87,15 @@ def get_args_parser():
                    help="re-export the listed models' existing runs and re-measure model.jit (no training)")
     p.add_argument("--crop-margins", default=None,
                    help="with --crop-check: comma-separated crop margins to compare (default: the model's)")
+    p.add_argument("--ablations", default=None,
+                   help=f"comma-separated one-lever experiments on Protocol S, validation only: {', '.join(ABLATIONS)}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
 
 def jit_speed(jit_path, image_size, runs_b1=300, runs_b64=20):
     """Median batch-1 latency (ms) and batch-64 throughput (images/s) of an exported model.jit."""
+    keep_freed_memory()  # as inference.py runs it (configure_threads)
     module, _ = load_torchscript(jit_path)
     x1 = torch.rand(1, 3, image_size, image_size) * 255
     x64 = torch.rand(64, 3, image_size, image_size) * 255
@@ -182,12 +206,13 @@ def refresh_exports(protocol, name, work, results):
 def speed_probes(image_size=128, threads=2):
     """The measurements behind the speed choices (random weights and data: speed does not depend on them).
 
-    Training step images/s for memory format and batch size, whole-batch augmentation images/s, and
-    TorchScript batch-1/batch-64 speed as traced, frozen, and optimised for inference.
+    Training step images/s for memory format, batch size and allocator setting (glibc default vs
+    functions.keep_freed_memory), whole-batch augmentation images/s, and TorchScript batch-1/batch-64
+    speed as traced, frozen, and optimised for inference.
     """
     import torch.nn.functional as F
     from custom_dataset import AugmentConfig, augment_batch, normalize
-    from functions import ExportedAgeModel
+    from functions import ExportedAgeModel, keep_freed_memory
     from model import build_model
     torch.set_num_threads(threads)
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
@@ -214,28 +239,39 @@ def speed_probes(image_size=128, threads=2):
         times = time_runs(step, None, runs=steps, warmup=3)
         return round(batch * steps / sum(times), 1)
 
-    probes = {"threads": threads, "train_images_per_s": {}}
-    for batch, channels_last in ((64, False), (64, True), (32, True), (16, True), (8, True)):
-        key = f"batch{batch}_{'channels_last' if channels_last else 'contiguous'}"
-        probes["train_images_per_s"][key] = train_speed(batch, channels_last, steps=max(12, 512 // batch))
-        print("probe", key, probes["train_images_per_s"][key], flush=True)
-    x = torch.rand(64, 3, image_size, image_size) * 255
-    generator = torch.Generator().manual_seed(0)
-    times = time_runs(lambda b: augment_batch(b, AugmentConfig(), generator), x, runs=10, warmup=2)
-    probes["augment_images_per_s"] = round(64 * 10 / sum(times), 1)
     wrapper = ExportedAgeModel(build_model("simplecnn", image_size=image_size).eval(), mean.tolist(), std.tolist())
     x1 = torch.rand(1, 3, image_size, image_size) * 255
+    x64 = torch.rand(64, 3, image_size, image_size) * 255
     with torch.no_grad():
         traced = torch.jit.trace(wrapper.eval(), x1)
     variants = {"eager": wrapper, "traced": traced, "frozen": torch.jit.freeze(traced),
                 "optimize_for_inference": torch.jit.optimize_for_inference(torch.jit.freeze(traced))}
-    probes["inference"] = {}
-    for name, module in variants.items():
-        b1 = time_runs(module, x1, runs=200, warmup=20)
-        b64 = time_runs(module, x, runs=15, warmup=3)
+
+    def inference_speed(name):
+        b1 = time_runs(variants[name], x1, runs=200, warmup=20)
+        b64 = time_runs(variants[name], x64, runs=15, warmup=3)
         probes["inference"][name] = {"b1_ms": round(1000 * statistics.median(b1), 3),
                                      "b64_images_per_s": round(64 * 15 / sum(b64), 1)}
         print("probe", name, probes["inference"][name], flush=True)
+
+    probes = {"threads": threads, "train_images_per_s": {}, "inference": {}}
+    # glibc's default allocator first: keep_freed_memory() cannot be undone inside a process
+    inference_speed("optimize_for_inference")
+    probes["inference"]["optimize_for_inference_glibc_default"] = probes["inference"].pop("optimize_for_inference")
+    grid = [(64, False, False), (64, True, False), (32, True, False),
+            (64, False, True), (64, True, True), (32, True, True), (16, True, True), (8, True, True)]
+    for batch, channels_last, keep in grid:
+        if keep:
+            keep_freed_memory()
+        key = (f"batch{batch}_{'channels_last' if channels_last else 'contiguous'}_"
+               f"{'keep_freed' if keep else 'glibc_default'}")
+        probes["train_images_per_s"][key] = train_speed(batch, channels_last, steps=max(12, 512 // batch))
+        print("probe", key, probes["train_images_per_s"][key], flush=True)
+    generator = torch.Generator().manual_seed(0)
+    times = time_runs(lambda b: augment_batch(b, AugmentConfig(), generator), x64, runs=10, warmup=2)
+    probes["augment_images_per_s"] = round(64 * 10 / sum(times), 1)
+    for name in variants:  # all with the allocator as train.py and inference.py set it
+        inference_speed(name)
     return probes
 
 
@@ -244,6 +280,49 @@ def median_baseline(splits):
     train_ages = np.array([r["age"] for r in read_split(Path(splits) / "train.csv")], dtype=float)
     test_ages = np.array([r["age"] for r in read_split(Path(splits) / "test.csv")], dtype=float)
     return round(float(np.abs(test_ages - np.median(train_ages)).mean()), 3)
+
+
+def run_ablation(name, splits, work, quick=False):
+    """Train ABLATION_BASE with one change; validation MAE of the best epoch, with and without flip-TTA."""
+    from custom_dataset import load_split_dataset
+    from functions import evaluate
+    change, extra = ABLATIONS[name]
+    run_dir = work / "S" / "ablations" / name
+    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *ABLATION_BASE, *extra,
+            "--no-test", "--no-export", "--no-tensorboard", "--no-progress"]
+    if quick:
+        argv += ["--epochs", "2", "--subset-fraction", "0.1"]
+    args = train.get_args_parser().parse_args(argv)
+    train.main(args)
+    best = train.load_checkpoint(run_dir / "best.pt")
+    model, cfg = model_from_checkpoint(best)
+    model = model.to(memory_format=torch.channels_last)
+    val = load_split_dataset(Path(splits) / "val.csv", cfg, Path(splits).parent / "cache", progress=False)
+    loader = make_loader(val, 256, shuffle=False)
+    mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
+    flip = evaluate(model, loader, mean, std, tta_flip=True)
+    plain = evaluate(model, loader, mean, std, tta_flip=False)
+    history = json.loads((run_dir / "history.json").read_text())
+    return {"change": change, "val_mae": round(flip["mae"] if args.tta_flip else plain["mae"], 3),
+            "val_mae_flip_tta": round(flip["mae"], 3), "val_mae_no_tta": round(plain["mae"], 3),
+            "best_epoch": best["epoch"], "epochs": args.epochs,
+            "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
+            "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 2),
+            "command": "python train.py " + shlex.join(argv)}
+
+
+def ablation_table(results) -> str:
+    runs = results.get("ablations", {})
+    if not runs:
+        return ""
+    base = runs.get("base", {}).get("val_mae")
+    lines = ["| experiment (one change to the base) | val MAE | vs base | best epoch | train img/s |",
+             "|---|---|---|---|---|"]
+    for name, r in runs.items():
+        delta = f"{r['val_mae'] - base:+.3f}" if base is not None and name != "base" else ""
+        lines.append(f"| {name}: {r['change']} | {r['val_mae']:.3f} | {delta} | {r['best_epoch']}/{r['epochs']} | "
+                     f"{r['train_images_per_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def check_crops(args, work, name, results, out_path):
@@ -278,6 +357,8 @@ def table(results) -> str:
 def main(args):
     if args.table:
         print(table(load_results(args.out)))
+        print()
+        print(ablation_table(load_results(args.out)))
         return
     if args.probes:
         results = load_results(args.out)
@@ -298,6 +379,21 @@ def main(args):
             raise DataError(f"unknown protocol {p!r}; choose S or F")
     out_path = Path(args.out) if not args.quick else Path(args.out).with_name("results_quick.json")
     results = load_results(out_path)
+    if args.ablations:
+        names = [a.strip() for a in args.ablations.split(",") if a.strip()]
+        for name in names:
+            if name not in ABLATIONS:
+                raise DataError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+        splits = work / "S" / "splits"
+        if not (splits / "train.csv").is_file():
+            raise DataError(f"no Protocol S splits in {splits}; run `python benchmark.py --protocols S` first")
+        for name in names:
+            print(f"== ablation {name}: {ABLATIONS[name][0]}", flush=True)
+            results.setdefault("ablations", {})[name] = run_ablation(name, splits, work, args.quick)
+            print(json.dumps(results["ablations"][name]), flush=True)
+            save_results(out_path, results)
+        print(ablation_table(results))
+        return
     if args.refresh_exports:
         for protocol in protocols:
             for name in models:
