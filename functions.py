@@ -62,8 +62,8 @@ def keep_freed_memory():
 
     A training step allocates and frees tens of MB of activations; by default glibc maps each large
     block fresh and unmaps it on free, so every step pays page faults on zeroed pages. Measured on
-    the 2-core machine: +35-50 % training images/s (SimpleCNN, batch 32). The process keeps its peak
-    memory until exit. No-op where the C library is not glibc (macOS, Windows, musl).
+    the 2-core machine (`benchmark.py --probes`): +30-55 % training images/s and +60 % batch-64
+    inference. The process keeps its peak memory until exit. No-op where the C library is not glibc.
     """
     import ctypes
     import ctypes.util

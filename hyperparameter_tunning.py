@@ -41,7 +41,7 @@ DEFAULT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
 COLUMNS = ("lr", "weight_decay", "epochs", "train_mae", "val_mae", "val_cs5", "seconds",
            "subset_fraction", "seed", "model", "settings", "status", "source", "trial")
 # train.py options that change a trial's result besides the key columns; hashed into "settings"
-SETTING_KEYS = ("head", "loss", "batch_size", "augment", "image_size", "no_denoise", "denoise_strength", "no_deblur")
+SETTING_KEYS = ("head", "loss", "batch_size", "augment", "image_size", "denoise", "denoise_strength", "deblur")
 
 
 def float_list(text: str) -> list:
@@ -61,15 +61,17 @@ def get_args_parser():
                    "(test.csv is read by the final run only)")
     g.add_argument("--cache-dir", default=None, help="preprocessing cache shared by all trials (default: SPLITS/../cache)")
     g.add_argument("--image-size", type=int, default=128, help="network input side in pixels")
-    g.add_argument("--no-denoise", action="store_true", help="skip non-local-means denoising")
+    g.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=False,
+                   help="non-local-means denoising (the seed's; off by default, as in train.py)")
     g.add_argument("--denoise-strength", type=float, default=5.0, help="non-local-means h")
-    g.add_argument("--no-deblur", action="store_true", help="skip the unsharp mask")
+    g.add_argument("--deblur", action=argparse.BooleanOptionalAction, default=False,
+                   help="unsharp mask (the seed's; off by default, as in train.py)")
     g.add_argument("--augment", choices=tuple(train.AUGMENTATIONS), default="default",
                    help="training augmentation of the trials and the final run")
     g = p.add_argument_group("model (passed to every trial)")
     g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
-    g.add_argument("--head", choices=("regression", "distribution"), default="regression")
-    g.add_argument("--loss", choices=("l1", "mse", "huber"), default="l1")
+    g.add_argument("--head", choices=("regression", "distribution"), default="distribution")
+    g.add_argument("--loss", choices=("l1", "mse", "huber"), default="mse")
     g.add_argument("--batch-size", type=int, default=64, help="images per step")
     g = p.add_argument_group("search budget")
     g.add_argument("--lrs", type=float_list, default=list(DEFAULT_LRS),
@@ -270,13 +272,13 @@ def trial_argv(args, lr, weight_decay, epochs, run_dir, cache_dir, final=False) 
             "--model", args.model, "--head", args.head, "--loss", args.loss, "--batch-size", str(args.batch_size),
             "--augment", args.augment, "--image-size", str(args.image_size),
             "--denoise-strength", repr(args.denoise_strength), "--seed", str(args.seed),
+            "--denoise" if args.denoise else "--no-denoise", "--deblur" if args.deblur else "--no-deblur",
             "--epochs", str(epochs), "--lr", repr(float(lr)), "--weight-decay", repr(float(weight_decay)),
             "--device", args.device, "--workers", str(args.workers)]
     if not final:
         argv += ["--subset-fraction", repr(args.subset_fraction), "--no-test", "--no-export", "--no-tensorboard",
                  "--resume"]
-    flags = {"--no-denoise": args.no_denoise, "--no-deblur": args.no_deblur, "--no-progress": args.no_progress,
-             "--debug": args.debug}
+    flags = {"--no-progress": args.no_progress, "--debug": args.debug}
     argv += [flag for flag, on in flags.items() if on]
     if args.threads:
         argv += ["--threads", str(args.threads)]

@@ -26,8 +26,8 @@ class SimpleCNN(nn.Module):
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
             # pool before ReLU: the same numbers as the seed's ReLU-then-pool (ReLU is monotone, so
-            # max(relu(x)) == relu(max(x))), but ReLU touches a quarter of the values; measured +30-45 %
-            # training images/s here. Parameter names are unchanged, so checkpoints load either way.
+            # max(relu(x)) == relu(max(x))), but ReLU touches a quarter of the values (+5 % training
+            # images/s in `benchmark.py --probes`). Parameter names are unchanged: checkpoints load either way.
             layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
             channels = width
         self.features = nn.Sequential(*layers)

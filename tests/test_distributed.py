@@ -96,8 +96,8 @@ def test_two_process_run_writes_one_set_of_outputs(ddp_run, ddp_splits):
     ckpt = functions.load_checkpoint(out / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 3
     assert not any(k.startswith("module.") for k in ckpt["model_state"])
-    model = build_model("simplecnn_bn", image_size=64, min_age=ckpt["min_age"], max_age=ckpt["max_age"])
-    model.load_state_dict(ckpt["model_state"])
+    model, _ = functions.model_from_checkpoint(ckpt)
+    assert ckpt["model_name"] == "simplecnn_bn" and isinstance(model, torch.nn.Module)
 
 
 def test_two_process_training_uses_both_shards(ddp_run, ddp_splits):
@@ -116,12 +116,11 @@ def test_reported_val_mae_equals_single_process_evaluate(ddp_run, ddp_splits, wh
     out, cache, _ = ddp_run
     ckpt = functions.load_checkpoint(out / which)
     cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
-    model = build_model("simplecnn_bn", image_size=64, min_age=ckpt["min_age"], max_age=ckpt["max_age"])
-    model.load_state_dict(ckpt["model_state"])
+    model, _ = functions.model_from_checkpoint(ckpt)
     model = model.to(memory_format=torch.channels_last)
     val = custom_dataset.load_split_dataset(ddp_splits / "val.csv", cfg, cache, workers=1, progress=False)
     mine = functions.evaluate(model, custom_dataset.make_loader(val, 256, shuffle=False), torch.tensor(cfg.mean),
-                              torch.tensor(cfg.std), "l1")
+                              torch.tensor(cfg.std), ckpt["config"]["loss"], tta_flip=ckpt["config"]["tta_flip"])
     history = json.loads((out / "history.json").read_text())
     reported = next(h for h in history if h["epoch"] == ckpt["epoch"])
     assert mine["n"] == len(val)

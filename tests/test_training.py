@@ -191,8 +191,7 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     out, _ = full_run
     ckpt = functions.load_checkpoint(out / "best.pt")
     cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
-    model = build_model("simplecnn", image_size=64, min_age=ckpt["min_age"], max_age=ckpt["max_age"])
-    model.load_state_dict(ckpt["model_state"])
+    model, _ = functions.model_from_checkpoint(ckpt)
     wrapper = functions.ExportedAgeModel(model.eval(), cfg.mean, cfg.std)
     val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
     x = val.batch(range(5))[0].float()
