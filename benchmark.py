@@ -164,7 +164,8 @@ def crop_consistency(run_dir, splits, n, seed=0, margin=None):
     ages = np.array([r["age"] for r in records], dtype=float)
     mae_direct = float(np.abs(np.array(direct) - ages).mean())
     mae_detector = float(np.abs(np.array(through) - ages).mean())
-    return {"images": len(records), "detected": detected, "margin": metadata.get("crop_margin") if margin is None else margin, "mae_direct": mae_direct,
+    return {"images": len(records), "detected": detected,
+            "margin": metadata.get("crop_margin") if margin is None else margin, "mae_direct": mae_direct,
             "mae_through_detector": mae_detector, "gap": mae_detector - mae_direct}
 
 
@@ -222,25 +223,17 @@ def speed_probes(image_size=128, threads=2):
     """
     import torch.nn.functional as F
     from custom_dataset import AugmentConfig, augment_batch, normalize
-    from functions import ExportedAgeModel, keep_freed_memory
-    from model import build_model
+    from functions import ExportedAgeModel
+    from model import AgeModel, SimpleCNN, build_model
     torch.set_num_threads(threads)
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
 
-    def relu_before_pool(model):
-        """The seed's layer order (Conv, ReLU, MaxPool), for comparison with model.py's pool-then-ReLU."""
-        layers = list(model.backbone.features)
-        for i in range(0, len(layers) - 1):
-            if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
-                layers[i], layers[i + 1] = layers[i + 1], layers[i]
-        model.backbone.features = torch.nn.Sequential(*layers)
-        return model
-
     def train_speed(batch, channels_last, steps=12, seed_order=False):
         torch.manual_seed(0)
-        model = build_model("simplecnn", image_size=image_size)
-        if seed_order:
-            model = relu_before_pool(model)
+        if seed_order:  # the seed's Conv, ReLU, MaxPool instead of model.py's Conv, MaxPool, ReLU
+            model = AgeModel(SimpleCNN(image_size=image_size, pool_before_relu=False), "regression", 0, 100)
+        else:
+            model = build_model("simplecnn", image_size=image_size)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -325,12 +318,15 @@ def run_ablation(name, splits, work, quick=False):
     model = model.to(memory_format=torch.channels_last)
     val = load_split_dataset(Path(splits) / "val.csv", cfg, Path(splits).parent / "cache", progress=False)
     loader = make_loader(val, 256, shuffle=False)
-    mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
-    flip = evaluate(model, loader, mean, std, tta_flip=True)
-    plain = evaluate(model, loader, mean, std, tta_flip=False)
+    # the checkpoint holds the validation MAE as trained (with or without flip-TTA); only the other
+    # setting is evaluated here
+    as_trained = best["metrics"]["val"]["mae"]
+    other = evaluate(model, loader, torch.tensor(cfg.mean), torch.tensor(cfg.std),
+                     tta_flip=not args.tta_flip)["mae"]
+    flip, plain = (as_trained, other) if args.tta_flip else (other, as_trained)
     history = json.loads((run_dir / "history.json").read_text())
-    return {"change": change, "val_mae": round(flip["mae"] if args.tta_flip else plain["mae"], 3),
-            "val_mae_flip_tta": round(flip["mae"], 3), "val_mae_no_tta": round(plain["mae"], 3),
+    return {"change": change, "val_mae": round(as_trained, 3),
+            "val_mae_flip_tta": round(flip, 3), "val_mae_no_tta": round(plain, 3),
             "best_epoch": best["epoch"], "epochs": args.epochs,
             "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
             "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 2),

@@ -18,7 +18,8 @@ class SimpleCNN(nn.Module):
     128x128x3 -> 64x64x16 -> 32x32x32 -> 16x16x64 -> 8x8x128 -> 8192 -> 64 -> output_nodes.
     """
 
-    def __init__(self, input_dim=3, output_nodes=1, image_size=128, batch_norm=False, dropout=0.0):
+    def __init__(self, input_dim=3, output_nodes=1, image_size=128, batch_norm=False, dropout=0.0,
+                 pool_before_relu=True):
         super().__init__()
         layers, channels = [], input_dim
         for width in (16, 32, 64, 128):
@@ -27,8 +28,10 @@ class SimpleCNN(nn.Module):
                 layers.append(nn.BatchNorm2d(width))
             # pool before ReLU: the same numbers as the seed's ReLU-then-pool (ReLU is monotone, so
             # max(relu(x)) == relu(max(x))), but ReLU touches a quarter of the values (+5 % training
-            # images/s in `benchmark.py --probes`). Parameter names are unchanged: checkpoints load either way.
-            layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
+            # images/s in `benchmark.py --probes`). Parameter names are the same in both orders, so
+            # checkpoints load either way; pool_before_relu=False is the seed's order, for comparisons.
+            pair = [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
+            layers += pair if pool_before_relu else pair[::-1]
             channels = width
         self.features = nn.Sequential(*layers)
         flat = 128 * (image_size // 16) ** 2

@@ -97,7 +97,8 @@ def test_two_process_run_writes_one_set_of_outputs(ddp_run, ddp_splits):
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 3
     assert not any(k.startswith("module.") for k in ckpt["model_state"])
     model, _ = functions.model_from_checkpoint(ckpt)
-    assert ckpt["model_name"] == "simplecnn_bn" and isinstance(model, torch.nn.Module)
+    assert ckpt["model_name"] == "simplecnn_bn"
+    assert all(torch.equal(v, ckpt["model_state"][k]) for k, v in model.state_dict().items())
 
 
 def test_two_process_training_uses_both_shards(ddp_run, ddp_splits):
