@@ -21,7 +21,7 @@ demo: setup
 	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run
 	$(PY) hyperparameter_tunning.py --splits $(OUT)/splits --model simplecnn --out-dir $(OUT)/search \
 		--lrs 3e-4,1e-3,3e-3 --weight-decays 0,1e-3 --epochs-per-trial 2 --subset-fraction 0.5 --skip-final
-	$(PY) inference.py --model $(OUT)/run/model.jit --input-dir $(OUT)/data/35 --output-dir $(OUT)/annotated
+	$(PY) inference.py --model $(OUT)/run/model.onnx --input-dir $(OUT)/data/35 --output-dir $(OUT)/annotated --whole-image
 	@echo "demo finished: outputs in $(OUT)/ (open TensorBoard with: make tensorboard)"
 
 test: setup

@@ -1,41 +1,57 @@
-"""How well does inference.py's Haar face detector work on real faces, and which crop margin
-reproduces UTKFace's framing?
+"""Which face detector finds real faces, and does the chip reproduce UTKFace's crop?
 
-    python bench_detection.py --data-dir ../shared/data/UTKFace --limit 300 --out bench/detection.json
+    python bench_detection.py --limit 300 --fgnet-limit 1002 --out bench/detection.json
+    python bench_detection.py --fit-chip5 300        # refit faces.UTKFACE_CROP5's template (prints it)
 
-On a seeded sample of UTKFace's aligned 200 x 200 crops (read only) it measures
-  (a) the detection rate on the crops as they are, with inference.detect_faces and, for comparison,
-      with the bare cascade (no border padding, no NMS);
-  (b) the detection rate when each face is pasted at a random size (25-60 % of the canvas height)
-      and position into a 640 x 480 canvas of random noise and gradients; a face counts as found only
-      if a returned box overlaps the pasted square with IoU >= 0.3 (other boxes are false positives);
-  (c) the median ratio crop side / detected box side on the aligned crops, from which the crop
-      margin that reproduces UTKFace's framing follows: margin = (ratio - 1) / 2.
+Measured per detector of faces.DETECTORS (data read in place, never written):
+  (a) scenes: UTKFace chips pasted into 640 x 480 random backgrounds at 15-80 % of the height,
+      turned by up to +-20 degrees, the whole scene made darker or brighter (gain 0.35-1.8). A face
+      counts as found when a box's centre lies within a quarter of the chip's side from the chip's
+      centre and the box is 40-140 % of the chip's side (HOG's box is about 0.93 of a UTKFace chip); every
+      other box is a false box.
+  (b) FG-NET: the full scanned photos (one person each, a few with more): share of photos with at
+      least one face, boxes per photo.
+  (c) ms per photo (detection only; the end-to-end figure with a model is in benchmark.py --cross).
+  (d) crop fidelity: UTKFace files re-chipped from a border-padded copy with faces.UTKFACE_CROP and
+      UTKFACE_CROP5; mean absolute difference to the file (0-255).
+mmod costs seconds per photo, so --mmod-limit caps its sample.
 """
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+import faces
 from custom_dataset import DataError, UTKFACE_NAME, load_rgb
-from functions import run_cli, same_or_inside
-import inference
+from functions import atomic_write, run_cli, same_or_inside
 
 CANVAS_W, CANVAS_H = 640, 480
-FACE_FRACTION = (0.25, 0.60)  # pasted face side as a share of the canvas height
-MATCH_IOU = 0.3
+FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height
+MAX_TILT = 20.0               # degrees
+GAIN = (0.35, 1.8)            # scene brightness factor, log-uniform
+CHIP_PAD = 60                 # replicated border around a UTKFace file before re-chipping it
 
 
 def get_args_parser():
+    here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data" / "UTKFace"),
-                   help="UTKFace aligned crops (read only; default ../shared/data/UTKFace)")
-    p.add_argument("--limit", type=int, default=1000, help="images in the seeded sample")
-    p.add_argument("--seed", type=int, default=0, help="sample, canvas and placement seed")
-    p.add_argument("--out", default="bench/detection.json", help="JSON with the figures")
+    p.add_argument("--data-dir", default=str(here.parent / "shared" / "data" / "UTKFace"),
+                   help="UTKFace chips (read only; default: %(default)s)")
+    p.add_argument("--fgnet-dir", default=str(here.parent / "shared" / "data" / "FGNET"),
+                   help="FG-NET photos (read only; skipped if absent; default: %(default)s)")
+    p.add_argument("--detectors", default=",".join(faces.DETECTORS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=300, help="pasted scenes (default: %(default)s)")
+    p.add_argument("--fgnet-limit", type=int, default=1002, help="FG-NET photos (default: %(default)s)")
+    p.add_argument("--mmod-limit", type=int, default=60, help="scenes and photos for mmod (default: %(default)s)")
+    p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (d) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sample and scene seed (default: %(default)s)")
+    p.add_argument("--fit-chip5", type=int, default=0, metavar="N",
+                   help="only fit the 5-point chip template on N UTKFace files and print it")
+    p.add_argument("--out", default="bench/detection.json", help="JSON with the figures (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -55,114 +71,156 @@ def random_canvas(rng, width=CANVAS_W, height=CANVAS_H) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def paste_face(rgb, rng, canvas):
-    """Paste a resized face at a random place; returns (canvas copy, true box (x, y, w, h))."""
-    height, width = canvas.shape[:2]
-    side = int(round(rng.uniform(*FACE_FRACTION) * height))
-    x = int(rng.integers(0, width - side + 1))
-    y = int(rng.integers(0, height - side + 1))
-    out = canvas.copy()
-    interp = cv2.INTER_AREA if side < min(rgb.shape[:2]) else cv2.INTER_LINEAR
-    out[y:y + side, x:x + side] = cv2.resize(rgb, (side, side), interpolation=interp)
-    return out, (x, y, side, side)
+def make_scene(chip, rng):
+    """(scene, (centre x, centre y, side)): the chip resized, turned and pasted into a random canvas,
+    then the whole scene's brightness scaled."""
+    canvas = random_canvas(rng)
+    side = int(round(rng.uniform(*FACE_FRACTION) * CANVAS_H))
+    tilt = rng.uniform(-MAX_TILT, MAX_TILT)
+    face = cv2.resize(chip, (side, side), interpolation=cv2.INTER_AREA if side < chip.shape[0] else cv2.INTER_LINEAR)
+    m = cv2.getRotationMatrix2D((side / 2, side / 2), tilt, 1.0)
+    turned = cv2.warpAffine(face, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # the turned square's own corners are cut off by a round mask, so no straight chip edge is left to see
+    mask = np.zeros((side, side), np.uint8)
+    cv2.circle(mask, (side // 2, side // 2), side // 2, 1, -1)
+    x = int(rng.integers(0, CANVAS_W - side + 1))
+    y = int(rng.integers(0, CANVAS_H - side + 1))
+    region = canvas[y:y + side, x:x + side]
+    region[mask > 0] = turned[mask > 0]
+    gain = float(np.exp(rng.uniform(np.log(GAIN[0]), np.log(GAIN[1]))))
+    scene = np.clip(canvas.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    return scene, (x + side / 2, y + side / 2, side)
 
 
-def bare_cascade(rgb, detector):
-    """The cascade as most tutorials call it: no padding, no NMS (baseline for (a))."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    found = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=inference.MIN_NEIGHBORS, minSize=(24, 24))
-    return [tuple(int(v) for v in b) for b in found]
+def is_hit(box, truth) -> bool:
+    cx, cy, side = truth
+    bx, by, bw, bh = box
+    near = max(abs(bx + bw / 2 - cx), abs(by + bh / 2 - cy)) <= 0.25 * side
+    return near and 0.4 * side <= max(bw, bh) <= 1.4 * side
+
+
+def utkface_files(data_dir):
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"UTKFace folder not found: {data_dir} (pass --data-dir)")
+    files = sorted(p for p in data_dir.iterdir() if p.is_file() and UTKFACE_NAME.match(p.name))
+    if not files:
+        raise DataError(f"no UTKFace images (AGE_GENDER_RACE_DATE.jpg.chip.jpg) in {data_dir}")
+    return files
+
+
+def sample(files, n, rng):
+    return [files[i] for i in sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))]
+
+
+def scenes_figures(pipe, scenes):
+    hits = false_boxes = 0
+    ms = []
+    for scene, truth in scenes:
+        t0 = time.perf_counter()
+        found = pipe.detect(scene)
+        ms.append(1000 * (time.perf_counter() - t0))
+        matched = [is_hit(f.box, truth) for f in found]
+        hits += any(matched)
+        false_boxes += len(found) - (1 if any(matched) else 0)
+    n = len(scenes)
+    return {"n": n, "detection_rate": hits / n, "false_boxes_per_image": false_boxes / n,
+            "ms_per_photo": statistics.median(ms)}
+
+
+def fgnet_figures(pipe, photos):
+    found_any = boxes = 0
+    ms = []
+    for rgb in photos:
+        t0 = time.perf_counter()
+        found = pipe.detect(rgb)
+        ms.append(1000 * (time.perf_counter() - t0))
+        found_any += bool(found)
+        boxes += len(found)
+    n = len(photos)
+    return {"n": n, "photos_with_a_face": found_any / n, "boxes_per_photo": boxes / n,
+            "ms_per_photo": statistics.median(ms)}
+
+
+def chip_fidelity(files, crop):
+    """Mean absolute difference (0-255) between UTKFace files and their re-made chips."""
+    pipe = faces.FacePipeline(crop=crop, detector="hog")
+    diffs, missed = [], 0
+    for path in files:
+        rgb = load_rgb(path)
+        padded = cv2.copyMakeBorder(rgb, CHIP_PAD, CHIP_PAD, CHIP_PAD, CHIP_PAD, cv2.BORDER_REPLICATE)
+        found = pipe.faces(padded)
+        if not found or found[0].chip.shape != rgb.shape:
+            missed += 1
+            continue
+        diffs.append(float(np.abs(found[0].chip.astype(np.float64) - rgb).mean()))
+    return {"n": len(diffs), "no_face": missed, "mean_abs_diff": float(np.mean(diffs)),
+            "median_abs_diff": float(np.median(diffs)), "share_under_8": float(np.mean(np.array(diffs) < 8))}
+
+
+def fit_chip5_template(files):
+    """Mean position of dlib's 5 landmarks in UTKFace's own chips: the 5-point crop's template."""
+    pipe = faces.FacePipeline(detector="hog")
+    points = []
+    for path in files:
+        rgb = load_rgb(path)
+        padded = cv2.copyMakeBorder(rgb, CHIP_PAD, CHIP_PAD, CHIP_PAD, CHIP_PAD, cv2.BORDER_REPLICATE)
+        found = pipe.detect(padded)
+        if found:
+            shape = faces.shape_predictor(5)(padded, faces._box_to_rect(found[0].box))
+            points.append([[p.x - CHIP_PAD, p.y - CHIP_PAD] for p in shape.parts()])
+    return np.round(np.mean(points, axis=0), 2).tolist(), len(points)
 
 
 def main(args):
     data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"UTKFace folder not found: {data_dir} (pass --data-dir)")
     out = Path(args.out)
-    if same_or_inside(out, data_dir):
-        raise DataError(f"--out {out} is inside the data folder, which is read only; write elsewhere")
-    if args.limit < 1:
-        raise DataError(f"--limit must be at least 1, got {args.limit}")
-    files = sorted(p for p in data_dir.iterdir() if p.is_file() and UTKFACE_NAME.match(p.name))
-    if not files:
-        raise DataError(f"no UTKFace images (AGE_GENDER_RACE_DATE.jpg.chip.jpg) in {data_dir}")
+    for folder in (data_dir, Path(args.fgnet_dir)):
+        if same_or_inside(out, folder):
+            raise DataError(f"--out {out} is inside the data folder {folder}, which is read only; write elsewhere")
+    files = utkface_files(data_dir)
     rng = np.random.default_rng(args.seed)
-    sample = [files[i] for i in sorted(rng.choice(len(files), size=min(args.limit, len(files)), replace=False))]
-    detector = inference.load_detector()
+    if args.fit_chip5:
+        template, n = fit_chip5_template(sample(files, args.fit_chip5, rng))
+        print(f"5-point template from {n} UTKFace chips: {template}")
+        return {"template": template, "n": n}
+    if min(args.limit, args.fgnet_limit, args.mmod_limit, args.chip_limit) < 0:
+        raise DataError("limits must not be negative")
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    unknown = [d for d in detectors if d not in faces.DETECTORS]
+    if unknown:
+        raise DataError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(faces.DETECTORS)}")
 
-    n = unreadable = 0
-    aligned_hit = aligned_hit_iou = bare_hit = pasted_hit = false_pos = 0
-    ratios, bare_ratios, pasted_ious = [], [], []
-    seconds = {"aligned": 0.0, "pasted": 0.0}
-    start = time.perf_counter()
-    for path in sample:
-        try:
-            rgb = load_rgb(path)
-        except Exception:
-            unreadable += 1
-            continue
-        n += 1
-        height, width = rgb.shape[:2]
-        # (a) + (c): the aligned crop as it is
-        t0 = time.perf_counter()
-        boxes = inference.detect_faces(rgb, detector, clip=False)
-        seconds["aligned"] += time.perf_counter() - t0
-        if boxes:
-            aligned_hit += 1
-            aligned_hit_iou += max(inference.iou(b, (0, 0, width, height)) for b in boxes) >= MATCH_IOU
-            ratios.append(width / boxes[0][2])  # largest box = the face
-        bare = bare_cascade(rgb, detector)
-        if bare:
-            bare_hit += 1
-            bare_ratios.append(width / max(b[2] for b in bare))
-        # (b): pasted into a bigger random canvas
-        canvas, truth = paste_face(rgb, rng, random_canvas(rng))
-        t0 = time.perf_counter()
-        boxes = inference.detect_faces(canvas, detector)
-        seconds["pasted"] += time.perf_counter() - t0
-        overlaps = [inference.iou(b, truth) for b in boxes]
-        best = max(overlaps, default=0.0)
-        pasted_ious.append(best)
-        pasted_hit += best >= MATCH_IOU
-        false_pos += sum(o < MATCH_IOU for o in overlaps)
-    if n == 0:
-        raise DataError(f"none of the {len(sample)} sampled images in {data_dir} could be read")
-
-    ratio = float(np.median(ratios)) if ratios else float("nan")
-    bare_ratio = float(np.median(bare_ratios)) if bare_ratios else float("nan")
-    result = {
-        "data_dir": str(data_dir), "images": n, "unreadable": unreadable, "seed": args.seed,
-        "detector": {"cascade": inference.CASCADE_FILE, "scale_factor": inference.SCALE_FACTOR,
-                     "min_neighbors": inference.MIN_NEIGHBORS, "min_face_fraction": inference.MIN_FACE_FRACTION,
-                     "pad_fraction": inference.PAD_FRACTION, "nms_iou": inference.NMS_IOU,
-                     "max_detect_side": inference.MAX_DETECT_SIDE},
-        "aligned": {"detection_rate": aligned_hit / n, "detection_rate_iou_0.3_with_crop": aligned_hit_iou / n,
-                    "bare_cascade_detection_rate": bare_hit / n,
-                    "ms_per_image": 1000 * seconds["aligned"] / n},
-        "pasted": {"canvas": [CANVAS_W, CANVAS_H], "face_fraction_of_height": list(FACE_FRACTION),
-                   "match_iou": MATCH_IOU, "detection_rate": pasted_hit / n,
-                   "median_best_iou": float(np.median(pasted_ious)),
-                   "false_positives_per_image": false_pos / n, "ms_per_image": 1000 * seconds["pasted"] / n},
-        "framing": {"median_crop_over_box": ratio,
-                    "quartiles_crop_over_box": [float(v) for v in np.percentile(ratios, [25, 75])] if ratios else None,
-                    "recommended_crop_margin": (ratio - 1) / 2,
-                    "bare_cascade_median_crop_over_box": bare_ratio,
-                    "note": "margin = (ratio - 1) / 2; the bare cascade only finds the faces smaller than the "
-                            "crop, so its ratio is biased upwards"},
-        "seconds": time.perf_counter() - start,
-    }
-    print(f"{n} UTKFace images ({unreadable} unreadable) from {data_dir}, {result['seconds']:.0f} s")
-    print(f"(a) aligned 200x200 crops: detection rate {result['aligned']['detection_rate']:.1%} "
-          f"(box IoU >= 0.3 with the crop: {result['aligned']['detection_rate_iou_0.3_with_crop']:.1%}); "
-          f"bare cascade without padding: {result['aligned']['bare_cascade_detection_rate']:.1%}")
-    print(f"(b) pasted into {CANVAS_W}x{CANVAS_H} canvases at {FACE_FRACTION[0]:.0%}-{FACE_FRACTION[1]:.0%} of the height: "
-          f"detection rate (IoU >= {MATCH_IOU}) {result['pasted']['detection_rate']:.1%}, median IoU "
-          f"{result['pasted']['median_best_iou']:.2f}, {result['pasted']['false_positives_per_image']:.2f} false "
-          f"positives per image, {result['pasted']['ms_per_image']:.0f} ms per image")
-    print(f"(c) crop side / box side: median {ratio:.3f} -> crop margin {(ratio - 1) / 2:.3f} "
-          f"(bare cascade, biased: {bare_ratio:.3f} -> {(bare_ratio - 1) / 2:.3f})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
+    fgnet_dir = Path(args.fgnet_dir)
+    fgnet = sorted(p for p in fgnet_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.fgnet_limit] \
+        if fgnet_dir.is_dir() else []
+    photos = [load_rgb(p) for p in fgnet]
+    result = {"scenes": {"canvas": [CANVAS_W, CANVAS_H], "face_fraction_of_height": list(FACE_FRACTION),
+                         "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed},
+              "fgnet_dir": str(fgnet_dir) if photos else None, "detectors": {}}
+    for name in detectors:
+        pipe = faces.FacePipeline(detector=name)
+        cap = args.mmod_limit if name == "mmod" else None
+        start = time.perf_counter()
+        entry = {"scenes": scenes_figures(pipe, scenes[:cap])}
+        if photos:
+            entry["fgnet"] = fgnet_figures(pipe, photos[:cap])
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        result["detectors"][name] = entry
+        print(f"{name:7s} scenes: found {entry['scenes']['detection_rate']:.1%}, "
+              f"{entry['scenes']['false_boxes_per_image']:.3f} false boxes/image, "
+              f"{entry['scenes']['ms_per_photo']:.1f} ms/photo (n={entry['scenes']['n']})"
+              + (f" | FG-NET: {entry['fgnet']['photos_with_a_face']:.1%} of photos with a face, "
+                 f"{entry['fgnet']['boxes_per_photo']:.2f} boxes/photo, {entry['fgnet']['ms_per_photo']:.1f} ms/photo "
+                 f"(n={entry['fgnet']['n']})" if photos else ""), flush=True)
+    if args.chip_limit:
+        chip_files = sample(files, args.chip_limit, rng)
+        result["chip_fidelity"] = {name: chip_fidelity(chip_files, faces.CROPS[name]) for name in ("utkface", "utkface5")}
+        for name, figures in result["chip_fidelity"].items():
+            print(f"chip {name}: mean |chip - UTKFace file| {figures['mean_abs_diff']:.2f} "
+                  f"(median {figures['median_abs_diff']:.2f}, {figures['share_under_8']:.0%} under 8; n={figures['n']})")
+    atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     print(f"-> {out}")
     return result
 

@@ -95,8 +95,13 @@ def get_args_parser():
                    help="only run the speed probes behind the README's speed choices (about 2 minutes)")
     p.add_argument("--refresh-exports", action="store_true",
                    help="re-export the listed models' existing runs and re-measure model.jit (no training)")
-    p.add_argument("--crop-margins", default=None,
-                   help="with --crop-check: comma-separated crop margins to compare (default: the model's)")
+    p.add_argument("--cross", metavar="DIR", default=None,
+                   help="only test the listed protocols' models on another labelled data set (e.g. "
+                        "../shared/data/FGNET) through inference.py's pipeline -> results['cross']['FGNET']")
+    p.add_argument("--cross-compare", action="store_true",
+                   help="with --cross: also run each model with the old Haar box crop, for comparison")
+    p.add_argument("--ship", metavar="PROTOCOL/NAME", default=None,
+                   help="only copy that run's exports to models/ and write the model card (needs --cross first)")
     p.add_argument("--ablations", default=None,
                    help=f"comma-separated one-lever experiments on Protocol S, validation only: {', '.join(ABLATIONS)}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -134,39 +139,60 @@ def loader_speed(splits, cache_dir, n=192):
     return result
 
 
-def crop_consistency(run_dir, splits, n, seed=0, margin=None):
-    """Test MAE on aligned crops directly vs after pasting each face into a larger scene and detecting it."""
-    import cv2
+def crop_consistency(run_dir, splits, n, seed=0):
+    """Test MAE on UTKFace's own files directly vs after pasting each into a larger, tilted scene and
+    finding it again with inference.py's pipeline (the gap is what detection and alignment cost)."""
     import inference
+    from bench_detection import is_hit, make_scene
     from custom_dataset import load_rgb
-    module, metadata, cfg = inference.load_model(run_dir / "model.jit")
-    detector = inference.load_detector()
+    direct_model = inference.AgeEstimator(run_dir / "model.onnx", whole_image=True)
+    photo_model = inference.AgeEstimator(run_dir / "model.onnx")
     rng = np.random.default_rng(seed)
     records = read_split(Path(splits) / "test.csv")
     records = [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
-    direct, through, detected = [], [], 0
+    errors_direct, errors_photo = [], []
     for rec in records:
         face = load_rgb(rec["path"])
-        direct.append(inference.predict_crops(module, metadata, cfg, [face])[0])
-        canvas = rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
-        canvas = cv2.GaussianBlur(canvas, (0, 0), 8)
-        side = int(rng.uniform(0.3, 0.6) * 480)
-        x, y = int(rng.integers(0, 640 - side)), int(rng.integers(0, 480 - side))
-        canvas[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
-        boxes = inference.detect_faces(canvas, detector)
-        if boxes:
-            detected += 1
-            best = max(boxes, key=lambda b: inference.iou(b, (x, y, side, side)))
-            crop = inference.crop_face(canvas, best, metadata.get("crop_margin", 0.0) if margin is None else margin)
-        else:
-            crop = canvas
-        through.append(inference.predict_crops(module, metadata, cfg, [crop])[0])
-    ages = np.array([r["age"] for r in records], dtype=float)
-    mae_direct = float(np.abs(np.array(direct) - ages).mean())
-    mae_detector = float(np.abs(np.array(through) - ages).mean())
-    return {"images": len(records), "detected": detected,
-            "margin": metadata.get("crop_margin") if margin is None else margin, "mae_direct": mae_direct,
-            "mae_through_detector": mae_detector, "gap": mae_detector - mae_direct}
+        scene, truth = make_scene(face, rng)
+        found, _, ages = photo_model.estimate(scene)
+        hits = [a for f, a in zip(found, ages) if is_hit(f.box, truth)]
+        if hits:
+            errors_photo.append(abs(hits[0] - rec["age"]))
+            errors_direct.append(abs(direct_model.estimate(face)[2][0] - rec["age"]))
+    return {"images": len(records), "found": len(errors_photo), "crop": photo_model.crop,
+            "detector": photo_model.pipeline.detector, "mae_direct": float(np.mean(errors_direct)),
+            "mae_through_pipeline": float(np.mean(errors_photo)),
+            "gap": float(np.mean(errors_photo) - np.mean(errors_direct))}
+
+
+def cross_dataset(run_dir, data_dir, detector=None, crop=None):
+    """The model on another data set's photos through inference.py's own pipeline (AgeEstimator):
+    the largest face of each photo is taken as the labelled person; photos without a face are
+    counted (faces_found), not guessed. crop/detector override the model's for comparisons."""
+    import faces
+    import inference
+    from custom_dataset import discover_labels, load_rgb
+    estimator = inference.AgeEstimator(run_dir / "model.onnx", detector or faces.DEFAULT_DETECTOR)
+    if crop is not None:
+        estimator.crop = faces.check_crop(crop)
+        estimator.pipeline = faces.FacePipeline(estimator.crop, estimator.pipeline.detector)
+    records, _, _ = discover_labels(data_dir)
+    errors, ages_true, seconds = [], [], []
+    for rec in records:
+        rgb = load_rgb(rec["path"])
+        start = time.perf_counter()
+        found, _, ages = estimator.estimate(rgb)
+        seconds.append(time.perf_counter() - start)
+        if found:
+            errors.append(float(ages[0] - rec["age"]))
+            ages_true.append(rec["age"])
+    errors, ages_true = np.abs(np.array(errors)), np.array(ages_true)
+    decades = {f"{d}-{d + 9}": round(float(errors[(ages_true // 10) * 10 == d].mean()), 2)
+               for d in range(0, int(ages_true.max()) + 1, 10) if ((ages_true // 10) * 10 == d).any()}
+    return {"mae": round(float(errors.mean()), 3), "cs5": round(float((errors <= 5).mean()), 4), "n": len(errors),
+            "photos": len(records), "faces_found": round(len(errors) / len(records), 4),
+            "mae_per_decade": decades, "crop": estimator.crop, "detector": estimator.pipeline.detector,
+            "ms_per_photo_median": round(1000 * statistics.median(seconds), 1)}
 
 
 def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False):
@@ -348,15 +374,90 @@ def ablation_table(results) -> str:
 
 
 def check_crops(args, work, name, results, out_path):
-    margins = [float(m) for m in args.crop_margins.split(",")] if args.crop_margins else [None]
-    fresh = [{"model": name, **crop_consistency(work / "S" / name, work / "S" / "splits", args.crop_check, margin=m)}
-             for m in margins]
-    # other models' and margins' checks are kept; a repeated (model, margin, images) check is replaced
-    same = {(r["model"], r.get("margin"), r.get("images")) for r in fresh}
+    fresh = {"model": name, **crop_consistency(work / "S" / name, work / "S" / "splits", args.crop_check)}
+    # other models' checks are kept; a repeated (model, images) check is replaced
     results["crop_consistency"] = [r for r in results.get("crop_consistency", [])
-                                   if (r["model"], r.get("margin"), r.get("images")) not in same] + fresh
+                                   if (r["model"], r.get("images")) != (name, fresh["images"])] + [fresh]
     print("crop consistency:", json.dumps(fresh))
     save_results(out_path, results)
+
+
+def check_cross(args, work, results, out_path):
+    """--cross: each listed model of each listed protocol on FG-NET, with its own crop, and once
+    with the crop inference.py used before (Haar box, square crop) for comparison."""
+    import faces
+    for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            run_dir = work / protocol / name
+            variants = {f"{protocol}/{name}": {}}
+            if args.cross_compare:
+                variants[f"{protocol}/{name} (Haar box crop)"] = {"detector": "haar", "crop": faces.BOX_CROP}
+            for key, override in variants.items():
+                figures = cross_dataset(run_dir, args.cross, **override)
+                results.setdefault("cross", {}).setdefault("FGNET", {})[key] = figures
+                print(f"FG-NET, {key}: MAE {figures['mae']:.2f}, CS@5 {figures['cs5']:.1%}, faces found in "
+                      f"{figures['faces_found']:.1%} of {figures['photos']} photos", flush=True)
+                save_results(out_path, results)
+
+
+SHIPPED = Path("models") / "age_simplecnn_utkface"
+
+
+def ship(args, work, results):
+    """--ship PROTOCOL/NAME: copy that run's exports to models/ and write the model card from
+    bench/results.json (no figure typed by hand)."""
+    import shutil
+    protocol, name = args.ship.split("/")
+    run_dir = work / protocol / name
+    entry = results["protocols"][protocol][name]
+    cross = results.get("cross", {}).get("FGNET", {}).get(f"{protocol}/{name}")
+    if cross is None:
+        raise DataError(f"no FG-NET figure for {args.ship} in {args.out}; run benchmark.py --cross first")
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(run_dir / "model.onnx")).metadata_props}
+    metadata = json.loads(props["metadata.json"])
+    for suffix in (".onnx", ".jit"):
+        target = SHIPPED.with_suffix(suffix)
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(run_dir / f"model{suffix}", target.with_name(f".{target.name}.tmp"))
+        os.replace(target.with_name(f".{target.name}.tmp"), target)
+    data = results["data"][protocol]
+    decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
+    fg_decades = ", ".join(f"{k}: {v}" for k, v in cross["mae_per_decade"].items())
+    card = f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
+
+Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; do not edit by hand.
+
+- **What**: SimpleCNN ({entry['params']:,} parameters, label-distribution head over ages
+  {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, flip test-time averaging.
+  `inference.py` uses it when no `--model` is given. `model.onnx` runs in ONNX Runtime (no Python code
+  inside); the `.jit` (TorchScript) is a program: load it only from this repository.
+- **Face crop** (inside the metadata, applied by `inference.py`): {metadata['crop']} — UTKFace's
+  own dlib face chip (68 landmarks, 200 px, padding 0.2).
+- **Data**: UTKFace, "aligned & cropped" faces, Protocol F: all ages, byte-identical duplicates
+  merged, conflicting-age groups dropped, stratified 80:10:10 with seed 42
+  ({data['splits']['train']:,} / {data['splits']['val']:,} / {data['splits']['test']:,} images).
+- **Licence**: UTKFace is available for non-commercial research purposes only (the copyright of
+  each image stays with its owner), so this model is for non-commercial research use; the 68-point
+  landmark model it needs at inference was trained on iBUG 300-W, whose terms also exclude
+  commercial use. Cite Zhang, Song, Qi, "Age Progression/Regression by Conditional Adversarial
+  Autoencoder", CVPR 2017.
+- **Test split** (read once, best validation epoch {entry['best_epoch']} of {entry['epochs']}): MAE
+  {entry['test_mae']:.2f} years, CS@5 {entry['test_cs5']:.1%}, n = {entry['test_images']:,}. Per decade: {decades}.
+  Predicting the training median instead: MAE {data['test_mae_of_train_median']:.2f}.
+- **FG-NET** (another data set: 1,002 scanned photos of 82 people, ages 0-69, through `inference.py`'s
+  own pipeline, largest face per photo): MAE {cross['mae']:.2f}, CS@5 {cross['cs5']:.1%}, a face found in
+  {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.
+- **Trained by** (on a 2-core CPU, {entry['train_minutes']:.1f} min):
+
+      python eda.py --data-dir ../shared/data/UTKFace --out-dir bench/work/F --seed 42
+      {entry['command']}
+
+  (both run by `python benchmark.py --protocols F --models {name} --no-speed`).
+"""
+    card_path = SHIPPED.parent / "README.md"
+    atomic_write(card_path, lambda f: f.write(card.encode()))
+    print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
 
 
 def load_results(path):
@@ -393,6 +494,13 @@ def main(args):
         print(json.dumps(results["probes"], indent=1))
         return
     data_dir, work = Path(args.data_dir), Path(args.work_dir)
+    if args.cross:
+        results = load_results(args.out)
+        check_cross(args, work, results, Path(args.out))
+        return
+    if args.ship:
+        ship(args, work, load_results(args.out))
+        return
     if not data_dir.is_dir():
         raise DataError(f"UTKFace folder not found: {data_dir} (pass --data-dir)")
     protocols = ["S"] if args.quick else [p.strip() for p in args.protocols.split(",") if p.strip()]

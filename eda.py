@@ -17,6 +17,7 @@ import numpy as np
 
 from custom_dataset import (DataError, deduplicate, discover_labels, load_rgb, scan_images,
                             stratified_split, write_csv)
+from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
 from functions import run_cli, same_or_inside
 
 SPLITS = ("train", "val", "test")
@@ -29,6 +30,12 @@ def get_args_parser():
     p.add_argument("--min-age", type=int, default=None, help="drop images younger than this")
     p.add_argument("--max-age", type=int, default=None, help="drop images older than this")
     p.add_argument("--seed", type=int, default=42, help="split seed: same seed and data -> same split")
+    p.add_argument("--align", action="store_true",
+                   help="un-aligned photos: cut each face once, as inference.py will (detect, landmarks, chip), "
+                        "cache the chips under OUT/chips and train on them (UTKFace files are chips already)")
+    p.add_argument("--align-crop", choices=("utkface", "utkface5"), default="utkface",
+                   help="--align: UTKFace's 68-landmark chip, or the 5-landmark one for commercial use (README)")
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="--align: face detector")
     p.add_argument("--workers", type=int, default=2, help="processes that check images")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -107,6 +114,26 @@ def print_summary(report):
         print(f"  {key:<{width}}  {value}")
 
 
+def face_crop(args, layout, records, out_dir, progress):
+    """(crop recipe, why, align stats with the chipped records or None) for this data set."""
+    if layout == "utkface":
+        note = "UTKFace files are dlib face chips already (68 landmarks, 200 px, padding 0.2): used as they are"
+        if args.align:
+            print("--align: " + note + ", not re-chipped")
+        return dict(UTKFACE_CROP), note, None
+    if not args.align:
+        return dict(BOX_CROP), ("images used as they are; inference crops a square around the detector's box "
+                                "(eda.py --align cuts aligned chips instead)"), None
+    start = time.perf_counter()
+    chipped, stats = chip_dataset(records, out_dir / "chips", CROPS[args.align_crop], args.detector, progress)
+    print(f"aligned: {stats['chipped']} faces cut ({stats['from_cache']} from the cache), {stats['no_face']} photos "
+          f"without a face dropped, {stats['several_faces_largest_used']} with several faces (largest used)")
+    if not chipped:
+        raise DataError(f"--align found no face in any of the {len(records)} images of {args.data_dir}")
+    stats = {**stats, "seconds": round(time.perf_counter() - start, 1), "records": chipped}
+    return stats["crop"], f"faces cut by eda.py --align ({args.align_crop}, {args.detector} detector)", stats
+
+
 def main(args):
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
     if same_or_inside(out_dir, data_dir.parent if data_dir.is_file() else data_dir):  # a CSV: its folder
@@ -131,6 +158,10 @@ def main(args):
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no image files"
         raise DataError(f"no usable images in {data_dir} ({reasons}); check the folder and the age filters")
     kept, dup_stats = deduplicate(good)
+    crop, crop_note, align_stats = face_crop(args, layout, kept, out_dir, progress)
+    if align_stats:
+        kept = align_stats.pop("records")
+        skipped["no_face"] += align_stats["no_face"]
     if len(kept) < 3:
         raise DataError(f"only {len(kept)} usable unique images in {data_dir}; a train/val/test split needs more")
     train, val, test = stratified_split(kept, seed=args.seed)
@@ -140,13 +171,16 @@ def main(args):
         "max_age_filter": args.max_age, "seed": args.seed, "found": found, "used": len(kept),
         "skipped": dict(sorted(skipped.items())), "duplicates": dup_stats, "age": age_stats(ages),
         "splits": {"train": len(train), "val": len(val), "test": len(test)}, "scan_seconds": scan_seconds,
+        "crop": crop, "crop_note": crop_note, "align": align_stats,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("splits", "figs", "pics"):
         (out_dir / sub).mkdir(exist_ok=True)
-    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height"])
+    source = ["source"] if align_stats else []
+    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *source])
     for name, rows in zip(SPLITS, (train, val, test)):
-        write_csv(out_dir / "splits" / f"{name}.csv", rows, ["path", "age", "hash"])
+        write_csv(out_dir / "splits" / f"{name}.csv", rows, ["path", "age", "hash", *source])
+    write_split_crop(out_dir / "splits", crop, crop_note)
     (out_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=args.seed)
     plot_age_distribution(ages, out_dir / "figs" / "age_distribution.png")

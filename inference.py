@@ -1,19 +1,26 @@
 """Estimate the age of every face in an image, a folder of images, or a video.
 
-    python inference.py --model RUN/model.jit --image photo.jpg --output photo_age.jpg [--no-detect]
-    python inference.py --model RUN/model.jit --input-dir photos/ --output-dir annotated/
-    python inference.py --model RUN/model.jit --video clip.mp4 --output clip_age.mp4
+    python inference.py --image photo.jpg --output photo_age.jpg          # the shipped model (models/)
+    python inference.py --model RUN/model.onnx --input-dir photos/ --output-dir annotated/ [--save-crops crops/]
+    python inference.py --model RUN/model.onnx --video clip.mp4 --output clip_age.mp4
 
-Every face is found with OpenCV's Haar cascade, cropped with the margin stored in the model's
-metadata, preprocessed with custom_dataset.preprocess_rgb (the very function training used) and
-predicted in one batched forward pass. Where no face is found the whole image is used and the
-output says so. Video faces are tracked across frames by box overlap and their age is smoothed
-over time, so that the number shown does not jitter from frame to frame.
+Each face goes through faces.FacePipeline: detected (--detector, default the HOG/Haar cascade), its
+landmarks found, and cut out exactly as the model's training faces were cut (the crop recipe is in the
+model's metadata: UTKFace-trained models get UTKFace's own dlib chip). The chip goes through
+custom_dataset.preprocess_rgb, the very function training used, and all faces of an image are
+predicted in one forward pass. A photo without a face says so; it is never guessed from the whole
+photo unless --whole-image says the inputs are face crops already. Video faces are tracked across
+frames by box overlap and their age is smoothed, so the number does not jitter.
+
+model.onnx (ONNX Runtime runs no Python code) is the format for models from elsewhere; model.jit is
+TorchScript, a program: load it only from a source you trust.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import json
 import os
 import sys
 import time
@@ -22,24 +29,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
+import faces as face_pipeline
 from custom_dataset import IMAGE_EXTENSIONS, DataError, PreprocessConfig, load_rgb, preprocess_rgb
-from functions import configure_threads, load_torchscript, run_cli
+from faces import BOX_CROP, DETECTORS, FacePipeline, Face, check_crop, describe_crop, iou
+from functions import atomic_write, configure_threads, run_cli
 
 SUPPORTED_FORMAT_VERSION = 1
-CASCADE_FILE = "haarcascade_frontalface_default.xml"
-
-# Detector settings, measured with bench_detection.py on UTKFace (see bench/detection.json).
-SCALE_FACTOR = 1.1        # step between detection scales; 1.05 finds ~1 % more faces at twice the cost
-MIN_NEIGHBORS = 4         # overlapping raw hits needed for a face; lower finds more faces and more ghosts
-MIN_FACE_FRACTION = 0.04  # smallest face side as a share of the shorter image side (never below 24 px)
-PAD_FRACTION = 0.15       # replicated border added on every side before detection: the cascade window
-                          # needs context around a face, and without it faces that fill the frame (as in
-                          # UTKFace's aligned crops) are missed about a third of the time
-MAX_DETECT_SIDE = 1280    # larger images are shrunk for detection only (speed); boxes are scaled back
-NMS_IOU = 0.3             # overlapping boxes above this IoU are one face
-NMS_CONTAINED = 0.7       # a box lying this much inside a bigger, stronger one is a part of that face
+REPO = Path(__file__).resolve().parent
+DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
 # Video: tracks and smoothing
 TRACK_IOU = 0.3           # a detection continues a track when their boxes overlap at least this much
@@ -47,24 +45,27 @@ SMOOTH_ALPHA = 0.3        # exponential moving average weight of the newest fram
                           # previous, i.e. the displayed age follows a change with a time constant of about
                           # three frames while frame-to-frame noise is damped to ~40 % of its size
 MAX_MISSED = 10           # a track survives this many frames without a matching detection
-BATCH_CROPS = 64          # folder mode: crops of several images predicted in one forward pass
+CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "face_found"]
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model.jit written by train.py (preprocessing metadata inside)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL),
+                   help="model.onnx (or a trusted model.jit) written by train.py (default: the shipped %(default)s)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="one image to annotate")
     src.add_argument("--input-dir", help="folder of images to annotate (not recursive)")
     src.add_argument("--video", help="video to annotate frame by frame")
     p.add_argument("--output", help="annotated image or video (default: INPUT name + _age beside the input)")
     p.add_argument("--output-dir", help="--input-dir mode: folder for annotated images and predictions.csv")
-    p.add_argument("--no-detect", action="store_true", help="skip face detection: the whole image is the face")
-    p.add_argument("--margin", type=float, default=None,
-                   help="crop margin per side as a fraction of the face box (default: the model's crop_margin)")
-    p.add_argument("--batch-size", type=int, default=BATCH_CROPS, help="--input-dir: crops per forward pass")
+    p.add_argument("--detector", choices=DETECTORS, default=face_pipeline.DEFAULT_DETECTOR,
+                   help="face detector (default: %(default)s; README, 'Face detection', compares them)")
+    p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
+                   help="the inputs are face crops already: no detection, the whole image is the face")
+    p.add_argument("--save-crops", metavar="DIR",
+                   help="write each face's model input as DIR/<image stem>_<face index>.png (RGB, before normalisation)")
     p.add_argument("--alpha", type=float, default=SMOOTH_ALPHA, help="--video: weight of the newest age (EMA)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -72,11 +73,40 @@ def get_args_parser():
 # ----------------------------------------------------------------------------------------------
 # Model
 
-def load_model(path):
-    """(module, metadata, cfg) from a model.jit written by train.py; DataError with advice otherwise."""
+def _onnx_model(path, threads=None):
+    """(forward, metadata) of a model.onnx: ONNX Runtime runs the graph, no Python code from the file."""
+    import onnx
+    import onnxruntime as ort
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise DataError(f"{path} is not an ONNX model ({type(exc).__name__}); pass the model.onnx written by train.py") from None
+    if "metadata.json" not in props:
+        raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
+    name = session.get_inputs()[0].name
+    return (lambda x: session.run(None, {name: x})[0]), json.loads(props["metadata.json"])
+
+
+def _torchscript_model(path):
+    import torch
+    from functions import load_torchscript
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
         module, metadata = load_torchscript(path)
+
+    def forward(x):
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+    return forward, metadata
+
+
+def _check_metadata(path, metadata):
+    """(cfg, crop) from a model's metadata; DataError with advice where it is unusable."""
     if not isinstance(metadata, dict) or not isinstance(metadata.get("preprocess"), dict):
         raise DataError(f"{path} has no preprocessing settings in its metadata; re-export it with train.py")
     version = metadata.get("format_version", 1)
@@ -87,163 +117,155 @@ def load_model(path):
         cfg = PreprocessConfig.from_dict(metadata["preprocess"])
     except (TypeError, ValueError) as exc:
         raise DataError(f"{path} has unusable preprocessing metadata ({exc}); re-export it with train.py") from None
-    return module, metadata, cfg
+    size = cfg.image_size
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
+        raise DataError(f"{path} has an unusable image_size {size!r} in its metadata; re-export it with train.py")
+    # models exported before the chip carry only a margin around the detector's box
+    crop = metadata.get("crop") or {**BOX_CROP, "margin": metadata.get("crop_margin", 0.0)}
+    try:
+        crop = check_crop(crop)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}; re-export it with train.py") from None
+    return cfg, crop
 
 
-def predict_crops(module, metadata, cfg, crops) -> np.ndarray:
-    """Ages (float64, one per crop) of HxWx3 uint8 RGB crops, all in one forward pass.
+class AgeEstimator:
+    """Load a model once, then estimate ages of faces in photos.
 
-    Each crop goes through custom_dataset.preprocess_rgb; with metadata["tta_flip"] the prediction
-    is averaged with that of the horizontally mirrored batch, as in training's evaluation.
+        from inference import AgeEstimator
+        estimator = AgeEstimator("models/age_simplecnn_utkface.onnx")
+        for face in estimator.predict("photo.jpg"):
+            print(face["box"], face["age"])
+
+    The model file carries its preprocessing and crop recipe; detection, alignment and
+    preprocessing are the ones training used.
     """
-    if len(crops) == 0:
-        return np.zeros(0, dtype=np.float64)
-    batch = np.stack([preprocess_rgb(np.ascontiguousarray(c), cfg) for c in crops])
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().contiguous()
-    with torch.no_grad():
-        ages = module(x)
-        if metadata.get("tta_flip"):
-            ages = 0.5 * (ages + module(x.flip(-1)))
-    return ages.reshape(-1).double().numpy()
+
+    def __init__(self, model=DEFAULT_MODEL, detector=face_pipeline.DEFAULT_DETECTOR, whole_image=False,
+                 threads=None):
+        path = Path(model)
+        if not path.is_file():
+            hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
+            raise DataError(f"model file not found: {path}{hint}; pass --model RUN/model.onnx written by train.py")
+        if path.suffix == ".onnx":
+            self._forward, self.metadata = _onnx_model(path, threads)
+        elif path.suffix == ".jit":
+            self._forward, self.metadata = _torchscript_model(path)
+        else:
+            raise DataError(f"{path}: pass a model.onnx (or a trusted model.jit) written by train.py")
+        self.path = path
+        self.cfg, self.crop = _check_metadata(path, self.metadata)
+        self.whole_image = whole_image
+        self.pipeline = None if whole_image else FacePipeline(self.crop, detector)
+
+    def describe(self) -> str:
+        how = "whole image (--whole-image)" if self.whole_image else \
+            f"{self.pipeline.detector} detector, {describe_crop(self.crop)}"
+        return f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px; faces: {how}"
+
+    def model_inputs(self, chips) -> np.ndarray:
+        """N x S x S x 3 uint8: each chip through preprocess_rgb, as training preprocessed its faces."""
+        return np.stack([preprocess_rgb(np.ascontiguousarray(c), self.cfg) for c in chips])
+
+    def predict_inputs(self, inputs) -> np.ndarray:
+        """Ages (float64) of N x S x S x 3 uint8 model inputs, in one forward pass (plus its mirror
+        image with the model's flip test-time averaging)."""
+        if len(inputs) == 0:
+            return np.zeros(0, dtype=np.float64)
+        x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
+        ages = np.asarray(self._forward(x), dtype=np.float64).reshape(len(x), -1)
+        if ages.shape[1] != 1:
+            raise DataError(f"{self.path} returns {ages.shape[1]} numbers per image, not one age; "
+                            "pass a model exported by train.py")
+        if self.metadata.get("tta_flip"):
+            mirrored = np.asarray(self._forward(np.ascontiguousarray(x[..., ::-1])), dtype=np.float64)
+            ages = 0.5 * (ages + mirrored.reshape(ages.shape))
+        return ages[:, 0]
+
+    def find_faces(self, rgb) -> list[Face]:
+        """Faces of one HxWx3 RGB image with their chips; the whole image is one face with --whole-image."""
+        if self.whole_image:
+            height, width = rgb.shape[:2]
+            return [Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)]
+        return self.pipeline.faces(rgb)
+
+    def estimate(self, rgb):
+        """(faces, model inputs, ages) of one RGB image; all its faces in one forward pass."""
+        found = self.find_faces(rgb)
+        inputs = self.model_inputs([f.chip for f in found]) if found else np.zeros((0,), np.uint8)
+        return found, inputs, self.predict_inputs(inputs)
+
+    def predict(self, images):
+        """Faces and ages of one image or a list of them: file paths, PIL images or HxWx3 RGB arrays.
+        Returns, per image, a list of {"box", "score", "detector", "age"} (one image: that list)."""
+        single = not isinstance(images, (list, tuple))
+        results = []
+        for image in [images] if single else images:
+            found, _, ages = self.estimate(as_rgb(image))
+            results.append([{"box": tuple(int(round(v)) for v in f.box), "score": float(f.score),
+                             "detector": f.source, "age": float(a)} for f, a in zip(found, ages)])
+        return results[0] if single else results
 
 
-# ----------------------------------------------------------------------------------------------
-# Detection and cropping
-
-def load_detector():
-    path = os.path.join(cv2.data.haarcascades, CASCADE_FILE)
-    detector = cv2.CascadeClassifier(path)
-    if detector.empty():
-        raise DataError(f"cannot load the Haar cascade {path}; reinstall opencv-python-headless")
-    return detector
-
-
-def iou(a, b) -> float:
-    """Intersection over union of two (x, y, w, h) boxes; 0 when either is empty."""
-    ax, ay, aw, ah = (float(v) for v in a)
-    bx, by, bw, bh = (float(v) for v in b)
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _inside_fraction(small, big) -> float:
-    """Share of `small`'s area that lies inside `big`."""
-    sx, sy, sw, sh = small
-    bx, by, bw, bh = big
-    iw = max(0.0, min(sx + sw, bx + bw) - max(sx, bx))
-    ih = max(0.0, min(sy + sh, by + bh) - max(sy, by))
-    return iw * ih / max(sw * sh, 1e-9)
-
-
-def non_max_suppression(boxes, scores, iou_threshold=NMS_IOU, contained=NMS_CONTAINED):
-    """Indices of the boxes kept, strongest first.
-
-    A box lying mostly (> contained of its area) inside a bigger box is a part of that face (an eye or
-    mouth hit) and is dropped whatever its score; of the rest, a box overlapping a stronger kept box by
-    IoU > iou_threshold is the same face and is dropped.
-    """
-    boxes = [tuple(float(v) for v in b) for b in boxes]
-    whole = [i for i, b in enumerate(boxes)
-             if not any(j != i and o[2] * o[3] > b[2] * b[3] and _inside_fraction(b, o) > contained
-                        for j, o in enumerate(boxes))]
-    keep = []
-    for i in sorted(whole, key=lambda i: (-scores[i], -boxes[i][2] * boxes[i][3], i)):
-        if all(iou(boxes[i], boxes[k]) <= iou_threshold for k in keep):
-            keep.append(i)
-    return keep
-
-
-def detect_faces(rgb, detector, scale_factor=SCALE_FACTOR, min_neighbors=MIN_NEIGHBORS,
-                 min_face_fraction=MIN_FACE_FRACTION, pad_fraction=PAD_FRACTION, clip=True):
-    """Faces in an HxWx3 RGB (or HxW gray) uint8 image as a list of (x, y, w, h), largest first.
-
-    Detection runs on a grayscale copy, shrunk to MAX_DETECT_SIDE for big photos and padded with a
-    replicated border (pad_fraction of the longer side) so that faces filling the frame still fit the
-    detector's window. Overlapping boxes are merged by non-maximum suppression. With clip the boxes
-    are clipped to the image; without, they may reach into the padding (used by bench_detection.py).
-    """
-    gray = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    height, width = gray.shape
-    scale = min(1.0, MAX_DETECT_SIDE / max(height, width))
-    if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                          interpolation=cv2.INTER_AREA)
-    pad = int(round(pad_fraction * max(gray.shape)))
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    min_side = max(24, int(round(min_face_fraction * min(height, width) * scale)))
-    found, _, weights = detector.detectMultiScale3(
-        gray, scaleFactor=scale_factor, minNeighbors=min_neighbors, minSize=(min_side, min_side),
-        outputRejectLevels=True)
-    if len(found) == 0:
-        return []
-    raw = [((x - pad) / scale, (y - pad) / scale, w / scale, h / scale) for x, y, w, h in found]
-    keep = non_max_suppression(raw, [float(s) for s in np.ravel(weights)])
-    boxes = []
-    for i in keep:
-        x, y, w, h = raw[i]
-        if clip:
-            x0, y0 = max(0.0, x), max(0.0, y)
-            x1, y1 = min(float(width), x + w), min(float(height), y + h)
-            x, y, w, h = x0, y0, x1 - x0, y1 - y0
-            if w < 2 or h < 2:
-                continue
-        boxes.append((int(round(x)), int(round(y)), int(round(w)), int(round(h))))
-    boxes.sort(key=lambda b: -b[2] * b[3])
-    return boxes
-
-
-def crop_box(box, margin, image_shape):
-    """The (x, y, w, h) region crop_face takes: a square of side max(w, h) * (1 + 2 * margin) around
-    the box centre, moved inside the image where it sticks out (keeping scale and squareness) and
-    clipped only where it is bigger than the image."""
-    height, width = image_shape[:2]
-    x, y, w, h = box
-    side = max(w, h) * (1.0 + 2.0 * float(margin))
-    cx, cy = x + w / 2.0, y + h / 2.0
-    sw, sh = min(side, width), min(side, height)
-    x0 = min(max(cx - sw / 2.0, 0.0), width - sw)
-    y0 = min(max(cy - sh / 2.0, 0.0), height - sh)
-    x0, y0 = int(round(x0)), int(round(y0))
-    sw, sh = max(1, int(round(sw))), max(1, int(round(sh)))
-    return x0, y0, min(sw, width - x0), min(sh, height - y0)
-
-
-def crop_face(rgb, box, margin):
-    """HxWx3 crop of the face box grown by `margin` of its size on every side (see crop_box)."""
-    if margin < -0.45:
-        raise ValueError(f"crop margin {margin} would shrink the face box to nothing")
-    x, y, w, h = crop_box(box, margin, rgb.shape)
-    return np.ascontiguousarray(rgb[y:y + h, x:x + w])
+def as_rgb(image) -> np.ndarray:
+    """HxWx3 uint8 RGB from a path, a PIL image or an array (gray and RGBA are converted)."""
+    if isinstance(image, (str, os.PathLike)):
+        return _read_image(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise DataError(f"images must be uint8 arrays, got {array.dtype}")
+    if array.ndim == 2:
+        return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2))
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[..., :3])
+    raise DataError(f"an image array must be HxW or HxWx3 (RGB), got shape {array.shape}")
 
 
 # ----------------------------------------------------------------------------------------------
 # Drawing
 
-def annotate(rgb, boxes, ages, labels=None):
-    """Copy of rgb with a box and "Age: N" drawn for each face (the original is left untouched)."""
+def annotate(rgb, boxes, labels):
+    """Copy of rgb with each box and its label drawn, line and text sized by the box so that they
+    read on a 300 px thumbnail and a 6000 px photo alike (the original is left untouched).
+    With no box, labels[0] (if any) is written across the top of the image."""
     out = np.ascontiguousarray(rgb).copy()
     height, width = out.shape[:2]
-    side = min(height, width)
-    thickness = max(1, round(side / 300))
-    font_scale = max(0.35, side / 900)
     colour = (40, 220, 40)
-    for i, (box, age) in enumerate(zip(boxes, ages)):
-        x, y, w, h = (int(v) for v in box)
+    if not boxes:
+        if labels:
+            side = min(height, width)
+            _label(out, labels[0], 0, 0, max(0.4, side / 500), max(1, round(side / 250)), (230, 60, 60), inside=True)
+        return out
+    for box, text in zip(boxes, labels):
+        x, y, w, h = (int(round(v)) for v in box)
+        side = max(w, h)
+        thickness = max(1, round(side / 60))
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
-        text = labels[i] if labels is not None else f"Age: {int(round(float(age)))}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        ty = y - 4 if y - th - base - 4 >= 0 else min(y + h + th + 4, height - base - 1)
-        if ty < th:  # no room above or below: inside the box, at its top
-            ty = y + th + 4
-        tx = min(max(x, 0), max(0, width - tw - 2))
-        cv2.rectangle(out, (tx, ty - th - 3), (tx + tw + 2, ty + base), colour, -1)
-        cv2.putText(out, text, (tx + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness,
-                    cv2.LINE_AA)
+        _label(out, text, x, y, max(0.35, side / 170), thickness, colour, box_height=h)
     return out
+
+
+def _label(out, text, x, y, font_scale, thickness, colour, box_height=0, inside=False):
+    """Text on a filled band above the box (below it, or inside its top, where there is no room)."""
+    height, width = out.shape[:2]
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    if tw > width - 4:  # never wider than the image
+        font_scale *= (width - 4) / tw
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    pad = max(2, th // 4)
+    if inside:
+        ty = th + pad + 2
+    elif y - th - base - pad >= 0:
+        ty = y - base - pad
+    elif y + box_height + th + pad + base < height:
+        ty = y + box_height + th + pad
+    else:
+        ty = y + th + pad
+    tx = min(max(x, 0), max(0, width - tw - 2 * pad))
+    cv2.rectangle(out, (tx, ty - th - pad), (tx + tw + 2 * pad, ty + base), colour, -1)
+    cv2.putText(out, text, (tx + pad, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,37 +383,74 @@ def _default_output(source, suffix=None):
     return source.with_name(f"{source.stem}_age{suffix or source.suffix or '.jpg'}")
 
 
-def faces_of(rgb, detector, margin, no_detect=False):
-    """(boxes, crops, detected) of one image; the whole image is one face when none is detected."""
-    height, width = rgb.shape[:2]
-    boxes = [] if no_detect else detect_faces(rgb, detector)
-    if not boxes:
-        return [(0, 0, width, height)], [rgb], False
-    return boxes, [crop_face(rgb, b, margin) for b in boxes], True
-
-
 def _fmt_box(box):
-    return ",".join(str(int(v)) for v in box)
+    return ",".join(str(int(round(v))) for v in box)
+
+
+def _labels(ages):
+    return [f"Age: {int(round(float(a)))}" for a in ages]
+
+
+def _save_crops(folder, stem, inputs):
+    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB."""
+    for k, image in enumerate(inputs):
+        _write_image(Path(folder) / f"{stem}_{k}.png", image)
+
+
+def annotate_one(estimator, path, rgb, output, crops_dir=None):
+    """Faces and ages of one photo: annotated copy written, rows of predictions.csv returned."""
+    found, inputs, ages = estimator.estimate(rgb)
+    if found:
+        image = annotate(rgb, [f.box for f in found], _labels(ages))  # drawn after cutting: no box in a chip
+    else:
+        image = annotate(rgb, [], ["no face found"])
+    _write_image(output, image)
+    if crops_dir and found:
+        _save_crops(crops_dir, Path(path).stem, inputs)
+    name = Path(path).name
+    if not found:
+        print(f"{name}: no face found (nothing estimated; --whole-image if the photo is a face crop)")
+        return [{"file": name, "face_index": "", "x": "", "y": "", "w": "", "h": "", "score": "", "detector": "",
+                 "age": "", "face_found": "false"}]
+    rows = []
+    for k, (face, age) in enumerate(zip(found, ages)):
+        x, y, w, h = (int(round(v)) for v in face.box)
+        print(f"{name}, face {k}, box {_fmt_box(face.box)}, {face.source} score {face.score:.2f}, age {age:.1f}")
+        rows.append({"file": name, "face_index": k, "x": x, "y": y, "w": w, "h": h, "score": f"{face.score:.3f}",
+                     "detector": face.source, "age": f"{age:.2f}", "face_found": "true"})
+    return rows
+
+
+def _prepare_dir(path, what):
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{what} {path} is a file; choose a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {path} ({exc.strerror or exc}); choose another {what}") from None
+    return path
+
+
+def _write_csv(path, rows):
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
 # ----------------------------------------------------------------------------------------------
 # Modes
 
-def run_image(args, module, metadata, cfg, margin, detector):
+def run_image(args, estimator):
     rgb = _read_image(args.image)
     output = _prepare_output(args.output or _default_output(args.image), [args.image])
-    boxes, crops, detected = faces_of(rgb, detector, margin, args.no_detect)
-    ages = predict_crops(module, metadata, cfg, crops)  # every face of the image in one pass
-    _write_image(output, annotate(rgb, boxes, ages))  # drawn after cropping: no box enters a crop
-    name = Path(args.image).name
-    if args.no_detect:
-        print(f"{name}: --no-detect, using the whole image")
-    elif not detected:
-        print(f"{name}: no face found, using the whole image")
-    for box, age in zip(boxes, ages):
-        print(f"{name}, box {_fmt_box(box)}, age {age:.1f}")
+    rows = annotate_one(estimator, args.image, rgb, output, args.save_crops)
     print(f"annotated image -> {output}")
-    return {"output": str(output), "boxes": boxes, "ages": ages.tolist(), "detected": detected}
+    found = [r for r in rows if r["face_found"] == "true"]
+    return {"output": str(output), "boxes": [(r["x"], r["y"], r["w"], r["h"]) for r in found],
+            "ages": [float(r["age"]) for r in found], "rows": rows}
 
 
 def _list_images(folder):
@@ -400,7 +459,7 @@ def _list_images(folder):
                                                                          if p.suffix.lower() not in IMAGE_EXTENSIONS]
 
 
-def run_folder(args, module, metadata, cfg, margin, detector):
+def run_folder(args, estimator):
     in_dir = Path(args.input_dir)
     if not in_dir.is_dir():
         raise DataError(f"input folder not found: {in_dir} (pass --input-dir with an existing folder)")
@@ -409,42 +468,12 @@ def run_folder(args, module, metadata, cfg, margin, detector):
     out_dir = Path(args.output_dir)
     if out_dir.resolve() == in_dir.resolve():
         raise DataError("--output-dir is the input folder; choose another folder (inputs are never overwritten)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--output-dir {out_dir} is a file; choose a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the output folder {out_dir} ({exc.strerror or exc})") from None
-    if args.batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _prepare_dir(out_dir, "--output-dir")
     images, others = _list_images(in_dir)
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {in_dir}")
-
     start = time.perf_counter()
-    rows, pending, skipped = [], [], []
-    counts = {"images": 0, "faces": 0, "whole_image": 0}
-
-    def flush():
-        crops = [c for item in pending for c in item["crops"]]
-        ages = predict_crops(module, metadata, cfg, crops)  # crops of several images in one pass
-        i = 0
-        for item in pending:
-            n = len(item["boxes"])
-            item_ages = ages[i:i + n]
-            i += n
-            _write_image(out_dir / item["path"].name, annotate(item["rgb"], item["boxes"], item_ages))
-            for k, (box, age) in enumerate(zip(item["boxes"], item_ages)):
-                rows.append({"file": item["path"].name, "face_index": k, "x": box[0], "y": box[1], "w": box[2],
-                             "h": box[3], "age": f"{age:.2f}", "detected": "true" if item["detected"] else "false"})
-                print(f"{item['path'].name}, box {_fmt_box(box)}, age {age:.1f}"
-                      + ("" if item["detected"] else " (no face found, whole image)"))
-            counts["images"] += 1
-            counts["faces"] += n if item["detected"] else 0
-            counts["whole_image"] += 0 if item["detected"] else 1
-        pending.clear()
-
-    pending_crops = pending_pixels = 0
+    rows, skipped = [], []
     for path in images:
         try:
             rgb = load_rgb(path)
@@ -454,35 +483,25 @@ def run_folder(args, module, metadata, cfg, margin, detector):
             skipped.append(path.name)
             print(f"warning: skipping {path.name}: not a readable image ({type(exc).__name__})", file=sys.stderr)
             continue
-        boxes, crops, detected = faces_of(rgb, detector, margin, args.no_detect)
-        pending.append({"path": path, "rgb": rgb, "boxes": boxes, "crops": crops, "detected": detected})
-        pending_crops += len(crops)
-        pending_pixels += rgb.size
-        if pending_crops >= args.batch_size or pending_pixels > 300_000_000:  # bound memory for big photos
-            flush()
-            pending_crops = pending_pixels = 0
-    if pending:
-        flush()
+        rows += annotate_one(estimator, path, rgb, out_dir / path.name, args.save_crops)
     csv_path = out_dir / "predictions.csv"
-    tmp = csv_path.with_name(".predictions.csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "face_index", "x", "y", "w", "h", "age", "detected"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    _write_csv(csv_path, rows)
     seconds = time.perf_counter() - start
+    done = len(images) - len(skipped)
+    faces = sum(r["face_found"] == "true" for r in rows)
+    no_face = sum(r["face_found"] == "false" for r in rows)
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}"
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     if others:
         print(f"ignored {len(others)} file(s) without an image extension")
-    print(f"{counts['images']} images, {counts['faces']} detected faces, {counts['whole_image']} images without a "
-          f"detected face (whole image used), {len(skipped)} skipped; {counts['images'] / max(seconds, 1e-9):.1f} "
-          f"images/s -> {csv_path}")
-    return {**counts, "skipped": len(skipped), "csv": str(csv_path), "seconds": seconds}
+    print(f"{done} images, {faces} faces, {no_face} images without a face, {len(skipped)} skipped; "
+          f"{done / max(seconds, 1e-9):.1f} images/s -> {csv_path}")
+    return {"images": done, "faces": faces, "no_face": no_face, "skipped": len(skipped), "csv": str(csv_path),
+            "seconds": seconds}
 
 
-def run_video(args, module, metadata, cfg, margin, detector):
+def run_video(args, estimator):
     source = Path(args.video)
     if not source.is_file():
         raise DataError(f"video not found: {source} (pass --video with an existing file)")
@@ -510,15 +529,10 @@ def run_video(args, module, metadata, cfg, margin, detector):
                 writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
                 if not writer.isOpened():
                     raise DataError(f"cannot write the video {output}; use an .mp4 name in a writable folder")
-            if args.no_detect:
-                boxes = [(0, 0, width, height)]
-                crops = [rgb]
-            else:
-                boxes = detect_faces(rgb, detector)  # no whole-frame fallback: an empty frame stays empty
-                crops = [crop_face(rgb, b, margin) for b in boxes]
-            ages = predict_crops(module, metadata, cfg, crops)
+            found, _, ages = estimator.estimate(rgb)  # a frame without a face stays unannotated
+            boxes = [f.box for f in found]
             _, shown = tracker.update(boxes, ages)
-            writer.write(cv2.cvtColor(annotate(rgb, boxes, shown), cv2.COLOR_RGB2BGR))
+            writer.write(cv2.cvtColor(annotate(rgb, boxes, _labels(shown)), cv2.COLOR_RGB2BGR))
             frames += 1
             faces += len(boxes)
     except BaseException:
@@ -547,16 +561,17 @@ def main(args):
         raise DataError("--output-dir goes with --input-dir; use --output with --image or --video")
     if args.output and args.input_dir:
         raise DataError("--input-dir writes into --output-dir; --output is for --image and --video")
-    module, metadata, cfg = load_model(args.model)
-    margin = float(metadata.get("crop_margin", 0.0)) if args.margin is None else args.margin
-    if not -0.45 <= margin <= 2.0:
-        raise DataError(f"crop margin {margin} is outside -0.45..2; pass --margin with a sensible value")
-    detector = None if args.no_detect else load_detector()
+    if args.save_crops:
+        if args.video:
+            raise DataError("--save-crops is for --image and --input-dir")
+        _prepare_dir(args.save_crops, "--save-crops")
+    estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads)
+    print(estimator.describe())
     if args.image:
-        return run_image(args, module, metadata, cfg, margin, detector)
+        return run_image(args, estimator)
     if args.input_dir:
-        return run_folder(args, module, metadata, cfg, margin, detector)
-    return run_video(args, module, metadata, cfg, margin, detector)
+        return run_folder(args, estimator)
+    return run_video(args, estimator)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,10 @@ from functions import (AutocastModel, Distributed, ExportedAgeModel, broadcast_b
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
                        train_one_epoch)
+from faces import read_split_crop
 from model import MODEL_NAMES, build_model, count_parameters
 
 CHECKPOINT_VERSION = 1
-# Crop rule shared with inference.py: a detected face box grows by this fraction on each side.
-# bench_detection.py measured the Haar box on UTKFace's aligned crops at ~1.03x smaller than the crop
-# (median), so the box itself already reproduces the training framing: no extra margin.
-DEFAULT_CROP_MARGIN = 0.0
 
 
 def get_args_parser():
@@ -217,6 +214,7 @@ def train_run(args, dist_ctx: Distributed):
         print(f"--resume: no {resume_from} yet, starting from epoch 1")
 
     cfg = preprocess_config(args)
+    crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
     # rank 0 builds the cache while the others wait; then they read it
     train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, cfg))
     if checkpoint is not None:
@@ -282,7 +280,7 @@ def train_run(args, dist_ctx: Distributed):
 
     def make_checkpoint(epoch, metrics):
         return {"version": CHECKPOINT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
-                "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(),
+                "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "rng_state": rng_state(), "epoch": epoch,
                 "metrics": metrics, "history": history, "best_val_mae": best_val, "world_size": dist_ctx.world_size}
@@ -364,7 +362,7 @@ def test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channel
 def export_metadata(cfg, best, test_metrics=None) -> dict:
     return {"format_version": CHECKPOINT_VERSION, "model_name": best["model_name"], "head": best["head"],
             "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
-            "crop_margin": DEFAULT_CROP_MARGIN, "tta_flip": best["config"].get("tta_flip", False),
+            "crop": best.get("crop") or read_split_crop(best["config"]["splits"]), "tta_flip": best["config"].get("tta_flip", False),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
             "val_mae": best["best_val_mae"], "test_mae": (test_metrics or {}).get("mae")}
 

@@ -39,3 +39,43 @@ def eda_cli():
         return subprocess.run([sys.executable, "eda.py", *map(str, args)], cwd=REPO, capture_output=True,
                               text=True, timeout=timeout)
     return run
+
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def utkface_chips():
+    """Eight real UTKFace files (read in place from ../shared/data; skipped in a clone without it)."""
+    folder = SHARED_DATA / "UTKFace"
+    if not folder.is_dir():
+        pytest.skip(f"real faces not available: {folder} is absent (CI and the dev machines have it)")
+    from custom_dataset import load_rgb
+    # adults and a child, frontal enough for HOG; fixed names so the test is the same everywhere
+    names = sorted(p.name for p in folder.iterdir())[::2900][:8]
+    return [load_rgb(folder / n) for n in names]
+
+
+def paste(chip, side, tilt=0.0, canvas=(480, 640), at=(0.5, 0.5), seed=0):
+    """A chip resized to `side`, turned by `tilt` degrees (round mask, no square edges) and pasted
+    into a textured grey canvas with its centre at `at` (fractions of width, height).
+    Returns (scene, (centre x, centre y, side))."""
+    import cv2
+    import numpy as np
+    height, width = canvas
+    rng = np.random.default_rng(seed)
+    scene = np.clip(rng.normal(110, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    face = cv2.resize(chip, (side, side), interpolation=cv2.INTER_AREA)
+    m = cv2.getRotationMatrix2D((side / 2, side / 2), tilt, 1.0)
+    face = cv2.warpAffine(face, m, (side, side), borderMode=cv2.BORDER_REPLICATE)
+    mask = np.zeros((side, side), np.uint8)
+    cv2.circle(mask, (side // 2, side // 2), side // 2, 1, -1)
+    x, y = int(at[0] * width - side / 2), int(at[1] * height - side / 2)
+    region = scene[y:y + side, x:x + side]
+    region[mask > 0] = face[mask > 0]
+    return scene, (x + side / 2, y + side / 2, side)
+
+
+@pytest.fixture(scope="session")
+def paste_face():
+    return paste

@@ -25,8 +25,8 @@ def test_whole_chain_on_read_only_data(tmp_path):
         run("eda.py", "--data-dir", data, "--out-dir", out, "--no-progress")
         run("train.py", "--splits", out / "splits", "--out-dir", out / "run", "--epochs", "1", "--image-size", "64",
             "--no-denoise", "--threads", "1", "--no-progress")
-        proc = run("inference.py", "--model", out / "run" / "model.jit", "--input-dir", data / "25",
-                   "--output-dir", out / "annotated", "--threads", "1")
+        proc = run("inference.py", "--model", out / "run" / "model.onnx", "--input-dir", data / "25",
+                   "--output-dir", out / "annotated", "--whole-image", "--threads", "1")
         assert (out / "annotated" / "predictions.csv").is_file(), proc.stdout
         assert snapshot(data) == before  # nothing created, modified or removed under the data folder
     finally:

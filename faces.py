@@ -1,0 +1,490 @@
+"""Faces in a photo, cut out exactly as the model's training faces were cut.
+
+    photo -> detect (boxes) -> landmarks -> aligned chip (the training data's own crop) -> preprocess_rgb -> model
+
+The crop is part of the model: a network learns the framing of its training faces (where the eyes
+sit, how much forehead and background it sees), and a different crop at inference costs years of
+error. UTKFace's "aligned & cropped" files are dlib face chips: dlib's frontal (HOG) detector, the
+68-point shape predictor, `get_face_chip(size=200, padding=0.2)`. `UTKFACE_CROP` reproduces that
+chip from any photo; it travels in checkpoints and exports under metadata["crop"], so inference.py
+and eda.py --align rebuild it from the model file or the split alone.
+
+Detectors (all ship their weights inside pip packages; nothing is downloaded at run time):
+    auto    the default cascade: HOG on the photo; Haar proposals that HOG missed (small faces) each
+            checked by HOG on an enlarged patch; only where nothing was found, HOG again on a
+            border-padded and on a rotated copy (faces filling the frame or tilted)
+    hog     dlib's HOG frontal detector alone (faces above ~80 px)
+    hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
+    haar    OpenCV's Haar cascade (fast, finds small faces, also hands and fabric)
+    mmod    dlib's CNN detector (finds the most, seconds per photo on a CPU)
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from custom_dataset import DataError
+
+# ----------------------------------------------------------------------------------------------
+# Crop recipes (what travels in metadata["crop"])
+
+# UTKFace's own chip: dlib.get_face_chip on the 68 landmarks of dlib's HOG box, 200 px, padding 0.2.
+UTKFACE_CROP = {"kind": "chip", "landmarks": 68, "size": 200, "padding": 0.2}
+# For commercial use (the 68-point model's training data, iBUG 300-W, excludes it): dlib's 5-point
+# model (eye corners, nose base) with each point mapped onto where it sits on average in UTKFace's own
+# chips, so the chip frames a face like UTKFace's. Fitted by `python bench_detection.py --fit-chip5`
+# on 300 UTKFace files (x, y in the 200 px chip).
+UTKFACE_CROP5 = {"kind": "chip", "landmarks": 5, "size": 200,
+                 "template": [[152.35, 60.03], [121.48, 61.66], [44.45, 59.92], [75.08, 61.73], [97.73, 117.81]]}
+# Models exported before the chip existed: a square around the detector's box grown by `margin`.
+BOX_CROP = {"kind": "box", "margin": 0.0}
+CROPS = {"utkface": UTKFACE_CROP, "utkface5": UTKFACE_CROP5, "box": BOX_CROP}
+CROP_FILE = "crop.json"  # beside a split's CSVs: how its faces were cut (written by eda.py)
+
+DETECTORS = ("auto", "hog", "hog_up", "haar", "mmod")
+DEFAULT_DETECTOR = "auto"
+
+# Detection settings. The figures behind them: bench_detection.py (README, "Face detection").
+DETECT_MAX_SIDE = 1024     # photos are shrunk to this for detection (speed); landmarks use full resolution
+HAAR_SCALE_FACTOR = 1.1    # step between Haar scales
+HAAR_MIN_NEIGHBORS = 3     # Haar only proposes: HOG confirms, so recall matters more than precision here
+HAAR_MIN_FACE = 20         # smallest face side Haar proposes, in detection pixels
+VERIFY_FACE_SIDE = 120     # a Haar proposal's patch is scaled so the face is this big for HOG to check it
+PAD_FRACTION = 0.25        # fallback: replicated border (share of the longer side) for faces filling the frame
+ROTATIONS = (-25.0, 25.0)  # fallback: tilted copies for heads leaning further than HOG's ~15 degrees
+HOG_THRESHOLD = 0.0        # HOG's own decision threshold; raising it trades faces for fewer false boxes
+MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once costs 4x (seconds more)
+NMS_IOU = 0.3              # boxes overlapping more than this are one face
+MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
+
+
+@dataclasses.dataclass
+class Face:
+    """One face found in a photo: its box (x, y, w, h in photo pixels), the detector's score, which
+    detector stage found it, its landmarks (N x 2, photo pixels) and the model's input crop (RGB)."""
+    box: tuple
+    score: float
+    source: str
+    landmarks: np.ndarray | None = None
+    chip: np.ndarray | None = None
+
+
+def check_crop(crop) -> dict:
+    """The crop recipe as a dict, validated; DataError naming what is wrong otherwise."""
+    if not isinstance(crop, dict) or crop.get("kind") not in ("chip", "box"):
+        raise DataError(f"unknown crop recipe {crop!r}; expected kind 'chip' or 'box'")
+    if crop["kind"] == "box":
+        margin = crop.get("margin", 0.0)
+        if not isinstance(margin, (int, float)) or not -0.45 <= margin <= 2.0:
+            raise DataError(f"crop margin {margin!r} is outside -0.45..2")
+        return {"kind": "box", "margin": float(margin)}
+    size, landmarks = crop.get("size"), crop.get("landmarks")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 1024:
+        raise DataError(f"crop size {size!r} must be a whole number of pixels in 16..1024")
+    if landmarks == 68:
+        padding = crop.get("padding")
+        if not isinstance(padding, (int, float)) or not 0 <= padding <= 2:
+            raise DataError(f"crop padding {padding!r} must be a number in 0..2")
+        return {"kind": "chip", "landmarks": 68, "size": size, "padding": float(padding)}
+    if landmarks == 5:
+        template = np.asarray(crop.get("template", []), dtype=np.float64)
+        if template.shape != (5, 2) or not np.isfinite(template).all():
+            raise DataError("a 5-point crop needs a template of 5 (x, y) points")
+        return {"kind": "chip", "landmarks": 5, "size": size, "template": template.round(2).tolist()}
+    raise DataError(f"crop landmarks {landmarks!r}: use 68 or 5")
+
+
+def read_split_crop(splits_dir) -> dict:
+    """The crop recipe eda.py recorded beside a split. Splits written before recipes existed used the
+    images as they were, which inference reproduces with a square around the detector's box."""
+    path = Path(splits_dir) / CROP_FILE
+    if not path.is_file():
+        return dict(BOX_CROP)
+    try:
+        return check_crop(json.loads(path.read_text())["crop"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is unreadable ({exc}); rerun eda.py") from None
+
+
+def write_split_crop(splits_dir, crop, note: str):
+    from functions import atomic_write
+    text = json.dumps({"crop": check_crop(crop), "note": note}, indent=2) + "\n"
+    atomic_write(Path(splits_dir) / CROP_FILE, lambda f: f.write(text.encode()))
+
+
+def describe_crop(crop) -> str:
+    if crop["kind"] == "box":
+        return f"square around the detector box, margin {crop['margin']:g}"
+    extra = f", padding {crop['padding']:g}" if crop["landmarks"] == 68 else ", UTKFace-fitted template"
+    return f"aligned {crop['size']} px chip from {crop['landmarks']} landmarks{extra}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Model files (dlib-bin and face-recognition-models, both pip packages)
+
+def _dlib():
+    try:
+        import dlib
+    except ImportError:
+        raise DataError("dlib is not installed; run: pip install dlib-bin==20.0.1.post1 "
+                        "(or `make setup`, which installs requirements.txt)") from None
+    return dlib
+
+
+def model_file(name: str) -> str:
+    """Path of a dlib model file shipped by the face-recognition-models package (never downloaded).
+
+    The package's own __init__ needs pkg_resources (setuptools), so its folder is located without
+    importing it."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the landmark/detector file {name} comes with face-recognition-models; run: "
+                        "pip install face-recognition-models==0.3.0")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise DataError(f"{path} is missing; reinstall it: pip install --force-reinstall face-recognition-models==0.3.0")
+    return str(path)
+
+
+_CACHE = {}
+
+
+def _load(key, make):
+    """Each model file is read once per process (the 68-point model is 100 MB)."""
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def hog_detector():
+    return _load("hog", lambda: _dlib().get_frontal_face_detector())
+
+
+def mmod_detector():
+    return _load("mmod", lambda: _dlib().cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat")))
+
+
+def shape_predictor(points: int):
+    name = {68: "shape_predictor_68_face_landmarks.dat", 5: "shape_predictor_5_face_landmarks.dat"}[points]
+    return _load(f"sp{points}", lambda: _dlib().shape_predictor(model_file(name)))
+
+
+def haar_detector():
+    def make():
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        cascade = cv2.CascadeClassifier(path)
+        if cascade.empty():
+            raise DataError(f"cannot load the Haar cascade {path}; reinstall opencv-python-headless==4.14.0.94")
+        return cascade
+    return _load("haar", make)
+
+
+# ----------------------------------------------------------------------------------------------
+# Boxes
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x, y, w, h) boxes; 0 when either is empty."""
+    ax, ay, aw, ah = (float(v) for v in a)
+    bx, by, bw, bh = (float(v) for v in b)
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def non_max_suppression(boxes, scores, iou_threshold=NMS_IOU) -> list[int]:
+    """Indices of the boxes kept, strongest first: a box overlapping a stronger kept one by more than
+    iou_threshold, or lying mostly (70 %) inside it, is the same face."""
+    keep = []
+    for i in sorted(range(len(boxes)), key=lambda i: (-scores[i], i)):
+        if all(iou(boxes[i], boxes[k]) <= iou_threshold and _inside(boxes[i], boxes[k]) <= 0.7
+               and _inside(boxes[k], boxes[i]) <= 0.7 for k in keep):
+            keep.append(i)
+    return keep
+
+
+def _inside(small, big) -> float:
+    """Share of small's area that lies inside big."""
+    sx, sy, sw, sh = small
+    bx, by, bw, bh = big
+    iw = max(0.0, min(sx + sw, bx + bw) - max(sx, bx))
+    ih = max(0.0, min(sy + sh, by + bh) - max(sy, by))
+    return iw * ih / max(sw * sh, 1e-9)
+
+
+def _rect_to_box(r) -> tuple:
+    return (float(r.left()), float(r.top()), float(r.right() - r.left() + 1), float(r.bottom() - r.top() + 1))
+
+
+def _box_to_rect(box):
+    x, y, w, h = box
+    return _dlib().rectangle(int(round(x)), int(round(y)), int(round(x + w - 1)), int(round(y + h - 1)))
+
+
+def _scaled(box, s, dx=0.0, dy=0.0) -> tuple:
+    """Box (x, y, w, h) in coordinates shifted by (dx, dy) and then divided by s."""
+    x, y, w, h = box
+    return ((x - dx) / s, (y - dy) / s, w / s, h / s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Detectors. Each takes a uint8 gray (or RGB) detection image and returns [(box, score)].
+
+def hog_faces(image, upsample: int = 0, threshold: float = HOG_THRESHOLD):
+    rects, scores, _ = hog_detector().run(image, upsample, threshold)
+    return [(_rect_to_box(r), float(s)) for r, s in zip(rects, scores)]
+
+
+def haar_faces(gray, min_neighbors: int = HAAR_MIN_NEIGHBORS, min_face: int = HAAR_MIN_FACE):
+    found, _, weights = haar_detector().detectMultiScale3(
+        gray, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_face, min_face),
+        outputRejectLevels=True)
+    return [(tuple(float(v) for v in b), float(s)) for b, s in zip(found, np.ravel(weights))]
+
+
+def mmod_faces(rgb, upsample: int = MMOD_UPSAMPLE):
+    image = rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+    return [(_rect_to_box(d.rect), float(d.confidence)) for d in mmod_detector()(image, upsample)]
+
+
+def verify_with_hog(gray, box):
+    """HOG's box for a Haar proposal, or None: HOG runs on the patch around the proposal (twice its
+    size), scaled so the face is VERIFY_FACE_SIDE px, well inside HOG's range."""
+    x, y, w, h = box
+    side = 2.0 * max(w, h)
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(gray.shape[1], cx + side / 2)), int(min(gray.shape[0], cy + side / 2))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    s = VERIFY_FACE_SIDE / max(w, h)
+    patch = cv2.resize(gray[y0:y1, x0:x1], (max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s))),
+                       interpolation=cv2.INTER_LINEAR if s > 1 else cv2.INTER_AREA)
+    found = [(_scaled(b, s) , sc) for b, sc in hog_faces(patch)]
+    found = [((bx + x0, by + y0, bw, bh), sc) for (bx, by, bw, bh), sc in found]
+    best = max(found, key=lambda f: iou(f[0], box), default=None)
+    return best if best is not None and iou(best[0], box) >= 0.3 else None
+
+
+def _clahe():
+    return _load("clahe", lambda: cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)))
+
+
+def _rotation(shape, degrees):
+    """Affine matrix rotating an image of `shape` about its centre into a canvas that holds all of it."""
+    h, w = shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(math.ceil(h * sin + w * cos)), int(math.ceil(h * cos + w * sin))
+    m[0, 2] += nw / 2 - w / 2
+    m[1, 2] += nh / 2 - h / 2
+    return m, (nw, nh)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+
+class FacePipeline:
+    """detect -> landmarks -> chip, for one crop recipe and one detector.
+
+    `faces(rgb)` returns every face of an HxWx3 uint8 RGB photo, largest first, each with the crop
+    the model expects (`Face.chip`)."""
+
+    def __init__(self, crop=None, detector: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE_PIXELS):
+        self.crop = check_crop(UTKFACE_CROP if crop is None else crop)
+        if detector not in DETECTORS:
+            raise DataError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+        self.detector = detector
+        self.min_face = min_face
+        self.points = self.crop.get("landmarks")
+        # load every file now, so a missing package is reported before any photo is read
+        if self.points:
+            shape_predictor(self.points)
+        {"haar": haar_detector, "mmod": mmod_detector}.get(detector, hog_detector)()
+        if detector == "auto":
+            haar_detector()
+
+    # -- detection --------------------------------------------------------------------------
+    def detect(self, rgb) -> list[Face]:
+        """Face boxes (with landmarks where a rotated pass found them) in photo pixels, strongest first."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        small = rgb if scale == 1.0 else cv2.resize(
+            rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        if self.detector == "hog":
+            found = [(b, s, "hog") for b, s in hog_faces(gray)]
+        elif self.detector == "hog_up":
+            found = [(b, s, "hog_up") for b, s in hog_faces(gray, upsample=1)]
+        elif self.detector == "haar":
+            found = [(b, s, "haar") for b, s in haar_faces(gray, min_neighbors=4, min_face=24)]
+        elif self.detector == "mmod":
+            found = [(b, s, "mmod") for b, s in mmod_faces(small)]
+        else:
+            found = self._cascade(gray)
+        faces = []
+        for item in found:
+            box, score, source = item[:3]
+            face = Face(_scaled(box, scale), score, source)
+            if len(item) > 3:  # landmarks found on a rotated copy, already in detection pixels
+                face.landmarks = item[3] / scale
+            faces.append(face)
+        keep = non_max_suppression([f.box for f in faces], [f.score for f in faces])
+        faces = [faces[i] for i in keep if min(faces[i].box[2:]) >= self.min_face]
+        return faces
+
+    def _cascade(self, gray):
+        found = [(b, s, "hog") for b, s in hog_faces(gray)]
+        for box, _ in haar_faces(gray):
+            if any(iou(box, f[0]) > 0.2 or _inside(f[0], box) > 0.5 for f in found):
+                continue
+            checked = verify_with_hog(gray, box)
+            if checked is not None and not any(iou(checked[0], f[0]) > NMS_IOU for f in found):
+                found.append((checked[0], checked[1], "haar+hog"))
+        if found:
+            return found
+        # nothing found: faces that fill the frame need a border, dark or washed-out ones more contrast
+        pad = int(round(PAD_FRACTION * max(gray.shape)))
+        gray = _clahe().apply(gray)
+        padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast") for b, s in hog_faces(padded)]
+        if found:
+            return found
+        for degrees in ROTATIONS:
+            found += self._rotated(padded, degrees, pad)
+        return found
+
+    def _rotated(self, padded, degrees, pad):
+        """HOG on a rotated copy; landmarks are found there and turned back, since an upright box
+        around a tilted face is not what the landmark model was trained on."""
+        m, size = _rotation(padded.shape, degrees)
+        turned = cv2.warpAffine(padded, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        back = cv2.invertAffineTransform(m)
+        found = []
+        for box, score in hog_faces(turned):
+            # the box keeps its size around the turned-back centre (the face, not its upright hull)
+            cx, cy = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]) @ back[:, :2].T + back[:, 2] - pad
+            landmarks = None
+            if self.points:
+                shape = shape_predictor(self.points)(turned, _box_to_rect(box))
+                marks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+                landmarks = marks @ back[:, :2].T + back[:, 2] - pad
+            found.append(((cx - box[2] / 2, cy - box[3] / 2, box[2], box[3]), score, f"hog_rotated{degrees:+.0f}",
+                          landmarks))
+        return found
+
+    # -- landmarks and chips ----------------------------------------------------------------
+    def faces(self, rgb) -> list[Face]:
+        """Every face in the photo with its chip, largest first."""
+        faces = self.detect(rgb)
+        for face in faces:
+            self.cut(rgb, face)
+        faces.sort(key=lambda f: -f.box[2] * f.box[3])
+        return faces
+
+    def cut(self, rgb, face: Face) -> Face:
+        """Fill face.landmarks (if not yet there) and face.chip, following the crop recipe."""
+        if self.crop["kind"] == "box":
+            face.chip = crop_face(rgb, face.box, self.crop["margin"])
+            return face
+        if face.landmarks is None:
+            shape = shape_predictor(self.points)(rgb, _box_to_rect(face.box))
+            face.landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+        face.chip = chip_from_landmarks(rgb, face.landmarks, self.crop)
+        return face
+
+
+def chip_from_landmarks(rgb, landmarks, crop) -> np.ndarray:
+    """The aligned chip (size x size x 3 uint8) for the given landmarks: dlib's own face chip for
+    68 points (UTKFace's exact recipe), the fitted template's similarity transform for 5."""
+    dlib = _dlib()
+    size = crop["size"]
+    points = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in landmarks])
+    if crop["landmarks"] == 68:
+        left, top = np.floor(landmarks.min(axis=0)).astype(int)
+        right, bottom = np.ceil(landmarks.max(axis=0)).astype(int)
+        shape = dlib.full_object_detection(dlib.rectangle(int(left), int(top), int(right), int(bottom)), points)
+        details = dlib.get_face_chip_details(shape, size=size, padding=crop["padding"])
+    else:
+        template = dlib.dpoints([dlib.dpoint(float(x), float(y)) for x, y in crop["template"]])
+        image_points = dlib.dpoints([dlib.dpoint(float(x), float(y)) for x, y in landmarks])
+        details = dlib.chip_details(template, image_points, dlib.chip_dims(size, size))
+    return np.ascontiguousarray(dlib.extract_image_chip(np.ascontiguousarray(rgb), details))
+
+
+# ----------------------------------------------------------------------------------------------
+# The square crop of models exported before the chip (crop kind "box")
+
+def crop_box(box, margin, image_shape):
+    """The (x, y, w, h) region crop_face takes: a square of side max(w, h) * (1 + 2 * margin) around
+    the box centre, moved inside the image where it sticks out (keeping scale and squareness) and
+    clipped only where it is bigger than the image."""
+    height, width = image_shape[:2]
+    x, y, w, h = box
+    side = max(w, h) * (1.0 + 2.0 * float(margin))
+    cx, cy = x + w / 2.0, y + h / 2.0
+    sw, sh = min(side, width), min(side, height)
+    x0 = min(max(cx - sw / 2.0, 0.0), width - sw)
+    y0 = min(max(cy - sh / 2.0, 0.0), height - sh)
+    x0, y0 = int(round(x0)), int(round(y0))
+    sw, sh = max(1, int(round(sw))), max(1, int(round(sh)))
+    return x0, y0, min(sw, width - x0), min(sh, height - y0)
+
+
+def crop_face(rgb, box, margin):
+    """HxWx3 crop of the face box grown by `margin` of its size on every side (see crop_box)."""
+    if margin < -0.45:
+        raise ValueError(f"crop margin {margin} would shrink the face box to nothing")
+    x, y, w, h = crop_box(box, margin, rgb.shape)
+    return np.ascontiguousarray(rgb[y:y + h, x:x + w])
+
+
+# ----------------------------------------------------------------------------------------------
+# Data sets of un-aligned photos (eda.py --align)
+
+def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, progress: bool = True):
+    """Cut every record's face once, as inference will: (records pointing at the chips, stats).
+
+    Chips are PNG files under chips_dir/<recipe key>/<content hash>.png, so a re-run (or another split
+    of the same photos) reuses them; a photo without a face leaves a .none marker and is dropped
+    (counted as "no_face"). With several faces the largest is taken as the labelled person."""
+    import hashlib
+    from custom_dataset import load_rgb
+    pipeline = FacePipeline(crop, detector)
+    key = hashlib.sha256(json.dumps([pipeline.crop, detector], sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(chips_dir) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = {"chipped": 0, "no_face": 0, "several_faces_largest_used": 0, "from_cache": 0}
+    kept = []
+    items = records
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(records, desc="aligning faces", unit="img")
+    for rec in items:
+        chip_path, none_path = folder / f"{rec['hash']}.png", folder / f"{rec['hash']}.none"
+        if chip_path.is_file() or none_path.is_file():
+            stats["from_cache"] += 1
+        else:
+            found = pipeline.faces(load_rgb(rec["path"]))
+            if not found:
+                none_path.touch()
+            else:
+                stats["several_faces_largest_used"] += len(found) > 1
+                ok, data = cv2.imencode(".png", cv2.cvtColor(found[0].chip, cv2.COLOR_RGB2BGR))
+                tmp = chip_path.with_name(f".{chip_path.name}.tmp")
+                tmp.write_bytes(data.tobytes())
+                os.replace(tmp, chip_path)
+        if chip_path.is_file():
+            stats["chipped"] += 1
+            kept.append({**rec, "source": rec["path"], "path": str(chip_path.resolve())})
+        else:
+            stats["no_face"] += 1
+    return kept, {**stats, "folder": str(folder), "crop": pipeline.crop, "detector": detector}

@@ -1,0 +1,163 @@
+"""Tests of faces.py: the crop recipes, the detectors on real faces in scenes, the chip that
+reproduces UTKFace's own crop, and the one-line errors for missing model files."""
+import cv2
+import numpy as np
+import pytest
+
+import faces
+from custom_dataset import DataError
+
+cv2.setNumThreads(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers: golden values
+
+def test_iou_golden():
+    assert faces.iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert faces.iou((0, 0, 10, 10), (5, 5, 10, 10)) == pytest.approx(25 / 175)
+    assert faces.iou((0, 0, 10, 10), (10, 0, 10, 10)) == 0.0  # touching
+    assert faces.iou((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(16 / 100)
+    assert faces.iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_non_max_suppression_keeps_the_strongest_of_each_face():
+    boxes = [(0, 0, 100, 100), (5, 5, 100, 100), (30, 30, 20, 20), (300, 0, 50, 50)]
+    # 0 and 1 overlap (one face); 2 lies inside them (an eye hit); 3 is another face
+    assert faces.non_max_suppression(boxes, [1.0, 2.0, 0.1, 0.5]) == [1, 3]
+    assert faces.non_max_suppression(boxes, [3.0, 1.0, 0.1, 0.5]) == [0, 3]
+    assert faces.non_max_suppression([], []) == []
+
+
+def test_crop_box_square_with_margin():
+    rgb = np.arange(300 * 400 * 3, dtype=np.uint32).reshape(300, 400, 3).astype(np.uint8)
+    assert faces.crop_box((150, 100, 40, 40), 0.25, rgb.shape) == (140, 90, 60, 60)
+    assert faces.crop_box((150, 100, 40, 30), 0.0, rgb.shape) == (150, 95, 40, 40)  # square on the centre
+    assert faces.crop_box((0, 0, 40, 40), 0.25, rgb.shape) == (0, 0, 60, 60)  # moved inside, still square
+    assert faces.crop_box((0, 0, 400, 300), 0.25, rgb.shape) == (0, 0, 400, 300)  # bigger than the image
+    crop = faces.crop_face(rgb, (150, 100, 40, 40), 0.25)
+    assert crop.shape == (60, 60, 3) and np.array_equal(crop, rgb[90:150, 140:200])
+
+
+@pytest.mark.parametrize("crop, message", [
+    ({"kind": "oval"}, "unknown crop recipe"),
+    ({"kind": "chip", "landmarks": 68, "size": 200.5, "padding": 0.2}, "crop size"),
+    ({"kind": "chip", "landmarks": 68, "size": 200, "padding": "x"}, "crop padding"),
+    ({"kind": "chip", "landmarks": 5, "size": 200, "template": [[1, 2]]}, "template of 5"),
+    ({"kind": "chip", "landmarks": 7, "size": 200}, "use 68 or 5"),
+    ({"kind": "box", "margin": 9}, "crop margin"),
+    ("abc", "unknown crop recipe"),
+])
+def test_bad_crop_recipes_are_refused(crop, message):
+    with pytest.raises(DataError, match=message):
+        faces.check_crop(crop)
+
+
+def test_shipped_recipes_are_valid():
+    for crop in faces.CROPS.values():
+        assert faces.check_crop(crop)["kind"] == crop["kind"]
+    assert faces.UTKFACE_CROP == {"kind": "chip", "landmarks": 68, "size": 200, "padding": 0.2}
+
+
+def test_split_crop_round_trip_and_old_splits(tmp_path):
+    assert faces.read_split_crop(tmp_path) == faces.BOX_CROP  # a split written before recipes existed
+    faces.write_split_crop(tmp_path, faces.UTKFACE_CROP5, "test")
+    assert faces.read_split_crop(tmp_path) == faces.check_crop(faces.UTKFACE_CROP5)
+    (tmp_path / faces.CROP_FILE).write_text("{not json")
+    with pytest.raises(DataError, match="rerun eda.py"):
+        faces.read_split_crop(tmp_path)
+
+
+def test_missing_landmark_package_names_the_package(monkeypatch):
+    monkeypatch.setattr(faces.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match="pip install face-recognition-models==0.3.0"):
+        faces.model_file("shape_predictor_68_face_landmarks.dat")
+
+
+def test_unknown_detector_is_refused():
+    with pytest.raises(DataError, match="unknown detector"):
+        faces.FacePipeline(detector="yolo")
+
+
+# ----------------------------------------------------------------------------------------------
+# Real faces (../shared/data)
+
+def test_chip_reproduces_utkface_own_crop(utkface_chips):
+    """Re-chipping a UTKFace file from a border-padded copy gives back the file (dlib chip recipe)."""
+    pipe = faces.FacePipeline(faces.UTKFACE_CROP, detector="hog")
+    diffs = []
+    for chip in utkface_chips:
+        padded = cv2.copyMakeBorder(chip, 60, 60, 60, 60, cv2.BORDER_REPLICATE)
+        found = pipe.faces(padded)
+        if found:
+            assert found[0].chip.shape == (200, 200, 3)
+            diffs.append(np.abs(found[0].chip.astype(float) - chip).mean())
+    assert len(diffs) >= 6
+    assert np.median(diffs) < 6  # 0-255 scale; a crop shifted by a few pixels gives 15-30
+
+
+def test_box_crop_does_not_reproduce_utkface(utkface_chips):
+    """The check above can fail: the old square crop around the box is far from UTKFace's chip."""
+    pipe = faces.FacePipeline(faces.BOX_CROP, detector="hog")
+    diffs = []
+    for chip in utkface_chips:
+        padded = cv2.copyMakeBorder(chip, 60, 60, 60, 60, cv2.BORDER_REPLICATE)
+        found = pipe.faces(padded)
+        if found:
+            resized = cv2.resize(found[0].chip, (200, 200), interpolation=cv2.INTER_AREA)
+            diffs.append(np.abs(resized.astype(float) - chip).mean())
+    assert np.median(diffs) > 10
+
+
+@pytest.mark.parametrize("side, tilt", [(110, 0.0), (300, 0.0), (220, 18.0), (90, -15.0)])
+def test_auto_finds_a_real_face_in_a_scene_and_aligns_it(utkface_chips, paste_face, side, tilt):
+    chip = utkface_chips[1]
+    scene, (cx, cy, s) = paste_face(chip, side, tilt, at=(0.4, 0.55))
+    found = faces.FacePipeline(detector="auto").faces(scene)
+    assert len(found) == 1, [f.box for f in found]
+    x, y, w, h = found[0].box
+    assert abs(x + w / 2 - cx) < 0.25 * s and abs(y + h / 2 - cy) < 0.25 * s
+    # the chip undoes the tilt and scale: it looks like the UTKFace file again
+    aligned = found[0].chip.astype(float)
+    assert np.abs(aligned - chip).mean() < np.abs(np.rot90(chip).astype(float) - chip).mean()
+    assert np.abs(aligned - chip).mean() < 25
+
+
+def test_no_face_in_noise_or_flat_images():
+    rng = np.random.default_rng(0)
+    pipe = faces.FacePipeline(detector="auto")
+    assert pipe.faces(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) == []
+    assert pipe.faces(np.full((300, 300, 3), 128, np.uint8)) == []
+
+
+def test_five_point_crop_frames_the_face_like_utkface(utkface_chips):
+    """The 5-landmark path (for commercial users) lands near UTKFace's chip: much closer than an
+    unaligned square crop, if less exact than the 68-landmark chip."""
+    pipe5 = faces.FacePipeline(faces.UTKFACE_CROP5, detector="hog")
+    diffs = []
+    for chip in utkface_chips:
+        padded = cv2.copyMakeBorder(chip, 60, 60, 60, 60, cv2.BORDER_REPLICATE)
+        found = pipe5.faces(padded)
+        if found:
+            diffs.append(np.abs(found[0].chip.astype(float) - chip).mean())
+    assert len(diffs) >= 6 and np.median(diffs) < 16
+
+
+def test_chip_dataset_counts_photos_without_a_face_and_reuses_its_cache(utkface_chips, paste_face, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    records = []
+    for i, chip in enumerate(utkface_chips[:3]):
+        scene, _ = paste_face(chip, 200, at=(0.5, 0.5), seed=i)
+        path = photos / f"{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+        records.append({"path": str(path), "age": 30, "hash": f"h{i}"})
+    blank = photos / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 90, np.uint8))
+    records.append({"path": str(blank), "age": 40, "hash": "hblank"})
+    kept, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert stats["no_face"] == 1 and stats["chipped"] == 3 and stats["from_cache"] == 0
+    assert [r["source"] for r in kept] == [r["path"] for r in records[:3]]
+    assert all(cv2.imread(r["path"]).shape == (200, 200, 3) for r in kept)
+    again, stats2 = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert stats2["from_cache"] == 4 and [r["path"] for r in again] == [r["path"] for r in kept]
