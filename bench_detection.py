@@ -11,8 +11,10 @@ Measured per detector of faces.DETECTORS (data read in place, never written):
       other box is a false box.
   (b) FG-NET: the full scanned photos (one person each, a few with more): share of photos with at
       least one face, boxes per photo.
-  (c) ms per photo (detection only; the end-to-end figure with a model is in benchmark.py --cross).
-  (d) crop fidelity: UTKFace files re-chipped from a border-padded copy with faces.UTKFACE_CROP and
+  (c) the same backgrounds without a face: false boxes per image (what the fallback passes invent).
+  (d) ms per photo: detection alone, and with --model the whole chain (detect, landmarks, chip,
+      preprocess, predict) through inference.AgeEstimator on the 640 x 480 scenes.
+  (e) crop fidelity: UTKFace files re-chipped from a border-padded copy with faces.UTKFACE_CROP and
       UTKFACE_CROP5; mean absolute difference to the file (0-255).
 mmod costs seconds per photo, so --mmod-limit caps its sample.
 """
@@ -49,6 +51,8 @@ def get_args_parser():
     p.add_argument("--mmod-limit", type=int, default=60, help="scenes and photos for mmod (default: %(default)s)")
     p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (d) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample and scene seed (default: %(default)s)")
+    p.add_argument("--model", default=None, help="also time the whole chain with this model.onnx (auto detector)")
+    p.add_argument("--threads", type=int, default=2, help="threads for OpenCV and the model (default: %(default)s)")
     p.add_argument("--fit-chip5", type=int, default=0, metavar="N",
                    help="only fit the 5-point chip template on N UTKFace files and print it")
     p.add_argument("--out", default="bench/detection.json", help="JSON with the figures (default: %(default)s)")
@@ -128,6 +132,25 @@ def scenes_figures(pipe, scenes):
             "ms_per_photo": statistics.median(ms)}
 
 
+def faceless_figures(pipe, backgrounds):
+    boxes = sum(len(pipe.detect(b)) for b in backgrounds)
+    return {"n": len(backgrounds), "false_boxes_per_image": boxes / max(1, len(backgrounds))}
+
+
+def end_to_end_ms(model, scenes, threads):
+    """Median ms per 640 x 480 scene through inference.AgeEstimator: detect, align, preprocess, predict."""
+    import inference
+    estimator = inference.AgeEstimator(model, threads=threads)
+    estimator.estimate(scenes[0][0])  # warm-up: first-call allocations
+    ms = []
+    for scene, _ in scenes:
+        t0 = time.perf_counter()
+        estimator.estimate(scene)
+        ms.append(1000 * (time.perf_counter() - t0))
+    return {"model": str(model), "n": len(ms), "ms_per_photo_median": statistics.median(ms),
+            "ms_per_photo_mean": float(np.mean(ms)), "ms_per_photo_p90": float(np.percentile(ms, 90))}
+
+
 def fgnet_figures(pipe, photos):
     found_any = boxes = 0
     ms = []
@@ -191,7 +214,9 @@ def main(args):
     if unknown:
         raise DataError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(faces.DETECTORS)}")
 
+    cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
+    backgrounds = [random_canvas(rng) for _ in range(args.limit)]
     fgnet_dir = Path(args.fgnet_dir)
     fgnet = sorted(p for p in fgnet_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.fgnet_limit] \
         if fgnet_dir.is_dir() else []
@@ -203,17 +228,23 @@ def main(args):
         pipe = faces.FacePipeline(detector=name)
         cap = args.mmod_limit if name == "mmod" else None
         start = time.perf_counter()
-        entry = {"scenes": scenes_figures(pipe, scenes[:cap])}
+        entry = {"scenes": scenes_figures(pipe, scenes[:cap]), "faceless": faceless_figures(pipe, backgrounds[:cap])}
         if photos:
             entry["fgnet"] = fgnet_figures(pipe, photos[:cap])
         entry["seconds"] = round(time.perf_counter() - start, 1)
         result["detectors"][name] = entry
         print(f"{name:7s} scenes: found {entry['scenes']['detection_rate']:.1%}, "
               f"{entry['scenes']['false_boxes_per_image']:.3f} false boxes/image, "
-              f"{entry['scenes']['ms_per_photo']:.1f} ms/photo (n={entry['scenes']['n']})"
+              f"{entry['scenes']['ms_per_photo']:.1f} ms/photo (n={entry['scenes']['n']}); no face: "
+              f"{entry['faceless']['false_boxes_per_image']:.3f} false boxes/image"
               + (f" | FG-NET: {entry['fgnet']['photos_with_a_face']:.1%} of photos with a face, "
                  f"{entry['fgnet']['boxes_per_photo']:.2f} boxes/photo, {entry['fgnet']['ms_per_photo']:.1f} ms/photo "
                  f"(n={entry['fgnet']['n']})" if photos else ""), flush=True)
+    if args.model:
+        result["end_to_end"] = end_to_end_ms(args.model, scenes, args.threads)
+        print(f"end to end with {args.model}: median {result['end_to_end']['ms_per_photo_median']:.1f} ms per "
+              f"640x480 photo (mean {result['end_to_end']['ms_per_photo_mean']:.1f}, "
+              f"90th percentile {result['end_to_end']['ms_per_photo_p90']:.1f})")
     if args.chip_limit:
         chip_files = sample(files, args.chip_limit, rng)
         result["chip_fidelity"] = {name: chip_fidelity(chip_files, faces.CROPS[name]) for name in ("utkface", "utkface5")}

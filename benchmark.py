@@ -50,6 +50,9 @@ MODELS = {
     "simplecnn_tuned_96px": ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40",
                              "--lr", "1e-3", "--augment", "default", "--tta-flip", "--no-denoise", "--no-deblur",
                              "--image-size", "96"],
+    # simplecnn_tuned plus 20 % gray training images (--augment photo), for scanned and old photos
+    "simplecnn_photo": ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40",
+                        "--lr", "1e-3", "--augment", "photo", "--tta-flip", "--no-denoise", "--no-deblur"],
     "resnet18_dldl": ["--model", "resnet18", "--head", "distribution", "--epochs", "15", "--lr", "1e-3",
                       "--augment", "default", "--tta-flip", "--image-size", "112"],
 }
@@ -89,7 +92,7 @@ def get_args_parser():
     p.add_argument("--quick", action="store_true", help="smoke run: Protocol S, 2 epochs on 10 %% of train")
     p.add_argument("--no-speed", action="store_true", help="skip the loader speed measurement")
     p.add_argument("--crop-check", type=int, default=0,
-                   help="Protocol S: also compare test MAE direct vs through the detector on N pasted test faces")
+                   help="also compare test MAE of UTKFace's files directly vs found again in N photo-like scenes")
     p.add_argument("--table", action="store_true", help="only print the README table from --out")
     p.add_argument("--probes", action="store_true",
                    help="only run the speed probes behind the README's speed choices (about 2 minutes)")
@@ -220,6 +223,7 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         "model_jit_bytes": (run_dir / "model.jit").stat().st_size,
         "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
         "latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
+        **{k: v for k, v in gray_val_mae(run_dir).items() if k == "val_mae_gray"},
         "command": "python train.py " + shlex.join(argv),
     }
 
@@ -327,6 +331,25 @@ def median_baseline(splits):
     return round(float(np.abs(test_ages - np.median(train_ages)).mean()), 3)
 
 
+def gray_val_mae(run_dir):
+    """Validation MAE of a run's best epoch on gray copies of the validation faces: how the model
+    copes with scanned and old photos, judged without touching any test set."""
+    from custom_dataset import GRAY_WEIGHTS, CustomDataset, load_split_dataset
+    from functions import evaluate
+    best = train.load_checkpoint(run_dir / "best.pt")
+    model, cfg = model_from_checkpoint(best)
+    model = model.to(memory_format=torch.channels_last)
+    splits = Path(best["config"]["splits"])
+    val = load_split_dataset(splits / "val.csv", cfg, splits.parent / "cache", progress=False)
+    luma = np.tensordot(val.images.astype(np.float32), np.array(GRAY_WEIGHTS, np.float32), axes=([3], [0]))
+    gray = np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=3)
+    records = [{"path": p, "age": float(a)} for p, a in zip(val.paths, val.ages)]
+    loader = make_loader(CustomDataset(records, cfg, images=gray), 256, shuffle=False)
+    figures = evaluate(model, loader, torch.tensor(cfg.mean), torch.tensor(cfg.std),
+                       tta_flip=best["config"].get("tta_flip", False))
+    return {"val_mae": round(best["metrics"]["val"]["mae"], 3), "val_mae_gray": round(figures["mae"], 3)}
+
+
 def run_ablation(name, splits, work, quick=False):
     """Train ABLATION_BASE with one change; validation MAE of the best epoch, with and without flip-TTA."""
     from custom_dataset import load_split_dataset
@@ -373,11 +396,12 @@ def ablation_table(results) -> str:
     return "\n".join(lines)
 
 
-def check_crops(args, work, name, results, out_path):
-    fresh = {"model": name, **crop_consistency(work / "S" / name, work / "S" / "splits", args.crop_check)}
+def check_crops(args, work, protocol, name, results, out_path):
+    fresh = {"model": f"{protocol}/{name}", **crop_consistency(work / protocol / name, work / protocol / "splits",
+                                                                args.crop_check)}
     # other models' checks are kept; a repeated (model, images) check is replaced
     results["crop_consistency"] = [r for r in results.get("crop_consistency", [])
-                                   if (r["model"], r.get("images")) != (name, fresh["images"])] + [fresh]
+                                   if (r["model"], r.get("images")) != (fresh["model"], fresh["images"])] + [fresh]
     print("crop consistency:", json.dumps(fresh))
     save_results(out_path, results)
 
@@ -494,13 +518,6 @@ def main(args):
         print(json.dumps(results["probes"], indent=1))
         return
     data_dir, work = Path(args.data_dir), Path(args.work_dir)
-    if args.cross:
-        results = load_results(args.out)
-        check_cross(args, work, results, Path(args.out))
-        return
-    if args.ship:
-        ship(args, work, load_results(args.out))
-        return
     if not data_dir.is_dir():
         raise DataError(f"UTKFace folder not found: {data_dir} (pass --data-dir)")
     protocols = ["S"] if args.quick else [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -511,6 +528,15 @@ def main(args):
     for p in protocols:
         if p not in PROTOCOLS:
             raise DataError(f"unknown protocol {p!r}; choose S or F")
+    if args.cross:
+        results = load_results(args.out)
+        check_cross(args, work, results, Path(args.out))
+        if args.crop_check:
+            check_crops(args, work, protocols[-1], models[-1], results, Path(args.out))
+        return
+    if args.ship:
+        ship(args, work, load_results(args.out))
+        return
     out_path = Path(args.out) if not args.quick else Path(args.out).with_name("results_quick.json")
     results = load_results(out_path)
     if args.ablations:
@@ -533,8 +559,8 @@ def main(args):
             for name in models:
                 print(protocol, name, json.dumps(refresh_exports(protocol, name, work, results)))
                 save_results(out_path, results)
-        if "S" in protocols and args.crop_check:
-            check_crops(args, work, models[-1], results, out_path)
+        if args.crop_check:
+            check_crops(args, work, protocols[-1], models[-1], results, out_path)
         print(table(results))
         return
     results.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -557,8 +583,8 @@ def main(args):
                                                              args.epochs, args.quick)
             print(json.dumps(results["protocols"][protocol][name], indent=1))
             save_results(out_path, results)
-        if protocol == "S" and args.crop_check:
-            check_crops(args, work, models[-1], results, out_path)
+        if args.crop_check:
+            check_crops(args, work, protocol, models[-1], results, out_path)
     print(table(results))
     print(f"wrote {out_path}")
 

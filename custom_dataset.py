@@ -477,6 +477,9 @@ def channel_stats(images: np.ndarray, chunk: int = 1024):
 # ----------------------------------------------------------------------------------------------
 # Augmentation: training only, on whole batches (cheap vectorised ops instead of per-image PIL work)
 
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as OpenCV and PIL turn RGB gray
+
+
 @dataclasses.dataclass
 class AugmentConfig:
     flip: bool = True          # horizontal flip with p = 0.5
@@ -485,6 +488,8 @@ class AugmentConfig:
     max_scale: float = 0.10    # zoom in/out by up to this fraction
     brightness: float = 0.2    # multiplicative jitter of brightness
     contrast: float = 0.2      # multiplicative jitter of contrast around the image mean
+    grayscale: float = 0.0     # share of images turned gray (scanned and old photos are); 0 draws nothing,
+                               # so the presets without it keep their random streams and figures
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -515,6 +520,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * c + mean) * b
         x = x.clamp(0, 255)
+    if cfg.grayscale:
+        gray = torch.rand(n, generator=generator) < cfg.grayscale
+        luma = (x * torch.tensor(GRAY_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = torch.where(gray.view(-1, 1, 1, 1), luma.expand_as(x), x)
     return x
 
 

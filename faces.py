@@ -55,11 +55,15 @@ DEFAULT_DETECTOR = "auto"
 DETECT_MAX_SIDE = 1024     # photos are shrunk to this for detection (speed); landmarks use full resolution
 HAAR_SCALE_FACTOR = 1.1    # step between Haar scales
 HAAR_MIN_NEIGHBORS = 3     # Haar only proposes: HOG confirms, so recall matters more than precision here
-HAAR_MIN_FACE = 20         # smallest face side Haar proposes, in detection pixels
+HAAR_MIN_FACE = 40         # smallest face Haar proposes in the first pass (detection pixels): it runs on the
+                           # photo shrunk so that this is its 24 px window, a quarter of the full-size cost
+HAAR_MAX_FACE = 110        # ... and the largest: bigger faces are HOG's
+HAAR_SMALLEST = 20         # the fallback pass (nothing found at all) looks down to this size at full size
 VERIFY_FACE_SIDE = 120     # a Haar proposal's patch is scaled so the face is this big for HOG to check it
 PAD_FRACTION = 0.25        # fallback: replicated border (share of the longer side) for faces filling the frame
 ROTATIONS = (-25.0, 25.0)  # fallback: tilted copies for heads leaning further than HOG's ~15 degrees
 HOG_THRESHOLD = 0.0        # HOG's own decision threshold; raising it trades faces for fewer false boxes
+FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run only where nothing was found
 MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once costs 4x (seconds more)
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
@@ -243,10 +247,10 @@ def hog_faces(image, upsample: int = 0, threshold: float = HOG_THRESHOLD):
     return [(_rect_to_box(r), float(s)) for r, s in zip(rects, scores)]
 
 
-def haar_faces(gray, min_neighbors: int = HAAR_MIN_NEIGHBORS, min_face: int = HAAR_MIN_FACE):
+def haar_faces(gray, min_neighbors: int = HAAR_MIN_NEIGHBORS, min_face: int = 24, max_face: int = 0):
     found, _, weights = haar_detector().detectMultiScale3(
         gray, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_face, min_face),
-        outputRejectLevels=True)
+        maxSize=(max_face, max_face), outputRejectLevels=True)
     return [(tuple(float(v) for v in b), float(s)) for b, s in zip(found, np.ravel(weights))]
 
 
@@ -343,24 +347,39 @@ class FacePipeline:
 
     def _cascade(self, gray):
         found = [(b, s, "hog") for b, s in hog_faces(gray)]
-        for box, _ in haar_faces(gray):
-            if any(iou(box, f[0]) > 0.2 or _inside(f[0], box) > 0.5 for f in found):
-                continue
-            checked = verify_with_hog(gray, box)
-            if checked is not None and not any(iou(checked[0], f[0]) > NMS_IOU for f in found):
-                found.append((checked[0], checked[1], "haar+hog"))
+        # faces under HOG's ~80 px window: Haar proposes on a shrunk copy, HOG checks each proposal
+        shrink = min(1.0, 24 / HAAR_MIN_FACE)
+        small = cv2.resize(gray, (max(1, round(gray.shape[1] * shrink)), max(1, round(gray.shape[0] * shrink))),
+                           interpolation=cv2.INTER_AREA)
+        proposals = [_scaled(b, shrink) for b, _ in haar_faces(small, min_face=24, max_face=round(HAAR_MAX_FACE * shrink))]
+        self._add_checked(gray, proposals, found, "haar+hog")
         if found:
             return found
-        # nothing found: faces that fill the frame need a border, dark or washed-out ones more contrast
-        pad = int(round(PAD_FRACTION * max(gray.shape)))
+        # nothing found: tiny faces, faces filling the frame (a border helps), dark or washed-out faces
+        # (more contrast), tilted heads (rotated copies), each pass with a lower HOG threshold
         gray = _clahe().apply(gray)
+        self._add_checked(gray, [b for b, _ in haar_faces(gray, min_face=HAAR_SMALLEST, max_face=HAAR_MAX_FACE)],
+                          found, "haar+hog")
+        if found:
+            return found
+        pad = int(round(PAD_FRACTION * max(gray.shape)))
         padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast") for b, s in hog_faces(padded)]
+        found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast") for b, s in hog_faces(padded, 0, FALLBACK_THRESHOLD)]
         if found:
             return found
         for degrees in ROTATIONS:
             found += self._rotated(padded, degrees, pad)
         return found
+
+    @staticmethod
+    def _add_checked(gray, proposals, found, source):
+        """Append to found each Haar proposal that HOG confirms and that is not a face found already."""
+        for box in proposals:
+            if any(iou(box, f[0]) > 0.2 or _inside(f[0], box) > 0.5 for f in found):
+                continue
+            checked = verify_with_hog(gray, box)
+            if checked is not None and not any(iou(checked[0], f[0]) > NMS_IOU for f in found):
+                found.append((checked[0], checked[1], source))
 
     def _rotated(self, padded, degrees, pad):
         """HOG on a rotated copy; landmarks are found there and turned back, since an upright box
@@ -369,7 +388,7 @@ class FacePipeline:
         turned = cv2.warpAffine(padded, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         back = cv2.invertAffineTransform(m)
         found = []
-        for box, score in hog_faces(turned):
+        for box, score in hog_faces(turned, 0, FALLBACK_THRESHOLD):
             # the box keeps its size around the turned-back centre (the face, not its upright hull)
             cx, cy = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]) @ back[:, :2].T + back[:, 2] - pad
             landmarks = None

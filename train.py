@@ -46,7 +46,7 @@ def get_args_parser():
                    help="unsharp mask after resizing (the seed's; off by default)")
     g.add_argument("--subset-fraction", type=float, default=1.0,
                    help="train on a seeded random share of the training split (quick searches)")
-    g.add_argument("--augment", choices=("none", "light", "default", "strong"), default="default",
+    g.add_argument("--augment", choices=tuple(AUGMENTATIONS), default="default",
                    help="training-only augmentation strength (never applied to val/test)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
@@ -96,6 +96,8 @@ AUGMENTATIONS = {
     "light": AugmentConfig(flip=True, max_rotate=0.0, max_shift=0.0, max_scale=0.0, brightness=0.0, contrast=0.0),
     "default": AugmentConfig(),
     "strong": AugmentConfig(flip=True, max_rotate=15.0, max_shift=0.08, max_scale=0.15, brightness=0.3, contrast=0.3),
+    # default plus 20 % gray images: real photos include scans and old prints (FG-NET: most of them)
+    "photo": AugmentConfig(grayscale=0.2),
 }
 
 

@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -247,3 +248,15 @@ def test_write_csv_read_split_round_trip(tmp_path):
     assert not list((tmp_path / "s").glob("*.tmp"))
     with pytest.raises(DataError):
         read_split(tmp_path / "s" / "missing.csv")
+
+
+def test_grayscale_augmentation_turns_the_chosen_share_gray():
+    from custom_dataset import AugmentConfig, augment_batch
+    x = torch.rand(400, 3, 8, 8) * 255
+    out = augment_batch(x, AugmentConfig(flip=False, max_rotate=0, max_shift=0, max_scale=0, brightness=0, contrast=0,
+                                         grayscale=0.25), torch.Generator().manual_seed(0))
+    gray = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
+    assert 0.18 < gray.float().mean() < 0.32
+    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(out[gray, 0], expected[gray])
+    torch.testing.assert_close(out[~gray], x[~gray])  # the others untouched
