@@ -29,7 +29,7 @@ import numpy as np
 
 import faces
 from custom_dataset import DataError, UTKFACE_NAME, load_rgb
-from functions import atomic_write, run_cli, same_or_inside
+from functions import ArgumentParser, atomic_write, run_cli, same_or_inside
 
 CANVAS_W, CANVAS_H = 640, 480
 FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height
@@ -40,7 +40,7 @@ CHIP_PAD = 60                 # replicated border around a UTKFace file before r
 
 def get_args_parser():
     here = Path(__file__).resolve().parent
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(here.parent / "shared" / "data" / "UTKFace"),
                    help="UTKFace chips (read only; default: %(default)s)")
     p.add_argument("--fgnet-dir", default=str(here.parent / "shared" / "data" / "FGNET"),
@@ -56,6 +56,7 @@ def get_args_parser():
     p.add_argument("--fit-chip5", type=int, default=0, metavar="N",
                    help="only fit the 5-point chip template on N UTKFace files and print it")
     p.add_argument("--out", default="bench/detection.json", help="JSON with the figures (default: %(default)s)")
+    p.add_argument("--table", action="store_true", help="only print the README's tables from --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -195,7 +196,32 @@ def fit_chip5_template(files):
     return np.round(np.mean(points, axis=0), 2).tolist(), len(points)
 
 
+def tables(result) -> str:
+    """The README's detector and crop tables, from a result of main()."""
+    lines = ["| detector | scenes: faces found | false boxes per scene | faceless scenes: false boxes | "
+             "FG-NET: photos with a face | FG-NET: boxes per photo | ms per 640×480 scene (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in result["detectors"].items():
+        fg = r.get("fgnet")
+        fg_cells = f"{fg['photos_with_a_face']:.1%} | {fg['boxes_per_photo']:.2f}" if fg else "- | -"
+        n = f" (n = {r['scenes']['n']})" if name == "mmod" else ""
+        lines.append(f"| `{name}`{n} | {r['scenes']['detection_rate']:.1%} | {r['scenes']['false_boxes_per_image']:.3f} | "
+                     f"{r['faceless']['false_boxes_per_image']:.3f} | {fg_cells} | {r['scenes']['ms_per_photo']:.1f} |")
+    licences = {"utkface": "68-point model trained on iBUG 300-W: non-commercial only",
+                "utkface5": "5-point model trained on dlib's CC0 data set: commercial use allowed"}
+    crops = ["| crop (`faces.CROPS`) | what | re-made UTKFace chip vs the file (mean abs. difference, 0–255) | "
+             "landmark model |", "|---|---|---|---|"]
+    for name, r in result.get("chip_fidelity", {}).items():
+        crops.append(f"| `{name}` | {faces.describe_crop(faces.CROPS[name])} | {r['mean_abs_diff']:.1f} "
+                     f"(median {r['median_abs_diff']:.1f}, {r['share_under_8']:.0%} under 8; n = {r['n']}) | "
+                     f"{licences[name]} |")
+    return "\n".join(lines) + ("\n\n" + "\n".join(crops) if len(crops) > 2 else "")
+
+
 def main(args):
+    if args.table:
+        print(tables(json.loads(Path(args.out).read_text())))
+        return None
     data_dir = Path(args.data_dir)
     out = Path(args.out)
     for folder in (data_dir, Path(args.fgnet_dir)):

@@ -29,7 +29,7 @@ import eda
 import train
 from custom_dataset import DataError, PreprocessConfig, build_cache, read_split, CustomDataset, make_loader
 from export_mobile import time_runs
-from functions import atomic_write, keep_freed_memory, load_torchscript, model_from_checkpoint, run_cli
+from functions import ArgumentParser, atomic_write, keep_freed_memory, load_torchscript, model_from_checkpoint, run_cli
 
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # name -> train.py arguments (beyond splits/out-dir). The first is the seed's recipe as the seed ran it.
@@ -82,7 +82,7 @@ ABLATIONS = {  # name -> (what changes, train.py arguments that override the bas
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/data/UTKFace", help="UTKFace folder (read only)")
     p.add_argument("--work-dir", default="bench/work", help="splits, caches and runs")
     p.add_argument("--out", default="bench/results.json", help="results file (merged, not overwritten)")

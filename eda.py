@@ -18,13 +18,13 @@ import numpy as np
 from custom_dataset import (DataError, deduplicate, discover_labels, load_rgb, scan_images,
                             stratified_split, write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
-from functions import run_cli, same_or_inside
+from functions import ArgumentParser, run_cli, same_or_inside
 
 SPLITS = ("train", "val", "test")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder per age, UTKFace folder, or CSV with path,age")
     p.add_argument("--out-dir", required=True, help="where labels, report, splits and figures go")
     p.add_argument("--min-age", type=int, default=None, help="drop images younger than this")

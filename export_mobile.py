@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from custom_dataset import DataError, load_split_dataset
-from functions import (ExportedAgeModel, atomic_write, load_checkpoint, load_torchscript, model_from_checkpoint,
-                       run_cli)
+from functions import (ArgumentParser, ExportedAgeModel, atomic_write, load_checkpoint, load_torchscript,
+                       model_from_checkpoint, run_cli)
 
 PARITY_TOLERANCE = 1e-4
 METADATA_METHOD = "metadata_json"  # ExecuTorch constant method holding the metadata JSON as uint8
@@ -48,7 +48,7 @@ FORMATS = {".jit": "TorchScript", ".onnx": "ONNX (onnxruntime)", ".pte": "ExecuT
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt (or last.pt) written by train.py")
     p.add_argument("--out-dir", default=None, help="where to write the exports (default: the checkpoint's folder)")
     p.add_argument("--format", choices=("auto", "pte", "pt2"), default="auto",

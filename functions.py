@@ -2,6 +2,7 @@
 self-describing checkpoints, exports with parity checks, plots, and the command-line error rule."""
 import json
 import math
+import argparse
 import os
 import random
 import sys
@@ -24,6 +25,13 @@ class NonFiniteLossError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------
 # Command line
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the full usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
 
 def run_cli(main, parser):
     """Parse, run, and turn expected failures into one line on stderr with exit code 2."""

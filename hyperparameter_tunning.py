@@ -32,8 +32,8 @@ import torch
 
 import train
 from custom_dataset import DataError, channel_stats, load_split_dataset
-from functions import (NonFiniteLossError, atomic_write, configure_threads, evaluate, load_checkpoint, run_cli,
-                       set_seed, train_one_epoch)
+from functions import (ArgumentParser, NonFiniteLossError, atomic_write, configure_threads, evaluate, load_checkpoint,
+                       run_cli, set_seed, train_one_epoch)
 from model import MODEL_NAMES, build_model
 
 DEFAULT_LRS = tuple(float(f"{v:.3g}") for v in np.logspace(math.log10(1e-4), math.log10(3e-3), 5))
@@ -55,7 +55,7 @@ def float_list(text: str) -> list:
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data (passed to every trial)")
     g.add_argument("--splits", required=True, help="folder with train.csv and val.csv from eda.py "
                    "(test.csv is read by the final run only)")

@@ -33,7 +33,7 @@ import numpy as np
 import faces as face_pipeline
 from custom_dataset import IMAGE_EXTENSIONS, DataError, PreprocessConfig, load_rgb, preprocess_rgb
 from faces import BOX_CROP, DETECTORS, FacePipeline, Face, check_crop, describe_crop, iou
-from functions import atomic_write, configure_threads, run_cli
+from functions import ArgumentParser, atomic_write, configure_threads, run_cli
 
 SUPPORTED_FORMAT_VERSION = 1
 REPO = Path(__file__).resolve().parent
@@ -49,7 +49,7 @@ CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "ag
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL),
                    help="model.onnx (or a trusted model.jit) written by train.py (default: the shipped %(default)s)")
     src = p.add_mutually_exclusive_group(required=True)

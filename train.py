@@ -20,8 +20,8 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (AutocastModel, Distributed, ExportedAgeModel, broadcast_buffers, check_export_parity,
-                       configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
+from functions import (ArgumentParser, AutocastModel, Distributed, ExportedAgeModel, broadcast_buffers,
+                       check_export_parity, configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
                        train_one_epoch)
@@ -32,7 +32,7 @@ CHECKPOINT_VERSION = 1
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--splits", required=True, help="folder with train.csv, val.csv, test.csv from eda.py")
     g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: SPLITS/../cache)")
@@ -104,6 +104,18 @@ AUGMENTATIONS = {
 def preprocess_config(args) -> PreprocessConfig:
     return PreprocessConfig(image_size=args.image_size, denoise=args.denoise,
                             denoise_strength=args.denoise_strength, deblur=args.deblur)
+
+
+def check_numbers(args):
+    """One line naming the first setting that cannot work (instead of a ZeroDivisionError later)."""
+    rules = [("--batch-size", args.batch_size >= 1, "at least 1"), ("--epochs", args.epochs >= 1, "at least 1"),
+             ("--lr", math.isfinite(args.lr) and args.lr > 0, "a positive number"),
+             ("--weight-decay", math.isfinite(args.weight_decay) and args.weight_decay >= 0, "0 or more"),
+             ("--image-size", 16 <= args.image_size <= 1024, "between 16 and 1024"),
+             ("--warmup-epochs", 0 <= args.warmup_epochs <= args.epochs, "between 0 and --epochs")]
+    for flag, ok, rule in rules:
+        if not ok:
+            raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
@@ -198,6 +210,7 @@ def train_run(args, dist_ctx: Distributed):
     progress = not args.no_progress
     if args.model not in MODEL_NAMES:
         raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    check_numbers(args)
 
     resume_from = out / "last.pt"
     checkpoint = None

@@ -1,0 +1,45 @@
+"""Usage mistakes end in one line on stderr and exit code 2, whichever script is called."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(*argv):
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _assert_one_line(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("script, argv, words", [
+    ("train.py", ["--batch-size", "x"], ["--batch-size", "see train.py --help"]),
+    ("eda.py", ["--data-dir"], ["--data-dir", "see eda.py --help"]),
+    ("inference.py", ["--image", "a.jpg", "--detector", "yolo"], ["invalid choice", "see inference.py --help"]),
+    ("inference.py", [], ["one of the arguments"]),
+    ("bench_detection.py", ["--limit", "many"], ["--limit"]),
+    ("hyperparameter_tunning.py", ["--nope"], ["the following arguments are required"]),
+    ("train.py", ["--splits", "s", "--out-dir", "o", "--nope"], ["unrecognized arguments: --nope"]),
+])
+def test_usage_errors_are_one_line(script, argv, words):
+    _assert_one_line(_run(script, *argv), *words)
+
+
+@pytest.mark.parametrize("flag, value, rule", [
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+    ("--epochs", "0", "--epochs must be at least 1"),
+    ("--lr", "nan", "--lr must be a positive number"),
+    ("--image-size", "8", "--image-size must be between 16 and 1024"),
+])
+def test_impossible_training_settings_are_named(demo_dir, run_eda, tmp_path, flag, value, rule):
+    run_eda(demo_dir, tmp_path / "out")
+    proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", tmp_path / "run", flag, value,
+                "--threads", "1", "--no-progress")
+    _assert_one_line(proc, rule)
