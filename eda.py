@@ -21,6 +21,7 @@ from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, ch
 from functions import ArgumentParser, run_cli, same_or_inside
 
 SPLITS = ("train", "val", "test")
+MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
 
 
 def get_args_parser():
@@ -162,8 +163,9 @@ def main(args):
     if align_stats:
         kept = align_stats.pop("records")
         skipped["no_face"] += align_stats["no_face"]
-    if len(kept) < 3:
-        raise DataError(f"only {len(kept)} usable unique images in {data_dir}; a train/val/test split needs more")
+    if len(kept) < MIN_IMAGES:
+        raise DataError(f"only {len(kept)} usable unique images in {data_dir}; the 80:10:10 split needs at least "
+                        f"{MIN_IMAGES}, so that validation and test get at least one image each")
     train, val, test = stratified_split(kept, seed=args.seed)
     ages = [r["age"] for r in kept]
     report = {

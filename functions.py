@@ -1,8 +1,9 @@
 """Plain step functions shared by every stage: seeding, losses, one training epoch, evaluation,
 self-describing checkpoints, exports with parity checks, plots, and the command-line error rule."""
+import argparse
+import contextlib
 import json
 import math
-import argparse
 import os
 import random
 import sys
@@ -46,6 +47,47 @@ def run_cli(main, parser):
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what="train.py"):
+    """Hold FOLDER/.lock (holding this PID) while the block runs, so that a second run into the same
+    folder stops with one line instead of mixing its outputs in. A lock whose process is gone (killed)
+    is taken over with a note."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise DataError(f"{folder} is in use by another {what} (PID {pid}); wait for it or choose "
+                                f"another --out-dir") from None
+            print(f"note: {lock} was left by a process that is gone (PID {pid or '?'}); taking it over")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def same_or_inside(path, folder) -> bool:

@@ -20,7 +20,7 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (ArgumentParser, AutocastModel, Distributed, ExportedAgeModel, broadcast_buffers,
+from functions import (ArgumentParser, AutocastModel, folder_lock, Distributed, ExportedAgeModel, broadcast_buffers,
                        check_export_parity, configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
@@ -166,12 +166,14 @@ def main(args):
     dist_ctx = setup_distributed(args)
     try:
         if not dist_ctx.active:
-            return train_run(args, dist_ctx)
+            with folder_lock(args.out_dir):
+                return train_run(args, dist_ctx)
         args = argparse.Namespace(**vars(args))
         if args.threads is None:  # torch's default (all cores) in every process would oversubscribe the node
             args.threads = max(1, (os.cpu_count() or 1) // dist_ctx.local_world_size)
         if dist_ctx.is_main:
-            return train_run(args, dist_ctx)
+            with folder_lock(args.out_dir):
+                return train_run(args, dist_ctx)
         args.no_progress = True
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             return train_run(args, dist_ctx)
@@ -219,7 +221,9 @@ def train_run(args, dist_ctx: Distributed):
         checkpoint = load_checkpoint(resume_from)
         saved = checkpoint["config"]
         for key in ("model", "head", "image_size", "batch_size", "loss", "seed", "epochs", "splits"):
-            if saved.get(key) != getattr(args, key):
+            same = (Path(saved.get(key) or "").resolve() == Path(args.splits).resolve()) if key == "splits" \
+                else saved.get(key) == getattr(args, key)  # splits/ and splits name one folder
+            if not same:
                 raise DataError(f"--resume: {key} was {saved.get(key)!r} in {resume_from}, now {getattr(args, key)!r}; "
                                 "use the same arguments or a new --out-dir")
         if checkpoint.get("world_size", 1) != dist_ctx.world_size:

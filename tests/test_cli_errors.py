@@ -43,3 +43,33 @@ def test_impossible_training_settings_are_named(demo_dir, run_eda, tmp_path, fla
     proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", tmp_path / "run", flag, value,
                 "--threads", "1", "--no-progress")
     _assert_one_line(proc, rule)
+
+
+def test_too_few_images_for_a_split_is_one_clear_line(demo_dir, tmp_path):
+    import shutil
+    small = tmp_path / "small"
+    for path in sorted(demo_dir.rglob("*.jpg"))[:5]:
+        (small / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, small / path.parent.name / path.name)
+    proc = _run("eda.py", "--data-dir", small, "--out-dir", tmp_path / "out", "--no-progress")
+    _assert_one_line(proc, "only 5 usable unique images", "needs at least 10")
+    assert not (tmp_path / "out" / "splits").exists()
+
+
+def test_a_second_run_into_a_busy_folder_stops_and_a_dead_runs_lock_is_taken_over(demo_dir, run_eda, tmp_path):
+    run_eda(demo_dir, tmp_path / "out")
+    run = tmp_path / "run"
+    run.mkdir()
+    train = ["train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", run, "--epochs", "1",
+             "--image-size", "32", "--threads", "1", "--no-progress", "--no-tensorboard", "--no-export"]
+    busy = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / ".lock").write_text(f"{busy.pid}\n")
+        _assert_one_line(_run(*train), f"in use by another train.py (PID {busy.pid})")
+        assert not (run / "last.pt").exists()
+    finally:
+        busy.kill()
+        busy.wait()
+    proc = _run(*train)  # the holder is gone now: its lock is stale
+    assert proc.returncode == 0, proc.stderr
+    assert "taking it over" in proc.stdout and (run / "last.pt").is_file() and not (run / ".lock").exists()
