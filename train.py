@@ -20,7 +20,7 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (ArgumentParser, AutocastModel, folder_lock, Distributed, ExportedAgeModel, broadcast_buffers,
+from functions import (ArgumentParser, AutocastModel, folder_lock, same_or_inside, Distributed, ExportedAgeModel, broadcast_buffers,
                        check_export_parity, configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
@@ -163,6 +163,7 @@ def setup_distributed(args) -> Distributed:
 def main(args):
     """Train in this process, or as one rank of a torchrun launch. Only rank 0 prints, writes and
     exports; the process group is closed on every exit, errors included."""
+    refuse_output_in_data(args.out_dir, args.splits)
     dist_ctx = setup_distributed(args)
     try:
         if not dist_ctx.active:
@@ -179,6 +180,27 @@ def main(args):
             return train_run(args, dist_ctx)
     finally:
         dist_ctx.close()
+
+
+def data_folders(splits) -> set:
+    """The folders holding the split's images, and for a folder-per-age layout their parent."""
+    import csv
+    parents = set()
+    for name in ("train.csv", "val.csv", "test.csv"):
+        path = Path(splits) / name
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8", errors="replace") as f:
+                parents.update(Path(row["path"]).resolve().parent for row in csv.DictReader(f) if row.get("path"))
+    grand = {p.parent for p in parents}
+    return parents | (grand if len(grand) == 1 and len(parents) > 1 else set())
+
+
+def refuse_output_in_data(out_dir, splits):
+    """Outputs inside the data set would be read as faces by the next eda.py run."""
+    for folder in data_folders(splits):
+        if same_or_inside(out_dir, folder):
+            raise DataError(f"--out-dir {out_dir} is inside {folder}, which holds the data set's images; "
+                            "choose a folder outside the data set")
 
 
 def load_data(args, cfg, log=print):

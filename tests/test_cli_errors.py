@@ -73,3 +73,11 @@ def test_a_second_run_into_a_busy_folder_stops_and_a_dead_runs_lock_is_taken_ove
     proc = _run(*train)  # the holder is gone now: its lock is stale
     assert proc.returncode == 0, proc.stderr
     assert "taking it over" in proc.stdout and (run / "last.pt").is_file() and not (run / ".lock").exists()
+
+
+def test_training_output_inside_the_data_set_is_refused(demo_dir, run_eda, tmp_path):
+    run_eda(demo_dir, tmp_path / "out")
+    for inside in (demo_dir / "25" / "run", demo_dir / "runs"):
+        proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", inside, "--threads", "1")
+        _assert_one_line(proc, "holds the data set's images")
+        assert not inside.exists()
