@@ -20,7 +20,7 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (ArgumentParser, AutocastModel, folder_lock, same_or_inside, Distributed, ExportedAgeModel, broadcast_buffers,
+from functions import (ArgumentParser, AutocastModel, atomic_write, folder_lock, same_or_inside, Distributed, ExportedAgeModel, broadcast_buffers,
                        check_export_parity, configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
@@ -364,11 +364,12 @@ def train_run(args, dist_ctx: Distributed):
             if improved:
                 save_checkpoint(out / "best.pt", checkpoint)
             save_checkpoint(out / "last.pt", checkpoint)
-            plot_learning_curves(history, out / "learning_curves.png")
-            (out / "history.json").write_text(json.dumps(history, indent=1))
+            write_history(history, out)
         dist_ctx.barrier()
     if writer is not None:
         writer.close()
+    if dist_ctx.is_main and history:  # a run killed after its last last.pt is completed by --resume here
+        write_history(history, out)
 
     summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,
                "train_seconds": round(time.perf_counter() - start_time, 1),
@@ -383,6 +384,12 @@ def train_run(args, dist_ctx: Distributed):
             summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
     dist_ctx.barrier()
     return summary
+
+
+def write_history(history, out):
+    text = json.dumps(history, indent=1)
+    atomic_write(out / "history.json", lambda f: f.write(text.encode()))
+    plot_learning_curves(history, out / "learning_curves.png")
 
 
 def test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last):

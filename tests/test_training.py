@@ -310,3 +310,16 @@ def test_train_cli_errors_are_one_line_exit_2(case, splits, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_of_a_finished_run_completes_its_outputs(splits, tmp_path):
+    """Killed after the last epoch's last.pt but before history.json: --resume writes it."""
+    out = tmp_path / "finished"
+    cmd = ["train.py", "--splits", str(splits), "--out-dir", str(out), *FAST, "--epochs", "1", "--no-export"]
+    assert run_script(*cmd).returncode == 0
+    (out / "history.json").unlink()
+    (out / "metrics.json").unlink()
+    done = run_script(*cmd, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
