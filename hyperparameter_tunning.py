@@ -450,9 +450,7 @@ def final_should_resume(run_dir: Path, argv: list) -> bool:
         saved = load_checkpoint(last)["config"]
     except DataError:
         return False
-    wanted = vars(train.get_args_parser().parse_args(argv))
-    ignore = {"resume", "threads", "workers", "no_progress", "debug", "device", "cache_dir", "dist_backend", "dist_timeout", "amp"}
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
+    return not train.changed_settings(saved, train.get_args_parser().parse_args(argv))
 
 
 # ----------------------------------------------------------------------------------------------

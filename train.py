@@ -182,6 +182,34 @@ def main(args):
         dist_ctx.close()
 
 
+# Settings that may differ when a run is resumed: where and how fast it runs, not what it learns.
+RESUME_FREE = {"resume", "threads", "workers", "no_progress", "no_tensorboard", "debug", "device", "cache_dir",
+               "dist_backend", "dist_timeout", "amp", "no_test", "no_export", "out_dir"}
+
+
+def changed_settings(saved: dict, args) -> list:
+    """(name, saved value, new value) of every training setting that differs from a checkpoint's."""
+    changed = []
+    for key, new in sorted(vars(args).items()):
+        if key in RESUME_FREE or key not in saved:  # older checkpoints lack newer settings
+            continue
+        old = saved[key]
+        same = Path(old).resolve() == Path(new).resolve() if key == "splits" else old == new
+        if not same:
+            changed.append((key, old, new))
+    return changed
+
+
+def split_digest(splits) -> str:
+    """Content hash of the three split CSVs: a resumed run must see the split it started with."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name in ("train.csv", "val.csv", "test.csv"):
+        path = Path(splits) / name
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()
+
+
 def data_folders(splits) -> set:
     """The folders holding the split's images, and for a folder-per-age layout their parent."""
     import csv
@@ -241,13 +269,14 @@ def train_run(args, dist_ctx: Distributed):
     # every rank loads last.pt itself; they must all see it (multi-node: --out-dir on a shared disk)
     if dist_ctx.all_same(args.resume and resume_from.exists(), f"--resume: whether {resume_from} exists"):
         checkpoint = load_checkpoint(resume_from)
-        saved = checkpoint["config"]
-        for key in ("model", "head", "image_size", "batch_size", "loss", "seed", "epochs", "splits"):
-            same = (Path(saved.get(key) or "").resolve() == Path(args.splits).resolve()) if key == "splits" \
-                else saved.get(key) == getattr(args, key)  # splits/ and splits name one folder
-            if not same:
-                raise DataError(f"--resume: {key} was {saved.get(key)!r} in {resume_from}, now {getattr(args, key)!r}; "
-                                "use the same arguments or a new --out-dir")
+        changed = changed_settings(checkpoint["config"], args)
+        if changed:
+            raise DataError(f"--resume: {resume_from} was trained with other settings ("
+                            + "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in changed)
+                            + "); use the same arguments or a new --out-dir")
+        if checkpoint.get("split_digest", split_digest(args.splits)) != split_digest(args.splits):
+            raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
+                            "re-run?); resuming would mix two splits: start a new --out-dir")
         if checkpoint.get("world_size", 1) != dist_ctx.world_size:
             print(f"warning: --resume: {resume_from} was written by {checkpoint.get('world_size', 1)} processes, now "
                   f"{dist_ctx.world_size}; the global batch and schedule differ from the interrupted run")
@@ -256,6 +285,7 @@ def train_run(args, dist_ctx: Distributed):
 
     cfg = preprocess_config(args)
     crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
+    digest = split_digest(args.splits)
     # rank 0 builds the cache while the others wait; then they read it
     train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, cfg))
     if checkpoint is not None:
@@ -322,6 +352,7 @@ def train_run(args, dist_ctx: Distributed):
     def make_checkpoint(epoch, metrics):
         return {"version": CHECKPOINT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
                 "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
+                "split_digest": digest,
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "rng_state": rng_state(), "epoch": epoch,
                 "metrics": metrics, "history": history, "best_val_mae": best_val, "world_size": dist_ctx.world_size}

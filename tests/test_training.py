@@ -323,3 +323,24 @@ def test_resume_of_a_finished_run_completes_its_outputs(splits, tmp_path):
     assert done.returncode == 0, done.stderr
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
+
+
+def test_resume_refuses_changed_settings_and_a_changed_split(splits, tmp_path):
+    import shutil
+    own = tmp_path / "splits"
+    shutil.copytree(splits, own)
+    out = tmp_path / "run"
+    cmd = ["train.py", "--splits", str(own), "--out-dir", str(out), *FAST, "--epochs", "2", "--no-export", "--no-test"]
+    first = run_script(*cmd)
+    assert first.returncode == 0, first.stderr
+    changed = run_script(*cmd, "--resume", "--lr", "0.05", "--augment", "none", "--no-tta-flip", "--threads", "1")
+    assert changed.returncode == 2
+    line = changed.stderr.strip()
+    assert "--augment was 'default', now 'none'" in line and "--lr was 0.001, now 0.05" in line
+    assert "--tta-flip was True, now False" in line and "--threads" not in line and len(line.splitlines()) == 1
+    same_with_slash = run_script(*[a if a != str(own) else str(own) + "/" for a in cmd], "--resume")
+    assert same_with_slash.returncode == 0, same_with_slash.stderr
+    rows = (own / "val.csv").read_text().splitlines()
+    (own / "val.csv").write_text("\n".join(rows[:-1]) + "\n")  # eda.py re-run: another split
+    mixed = run_script(*cmd, "--resume")
+    assert mixed.returncode == 2 and "changed since" in mixed.stderr
