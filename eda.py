@@ -8,6 +8,7 @@ The data folder is only read.
 """
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -115,6 +116,30 @@ def print_summary(report):
         print(f"  {key:<{width}}  {value}")
 
 
+def write_split_folder(folder, parts, columns, crop, crop_note):
+    """The three CSVs and crop.json as one set: written into a fresh folder that then replaces the
+    old one, so a run killed half-way leaves the previous split or none, never a mix of two."""
+    import shutil
+    import tempfile
+    folder = Path(folder)
+    fresh = Path(tempfile.mkdtemp(prefix=".splits.", dir=folder.parent))
+    try:
+        for name, rows in zip(SPLITS, parts):
+            write_csv(fresh / f"{name}.csv", rows, columns)
+        write_split_crop(fresh, crop, crop_note)
+        if folder.exists():
+            old = folder.with_name(f".splits.old.{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(fresh, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(fresh, folder)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    for stale in folder.parent.glob(".splits.*"):  # left by a run killed between the two renames
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def face_crop(args, layout, records, out_dir, progress):
     """(crop recipe, why, align stats with the chipped records or None) for this data set."""
     if layout == "utkface":
@@ -176,13 +201,11 @@ def main(args):
         "crop": crop, "crop_note": crop_note, "align": align_stats,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("splits", "figs", "pics"):
+    for sub in ("figs", "pics"):
         (out_dir / sub).mkdir(exist_ok=True)
     source = ["source"] if align_stats else []
     write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *source])
-    for name, rows in zip(SPLITS, (train, val, test)):
-        write_csv(out_dir / "splits" / f"{name}.csv", rows, ["path", "age", "hash", *source])
-    write_split_crop(out_dir / "splits", crop, crop_note)
+    write_split_folder(out_dir / "splits", (train, val, test), ["path", "age", "hash", *source], crop, crop_note)
     (out_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=args.seed)
     plot_age_distribution(ages, out_dir / "figs" / "age_distribution.png")

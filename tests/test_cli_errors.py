@@ -81,3 +81,21 @@ def test_training_output_inside_the_data_set_is_refused(demo_dir, run_eda, tmp_p
         proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", inside, "--threads", "1")
         _assert_one_line(proc, "holds the data set's images")
         assert not inside.exists()
+
+
+def test_an_eda_run_that_fails_while_writing_leaves_the_previous_split_whole(demo_dir, run_eda, tmp_path, monkeypatch):
+    import eda
+    out = tmp_path / "out"
+    run_eda(demo_dir, out, "--seed", "1")
+    before = {p.name: p.read_bytes() for p in (out / "splits").iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(eda, "write_split_crop", disk_full)  # after the three CSVs of the new split
+    with pytest.raises(OSError):
+        run_eda(demo_dir, out, "--seed", "2")
+    assert {p.name: p.read_bytes() for p in (out / "splits").iterdir()} == before
+    assert not list(out.glob(".splits*"))
+    monkeypatch.undo()
+    run_eda(demo_dir, out, "--seed", "2")
+    assert (out / "splits" / "val.csv").read_bytes() != before["val.csv"]
