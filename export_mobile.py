@@ -291,20 +291,22 @@ def time_runs(fn, x, runs: int, warmup: int) -> list:
 
 
 def benchmark_folder(folder, image_size: int, threads: int = 1, runs: int = 200, warmup: int = 20,
-                     reference_mtime: float | None = None) -> dict:
-    """Size and batch-1 latency of every export in folder (BENCH_FILES order). A file older than
-    reference_mtime (the checkpoint) is marked stale: it may come from an earlier model."""
+                     reference_mtime: float | None = None, only=None) -> dict:
+    """Size and batch-1 latency of the exports in folder (BENCH_FILES order), limited to the names in
+    `only`: loading a .pt2 or .jit runs code, so a file this run did not write is never loaded (ONNX
+    runs no Python). A file older than reference_mtime (the checkpoint) is marked stale."""
     folder = Path(folder)
     x = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 255
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    has_pte = any((folder / name).is_file() for name in BENCH_FILES if name.endswith(".pte"))
+    has_pte = any((folder / name).is_file() and (only is None or name in only)
+                  for name in BENCH_FILES if name.endswith(".pte"))
     previous_et = _set_executorch_threads(threads) if has_pte else None
     rows = []
     try:
         for name in BENCH_FILES:
             path = folder / name
-            if not path.is_file():
+            if not path.is_file() or (only is not None and name not in only):
                 continue
             row = {"file": name, "format": FORMATS[path.suffix] + (" int8" if "int8" in name else ""),
                    "size_bytes": path.stat().st_size,
@@ -417,8 +419,9 @@ def main(args):
         result["int8"] = quantize_step(wrapper, example, val_set, out, metadata, args.calibration_images)
 
     if not args.no_bench:
+        mine = {written.name, "model.onnx"} | ({result["int8"]["file"]} if result.get("int8", {}).get("file") else set())
         table = benchmark_folder(out, image_size, args.threads, args.runs, args.warmup,
-                                 reference_mtime=checkpoint_path.stat().st_mtime)
+                                 reference_mtime=checkpoint_path.stat().st_mtime, only=mine)
         result["latency"] = table
         print(format_table(table))
         text = json.dumps(result, indent=1) + "\n"

@@ -25,7 +25,7 @@ from functions import (ArgumentParser, AutocastModel, atomic_write, folder_lock,
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
                        train_one_epoch)
-from faces import read_split_crop
+from faces import BOX_CROP, read_split_crop
 from model import MODEL_NAMES, build_model, count_parameters
 
 CHECKPOINT_VERSION = 1
@@ -439,11 +439,15 @@ def test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channel
 
 
 def export_metadata(cfg, best, test_metrics=None) -> dict:
+    """What every export carries so that inference rebuilds the input from the file alone. Checkpoints
+    written before crop recipes existed get their split's recipe (or, without a split, the square crop)."""
+    config = best.get("config") or {}
+    crop = best.get("crop") or (read_split_crop(config["splits"]) if config.get("splits") else dict(BOX_CROP))
     return {"format_version": CHECKPOINT_VERSION, "model_name": best["model_name"], "head": best["head"],
             "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
-            "crop": best.get("crop") or read_split_crop(best["config"]["splits"]), "tta_flip": best["config"].get("tta_flip", False),
+            "crop": crop, "tta_flip": config.get("tta_flip", False),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
-            "val_mae": best["best_val_mae"], "test_mae": (test_metrics or {}).get("mae")}
+            "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae")}
 
 
 def export_best(model, cfg, best, out, val_set, test_metrics=None):
