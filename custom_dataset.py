@@ -103,6 +103,24 @@ def _walk_files(root: Path):
             yield Path(dirpath) / name
 
 
+def _utf8_name(path) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _csv_rows(path, f):
+    """csv.DictReader rows; a malformed CSV (e.g. a field over csv's 128 KiB limit) is one DataError."""
+    reader = csv.DictReader(f)
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable CSV (line {reader.line_num}: {exc}); check the file") from None
+
+
 def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = None):
     """Find labelled images under data_dir.
 
@@ -119,7 +137,7 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
     if csv_path is not None:
         layout = "csv"
         with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            for row in csv.DictReader(f):
+            for row in _csv_rows(csv_path, f):
                 row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
                 age = _parse_age(row.get("age", ""))
                 if age is None:
@@ -169,7 +187,9 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
                 "UTKFace names (25_0_1_2017.jpg.chip.jpg) or a CSV with path,age columns")
     kept = []
     for rec in records:
-        if not 0 <= rec["age"] <= 120:  # 0 is a valid newborn label; above 120 is a typo
+        if not _utf8_name(rec["path"]):  # the CSVs are UTF-8: such a name cannot be written or read back
+            skipped["name_not_utf8"] += 1
+        elif not 0 <= rec["age"] <= 120:  # 0 is a valid newborn label; above 120 is a typo
             skipped["age_out_of_range"] += 1
         elif (min_age is not None and rec["age"] < min_age) or (max_age is not None and rec["age"] > max_age):
             skipped["outside_min_max_age"] += 1
@@ -375,6 +395,13 @@ def read_split(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path} (run eda.py first; it writes OUT/splits/*.csv)")
+    try:
+        return _read_split(path)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable split CSV ({type(exc).__name__}: {exc}); rerun eda.py") from None
+
+
+def _read_split(path) -> list[dict]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip().lower() for c in (reader.fieldnames or [])]

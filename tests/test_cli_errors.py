@@ -99,3 +99,23 @@ def test_an_eda_run_that_fails_while_writing_leaves_the_previous_split_whole(dem
     monkeypatch.undo()
     run_eda(demo_dir, out, "--seed", "2")
     assert (out / "splits" / "val.csv").read_bytes() != before["val.csv"]
+
+
+def test_a_huge_csv_field_is_one_line(demo_dir, tmp_path):
+    image = next(demo_dir.rglob("*.jpg"))
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "labels.csv").write_text(f"path,age\n{image},30\n{image},\"{'x' * 200_000}\"\n")
+    proc = _run("eda.py", "--data-dir", tmp_path / "csv" / "labels.csv", "--out-dir", tmp_path / "out")
+    _assert_one_line(proc, "is not a readable CSV", "field larger than field limit")
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_counted(demo_dir, run_eda, tmp_path):
+    import os
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    odd = os.path.join(os.fsencode(data / "25"), b"caf\xe9.jpg")  # Latin-1 bytes, not UTF-8
+    shutil.copy(next((data / "25").iterdir()), odd)
+    report = run_eda(data, tmp_path / "out")
+    assert report["skipped"].get("name_not_utf8") == 1
+    assert (tmp_path / "out" / "splits" / "train.csv").read_text(encoding="utf-8")
