@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 import faces as face_pipeline
-from custom_dataset import IMAGE_EXTENSIONS, DataError, PreprocessConfig, load_rgb, preprocess_rgb
+from custom_dataset import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, PreprocessConfig, load_rgb, preprocess_rgb
 from faces import BOX_CROP, DETECTORS, FacePipeline, Face, check_crop, describe_crop, iou
 from functions import ArgumentParser, atomic_write, configure_threads, run_cli
 
@@ -340,11 +340,15 @@ def _read_image(path):
     if not path.is_file():
         raise DataError(f"image not found: {path} (pass --image with an existing file)")
     try:
-        return load_rgb(path)
+        rgb = load_rgb(path)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"cannot read {path} as an image ({type(exc).__name__}); pass a JPEG/PNG/... file") from None
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:  # the same rule as for training images
+        raise DataError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
+                        f"(at least {MIN_IMAGE_SIDE} px a side)")
+    return rgb
 
 
 def _prepare_output(path, inputs, kind="image"):
@@ -454,9 +458,12 @@ def run_image(args, estimator):
 
 
 def _list_images(folder):
+    """(images, other files, names that are not UTF-8) of a folder, sorted."""
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS], [p for p in files
-                                                                         if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    odd = [p for p in files if not _utf8_name(p.name)]  # predictions.csv is UTF-8: they could not be listed
+    files = [p for p in files if p not in odd]
+    return ([p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS],
+            [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS], odd)
 
 
 def run_folder(args, estimator):
@@ -469,19 +476,20 @@ def run_folder(args, estimator):
     if out_dir.resolve() == in_dir.resolve():
         raise DataError("--output-dir is the input folder; choose another folder (inputs are never overwritten)")
     _prepare_dir(out_dir, "--output-dir")
-    images, others = _list_images(in_dir)
+    images, others, odd = _list_images(in_dir)
+    if odd:
+        print(f"warning: skipping {len(odd)} file(s) whose names are not UTF-8 (rename them to include them)",
+              file=sys.stderr)
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {in_dir}")
     start = time.perf_counter()
     rows, skipped = [], []
     for path in images:
         try:
-            rgb = load_rgb(path)
-            if min(rgb.shape[:2]) < 2:
-                raise ValueError("image too small")
-        except Exception as exc:
+            rgb = _read_image(path)
+        except DataError as exc:
             skipped.append(path.name)
-            print(f"warning: skipping {path.name}: not a readable image ({type(exc).__name__})", file=sys.stderr)
+            print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
             continue
         rows += annotate_one(estimator, path, rgb, out_dir / path.name, args.save_crops)
     csv_path = out_dir / "predictions.csv"
@@ -495,9 +503,9 @@ def run_folder(args, estimator):
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     if others:
         print(f"ignored {len(others)} file(s) without an image extension")
-    print(f"{done} images, {faces} faces, {no_face} images without a face, {len(skipped)} skipped; "
+    print(f"{done} images, {faces} faces, {no_face} images without a face, {len(skipped) + len(odd)} skipped; "
           f"{done / max(seconds, 1e-9):.1f} images/s -> {csv_path}")
-    return {"images": done, "faces": faces, "no_face": no_face, "skipped": len(skipped), "csv": str(csv_path),
+    return {"images": done, "faces": faces, "no_face": no_face, "skipped": len(skipped) + len(odd), "csv": str(csv_path),
             "seconds": seconds}
 
 

@@ -402,3 +402,21 @@ def test_cli_text_file_as_model(tmp_path):
 def test_cli_missing_image(model_path, tmp_path):
     _assert_one_line_error(_cli("--model", str(model_path), "--image", str(tmp_path / "missing.jpg"),
                                 "--output", str(tmp_path / "o.jpg")), "image not found")
+
+
+def test_tiny_images_and_odd_names_get_the_same_rule_in_both_modes(onnx_path, faces, tmp_path, capsys):
+    import os
+    tiny = write_rgb(tmp_path / "tiny.png", np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(DataError, match="too small to hold a face"):
+        run_main(["--model", str(onnx_path), "--image", str(tiny), "--output", str(tmp_path / "o.png")])
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    write_rgb(in_dir / "tiny.png", np.zeros((1, 1, 3), np.uint8))
+    write_rgb(in_dir / "face.png", scene(faces[:1]))
+    os.link(in_dir / "face.png", os.path.join(os.fsencode(in_dir), b"caf\xe9.png"))
+    result = run_main(["--model", str(onnx_path), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--detector", "haar"])
+    err = capsys.readouterr().err
+    assert "skipping tiny.png: " in err and "too small" in err and "not UTF-8" in err
+    assert result["images"] == 1 and result["skipped"] == 2
+    assert (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8").count("face.png") == 1
