@@ -197,7 +197,7 @@ def train_one_epoch(model, loader, optimizer, mean, std, loss_kind="l1", schedul
         loss, pred = age_loss(model, outputs, y, loss_kind)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_index}; "
-                                     "lower --lr or check the labels (the last good checkpoint is kept)")
+                                     "lower --lr or check the labels")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm:

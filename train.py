@@ -20,7 +20,7 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (ArgumentParser, AutocastModel, atomic_write, folder_lock, same_or_inside, Distributed, ExportedAgeModel, broadcast_buffers,
+from functions import (ArgumentParser, AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed, ExportedAgeModel, broadcast_buffers,
                        check_export_parity, configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
                        face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
                        public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
@@ -363,12 +363,18 @@ def train_run(args, dist_ctx: Distributed):
         # (rank r > 0 of a torchrun launch offsets its seeds, so ranks draw different augmentations)
         torch.manual_seed(args.seed * 1000 + epoch + 100_003 * dist_ctx.rank)
         generator = torch.Generator().manual_seed(args.seed * 7919 + epoch + 100_003 * dist_ctx.rank)
-        train_metrics = train_one_epoch(net, train_loader(epoch), optimizer, mean, std, args.loss, scheduler,
-                                        augment, generator, device, epoch, channels_last, progress)
+        try:
+            train_metrics = train_one_epoch(net, train_loader(epoch), optimizer, mean, std, args.loss, scheduler,
+                                            augment, generator, device, epoch, channels_last, progress)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc} ({kept_note(out, epoch)})") from None
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
         val_metrics = validate()
+        if not math.isfinite(val_metrics["mae"]):  # diverged: this epoch's weights are saved nowhere
+            raise NonFiniteLossError(f"validation MAE became {val_metrics['mae']} at epoch {epoch}; lower --lr "
+                                     f"({kept_note(out, epoch)})")
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "train_loss": train_metrics["loss"], "train_mae": train_metrics["mae"],
                "val_loss": val_metrics["loss"], "val_mae": val_metrics["mae"], "val_cs5": val_metrics["cs5"],
@@ -415,6 +421,12 @@ def train_run(args, dist_ctx: Distributed):
             summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
     dist_ctx.barrier()
     return summary
+
+
+def kept_note(out, epoch) -> str:
+    if epoch > 1 and (out / "last.pt").exists():
+        return f"{out / 'last.pt'} keeps epoch {epoch - 1}, the last good one"
+    return "no epoch finished with finite figures, so no checkpoint was kept"
 
 
 def write_history(history, out):

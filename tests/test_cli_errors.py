@@ -119,3 +119,12 @@ def test_file_names_that_are_not_utf8_are_skipped_and_counted(demo_dir, run_eda,
     report = run_eda(data, tmp_path / "out")
     assert report["skipped"].get("name_not_utf8") == 1
     assert (tmp_path / "out" / "splits" / "train.csv").read_text(encoding="utf-8")
+
+
+def test_a_diverging_run_says_which_checkpoint_is_kept(demo_dir, run_eda, tmp_path):
+    run_eda(demo_dir, tmp_path / "out")
+    run = tmp_path / "run"
+    proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", run, "--epochs", "2",
+                "--image-size", "32", "--lr", "1e9", "--threads", "1", "--no-progress", "--no-tensorboard")
+    _assert_one_line(proc, "at epoch 1", "lower --lr", "no checkpoint was kept")
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
