@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -594,12 +594,17 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     key = cache_key(paths, cfg)
     array_path = cache_dir / f"{name}{'_' if name else ''}{key}.npy"
     meta_path = array_path.with_suffix(".json")
-    if array_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key and meta.get("n") == len(paths):
-            images = np.load(array_path, mmap_mode="r")
-            return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
+    _remove_orphans(cache_dir)
     size = cfg.image_size
+    if array_path.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            images = np.load(array_path, mmap_mode="r")
+            if meta.get("key") == key and meta.get("n") == len(paths) == len(meta["ok"]) \
+                    and images.shape == (len(paths), size, size, 3):
+                return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
+        except (ValueError, OSError, KeyError, TypeError):  # truncated by a full disk or a crash: rebuilt
+            print(f"note: the cache {array_path.name} is damaged; rebuilding it")
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: Counter = Counter()
@@ -614,15 +619,42 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
         for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress)):
             _store(images, ok, skipped, i, *_preprocess_or_none(job))
     # write then rename, so an interrupted build never leaves a cache that looks complete
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, images)
-    os.replace(tmp, array_path)
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped),
-                                    "settings": cfg.cache_settings()}))
-    os.replace(tmp_meta, meta_path)
+    meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped),
+                       "settings": cfg.cache_settings()})
+    tmp_array = cache_dir / f".{array_path.name}.{os.getpid()}.tmp"
+    tmp_meta = cache_dir / f".{meta_path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp_array, "wb") as f:
+            np.save(f, images)
+        tmp_meta.write_text(meta)
+        os.replace(tmp_array, array_path)
+        os.replace(tmp_meta, meta_path)
+    except OSError as exc:
+        tmp_array.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DataError(f"no space left on the device holding {cache_dir} (the cache needs about "
+                            f"{images.nbytes / 1e6:.0f} MB); free some space or pass --cache-dir on another disk") from None
+        raise
     return np.load(array_path, mmap_mode="r"), ok, skipped
+
+
+def _remove_orphans(folder):
+    """Temporary files left by a cache build that was killed (its process is gone)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _store(images, ok, skipped, i, img, reason):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from custom_dataset import AugmentConfig, DataError, PreprocessConfig, augment_batch, normalize
+from custom_dataset import AugmentConfig, DataError, PreprocessConfig, augment_batch, normalize, process_alive
 
 AGE_BIN_WIDTH = 10  # per-age-bin MAE is reported per decade: 20-29, 30-39, ...
 
@@ -49,16 +49,6 @@ def run_cli(main, parser):
         sys.exit(2)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def folder_lock(folder, what="train.py"):
     """Hold FOLDER/.lock (holding this PID) while the block runs, so that a second run into the same
@@ -75,7 +65,7 @@ def folder_lock(folder, what="train.py"):
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and process_alive(pid):
                 raise DataError(f"{folder} is in use by another {what} (PID {pid}); wait for it or choose "
                                 f"another --out-dir") from None
             print(f"note: {lock} was left by a process that is gone (PID {pid or '?'}); taking it over")

@@ -128,3 +128,41 @@ def test_a_diverging_run_says_which_checkpoint_is_kept(demo_dir, run_eda, tmp_pa
                 "--image-size", "32", "--lr", "1e9", "--threads", "1", "--no-progress", "--no-tensorboard")
     _assert_one_line(proc, "at epoch 1", "lower --lr", "no checkpoint was kept")
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+
+
+def test_a_full_disk_during_a_cache_build_leaves_nothing_and_says_so(demo_dir, tmp_path, monkeypatch):
+    import errno
+    import numpy as np
+    import custom_dataset
+    from custom_dataset import DataError, PreprocessConfig, build_cache
+    paths = [str(p) for p in sorted(demo_dir.rglob("*.jpg"))[:20]]
+    cfg = PreprocessConfig(image_size=32, denoise=False, deblur=False)
+    real_save = np.save
+
+    def full(f, array):
+        real_save(f, array[:2])  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(custom_dataset.np, "save", full)
+    with pytest.raises(DataError, match=r"no space left on the device holding .* needs about 0 MB"):
+        build_cache(paths, cfg, tmp_path / "cache", workers=1, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()
+    images, ok, _ = build_cache(paths, cfg, tmp_path / "cache", workers=1, progress=False)
+    images = np.array(images)  # off the memory map: the file is cut short next
+    del ok
+    array = next((tmp_path / "cache").glob("*.npy"))
+    array.write_bytes(array.read_bytes()[:5000])  # truncated later (a crash, a copy cut short)
+    again, ok2, _ = build_cache(paths, cfg, tmp_path / "cache", workers=1, progress=False)
+    assert np.array_equal(np.asarray(again), images) and ok2.all()
+
+
+def test_temporary_files_of_a_killed_build_are_removed(demo_dir, tmp_path):
+    from custom_dataset import PreprocessConfig, build_cache
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (cache / f".train_x.npy.{dead.pid}.tmp").write_bytes(b"partial")
+    build_cache([str(next(demo_dir.rglob("*.jpg")))], PreprocessConfig(image_size=32, denoise=False, deblur=False),
+                cache, workers=1, progress=False)
+    assert not list(cache.glob(".*.tmp"))
