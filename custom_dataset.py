@@ -594,7 +594,7 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     key = cache_key(paths, cfg)
     array_path = cache_dir / f"{name}{'_' if name else ''}{key}.npy"
     meta_path = array_path.with_suffix(".json")
-    _remove_orphans(cache_dir)
+    remove_orphans(cache_dir)
     size = cfg.image_size
     if array_path.exists() and meta_path.exists():
         try:
@@ -639,7 +639,7 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     return np.load(array_path, mmap_mode="r"), ok, skipped
 
 
-def _remove_orphans(folder):
+def remove_orphans(folder):
     """Temporary files left by a cache build that was killed (its process is gone)."""
     for tmp in Path(folder).glob(".*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from custom_dataset import DataError, load_split_dataset
+from custom_dataset import DataError, load_split_dataset, remove_orphans
 from functions import (ArgumentParser, ExportedAgeModel, atomic_write, load_checkpoint, load_torchscript,
                        model_from_checkpoint, run_cli)
 
@@ -384,6 +384,8 @@ def main(args):
     if missing:
         raise DataError(f"{checkpoint_path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
     out = Path(args.out_dir) if args.out_dir else checkpoint_path.parent
+    if out.is_dir():
+        remove_orphans(out)  # partial files of an export that was killed
     wrapper, cfg, image_size = rebuild(checkpoint)
     metadata = metadata_for(checkpoint, cfg, checkpoint_path)
     val_set = load_val(checkpoint, cfg, args) if args.quantize else None  # fail before any export

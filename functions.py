@@ -244,7 +244,8 @@ def atomic_write(path, write):
     """write(file_object) into a temporary file beside path, fsync, then rename over path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the PID in the name lets remove_orphans() clear what a killed process left behind
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -33,7 +33,7 @@ import numpy as np
 import faces as face_pipeline
 from custom_dataset import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, PreprocessConfig, load_rgb, preprocess_rgb
 from faces import BOX_CROP, DETECTORS, FacePipeline, Face, check_crop, describe_crop, iou
-from functions import ArgumentParser, atomic_write, configure_threads, run_cli
+from functions import ArgumentParser, atomic_write, configure_threads, run_cli, same_or_inside
 
 SUPPORTED_FORMAT_VERSION = 1
 REPO = Path(__file__).resolve().parent
@@ -473,8 +473,8 @@ def run_folder(args, estimator):
     if not args.output_dir:
         raise DataError("--input-dir needs --output-dir (where annotated images and predictions.csv go)")
     out_dir = Path(args.output_dir)
-    if out_dir.resolve() == in_dir.resolve():
-        raise DataError("--output-dir is the input folder; choose another folder (inputs are never overwritten)")
+    if same_or_inside(out_dir, in_dir):  # the next run (or eda.py) would take the annotated copies as photos
+        raise DataError(f"--output-dir {out_dir} is the input folder or inside it; choose a folder outside {in_dir}")
     _prepare_dir(out_dir, "--output-dir")
     images, others, odd = _list_images(in_dir)
     if odd:

@@ -1,5 +1,6 @@
 """export_mobile.py: ExecuTorch .pte and torch.export .pt2 exports, parity with eager, int8, latency table."""
 import json
+import subprocess
 import re
 import sys
 from pathlib import Path
@@ -107,6 +108,10 @@ def test_files_planted_in_the_output_folder_are_never_loaded(run_dir, tmp_path, 
     shutil.copy(run_dir / "model.onnx", out / "model.onnx")
     for planted in ("model.jit", "model_int8.pte"):
         (out / planted).write_bytes(b"planted: loading this would run someone else's code")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = out / f".model.pte.x1y2.{gone.pid}.tmp"  # left by an export that was killed
+    orphan.write_bytes(b"partial")
     loaded = []
     real_runner = export_mobile._runner
     monkeypatch.setattr(export_mobile, "_runner", lambda path, threads: (loaded.append(Path(path).name),
@@ -115,6 +120,7 @@ def test_files_planted_in_the_output_folder_are_never_loaded(run_dir, tmp_path, 
                                 "--warmup", "1"))
     written = "model.pte" if (out / "model.pte").exists() else "model.pt2"
     assert sorted(loaded) == sorted(["model.onnx", written])
+    assert not orphan.exists()
 
 
 def test_pt2_matches_eager_with_metadata_inside(run_dir, eager, tmp_path):

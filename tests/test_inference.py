@@ -420,3 +420,24 @@ def test_tiny_images_and_odd_names_get_the_same_rule_in_both_modes(onnx_path, fa
     assert "skipping tiny.png: " in err and "too small" in err and "not UTF-8" in err
     assert result["images"] == 1 and result["skipped"] == 2
     assert (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8").count("face.png") == 1
+
+
+def test_output_dir_inside_the_input_folder_is_refused(onnx_path, tmp_path):
+    with pytest.raises(DataError, match="inside it"):
+        run_main(["--model", str(onnx_path), "--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "annotated")])
+    assert not (tmp_path / "annotated").exists()
+
+
+@pytest.mark.parametrize("size", ["abc", 0, 128.5, True])
+def test_unusable_image_size_in_the_metadata_is_one_error(onnx_path, tmp_path, size):
+    import json as json_module
+    import onnx
+    proto = onnx.load(str(onnx_path))
+    meta = next(p for p in proto.metadata_props if p.key == "metadata.json")
+    data = json_module.loads(meta.value)
+    data["preprocess"]["image_size"] = size
+    meta.value = json_module.dumps(data)
+    bad = tmp_path / "model.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(DataError, match="image_size"):
+        inference.AgeEstimator(bad, whole_image=True)
