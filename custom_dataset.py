@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import errno
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
+MAX_FILE_BYTES = 300_000_000    # a 100 Mpx photo is far smaller as a JPEG or PNG
 UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; the rest is irregular
 
 
@@ -237,10 +239,28 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
         return np.asarray(rgb)
 
 
+def labelled_folder_above(path) -> Path | None:
+    """The first folder at or above path that eda.py would read labelled faces from: one holding
+    folders named by age, or UTKFace-named images. Outputs written there would come back as training
+    faces on the next eda.py run."""
+    for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
+        try:
+            entries = list(itertools.islice(folder.iterdir(), 500))
+        except OSError:  # not there yet, or not readable
+            continue
+        ages = [p for p in entries if p.is_dir() and 0 <= (_parse_age(p.name) or -1) <= 120]
+        if len(ages) >= 2 or any(UTKFACE_NAME.match(p.name) and _is_image_name(p) for p in entries):
+            return folder
+    return None
+
+
 def check_image(path) -> dict:
     """Read a file once: content hash, size, and the reason it is unusable (reason None = usable)."""
     result = {"path": str(path), "hash": None, "width": 0, "height": 0, "reason": None}
     try:
+        if Path(path).stat().st_size > MAX_FILE_BYTES:  # never read a huge file whole just to reject it
+            result["reason"] = "too_large"
+            return result
         data = Path(path).read_bytes()
     except OSError:
         result["reason"] = "unreadable_file"

@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 import faces as face_pipeline
-from custom_dataset import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, PreprocessConfig, load_rgb, preprocess_rgb
+from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, PreprocessConfig, _utf8_name,
+                            labelled_folder_above, load_rgb, preprocess_rgb)
 from faces import BOX_CROP, DETECTORS, FacePipeline, Face, check_crop, describe_crop, iou
 from functions import ArgumentParser, atomic_write, configure_threads, run_cli, same_or_inside
 
@@ -359,6 +360,7 @@ def _prepare_output(path, inputs, kind="image"):
             raise DataError(f"--output {path} is the input file; choose another name (the input is never overwritten)")
     if path.is_dir():
         raise DataError(f"--output {path} is a folder; give a file name such as {path / ('annotated' + ('.jpg' if kind == 'image' else '.mp4'))}")
+    refuse_inside_data(path.parent, "--output")
     if kind == "image" and not cv2.haveImageWriter(str(path.with_suffix(path.suffix or ".x"))):
         raise DataError(f"--output {path}: unknown image type {path.suffix!r}; use .jpg or .png")
     try:
@@ -427,6 +429,7 @@ def annotate_one(estimator, path, rgb, output, crops_dir=None):
 
 def _prepare_dir(path, what):
     path = Path(path)
+    refuse_inside_data(path, what)
     if path.exists() and not path.is_dir():
         raise DataError(f"{what} {path} is a file; choose a folder")
     try:
@@ -561,6 +564,13 @@ def run_video(args, estimator):
     print(f"{frames} frames, {faces} faces, {tracker.created} tracks, {frames / max(seconds, 1e-9):.1f} frames/s "
           f"(age smoothed per track, EMA alpha {args.alpha}) -> {output}")
     return {"frames": frames, "faces": faces, "tracks": tracker.created, "output": str(output)}
+
+
+def refuse_inside_data(path, what):
+    folder = labelled_folder_above(path)
+    if folder is not None:
+        raise DataError(f"{what} {path} is inside {folder}, which holds a labelled face data set: the next "
+                        "eda.py run would take the annotated copies as faces; write outside it")
 
 
 def main(args):

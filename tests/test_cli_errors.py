@@ -166,3 +166,13 @@ def test_temporary_files_of_a_killed_build_are_removed(demo_dir, tmp_path):
     build_cache([str(next(demo_dir.rglob("*.jpg")))], PreprocessConfig(image_size=32, denoise=False, deblur=False),
                 cache, workers=1, progress=False)
     assert not list(cache.glob(".*.tmp"))
+
+
+def test_a_huge_file_is_rejected_by_its_size_without_being_read(tmp_path, monkeypatch):
+    from pathlib import Path
+    import custom_dataset
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(custom_dataset.MAX_FILE_BYTES + 1)  # sparse: nothing is written to the disk
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    assert custom_dataset.check_image(huge)["reason"] == "too_large"

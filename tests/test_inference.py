@@ -441,3 +441,19 @@ def test_unusable_image_size_in_the_metadata_is_one_error(onnx_path, tmp_path, s
     onnx.save(proto, str(bad))
     with pytest.raises(DataError, match="image_size"):
         inference.AgeEstimator(bad, whole_image=True)
+
+
+def test_outputs_inside_a_labelled_data_set_are_refused(onnx_path, faces, tmp_path):
+    data = tmp_path / "DATA"
+    for age in (25, 26):
+        (data / str(age)).mkdir(parents=True)
+    src = write_rgb(tmp_path / "face.png", scene(faces[:1]))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_rgb(photos / "a.png", scene(faces[:1]))
+    for argv in (["--input-dir", str(photos), "--output-dir", str(data / "26" / "annotated")],
+                 ["--image", str(src), "--output", str(data / "25" / "face_age.png")],
+                 ["--image", str(src), "--output", str(tmp_path / "o.png"), "--save-crops", str(data / "crops")]):
+        with pytest.raises(DataError, match="holds a labelled face data set"):
+            run_main(["--model", str(onnx_path), *argv])
+    assert sorted(p.name for p in data.rglob("*")) == ["25", "26"]
