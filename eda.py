@@ -19,7 +19,7 @@ import numpy as np
 from custom_dataset import (DataError, deduplicate, discover_labels, load_rgb, scan_images,
                             stratified_split, write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
-from functions import ArgumentParser, run_cli, same_or_inside
+from functions import ArgumentParser, atomic_write, run_cli, same_or_inside
 
 SPLITS = ("train", "val", "test")
 MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
@@ -59,7 +59,7 @@ def plot_age_distribution(ages, path):
     ax.hist(ages, bins=np.arange(ages.min(), ages.max() + 2) - 0.5, color="#4c72b0")
     ax.set(xlabel="age (years)", ylabel="images", title=f"Age distribution ({len(ages)} images)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -78,7 +78,7 @@ def plot_split_distributions(split_ages: dict, path):
     ax.set(xlabel="age (years)", ylabel="share of split", title="Age distribution per split (normalised)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -97,7 +97,7 @@ def plot_samples(records, path, seed=0, n=24, cols=8):
         ax.imshow(load_rgb(rec["path"], max_side=256))  # a thumbnail: fast even for huge photos
         ax.set_title(f"age {rec['age']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -206,7 +206,8 @@ def main(args):
     source = ["source"] if align_stats else []
     write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *source])
     write_split_folder(out_dir / "splits", (train, val, test), ["path", "age", "hash", *source], crop, crop_note)
-    (out_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(out_dir / "data_report.json", lambda f: f.write(text.encode()))
     plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=args.seed)
     plot_age_distribution(ages, out_dir / "figs" / "age_distribution.png")
     plot_split_distributions({n: [r["age"] for r in rows] for n, rows in zip(SPLITS, (train, val, test))},

@@ -444,7 +444,8 @@ def test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channel
                       title=f"{args.model}, test, best epoch {best['epoch']}")
     result = {**public(metrics), "best_epoch": best["epoch"], "model": args.model, "head": args.head,
               "tta_flip": args.tta_flip}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))
     print(f"test (best epoch {best['epoch']}): MAE {metrics['mae']:.2f}  RMSE {metrics['rmse']:.2f}  "
           f"CS@5 {metrics['cs5']:.1%}  n={metrics['n']}  -> {out / 'metrics.json'}")
     return result
