@@ -272,7 +272,7 @@ def verify_with_hog(gray, box):
     s = VERIFY_FACE_SIDE / max(w, h)
     patch = cv2.resize(gray[y0:y1, x0:x1], (max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s))),
                        interpolation=cv2.INTER_LINEAR if s > 1 else cv2.INTER_AREA)
-    found = [(_scaled(b, s) , sc) for b, sc in hog_faces(patch)]
+    found = [(_scaled(b, s), sc) for b, sc in hog_faces(patch)]
     found = [((bx + x0, by + y0, bw, bh), sc) for (bx, by, bw, bh), sc in found]
     best = max(found, key=lambda f: iou(f[0], box), default=None)
     return best if best is not None and iou(best[0], box) >= 0.3 else None
@@ -338,7 +338,7 @@ class FacePipeline:
         for item in found:
             box, score, source = item[:3]
             face = Face(_scaled(box, scale), score, source)
-            if len(item) > 3:  # landmarks found on a rotated copy, already in detection pixels
+            if len(item) > 3 and item[3] is not None:  # landmarks found on a rotated copy (detection pixels)
                 face.landmarks = item[3] / scale
             faces.append(face)
         keep = non_max_suppression([f.box for f in faces], [f.score for f in faces])

@@ -161,3 +161,25 @@ def test_chip_dataset_counts_photos_without_a_face_and_reuses_its_cache(utkface_
     assert all(cv2.imread(r["path"]).shape == (200, 200, 3) for r in kept)
     again, stats2 = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
     assert stats2["from_cache"] == 4 and [r["path"] for r in again] == [r["path"] for r in kept]
+
+
+@pytest.mark.parametrize("crop", [faces.UTKFACE_CROP, faces.BOX_CROP])
+def test_rotated_pass_maps_boxes_and_landmarks_back_to_the_photo(utkface_chips, paste_face, crop):
+    """The fallback's turned copy: what it finds is mapped back onto the photo (box centre, landmarks,
+    so the chip is upright again); a model without landmarks gets the box alone."""
+    chip = utkface_chips[1]
+    scene, (cx, cy, s) = paste_face(chip, 240, tilt=50.0, at=(0.5, 0.5))
+    pipe = faces.FacePipeline(crop, detector="auto")
+    gray = cv2.cvtColor(scene, cv2.COLOR_RGB2GRAY)
+    pad = 30
+    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    found = pipe._rotated(padded, -50.0, pad) + pipe._rotated(padded, 50.0, pad)
+    assert len(found) == 1, found
+    (x, y, w, h), _, source, landmarks = found[0]
+    assert abs(x + w / 2 - cx) < 0.15 * s and abs(y + h / 2 - cy) < 0.15 * s
+    if crop["kind"] == "box":
+        assert landmarks is None
+    else:
+        upright = faces.chip_from_landmarks(scene, landmarks, faces.UTKFACE_CROP).astype(float)
+        inner = slice(50, 150)
+        assert np.abs(upright[inner, inner] - chip[inner, inner]).mean() < 12
