@@ -240,7 +240,9 @@ def refresh_exports(protocol, name, work, results):
     latency, b64 = jit_speed(run_dir / "model.jit", cfg.image_size)
     entry = results["protocols"][protocol][name]
     entry.update({"latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
-                  "model_jit_bytes": (run_dir / "model.jit").stat().st_size})
+                  "model_jit_bytes": (run_dir / "model.jit").stat().st_size,
+                  "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
+                  "val_mae_gray": gray_val_mae(run_dir)["val_mae_gray"]})
     return entry
 
 
@@ -505,11 +507,32 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+def cross_table(results) -> str:
+    """FG-NET through inference.py's pipeline, and the crop-consistency checks, as README tables."""
+    rows = results.get("cross", {}).get("FGNET", {})
+    lines = ["| model | detector, crop | FG-NET MAE | CS@5 | photos with a face | per decade (0-9, 10-19, ...) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        crop = "UTKFace chip (68 landmarks)" if r["crop"].get("landmarks") == 68 else (
+            "square around the box" if r["crop"]["kind"] == "box" else "5-landmark chip")
+        decades = ", ".join(f"{v:.1f}" for v in r["mae_per_decade"].values())
+        lines.append(f"| {name} | {r['detector']}, {crop} | {r['mae']:.2f} | {r['cs5']:.1%} | "
+                     f"{r['faces_found']:.1%} of {r['photos']} | {decades} |")
+    checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c]
+    if checks:
+        lines += ["", "| model | UTKFace test faces | MAE as files | MAE found in scenes | gap |", "|---|---|---|---|---|"]
+        lines += [f"| {c['model']} | {c['found']} of {c['images']} found | {c['mae_direct']:.2f} | "
+                  f"{c['mae_through_pipeline']:.2f} | {c['gap']:+.2f} |" for c in checks]
+    return "\n".join(lines) if rows or checks else ""
+
+
 def main(args):
     if args.table:
         print(table(load_results(args.out)))
         print()
         print(ablation_table(load_results(args.out)))
+        print()
+        print(cross_table(load_results(args.out)))
         return
     if args.probes:
         results = load_results(args.out)
