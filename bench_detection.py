@@ -76,9 +76,9 @@ def random_canvas(rng, width=CANVAS_W, height=CANVAS_H) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_scene(chip, rng):
+def make_scene(chip, rng, gain=None):
     """(scene, (centre x, centre y, side)): the chip resized, turned and pasted into a random canvas,
-    then the whole scene's brightness scaled."""
+    then the whole scene's brightness scaled (by `gain`, or a random one from GAIN)."""
     canvas = random_canvas(rng)
     side = int(round(rng.uniform(*FACE_FRACTION) * CANVAS_H))
     tilt = rng.uniform(-MAX_TILT, MAX_TILT)
@@ -92,7 +92,8 @@ def make_scene(chip, rng):
     y = int(rng.integers(0, CANVAS_H - side + 1))
     region = canvas[y:y + side, x:x + side]
     region[mask > 0] = turned[mask > 0]
-    gain = float(np.exp(rng.uniform(np.log(GAIN[0]), np.log(GAIN[1]))))
+    drawn = float(np.exp(rng.uniform(np.log(GAIN[0]), np.log(GAIN[1]))))
+    gain = drawn if gain is None else gain
     scene = np.clip(canvas.astype(np.float32) * gain, 0, 255).astype(np.uint8)
     return scene, (x + side / 2, y + side / 2, side)
 

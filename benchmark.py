@@ -143,8 +143,10 @@ def loader_speed(splits, cache_dir, n=192):
 
 
 def crop_consistency(run_dir, splits, n, seed=0):
-    """Test MAE on UTKFace's own files directly vs after pasting each into a larger, tilted scene and
-    finding it again with inference.py's pipeline (the gap is what detection and alignment cost)."""
+    """Test MAE of UTKFace's own files directly vs after pasting each into a larger, tilted scene
+    (bench_detection's scenes) and finding it again with inference.py's pipeline; once with the
+    scenes' random brightness, once at the original brightness, to tell the cost of detection and
+    alignment from the model's sensitivity to light."""
     import inference
     from bench_detection import is_hit, make_scene
     from custom_dataset import load_rgb
@@ -153,19 +155,25 @@ def crop_consistency(run_dir, splits, n, seed=0):
     rng = np.random.default_rng(seed)
     records = read_split(Path(splits) / "test.csv")
     records = [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
-    errors_direct, errors_photo = [], []
+    errors = {"direct": [], "scene": [], "scene_same_light": []}
+    found = 0
     for rec in records:
         face = load_rgb(rec["path"])
-        scene, truth = make_scene(face, rng)
-        found, _, ages = photo_model.estimate(scene)
-        hits = [a for f, a in zip(found, ages) if is_hit(f.box, truth)]
-        if hits:
-            errors_photo.append(abs(hits[0] - rec["age"]))
-            errors_direct.append(abs(direct_model.estimate(face)[2][0] - rec["age"]))
-    return {"images": len(records), "found": len(errors_photo), "crop": photo_model.crop,
-            "detector": photo_model.pipeline.detector, "mae_direct": float(np.mean(errors_direct)),
-            "mae_through_pipeline": float(np.mean(errors_photo)),
-            "gap": float(np.mean(errors_photo) - np.mean(errors_direct))}
+        hits = {}
+        for key, gain in (("scene", None), ("scene_same_light", 1.0)):
+            scene, truth = make_scene(face, rng, gain)
+            faces_found, _, ages = photo_model.estimate(scene)
+            hits[key] = [a for f, a in zip(faces_found, ages) if is_hit(f.box, truth)]
+        if all(hits.values()):  # the same faces in every column
+            found += 1
+            errors["direct"].append(abs(direct_model.estimate(face)[2][0] - rec["age"]))
+            for key, ages in hits.items():
+                errors[key].append(abs(ages[0] - rec["age"]))
+    mae = {k: float(np.mean(v)) for k, v in errors.items()}
+    return {"images": len(records), "found": found, "crop": photo_model.crop, "detector": photo_model.pipeline.detector,
+            "mae_direct": mae["direct"], "mae_through_pipeline": mae["scene"],
+            "mae_through_pipeline_same_light": mae["scene_same_light"], "gap": mae["scene"] - mae["direct"],
+            "gap_same_light": mae["scene_same_light"] - mae["direct"]}
 
 
 def cross_dataset(run_dir, data_dir, detector=None, crop=None):
@@ -520,9 +528,11 @@ def cross_table(results) -> str:
                      f"{r['faces_found']:.1%} of {r['photos']} | {decades} |")
     checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c]
     if checks:
-        lines += ["", "| model | UTKFace test faces | MAE as files | MAE found in scenes | gap |", "|---|---|---|---|---|"]
-        lines += [f"| {c['model']} | {c['found']} of {c['images']} found | {c['mae_direct']:.2f} | "
-                  f"{c['mae_through_pipeline']:.2f} | {c['gap']:+.2f} |" for c in checks]
+        lines += ["", "| model | UTKFace test faces | MAE as files | found in scenes | gap | scenes at the original "
+                  "brightness | gap |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['model']} | {c['found']} of {c['images']} found in both | {c['mae_direct']:.2f} | "
+                  f"{c['mae_through_pipeline']:.2f} | {c['gap']:+.2f} | {c['mae_through_pipeline_same_light']:.2f} | "
+                  f"{c['gap_same_light']:+.2f} |" for c in checks if "gap_same_light" in c]
     return "\n".join(lines) if rows or checks else ""
 
 
