@@ -441,6 +441,7 @@ def ship(args, work, results):
     """--ship PROTOCOL/NAME: copy that run's exports to models/ and write the model card from
     bench/results.json (no figure typed by hand)."""
     import shutil
+    import faces
     protocol, name = args.ship.split("/")
     run_dir = work / protocol / name
     entry = results["protocols"][protocol][name]
@@ -466,8 +467,8 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
   {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, flip test-time averaging.
   `inference.py` uses it when no `--model` is given. `model.onnx` runs in ONNX Runtime (no Python code
   inside); the `.jit` (TorchScript) is a program: load it only from this repository.
-- **Face crop** (inside the metadata, applied by `inference.py`): {metadata['crop']} — UTKFace's
-  own dlib face chip (68 landmarks, 200 px, padding 0.2).
+- **Face crop** (inside the metadata, applied by `inference.py`): {faces.describe_crop(metadata['crop'])}
+  — UTKFace's own dlib face chip, cut from any photo by `faces.py`.
 - **Data**: UTKFace, "aligned & cropped" faces, Protocol F: all ages, byte-identical duplicates
   merged, conflicting-age groups dropped, stratified 80:10:10 with seed 42
   ({data['splits']['train']:,} / {data['splits']['val']:,} / {data['splits']['test']:,} images).
@@ -482,7 +483,8 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
 - **FG-NET** (another data set: 1,002 scanned photos of 82 people, ages 0-69, through `inference.py`'s
   own pipeline, largest face per photo): MAE {cross['mae']:.2f}, CS@5 {cross['cs5']:.1%}, a face found in
   {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.
-- **Trained by** (on a 2-core CPU, {entry['train_minutes']:.1f} min):
+- **Trained by** (on a 2-core CPU; {entry['train_minutes']:.1f} min of epochs as recorded, see the
+  README's Benchmarks for what else ran on the machine):
 
       python eda.py --data-dir ../shared/data/UTKFace --out-dir bench/work/F --seed 42
       {entry['command']}
