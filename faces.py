@@ -11,8 +11,9 @@ and eda.py --align rebuild it from the model file or the split alone.
 
 Detectors (all ship their weights inside pip packages; nothing is downloaded at run time):
     auto    the default cascade: HOG on the photo; Haar proposals that HOG missed (small faces) each
-            checked by HOG on an enlarged patch; only where nothing was found, HOG again on a
-            border-padded and on a rotated copy (faces filling the frame or tilted)
+            checked by HOG on an enlarged patch; only where nothing was found at all, smaller Haar
+            proposals, then HOG at a lower threshold on a contrast-equalised, border-padded copy and
+            on copies turned by +-25 degrees (dark faces, faces filling the frame, tilted heads)
     hog     dlib's HOG frontal detector alone (faces above ~80 px)
     hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
     haar    OpenCV's Haar cascade (fast, finds small faces, also hands and fabric)
@@ -40,7 +41,7 @@ UTKFACE_CROP = {"kind": "chip", "landmarks": 68, "size": 200, "padding": 0.2}
 # For commercial use (the 68-point model's training data, iBUG 300-W, excludes it): dlib's 5-point
 # model (eye corners, nose base) with each point mapped onto where it sits on average in UTKFace's own
 # chips, so the chip frames a face like UTKFace's. Fitted by `python bench_detection.py --fit-chip5`
-# on 300 UTKFace files (x, y in the 200 px chip).
+# on 300 UTKFace files, 295 with a face (x, y in the 200 px chip).
 UTKFACE_CROP5 = {"kind": "chip", "landmarks": 5, "size": 200,
                  "template": [[152.35, 60.03], [121.48, 61.66], [44.45, 59.92], [75.08, 61.73], [97.73, 117.81]]}
 # Models exported before the chip existed: a square around the detector's box grown by `margin`.
