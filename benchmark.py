@@ -440,7 +440,6 @@ SHIPPED = Path("models") / "age_simplecnn_utkface"
 def ship(args, work, results):
     """--ship PROTOCOL/NAME: copy that run's exports to models/ and write the model card from
     bench/results.json (no figure typed by hand)."""
-    import shutil
     import faces
     protocol, name = args.ship.split("/")
     run_dir = work / protocol / name
@@ -453,9 +452,8 @@ def ship(args, work, results):
     metadata = json.loads(props["metadata.json"])
     for suffix in (".onnx", ".jit"):
         target = SHIPPED.with_suffix(suffix)
-        target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(run_dir / f"model{suffix}", target.with_name(f".{target.name}.tmp"))
-        os.replace(target.with_name(f".{target.name}.tmp"), target)
+        data = (run_dir / f"model{suffix}").read_bytes()
+        atomic_write(target, lambda f: f.write(data))
     data = results["data"][protocol]
     decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
     fg_decades = ", ".join(f"{k}: {v}" for k, v in cross["mae_per_decade"].items())

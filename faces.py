@@ -478,6 +478,7 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
     (counted as "no_face"). With several faces the largest is taken as the labelled person."""
     import hashlib
     from custom_dataset import load_rgb
+    from functions import atomic_write
     pipeline = FacePipeline(crop, detector)
     key = hashlib.sha256(json.dumps([pipeline.crop, detector], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(chips_dir) / key
@@ -498,10 +499,8 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
                 none_path.touch()
             else:
                 stats["several_faces_largest_used"] += len(found) > 1
-                ok, data = cv2.imencode(".png", cv2.cvtColor(found[0].chip, cv2.COLOR_RGB2BGR))
-                tmp = chip_path.with_name(f".{chip_path.name}.tmp")
-                tmp.write_bytes(data.tobytes())
-                os.replace(tmp, chip_path)
+                _, data = cv2.imencode(".png", cv2.cvtColor(found[0].chip, cv2.COLOR_RGB2BGR))
+                atomic_write(chip_path, lambda f: f.write(data.tobytes()))
         if chip_path.is_file():
             stats["chipped"] += 1
             kept.append({**rec, "source": rec["path"], "path": str(chip_path.resolve())})

@@ -375,12 +375,9 @@ def _write_image(path, rgb):
     ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise DataError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     try:
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(data.tobytes()))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 
 
