@@ -3,7 +3,7 @@
     python export_mobile.py --checkpoint RUN/best.pt [--out-dir RUN] [--quantize] [--threads 1]
 
 Rebuilds the model from the checkpoint alone (train.py's best.pt), wraps it like model.jit/model.onnx
-(functions.ExportedAgeModel: float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb in,
+(checkpoints.ExportedAgeModel: float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb in,
 ages (N,) out, normalisation inside) and writes into the run folder:
 
 - model.pte: torch.export (dynamic batch 1-32) lowered to ExecuTorch with the XNNPACK delegate. The
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from custom_dataset import DataError, load_split_dataset, remove_orphans
-from functions import (ArgumentParser, ExportedAgeModel, atomic_write, load_checkpoint, load_torchscript,
-                       model_from_checkpoint, run_cli)
+from checkpoints import ExportedAgeModel, load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
+from functions import ArgumentParser, atomic_write, run_cli, time_runs
 
 PARITY_TOLERANCE = 1e-4
 METADATA_METHOD = "metadata_json"  # ExecuTorch constant method holding the metadata JSON as uint8
@@ -277,19 +277,6 @@ def _runner(path, threads: int):
     return run
 
 
-def time_runs(fn, x, runs: int, warmup: int) -> list:
-    """Seconds per call, after warm-up."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def benchmark_folder(folder, image_size: int, threads: int = 1, runs: int = 200, warmup: int = 20,
                      reference_mtime: float | None = None, only=None) -> dict:
     """Size and batch-1 latency of the exports in folder (BENCH_FILES order), limited to the names in
@@ -349,22 +336,6 @@ def rebuild(checkpoint: dict):
     model, cfg = model_from_checkpoint(checkpoint)
     model = model.to(memory_format=torch.contiguous_format)
     return ExportedAgeModel(model, cfg.mean, cfg.std).eval(), cfg, cfg.image_size
-
-
-def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:
-    """The same metadata train.py puts into model.jit/model.onnx; test MAE from RUN/metrics.json when
-    it describes this checkpoint's epoch."""
-    from train import export_metadata
-    test = None
-    metrics = Path(checkpoint_path).parent / "metrics.json"
-    if metrics.is_file():
-        try:
-            saved = json.loads(metrics.read_text())
-            if saved.get("best_epoch") == checkpoint.get("epoch"):
-                test = saved
-        except (ValueError, OSError):
-            pass
-    return export_metadata(cfg, checkpoint, test)
 
 
 def load_val(checkpoint: dict, cfg, args):

@@ -32,16 +32,19 @@ import torch
 
 import train
 from custom_dataset import DataError, channel_stats, load_split_dataset
-from functions import (ArgumentParser, NonFiniteLossError, atomic_write, configure_threads, evaluate, load_checkpoint,
-                       run_cli, set_seed, train_one_epoch)
+from checkpoints import load_checkpoint
+from functions import (ArgumentParser, NonFiniteLossError, atomic_write, configure_threads, evaluate,
+                       pyplot, run_cli, set_seed, train_one_epoch)
 from model import MODEL_NAMES, build_model
 
 DEFAULT_LRS = tuple(float(f"{v:.3g}") for v in np.logspace(math.log10(1e-4), math.log10(3e-3), 5))
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
 COLUMNS = ("lr", "weight_decay", "epochs", "train_mae", "val_mae", "val_cs5", "seconds",
            "subset_fraction", "seed", "model", "settings", "status", "source", "trial")
-# train.py options that change a trial's result besides the key columns; hashed into "settings"
-SETTING_KEYS = ("head", "loss", "batch_size", "augment", "image_size", "denoise", "denoise_strength", "deblur")
+# Recipe settings hashed into a row's "settings" even at their defaults (the ones searches hashed
+# before the whole recipe was passed through): other recipe settings enter the hash only when they
+# differ from train.py's default, so rows of earlier searches keep matching their trials.
+ALWAYS_HASHED = ("head", "loss", "batch_size", "augment", "image_size", "denoise", "denoise_strength", "deblur")
 
 
 def float_list(text: str) -> list:
@@ -60,19 +63,7 @@ def get_args_parser():
     g.add_argument("--splits", required=True, help="folder with train.csv and val.csv from eda.py "
                    "(test.csv is read by the final run only)")
     g.add_argument("--cache-dir", default=None, help="preprocessing cache shared by all trials (default: SPLITS/../cache)")
-    g.add_argument("--image-size", type=int, default=128, help="network input side in pixels")
-    g.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=False,
-                   help="non-local-means denoising (the seed's; off by default, as in train.py)")
-    g.add_argument("--denoise-strength", type=float, default=5.0, help="non-local-means h")
-    g.add_argument("--deblur", action=argparse.BooleanOptionalAction, default=False,
-                   help="unsharp mask (the seed's; off by default, as in train.py)")
-    g.add_argument("--augment", choices=tuple(train.AUGMENTATIONS), default="default",
-                   help="training augmentation of the trials and the final run")
-    g = p.add_argument_group("model (passed to every trial)")
-    g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
-    g.add_argument("--head", choices=("regression", "distribution"), default="distribution")
-    g.add_argument("--loss", choices=("l1", "mse", "huber"), default="mse")
-    g.add_argument("--batch-size", type=int, default=64, help="images per step")
+    train.add_recipe_args(p)  # the recipe of every trial and of the final run, as train.py defines it
     g = p.add_argument_group("search budget")
     g.add_argument("--lrs", type=float_list, default=list(DEFAULT_LRS),
                    help="learning rates of the sweep, comma-separated (default: 5 log-spaced from 1e-4 to 3e-3)")
@@ -96,7 +87,8 @@ def get_args_parser():
     g.add_argument("--seed", type=int, default=42, help="seed of every trial (weights, shuffling, subset)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    g.add_argument("--workers", type=int, default=2, help="processes that build the cache")
+    g.add_argument("--cache-workers", "--workers", dest="workers", type=int, default=2,
+                   help="processes that build the preprocessing cache")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -127,13 +119,11 @@ def overfit_check(model_name, dataset, n_images=64, threshold=1.0, max_steps=300
     model = build_model(model_name, head, int(ages.min()), int(ages.max()), int(images.shape[-1])).to(device)
     model = model.to(memory_format=torch.channels_last)
     if head == "regression":
-        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        with torch.no_grad():
-            last.bias.fill_(float(ages.mean()))
+        model.init_output_bias(float(ages.mean()))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     def mae():
-        return evaluate(model, batch, mean, std, loss, device)["mae"]
+        return evaluate(model, batch, mean, std, loss_kind=loss, device=device)["mae"]
 
     curve = [[0, mae()]]
     step = 0
@@ -141,7 +131,7 @@ def overfit_check(model_name, dataset, n_images=64, threshold=1.0, max_steps=300
     while curve[-1][1] >= threshold and step < max_steps:
         step += 1
         try:
-            train_one_epoch(model, batch, optimizer, mean, std, loss, None, None, None, device, step,
+            train_one_epoch(model, batch, optimizer, mean=mean, std=std, loss_kind=loss, device=device, epoch=step,
                             progress=False)
         except NonFiniteLossError as exc:
             log(f"overfit check: {exc}")
@@ -206,7 +196,10 @@ def run_overfit_check(args, out: Path, cache_dir: Path, device) -> dict:
 # Trials: one train.py run each, one CSV row each
 
 def settings_hash(args) -> str:
-    settings = {k: getattr(args, k) for k in SETTING_KEYS}
+    """Hash of the recipe settings that change a trial's result besides the key columns."""
+    defaults = vars(train.add_recipe_args(argparse.ArgumentParser()).parse_args([]))
+    settings = {k: getattr(args, k) for k in train.recipe_keys()
+                if k != "model" and (k in ALWAYS_HASHED or getattr(args, k) != defaults[k])}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -269,12 +262,9 @@ def append_row(path: Path, row: dict):
 def trial_argv(args, lr, weight_decay, epochs, run_dir, cache_dir, final=False) -> list:
     """train.py command line of a trial (final=False) or of the final run."""
     argv = ["--splits", str(args.splits), "--cache-dir", str(cache_dir), "--out-dir", str(run_dir),
-            "--model", args.model, "--head", args.head, "--loss", args.loss, "--batch-size", str(args.batch_size),
-            "--augment", args.augment, "--image-size", str(args.image_size),
-            "--denoise-strength", repr(args.denoise_strength), "--seed", str(args.seed),
-            "--denoise" if args.denoise else "--no-denoise", "--deblur" if args.deblur else "--no-deblur",
+            *train.recipe_argv(args), "--seed", str(args.seed),
             "--epochs", str(epochs), "--lr", repr(float(lr)), "--weight-decay", repr(float(weight_decay)),
-            "--device", args.device, "--workers", str(args.workers)]
+            "--device", args.device, "--cache-workers", str(args.workers)]
     if not final:
         argv += ["--subset-fraction", repr(args.subset_fraction), "--no-test", "--no-export", "--no-tensorboard",
                  "--resume"]
@@ -377,13 +367,6 @@ def by_val(row):
 
 # ----------------------------------------------------------------------------------------------
 # Plots and files
-
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
 
 def plot_lr_sweep(rows, path, weight_decay):
     plt = pyplot()

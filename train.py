@@ -3,8 +3,10 @@
     python train.py --splits OUT/splits --model simplecnn --epochs 20 --out-dir RUN [--resume]
     torchrun --nproc_per_node 4 train.py ...   (DistributedDataParallel: one process per GPU, or per CPU share)
 
-Writes into RUN: best.pt, last.pt (atomic, self-describing), tb/ (TensorBoard), learning_curves.png,
-history.json, metrics.json and pred_vs_true.png (test split, best epoch), model.jit and model.onnx.
+Writes into RUN: config.json (every setting, versions, git commit, split hashes), best.pt and last.pt
+(atomic, self-describing), TensorBoard events (tensorboard --logdir RUN), learning_curves.png,
+history.json, metrics.json and pred_vs_true.png (test split, best epoch, with the median baseline),
+model.jit and model.onnx.
 """
 import argparse
 import contextlib
@@ -12,6 +14,7 @@ import datetime
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -20,57 +23,77 @@ import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
-from functions import (ArgumentParser, AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed, ExportedAgeModel, broadcast_buffers,
-                       check_export_parity, configure_threads, evaluate, evaluate_sharded, export_onnx, export_torchscript,
-                       face_grid_figure, forwarding_ddp, load_checkpoint, plot_learning_curves, plot_pred_vs_true,
-                       public, reduce_train_metrics, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                       train_one_epoch)
-from faces import BOX_CROP, read_split_crop
+from checkpoints import export_best, load_checkpoint, make_checkpoint, save_checkpoint
+from functions import (ArgumentParser, AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside,
+                       Distributed, broadcast_buffers, configure_threads, evaluate, evaluate_sharded,
+                       face_grid_figure, forwarding_ddp, plot_learning_curves, plot_pred_vs_true,
+                       public, reduce_train_metrics, run_cli, set_rng_state, set_seed, train_one_epoch)
+from faces import read_split_crop
 from model import MODEL_NAMES, build_model, count_parameters
 
-CHECKPOINT_VERSION = 1
+AUGMENTATIONS = {
+    "none": AugmentConfig.off(),
+    "light": AugmentConfig(flip=True, max_rotate=0.0, max_shift=0.0, max_scale=0.0, brightness=0.0, contrast=0.0),
+    "default": AugmentConfig(),
+    "strong": AugmentConfig(flip=True, max_rotate=15.0, max_shift=0.08, max_scale=0.15, brightness=0.3, contrast=0.3),
+    # default plus 20 % gray images: real photos include scans and old prints (FG-NET: most of them)
+    "photo": AugmentConfig(grayscale=0.2),
+}
 
 
-def get_args_parser():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--splits", required=True, help="folder with train.csv, val.csv, test.csv from eda.py")
-    g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: SPLITS/../cache)")
+def add_recipe_args(parser):
+    """The settings a model learns from, besides the per-run epochs, lr, weight decay and seed: the
+    one definition used by train.py, hyperparameter_tunning.py (passed to every trial) and benchmark.py.
+    Every other option says where and how fast a run goes."""
+    g = parser.add_argument_group("recipe: input and augmentation")
     g.add_argument("--image-size", type=int, default=128, help="network input side in pixels")
     # denoise/deblur off by default: on UTKFace turning them off lowered validation MAE by 0.10 years
-    # (README, Experiments); --denoise --deblur give the seed's preprocessing back
+    # (RESULTS.md, ablations); --denoise --deblur give the seed's preprocessing back
     g.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=False,
-                   help="non-local-means denoising (the seed's; off by default)")
+                   help="non-local-means denoising (the seed's)")
     g.add_argument("--denoise-strength", type=float, default=5.0, help="non-local-means h")
     g.add_argument("--deblur", action=argparse.BooleanOptionalAction, default=False,
-                   help="unsharp mask after resizing (the seed's; off by default)")
-    g.add_argument("--subset-fraction", type=float, default=1.0,
-                   help="train on a seeded random share of the training split (quick searches)")
+                   help="unsharp mask after resizing (the seed's)")
     g.add_argument("--augment", choices=tuple(AUGMENTATIONS), default="default",
                    help="training-only augmentation strength (never applied to val/test)")
-    g = p.add_argument_group("model and optimisation")
+    g = parser.add_argument_group("recipe: model and loss")
     g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
     g.add_argument("--head", choices=("regression", "distribution"), default="distribution",
                    help="one output, or softmax over ages with expected value (label distribution)")
     g.add_argument("--pretrained", action="store_true", help="ResNet: start from torchvision ImageNet weights")
     g.add_argument("--weights", default=None, help="ResNet: local ImageNet weights file (offline --pretrained)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout before the fully connected layers")
-    g.add_argument("--epochs", type=int, default=20, help="passes over the training split")
     g.add_argument("--batch-size", type=int, default=64,
                    help="images per step per process: under torchrun the global batch is --batch-size x "
                         "processes (the learning rate is not rescaled; raise --lr yourself if wanted)")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
     g.add_argument("--loss", choices=("l1", "mse", "huber"), default="mse", help="loss on the predicted age")
     g.add_argument("--schedule", choices=("constant", "cosine"), default="cosine",
                    help="learning rate after warm-up: constant, or cosine decay to zero")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each prediction with its mirror image (validation, test, exports)")
+    return parser
+
+
+def get_args_parser():
+    p = ArgumentParser(description=__doc__)
+    g = p.add_argument_group("data")
+    g.add_argument("--splits", required=True, help="folder with train.csv, val.csv, test.csv from eda.py")
+    g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: SPLITS/../cache)")
+    g.add_argument("--data-description", default=None,
+                   help="one line on the training data, stored in every export and printed by inference.py "
+                        "(default: made from eda.py's data_report.json)")
+    g.add_argument("--subset-fraction", type=float, default=1.0,
+                   help="train on a seeded random share of the training split (quick searches)")
+    add_recipe_args(p)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=20, help="passes over the training split")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    g.add_argument("--seed", type=int, default=42, help="seeds weights, shuffling and augmentation")
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", required=True, help="run folder: checkpoints, logs, figures, exports")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    g.add_argument("--seed", type=int, default=42, help="seeds weights, shuffling and augmentation")
     g.add_argument("--device", default="auto",
                    help="auto, cpu or cuda (under torchrun, auto and cuda mean cuda:LOCAL_RANK)")
     g.add_argument("--amp", action="store_true",
@@ -82,23 +105,14 @@ def get_args_parser():
                    help="torchrun only: minutes a rank waits at a barrier (e.g. while rank 0 builds the cache)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: all cores, divided among a node's torchrun processes)")
-    g.add_argument("--workers", type=int, default=2, help="processes that build the cache")
+    g.add_argument("--cache-workers", "--workers", dest="workers", type=int, default=2,
+                   help="processes that build the preprocessing cache")
     g.add_argument("--no-test", action="store_true", help="skip the test split (used by the search)")
     g.add_argument("--no-export", action="store_true", help="skip model.jit / model.onnx")
-    g.add_argument("--no-tensorboard", action="store_true", help="do not write RUN/tb")
+    g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events into RUN")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
-
-
-AUGMENTATIONS = {
-    "none": AugmentConfig.off(),
-    "light": AugmentConfig(flip=True, max_rotate=0.0, max_shift=0.0, max_scale=0.0, brightness=0.0, contrast=0.0),
-    "default": AugmentConfig(),
-    "strong": AugmentConfig(flip=True, max_rotate=15.0, max_shift=0.08, max_scale=0.15, brightness=0.3, contrast=0.3),
-    # default plus 20 % gray images: real photos include scans and old prints (FG-NET: most of them)
-    "photo": AugmentConfig(grayscale=0.2),
-}
 
 
 def preprocess_config(args) -> PreprocessConfig:
@@ -182,18 +196,39 @@ def main(args):
         dist_ctx.close()
 
 
-# Settings that may differ when a run is resumed: where and how fast it runs, not what it learns.
-RESUME_FREE = {"resume", "threads", "workers", "no_progress", "no_tensorboard", "debug", "device", "cache_dir",
-               "dist_backend", "dist_timeout", "amp", "no_test", "no_export", "out_dir"}
+def recipe_keys() -> tuple:
+    return tuple(vars(add_recipe_args(argparse.ArgumentParser()).parse_args([])))
+
+
+def recipe_argv(args) -> list:
+    """train.py arguments that reproduce args' recipe (add_recipe_args) exactly."""
+    argv = []
+    for action in add_recipe_args(argparse.ArgumentParser())._actions:
+        value = getattr(args, action.dest, None)
+        flag = action.option_strings[0]
+        if action.dest == "help":
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif action.nargs == 0:  # store_true
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+# What a resumed run must share with the checkpoint: the recipe and the run's learning settings.
+# Everything else (device, threads, logging, what to do at the end) may change between sessions.
+RESUME_CHECKED = ("splits", "subset_fraction", "epochs", "lr", "weight_decay", "seed")
 
 
 def changed_settings(saved: dict, args) -> list:
     """(name, saved value, new value) of every training setting that differs from a checkpoint's."""
     changed = []
-    for key, new in sorted(vars(args).items()):
-        if key in RESUME_FREE or key not in saved:  # older checkpoints lack newer settings
+    for key in sorted(RESUME_CHECKED + recipe_keys()):
+        if key not in saved or not hasattr(args, key):  # older checkpoints lack newer settings
             continue
-        old = saved[key]
+        old, new = saved[key], getattr(args, key)
         same = Path(old).resolve() == Path(new).resolve() if key == "splits" else old == new
         if not same:
             changed.append((key, old, new))
@@ -247,127 +282,117 @@ def load_data(args, cfg, log=print):
     return train, val, cache_dir
 
 
-def train_run(args, dist_ctx: Distributed):
-    start_time = time.perf_counter()
-    configure_threads(args.threads)
-    set_seed(args.seed)
-    device = dist_ctx.device
+def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> dict:
+    """Every random stream of one epoch, re-seeded per epoch so that a resumed run repeats an
+    uninterrupted one. "shuffle" orders the batches (the same on every rank: DistributedSampler
+    splits one permutation); rank r > 0 of a torchrun launch offsets "torch" (dropout, weights drawn
+    later) and "augment", so ranks draw different augmentations."""
+    offset = epoch + 100_003 * rank
+    return {"shuffle": seed * 1000 + epoch, "torch": seed * 1000 + offset, "augment": seed * 7919 + offset}
+
+
+def open_run_folder(args, dist_ctx) -> Path:
+    if args.model not in MODEL_NAMES:
+        raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    check_numbers(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dist_ctx.is_main:
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing; never a valid file
             stale.unlink()
-    if args.amp and device.type != "cuda":
+    if args.amp and dist_ctx.device.type != "cuda":
         print("--amp ignored: bf16 autocast is used on CUDA only, this run is float32 on the CPU")
-    progress = not args.no_progress
-    if args.model not in MODEL_NAMES:
-        raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    check_numbers(args)
+    return out
 
-    resume_from = out / "last.pt"
-    checkpoint = None
+
+def restore(args, resume_from: Path, dist_ctx):
+    """The checkpoint to resume from (None: start at epoch 1), refused with advice when it was
+    trained with other settings or on another split."""
     # every rank loads last.pt itself; they must all see it (multi-node: --out-dir on a shared disk)
-    if dist_ctx.all_same(args.resume and resume_from.exists(), f"--resume: whether {resume_from} exists"):
-        checkpoint = load_checkpoint(resume_from)
-        changed = changed_settings(checkpoint["config"], args)
-        if changed:
-            raise DataError(f"--resume: {resume_from} was trained with other settings ("
-                            + "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in changed)
-                            + "); use the same arguments or a new --out-dir")
-        if checkpoint.get("split_digest", split_digest(args.splits)) != split_digest(args.splits):
-            raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
-                            "re-run?); resuming would mix two splits: start a new --out-dir")
-        if checkpoint.get("world_size", 1) != dist_ctx.world_size:
-            print(f"warning: --resume: {resume_from} was written by {checkpoint.get('world_size', 1)} processes, now "
-                  f"{dist_ctx.world_size}; the global batch and schedule differ from the interrupted run")
-    elif args.resume:
-        print(f"--resume: no {resume_from} yet, starting from epoch 1")
+    if not dist_ctx.all_same(args.resume and resume_from.exists(), f"--resume: whether {resume_from} exists"):
+        if args.resume:
+            print(f"--resume: no {resume_from} yet, starting from epoch 1")
+        return None
+    checkpoint = load_checkpoint(resume_from)
+    changed = changed_settings(checkpoint["config"], args)
+    if changed:
+        raise DataError(f"--resume: {resume_from} was trained with other settings ("
+                        + "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in changed)
+                        + "); use the same arguments or a new --out-dir")
+    if checkpoint.get("split_digest", split_digest(args.splits)) != split_digest(args.splits):
+        raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
+                        "re-run?); resuming would mix two splits: start a new --out-dir")
+    if checkpoint.get("world_size", 1) != dist_ctx.world_size:
+        print(f"warning: --resume: {resume_from} was written by {checkpoint.get('world_size', 1)} processes, now "
+              f"{dist_ctx.world_size}; the global batch and schedule differ from the interrupted run")
+    return checkpoint
 
-    cfg = preprocess_config(args)
-    crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
-    digest = split_digest(args.splits)
-    # rank 0 builds the cache while the others wait; then they read it
-    train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, cfg))
-    if checkpoint is not None:
-        cfg = PreprocessConfig.from_dict(checkpoint["preprocess"])
-    else:
-        cfg.mean, cfg.std = channel_stats(train_set.images)
-    ages = train_set.ages
-    min_age, max_age = (checkpoint["min_age"], checkpoint["max_age"]) if checkpoint else (int(ages.min()), int(ages.max()))
-    model = build_model(args.model, args.head, min_age, max_age, args.image_size, args.pretrained,
-                        args.weights, args.dropout).to(device)
+
+def build_model_for(args, checkpoint, train_ages, device):
+    """(model in channels_last, (min_age, max_age)); a resumed run keeps the checkpoint's age range."""
+    ages = (checkpoint["min_age"], checkpoint["max_age"]) if checkpoint else (int(train_ages.min()), int(train_ages.max()))
+    model = build_model(args.model, args.head, *ages, args.image_size, args.pretrained, args.weights, args.dropout)
     if checkpoint is None and args.head == "regression":
-        model.init_output_bias(float(ages.mean()))
-    channels_last = True  # measured +30-40 % training speed on CPU for these convnets
-    model = model.to(memory_format=torch.channels_last)
-    print(f"model {args.model} ({args.head} head): {count_parameters(model):,} parameters; "
-          f"train {len(train_set)}, val {len(val_set)} images; device {device}, {torch.get_num_threads()} threads"
-          + (f"; {dist_ctx.world_size} processes ({dist_ctx.backend}), global batch "
-             f"{args.batch_size * dist_ctx.world_size}" if dist_ctx.active else ""))
+        model.init_output_bias(float(train_ages.mean()))
+    return model.to(device).to(memory_format=torch.channels_last), ages
 
+
+def make_train_loader(args, train_set, dist_ctx, pin_memory):
+    """(loader of an epoch, steps per epoch). Under torchrun each rank reads a disjoint 1/world share
+    of one permutation (padded by at most world-1 repeats)."""
+    if not dist_ctx.active:
+        def loader(epoch):
+            return make_loader(train_set, args.batch_size, shuffle=True, pin_memory=pin_memory,
+                               seed=epoch_seeds(args.seed, epoch)["shuffle"])
+        return loader, math.ceil(len(train_set) / args.batch_size)
+    from torch.utils.data.distributed import DistributedSampler
+    # the sampler permutes with seed + epoch, i.e. epoch_seeds()["shuffle"]
+    sampler = DistributedSampler(train_set, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=args.seed * 1000)
+
+    def loader(epoch):
+        sampler.set_epoch(epoch)
+        return make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler, pin_memory=pin_memory)
+    return loader, math.ceil(len(sampler) / args.batch_size)
+
+
+def train_run(args, dist_ctx: Distributed):
+    start_time = time.perf_counter()
+    out, device = open_run_folder(args, dist_ctx), dist_ctx.device
+    configure_threads(args.threads)
+    set_seed(args.seed)
+    checkpoint = restore(args, out / "last.pt", dist_ctx)
+    crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
+    # rank 0 builds the cache while the others wait; then they read it
+    train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, preprocess_config(args)))
+    cfg = PreprocessConfig.from_dict(checkpoint["preprocess"]) if checkpoint else preprocess_config(args)
+    if checkpoint is None:
+        cfg.mean, cfg.std = channel_stats(train_set.images)
+    mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
+    model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
+    print(describe_run(args, model, train_set, val_set, dist_ctx))
+    if dist_ctx.is_main:
+        write_config(args, out, dist_ctx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     pin = device.type == "cuda"  # page-locked batches; _prepare copies with non_blocking=True
-    if dist_ctx.active:
-        from torch.utils.data.distributed import DistributedSampler
-        # each rank a disjoint 1/world share (padded by at most world-1 repeats), permuted per epoch with the
-        # same seed * 1000 + epoch as one process, so a resumed run repeats an uninterrupted one
-        sampler = DistributedSampler(train_set, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=args.seed * 1000)
-
-        def train_loader(epoch):
-            sampler.set_epoch(epoch)
-            return make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler, pin_memory=pin)
-        steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
-    else:
-        train_loader = lambda epoch: make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed * 1000 + epoch,
-                                                 pin_memory=pin)
-        steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    train_loader, steps_per_epoch = make_train_loader(args, train_set, dist_ctx, pin)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
-    # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
-    validate = lambda: evaluate_sharded(model, val_set, 256, mean, std, args.loss, device, args.tta_flip,
-                                        channels_last, dist_ctx, pin)
-    mean = torch.tensor(cfg.mean, device=device)
-    std = torch.tensor(cfg.std, device=device)
-
-    history, best_val, start_epoch = [], float("inf"), 1
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
-        scheduler.load_state_dict(checkpoint["scheduler_state"])
-        set_rng_state(checkpoint["rng_state"])
-        history, best_val = checkpoint["history"], checkpoint["best_val_mae"]
-        start_epoch = checkpoint["epoch"] + 1
-        print(f"resumed from {resume_from} at epoch {checkpoint['epoch']} (best val MAE {best_val:.3f})")
-
+    history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
     net = AutocastModel(model) if args.amp and device.type == "cuda" else model  # what the training step runs
     if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = None
-    if not args.no_tensorboard and dist_ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch)
-    preview = val_set.batch(range(min(16, len(val_set))))
-
-    def make_checkpoint(epoch, metrics):
-        return {"version": CHECKPOINT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
-                "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
-                "split_digest": digest,
-                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(), "rng_state": rng_state(), "epoch": epoch,
-                "metrics": metrics, "history": history, "best_val_mae": best_val, "world_size": dist_ctx.world_size}
-
-    augment = AUGMENTATIONS[args.augment]
+    logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
+    # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
+    validate = lambda: evaluate_sharded(model, val_set, mean, std, loss_kind=args.loss, device=device,
+                                        tta_flip=args.tta_flip, dist_ctx=dist_ctx, pin_memory=pin)
     for epoch in range(start_epoch, args.epochs + 1):
-        # every source of randomness is re-seeded per epoch, so a resumed run repeats an uninterrupted one
-        # (rank r > 0 of a torchrun launch offsets its seeds, so ranks draw different augmentations)
-        torch.manual_seed(args.seed * 1000 + epoch + 100_003 * dist_ctx.rank)
-        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch + 100_003 * dist_ctx.rank)
-        try:
-            train_metrics = train_one_epoch(net, train_loader(epoch), optimizer, mean, std, args.loss, scheduler,
-                                            augment, generator, device, epoch, channels_last, progress)
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc} ({kept_note(out, epoch)})") from None
+        seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
+        torch.manual_seed(seeds["torch"])
+        with explain_divergence(out, epoch):
+            train_metrics = train_one_epoch(
+                net, train_loader(epoch), optimizer, mean=mean, std=std, loss_kind=args.loss, scheduler=scheduler,
+                augment=AUGMENTATIONS[args.augment], generator=torch.Generator().manual_seed(seeds["augment"]),
+                device=device, epoch=epoch, progress=not args.no_progress)
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
@@ -375,52 +400,173 @@ def train_run(args, dist_ctx: Distributed):
         if not math.isfinite(val_metrics["mae"]):  # diverged: this epoch's weights are saved nowhere
             raise NonFiniteLossError(f"validation MAE became {val_metrics['mae']} at epoch {epoch}; lower --lr "
                                      f"({kept_note(out, epoch)})")
-        lr = optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch, "train_loss": train_metrics["loss"], "train_mae": train_metrics["mae"],
-               "val_loss": val_metrics["loss"], "val_mae": val_metrics["mae"], "val_cs5": val_metrics["cs5"],
-               "lr": lr, "train_images_per_s": train_metrics["images_per_s"], "epoch_seconds": train_metrics["seconds"],
-               "train_images": train_metrics["images"], "train_images_per_rank": train_metrics["images_per_rank"]}
-        history.append(row)
-        improved = val_metrics["mae"] < best_val
-        best_val = min(best_val, val_metrics["mae"])
-        print(f"epoch {epoch:3d}/{args.epochs}  train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f}  "
-              f"val MAE {row['val_mae']:.2f} CS@5 {row['val_cs5']:.1%}  lr {lr:.2e}  "
-              f"{row['train_images_per_s']:.0f} img/s{'  * best' if improved else ''}")
-        if writer is not None:
-            writer.add_scalar("loss/train", row["train_loss"], epoch)
-            writer.add_scalar("loss/val", row["val_loss"], epoch)
-            writer.add_scalar("mae/train", row["train_mae"], epoch)
-            writer.add_scalar("mae/val", row["val_mae"], epoch)
-            writer.add_scalar("cs5/val", row["val_cs5"], epoch)
-            writer.add_scalar("lr", lr, epoch)
-            writer.add_scalar("speed/train_images_per_s", row["train_images_per_s"], epoch)
-            writer.add_figure("val_faces", face_grid_figure(preview[0], preview[1], val_metrics["pred"][:16]), epoch)
-            writer.flush()
+        history.append(history_row(epoch, train_metrics, val_metrics, optimizer.param_groups[0]["lr"]))
+        improved, best_val = val_metrics["mae"] < best_val, min(best_val, val_metrics["mae"])
+        logger.epoch(history[-1], val_metrics["pred"], improved)
         if dist_ctx.is_main:  # rank 0 alone writes; the others wait at the barrier
-            checkpoint = make_checkpoint(epoch, {"train": train_metrics, "val": public(val_metrics)})
-            if improved:
-                save_checkpoint(out / "best.pt", checkpoint)
-            save_checkpoint(out / "last.pt", checkpoint)
-            write_history(history, out)
+            state = make_checkpoint(args, model, optimizer, scheduler, min_age=min_age, max_age=max_age, cfg=cfg,
+                                    crop=crop, split_digest=split_digest(args.splits), epoch=epoch,
+                                    metrics={"train": train_metrics, "val": public(val_metrics)},
+                                    history=history, best_val_mae=best_val, world_size=dist_ctx.world_size)
+            save_epoch(out, state, improved, history)
         dist_ctx.barrier()
-    if writer is not None:
-        writer.close()
-    if dist_ctx.is_main and history:  # a run killed after its last last.pt is completed by --resume here
-        write_history(history, out)
-
     summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,
                "train_seconds": round(time.perf_counter() - start_time, 1),
                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
                "params": count_parameters(model)}
     if dist_ctx.is_main:  # rank 0 alone tests and exports the best epoch; the others wait at the barrier
-        best = load_checkpoint(out / "best.pt")
-        model.load_state_dict(best["model_state"])
-        if not args.no_test:
-            summary["test"] = test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last)
-        if not args.no_export:
-            summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
+        finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger)
+    logger.close()
     dist_ctx.barrier()
     return summary
+
+
+def resume_state(checkpoint, model, optimizer, scheduler, path):
+    """(history, best validation MAE, first epoch to run), with the weights, optimiser, schedule and
+    random state of the checkpoint restored."""
+    if checkpoint is None:
+        return [], float("inf"), 1
+    model.load_state_dict(checkpoint["model_state"])
+    optimizer.load_state_dict(checkpoint["optimizer_state"])
+    scheduler.load_state_dict(checkpoint["scheduler_state"])
+    set_rng_state(checkpoint["rng_state"])
+    print(f"resumed from {path} at epoch {checkpoint['epoch']} (best val MAE {checkpoint['best_val_mae']:.3f})")
+    return checkpoint["history"], checkpoint["best_val_mae"], checkpoint["epoch"] + 1
+
+
+@contextlib.contextmanager
+def explain_divergence(out, epoch):
+    """A diverged epoch's error names the checkpoint that keeps the last good weights."""
+    try:
+        yield
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"{exc} ({kept_note(out, epoch)})") from None
+
+
+def describe_run(args, model, train_set, val_set, dist_ctx) -> str:
+    text = (f"model {args.model} ({args.head} head): {count_parameters(model):,} parameters; train {len(train_set)}, "
+            f"val {len(val_set)} images; device {dist_ctx.device}, {torch.get_num_threads()} threads")
+    if dist_ctx.active:
+        text += (f"; {dist_ctx.world_size} processes ({dist_ctx.backend}), global batch "
+                 f"{args.batch_size * dist_ctx.world_size}")
+    return text
+
+
+def history_row(epoch, train_metrics, val_metrics, lr) -> dict:
+    return {"epoch": epoch, "train_loss": train_metrics["loss"], "train_mae": train_metrics["mae"],
+            "val_loss": val_metrics["loss"], "val_mae": val_metrics["mae"], "val_cs5": val_metrics["cs5"],
+            "lr": lr, "train_images_per_s": train_metrics["images_per_s"], "epoch_seconds": train_metrics["seconds"],
+            "train_images": train_metrics["images"], "train_images_per_rank": train_metrics["images_per_rank"]}
+
+
+class EpochLogger:
+    """The per-epoch line on stdout and, on rank 0, TensorBoard: events go straight into the run
+    folder, so TensorBoard names the run after it (tensorboard --logdir OUT lists every run of OUT)."""
+    SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "mae/train": "train_mae", "mae/val": "val_mae",
+               "cs5/val": "val_cs5", "lr": "lr", "speed/train_images_per_s": "train_images_per_s"}
+
+    def __init__(self, args, out, start_epoch, val_set, is_main):
+        self.epochs, self.writer = args.epochs, None
+        if not args.no_tensorboard and is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(out), purge_step=start_epoch)
+        self.preview = val_set.batch(range(min(16, len(val_set))))
+
+    def epoch(self, row, val_pred, improved):
+        print(f"epoch {row['epoch']:3d}/{self.epochs}  train loss {row['train_loss']:.3f} MAE {row['train_mae']:.2f}  "
+              f"val MAE {row['val_mae']:.2f} CS@5 {row['val_cs5']:.1%}  lr {row['lr']:.2e}  "
+              f"{row['train_images_per_s']:.0f} img/s{'  * best' if improved else ''}")
+        if self.writer is None:
+            return
+        for tag, key in self.SCALARS.items():
+            self.writer.add_scalar(tag, row[key], row["epoch"])
+        faces = face_grid_figure(self.preview[0], self.preview[1], val_pred[:16])
+        self.writer.add_figure("val_faces", faces, row["epoch"])
+        self.writer.flush()
+
+    def hparams(self, args, metrics: dict):
+        """The run's settings and final figures in TensorBoard's HParams view, in this run's events."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+        settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                    for k, v in vars(args).items() if k in RESUME_CHECKED + recipe_keys()}
+        for summary in hparams(settings, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+        self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def save_epoch(out, checkpoint, improved, history):
+    if improved:
+        save_checkpoint(out / "best.pt", checkpoint)
+    save_checkpoint(out / "last.pt", checkpoint)
+    write_history(history, out)
+
+
+def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger):
+    """Test and export the best epoch; say how it compares with predicting the training median,
+    where the figures are and what to run next."""
+    if history:  # a run killed after its last last.pt is completed by --resume here
+        write_history(history, out)
+    best = load_checkpoint(out / "best.pt")
+    model.load_state_dict(best["model_state"])
+    median = float(np.median(np.asarray(train_set.ages, dtype=np.float64)))
+    summary["baseline"] = {"rule": "predict the training median for every face", "age": median,
+                           "val_mae": float(np.mean(np.abs(np.asarray(val_set.ages, dtype=np.float64) - median)))}
+    figures = {"val/mae": best["best_val_mae"]}
+    if not args.no_test:
+        summary["test"] = test_best(args, model, cfg, cache_dir, best, out, median)
+        figures.update({"test/mae": summary["test"]["mae"], "test/cs5": summary["test"]["cs5"]})
+    if not args.no_export:
+        summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
+    logger.hparams(args, figures)
+    for line in closing_lines(args, out, best, summary):
+        print(line)
+
+
+def closing_lines(args, out, best, summary) -> list:
+    baseline = summary["baseline"]
+    split, mae, base = ("test", summary["test"]["mae"], summary["test"]["baseline"]["mae"]) if "test" in summary \
+        else ("val", best["best_val_mae"], baseline["val_mae"])
+    lines = [f"baseline: predicting the training median ({baseline['age']:g}) for every face gives {split} MAE "
+             f"{base:.2f}; this model {mae:.2f}"]
+    if not mae < base:
+        lines.append(f"warning: the model does not beat the median baseline on the {split} split (best epoch "
+                     f"{best['epoch']}): it has learnt nothing usable; check the labels, lower --lr or train longer")
+    figures = [out / name for name in ("learning_curves.png", "pred_vs_true.png") if (out / name).exists()]
+    lines.append("figures: " + ", ".join(map(str, figures)) + f"; settings: {out / 'config.json'}")
+    if not args.no_tensorboard:
+        lines.append(f"TensorBoard: tensorboard --logdir {out}")
+    if not args.no_export:
+        lines.append(f"next: python inference.py --model {out / 'model.onnx'} --image PHOTO.jpg")
+    return lines
+
+
+def test_best(args, model, cfg, cache_dir, best, out, median):
+    """The test split is read here, once, for the best epoch only."""
+    test_set = load_split_dataset(Path(args.splits) / "test.csv", cfg, cache_dir, args.workers, not args.no_progress)
+    device = next(model.parameters()).device
+    mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
+    metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, loss_kind=args.loss,
+                       device=device, tta_flip=args.tta_flip)
+    plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
+                      title=f"{args.model}, test, best epoch {best['epoch']}")
+    baseline_mae = float(np.mean(np.abs(metrics["true"] - median)))
+    result = {**public(metrics), "best_epoch": best["epoch"], "model": args.model, "head": args.head,
+              "tta_flip": args.tta_flip, "baseline": {"rule": "predict the training median for every face",
+                                                      "age": median, "mae": baseline_mae},
+              "beats_baseline": bool(metrics["mae"] < baseline_mae)}
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))
+    print(f"test (best epoch {best['epoch']}): MAE {metrics['mae']:.2f}  RMSE {metrics['rmse']:.2f}  "
+          f"CS@5 {metrics['cs5']:.1%}  n={metrics['n']}  -> {out / 'metrics.json'}")
+    return result
 
 
 def kept_note(out, epoch) -> str:
@@ -435,48 +581,36 @@ def write_history(history, out):
     plot_learning_curves(history, out / "learning_curves.png")
 
 
-def test_best(args, model, cfg, cache_dir, best, out, device, mean, std, channels_last):
-    """The test split is read here, once, for the best epoch only."""
-    test_set = load_split_dataset(Path(args.splits) / "test.csv", cfg, cache_dir, args.workers, not args.no_progress)
-    metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, args.loss, device,
-                       args.tta_flip, channels_last)
-    plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
-                      title=f"{args.model}, test, best epoch {best['epoch']}")
-    result = {**public(metrics), "best_epoch": best["epoch"], "model": args.model, "head": args.head,
-              "tta_flip": args.tta_flip}
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))
-    print(f"test (best epoch {best['epoch']}): MAE {metrics['mae']:.2f}  RMSE {metrics['rmse']:.2f}  "
-          f"CS@5 {metrics['cs5']:.1%}  n={metrics['n']}  -> {out / 'metrics.json'}")
-    return result
+def git_commit() -> str | None:
+    """The checkout's commit (with "+changes" when files differ from it), or None outside git."""
+    import subprocess
+    repo = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def export_metadata(cfg, best, test_metrics=None) -> dict:
-    """What every export carries so that inference rebuilds the input from the file alone. Checkpoints
-    written before crop recipes existed get their split's recipe (or, without a split, the square crop)."""
-    config = best.get("config") or {}
-    crop = best.get("crop") or (read_split_crop(config["splits"]) if config.get("splits") else dict(BOX_CROP))
-    return {"format_version": CHECKPOINT_VERSION, "model_name": best["model_name"], "head": best["head"],
-            "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
-            "crop": crop, "tta_flip": config.get("tta_flip", False),
-            "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
-            "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae")}
-
-
-def export_best(model, cfg, best, out, val_set, test_metrics=None):
-    """model.jit and model.onnx of the best epoch, each checked against the eager model."""
-    import copy
-    eager = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
-    wrapper = ExportedAgeModel(eager, cfg.mean, cfg.std).eval()
-    n = min(8, len(val_set))
-    example = val_set.batch(range(n))[0].float()
-    metadata = export_metadata(cfg, best, test_metrics)
-    jit_path = export_torchscript(wrapper, example, out / "model.jit", metadata)
-    onnx_path = export_onnx(wrapper, example, out / "model.onnx", metadata)
-    diffs = check_export_parity(wrapper, jit_path, onnx_path, example)
-    print(f"exported {jit_path} and {onnx_path} (max |export - eager|: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
-    return {"torchscript": str(jit_path), "onnx": str(onnx_path), "max_abs_diff": diffs}
+def write_config(args, out, dist_ctx):
+    """RUN/config.json: every setting and what else decides the result, readable by people."""
+    import hashlib
+    import platform
+    splits = Path(args.splits).resolve()
+    config = {"settings": vars(args), "splits": {name: str(splits / name) for name in ("train.csv", "val.csv", "test.csv")},
+              "split_sha256": {name: hashlib.sha256((splits / name).read_bytes()).hexdigest()
+                               for name in ("train.csv", "val.csv", "test.csv") if (splits / name).is_file()},
+              "split_digest": split_digest(splits), "crop": read_split_crop(splits),
+              "argv": sys.argv,
+              "git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
+              "device": str(dist_ctx.device), "processes": dist_ctx.world_size,
+              "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    text = json.dumps(config, indent=2, default=str) + "\n"
+    atomic_write(out / "config.json", lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":

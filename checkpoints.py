@@ -1,0 +1,274 @@
+"""What a checkpoint and an exported model contain, and how each is written and read back.
+
+A checkpoint (RUN/best.pt, RUN/last.pt) is a dict of tensors and plain values, loaded with
+weights_only=True: the model's name, head and age range, every train.py setting ("config"), the
+preprocessing and crop recipe, the split's digest, weights, optimiser/scheduler/RNG state and history.
+An export (model.onnx, model.jit, and export_mobile.py's .pte/.pt2) is ExportedAgeModel: float32
+N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb in, ages (N,) out, normalisation inside,
+with export_metadata() embedded, so inference rebuilds the input from the file alone.
+"""
+import copy
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from custom_dataset import DataError, PreprocessConfig, normalize
+from faces import BOX_CROP, check_crop, read_split_crop
+from functions import atomic_write, rng_state
+
+FORMAT_VERSION = 1  # of checkpoints and export metadata; readers refuse newer files with advice
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+def make_checkpoint(args, model, optimizer, scheduler, *, min_age, max_age, cfg, crop, split_digest, epoch,
+                    metrics, history, best_val_mae, world_size) -> dict:
+    """Everything a resumed run, an export or an evaluation needs, in one self-describing dict."""
+    return {"version": FORMAT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
+            "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
+            "split_digest": split_digest, "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+            "rng_state": rng_state(), "epoch": epoch, "metrics": metrics, "history": history,
+            "best_val_mae": best_val_mae, "world_size": world_size}
+
+
+def save_checkpoint(path, checkpoint: dict):
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable checkpoint ({type(exc).__name__}); "
+                        "pass a best.pt/last.pt written by train.py") from None
+    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
+        raise DataError(f"{path} is not a checkpoint written by train.py (no model_state)")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict):
+    """(model in eval mode, PreprocessConfig) rebuilt from a checkpoint alone."""
+    from model import build_model
+    config = checkpoint.get("config") or {}
+    cfg = PreprocessConfig.from_dict(checkpoint.get("preprocess") or {})
+    image_size = int(config.get("image_size") or cfg.image_size)
+    model = build_model(checkpoint["model_name"], checkpoint["head"], checkpoint["min_age"], checkpoint["max_age"],
+                        image_size, dropout=config.get("dropout", 0.0))
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as exc:
+        raise DataError(f"the checkpoint's weights do not fit a {checkpoint['model_name']} "
+                        f"({str(exc).splitlines()[0]})") from None
+    return model.eval(), cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Exports: the preprocessing-aware model, TorchScript and ONNX, each checked against eager
+
+def export_metadata(cfg, best, test_metrics=None) -> dict:
+    """What every export carries so that inference rebuilds the input from the file alone. Checkpoints
+    written before crop recipes existed get their split's recipe (or, without a split, the square crop)."""
+    config = best.get("config") or {}
+    crop = best.get("crop") or (read_split_crop(config["splits"]) if config.get("splits") else dict(BOX_CROP))
+    return {"format_version": FORMAT_VERSION, "model_name": best["model_name"], "head": best["head"],
+            "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
+            "crop": crop, "tta_flip": config.get("tta_flip", False), "data": describe_training_data(config),
+            "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
+            "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae")}
+
+
+def describe_training_data(config: dict) -> str | None:
+    """One line on what the model learnt from: train.py --data-description, else eda.py's report
+    beside the split ("23112 images, utkface layout, ages 1-116, from /data/UTKFace")."""
+    if config.get("data_description"):
+        return config["data_description"]
+    report = Path(config.get("splits") or "") / ".." / "data_report.json"
+    try:
+        data = json.loads(report.read_text())
+        return (f"{data['used']} images, {data['layout']} layout, ages {data['age']['min']:g}-{data['age']['max']:g}, "
+                f"from {Path(data['data_dir']).resolve()}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:
+    """export_metadata of a saved checkpoint; test MAE from RUN/metrics.json when it describes this
+    checkpoint's epoch."""
+    test = None
+    metrics = Path(checkpoint_path).parent / "metrics.json"
+    if metrics.is_file():
+        try:
+            saved = json.loads(metrics.read_text())
+            if saved.get("best_epoch") == checkpoint.get("epoch"):
+                test = saved
+        except (ValueError, OSError):
+            pass
+    return export_metadata(cfg, checkpoint, test)
+
+
+class ExportedAgeModel(torch.nn.Module):
+    """Input: float N x 3 x S x S RGB in 0-255 (already resized/denoised by custom_dataset.preprocess_rgb).
+    Output: ages (N,). Normalisation is inside, so exports need no statistics from elsewhere."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.model.predict(normalize(x, self.mean, self.std))
+
+
+def export_torchscript(wrapper, example, path, metadata: dict):
+    """TorchScript (deprecated in this torch; kept because users ship it) with metadata inside."""
+    wrapper = wrapper.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, example)
+        # frozen: weights become constants, which lets load_torchscript() optimise it for the CPU
+        module = torch.jit.freeze(traced.eval())
+    extra = {"metadata.json": json.dumps(metadata)}
+    atomic_write(path, lambda f: torch.jit.save(module, f, _extra_files=extra))
+    return path
+
+
+def load_torchscript(path, optimize: bool = True):
+    """(module, metadata) from a model.jit written by export_torchscript.
+
+    optimize: torch.jit.optimize_for_inference (conv folding, oneDNN layouts) after loading; measured
+    2.5x faster batch-1 on this CPU. It is done at load time because an optimised module does not
+    survive torch.jit.save/load in this torch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"model file not found: {path} (train.py writes RUN/model.jit)")
+    extra = {"metadata.json": ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise DataError(f"{path} is not a TorchScript model ({type(exc).__name__}); pass the model.jit "
+                        "written by train.py") from None
+    if not extra["metadata.json"]:
+        raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
+    module = module.eval()
+    if optimize:
+        module = torch.jit.optimize_for_inference(module)
+    return module, json.loads(extra["metadata.json"])
+
+
+def export_onnx(wrapper, example, path, metadata: dict):
+    """ONNX through torch's dynamo exporter, batch dimension dynamic, metadata in the model props."""
+    import onnx
+    wrapper = wrapper.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                    verbose=False)
+        program.save(str(tmp_path))
+        proto = onnx.load(str(tmp_path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "metadata.json", json.dumps(metadata)
+        atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    return path
+
+
+def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -> dict:
+    """Max |eager - export| on a batch; raises if any export differs by more than tolerance."""
+    import onnxruntime as ort
+    with torch.no_grad():
+        eager = wrapper.eval()(example).numpy()
+    diffs = {}
+    if jit_path:
+        module, _ = load_torchscript(jit_path)
+        with torch.no_grad():
+            diffs["torchscript"] = float(np.abs(module(example).numpy() - eager).max())
+    if onnx_path:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
+        diffs["onnx"] = float(np.abs(out.reshape(eager.shape) - eager).max())
+    bad = {k: v for k, v in diffs.items() if not v <= tolerance}
+    if bad:
+        raise RuntimeError(f"export differs from the eager model by more than {tolerance}: {bad}")
+    return diffs
+
+
+def export_best(model, cfg, best, out, val_set, test_metrics=None):
+    """model.jit and model.onnx of the best epoch, each checked against the eager model."""
+    eager = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
+    wrapper = ExportedAgeModel(eager, cfg.mean, cfg.std).eval()
+    example = val_set.batch(range(min(8, len(val_set))))[0].float()
+    metadata = export_metadata(cfg, best, test_metrics)
+    jit_path = export_torchscript(wrapper, example, out / "model.jit", metadata)
+    onnx_path = export_onnx(wrapper, example, out / "model.onnx", metadata)
+    diffs = check_export_parity(wrapper, jit_path, onnx_path, example)
+    print(f"exported {jit_path} and {onnx_path} (max |export - eager|: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
+    return {"torchscript": str(jit_path), "onnx": str(onnx_path), "max_abs_diff": diffs}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading an export back (inference): the forward function and the checked metadata
+
+def onnx_forward(path, threads=None):
+    """(forward, metadata) of a model.onnx: ONNX Runtime runs the graph, no Python code from the file."""
+    import onnx
+    import onnxruntime as ort
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise DataError(f"{path} is not an ONNX model ({type(exc).__name__}); pass the model.onnx written by train.py") from None
+    if "metadata.json" not in props:
+        raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
+    name = session.get_inputs()[0].name
+    return (lambda x: session.run(None, {name: x})[0]), json.loads(props["metadata.json"])
+
+
+def torchscript_forward(path):
+    """(forward, metadata) of a trusted model.jit (TorchScript runs code from the file)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+        module, metadata = load_torchscript(path)
+
+    def forward(x):
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+    return forward, metadata
+
+
+def check_metadata(path, metadata):
+    """(cfg, crop) from a model's metadata; DataError with advice where it is unusable."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("preprocess"), dict):
+        raise DataError(f"{path} has no preprocessing settings in its metadata; re-export it with train.py")
+    version = metadata.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{path} has metadata format {version!r}, newer than this code "
+                        f"understands ({FORMAT_VERSION}); update the code")
+    try:
+        cfg = PreprocessConfig.from_dict(metadata["preprocess"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path} has unusable preprocessing metadata ({exc}); re-export it with train.py") from None
+    size = cfg.image_size
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
+        raise DataError(f"{path} has an unusable image_size {size!r} in its metadata; re-export it with train.py")
+    # models exported before the chip carry only a margin around the detector's box
+    crop = metadata.get("crop") or {**BOX_CROP, "margin": metadata.get("crop_margin", 0.0)}
+    try:
+        crop = check_crop(crop)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}; re-export it with train.py") from None
+    return cfg, crop

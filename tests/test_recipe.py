@@ -1,0 +1,74 @@
+"""The training recipe is defined once (train.add_recipe_args) and reproduced exactly wherever it
+travels: the tuner's trials, the resume check, the seeds of an epoch."""
+import argparse
+import hashlib
+import json
+
+import hyperparameter_tunning
+import train
+
+REQUIRED = ["--splits", "S", "--out-dir", "O"]
+
+
+def test_recipe_argv_reproduces_every_recipe_setting():
+    args = train.get_args_parser().parse_args(REQUIRED + [
+        "--image-size", "96", "--denoise", "--denoise-strength", "7.5", "--augment", "photo", "--model", "resnet18",
+        "--head", "regression", "--pretrained", "--weights", "w.pth", "--dropout", "0.25", "--batch-size", "32",
+        "--loss", "huber", "--schedule", "constant", "--warmup-epochs", "0.5", "--no-tta-flip"])
+    again = train.get_args_parser().parse_args(REQUIRED + train.recipe_argv(args))
+    for key in train.recipe_keys():
+        assert getattr(again, key) == getattr(args, key), key
+    assert again.tta_flip is False and again.pretrained is True
+
+
+def test_tuner_accepts_the_whole_recipe_and_passes_it_to_trials():
+    args = hyperparameter_tunning.get_args_parser().parse_args(REQUIRED + ["--schedule", "constant", "--dropout", "0.1"])
+    argv = hyperparameter_tunning.trial_argv(args, 1e-3, 0.0, 2, "RUN", "CACHE")
+    trial = train.get_args_parser().parse_args(argv)
+    assert trial.schedule == "constant" and trial.dropout == 0.1 and trial.workers == args.workers
+
+
+def test_settings_hash_of_default_recipe_is_the_one_earlier_searches_wrote():
+    args = hyperparameter_tunning.get_args_parser().parse_args(REQUIRED)
+    legacy = {k: getattr(args, k) for k in hyperparameter_tunning.ALWAYS_HASHED}
+    expected = hashlib.sha1(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:8]
+    assert hyperparameter_tunning.settings_hash(args) == expected
+    changed = hyperparameter_tunning.get_args_parser().parse_args(REQUIRED + ["--schedule", "constant"])
+    assert hyperparameter_tunning.settings_hash(changed) != expected
+
+
+def test_resume_check_covers_recipe_and_learning_settings_only():
+    saved = vars(train.get_args_parser().parse_args(REQUIRED))
+    new = train.get_args_parser().parse_args(REQUIRED + ["--schedule", "constant", "--lr", "0.01", "--threads", "1",
+                                                         "--cache-workers", "1", "--no-progress"])
+    changed = {key for key, _, _ in train.changed_settings(saved, new)}
+    assert changed == {"schedule", "lr"}
+
+
+def test_epoch_seeds_golden_values():
+    # the formulas every earlier run used: changing them changes every benchmark figure
+    assert train.epoch_seeds(42, 3) == {"shuffle": 42003, "torch": 42003, "augment": 42 * 7919 + 3}
+    assert train.epoch_seeds(42, 3, rank=2) == {"shuffle": 42003, "torch": 42003 + 200_006,
+                                                "augment": 42 * 7919 + 3 + 200_006}
+
+
+def test_help_shows_defaults_of_every_flag_with_one():
+    text = train.get_args_parser().format_help()
+    for flag, default in (("--epochs", "20"), ("--lr", "0.001"), ("--batch-size", "64"), ("--model", "simplecnn"),
+                          ("--loss", "mse"), ("--cache-workers", "2")):
+        entry = text[text.index("\n  " + flag):]  # the option's own entry, not the usage line
+        entry = entry[:entry.index("\n  -", 3)]
+        assert f"(default: {default})" in " ".join(entry.split()), flag
+
+
+def test_exports_describe_their_training_data(tmp_path):
+    import checkpoints
+    (tmp_path / "splits").mkdir()
+    report = {"data_dir": str(tmp_path / "faces"), "layout": "folder_per_age", "used": 123, "age": {"min": 20, "max": 50}}
+    (tmp_path / "data_report.json").write_text(json.dumps(report))
+    config = {"splits": str(tmp_path / "splits")}
+    assert checkpoints.describe_training_data(config) == \
+        f"123 images, folder_per_age layout, ages 20-50, from {(tmp_path / 'faces').resolve()}"
+    assert checkpoints.describe_training_data({**config, "data_description": "synthetic demo faces"}) == \
+        "synthetic demo faces"
+    assert checkpoints.describe_training_data({"splits": str(tmp_path / "elsewhere")}) is None
