@@ -20,6 +20,7 @@ mmod costs seconds per photo, so --mmod-limit caps its sample.
 """
 import argparse
 import json
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def get_args_parser():
     p.add_argument("--fit-chip5", type=int, default=0, metavar="N",
                    help="only fit the 5-point chip template on N UTKFace files and print it")
     p.add_argument("--out", default="bench/detection.json", help="JSON with the figures (default: %(default)s)")
-    p.add_argument("--table", action="store_true", help="only print the README's tables from --out")
+    p.add_argument("--table", action="store_true", help="only print the detector and crop tables from --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -197,8 +198,12 @@ def fit_chip5_template(files):
     return np.round(np.mean(points, axis=0), 2).tolist(), len(points)
 
 
-def tables(result) -> str:
-    """The README's detector and crop tables, from a result of main()."""
+CROP_LICENCES = {"utkface": "68-point model trained on iBUG 300-W: non-commercial only",
+                 "utkface5": "5-point model trained on dlib's CC0 data set: commercial use allowed"}
+
+
+def detector_table(result) -> str:
+    """The detector comparison as a Markdown table, from a result of main()."""
     lines = ["| detector | scenes: faces found | false boxes per scene | faceless scenes: false boxes | "
              "FG-NET: photos with a face | FG-NET: boxes per photo | ms per 640×480 scene (median) |",
              "|---|---|---|---|---|---|---|"]
@@ -208,24 +213,86 @@ def tables(result) -> str:
         n = f" (n = {r['scenes']['n']})" if name == "mmod" else ""
         lines.append(f"| `{name}`{n} | {r['scenes']['detection_rate']:.1%} | {r['scenes']['false_boxes_per_image']:.3f} | "
                      f"{r['faceless']['false_boxes_per_image']:.3f} | {fg_cells} | {r['scenes']['ms_per_photo']:.1f} |")
-    licences = {"utkface": "68-point model trained on iBUG 300-W: non-commercial only",
-                "utkface5": "5-point model trained on dlib's CC0 data set: commercial use allowed"}
+    return "\n".join(lines)
+
+
+def crop_table(result) -> str:
+    """The crop-fidelity comparison as a Markdown table ("" when it was not measured)."""
     crops = ["| crop (`faces.CROPS`) | what | re-made UTKFace chip vs the file (mean abs. difference, 0–255) | "
              "landmark model |", "|---|---|---|---|"]
     for name, r in result.get("chip_fidelity", {}).items():
         crops.append(f"| `{name}` | {faces.describe_crop(faces.CROPS[name])} | {r['mean_abs_diff']:.1f} "
                      f"(median {r['median_abs_diff']:.1f}, {r['share_under_8']:.0%} under 8; n = {r['n']}) | "
-                     f"{licences[name]} |")
-    return "\n".join(lines) + ("\n\n" + "\n".join(crops) if len(crops) > 2 else "")
+                     f"{CROP_LICENCES[name]} |")
+    return "\n".join(crops) if len(crops) > 2 else ""
+
+
+def tables(result) -> str:
+    """The detector and crop tables, from a result of main()."""
+    crops = crop_table(result)
+    return detector_table(result) + ("\n\n" + crops if crops else "")
+
+
+def command(result) -> str:
+    """The bench_detection.py command line that wrote a result (flags at their default left out)."""
+    defaults = get_args_parser().parse_args([])
+    detectors = result["detectors"]
+    values = {"--detectors": ",".join(detectors),
+              "--limit": max((d["scenes"]["n"] for d in detectors.values()), default=defaults.limit),
+              "--fgnet-limit": max((d["fgnet"]["n"] for d in detectors.values() if "fgnet" in d),
+                                   default=defaults.fgnet_limit),
+              "--mmod-limit": detectors["mmod"]["scenes"]["n"] if "mmod" in detectors else defaults.mmod_limit,
+              "--chip-limit": next((r["n"] + r["no_face"] for r in result.get("chip_fidelity", {}).values()), 0),
+              "--seed": result["scenes"].get("seed", defaults.seed),
+              "--model": result.get("end_to_end", {}).get("model")}
+    argv = ["python", "bench_detection.py"]
+    for flag, value in values.items():  # limits always spelled out; the rest only where not the default
+        if value is not None and (flag.endswith("-limit") or value != getattr(defaults, flag[2:].replace("-", "_"))):
+            argv += [flag, str(value)]
+    return shlex.join(argv)
+
+
+def print_detector(name, entry):
+    scenes, faceless, fg = entry["scenes"], entry["faceless"], entry.get("fgnet")
+    print(f"{name:7s} scenes: found {scenes['detection_rate']:.1%}, {scenes['false_boxes_per_image']:.3f} false "
+          f"boxes/image, {scenes['ms_per_photo']:.1f} ms/photo (n={scenes['n']}); no face: "
+          f"{faceless['false_boxes_per_image']:.3f} false boxes/image"
+          + (f" | FG-NET: {fg['photos_with_a_face']:.1%} of photos with a face, {fg['boxes_per_photo']:.2f} "
+             f"boxes/photo, {fg['ms_per_photo']:.1f} ms/photo (n={fg['n']})" if fg else ""), flush=True)
+
+
+def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit):
+    """(a)-(c) for each detector: {name: figures}."""
+    out = {}
+    for name in detectors:
+        pipe = faces.FacePipeline(detector=name)
+        cap = mmod_limit if name == "mmod" else None
+        start = time.perf_counter()
+        entry = {"scenes": scenes_figures(pipe, scenes[:cap]), "faceless": faceless_figures(pipe, backgrounds[:cap])}
+        if photos:
+            entry["fgnet"] = fgnet_figures(pipe, photos[:cap])
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        out[name] = entry
+        print_detector(name, entry)
+    return out
+
+
+def checked_detectors(args):
+    if min(args.limit, args.fgnet_limit, args.mmod_limit, args.chip_limit) < 0:
+        raise DataError("limits must not be negative")
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    unknown = [d for d in detectors if d not in faces.DETECTORS]
+    if unknown:
+        raise DataError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(faces.DETECTORS)}")
+    return detectors
 
 
 def main(args):
     if args.table:
         print(tables(json.loads(Path(args.out).read_text())))
         return None
-    data_dir = Path(args.data_dir)
-    out = Path(args.out)
-    for folder in (data_dir, Path(args.fgnet_dir)):
+    data_dir, out, fgnet_dir = Path(args.data_dir), Path(args.out), Path(args.fgnet_dir)
+    for folder in (data_dir, fgnet_dir):
         if same_or_inside(out, folder):
             raise DataError(f"--out {out} is inside the data folder {folder}, which is read only; write elsewhere")
     files = utkface_files(data_dir)
@@ -234,44 +301,21 @@ def main(args):
         template, n = fit_chip5_template(sample(files, args.fit_chip5, rng))
         print(f"5-point template from {n} UTKFace chips: {template}")
         return {"template": template, "n": n}
-    if min(args.limit, args.fgnet_limit, args.mmod_limit, args.chip_limit) < 0:
-        raise DataError("limits must not be negative")
-    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
-    unknown = [d for d in detectors if d not in faces.DETECTORS]
-    if unknown:
-        raise DataError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(faces.DETECTORS)}")
-
+    detectors = checked_detectors(args)
     cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
     backgrounds = [random_canvas(rng) for _ in range(args.limit)]
-    fgnet_dir = Path(args.fgnet_dir)
     fgnet = sorted(p for p in fgnet_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.fgnet_limit] \
         if fgnet_dir.is_dir() else []
     photos = [load_rgb(p) for p in fgnet]
     result = {"scenes": {"canvas": [CANVAS_W, CANVAS_H], "face_fraction_of_height": list(FACE_FRACTION),
                          "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed},
-              "fgnet_dir": str(fgnet_dir) if photos else None, "detectors": {}}
-    for name in detectors:
-        pipe = faces.FacePipeline(detector=name)
-        cap = args.mmod_limit if name == "mmod" else None
-        start = time.perf_counter()
-        entry = {"scenes": scenes_figures(pipe, scenes[:cap]), "faceless": faceless_figures(pipe, backgrounds[:cap])}
-        if photos:
-            entry["fgnet"] = fgnet_figures(pipe, photos[:cap])
-        entry["seconds"] = round(time.perf_counter() - start, 1)
-        result["detectors"][name] = entry
-        print(f"{name:7s} scenes: found {entry['scenes']['detection_rate']:.1%}, "
-              f"{entry['scenes']['false_boxes_per_image']:.3f} false boxes/image, "
-              f"{entry['scenes']['ms_per_photo']:.1f} ms/photo (n={entry['scenes']['n']}); no face: "
-              f"{entry['faceless']['false_boxes_per_image']:.3f} false boxes/image"
-              + (f" | FG-NET: {entry['fgnet']['photos_with_a_face']:.1%} of photos with a face, "
-                 f"{entry['fgnet']['boxes_per_photo']:.2f} boxes/photo, {entry['fgnet']['ms_per_photo']:.1f} ms/photo "
-                 f"(n={entry['fgnet']['n']})" if photos else ""), flush=True)
+              "fgnet_dir": str(fgnet_dir) if photos else None,
+              "detectors": compare_detectors(detectors, scenes, backgrounds, photos, args.mmod_limit)}
     if args.model:
-        result["end_to_end"] = end_to_end_ms(args.model, scenes, args.threads)
-        print(f"end to end with {args.model}: median {result['end_to_end']['ms_per_photo_median']:.1f} ms per "
-              f"640x480 photo (mean {result['end_to_end']['ms_per_photo_mean']:.1f}, "
-              f"90th percentile {result['end_to_end']['ms_per_photo_p90']:.1f})")
+        result["end_to_end"] = e2e = end_to_end_ms(args.model, scenes, args.threads)
+        print(f"end to end with {args.model}: median {e2e['ms_per_photo_median']:.1f} ms per 640x480 photo "
+              f"(mean {e2e['ms_per_photo_mean']:.1f}, 90th percentile {e2e['ms_per_photo_p90']:.1f})")
     if args.chip_limit:
         chip_files = sample(files, args.chip_limit, rng)
         result["chip_fidelity"] = {name: chip_fidelity(chip_files, faces.CROPS[name]) for name in ("utkface", "utkface5")}

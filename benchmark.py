@@ -1,9 +1,9 @@
-"""Reproduce every accuracy and speed figure of the README with one command.
+"""Reproduce every accuracy and speed figure of RESULTS.md (and the README's headline block) with one command.
 
-    python benchmark.py                       # Protocols S and F, every model in MODELS (hours on a CPU)
+    python benchmark.py                       # Protocols S and F, the --models default (hours on a CPU)
     python benchmark.py --protocols S --models simplecnn_dldl
     python benchmark.py --quick               # smoke version: minutes
-    python benchmark.py --table               # print the README table from bench/results.json
+    python benchmark.py --table               # write RESULTS.md and README.md's results block from bench/
 
 Data: UTKFace (../shared/data/UTKFace by default), byte-identical duplicates merged, conflicting-age
 groups dropped, stratified 80:10:10 with seed 42 (all by eda.py). Protocol S: ages 20-50 (the seed
@@ -28,38 +28,61 @@ import torch
 import eda
 import train
 from custom_dataset import DataError, PreprocessConfig, build_cache, read_split, CustomDataset, make_loader
-from export_mobile import time_runs
-from functions import ArgumentParser, atomic_write, keep_freed_memory, load_torchscript, model_from_checkpoint, run_cli
+from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint
+from functions import ArgumentParser, atomic_write, keep_freed_memory, run_cli, time_runs
 
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
-# name -> train.py arguments (beyond splits/out-dir). The first is the seed's recipe as the seed ran it.
-MODELS = {
-    "simplecnn_seed": ["--model", "simplecnn", "--head", "regression", "--loss", "l1", "--epochs", "20", "--lr", "1e-3",
-                       "--schedule", "constant", "--warmup-epochs", "0", "--augment", "light", "--no-tta-flip",
-                       "--denoise", "--deblur"],
-    "simplecnn": ["--model", "simplecnn", "--head", "regression", "--loss", "l1", "--epochs", "20", "--lr", "1e-3",
-                  "--augment", "default", "--tta-flip", "--denoise", "--deblur"],
-    "simplecnn_dldl": ["--model", "simplecnn", "--head", "distribution", "--loss", "l1", "--epochs", "20",
-                       "--lr", "1e-3", "--augment", "default", "--tta-flip", "--denoise", "--deblur"],
-    "simplecnn_bn_dldl": ["--model", "simplecnn_bn", "--head", "distribution", "--loss", "l1", "--epochs", "20",
-                          "--lr", "1e-3", "--augment", "default", "--tta-flip", "--denoise", "--deblur"],
+# Every benchmark model is MODEL_BASE with its own overrides (with_overrides). MODEL_BASE is train.py's
+# default recipe spelled out, so that a changed default cannot change a benchmark figure.
+MODEL_BASE = ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40", "--lr", "1e-3",
+              "--augment", "default", "--tta-flip", "--no-denoise", "--no-deblur"]
+MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond splits/out-dir)
+    # the seed's recipe as the seed ran it
+    "simplecnn_seed": ["--head", "regression", "--loss", "l1", "--epochs", "20", "--schedule", "constant",
+                       "--warmup-epochs", "0", "--augment", "light", "--no-tta-flip", "--denoise", "--deblur"],
+    "simplecnn": ["--head", "regression", "--loss", "l1", "--epochs", "20", "--denoise", "--deblur"],
+    "simplecnn_dldl": ["--loss", "l1", "--epochs", "20", "--denoise", "--deblur"],
+    "simplecnn_bn_dldl": ["--model", "simplecnn_bn", "--loss", "l1", "--epochs", "20", "--denoise", "--deblur"],
     # the base of the ablation table plus each lever that beat it by more than the seed-to-seed noise
-    # (README, "Experiments"), trained 40 epochs; 96 px is the same recipe at the smaller input size
-    "simplecnn_tuned": ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40",
-                        "--lr", "1e-3", "--augment", "default", "--tta-flip", "--no-denoise", "--no-deblur"],
-    "simplecnn_tuned_96px": ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40",
-                             "--lr", "1e-3", "--augment", "default", "--tta-flip", "--no-denoise", "--no-deblur",
-                             "--image-size", "96"],
+    # (RESULTS.md, "Experiments"), trained 40 epochs; 96 px is the same recipe at the smaller input size
+    "simplecnn_tuned": [],
+    "simplecnn_tuned_96px": ["--image-size", "96"],
     # simplecnn_tuned plus 20 % gray training images (--augment photo), for scanned and old photos
-    "simplecnn_photo": ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40",
-                        "--lr", "1e-3", "--augment", "photo", "--tta-flip", "--no-denoise", "--no-deblur"],
-    "resnet18_dldl": ["--model", "resnet18", "--head", "distribution", "--epochs", "15", "--lr", "1e-3",
-                      "--augment", "default", "--tta-flip", "--image-size", "112"],
+    "simplecnn_photo": ["--augment", "photo"],
+    "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
 }
+
+
+def with_overrides(base, overrides):
+    """base's arguments with every flag that overrides gives replaced, values and all (--x and --no-x
+    are one flag; --x=v is --x); flags new to base are appended, in order."""
+    def groups(argv):
+        out = []
+        for token in argv:
+            if token.startswith("--"):
+                out.append([token])
+            elif out:
+                out[-1].append(token)
+            else:
+                raise ValueError(f"an argument list must start with a flag: {argv}")
+        return out
+
+    def key(flag):
+        return "--" + flag[2:].split("=")[0].removeprefix("no-")
+
+    new = {key(g[0]): g for g in groups(overrides)}
+    merged = [new.pop(key(g[0]), g) for g in groups(base)]
+    return [token for g in merged + list(new.values()) for token in g]
+
+
+def model_args(name):
+    """train.py arguments of a MODELS entry (beyond splits/out-dir)."""
+    return with_overrides(MODEL_BASE, MODELS[name])
+
 
 # One-lever-at-a-time experiments on Protocol S, judged on validation only (the test split is not read):
 # each run is ABLATION_BASE with one change. 10 epochs keeps the set affordable on 2 cores (~7 min a
-# run); it favours levers that pay off early, which the README says next to the table.
+# run); it favours levers that pay off early, which RESULTS.md says next to the table.
 ABLATION_BASE = ["--model", "simplecnn", "--head", "distribution", "--loss", "l1", "--epochs", "10",
                  "--lr", "1e-3", "--batch-size", "64", "--augment", "default", "--tta-flip", "--denoise", "--deblur"]
 ABLATIONS = {  # name -> (what changes, train.py arguments that override the base)
@@ -93,9 +116,15 @@ def get_args_parser():
     p.add_argument("--no-speed", action="store_true", help="skip the loader speed measurement")
     p.add_argument("--crop-check", type=int, default=0,
                    help="also compare test MAE of UTKFace's files directly vs found again in N photo-like scenes")
-    p.add_argument("--table", action="store_true", help="only print the README table from --out")
+    p.add_argument("--table", action="store_true",
+                   help="only write --results-md and the results block of --readme from --out, --detection and "
+                        "the other records in bench/ (and print the main tables)")
+    p.add_argument("--detection", default="bench/detection.json", help="bench_detection.py's figures, for --table")
+    p.add_argument("--results-md", default="RESULTS.md", help="--table: the generated results page")
+    p.add_argument("--readme", default="README.md",
+                   help="--table: rewrite its block between <!-- results:start --> and <!-- results:end -->")
     p.add_argument("--probes", action="store_true",
-                   help="only run the speed probes behind the README's speed choices (about 2 minutes)")
+                   help="only run the speed probes behind the speed choices (about 2 minutes)")
     p.add_argument("--refresh-exports", action="store_true",
                    help="re-export the listed models' existing runs and re-measure model.jit (no training)")
     p.add_argument("--cross", metavar="DIR", default=None,
@@ -239,12 +268,12 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
 def refresh_exports(protocol, name, work, results):
     """Re-export an existing run's best.pt with the current exporter and re-measure its model.jit."""
     run_dir = work / protocol / name
-    best = train.load_checkpoint(run_dir / "best.pt")
+    best = load_checkpoint(run_dir / "best.pt")
     model, cfg = model_from_checkpoint(best)
     val = train.load_split_dataset(Path(best["config"]["splits"]) / "val.csv", cfg,
                                    Path(best["config"]["splits"]).parent / "cache", progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    train.export_best(model, cfg, best, run_dir, val, metrics)
+    export_best(model, cfg, best, run_dir, val, metrics)
     latency, b64 = jit_speed(run_dir / "model.jit", cfg.image_size)
     entry = results["protocols"][protocol][name]
     entry.update({"latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
@@ -254,6 +283,73 @@ def refresh_exports(protocol, name, work, results):
     return entry
 
 
+def probe_train_step(batch, channels_last, image_size, steps=12, seed_order=False):
+    """Training-step images/s of a random SimpleCNN on random data, augmentation included."""
+    import torch.nn.functional as F
+    from custom_dataset import AugmentConfig, augment_batch, normalize
+    from model import AgeModel, SimpleCNN, build_model
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    torch.manual_seed(0)
+    if seed_order:  # the seed's Conv, ReLU, MaxPool instead of model.py's Conv, MaxPool, ReLU
+        model = AgeModel(SimpleCNN(image_size=image_size, pool_before_relu=False), "regression", 0, 100)
+    else:
+        model = build_model("simplecnn", image_size=image_size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    images = (torch.rand(batch, 3, image_size, image_size) * 255).to(torch.uint8)
+    ages = torch.rand(batch) * 30 + 20
+    generator = torch.Generator().manual_seed(0)
+
+    def step(_):
+        with torch.enable_grad():  # time_runs times under no_grad
+            x = normalize(augment_batch(images.float(), AugmentConfig(), generator), mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.l1_loss(model.predict(x), ages)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    times = time_runs(step, None, runs=steps, warmup=3)
+    return round(batch * steps / sum(times), 1)
+
+
+def jit_variants(image_size):
+    """A random SimpleCNN export wrapper as eager, traced, frozen and optimised TorchScript."""
+    from checkpoints import ExportedAgeModel
+    from model import build_model
+    wrapper = ExportedAgeModel(build_model("simplecnn", image_size=image_size).eval(), [0.5] * 3, [0.25] * 3)
+    x1 = torch.rand(1, 3, image_size, image_size) * 255
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper.eval(), x1)
+    return {"eager": wrapper, "traced": traced, "frozen": torch.jit.freeze(traced),
+            "optimize_for_inference": torch.jit.optimize_for_inference(torch.jit.freeze(traced))}
+
+
+def probe_inference(module, image_size):
+    """Batch-1 median ms and batch-64 images/s of one module."""
+    x1 = torch.rand(1, 3, image_size, image_size) * 255
+    x64 = torch.rand(64, 3, image_size, image_size) * 255
+    b1 = time_runs(module, x1, runs=200, warmup=20)
+    b64 = time_runs(module, x64, runs=15, warmup=3)
+    return {"b1_ms": round(1000 * statistics.median(b1), 3), "b64_images_per_s": round(64 * 15 / sum(b64), 1)}
+
+
+def probe_augment(image_size):
+    """Whole-batch augmentation images/s (batch 64)."""
+    from custom_dataset import AugmentConfig, augment_batch
+    x64 = torch.rand(64, 3, image_size, image_size) * 255
+    generator = torch.Generator().manual_seed(0)
+    times = time_runs(lambda b: augment_batch(b, AugmentConfig(), generator), x64, runs=10, warmup=2)
+    return round(64 * 10 / sum(times), 1)
+
+
+# (batch, channels_last, keep freed memory): the training-step probes, glibc's default allocator first
+# because keep_freed_memory() cannot be undone inside a process
+TRAIN_PROBES = [(64, False, False), (64, True, False), (32, True, False),
+                (64, False, True), (64, True, True), (32, True, True), (16, True, True), (8, True, True)]
+
+
 def speed_probes(image_size=128, threads=2):
     """The measurements behind the speed choices (random weights and data: speed does not depend on them).
 
@@ -261,76 +357,29 @@ def speed_probes(image_size=128, threads=2):
     functions.keep_freed_memory), whole-batch augmentation images/s, and TorchScript batch-1/batch-64
     speed as traced, frozen, and optimised for inference.
     """
-    import torch.nn.functional as F
-    from custom_dataset import AugmentConfig, augment_batch, normalize
-    from functions import ExportedAgeModel
-    from model import AgeModel, SimpleCNN, build_model
     torch.set_num_threads(threads)
-    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
-
-    def train_speed(batch, channels_last, steps=12, seed_order=False):
-        torch.manual_seed(0)
-        if seed_order:  # the seed's Conv, ReLU, MaxPool instead of model.py's Conv, MaxPool, ReLU
-            model = AgeModel(SimpleCNN(image_size=image_size, pool_before_relu=False), "regression", 0, 100)
-        else:
-            model = build_model("simplecnn", image_size=image_size)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-        images = (torch.rand(batch, 3, image_size, image_size) * 255).to(torch.uint8)
-        ages = torch.rand(batch) * 30 + 20
-        generator = torch.Generator().manual_seed(0)
-
-        def step(_):
-            with torch.enable_grad():  # time_runs times under no_grad
-                x = normalize(augment_batch(images.float(), AugmentConfig(), generator), mean, std)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                loss = F.l1_loss(model.predict(x), ages)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        times = time_runs(step, None, runs=steps, warmup=3)
-        return round(batch * steps / sum(times), 1)
-
-    wrapper = ExportedAgeModel(build_model("simplecnn", image_size=image_size).eval(), mean.tolist(), std.tolist())
-    x1 = torch.rand(1, 3, image_size, image_size) * 255
-    x64 = torch.rand(64, 3, image_size, image_size) * 255
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper.eval(), x1)
-    variants = {"eager": wrapper, "traced": traced, "frozen": torch.jit.freeze(traced),
-                "optimize_for_inference": torch.jit.optimize_for_inference(torch.jit.freeze(traced))}
-
-    def inference_speed(name):
-        b1 = time_runs(variants[name], x1, runs=200, warmup=20)
-        b64 = time_runs(variants[name], x64, runs=15, warmup=3)
-        probes["inference"][name] = {"b1_ms": round(1000 * statistics.median(b1), 3),
-                                     "b64_images_per_s": round(64 * 15 / sum(b64), 1)}
-        print("probe", name, probes["inference"][name], flush=True)
-
+    variants = jit_variants(image_size)
     probes = {"threads": threads, "train_images_per_s": {}, "inference": {}}
-    # glibc's default allocator first: keep_freed_memory() cannot be undone inside a process
-    inference_speed("optimize_for_inference")
-    probes["inference"]["optimize_for_inference_glibc_default"] = probes["inference"].pop("optimize_for_inference")
-    grid = [(64, False, False), (64, True, False), (32, True, False),
-            (64, False, True), (64, True, True), (32, True, True), (16, True, True), (8, True, True)]
-    for batch, channels_last, keep in grid:
+
+    def record(group, key, value):
+        probes[group][key] = value
+        print("probe", key, value, flush=True)
+
+    record("inference", "optimize_for_inference_glibc_default",
+           probe_inference(variants["optimize_for_inference"], image_size))
+    for batch, channels_last, keep in TRAIN_PROBES:
         if keep:
             keep_freed_memory()
         key = (f"batch{batch}_{'channels_last' if channels_last else 'contiguous'}_"
                f"{'keep_freed' if keep else 'glibc_default'}")
-        probes["train_images_per_s"][key] = train_speed(batch, channels_last, steps=max(12, 512 // batch))
-        print("probe", key, probes["train_images_per_s"][key], flush=True)
+        record("train_images_per_s", key, probe_train_step(batch, channels_last, image_size, max(12, 512 // batch)))
     # the layer order, measured back to back (repeated runs of one probe vary by ~10 %)
     for key, seed_order in (("batch64_channels_last_keep_freed_relu_then_pool", True),
                             ("batch64_channels_last_keep_freed_pool_then_relu", False)):
-        probes["train_images_per_s"][key] = train_speed(64, True, steps=16, seed_order=seed_order)
-        print("probe", key, probes["train_images_per_s"][key], flush=True)
-    generator = torch.Generator().manual_seed(0)
-    times = time_runs(lambda b: augment_batch(b, AugmentConfig(), generator), x64, runs=10, warmup=2)
-    probes["augment_images_per_s"] = round(64 * 10 / sum(times), 1)
-    for name in variants:  # all with the allocator as train.py and inference.py set it
-        inference_speed(name)
+        record("train_images_per_s", key, probe_train_step(64, True, image_size, 16, seed_order))
+    probes["augment_images_per_s"] = probe_augment(image_size)
+    for name, module in variants.items():  # all with the allocator as train.py and inference.py set it
+        record("inference", name, probe_inference(module, image_size))
     return probes
 
 
@@ -346,7 +395,7 @@ def gray_val_mae(run_dir):
     copes with scanned and old photos, judged without touching any test set."""
     from custom_dataset import GRAY_WEIGHTS, CustomDataset, load_split_dataset
     from functions import evaluate
-    best = train.load_checkpoint(run_dir / "best.pt")
+    best = load_checkpoint(run_dir / "best.pt")
     model, cfg = model_from_checkpoint(best)
     model = model.to(memory_format=torch.channels_last)
     splits = Path(best["config"]["splits"])
@@ -366,13 +415,13 @@ def run_ablation(name, splits, work, quick=False):
     from functions import evaluate
     change, extra = ABLATIONS[name]
     run_dir = work / "S" / "ablations" / name
-    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *ABLATION_BASE, *extra,
+    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_overrides(ABLATION_BASE, extra),
             "--no-test", "--no-export", "--no-tensorboard", "--no-progress"]
     if quick:
         argv += ["--epochs", "2", "--subset-fraction", "0.1"]
     args = train.get_args_parser().parse_args(argv)
     train.main(args)
-    best = train.load_checkpoint(run_dir / "best.pt")
+    best = load_checkpoint(run_dir / "best.pt")
     model, cfg = model_from_checkpoint(best)
     model = model.to(memory_format=torch.channels_last)
     val = load_split_dataset(Path(splits) / "val.csv", cfg, Path(splits).parent / "cache", progress=False)
@@ -482,7 +531,7 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
   own pipeline, largest face per photo): MAE {cross['mae']:.2f}, CS@5 {cross['cs5']:.1%}, a face found in
   {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.
 - **Trained by** (on a 2-core CPU; {entry['train_minutes']:.1f} min of epochs as recorded, see the
-  README's Benchmarks for what else ran on the machine):
+  RESULTS.md's "Models on UTKFace" for what else ran on the machine):
 
       python eda.py --data-dir ../shared/data/UTKFace --out-dir bench/work/F --seed 42
       {entry['command']}
@@ -516,7 +565,7 @@ def table(results) -> str:
 
 
 def cross_table(results) -> str:
-    """FG-NET through inference.py's pipeline, and the crop-consistency checks, as README tables."""
+    """FG-NET through inference.py's pipeline, and the crop-consistency checks, as Markdown tables."""
     rows = results.get("cross", {}).get("FGNET", {})
     lines = ["| model | detector, crop | FG-NET MAE | CS@5 | photos with a face | per decade (0-9, 10-19, ...) |",
              "|---|---|---|---|---|---|"]
@@ -536,23 +585,565 @@ def cross_table(results) -> str:
     return "\n".join(lines) if rows or checks else ""
 
 
-def main(args):
-    if args.table:
-        print(table(load_results(args.out)))
-        print()
-        print(ablation_table(load_results(args.out)))
-        print()
-        print(cross_table(load_results(args.out)))
-        return
-    if args.probes:
-        results = load_results(args.out)
-        results["probes"] = speed_probes()
-        save_results(args.out, results)
-        print(json.dumps(results["probes"], indent=1))
-        return
-    data_dir, work = Path(args.data_dir), Path(args.work_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"UTKFace folder not found: {data_dir} (pass --data-dir)")
+# ---------------------------------------------------------------------------------------------------
+# RESULTS.md and the README's results block: template text, every figure read from bench/ (never typed).
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+TARGETS = {"cache_speedup": 20, "train_images_per_s": 320, "jit_b1_ms": 1.0, "jit_b64_images_per_s": 1000,
+           "end_to_end_ms": 60, "fgnet_mae": 6.0}  # the project's targets
+MODEL_NOTES = {
+    "simplecnn_seed": "the seed's recipe: regression head, L1, constant learning rate, flips only, no flip-TTA, "
+                      "the seed's denoise and deblur",
+    "simplecnn": "the seed's network and head with the default augmentation, warm-up + cosine and flip-TTA",
+    "simplecnn_dldl": "label-distribution head, L1, default augmentation (flip, rotation, shift, scale, "
+                      "brightness/contrast), warm-up + cosine, flip-TTA, the seed's denoise and deblur",
+    "simplecnn_bn_dldl": "`simplecnn_dldl` with BatchNorm after each conv and dropout 0.3",
+    "simplecnn_tuned": "the experiments' base plus the levers that won on validation (MSE on the expected age, "
+                       "denoise and deblur off), 40 epochs: `train.py`'s defaults",
+    "simplecnn_tuned_96px": "`simplecnn_tuned` at 96 px input",
+    "simplecnn_photo": "`simplecnn_tuned` with 20 % of the training images turned gray (`--augment photo`: "
+                       "scanned and old photos are often gray)",
+    "resnet18_dldl": "ResNet-18 from scratch at 112 px (meant for a GPU)",
+}
+PROBE_LABELS = {
+    "batch64_contiguous_glibc_default": "training step, batch 64, contiguous, glibc default",
+    "batch64_channels_last_glibc_default": "training step, batch 64, channels_last, glibc default",
+    "batch32_channels_last_glibc_default": "training step, batch 32, channels_last, glibc default",
+    "batch64_contiguous_keep_freed": "training step, batch 64, contiguous, freed memory kept",
+    "batch64_channels_last_keep_freed": "training step, batch 64, channels_last, freed memory kept (**kept**)",
+    "batch32_channels_last_keep_freed": "training step, batch 32, channels_last, freed memory kept",
+    "batch16_channels_last_keep_freed": "training step, batch 16, channels_last, freed memory kept",
+    "batch8_channels_last_keep_freed": "training step, batch 8, channels_last, freed memory kept",
+    "batch64_channels_last_keep_freed_relu_then_pool": "training step, batch 64, the seed's order ReLU → MaxPool",
+    "batch64_channels_last_keep_freed_pool_then_relu": "the same, right after, MaxPool → ReLU (**kept**)",
+    "optimize_for_inference_glibc_default": "frozen + `optimize_for_inference`, glibc default allocator",
+    "eager": "eager", "traced": "traced", "frozen": "frozen",
+    "optimize_for_inference": "frozen + `optimize_for_inference`, freed memory kept (**kept**, applied at load time)",
+}
+FIGURES = {  # figures written by the runs, copied next to RESULTS.md
+    "data": [("sample faces", "pics/sample_images.png"), ("age distribution", "figs/age_distribution.png"),
+             ("split distributions", "figs/train_test_valid_age_distri.png")],
+    "final": [("simplecnn_tuned learning curves", "figs/utkface_S_simplecnn_tuned_learning_curves.png"),
+              ("simplecnn_tuned predicted vs true age, test split", "figs/utkface_S_simplecnn_tuned_pred_vs_true.png")],
+    "search": [("overfit check", "figs/utkface_overfit.png"), ("learning-rate sweep", "figs/utkface_lr_sweep.png"),
+               ("weight-decay grid", "figs/utkface_grid_search.png")],
+}
+EDA_REPORT = Path("figs") / "utkface_20_50_report.json"  # Protocol S's data_report.json, copied
+CROSS_DIR = "../shared/data/FGNET"
+# not recorded in best_params.json: train.py's defaults when the UTKFace search ran, spelled out
+SEARCH_RECIPE = ["--denoise", "--deblur"]
+
+
+def read_json(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_csv(path):
+    import csv
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def shipped_run(card):
+    """The PROTOCOL/NAME the model card in models/ was written from (benchmark.py --ship), or None."""
+    import re
+    card = Path(card)
+    found = re.search(r"benchmark\.py --ship (\S+?)`", card.read_text()) if card.is_file() else None
+    return found.group(1) if found else None
+
+
+def load_sources(args) -> dict:
+    """Everything RESULTS.md is made from: results.json, detection.json, and the search, export and data
+    records in bench/ and figs/ (paths of the last two relative to RESULTS.md's folder)."""
+    bench, root = Path(args.out).parent, Path(args.results_md).parent
+    mobile = sorted(bench.glob("mobile_exports_*.json"))
+    return {"results": load_results(args.out), "detection": read_json(args.detection),
+            "search": {"lr_sweep": read_csv(bench / "lr_sweep.csv"), "grid": read_csv(bench / "grid_search.csv"),
+                       "best": read_json(bench / "best_params.json")},
+            "mobile": read_json(mobile[0]) if mobile else None, "eda_report": read_json(root / EDA_REPORT),
+            "shipped": shipped_run(root / SHIPPED.parent / "README.md")}
+
+
+def chosen_on_validation(models):
+    """The name of the entry with the lowest best validation MAE (None for none)."""
+    return min(models, key=lambda n: models[n]["best_val_mae"], default=None)
+
+
+def code_block(lines):
+    return ["```bash", *lines, "```"]
+
+
+def details(summary, lines):
+    return ["<details><summary>" + summary + "</summary>", "", *code_block(lines), "", "</details>"]
+
+
+def figures(key):
+    return [" ".join(f"![{alt}]({path})" for alt, path in FIGURES[key])]
+
+
+def data_section(sources):
+    results, report = sources["results"], sources["eda_report"]
+    data = results.get("data", {})
+    if not data:
+        return []
+    defaults = get_args_parser().parse_args([])
+    lines = ["## Data", "",
+             f"UTKFace (`{defaults.data_dir}`, read in place) through `eda.py`: byte-identical duplicates merged, "
+             "duplicate groups with conflicting ages dropped, stratified 80:10:10 with seed 42. Selection of the "
+             "best epoch, and of the recipe, uses validation only; the test split is read once per final model.", "",
+             "| protocol | ages | used | train / val / test | duplicate files merged | conflicting groups dropped "
+             "| age mean / median | test MAE of predicting the training median |", "|---|---|---|---|---|---|---|---|"]
+    for protocol, d in data.items():
+        s, dup, age = d["splits"], d["duplicates"], d["age"]
+        lines.append(f"| {protocol} | {age['min']}–{age['max']} | {d['used']:,} | {s['train']:,} / {s['val']:,} / "
+                     f"{s['test']:,} | {dup['duplicate_files_removed']:,} | {dup['conflict_groups_dropped']:,} "
+                     f"({dup['conflict_files_dropped']:,} files) | {age['mean']:.1f} / {age['median']:g} | "
+                     f"{d['test_mae_of_train_median']:.2f} |")
+    lines += ["", "Made by (each run by `python benchmark.py --protocols P`):", ""]
+    lines += code_block(["python " + shlex.join(["eda.py", *eda_argv(defaults.data_dir, defaults.work_dir, p)])
+                         for p in data])
+    if report:
+        lines += ["", f"Protocol S's `data_report.json` (copied to `{EDA_REPORT}`): {report['found']:,} files found, "
+                  f"{report['skipped'].get('outside_min_max_age', 0):,} outside "
+                  f"{report['min_age_filter']}–{report['max_age_filter']}, scanned (discover, decode-check, hash) in "
+                  f"{report['scan_seconds']} s."]
+    return lines + ["", *figures("data")]
+
+
+def model_commands(results):
+    out = []
+    for protocol, models in results.get("protocols", {}).items():
+        for name, r in models.items():
+            if "command" in r:
+                out += [f"# {protocol}/{name}" + (f" ({r['command_note']})" if r.get("command_note") else ""),
+                        r["command"]]
+    return out
+
+
+def models_section(sources):
+    results = sources["results"]
+    protocols = results.get("protocols", {})
+    if not any(protocols.values()):
+        return []
+    lines = ["## Models on UTKFace", "",
+             "Each row is one `train.py` run, started by `python benchmark.py --protocols P --models NAME` "
+             "(its exact command below). **Protocol S**: ages 20–50 (the seed data set's range); **Protocol F**: "
+             "all ages. train img/s and train min are as recorded during each run: they depend on the code of "
+             "the day and on what else ran on the machine (Speed has the controlled figures).", "",
+             table(results), "", *details("The train.py command of each row (from bench/results.json)",
+                                          model_commands(results)), "",
+             "The models (each is `MODEL_BASE` in `benchmark.py` with the flags shown):", ""]
+    for name in MODELS:
+        ran = [p for p, models in protocols.items() if name in models]
+        flags = f"`{shlex.join(MODELS[name])}`" if MODELS[name] else "`MODEL_BASE` itself"
+        lines.append(f"- `{name}`: {MODEL_NOTES.get(name, '')}; {flags}"
+                     + ("" if ran else " (no result yet)") + ".")
+    data = results.get("data", {})
+    lines += ["", "- Predicting the training split's median age instead: test MAE "
+              + ", ".join(f"{d['test_mae_of_train_median']:.2f} (Protocol {p})" for p, d in data.items()) + "."]
+    for protocol, models in protocols.items():
+        best = chosen_on_validation(models)
+        if best:
+            decades = ", ".join(f"{k}: {v}" for k, v in models[best]["test_mae_per_decade"].items())
+            lines.append(f"- Protocol {protocol}, chosen on validation: `{best}` (validation "
+                         f"{models[best]['best_val_mae']:.2f}, test {models[best]['test_mae']:.2f}). "
+                         f"Test MAE per decade: {decades}.")
+    return lines
+
+
+def shipped_section(sources):
+    results, shipped = sources["results"], sources["shipped"]
+    candidates = {f"{p}/{n}": r for p, models in results.get("protocols", {}).items()
+                  for n, r in models.items() if "val_mae_gray" in r}
+    if not candidates:
+        return []
+    fgnet = results.get("cross", {}).get("FGNET", {})
+    mean = {k: (r["best_val_mae"] + r["val_mae_gray"]) / 2 for k, r in candidates.items()}
+    chosen = min(mean, key=mean.get)
+    lines = ["## Choosing the shipped model", "",
+             "The model in `models/` was chosen by a rule fixed before any candidate was evaluated: the lowest "
+             "mean of the validation MAE on the colour faces and on gray copies of them (real photos include gray "
+             "scans); the test split and FG-NET play no part.", "",
+             "| model | val MAE, colour | val MAE, gray copies | mean | test MAE | FG-NET MAE |", "|---|---|---|---|---|---|"]
+    for key, r in candidates.items():
+        fg = f"{fgnet[key]['mae']:.2f}" if key in fgnet else "-"
+        mark = " (**chosen**)" if key == chosen else ""
+        lines.append(f"| {key}{mark} | {r['best_val_mae']:.2f} | {r['val_mae_gray']:.2f} | {mean[key]:.2f} | "
+                     f"{r['test_mae']:.2f} | {fg} |")
+    lines += ["", f"Shipped: `{shipped or 'none yet'}`" + ("" if shipped in (None, chosen) else
+                                                            f" (not the rule's choice, {chosen})") + ", by:", ""]
+    return lines + code_block([f"python benchmark.py --ship {shipped or chosen}   # copies the exports to "
+                               "models/ and writes models/README.md, the model card"])
+
+
+def ablation_reading(runs):
+    """The generated "how to read it" of the experiments table."""
+    base = runs["base"]["val_mae"]
+    delta = {n: r["val_mae"] - base for n, r in runs.items() if n != "base"}
+    noise = abs(delta.get("base_seed_2", 0.0))
+    lever = {n: d for n, d in delta.items() if n != "base_seed_2"}
+
+    def listing(names):
+        return ", ".join(f"`{n}` ({lever[n]:+.3f})" for n in sorted(names, key=lever.get)) or "none"
+    tta = {n: r["val_mae_no_tta"] - r["val_mae_flip_tta"] for n, r in runs.items() if "val_mae_flip_tta" in r}
+    helped = [v for v in tta.values() if v > 0]
+    hurt = [f"`{n}` ({-v:+.3f})" for n, v in tta.items() if v <= 0]
+    return ["How to read it:", "",
+            f"- **Noise.** The base trained again with another seed (`base_seed_2`) differs by {noise:.3f} years, so "
+            "differences of about that size are not evidence (one pair of seeds is a rough estimate, not an error bar).",
+            f"- **Better than the base beyond that noise:** {listing(n for n, d in lever.items() if d < -noise)}.",
+            f"- **Worse beyond the noise:** {listing(n for n, d in lever.items() if d > noise)}.",
+            f"- **Within the noise:** {listing(n for n, d in lever.items() if abs(d) <= noise)}.",
+            f"- **Flip-TTA** lowered the validation MAE in {len(helped)} of {len(tta)} runs"
+            + (f" (by {min(helped):.3f}–{max(helped):.3f})" if helped else "")
+            + (f"; it raised it in {', '.join(hurt)}" if hurt else "") + ".",
+            "- **Kept** in the finals (`simplecnn_tuned*`, 40 epochs): MSE on the expected age and denoise/deblur "
+            "off; the 96 px input as a separate final, because it changes the model's size and speed. Light "
+            "augmentation was not kept: 10-epoch runs favour levers that pay off early, and with flips only the "
+            "training MAE falls below validation sooner (each run's `history.json`); a 40-epoch flips-only run is "
+            "the open check."]
+
+
+def finals_lines(protocols):
+    s = protocols.get("S", {})
+    lines = []
+    if "simplecnn_seed" in s and "simplecnn_dldl" in s:
+        a, b = s["simplecnn_seed"], s["simplecnn_dldl"]
+        lines.append(f"- Before the one-lever runs, not one at a time: the seed recipe → `simplecnn_dldl`: validation "
+                     f"{a['best_val_mae']:.2f} → {b['best_val_mae']:.2f}, test {a['test_mae']:.2f} → {b['test_mae']:.2f}.")
+    finals = {n: s[n] for n in ("simplecnn_tuned", "simplecnn_tuned_96px") if n in s}
+    for name, r in finals.items():
+        lines.append(f"- **Final** `{name}`: validation {r['best_val_mae']:.2f} (best epoch {r['best_epoch']} of "
+                     f"{r['epochs']}), **test {r['test_mae']:.2f}** (CS@5 {r['test_cs5']:.1%}), "
+                     f"{r['train_minutes']:.1f} min of training at {r['train_images_per_s']:.0f} images/s, "
+                     f"`model.jit` {r['latency_b1_ms']:.2f} ms per face.")
+    if len(finals) == 2:
+        lines.append(f"- Chosen on validation: `{chosen_on_validation(finals)}`; the other is the choice when speed "
+                     "matters more.")
+    return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
+
+
+def experiments_section(sources):
+    results = sources["results"]
+    runs = results.get("ablations", {})
+    if "base" not in runs:
+        return []
+    base_args = train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o", *ABLATION_BASE])
+    lines = ["## Experiments", "",
+             f"One lever at a time on Protocol S: a **base** recipe ({runs['base']['change']}, batch "
+             f"{base_args.batch_size}, {base_args.epochs} epochs) and, for each lever, the base with that one change. "
+             "Each run's best epoch is judged on the validation split (the test split is not read); \"without "
+             "flip-TTA\" is the same checkpoint evaluated without the mirrored image.", ""]
+    lines += code_block([f"python benchmark.py --ablations {','.join(runs)}"])
+    lines += ["", ablation_table(results), "",
+              *details("The train.py command of each run (from bench/results.json)",
+                       [c for n, r in runs.items() if "command" in r for c in (f"# {n}", r["command"])]), ""]
+    return lines + ablation_reading(runs) + [""] + finals_lines(results.get("protocols", {}))
+
+
+def reached(ok):
+    return "reached" if ok else "not reached"
+
+
+def speed_table(results):
+    speed, s = results.get("speed"), results.get("protocols", {}).get("S", {})
+    chosen = chosen_on_validation(s)
+    lines = ["| what | measured | target |", "|---|---|---|"]
+    if speed:
+        lines += [f"| loader, preprocessing every item every epoch | {speed['loader_uncached_images_per_s']:,.0f} "
+                  "images/s | |",
+                  f"| loader, reading the preprocessing cache | {speed['loader_cached_images_per_s']:,.0f} images/s "
+                  f"({speed['loader_cache_speedup']:,.0f}×) | ≥ {TARGETS['cache_speedup']}× — "
+                  f"{reached(speed['loader_cache_speedup'] >= TARGETS['cache_speedup'])} |"]
+    if chosen:
+        r = s[chosen]
+        others = ", ".join(f"{n} {m['train_images_per_s']:.0f}" for n, m in s.items() if n != chosen)
+        lines += [f"| training through `train.py`, median epoch | {r['train_images_per_s']:.0f} images/s (`{chosen}`); "
+                  f"{others} | ≥ {TARGETS['train_images_per_s']} images/s — "
+                  f"{reached(r['train_images_per_s'] >= TARGETS['train_images_per_s'])} |",
+                  f"| `model.jit` batch-1 latency | {r['latency_b1_ms']:.2f} ms (`{chosen}`); "
+                  + ", ".join(f"{n} {m['latency_b1_ms']:.2f}" for n, m in s.items() if n != chosen)
+                  + f" | ≤ {TARGETS['jit_b1_ms']:g} ms — {reached(r['latency_b1_ms'] <= TARGETS['jit_b1_ms'])} |",
+                  f"| `model.jit` batch-64 throughput | {r['images_per_s_b64']:,.0f} images/s (`{chosen}`); "
+                  + ", ".join(f"{n} {m['images_per_s_b64']:,.0f}" for n, m in s.items() if n != chosen)
+                  + f" | ≥ {TARGETS['jit_b64_images_per_s']:,} — "
+                  f"{reached(r['images_per_s_b64'] >= TARGETS['jit_b64_images_per_s'])} |"]
+    return lines if len(lines) > 2 else []
+
+
+def probe_lines(probes):
+    train_ips, inference = probes["train_images_per_s"], probes["inference"]
+    lines = ["| probe | images/s |", "|---|---|"]
+    lines += [f"| {PROBE_LABELS.get(k, k)} | {v:,.0f} |" for k, v in train_ips.items()]
+    if "augment_images_per_s" in probes:
+        lines.append(f"| whole-batch augmentation alone (`affine_grid`/`grid_sample`) | {probes['augment_images_per_s']:,.0f} |")
+    lines += ["", "| `model.jit` variant (random SimpleCNN, 128 px) | batch-1 ms | batch-64 images/s |", "|---|---|---|"]
+    lines += [f"| {PROBE_LABELS.get(k, k)} | {v['b1_ms']:.2f} | {v['b64_images_per_s']:,.0f} |" for k, v in inference.items()]
+    gain = [train_ips[f"batch64_{m}_keep_freed"] / train_ips[f"batch64_{m}_glibc_default"] - 1
+            for m in ("contiguous", "channels_last") if f"batch64_{m}_keep_freed" in train_ips]
+    order = [train_ips.get(f"batch64_channels_last_keep_freed_{k}") for k in ("relu_then_pool", "pool_then_relu")]
+    lines += ["", "- **glibc kept from returning freed memory to the OS** (`functions.keep_freed_memory`, called by "
+              "`train.py`, `inference.py` and `hyperparameter_tunning.py`): each training step and batch-64 forward "
+              "pass no longer pays page faults on fresh zeroed pages"
+              + (f": {' to '.join(dict.fromkeys(f'{g:+.0%}' for g in sorted(gain)))} images/s at batch 64" if gain else "")
+              + ". The process keeps its peak memory until it exits; a no-op on other C libraries."]
+    if all(order):
+        lines.append(f"- **MaxPool before ReLU** in `SimpleCNN` (the same outputs and gradients, a test checks it): "
+                     f"{order[1] / order[0] - 1:+.0%} back to back, within the run-to-run noise of about ±10 %.")
+    lines.append("- `optimize_for_inference` is applied when `model.jit` is loaded, because an optimised module does "
+                 "not survive `torch.jit.save`/`load` in this torch.")
+    return lines
+
+
+def speed_section(sources):
+    results = sources["results"]
+    table_lines, probes = speed_table(results), results.get("probes")
+    if not table_lines and not probes:
+        return []
+    lines = ["## Speed", "", "Loader figures from `python benchmark.py --protocols S` (192 training images), training "
+             "and `model.jit` figures from the Protocol S rows of Models on UTKFace.", "", *table_lines]
+    if probes:
+        lines += ["", f"The probes behind the speed choices: a stand-alone training step with random weights and "
+                  f"data, augmentation included, {probes['threads']} threads; repeated runs of one probe vary by "
+                  "about ±10 %.", "", *code_block(["python benchmark.py --probes"]), "", *probe_lines(probes)]
+    return lines
+
+
+def cross_command(results):
+    fgnet = results.get("cross", {}).get("FGNET", {})
+    keys = [k.split(" (")[0] for k in fgnet]
+    protocols = list(dict.fromkeys(k.split("/")[0] for k in keys))
+    models = list(dict.fromkeys(k.split("/")[1] for k in keys))
+    argv = ["python", "benchmark.py", "--cross", CROSS_DIR, "--protocols", ",".join(protocols), "--models",
+            ",".join(models)]
+    if any(" (" in k for k in fgnet):
+        argv.append("--cross-compare")
+    checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c and c["model"] in keys]
+    if checks:
+        argv += ["--crop-check", str(checks[-1]["images"])]
+    return shlex.join(argv)
+
+
+def cross_reading(results, shipped):
+    fgnet = results.get("cross", {}).get("FGNET", {})
+    lines = []
+    for key, r in fgnet.items():
+        box = fgnet.get(f"{key} (Haar box crop)")
+        if box:
+            lines.append(f"- `{key}`: {box['mae']:.2f} with a Haar box and a square crop → {r['mae']:.2f} with the "
+                         f"model's own crop; a face found in {r['faces_found']:.1%} of the photos instead of "
+                         f"{box['faces_found']:.1%}.")
+    if shipped in fgnet:
+        r = fgnet[shipped]
+        worst = sorted(r["mae_per_decade"].items(), key=lambda kv: -kv[1])[:2]
+        lines.append(f"- FG-NET target (MAE ≤ {TARGETS['fgnet_mae']:.1f}): "
+                     f"{reached(r['mae'] <= TARGETS['fgnet_mae'])}; the shipped model (`{shipped}`) has "
+                     f"{r['mae']:.2f}, worst in " + " and ".join(f"{k} ({v:.1f})" for k, v in worst) +
+                     ". FG-NET differs from UTKFace in more than the crop: scanned prints, grain, colour casts, gray "
+                     "photos and a child-heavy age range.")
+    for c in results.get("crop_consistency", []):
+        if "gap_same_light" in c:
+            lines.append(f"- Detection and alignment cost little, light more (`{c['model']}`): UTKFace test faces "
+                         f"found again in scenes are predicted {c['gap_same_light']:+.2f} years worse than the files at "
+                         f"the original brightness, {c['gap']:+.2f} with the scenes' random brightness.")
+    return lines + ["- The largest face of a photo is taken as the labelled person; FG-NET has a few photos where "
+                    "it is not."]
+
+
+def cross_section(sources):
+    results = sources["results"]
+    tables = cross_table(results)
+    if not tables:
+        return []
+    return ["## Real photos: FG-NET and the face crop", "",
+            "The Protocol F models on FG-NET (1,002 scanned photos of 82 people, read in place) through "
+            "`inference.py`'s own pipeline (detect, align, preprocess, predict; a photo without a face is counted, "
+            "not guessed), once with the model's own crop and once with a Haar box and a square crop; and Protocol "
+            "F test faces pasted into the scenes of Face detection, compared with the files themselves.", "",
+            *code_block([cross_command(results)]), "", tables, "", *cross_reading(results, sources["shipped"])]
+
+
+def detection_section(sources):
+    import bench_detection
+    detection = sources["detection"]
+    if not detection:
+        return []
+    sc = detection["scenes"]
+    lines = ["## Face detection", "",
+             f"Scenes: UTKFace chips pasted into {sc['canvas'][0]}×{sc['canvas'][1]} random backgrounds at "
+             f"{sc['face_fraction_of_height'][0]:.0%}–{sc['face_fraction_of_height'][1]:.0%} of the height, tilted up "
+             f"to ±{sc['max_tilt_degrees']:g}°, the scene darker or brighter (gain {sc['gain'][0]}–{sc['gain'][1]}); a "
+             "face is found when a box is centred on it and of its size, every other box is false. Faceless: the same "
+             "backgrounds without a face. FG-NET: its full scanned photos.", "",
+             *code_block([bench_detection.command(detection)]), "", bench_detection.detector_table(detection), "",
+             "- **`auto`** (the default) is a cascade: dlib's HOG detector; Haar proposals for faces under HOG's "
+             "~80 px window, each checked by HOG on an enlarged patch; only where nothing was found, Haar down to "
+             "20 px, HOG on a contrast-equalised, padded copy and on copies turned by ±25°, at a lower threshold. "
+             "The faceless column shows what that costs in invented boxes.",
+             "- `hog` alone misses small, dark and tilted faces; `haar` alone finds small faces but also false boxes "
+             "and misses tilted ones; `mmod` (dlib's CNN) finds the most but costs seconds per photo on a CPU."]
+    e2e = detection.get("end_to_end")
+    if e2e:
+        lines.append(f"- **End to end** (`auto`, detect → landmarks → chip → preprocess → `{e2e['model']}`, ONNX "
+                     f"Runtime) on the {e2e['n']} scenes: median {e2e['ms_per_photo_median']:.1f} ms per photo, mean "
+                     f"{e2e['ms_per_photo_mean']:.1f}, 90th percentile {e2e['ms_per_photo_p90']:.1f}; target "
+                     f"{TARGETS['end_to_end_ms']} ms: median "
+                     f"{reached(e2e['ms_per_photo_median'] <= TARGETS['end_to_end_ms'])}, mean "
+                     f"{reached(e2e['ms_per_photo_mean'] <= TARGETS['end_to_end_ms'])} (the fallback passes run where "
+                     "the first pass finds nothing).")
+    crops = bench_detection.crop_table(detection)
+    if crops:
+        lines += ["", "## Which crop to use", "", "UTKFace files re-chipped from a border-padded copy and compared "
+                  "with the file (same command):", "", crops, "",
+                  "UTKFace-trained models use `utkface`, UTKFace's own recipe. The 68-point landmark model was trained "
+                  "on iBUG 300-W, whose terms exclude commercial use (and UTKFace itself is for non-commercial research "
+                  "only). Commercial users training on their own licensed photos run `eda.py --align --align-crop "
+                  "utkface5`: dlib's 5-point model (CC0 training data) with a template fitted on UTKFace's chips "
+                  "(`python bench_detection.py --fit-chip5 300` prints it); it is less exact per face."]
+    return lines
+
+
+def mobile_section(sources):
+    mobile = sources["mobile"]
+    if not mobile:
+        return []
+    lat = mobile["latency"]
+    argv = ["python", "export_mobile.py", "--checkpoint", mobile["checkpoint"]] + (["--quantize"] if mobile.get("int8") else [])
+    lines = ["## Mobile exports", "", *code_block([shlex.join(argv)]), "",
+             f"Batch {lat['batch']}, {lat['image_size']} px, {lat['threads']} thread(s), median of {lat['runs']} runs:", "",
+             "| file | format | size | latency (median) | p90 |", "|---|---|---|---|---|"]
+    lines += [f"| `{r['file']}` | {r['format']} | {r['size_bytes'] / 1024:,.0f} KB | {r['latency_ms_median']:.2f} ms | "
+              f"{r['latency_ms_p90']:.2f} ms |" for r in lat["rows"]]
+    q = mobile.get("int8")
+    if q:
+        lines += ["", f"int8 costs {q['val_mae_int8'] - q['val_mae_float']:+.3f} years of validation MAE "
+                  f"({q['val_mae_float']:.3f} → {q['val_mae_int8']:.3f}, n = {q['val_n']:,}; largest per-image "
+                  f"difference {q['max_abs_diff_vs_float']:.2f} years; {q['calibration_images']} calibration images)."]
+    return lines
+
+
+def search_section(sources):
+    search = sources["search"]
+    best, sweep, grid = search["best"], search["lr_sweep"], search["grid"]
+    if not best or not sweep:
+        return []
+    argv = ["python", "hyperparameter_tunning.py", "--splits", "bench/work/S/splits", "--model", best["model"],
+            "--out-dir", "bench/work/S/search", "--lrs", ",".join(r["lr"] for r in sweep),
+            "--weight-decays", ",".join(dict.fromkeys(r["weight_decay"] for r in grid)),
+            "--epochs-per-trial", str(best["trial_epochs"]), "--subset-fraction", str(best["subset_fraction"]),
+            "--top-lrs", str(len({r["lr"] for r in grid}))] + (["--skip-final"] if best.get("final") is None else [])
+    argv += ["--head", best["head"], "--loss", best["loss"], *SEARCH_RECIPE]
+    overfit = best["overfit_check"]
+    lines = ["## Hyper-parameter search", "",
+             f"On Protocol S, sized for a 2-core CPU ({best['subset_fraction']:.0%} of the training split, "
+             f"{best['trial_epochs']} epochs per trial); selection on validation only.", "",
+             *code_block([shlex.join(argv)]), "",
+             "| trial | lr | weight decay | val MAE | val CS@5 | train MAE | seconds |", "|---|---|---|---|---|---|---|"]
+    for step, rows in (("lr sweep", sweep), ("weight-decay grid", grid)):
+        lines += [f"| {step}{' (the sweep trial)' if r.get('source') == 'lr_sweep' else ''} | {r['lr']} | {r['weight_decay']} | {float(r['val_mae']):.3f} | {float(r['val_cs5']):.1%} | "
+                  f"{float(r['train_mae']):.3f} | {r['seconds']} |" for r in rows]
+    lines += ["", f"- Overfit check: {'passed' if overfit['passed'] else 'failed'}, training MAE "
+              f"{overfit['final_mae']:.2f} after {overfit['steps']} steps.",
+              f"- Chosen ({best['selected_by']}): lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
+              f"(val MAE {best['val_mae']:.3f}); the CSVs and `best_params.json` are copied to `bench/`.", ""]
+    return lines + figures("search")
+
+
+SECTIONS = (data_section, models_section, shipped_section, experiments_section, speed_section, cross_section,
+            detection_section, mobile_section, search_section)
+
+
+def results_markdown(sources) -> str:
+    """RESULTS.md: every table and write-up, from load_sources()."""
+    results = sources["results"]
+    parts = [section(sources) for section in SECTIONS]
+    titles = [p[0][3:] for p in parts if p]
+    head = ["# Results", "",
+            "Every figure of this project on real faces. Generated by `python benchmark.py --table` from "
+            "`bench/results.json`, `bench/detection.json` and the search and export records in `bench/`: do not "
+            "edit by hand. Each table names the command that produced it."
+            + (f" Machine: {results['machine']}; latest full run {results['date']}." if "machine" in results else ""),
+            "", " · ".join(f"[{t}](#{anchor(t)})" for t in titles)]
+    return "\n".join(head + [line for p in parts if p for line in ["", *p]]) + "\n"
+
+
+def anchor(title):
+    """GitHub's anchor of a heading."""
+    import re
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def headline_block(sources) -> str:
+    """The README's "Results at a glance": a few headline figures, between README_START and README_END."""
+    results, detection, shipped = sources["results"], sources["detection"], sources["shipped"]
+    protocols = results.get("protocols", {})
+    rows = []
+    if shipped:
+        p, n = shipped.split("/")
+        r, fg = protocols.get(p, {}).get(n), results.get("cross", {}).get("FGNET", {}).get(shipped)
+        if r:
+            rows.append(f"| the shipped model (`models/`, `{shipped}`) | UTKFace test MAE **{r['test_mae']:.2f}** years, "
+                        f"CS@5 {r['test_cs5']:.1%} (n = {r['test_images']:,}, ages "
+                        f"{results['data'][p]['age']['min']}–{results['data'][p]['age']['max']}) |")
+        if fg:
+            rows.append(f"| the same on FG-NET (another data set, through `inference.py`) | MAE {fg['mae']:.2f}, a face "
+                        f"found in {fg['faces_found']:.1%} of {fg['photos']:,} photos |")
+    s_best = chosen_on_validation(protocols.get("S", {}))
+    if s_best:
+        r = protocols["S"][s_best]
+        rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
+                    f"{r['test_mae']:.2f}; `model.jit` {r['latency_b1_ms']:.2f} ms per face, "
+                    f"{r['train_minutes']:.0f} min of training on a CPU |")
+    if detection:
+        auto, e2e = detection["detectors"].get("auto"), detection.get("end_to_end")
+        if auto:
+            rows.append(f"| face detection (`auto`) | {auto['scenes']['detection_rate']:.1%} of faces found in "
+                        f"test scenes, {auto['faceless']['false_boxes_per_image']:.3f} false boxes per faceless scene |")
+        if e2e:
+            rows.append(f"| photo → age, end to end | median {e2e['ms_per_photo_median']:.0f} ms per 640×480 photo "
+                        "on a CPU |")
+    lines = [README_START, "<!-- generated by `python benchmark.py --table` from bench/; do not edit -->"]
+    if rows:
+        lines += ["| | |", "|---|---|", *rows]
+    return "\n".join(lines + [README_END])
+
+
+def replace_marked_block(text, block) -> str:
+    """text with everything from README_START to README_END (both included) replaced by block, which
+    starts and ends with the markers itself."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise DataError(f"no {README_START} ... {README_END} block to rewrite")
+    return text[:start] + block + text[end + len(README_END):]
+
+
+def write_tables(args):
+    """--table: print the main tables, write RESULTS.md and the README's results block (atomically)."""
+    sources = load_sources(args)
+    results = sources["results"]
+    for text in (table(results), ablation_table(results), cross_table(results)):
+        print(text, end="\n\n")
+    markdown = results_markdown(sources)
+    atomic_write(args.results_md, lambda f: f.write(markdown.encode()))
+    print(f"wrote {args.results_md}")
+    readme = Path(args.readme)
+    if readme.is_file():
+        old = readme.read_text()
+        new = replace_marked_block(old, headline_block(sources))
+        if new != old:
+            atomic_write(readme, lambda f: f.write(new.encode()))
+        print(f"rewrote the results block of {readme}" if new != old else f"{readme}'s results block is current")
+    return markdown
+
+
+def selection(args):
+    """The checked --protocols and --models lists (and the UTKFace folder, which every mode below needs)."""
+    if not Path(args.data_dir).is_dir():
+        raise DataError(f"UTKFace folder not found: {args.data_dir} (pass --data-dir)")
     protocols = ["S"] if args.quick else [p.strip() for p in args.protocols.split(",") if p.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in models:
@@ -561,65 +1152,116 @@ def main(args):
     for p in protocols:
         if p not in PROTOCOLS:
             raise DataError(f"unknown protocol {p!r}; choose S or F")
-    if args.cross:
-        results = load_results(args.out)
-        check_cross(args, work, results, Path(args.out))
-        if args.crop_check:
-            check_crops(args, work, protocols[-1], models[-1], results, Path(args.out))
-        return
-    if args.ship:
-        ship(args, work, load_results(args.out))
-        return
-    out_path = Path(args.out) if not args.quick else Path(args.out).with_name("results_quick.json")
+    return protocols, models
+
+
+def results_path(args):
+    return Path(args.out) if not args.quick else Path(args.out).with_name("results_quick.json")
+
+
+def run_probes(args):
+    """--probes"""
+    results = load_results(args.out)
+    results["probes"] = speed_probes()
+    save_results(args.out, results)
+    print(json.dumps(results["probes"], indent=1))
+
+
+def run_cross(args, protocols, models):
+    """--cross DIR [--crop-check N]"""
+    results = load_results(args.out)
+    check_cross(args, Path(args.work_dir), results, Path(args.out))
+    if args.crop_check:
+        check_crops(args, Path(args.work_dir), protocols[-1], models[-1], results, Path(args.out))
+
+
+def run_ablations(args):
+    """--ablations NAMES"""
+    out_path, work = results_path(args), Path(args.work_dir)
     results = load_results(out_path)
-    if args.ablations:
-        names = [a.strip() for a in args.ablations.split(",") if a.strip()]
-        for name in names:
-            if name not in ABLATIONS:
-                raise DataError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
-        splits = work / "S" / "splits"
-        if not (splits / "train.csv").is_file():
-            raise DataError(f"no Protocol S splits in {splits}; run `python benchmark.py --protocols S` first")
-        for name in names:
-            print(f"== ablation {name}: {ABLATIONS[name][0]}", flush=True)
-            results.setdefault("ablations", {})[name] = run_ablation(name, splits, work, args.quick)
-            print(json.dumps(results["ablations"][name]), flush=True)
+    names = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    for name in names:
+        if name not in ABLATIONS:
+            raise DataError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    splits = work / "S" / "splits"
+    if not (splits / "train.csv").is_file():
+        raise DataError(f"no Protocol S splits in {splits}; run `python benchmark.py --protocols S` first")
+    for name in names:
+        print(f"== ablation {name}: {ABLATIONS[name][0]}", flush=True)
+        results.setdefault("ablations", {})[name] = run_ablation(name, splits, work, args.quick)
+        print(json.dumps(results["ablations"][name]), flush=True)
+        save_results(out_path, results)
+    print(ablation_table(results))
+
+
+def run_refresh(args, protocols, models):
+    """--refresh-exports"""
+    out_path, work = results_path(args), Path(args.work_dir)
+    results = load_results(out_path)
+    for protocol in protocols:
+        for name in models:
+            print(protocol, name, json.dumps(refresh_exports(protocol, name, work, results)))
             save_results(out_path, results)
-        print(ablation_table(results))
-        return
-    if args.refresh_exports:
-        for protocol in protocols:
-            for name in models:
-                print(protocol, name, json.dumps(refresh_exports(protocol, name, work, results)))
-                save_results(out_path, results)
-        if args.crop_check:
-            check_crops(args, work, protocols[-1], models[-1], results, out_path)
-        print(table(results))
-        return
+    if args.crop_check:
+        check_crops(args, work, protocols[-1], models[-1], results, out_path)
+    print(table(results))
+
+
+def eda_argv(data_dir, work, protocol):
+    """eda.py's arguments for a protocol's split (seed 42, the protocol's age range)."""
+    return ["--data-dir", str(Path(data_dir)), "--out-dir", str(Path(work) / protocol), "--seed", "42", "--no-progress",
+            *PROTOCOLS[protocol]]
+
+
+def run_protocol(args, protocol, models, results, out_path):
+    """One protocol of the full benchmark: split by eda.py, loader speed (S), train each model."""
+    work = Path(args.work_dir)
+    report = eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, work, protocol)))
+    splits = work / protocol / "splits"
+    results["protocols"].setdefault(protocol, {})
+    results.setdefault("data", {})[protocol] = {k: report[k] for k in ("used", "splits", "duplicates", "age")}
+    results["data"][protocol]["test_mae_of_train_median"] = median_baseline(splits)
+    if protocol == "S" and not args.no_speed:
+        results["speed"] = loader_speed(splits, work / protocol / "cache")
+        print("loader:", json.dumps(results["speed"]))
+        save_results(out_path, results)
+    for name in models:
+        print(f"== protocol {protocol}, {name}")
+        results["protocols"][protocol][name] = run_model(protocol, name, model_args(name), splits, work,
+                                                         args.epochs, args.quick)
+        print(json.dumps(results["protocols"][protocol][name], indent=1))
+        save_results(out_path, results)
+    if args.crop_check:
+        check_crops(args, work, protocol, models[-1], results, out_path)
+
+
+def run_benchmark(args, protocols, models):
+    """The default mode: split, train and measure every listed model of every listed protocol."""
+    out_path = results_path(args)
+    results = load_results(out_path)
     results.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                                f"torch {torch.__version__}", "date": datetime.date.today().isoformat()})
     for protocol in protocols:
-        eda_args = eda.get_args_parser().parse_args(["--data-dir", str(data_dir), "--out-dir", str(work / protocol),
-                                                     "--seed", "42", "--no-progress", *PROTOCOLS[protocol]])
-        report = eda.main(eda_args)
-        splits = work / protocol / "splits"
-        results["protocols"].setdefault(protocol, {})
-        results.setdefault("data", {})[protocol] = {k: report[k] for k in ("used", "splits", "duplicates", "age")}
-        results["data"][protocol]["test_mae_of_train_median"] = median_baseline(splits)
-        if protocol == "S" and not args.no_speed:
-            results["speed"] = loader_speed(splits, work / protocol / "cache")
-            print("loader:", json.dumps(results["speed"]))
-            save_results(out_path, results)
-        for name in models:
-            print(f"== protocol {protocol}, {name}")
-            results["protocols"][protocol][name] = run_model(protocol, name, MODELS[name], splits, work,
-                                                             args.epochs, args.quick)
-            print(json.dumps(results["protocols"][protocol][name], indent=1))
-            save_results(out_path, results)
-        if args.crop_check:
-            check_crops(args, work, protocol, models[-1], results, out_path)
+        run_protocol(args, protocol, models, results, out_path)
     print(table(results))
     print(f"wrote {out_path}")
+
+
+def main(args):
+    if args.table:
+        return write_tables(args)
+    if args.probes:
+        return run_probes(args)
+    protocols, models = selection(args)
+    if args.cross:
+        return run_cross(args, protocols, models)
+    if args.ship:
+        return ship(args, Path(args.work_dir), load_results(args.out))
+    if args.ablations:
+        return run_ablations(args)
+    if args.refresh_exports:
+        return run_refresh(args, protocols, models)
+    return run_benchmark(args, protocols, models)
 
 
 if __name__ == "__main__":

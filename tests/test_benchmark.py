@@ -1,6 +1,12 @@
-"""benchmark.py's pure parts: the one-lever experiments and their README table (no UTKFace needed)."""
+"""benchmark.py's pure parts: the benchmark models and experiments, RESULTS.md and the README's results
+block (no UTKFace needed)."""
+import json
+
+import pytest
+
 import benchmark
 import train
+from custom_dataset import DataError
 
 
 PARSER = train.get_args_parser()
@@ -33,3 +39,92 @@ def test_ablation_table_shows_the_difference_to_the_base():
     assert lines[2] == "| base: the base | 4.900 |  | 4.950 | 10/10 | 344 |"
     assert lines[3] == "| simplecnn_bn: BatchNorm | 4.650 | -0.250 | 4.700 | 9/10 | 300 |"
     assert benchmark.ablation_table({"protocols": {}}) == ""
+
+
+def test_with_overrides_replaces_the_base_flag_values_and_appends_new_flags():
+    base = ["--model", "simplecnn", "--epochs", "40", "--tta-flip", "--no-denoise", "--lr", "1e-3"]
+    merged = benchmark.with_overrides(base, ["--epochs", "20", "--no-tta-flip", "--denoise", "--image-size", "96"])
+    assert merged == ["--model", "simplecnn", "--epochs", "20", "--no-tta-flip", "--denoise", "--lr", "1e-3",
+                      "--image-size", "96"]
+    assert benchmark.with_overrides(base, []) == base
+
+
+def test_every_benchmark_model_parses_with_train_py_and_keeps_its_overrides():
+    for name, overrides in benchmark.MODELS.items():
+        args = vars(PARSER.parse_args(["--splits", "s", "--out-dir", "o", *benchmark.model_args(name)]))
+        alone = vars(PARSER.parse_args(["--splits", "s", "--out-dir", "o", *benchmark.MODEL_BASE, *overrides]))
+        assert args == alone, name  # the merge means what argparse's "last flag wins" means
+    assert benchmark.model_args("simplecnn_tuned") == benchmark.MODEL_BASE
+
+
+def synthetic_sources_files(tmp_path):
+    """A small results.json and detection.json, as benchmark.py and bench_detection.py write them."""
+    entry = {"test_mae": 4.5, "test_rmse": 5.9, "test_cs5": 0.65, "test_mae_per_decade": {"20-29": 3.5, "30-39": 4.5},
+             "test_images": 100, "best_val_mae": 4.7, "best_epoch": 9, "epochs": 10, "params": 621857,
+             "train_images_per_s": 300.0, "train_minutes": 5.0, "latency_b1_ms": 0.9, "images_per_s_b64": 1200.0,
+             "command": "python train.py --splits s --out-dir o --epochs 10"}
+    ablation = {"change": "the base", "val_mae": 4.9, "val_mae_flip_tta": 4.9, "val_mae_no_tta": 4.95, "best_epoch": 10,
+                "epochs": 10, "train_images_per_s": 344.4, "command": "python train.py --epochs 10"}
+    results = {
+        "machine": "test machine", "date": "2000-01-01",
+        "protocols": {"S": {"simplecnn_seed": entry, "simplecnn_tuned": {**entry, "best_val_mae": 4.2, "test_mae": 4.08}}},
+        "data": {"S": {"used": 1000, "splits": {"train": 800, "val": 100, "test": 100},
+                       "duplicates": {"duplicate_files_removed": 1, "conflict_groups_dropped": 2, "conflict_files_dropped": 4},
+                       "age": {"min": 20, "max": 50, "mean": 31.6, "median": 29.0}, "test_mae_of_train_median": 6.23}},
+        "ablations": {"base": ablation, "loss_mse": {**ablation, "change": "MSE", "val_mae": 4.7},
+                      "base_seed_2": {**ablation, "change": "another seed", "val_mae": 4.85}},
+        "speed": {"loader_uncached_images_per_s": 31.0, "loader_cached_images_per_s": 40000.0,
+                  "loader_cache_speedup": 1290.0},
+    }
+    detection = {"scenes": {"canvas": [640, 480], "face_fraction_of_height": [0.15, 0.8], "max_tilt_degrees": 20.0,
+                            "gain": [0.35, 1.8], "seed": 0},
+                 "detectors": {"auto": {"scenes": {"n": 30, "detection_rate": 0.9, "false_boxes_per_image": 0.0,
+                                                   "ms_per_photo": 38.8},
+                                        "faceless": {"n": 30, "false_boxes_per_image": 0.01}}},
+                 "end_to_end": {"model": "m.onnx", "n": 30, "ms_per_photo_median": 47.3, "ms_per_photo_mean": 73.7,
+                                "ms_per_photo_p90": 127.5}}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(results))
+    (tmp_path / "bench" / "detection.json").write_text(json.dumps(detection))
+    return results
+
+
+def test_table_writes_results_md_and_the_readme_block_from_the_figures(tmp_path, capsys):
+    synthetic_sources_files(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n\n{benchmark.README_START}\nold figures\n{benchmark.README_END}\n\nafter\n")
+    args = benchmark.get_args_parser().parse_args([
+        "--table", "--out", str(tmp_path / "bench" / "results.json"), "--detection", str(tmp_path / "bench" / "detection.json"),
+        "--results-md", str(tmp_path / "RESULTS.md"), "--readme", str(readme)])
+    benchmark.main(args)
+    assert "| S | simplecnn_tuned | 4.08 |" in capsys.readouterr().out  # the tables are still printed
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert md.startswith("# Results") and "test machine" in md
+    assert "| S | simplecnn_tuned | 4.08 | 65.0% |" in md            # the protocol table
+    assert "python train.py --splits s --out-dir o --epochs 10" in md  # with the command that produced it
+    assert "| loss_mse: MSE | 4.700 | -0.200 |" in md                 # the experiments table ...
+    assert "`loss_mse` (-0.200)" in md and "differs by 0.050 years" in md  # ... and its write-up, computed
+    assert "| `auto` | 90.0% |" in md and "python bench_detection.py --detectors auto --limit 30" in md  # bench_detection's table
+    assert "median 47.3 ms per photo" in md
+    assert "| loader, reading the preprocessing cache | 40,000 images/s (1,290×) | ≥ 20× — reached |" in md
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n" + benchmark.README_START) and text.endswith(benchmark.README_END + "\n\nafter\n")
+    assert "old figures" not in text and "test MAE 4.08" in text
+    benchmark.main(args)  # a second run leaves the same files
+    assert readme.read_text() == text and (tmp_path / "RESULTS.md").read_text() == md
+
+
+def test_replace_marked_block_rewrites_only_between_the_markers():
+    start, end = benchmark.README_START, benchmark.README_END
+    text = f"a\n{start}\nold\n{end}\nb\n"
+    assert benchmark.replace_marked_block(text, f"{start}\nnew\n{end}") == f"a\n{start}\nnew\n{end}\nb\n"
+    assert benchmark.replace_marked_block(f"{start}{end}", f"{start}x{end}") == f"{start}x{end}"
+    with pytest.raises(DataError):
+        benchmark.replace_marked_block("no markers here", f"{start}\n{end}")
+    with pytest.raises(DataError):
+        benchmark.replace_marked_block(f"{end}\n{start}", f"{start}\n{end}")
+
+
+def test_the_headline_block_needs_no_figure_it_lacks():
+    block = benchmark.headline_block({"results": {"protocols": {}}, "detection": None, "shipped": None})
+    assert block.startswith(benchmark.README_START) and block.endswith(benchmark.README_END)
