@@ -1,11 +1,12 @@
-# Two commands: `make demo` (set up, then run every stage on generated faces) and `make test`.
+# Two commands: `make demo` (set up, then run every stage on generated faces) and `make test` (the full suite,
+# as CI runs it); `make test-fast` leaves out the tests marked slow (pytest.ini) for a quick check while editing.
 PYTHON_SYSTEM ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= outputs/demo
 DEMO_EPOCHS ?= 8
 
-.PHONY: setup demo test tensorboard clean
+.PHONY: setup demo test test-fast tensorboard clean
 
 # The venv is rebuilt only when requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -18,7 +19,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) demo_data.py --out-dir $(OUT)/data --min-age 20 --max-age 50 --per-age 24
 	$(PY) eda.py --data-dir $(OUT)/data --out-dir $(OUT)
-	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run
+	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run \
+		--data-description "synthetic demo faces (demo_data.py), ages 20-50"
 	$(PY) hyperparameter_tunning.py --splits $(OUT)/splits --model simplecnn --out-dir $(OUT)/search \
 		--lrs 3e-4,1e-3,3e-3 --weight-decays 0,1e-3 --epochs-per-trial 2 --subset-fraction 0.5 --skip-final
 	$(PY) inference.py --model $(OUT)/run/model.onnx --input-dir $(OUT)/data/35 --output-dir $(OUT)/annotated --whole-image
@@ -26,6 +28,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir $(OUT) --port 6006

@@ -3,10 +3,11 @@
 Everything that turns a file on disk into a tensor lives here, so that training, evaluation,
 benchmarking and inference cannot drift apart:
 
-    discover_labels()  folder per age | UTKFace names | CSV  ->  records (path, age) + skip counts
+    discover_labels()  folder per age | UTKFace names | CSV  ->  records (path, age; subject, gender,
+                       race where the layout gives them) + skip counts
     scan_images()      decode every image once: size, content hash, or the reason it is unusable
     deduplicate()      byte-identical files: keep one if the ages agree, drop the group if not
-    stratified_split() seeded 80:10:10 split stratified by age
+    stratified_split() seeded 80:10:10 split stratified by age; with a subject, one person per split
     preprocess()       decode -> RGB -> resize -> denoise -> deblur  (uint8, cached per setting)
     normalize()        uint8 NCHW -> float, (x - mean) / std          (also inside every export)
     augment_batch()    training-only flips, shift/scale/rotation, brightness/contrast
@@ -17,11 +18,13 @@ import csv
 import dataclasses
 import errno
 import hashlib
+import io
 import itertools
 import json
 import math
 import os
 import re
+import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -126,67 +129,125 @@ def _csv_rows(path, f):
 def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = None):
     """Find labelled images under data_dir.
 
-    Returns (records, skipped, layout): records is a list of {"path": absolute path, "age": int},
-    skipped a Counter of reasons, layout one of "folder_per_age", "utkface", "csv".
+    Returns (records, skipped, layout): records is a list of {"path": absolute path, "age": int}
+    dicts, plus "subject" (text; a CSV with a subject, person or identity column) and "gender",
+    "race" (text, "" where unknown; UTKFace names, or a CSV with such columns) where the layout
+    gives them; skipped a Counter of reasons; layout one of "folder_per_age", "utkface", "csv".
     Raises DataError when the folder matches none of the three layouts.
     """
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise DataError(f"data folder not found: {data_dir} (pass --data-dir with an existing folder or CSV)")
     skipped: Counter = Counter()
-    records = []
     csv_path = _find_csv(data_dir)
     if csv_path is not None:
-        layout = "csv"
-        with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            for row in _csv_rows(csv_path, f):
-                row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
-                age = _parse_age(row.get("age", ""))
-                if age is None:
-                    skipped["bad_age_label"] += 1
-                    continue
-                rel = row.get("path", "").strip()
-                path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
-                if not rel or not path.is_file():
-                    skipped["missing_file"] += 1
-                    continue
-                records.append({"path": str(path.absolute()), "age": age})
+        layout, records = "csv", _discover_csv(csv_path, skipped)
     else:
         age_dirs = [p for p in sorted(data_dir.iterdir()) if p.is_dir()] if data_dir.is_dir() else []
-        numeric = [p for p in age_dirs if _parse_age(p.name) is not None]
         flat_images = [p for p in sorted(data_dir.iterdir()) if p.is_file() and _is_image_name(p)]
-        utk = [p for p in flat_images if UTKFACE_NAME.match(p.name)]
-        if numeric:
-            layout = "folder_per_age"
-            if flat_images:  # loose images next to the age folders carry no label
-                skipped["image_outside_age_folder"] += len(flat_images)
-            for folder in age_dirs:
-                age = _parse_age(folder.name)
-                files = list(_walk_files(folder))
-                if age is None:
-                    skipped["folder_not_an_age"] += len(files) or 1
-                    continue
-                for path in files:
-                    if path.is_dir():
-                        skipped["symlink_loop"] += 1
-                    elif not path.is_file():
-                        skipped["not_a_file"] += 1
-                    elif not _is_image_name(path):
-                        skipped["not_an_image_name"] += 1
-                    else:
-                        records.append({"path": str(path.absolute()), "age": age})
-        elif utk:
-            layout = "utkface"
-            for path in flat_images:
-                m = UTKFACE_NAME.match(path.name)
-                if m is None:
-                    skipped["name_without_age"] += 1
-                else:
-                    records.append({"path": str(path.absolute()), "age": int(m.group(1))})
+        if any(_parse_age(p.name) is not None for p in age_dirs):
+            layout, records = "folder_per_age", _discover_folder_per_age(age_dirs, flat_images, skipped)
+        elif any(UTKFACE_NAME.match(p.name) for p in flat_images):
+            layout, records = "utkface", _discover_utkface(flat_images, skipped)
         else:
             raise DataError(
                 f"no labelled images found in {data_dir}: expected folders named by age (DIR/25/*.jpg), "
                 "UTKFace names (25_0_1_2017.jpg.chip.jpg) or a CSV with path,age columns")
+    return _filter_records(records, skipped, min_age, max_age), skipped, layout
+
+
+SUBJECT_COLUMNS = ("subject", "person", "identity")  # first one present names the person (CSV layout)
+GROUP_COLUMNS = ("gender", "race")  # optional groups, kept as text, for per-group reports
+UTKFACE_GENDERS = {"0": "male", "1": "female"}
+UTKFACE_RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
+# age_gender_race_date; a few names lack a field (age_gender_date): the fields are read in order up to
+# the date number, so there race is blank. A space or a missing dot after the date does not matter; a
+# code outside the README's (gender 0-1, race 0-4) leaves both blank.
+UTKFACE_GROUPS = re.compile(r"^\d+_(?:([01])_)?(?:([0-4])_)?\d+(?![\d_])")
+
+
+def subject_column(columns) -> str | None:
+    """The column of a CSV header that names the person in each photo, or None."""
+    columns = [c.strip().lower() for c in columns]
+    return next((c for c in SUBJECT_COLUMNS if c in columns), None)
+
+
+def source_subject_column(data_dir) -> str | None:
+    """The CSV column (subject, person or identity) that discover_labels reads as "subject", or None."""
+    data_dir = Path(data_dir)
+    csv_path = _find_csv(data_dir) if data_dir.exists() else None
+    return subject_column(_csv_header(csv_path)) if csv_path is not None else None
+
+
+def _discover_csv(csv_path: Path, skipped: Counter) -> list[dict]:
+    """CSV layout: path,age columns (paths relative to the CSV), optional subject and group columns."""
+    header = _csv_header(csv_path)
+    subject = subject_column(header)
+    groups = [c for c in GROUP_COLUMNS if c in header]
+    records = []
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        for row in _csv_rows(csv_path, f):
+            row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
+            age = _parse_age(row.get("age", ""))
+            if age is None:
+                skipped["bad_age_label"] += 1
+                continue
+            rel = row.get("path", "").strip()
+            path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
+            if not rel or not path.is_file():
+                skipped["missing_file"] += 1
+                continue
+            rec = {"path": str(path.absolute()), "age": age}
+            if subject:
+                rec["subject"] = row.get(subject, "").strip()
+            rec.update({g: row.get(g, "").strip() for g in groups})
+            records.append(rec)
+    return records
+
+
+def _discover_folder_per_age(age_dirs: list[Path], flat_images: list[Path], skipped: Counter) -> list[dict]:
+    """Folder-per-age layout: DIR/25/*.jpg; loose images next to the age folders carry no label."""
+    if flat_images:
+        skipped["image_outside_age_folder"] += len(flat_images)
+    records = []
+    for folder in age_dirs:
+        age = _parse_age(folder.name)
+        files = list(_walk_files(folder))
+        if age is None:
+            skipped["folder_not_an_age"] += len(files) or 1
+            continue
+        for path in files:
+            if path.is_dir():
+                skipped["symlink_loop"] += 1
+            elif not path.is_file():
+                skipped["not_a_file"] += 1
+            elif not _is_image_name(path):
+                skipped["not_an_image_name"] += 1
+            else:
+                records.append({"path": str(path.absolute()), "age": age})
+    return records
+
+
+def utkface_groups(name: str) -> dict:
+    """{"gender", "race"} as text from a UTKFace file name; "" for a field the name lacks."""
+    m = UTKFACE_GROUPS.match(name)
+    gender, race = (m.groups() if m else (None, None))
+    return {"gender": UTKFACE_GENDERS.get(gender or "", ""), "race": UTKFACE_RACES.get(race or "", "")}
+
+
+def _discover_utkface(flat_images: list[Path], skipped: Counter) -> list[dict]:
+    """UTKFace layout: one flat folder, age_gender_race_date.jpg.chip.jpg."""
+    records = []
+    for path in flat_images:
+        m = UTKFACE_NAME.match(path.name)
+        if m is None:
+            skipped["name_without_age"] += 1
+        else:
+            records.append({"path": str(path.absolute()), "age": int(m.group(1)), **utkface_groups(path.name)})
+    return records
+
+
+def _filter_records(records, skipped: Counter, min_age, max_age) -> list[dict]:
     kept = []
     for rec in records:
         if not _utf8_name(rec["path"]):  # the CSVs are UTF-8: such a name cannot be written or read back
@@ -197,7 +258,7 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
             skipped["outside_min_max_age"] += 1
         else:
             kept.append(rec)
-    return kept, skipped, layout
+    return kept
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,15 +436,18 @@ def stratification_bins(ages, min_per_bin: int = 10) -> np.ndarray:
     return np.array([bin_of_age[a] for a in ages])
 
 
-def stratified_split(records, seed: int = 42, fractions=(0.8, 0.1, 0.1)):
+def stratified_split(records, seed: int = 42, fractions=(0.8, 0.1, 0.1), group_key: str | None = None):
     """Seeded split of records into (train, val, test), stratified by age.
 
     Within each stratum, val and test get round(n * fraction) images each and train the rest, so
-    each split's share of a stratum is within one image of its target.
+    each split's share of a stratum is within one image of its target. With group_key (e.g.
+    "subject") all records sharing that value stay in one split (group_split).
     """
     if not math.isclose(sum(fractions), 1.0):
         raise ValueError("split fractions must sum to 1")
     records = sorted(records, key=lambda r: r["path"])  # independent of discovery order
+    if group_key is not None:
+        return group_split(records, group_key, seed, fractions)
     bins = stratification_bins([r["age"] for r in records])
     rng = np.random.default_rng(seed)
     splits = ([], [], [])
@@ -399,19 +463,100 @@ def stratified_split(records, seed: int = 42, fractions=(0.8, 0.1, 0.1)):
     return tuple(sorted(s, key=lambda r: r["path"]) for s in splits)
 
 
-def write_csv(path, rows, columns):
+def split_groups(records, group_key: str) -> dict:
+    """{group: [record indices]}; a record with a blank group value is a group of its own."""
+    groups: dict = {}
+    for i, rec in enumerate(records):
+        value = str(rec.get(group_key) or "").strip()
+        groups.setdefault(value or "\0" + rec["path"], []).append(i)
+    return groups
+
+
+def group_split(records, group_key: str, seed: int = 42, fractions=(0.8, 0.1, 0.1)):
+    """Seeded split that keeps every group (a person) in one split, stratified by age as far as the
+    groups allow: groups are placed largest first (ties in seeded random order), each into the split
+    where it best fills the missing share of that split's size and of each age stratum (squared
+    shortfall relative to the target). Raises DataError with fewer than three groups.
+    """
+    records = sorted(records, key=lambda r: r["path"])
+    groups = split_groups(records, group_key)
+    if len(groups) < 3:
+        raise DataError(f"only {len(groups)} distinct {group_key} value(s): a split that keeps each person in "
+                        "one split needs at least 3 (one each for train, val and test)")
+    bins = stratification_bins([r["age"] for r in records])
+    keys = sorted(groups)
+    perm = np.random.default_rng(seed).permutation(len(keys))
+    order = sorted(perm, key=lambda g: -len(groups[keys[g]]))  # stable: equal sizes stay shuffled
+    # columns: the age strata, then the size; targets are the split's share of each
+    hist = [np.append(np.bincount(bins[groups[keys[g]]], minlength=bins.max() + 1), len(groups[keys[g]]))
+            for g in range(len(keys))]
+    total = np.sum(hist, axis=0).astype(float)
+    target = np.outer(fractions, total)
+    filled = np.zeros_like(target)
+    members: list[list] = [[], [], []]
+    for g in order:
+        h = hist[g]
+        gain = ((2 * (filled - target) + h) * h / np.maximum(target, 1e-9)).sum(axis=1)  # change in squared error
+        gain += np.where(np.array(fractions) > 0, 0.0, np.inf)
+        best = int(np.argmin(gain))
+        filled[best] += h
+        members[best].append(g)
+    for s in range(3):  # a split the greedy left empty takes the smallest group of the fullest one
+        if not members[s] and fractions[s] > 0:
+            donor = max(range(3), key=lambda d: len(members[d]))
+            g = min(members[donor], key=lambda g: (len(groups[keys[g]]), keys[g]))
+            members[donor].remove(g)
+            members[s].append(g)
+    return tuple(sorted((records[i] for g in m for i in groups[keys[g]]), key=lambda r: r["path"])
+                 for m in members)
+
+
+def atomic_write(path, write):
+    """write(file_object) into a temporary file beside path, fsync, then rename over path.
+
+    Lives here, at the bottom of the import chain, so the data layer can use it; functions.py
+    re-exports it as functions.atomic_write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    # the PID in the name lets remove_orphans() clear what a killed process left behind
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from other users
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_csv(path, rows, columns):
+    """rows (dicts) as a UTF-8 CSV with these columns (other keys ignored), written atomically."""
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+        text.flush()
+        text.detach()  # leave the binary file open for atomic_write's fsync
+    atomic_write(path, write)
+
+
+SPLIT_TEXT_COLUMNS = ("subject", *GROUP_COLUMNS)  # kept (as text) when a split CSV has them
 
 
 def read_split(path) -> list[dict]:
-    """Read a split CSV (columns path, age at least) with a clear error for anything else."""
+    """Read a split CSV (columns path, age at least) with a clear error for anything else.
+
+    Rows are {"path", "age"}, plus "subject", "gender", "race" (text) where the CSV has those
+    columns; any other column is ignored, so older CSVs and newer ones read the same way.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file not found: {path} (run eda.py first; it writes OUT/splits/*.csv)")
@@ -433,7 +578,8 @@ def _read_split(path) -> list[dict]:
             age = _parse_age(row.get("age") or "")
             if age is None:
                 raise DataError(f"{path}: age {row.get('age')!r} is not an integer (row {len(rows) + 2})")
-            rows.append({"path": row["path"], "age": age})
+            extra = {c: (row.get(c) or "").strip() for c in SPLIT_TEXT_COLUMNS if c in columns}
+            rows.append({"path": row["path"], "age": age, **extra})
     if not rows:
         raise DataError(f"{path} has no rows; rerun eda.py on a folder with images")
     return rows
@@ -700,6 +846,9 @@ class CustomDataset(torch.utils.data.Dataset):
     def __init__(self, records, cfg: PreprocessConfig, images: np.ndarray | None = None):
         self.paths = [r["path"] for r in records]
         self.ages = torch.tensor([float(r["age"]) for r in records])
+        # who is in the split (eda.py's gender/race columns, blank where unknown): for per-group metrics
+        self.groups = {name: [r.get(name) or "" for r in records] for name in GROUP_COLUMNS
+                       if any(r.get(name) for r in records)}
         self.cfg = cfg
         self.images = images
 
@@ -722,7 +871,8 @@ class CustomDataset(torch.utils.data.Dataset):
 
     def subset(self, indices) -> "CustomDataset":
         indices = np.asarray(indices, dtype=np.int64)
-        records = [{"path": self.paths[i], "age": self.ages[i].item()} for i in indices]
+        records = [{"path": self.paths[i], "age": self.ages[i].item(),
+                    **{name: labels[i] for name, labels in self.groups.items()}} for i in indices]
         images = None if self.images is None else np.asarray(self.images[indices])
         return CustomDataset(records, self.cfg, images)
 
@@ -758,11 +908,12 @@ def load_split_dataset(split_csv, cfg: PreprocessConfig, cache_dir=None, workers
     return CustomDataset(records, cfg, np.asarray(images) if not ok.all() else images)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, num_workers: int = 0,
-                pin_memory: bool = False):
-    """pin_memory: page-locked batches, so CUDA copies with non_blocking=True overlap compute (CUDA only)."""
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, pin_memory: bool = False):
+    """Batches in the main process (the cache makes a batch one array slice; workers would only add start-up).
+
+    pin_memory: page-locked batches, so CUDA copies with non_blocking=True overlap compute (CUDA only).
+    """
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, collate_fn=collate, generator=generator, drop_last=False,
-        persistent_workers=num_workers > 0, pin_memory=pin_memory)
+        collate_fn=collate, generator=generator, drop_last=False, pin_memory=pin_memory)

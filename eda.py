@@ -1,10 +1,18 @@
-"""Explore a labelled face folder and write the seeded, leakage-free 80:10:10 split.
+"""Explore a labelled face folder and write the seeded 80:10:10 split, stratified by age.
 
     python eda.py --data-dir DATA --out-dir OUT [--min-age 20] [--max-age 50] [--seed 42]
 
+Byte-identical files are merged before the split, so one photo never lands in two splits. A CSV
+with a subject, person or identity column (FG-NET's labels.csv has `subject`) is split by person:
+all photos of one person go to the same split. Without such a column (folders per age, UTKFace
+names) the split is per image, and photos of one person may fall in several splits; the report
+and the summary say so.
+
 Writes OUT/labels.csv, OUT/data_report.json, OUT/splits/{train,val,test}.csv,
-OUT/pics/sample_images.png, OUT/figs/age_distribution.png, OUT/figs/train_test_valid_age_distri.png.
-The data folder is only read.
+OUT/pics/sample_images.png, OUT/figs/age_distribution.png, OUT/figs/train_test_valid_age_distri.png,
+each atomically. The CSVs carry `subject`, `gender` and `race` where the data gives them (UTKFace
+names; a CSV's own columns); data_report.json counts those groups per split. The data folder is
+only read.
 """
 import argparse
 import json
@@ -16,18 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_dataset import (DataError, deduplicate, discover_labels, load_rgb, scan_images,
-                            stratified_split, write_csv)
+from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, load_rgb, scan_images,
+                            source_subject_column, stratified_split, write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
-from functions import ArgumentParser, atomic_write, run_cli, same_or_inside
+from functions import ArgumentParser, atomic_write, pyplot, run_cli, same_or_inside
 
 SPLITS = ("train", "val", "test")
 MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
+NO_SUBJECT_NOTE = ("no subject, person or identity column: the split is per image, so photos of one person "
+                   "may fall in several splits")
 
 
 def get_args_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="folder per age, UTKFace folder, or CSV with path,age")
+    p.add_argument("--data-dir", required=True,
+                   help="folder per age, UTKFace folder, or CSV with path,age (optional subject|person|identity, "
+                        "gender, race columns; a subject column makes the split keep each person in one split)")
     p.add_argument("--out-dir", required=True, help="where labels, report, splits and figures go")
     p.add_argument("--min-age", type=int, default=None, help="drop images younger than this")
     p.add_argument("--max-age", type=int, default=None, help="drop images older than this")
@@ -51,9 +63,7 @@ def age_stats(ages):
 
 
 def plot_age_distribution(ages, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     ages = np.asarray(ages)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.hist(ages, bins=np.arange(ages.min(), ages.max() + 2) - 0.5, color="#4c72b0")
@@ -64,9 +74,7 @@ def plot_age_distribution(ages, path):
 
 
 def plot_split_distributions(split_ages: dict, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     all_ages = np.concatenate([np.asarray(a) for a in split_ages.values()])
     bins = np.arange(all_ages.min(), all_ages.max() + 2) - 0.5
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -83,9 +91,7 @@ def plot_split_distributions(split_ages: dict, path):
 
 
 def plot_samples(records, path, seed=0, n=24, cols=8):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     rng = np.random.default_rng(seed)
     picks = [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
     picks.sort(key=lambda r: r["age"])
@@ -110,10 +116,47 @@ def print_summary(report):
     a = report["age"]
     rows += [("age min / max", f"{a['min']} / {a['max']}"), ("age mean / median", f"{a['mean']} / {a['median']}")]
     rows += [(f"split {k}", v) for k, v in report["splits"].items()]
+    rows += [("split by", split_by_line(report))]
+    for column, per_split in report["groups"].items():
+        rows += [(f"{column} per split", " | ".join(
+            f"{name}: " + ", ".join(f"{g} {n}" for g, n in counts.items()) for name, counts in per_split.items()))]
     rows += [("scan seconds", report["scan_seconds"])]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+
+
+def split_by_line(report) -> str:
+    subjects = report["subjects"]
+    if report["split_by"] == "image":
+        return f"image ({subjects['note']})"
+    counts = " / ".join(str(n) for n in subjects["per_split"].values())
+    shared = subjects["in_two_splits"]
+    return (f"subject (column {subjects['column']!r}: {counts} people in train / val / test, "
+            f"{'none' if not shared else shared} in two splits)")
+
+
+def subject_report(column, parts) -> dict:
+    """data_report.json "subjects": the column used, people per split, and the check that none is shared."""
+    if column is None:
+        return {"column": None, "note": NO_SUBJECT_NOTE}
+    people = [{r["subject"] for r in rows if r.get("subject")} for rows in parts]
+    shared = set.union(*(a & b for i, a in enumerate(people) for b in people[i + 1:]))
+    return {"column": column, "per_split": {n: len(p) for n, p in zip(SPLITS, people)},
+            "images_without_subject": sum(not r.get("subject") for rows in parts for r in rows),
+            "in_two_splits": len(shared), "no_subject_in_two_splits": not shared}
+
+
+def group_counts(columns, parts) -> dict:
+    """{column: {split: {label: images}}} for gender/race; a blank label counts as "unknown"."""
+    return {c: {n: dict(sorted(Counter(r.get(c) or "unknown" for r in rows).items())) for n, rows in zip(SPLITS, parts)}
+            for c in columns}
+
+
+def files_in_two_splits(parts) -> int:
+    """Identical files (same content hash) found in more than one split: 0 after deduplicate()."""
+    hashes = [{r["hash"] for r in rows} for rows in parts]
+    return len(set.union(*(a & b for i, a in enumerate(hashes) for b in hashes[i + 1:])))
 
 
 def write_split_folder(folder, parts, columns, crop, crop_note):
@@ -123,6 +166,9 @@ def write_split_folder(folder, parts, columns, crop, crop_note):
     import tempfile
     folder = Path(folder)
     fresh = Path(tempfile.mkdtemp(prefix=".splits.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fresh, 0o777 & ~umask)  # mkdtemp's 0700 would hide the splits from other users
     try:
         for name, rows in zip(SPLITS, parts):
             write_csv(fresh / f"{name}.csv", rows, columns)
@@ -160,18 +206,9 @@ def face_crop(args, layout, records, out_dir, progress):
     return stats["crop"], f"faces cut by eda.py --align ({args.align_crop}, {args.detector} detector)", stats
 
 
-def main(args):
-    data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
-    if same_or_inside(out_dir, data_dir.parent if data_dir.is_file() else data_dir):  # a CSV: its folder
-        raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
-    if args.min_age is not None and args.max_age is not None and args.min_age > args.max_age:
-        raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
-    start = time.perf_counter()
-    records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age)
-    found = len(records) + sum(skipped.values())
-    # progress bars only on a terminal: in a log or a pipe they would bury the one-line error
-    progress = not args.no_progress and sys.stderr.isatty()
-    checked = scan_images(records, workers=args.workers, progress=progress)
+def usable_images(records, skipped, workers, progress):
+    """(records that decode, skipped counts with the reasons of those that do not)."""
+    checked = scan_images(records, workers=workers, progress=progress)
     skipped = Counter(skipped)
     good = []
     for rec in checked:
@@ -179,6 +216,41 @@ def main(args):
             good.append(rec)
         else:
             skipped[rec["reason"]] += 1
+    return good, skipped
+
+
+def check_paths(args):
+    data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
+    if same_or_inside(out_dir, data_dir.parent if data_dir.is_file() else data_dir):  # a CSV: its folder
+        raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
+    if args.min_age is not None and args.max_age is not None and args.min_age > args.max_age:
+        raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
+    return data_dir, out_dir
+
+
+def write_outputs(out_dir, kept, parts, report, extra_columns):
+    """labels.csv, the split folder, data_report.json and the figures, each written atomically."""
+    for sub in ("figs", "pics"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *extra_columns])
+    write_split_folder(out_dir / "splits", parts, ["path", "age", "hash", *extra_columns], report["crop"],
+                       report["crop_note"])
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(out_dir / "data_report.json", lambda f: f.write(text.encode()))
+    plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=report["seed"])
+    plot_age_distribution([r["age"] for r in kept], out_dir / "figs" / "age_distribution.png")
+    plot_split_distributions({n: [r["age"] for r in rows] for n, rows in zip(SPLITS, parts)},
+                             out_dir / "figs" / "train_test_valid_age_distri.png")
+
+
+def main(args):
+    data_dir, out_dir = check_paths(args)
+    start = time.perf_counter()
+    records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age)
+    found = len(records) + sum(skipped.values())
+    # progress bars only on a terminal: in a log or a pipe they would bury the one-line error
+    progress = not args.no_progress and sys.stderr.isatty()
+    good, skipped = usable_images(records, skipped, args.workers, progress)
     scan_seconds = round(time.perf_counter() - start, 1)
     if not good:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no image files"
@@ -191,27 +263,20 @@ def main(args):
     if len(kept) < MIN_IMAGES:
         raise DataError(f"only {len(kept)} usable unique images in {data_dir}; the 80:10:10 split needs at least "
                         f"{MIN_IMAGES}, so that validation and test get at least one image each")
-    train, val, test = stratified_split(kept, seed=args.seed)
-    ages = [r["age"] for r in kept]
+    subject = source_subject_column(data_dir) if any("subject" in r for r in kept) else None
+    parts = stratified_split(kept, seed=args.seed, group_key="subject" if subject else None)
+    groups = [c for c in GROUP_COLUMNS if any(c in r for r in kept)]
     report = {
         "data_dir": str(data_dir.absolute()), "layout": layout, "min_age_filter": args.min_age,
         "max_age_filter": args.max_age, "seed": args.seed, "found": found, "used": len(kept),
-        "skipped": dict(sorted(skipped.items())), "duplicates": dup_stats, "age": age_stats(ages),
-        "splits": {"train": len(train), "val": len(val), "test": len(test)}, "scan_seconds": scan_seconds,
+        "skipped": dict(sorted(skipped.items())), "duplicates": dup_stats, "age": age_stats([r["age"] for r in kept]),
+        "splits": {n: len(rows) for n, rows in zip(SPLITS, parts)}, "split_by": "subject" if subject else "image",
+        "subjects": subject_report(subject, parts), "identical_files_in_two_splits": files_in_two_splits(parts),
+        "groups": group_counts(groups, parts), "scan_seconds": scan_seconds,
         "crop": crop, "crop_note": crop_note, "align": align_stats,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("figs", "pics"):
-        (out_dir / sub).mkdir(exist_ok=True)
-    source = ["source"] if align_stats else []
-    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *source])
-    write_split_folder(out_dir / "splits", (train, val, test), ["path", "age", "hash", *source], crop, crop_note)
-    text = json.dumps(report, indent=2) + "\n"
-    atomic_write(out_dir / "data_report.json", lambda f: f.write(text.encode()))
-    plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=args.seed)
-    plot_age_distribution(ages, out_dir / "figs" / "age_distribution.png")
-    plot_split_distributions({n: [r["age"] for r in rows] for n, rows in zip(SPLITS, (train, val, test))},
-                             out_dir / "figs" / "train_test_valid_age_distri.png")
+    extra = (["subject"] if subject else []) + groups + (["source"] if align_stats else [])
+    write_outputs(out_dir, kept, parts, report, extra)
     print(f"eda: {data_dir}")
     print_summary(report)
     print(f"wrote {out_dir}/labels.csv, data_report.json, splits/, figs/, pics/")

@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from custom_dataset import DataError
+from custom_dataset import DataError, atomic_write
 
 # ----------------------------------------------------------------------------------------------
 # Crop recipes (what travels in metadata["crop"])
@@ -52,7 +52,7 @@ CROP_FILE = "crop.json"  # beside a split's CSVs: how its faces were cut (writte
 DETECTORS = ("auto", "hog", "hog_up", "haar", "mmod")
 DEFAULT_DETECTOR = "auto"
 
-# Detection settings. The figures behind them: bench_detection.py (README, "Face detection").
+# Detection settings. The figures behind them: bench_detection.py (RESULTS.md, "Face detection").
 DETECT_MAX_SIDE = 1024     # photos are shrunk to this for detection (speed); landmarks use full resolution
 HAAR_SCALE_FACTOR = 1.1    # step between Haar scales
 HAAR_MIN_NEIGHBORS = 3     # Haar only proposes: HOG confirms, so recall matters more than precision here
@@ -119,7 +119,6 @@ def read_split_crop(splits_dir) -> dict:
 
 
 def write_split_crop(splits_dir, crop, note: str):
-    from functions import atomic_write
     text = json.dumps({"crop": check_crop(crop), "note": note}, indent=2) + "\n"
     atomic_write(Path(splits_dir) / CROP_FILE, lambda f: f.write(text.encode()))
 
@@ -478,7 +477,6 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
     (counted as "no_face"). With several faces the largest is taken as the labelled person."""
     import hashlib
     from custom_dataset import load_rgb
-    from functions import atomic_write
     pipeline = FacePipeline(crop, detector)
     key = hashlib.sha256(json.dumps([pipeline.crop, detector], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(chips_dir) / key

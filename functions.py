@@ -1,13 +1,11 @@
 """Plain step functions shared by every stage: seeding, losses, one training epoch, evaluation,
-self-describing checkpoints, exports with parity checks, plots, and the command-line error rule."""
+atomic writes, plots, distributed helpers and the command-line error rule."""
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from custom_dataset import AugmentConfig, DataError, PreprocessConfig, augment_batch, normalize, process_alive
+from custom_dataset import AugmentConfig, DataError, atomic_write, augment_batch, normalize, process_alive
 
 AGE_BIN_WIDTH = 10  # per-age-bin MAE is reported per decade: 20-29, 30-39, ...
 
@@ -27,8 +25,25 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and every option's default after its help (unless the help
+    already names it, or there is none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "%(default)" in text or not action.option_strings or hidden:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (the full usage is one --help away)."""
+    """argparse whose usage errors are one line (the full usage is one --help away) and whose --help
+    shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -119,17 +134,24 @@ def keep_freed_memory():
 # ----------------------------------------------------------------------------------------------
 # Losses and metrics
 
+HUBER_DELTA = 5.0  # years: errors below it are squared, above it linear
+
+
+def point_loss(pred, target, kind: str = "l1"):
+    """The loss between predicted and true ages named by train.py --loss."""
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "huber":
+        return F.huber_loss(pred, target, delta=HUBER_DELTA)
+    raise ValueError(f"unknown loss {kind!r}; choose l1, mse or huber")
+
+
 def age_loss(model, outputs, target, kind: str = "l1", sigma: float = 2.0):
     """Loss on predicted ages; the distribution head adds KL to a Gaussian around the true age."""
     pred = model.ages_from_outputs(outputs)
-    if kind == "l1":
-        loss = F.l1_loss(pred, target)
-    elif kind == "mse":
-        loss = F.mse_loss(pred, target)
-    elif kind == "huber":
-        loss = F.huber_loss(pred, target, delta=5.0)
-    else:
-        raise ValueError(f"unknown loss {kind!r}; choose l1, mse or huber")
+    loss = point_loss(pred, target, kind)
     if model.head == "distribution":
         grid = model.age_grid
         soft = torch.exp(-0.5 * ((grid.view(1, -1) - target.view(-1, 1)) / sigma) ** 2)
@@ -155,21 +177,38 @@ def regression_metrics(pred, true) -> dict:
             "cs5": float((err <= 5).mean()), "mae_per_bin": per_bin, "n": int(len(err))}
 
 
+def group_metrics(pred, true, groups: dict | None = None) -> dict:
+    """Per group: {"mae", "mean_error" (signed, predicted - true: > 0 means too old), "n"}, for
+    each labelled column of groups (e.g. {"gender": ["female", ...]}; a blank label is "unknown")
+    and per decade of true age."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    err = pred - true
+    columns = {name: [label or "unknown" for label in labels] for name, labels in (groups or {}).items()}
+    columns["decade"] = [age_bin(a) for a in true]
+    result = {}
+    for name, labels in columns.items():
+        labels = np.asarray(labels)
+        order = sorted(set(labels), key=lambda s: (s == "unknown", int(s.split("-")[0]) if name == "decade" else s))
+        result[name] = {label: {"mae": float(np.abs(err[labels == label]).mean()),
+                                "mean_error": float(err[labels == label].mean()), "n": int((labels == label).sum())}
+                        for label in order}
+    return result
+
+
 # ----------------------------------------------------------------------------------------------
 # Steps
 
-def _prepare(images, mean, std, device, channels_last):
-    x = images.to(device, non_blocking=True)
-    x = normalize(x, mean, std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def _prepare(images, mean, std, device):
+    x = normalize(images.to(device, non_blocking=True), mean, std)
+    return x.contiguous(memory_format=torch.channels_last)  # +30-40 % training speed on CPU, measured
 
 
-def train_one_epoch(model, loader, optimizer, mean, std, loss_kind="l1", scheduler=None,
-                    augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0,
-                    channels_last=True, progress=True, max_grad_norm=None):
+def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", scheduler=None,
+                    augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0, progress=True):
     """One pass over the loader. Returns {"loss", "mae", "images", "seconds", "images_per_s"}.
 
-    The scheduler, if given, steps per batch (warm-up and cosine are defined in steps).
+    The scheduler, if given, steps per batch (warm-up and cosine are defined in steps). The model
+    is expected in channels_last memory format, as the batches are.
     """
     from tqdm import tqdm
     model.train()
@@ -181,7 +220,7 @@ def train_one_epoch(model, loader, optimizer, mean, std, loss_kind="l1", schedul
         images = images.float()
         if augment is not None:
             images = augment_batch(images, augment, generator)
-        x = _prepare(images, mean, std, device, channels_last)
+        x = _prepare(images, mean, std, device)
         y = ages.to(device, non_blocking=True)
         outputs = model(x)
         loss, pred = age_loss(model, outputs, y, loss_kind)
@@ -190,8 +229,6 @@ def train_one_epoch(model, loader, optimizer, mean, std, loss_kind="l1", schedul
                                      "lower --lr or check the labels")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -206,13 +243,13 @@ def train_one_epoch(model, loader, optimizer, mean, std, loss_kind="l1", schedul
 
 
 @torch.no_grad()
-def predict_loader(model, loader, mean, std, device="cpu", tta_flip=False, channels_last=True, progress=False):
+def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False):
     """Predicted and true ages of a loader, optionally averaged with the mirrored image."""
     from tqdm import tqdm
     model.eval()
     preds, trues = [], []
     for images, ages in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        x = _prepare(images.float(), mean, std, device, channels_last)
+        x = _prepare(images.float(), mean, std, device)
         pred = model.predict(x)
         if tta_flip:
             pred = 0.5 * (pred + model.predict(x.flip(-1)))
@@ -221,15 +258,10 @@ def predict_loader(model, loader, mean, std, device="cpu", tta_flip=False, chann
     return torch.cat(preds).numpy(), torch.cat(trues).numpy()
 
 
-def evaluate(model, loader, mean, std, loss_kind="l1", device="cpu", tta_flip=False, channels_last=True,
-             progress=False):
+def evaluate(model, loader, mean, std, *, loss_kind="l1", device="cpu", tta_flip=False, progress=False):
     """Metrics of a loader (see regression_metrics) plus "loss", "pred" and "true" arrays."""
-    pred, true = predict_loader(model, loader, mean, std, device, tta_flip, channels_last, progress)
-    metrics = regression_metrics(pred, true)
-    p, t = torch.from_numpy(pred), torch.from_numpy(true)
-    metrics["loss"] = {"l1": F.l1_loss, "mse": F.mse_loss}.get(loss_kind, lambda a, b: F.huber_loss(a, b, delta=5.0))(p, t).item()
-    metrics["pred"], metrics["true"] = pred, true
-    return metrics
+    pred, true = predict_loader(model, loader, mean, std, device=device, tta_flip=tta_flip, progress=progress)
+    return metrics_of_predictions(pred, true, loss_kind)
 
 
 def public(metrics: dict) -> dict:
@@ -238,62 +270,7 @@ def public(metrics: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: atomic, self-describing
-
-def atomic_write(path, write):
-    """write(file_object) into a temporary file beside path, fsync, then rename over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the PID in the name lets remove_orphans() clear what a killed process left behind
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(path, checkpoint: dict):
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-
-def load_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path} is not a readable checkpoint ({type(exc).__name__}); "
-                        "pass a best.pt/last.pt written by train.py") from None
-    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
-        raise DataError(f"{path} is not a checkpoint written by train.py (no model_state)")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict):
-    """(model in eval mode, PreprocessConfig) rebuilt from a checkpoint alone."""
-    from model import build_model
-    config = checkpoint.get("config") or {}
-    cfg = PreprocessConfig.from_dict(checkpoint.get("preprocess") or {})
-    image_size = int(config.get("image_size") or cfg.image_size)
-    model = build_model(checkpoint["model_name"], checkpoint["head"], checkpoint["min_age"], checkpoint["max_age"],
-                        image_size, dropout=config.get("dropout", 0.0))
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as exc:
-        raise DataError(f"the checkpoint's weights do not fit a {checkpoint['model_name']} "
-                        f"({str(exc).splitlines()[0]})") from None
-    return model.eval(), cfg
-
+# The training RNG state (checkpoints.py holds what a checkpoint contains)
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
@@ -308,100 +285,24 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
 
 
-# ----------------------------------------------------------------------------------------------
-# Export: the preprocessing-aware model, TorchScript and ONNX, each checked against eager
-
-class ExportedAgeModel(torch.nn.Module):
-    """Input: float N x 3 x S x S RGB in 0-255 (already resized/denoised by custom_dataset.preprocess_rgb).
-    Output: ages (N,). Normalisation is inside, so exports need no statistics from elsewhere."""
-
-    def __init__(self, model, mean, std):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-
-    def forward(self, x):
-        return self.model.predict(normalize(x, self.mean, self.std))
-
-
-def export_torchscript(wrapper, example, path, metadata: dict):
-    """TorchScript (deprecated in this torch; kept because users ship it) with metadata inside."""
-    wrapper = wrapper.eval()
+def time_runs(fn, x, runs: int, warmup: int) -> list:
+    """Seconds per call, after warm-up."""
     with torch.no_grad():
-        traced = torch.jit.trace(wrapper, example)
-        # frozen: weights become constants, which lets load_torchscript() optimise it for the CPU
-        module = torch.jit.freeze(traced.eval())
-    extra = {"metadata.json": json.dumps(metadata)}
-    atomic_write(path, lambda f: torch.jit.save(module, f, _extra_files=extra))
-    return path
-
-
-def load_torchscript(path, optimize: bool = True):
-    """(module, metadata) from a model.jit written by export_torchscript.
-
-    optimize: torch.jit.optimize_for_inference (conv folding, oneDNN layouts) after loading; measured
-    2.5x faster batch-1 on this CPU. It is done at load time because an optimised module does not
-    survive torch.jit.save/load in this torch.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"model file not found: {path} (train.py writes RUN/model.jit)")
-    extra = {"metadata.json": ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise DataError(f"{path} is not a TorchScript model ({type(exc).__name__}); pass the model.jit "
-                        "written by train.py") from None
-    if not extra["metadata.json"]:
-        raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
-    module = module.eval()
-    if optimize:
-        module = torch.jit.optimize_for_inference(module)
-    return module, json.loads(extra["metadata.json"])
-
-
-def export_onnx(wrapper, example, path, metadata: dict):
-    """ONNX through torch's dynamo exporter, batch dimension dynamic, metadata in the model props."""
-    import onnx
-    wrapper = wrapper.eval()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp) / "model.onnx"
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=({0: batch},),
-                                    verbose=False)
-        program.save(str(tmp_path))
-        proto = onnx.load(str(tmp_path))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "metadata.json", json.dumps(metadata)
-        atomic_write(path, lambda f: f.write(proto.SerializeToString()))
-    return path
-
-
-def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -> dict:
-    """Max |eager - export| on a batch; raises if any export differs by more than tolerance."""
-    import onnxruntime as ort
-    with torch.no_grad():
-        eager = wrapper.eval()(example).numpy()
-    diffs = {}
-    if jit_path:
-        module, _ = load_torchscript(jit_path)
-        with torch.no_grad():
-            diffs["torchscript"] = float(np.abs(module(example).numpy() - eager).max())
-    if onnx_path:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        out = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
-        diffs["onnx"] = float(np.abs(out.reshape(eager.shape) - eager).max())
-    bad = {k: v for k, v in diffs.items() if not v <= tolerance}
-    if bad:
-        raise RuntimeError(f"export differs from the eager model by more than {tolerance}: {bad}")
-    return diffs
+        for _ in range(warmup):
+            fn(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    return times
 
 
 # ----------------------------------------------------------------------------------------------
 # Plots
 
-def _pyplot():
+def pyplot():
+    """matplotlib without a display (the one place that picks the Agg backend)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -409,7 +310,7 @@ def _pyplot():
 
 
 def plot_learning_curves(history: list, path):
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -426,7 +327,7 @@ def plot_learning_curves(history: list, path):
 
 
 def plot_pred_vs_true(pred, true, path, title="Test set"):
-    plt = _pyplot()
+    plt = pyplot()
     pred, true = np.asarray(pred), np.asarray(true)
     metrics = regression_metrics(pred, true)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -446,9 +347,32 @@ def plot_pred_vs_true(pred, true, path, title="Test set"):
     plt.close(fig)
 
 
+def plot_groups(groups: dict, path, title="Test set"):
+    """MAE and signed mean error per group (one row per grouping), each bar labelled with its n."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 2.6 * len(groups)), squeeze=False)
+    for row, (name, table) in enumerate(groups.items()):
+        labels = list(table)
+        for col, (key, what) in enumerate((("mae", "MAE (years)"), ("mean_error", "predicted - true (years)"))):
+            ax = axes[row][col]
+            values = [table[label][key] for label in labels]
+            bars = ax.bar(range(len(labels)), values, color="tab:blue" if key == "mae" else "tab:orange")
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if name == "decade" else 0, fontsize=8)
+            ax.set(ylabel=what, title=f"{name}: {what.split(' (')[0]}")
+            if key == "mean_error":
+                ax.axhline(0, color="black", linewidth=0.8)
+            for bar, label in zip(bars, labels):
+                ax.annotate(f"n={table[label]['n']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
 def face_grid_figure(images, true, pred, cols=8):
     """Matplotlib figure of uint8 NCHW faces titled with true and predicted age (for TensorBoard)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     rows = max(1, math.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.7))
@@ -533,24 +457,24 @@ def metrics_of_predictions(pred, true, loss_kind="l1") -> dict:
     pred, true = np.asarray(pred, dtype=np.float32), np.asarray(true, dtype=np.float32)
     metrics = regression_metrics(pred, true)
     p, t = torch.from_numpy(pred), torch.from_numpy(true)
-    metrics["loss"] = {"l1": F.l1_loss, "mse": F.mse_loss}.get(loss_kind, lambda a, b: F.huber_loss(a, b, delta=5.0))(p, t).item()
+    metrics["loss"] = point_loss(p, t, loss_kind).item()
     metrics["pred"], metrics["true"] = pred, true
     return metrics
 
 
-def evaluate_sharded(model, dataset, batch_size, mean, std, loss_kind="l1", device="cpu", tta_flip=False,
-                     channels_last=True, dist_ctx: Distributed | None = None, pin_memory=False):
+def evaluate_sharded(model, dataset, mean, std, *, batch_size=256, loss_kind="l1", device="cpu", tta_flip=False,
+                     dist_ctx: Distributed | None = None, pin_memory=False):
     """evaluate() over a whole data set, split across the ranks of dist_ctx: each rank predicts
     shard_indices(...), the predictions are gathered back into data-set order, and every rank gets the
     metrics of the full set (the same figures as one process evaluating everything)."""
     from custom_dataset import make_loader
     if dist_ctx is None or not dist_ctx.active or dist_ctx.world_size == 1:
         return evaluate(model, make_loader(dataset, batch_size, shuffle=False, pin_memory=pin_memory), mean, std,
-                        loss_kind, device, tta_flip, channels_last)
+                        loss_kind=loss_kind, device=device, tta_flip=tta_flip)
     indices = shard_indices(len(dataset), dist_ctx.rank, dist_ctx.world_size)
     if indices:
         loader = make_loader(dataset, batch_size, shuffle=False, sampler=indices, pin_memory=pin_memory)
-        pred, true = predict_loader(model, loader, mean, std, device, tta_flip, channels_last)
+        pred, true = predict_loader(model, loader, mean, std, device=device, tta_flip=tta_flip)
     else:  # fewer images than ranks
         pred, true = np.zeros(0, np.float32), np.zeros(0, np.float32)
     pred_all, true_all = np.zeros(len(dataset), np.float32), np.zeros(len(dataset), np.float32)

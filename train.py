@@ -26,7 +26,8 @@ from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_
 from checkpoints import export_best, load_checkpoint, make_checkpoint, save_checkpoint
 from functions import (ArgumentParser, AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside,
                        Distributed, broadcast_buffers, configure_threads, evaluate, evaluate_sharded,
-                       face_grid_figure, forwarding_ddp, plot_learning_curves, plot_pred_vs_true,
+                       face_grid_figure, forwarding_ddp, group_metrics, plot_groups, plot_learning_curves,
+                       plot_pred_vs_true,
                        public, reduce_train_metrics, run_cli, set_rng_state, set_seed, train_one_epoch)
 from faces import read_split_crop
 from model import MODEL_NAMES, build_model, count_parameters
@@ -497,6 +498,11 @@ class EpochLogger:
             self.writer.add_scalar(tag, value)
         self.writer.flush()
 
+    def scalars(self, values: dict):
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value)
+
     def close(self):
         if self.writer is not None:
             self.writer.close()
@@ -523,6 +529,9 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
     if not args.no_test:
         summary["test"] = test_best(args, model, cfg, cache_dir, best, out, median)
         figures.update({"test/mae": summary["test"]["mae"], "test/cs5": summary["test"]["cs5"]})
+        logger.scalars({f"test_groups/{name}/{label}/{key}": value[key]
+                        for name, table in summary["test"]["groups"].items() for label, value in table.items()
+                        for key in ("mae", "mean_error")})
     if not args.no_export:
         summary["exports"] = export_best(model, cfg, best, out, val_set, summary.get("test"))
     logger.hparams(args, figures)
@@ -539,7 +548,7 @@ def closing_lines(args, out, best, summary) -> list:
     if not mae < base:
         lines.append(f"warning: the model does not beat the median baseline on the {split} split (best epoch "
                      f"{best['epoch']}): it has learnt nothing usable; check the labels, lower --lr or train longer")
-    figures = [out / name for name in ("learning_curves.png", "pred_vs_true.png") if (out / name).exists()]
+    figures = [out / name for name in ("learning_curves.png", "pred_vs_true.png", "groups.png") if (out / name).exists()]
     lines.append("figures: " + ", ".join(map(str, figures)) + f"; settings: {out / 'config.json'}")
     if not args.no_tensorboard:
         lines.append(f"TensorBoard: tensorboard --logdir {out}")
@@ -558,7 +567,9 @@ def test_best(args, model, cfg, cache_dir, best, out, median):
     plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
                       title=f"{args.model}, test, best epoch {best['epoch']}")
     baseline_mae = float(np.mean(np.abs(metrics["true"] - median)))
-    result = {**public(metrics), "best_epoch": best["epoch"], "model": args.model, "head": args.head,
+    groups = group_metrics(metrics["pred"], metrics["true"], test_set.groups)
+    plot_groups(groups, out / "groups.png", title=f"{args.model}, test, best epoch {best['epoch']}: error per group")
+    result = {**public(metrics), "groups": groups, "best_epoch": best["epoch"], "model": args.model, "head": args.head,
               "tta_flip": args.tta_flip, "baseline": {"rule": "predict the training median for every face",
                                                       "age": median, "mae": baseline_mae},
               "beats_baseline": bool(metrics["mae"] < baseline_mae)}

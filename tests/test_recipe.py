@@ -1,6 +1,5 @@
 """The training recipe is defined once (train.add_recipe_args) and reproduced exactly wherever it
 travels: the tuner's trials, the resume check, the seeds of an epoch."""
-import argparse
 import hashlib
 import json
 
@@ -72,3 +71,16 @@ def test_exports_describe_their_training_data(tmp_path):
     assert checkpoints.describe_training_data({**config, "data_description": "synthetic demo faces"}) == \
         "synthetic demo faces"
     assert checkpoints.describe_training_data({"splits": str(tmp_path / "elsewhere")}) is None
+
+
+def test_group_metrics_golden_values():
+    from functions import group_metrics
+    pred = [30.0, 22.0, 40.0, 55.0]
+    true = [25.0, 24.0, 41.0, 50.0]
+    groups = group_metrics(pred, true, {"gender": ["female", "male", "", "female"]})
+    assert groups["gender"] == {"female": {"mae": 5.0, "mean_error": 5.0, "n": 2},
+                                "male": {"mae": 2.0, "mean_error": -2.0, "n": 1},
+                                "unknown": {"mae": 1.0, "mean_error": -1.0, "n": 1}}
+    assert list(groups["decade"]) == ["20-29", "40-49", "50-59"]
+    assert groups["decade"]["20-29"] == {"mae": 3.5, "mean_error": 1.5, "n": 2}
+    assert set(group_metrics(pred, true)) == {"decade"}
