@@ -219,34 +219,63 @@ def export_best(model, cfg, best, out, val_set, test_metrics=None):
 # ----------------------------------------------------------------------------------------------
 # Reading an export back (inference): the forward function and the checked metadata
 
-def onnx_forward(path, threads=None):
+DEVICES = ("cpu", "cuda")
+
+
+def read_export(path, threads=None, device="cpu"):
+    """(forward, metadata) of a model.onnx or a trusted model.jit, run on device ("cpu" or "cuda").
+    forward maps float32 N x 3 x S x S (numpy) to ages."""
+    path = Path(path)
+    if device not in DEVICES:
+        raise DataError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if path.suffix == ".onnx":
+        return onnx_forward(path, threads, device)
+    if path.suffix == ".jit":
+        return torchscript_forward(path, device)
+    raise DataError(f"{path}: pass a model.onnx (or a trusted model.jit) written by train.py")
+
+
+def onnx_forward(path, threads=None, device="cpu"):
     """(forward, metadata) of a model.onnx: ONNX Runtime runs the graph, no Python code from the file."""
     import onnx
     import onnxruntime as ort
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DataError("--device cuda: this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu "
+                            "for your CUDA version); use --device cpu")
+        providers.insert(0, "CUDAExecutionProvider")
     try:
         proto = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
     except Exception as exc:
         raise DataError(f"{path} is not an ONNX model ({type(exc).__name__}); pass the model.onnx written by train.py") from None
     if "metadata.json" not in props:
         raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise DataError("--device cuda: ONNX Runtime could not start CUDA (driver or CUDA libraries missing); "
+                        "use --device cpu")
     name = session.get_inputs()[0].name
     return (lambda x: session.run(None, {name: x})[0]), json.loads(props["metadata.json"])
 
 
-def torchscript_forward(path):
+def torchscript_forward(path, device="cpu"):
     """(forward, metadata) of a trusted model.jit (TorchScript runs code from the file)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: torch sees no CUDA GPU; use --device cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-        module, metadata = load_torchscript(path)
+        module, metadata = load_torchscript(path, optimize=device == "cpu")  # checks the file
+        if device == "cuda":  # frozen weights are constants: map_location is what moves them
+            module = torch.jit.load(str(path), map_location="cuda").eval()
 
     def forward(x):
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x).to(device)).cpu().numpy()
     return forward, metadata
 
 

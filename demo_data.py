@@ -23,7 +23,6 @@ random generator, so it is byte-identical whatever else is generated.
     python demo_data.py --out-dir outputs/demo/data --min-age 20 --max-age 50 --per-age 20
 """
 
-import argparse
 import os
 
 import cv2
@@ -392,14 +391,17 @@ def generate_dataset(out_dir, min_age=20, max_age=50, per_age=20, size=128, seed
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
+    from functions import ArgumentParser  # one-line usage errors, every default in --help (imports torch: here, not at the top)
+    parser = ArgumentParser(
         description="Write a synthetic age-labelled face data set (OUT/<age>/<age>_<i>.jpg).")
-    parser.add_argument("--out-dir", required=True, help="folder to write the images into")
-    parser.add_argument("--min-age", type=int, default=20)
-    parser.add_argument("--max-age", type=int, default=50)
-    parser.add_argument("--per-age", type=int, default=20, help="images per age")
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", required=True,
+                        help="folder to write the images into (OUT/<age>/<age>_<index>.jpg; created if missing)")
+    parser.add_argument("--min-age", type=int, default=20, help="youngest age drawn, in years (0 or more)")
+    parser.add_argument("--max-age", type=int, default=50, help="oldest age drawn, in years (at least --min-age)")
+    parser.add_argument("--per-age", type=int, default=20, help="images per age (at least 1)")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels (at least 32)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed: the same seed, age and index always give the same image")
     return parser
 
 

@@ -1,8 +1,22 @@
-"""Estimate the age of every face in an image, a folder of images, or a video.
+"""Estimate the age of every face in an image, a folder of images, a video or a camera.
 
-    python inference.py --image photo.jpg --output photo_age.jpg          # the shipped model (models/)
-    python inference.py --model RUN/model.onnx --input-dir photos/ --output-dir annotated/ [--save-crops crops/]
-    python inference.py --model RUN/model.onnx --video clip.mp4 --output clip_age.mp4
+    python inference.py --image photo.jpg                       # the shipped model (models/)
+    python inference.py --model RUN/model.onnx --input-dir photos/ [--json] [--save-crops crops/]
+    python inference.py --video clip.mp4 --output-dir annotated/   # or --video 0: camera 0 (Ctrl-C stops)
+    python inference.py --input-dir photos/ --json - | jq '.faces[].age'   # JSON lines on stdout, rest on stderr
+
+Where the outputs go (one rule for --image, --input-dir and --video):
+  * everything goes into one output folder: --output-dir, else ./inference_outputs/<input name> in the
+    CURRENT folder (photo.jpg -> ./inference_outputs/photo, photos/ -> ./inference_outputs/photos,
+    --video 0 -> ./inference_outputs/camera0), never beside the input;
+  * in it: <name>_age.<ext> per image (the annotated copy; .mp4 for a video), predictions.csv (images),
+    predictions.json with --json; --output FILE (--image/--video) names the annotated file itself, and
+    the CSV/JSON go beside it;
+  * the output folder (default or not), --output and --save-crops are never the input's folder or inside
+    it (for --image and --video that is the file's folder), nor inside a labelled face data set: such a
+    run stops with one line of advice before anything is written;
+  * --input-dir never reads this tool's outputs: files named *_age.<image extension> are skipped (and
+    counted), and a folder inside an inference_outputs folder is refused as input.
 
 Each face goes through faces.FacePipeline: detected (--detector, default the HOG/Haar cascade), its
 landmarks found, and cut out exactly as the model's training faces were cut (the crop recipe is in the
@@ -10,35 +24,52 @@ model's metadata: UTKFace-trained models get UTKFace's own dlib chip). The chip 
 custom_dataset.preprocess_rgb, the very function training used, and all faces of an image are
 predicted in one forward pass. A photo without a face says so; it is never guessed from the whole
 photo unless --whole-image says the inputs are face crops already. Video faces are tracked across
-frames by box overlap and their age is smoothed, so the number does not jitter.
+frames by box overlap and their age is smoothed, so the number does not jitter. An age at the edge of
+the model's training ages or beyond is flagged (outside_training_range; "?" and orange on the image).
 
 model.onnx (ONNX Runtime runs no Python code) is the format for models from elsewhere; model.jit is
 TorchScript, a program: load it only from a source you trust.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
 import time
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 import faces as face_pipeline
-from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, PreprocessConfig, _utf8_name,
-                            labelled_folder_above, load_rgb, preprocess_rgb)
-from faces import BOX_CROP, DETECTORS, FacePipeline, Face, check_crop, describe_crop, iou
+from checkpoints import DEVICES, check_metadata, read_export
+from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
+                            load_rgb, preprocess_rgb)
+from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import ArgumentParser, atomic_write, configure_threads, run_cli, same_or_inside
 
-SUPPORTED_FORMAT_VERSION = 1
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
+
+# Outputs (the rule is in the module docstring)
+OUTPUT_ROOT = "inference_outputs"   # default output folder: ./inference_outputs/<input name>
+OUTPUT_SUFFIX = "_age"              # annotated copies: <name>_age.<ext>; --input-dir skips such names
+CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "outside_training_range",
+              "face_found"]
+
+# Out-of-range rule. A prediction is flagged outside_training_range when it lies within RANGE_MARGIN years
+# of either end of the model's training ages (metadata min_age/max_age) or beyond them:
+#     age <= min_age + 0.5  or  age >= max_age - 0.5
+# Beyond: the model never saw such an age. At the ends: a "distribution" head cannot predict past its
+# age grid, and any head is pulled towards the ages it learnt, so a prediction that rounds to an end age
+# may stand for any age past that end. Models without a recorded range get None (unknown), not False.
+RANGE_MARGIN = 0.5
+RANGE_COLOUR = (255, 150, 0)        # orange box and label, and "?" after the age, for a flagged face
+FACE_COLOUR = (40, 220, 40)
 
 # Video: tracks and smoothing
 TRACK_IOU = 0.3           # a detection continues a track when their boxes overlap at least this much
@@ -46,26 +77,39 @@ SMOOTH_ALPHA = 0.3        # exponential moving average weight of the newest fram
                           # previous, i.e. the displayed age follows a change with a time constant of about
                           # three frames while frame-to-frame noise is damped to ~40 % of its size
 MAX_MISSED = 10           # a track survives this many frames without a matching detection
-CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "face_found"]
 
 
 def get_args_parser():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=str(DEFAULT_MODEL),
                    help="model.onnx (or a trusted model.jit) written by train.py (default: the shipped %(default)s)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="one image to annotate")
-    src.add_argument("--input-dir", help="folder of images to annotate (not recursive)")
-    src.add_argument("--video", help="video to annotate frame by frame")
-    p.add_argument("--output", help="annotated image or video (default: INPUT name + _age beside the input)")
-    p.add_argument("--output-dir", help="--input-dir mode: folder for annotated images and predictions.csv")
+    src.add_argument("--input-dir", help="folder of images to annotate (not recursive; skips *_age.* outputs)")
+    src.add_argument("--video", help="video file to annotate frame by frame, or a camera number such as 0")
+    p.add_argument("--output-dir", help=f"folder for every output (default: ./{OUTPUT_ROOT}/<input name> in the "
+                   "current folder; never the input's folder or inside it)")
+    p.add_argument("--output", help="--image/--video: the annotated file itself, an explicit override (default: "
+                   f"OUTPUT_DIR/<input name>{OUTPUT_SUFFIX}.<ext>); predictions.csv/.json go beside it")
+    p.add_argument("--json", nargs="?", const=True, metavar="-",
+                   help="also write predictions.json (one object per image) into the output folder; "
+                        "'--json -' prints them as JSON lines on stdout instead, every message on stderr")
+    p.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
+                   help="drop faces whose box is narrower or shorter than PIXELS, counted in the summary; 0 = off")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="drop faces whose detector score is below this (scores are in the CSV; default: off)")
     p.add_argument("--detector", choices=DETECTORS, default=face_pipeline.DEFAULT_DETECTOR,
-                   help="face detector (default: %(default)s; README, 'Face detection', compares them)")
+                   help="face detector (README, 'Face detection', compares them)")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
                    help="the inputs are face crops already: no detection, the whole image is the face")
     p.add_argument("--save-crops", metavar="DIR",
                    help="write each face's model input as DIR/<image stem>_<face index>.png (RGB, before normalisation)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where the model runs: cuda needs onnxruntime-gpu (ONNX) or a CUDA torch (TorchScript)")
     p.add_argument("--alpha", type=float, default=SMOOTH_ALPHA, help="--video: weight of the newest age (EMA)")
+    p.add_argument("--max-frames", type=int, default=0,
+                   help="--video: stop after this many frames; 0 = the whole video, a camera runs until Ctrl-C")
+    p.add_argument("--no-progress", action="store_true", help="--video: no progress bar on stderr")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -74,60 +118,19 @@ def get_args_parser():
 # ----------------------------------------------------------------------------------------------
 # Model
 
-def _onnx_model(path, threads=None):
-    """(forward, metadata) of a model.onnx: ONNX Runtime runs the graph, no Python code from the file."""
-    import onnx
-    import onnxruntime as ort
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise DataError(f"{path} is not an ONNX model ({type(exc).__name__}); pass the model.onnx written by train.py") from None
-    if "metadata.json" not in props:
-        raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
-    name = session.get_inputs()[0].name
-    return (lambda x: session.run(None, {name: x})[0]), json.loads(props["metadata.json"])
+def training_range(metadata) -> tuple[float, float] | None:
+    """(min_age, max_age) the model was trained on, from its metadata; None where not recorded."""
+    low, high = metadata.get("min_age"), metadata.get("max_age")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high))
+    return (float(low), float(high)) if numbers and low <= high else None
 
 
-def _torchscript_model(path):
-    import torch
-    from functions import load_torchscript
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-        module, metadata = load_torchscript(path)
-
-    def forward(x):
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
-    return forward, metadata
-
-
-def _check_metadata(path, metadata):
-    """(cfg, crop) from a model's metadata; DataError with advice where it is unusable."""
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("preprocess"), dict):
-        raise DataError(f"{path} has no preprocessing settings in its metadata; re-export it with train.py")
-    version = metadata.get("format_version", 1)
-    if not isinstance(version, int) or version > SUPPORTED_FORMAT_VERSION:
-        raise DataError(f"{path} has metadata format {version!r}, newer than this inference.py "
-                        f"understands ({SUPPORTED_FORMAT_VERSION}); update the code")
-    try:
-        cfg = PreprocessConfig.from_dict(metadata["preprocess"])
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{path} has unusable preprocessing metadata ({exc}); re-export it with train.py") from None
-    size = cfg.image_size
-    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
-        raise DataError(f"{path} has an unusable image_size {size!r} in its metadata; re-export it with train.py")
-    # models exported before the chip carry only a margin around the detector's box
-    crop = metadata.get("crop") or {**BOX_CROP, "margin": metadata.get("crop_margin", 0.0)}
-    try:
-        crop = check_crop(crop)
-    except DataError as exc:
-        raise DataError(f"{path}: {exc}; re-export it with train.py") from None
-    return cfg, crop
+def outside_training_range(age, age_range, margin=RANGE_MARGIN) -> bool | None:
+    """The rule above RANGE_MARGIN: True within `margin` years of either end of the training ages or
+    beyond them; None when the model does not record its range."""
+    if age_range is None:
+        return None
+    return bool(age <= age_range[0] + margin or age >= age_range[1] - margin)
 
 
 class AgeEstimator:
@@ -136,33 +139,42 @@ class AgeEstimator:
         from inference import AgeEstimator
         estimator = AgeEstimator("models/age_simplecnn_utkface.onnx")
         for face in estimator.predict("photo.jpg"):
-            print(face["box"], face["age"])
+            print(face["box"], face["age"], face["outside_training_range"])
 
     The model file carries its preprocessing and crop recipe; detection, alignment and
-    preprocessing are the ones training used.
+    preprocessing are the ones training used. min_face (pixels) and min_score drop small or doubtful
+    detections before the model sees them; device is "cpu" or "cuda".
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=face_pipeline.DEFAULT_DETECTOR, whole_image=False,
-                 threads=None):
+                 threads=None, *, min_face=0, min_score=None, device="cpu"):
         path = Path(model)
         if not path.is_file():
             hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
             raise DataError(f"model file not found: {path}{hint}; pass --model RUN/model.onnx written by train.py")
-        if path.suffix == ".onnx":
-            self._forward, self.metadata = _onnx_model(path, threads)
-        elif path.suffix == ".jit":
-            self._forward, self.metadata = _torchscript_model(path)
-        else:
-            raise DataError(f"{path}: pass a model.onnx (or a trusted model.jit) written by train.py")
-        self.path = path
-        self.cfg, self.crop = _check_metadata(path, self.metadata)
+        if min_face is None or min_face < 0:
+            raise DataError(f"--min-face must be 0 (off) or a number of pixels, got {min_face}")
+        if min_score is not None and not np.isfinite(min_score):
+            raise DataError(f"--min-score must be a finite number, got {min_score}")
+        self._forward, self.metadata = read_export(path, threads, device)
+        self.path, self.device = path, device
+        self.cfg, self.crop = check_metadata(path, self.metadata)
+        self.age_range = training_range(self.metadata)
+        self.min_face, self.min_score = int(min_face), min_score
         self.whole_image = whole_image
         self.pipeline = None if whole_image else FacePipeline(self.crop, detector)
 
     def describe(self) -> str:
+        """What is loaded, in two lines: model and face recipe; the training ages and data."""
         how = "whole image (--whole-image)" if self.whole_image else \
             f"{self.pipeline.detector} detector, {describe_crop(self.crop)}"
-        return f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px; faces: {how}"
+        ages = "training ages: not recorded in this model" if self.age_range is None else \
+            f"training ages {self.age_range[0]:g}-{self.age_range[1]:g}"
+        data = self.metadata.get("data")
+        data = f"training data: {data}" if isinstance(data, str) and data.strip() else \
+            "training data: not recorded in this model"
+        return (f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px, "
+                f"{self.device}; faces: {how}\n{ages}; {data}")
 
     def model_inputs(self, chips) -> np.ndarray:
         """N x S x S x 3 uint8: each chip through preprocess_rgb, as training preprocessed its faces."""
@@ -183,29 +195,121 @@ class AgeEstimator:
             ages = 0.5 * (ages + mirrored.reshape(ages.shape))
         return ages[:, 0]
 
-    def find_faces(self, rgb) -> list[Face]:
-        """Faces of one HxWx3 RGB image with their chips; the whole image is one face with --whole-image."""
+    def drop_reason(self, face: Face) -> str | None:
+        """"min_face" or "min_score" where a filter drops the face, else None."""
+        if self.min_face and min(face.box[2], face.box[3]) < self.min_face:
+            return "min_face"
+        if self.min_score is not None and face.score < self.min_score:
+            return "min_score"
+        return None
+
+    def detect(self, rgb) -> tuple[list[Face], list[tuple[Face, str]]]:
+        """(kept faces with their chips, largest first; [(dropped face, reason)]) of one RGB image.
+        Dropped faces are never cut out nor shown to the model."""
         if self.whole_image:
             height, width = rgb.shape[:2]
-            return [Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)]
-        return self.pipeline.faces(rgb)
+            found = [Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)]
+        else:
+            found = sorted(self.pipeline.detect(rgb), key=lambda f: -f.box[2] * f.box[3])
+        kept, dropped = [], []
+        for face in found:
+            reason = self.drop_reason(face)
+            if reason:
+                dropped.append((face, reason))
+            else:
+                kept.append(face if self.whole_image else self.pipeline.cut(rgb, face))
+        return kept, dropped
+
+    def find_faces(self, rgb) -> list[Face]:
+        """Kept faces of one HxWx3 RGB image with their chips; the whole image is one face with --whole-image."""
+        return self.detect(rgb)[0]
 
     def estimate(self, rgb):
-        """(faces, model inputs, ages) of one RGB image; all its faces in one forward pass."""
+        """(kept faces, model inputs, ages) of one RGB image; all its faces in one forward pass."""
         found = self.find_faces(rgb)
         inputs = self.model_inputs([f.chip for f in found]) if found else np.zeros((0,), np.uint8)
         return found, inputs, self.predict_inputs(inputs)
 
+    def analyse(self, rgb, name="") -> ImageResult:
+        """Everything about one RGB image, built once: used by predict, the CSV, the JSON and the drawing."""
+        kept, dropped = self.detect(rgb)
+        inputs = self.model_inputs([f.chip for f in kept]) if kept else np.zeros((0,), np.uint8)
+        ages = self.predict_inputs(inputs)
+        return ImageResult(file=name, faces=[self.face_record(f, a) for f, a in zip(kept, ages)], inputs=inputs,
+                           dropped=[{**_box_fields(f), "reason": r} for f, r in dropped])
+
+    def face_record(self, face: Face, age) -> dict:
+        """One face's result: box (x, y, w, h, whole pixels), score, detector, age, outside_training_range."""
+        record = {**_box_fields(face), "age": float(age),
+                  "outside_training_range": outside_training_range(float(age), self.age_range)}
+        # A model that carries an age interval will add "age_low"/"age_high" here (from its outputs, as
+        # its metadata says); none does yet, and no interval is ever made up for one that does not.
+        return record
+
     def predict(self, images):
         """Faces and ages of one image or a list of them: file paths, PIL images or HxWx3 RGB arrays.
-        Returns, per image, a list of {"box", "score", "detector", "age"} (one image: that list)."""
+        Returns, per image, a list of {"box", "score", "detector", "age", "outside_training_range"}
+        (one image: that list)."""
         single = not isinstance(images, (list, tuple))
-        results = []
-        for image in [images] if single else images:
-            found, _, ages = self.estimate(as_rgb(image))
-            results.append([{"box": tuple(int(round(v)) for v in f.box), "score": float(f.score),
-                             "detector": f.source, "age": float(a)} for f, a in zip(found, ages)])
+        results = [self.analyse(as_rgb(image)).faces for image in ([images] if single else images)]
         return results[0] if single else results
+
+
+def _box_fields(face: Face) -> dict:
+    return {"box": tuple(int(round(v)) for v in face.box), "score": float(face.score), "detector": face.source}
+
+
+@dataclass
+class ImageResult:
+    """One image's (or video frame's) faces, built once by AgeEstimator.analyse and reused by the printed
+    lines, predictions.csv, predictions.json and the drawing."""
+    file: str
+    faces: list = field(default_factory=list)     # face_record dicts, largest face first
+    dropped: list = field(default_factory=list)   # {"box", "score", "detector", "reason"} of filtered faces
+    inputs: np.ndarray | None = None              # the kept faces' model inputs (--save-crops)
+    extra: dict = field(default_factory=dict)     # per-frame fields of a video: frame, time
+
+    @property
+    def face_found(self) -> bool:
+        return bool(self.faces)
+
+    def outside(self) -> int:
+        return sum(bool(f["outside_training_range"]) for f in self.faces)
+
+    def csv_rows(self) -> list[dict]:
+        if not self.faces:
+            return [{**{k: "" for k in CSV_FIELDS}, "file": self.file, "face_found": "false"}]
+        return [{"file": self.file, "face_index": k, **dict(zip("xywh", f["box"])), "score": f"{f['score']:.3f}",
+                 "detector": f["detector"], "age": f"{f['age']:.2f}",
+                 "outside_training_range": _csv_flag(f["outside_training_range"]), "face_found": "true"}
+                for k, f in enumerate(self.faces)]
+
+    def to_json(self) -> dict:
+        faces = [{**f, "box": list(f["box"]), "score": round(f["score"], 4), "age": round(f["age"], 2)}
+                 for f in self.faces]
+        dropped = [{**f, "box": list(f["box"]), "score": round(f["score"], 4)} for f in self.dropped]
+        return {"file": self.file, **self.extra, "face_found": self.face_found, "faces": faces, "dropped": dropped}
+
+    def lines(self) -> list[str]:
+        """What is printed for the image."""
+        if not self.faces:
+            why = f" ({len(self.dropped)} dropped by --min-face/--min-score)" if self.dropped else ""
+            return [f"{self.file}: no face found{why} (nothing estimated; --whole-image if the photo is a face crop)"]
+        return [f"{self.file}, face {k}, box {','.join(map(str, f['box']))}, {f['detector']} score {f['score']:.2f}, "
+                f"age {f['age']:.1f}" + (" (outside the training ages)" if f["outside_training_range"] else "")
+                for k, f in enumerate(self.faces)]
+
+    def draw(self, rgb, ages=None) -> np.ndarray:
+        """Annotated copy of rgb (ages: what to show instead of the raw ages, e.g. smoothed ones)."""
+        if not self.faces:
+            return annotate(rgb, [], ["no face found"])
+        ages = [f["age"] for f in self.faces] if ages is None else ages
+        flags = [f["outside_training_range"] for f in self.faces]
+        return annotate(rgb, [f["box"] for f in self.faces], _labels(ages, flags), flags)
+
+
+def _csv_flag(value) -> str:
+    return "" if value is None else str(bool(value)).lower()
 
 
 def as_rgb(image) -> np.ndarray:
@@ -227,22 +331,23 @@ def as_rgb(image) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Drawing
 
-def annotate(rgb, boxes, labels):
+def annotate(rgb, boxes, labels, flags=None):
     """Copy of rgb with each box and its label drawn, line and text sized by the box so that they
-    read on a 300 px thumbnail and a 6000 px photo alike (the original is left untouched).
-    With no box, labels[0] (if any) is written across the top of the image."""
+    read on a 300 px thumbnail and a 6000 px photo alike (the original is left untouched); boxes
+    whose flag is true (outside the training ages) in orange. With no box, labels[0] (if any) is
+    written across the top of the image."""
     out = np.ascontiguousarray(rgb).copy()
     height, width = out.shape[:2]
-    colour = (40, 220, 40)
     if not boxes:
         if labels:
             side = min(height, width)
             _label(out, labels[0], 0, 0, max(0.4, side / 500), max(1, round(side / 250)), (230, 60, 60), inside=True)
         return out
-    for box, text in zip(boxes, labels):
+    for box, text, flag in zip(boxes, labels, flags or [False] * len(boxes)):
         x, y, w, h = (int(round(v)) for v in box)
         side = max(w, h)
         thickness = max(1, round(side / 60))
+        colour = RANGE_COLOUR if flag else FACE_COLOUR
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
         _label(out, text, x, y, max(0.35, side / 170), thickness, colour, box_height=h)
     return out
@@ -267,6 +372,7 @@ def _label(out, text, x, y, font_scale, thickness, colour, box_height=0, inside=
     tx = min(max(x, 0), max(0, width - tw - 2 * pad))
     cv2.rectangle(out, (tx, ty - th - pad), (tx + tw + 2 * pad, ty + base), colour, -1)
     cv2.putText(out, text, (tx + pad, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,8 +439,98 @@ class Tracker:
         return ids, shown
 
 
+
 # ----------------------------------------------------------------------------------------------
-# File helpers
+# Where outputs go (the rule in the module docstring)
+
+@dataclass
+class Outputs:
+    folder: Path             # predictions.csv / predictions.json (and, for --input-dir, the annotated copies)
+    annotated: Path | None   # --image / --video: the annotated file
+    what: str                # how the user named the folder, for messages
+
+
+def is_camera(video) -> bool:
+    """--video 0, 1, ...: a camera number (unless a file of that name exists)."""
+    return video is not None and str(video).isdigit() and not Path(video).exists()
+
+
+def input_name(args) -> str:
+    if args.input_dir:
+        return Path(args.input_dir).resolve().name or "input"
+    if args.video and is_camera(args.video):
+        return f"camera{int(args.video)}"
+    return Path(args.image or args.video).stem
+
+
+def input_folder(args) -> Path | None:
+    """The folder no output may go into: --input-dir, or the folder of --image/--video (none for a camera)."""
+    if args.input_dir:
+        return Path(args.input_dir)
+    if args.video and is_camera(args.video):
+        return None
+    return Path(args.image or args.video).resolve().parent
+
+
+def _annotated_ext(suffix) -> str:
+    suffix = suffix.lower()
+    return suffix if suffix and cv2.haveImageWriter(f"x{suffix}") else ".jpg"
+
+
+def annotated_name(path) -> str:
+    """photo.png -> photo_age.png: the name of an annotated copy (--input-dir skips such names)."""
+    path = Path(path)
+    return f"{path.stem}{OUTPUT_SUFFIX}{_annotated_ext(path.suffix)}"
+
+
+def plan_outputs(args) -> Outputs:
+    """Where this run writes, checked (never the input's folder, never a labelled data set) before
+    anything is written."""
+    if args.output:
+        annotated, what = Path(args.output), "--output"
+        source = None if args.input_dir or is_camera(args.video) else Path(args.image or args.video)
+        if source is not None and annotated.resolve() == source.resolve():
+            raise DataError(f"--output {annotated} is the input file; choose another name (the input is never overwritten)")
+        folder = annotated.parent
+    else:
+        folder = Path(args.output_dir) if args.output_dir else Path(OUTPUT_ROOT) / input_name(args)
+        what = "--output-dir" if args.output_dir else "the default output folder"
+        name = f"{input_name(args)}{OUTPUT_SUFFIX}"
+        annotated = None if args.input_dir else folder / (name + (".mp4" if args.video else _annotated_ext(Path(args.image).suffix)))
+    refuse_inside_data(folder, what)
+    refuse_inside_input(annotated if args.output else folder, args, what)
+    return Outputs(folder, annotated, what)
+
+
+def refuse_inside_input(path, args, what):
+    folder = input_folder(args)
+    if folder is None or not same_or_inside(path, folder):
+        return
+    kind = f"the input folder ({folder})" if args.input_dir else f"the folder of the input file ({folder})"
+    where = f"lies in {kind}" if what == "--output" else f"is {kind} or inside it"
+    advice = ("run from another folder or pass --output-dir outside it" if what == "the default output folder"
+              else f"choose a {what} outside it")
+    raise DataError(f"{what} {path} {where}: outputs never go among the inputs (a later --input-dir run "
+                    f"would read them); {advice}")
+
+
+def refuse_inside_data(path, what):
+    folder = labelled_folder_above(path)
+    if folder is not None:
+        raise DataError(f"{what} {path} is inside {folder}, which holds a labelled face data set: the next "
+                        "eda.py run would take the annotated copies as faces; write outside it")
+
+
+def _crops_dir(args):
+    """--save-crops checked (not among the inputs, not in a data set) and created; None without it."""
+    if not args.save_crops:
+        return None
+    refuse_inside_input(args.save_crops, args, "--save-crops")
+    return _prepare_dir(args.save_crops, "--save-crops")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and writing files
 
 def _read_image(path):
     path = Path(path)
@@ -352,15 +548,11 @@ def _read_image(path):
     return rgb
 
 
-def _prepare_output(path, inputs, kind="image"):
-    """Check an output path: not one of the inputs, a writable format, parent folder created."""
+def _prepare_output(path, kind="image"):
+    """The annotated file's path: a writable format, not a folder, its folder created."""
     path = Path(path)
-    for source in inputs:
-        if source is not None and path.resolve() == Path(source).resolve():
-            raise DataError(f"--output {path} is the input file; choose another name (the input is never overwritten)")
     if path.is_dir():
         raise DataError(f"--output {path} is a folder; give a file name such as {path / ('annotated' + ('.jpg' if kind == 'image' else '.mp4'))}")
-    refuse_inside_data(path.parent, "--output")
     if kind == "image" and not cv2.haveImageWriter(str(path.with_suffix(path.suffix or ".x"))):
         raise DataError(f"--output {path}: unknown image type {path.suffix!r}; use .jpg or .png")
     try:
@@ -368,60 +560,6 @@ def _prepare_output(path, inputs, kind="image"):
     except OSError as exc:
         raise DataError(f"cannot create the output folder {path.parent} ({exc.strerror or exc}); choose another --output") from None
     return path
-
-
-def _write_image(path, rgb):
-    path = Path(path)
-    ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DataError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
-    try:
-        atomic_write(path, lambda f: f.write(data.tobytes()))
-    except OSError as exc:
-        raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
-
-
-def _default_output(source, suffix=None):
-    source = Path(source)
-    return source.with_name(f"{source.stem}_age{suffix or source.suffix or '.jpg'}")
-
-
-def _fmt_box(box):
-    return ",".join(str(int(round(v))) for v in box)
-
-
-def _labels(ages):
-    return [f"Age: {int(round(float(a)))}" for a in ages]
-
-
-def _save_crops(folder, stem, inputs):
-    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB."""
-    for k, image in enumerate(inputs):
-        _write_image(Path(folder) / f"{stem}_{k}.png", image)
-
-
-def annotate_one(estimator, path, rgb, output, crops_dir=None):
-    """Faces and ages of one photo: annotated copy written, rows of predictions.csv returned."""
-    found, inputs, ages = estimator.estimate(rgb)
-    if found:
-        image = annotate(rgb, [f.box for f in found], _labels(ages))  # drawn after cutting: no box in a chip
-    else:
-        image = annotate(rgb, [], ["no face found"])
-    _write_image(output, image)
-    if crops_dir and found:
-        _save_crops(crops_dir, Path(path).stem, inputs)
-    name = Path(path).name
-    if not found:
-        print(f"{name}: no face found (nothing estimated; --whole-image if the photo is a face crop)")
-        return [{"file": name, "face_index": "", "x": "", "y": "", "w": "", "h": "", "score": "", "detector": "",
-                 "age": "", "face_found": "false"}]
-    rows = []
-    for k, (face, age) in enumerate(zip(found, ages)):
-        x, y, w, h = (int(round(v)) for v in face.box)
-        print(f"{name}, face {k}, box {_fmt_box(face.box)}, {face.source} score {face.score:.2f}, age {age:.1f}")
-        rows.append({"file": name, "face_index": k, "x": x, "y": y, "w": w, "h": h, "score": f"{face.score:.3f}",
-                     "detector": face.source, "age": f"{age:.2f}", "face_found": "true"})
-    return rows
 
 
 def _prepare_dir(path, what):
@@ -436,6 +574,17 @@ def _prepare_dir(path, what):
     return path
 
 
+def _write_image(path, rgb):
+    path = Path(path)
+    ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DataError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
+    try:
+        atomic_write(path, lambda f: f.write(data.tobytes()))
+    except OSError as exc:
+        raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
+
+
 def _write_csv(path, rows):
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -444,149 +593,318 @@ def _write_csv(path, rows):
     atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
-# ----------------------------------------------------------------------------------------------
-# Modes
+def _labels(ages, flags=None):
+    """"Age: 34", and "Age: 34?" for an age outside the training ages."""
+    return [f"Age: {int(round(float(a)))}" + ("?" if flag else "")
+            for a, flag in zip(ages, flags or [False] * len(ages))]
 
-def run_image(args, estimator):
-    rgb = _read_image(args.image)
-    output = _prepare_output(args.output or _default_output(args.image), [args.image])
-    rows = annotate_one(estimator, args.image, rgb, output, args.save_crops)
-    print(f"annotated image -> {output}")
-    found = [r for r in rows if r["face_found"] == "true"]
-    return {"output": str(output), "boxes": [(r["x"], r["y"], r["w"], r["h"]) for r in found],
-            "ages": [float(r["age"]) for r in found], "rows": rows}
+
+def _save_crops(folder, stem, inputs):
+    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB."""
+    for k, image in enumerate(inputs):
+        _write_image(Path(folder) / f"{stem}_{k}.png", image)
 
 
 def _list_images(folder):
-    """(images, other files, names that are not UTF-8) of a folder, sorted."""
+    """(images, other files, names that are not UTF-8, earlier outputs of this tool) of a folder, sorted.
+    Earlier outputs: images named *_age.<ext>, the annotated copies this tool writes; sub-folders
+    (an output folder among them) are never read."""
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
     odd = [p for p in files if not _utf8_name(p.name)]  # predictions.csv is UTF-8: they could not be listed
     files = [p for p in files if p not in odd]
-    return ([p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS],
-            [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS], odd)
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    earlier = [p for p in images if p.stem.endswith(OUTPUT_SUFFIX)]
+    return ([p for p in images if p not in earlier], [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS],
+            odd, earlier)
 
 
-def run_folder(args, estimator):
-    in_dir = Path(args.input_dir)
+class Recorder:
+    """The results of a run: predictions.csv and predictions.json (--json) written at the end, JSON
+    lines printed as they come (--json -, on `stream`: the real stdout), and the summary counts."""
+
+    def __init__(self, folder, json_mode, stream=None, csv_file=True):
+        self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
+        self.rows, self.objects = [], []
+        self.counts = {"images": 0, "faces": 0, "no_face": 0, "outside": 0, "min_face": 0, "min_score": 0}
+
+    def add(self, result: ImageResult):
+        counts = self.counts
+        counts["images"] += 1
+        counts["faces"] += len(result.faces)
+        counts["no_face"] += not result.face_found
+        counts["outside"] += result.outside()
+        for face in result.dropped:
+            counts[face["reason"]] += 1
+        if self.csv_file:
+            self.rows += result.csv_rows()
+        if self.json_mode == "-":
+            print(json.dumps(result.to_json()), file=self.stream, flush=True)
+        elif self.json_mode:
+            self.objects.append(result.to_json())
+
+    def finish(self) -> dict:
+        """Write predictions.csv / predictions.json (atomically); their paths by kind."""
+        written = {}
+        if self.csv_file:
+            _write_csv(self.folder / "predictions.csv", self.rows)
+            written["csv"] = str(self.folder / "predictions.csv")
+        if self.json_mode and self.json_mode != "-":
+            data = (json.dumps(self.objects, indent=1) + "\n").encode("utf-8")
+            atomic_write(self.folder / "predictions.json", lambda f: f.write(data))
+            written["json"] = str(self.folder / "predictions.json")
+        return written
+
+    def summary(self, estimator, unit="images") -> str:
+        """"3 images, 4 faces (1 outside the training ages 20-40), 1 images without a face[, dropped ...]"."""
+        counts = self.counts
+        text = f"{counts['images']} {unit}, {counts['faces']} faces"
+        if estimator.age_range:
+            text += f" ({counts['outside']} outside the training ages {estimator.age_range[0]:g}-{estimator.age_range[1]:g})"
+        text += f", {counts['no_face']} {unit} without a face"
+        if estimator.min_face:
+            text += f", {counts['min_face']} faces dropped by --min-face {estimator.min_face}"
+        if estimator.min_score is not None:
+            text += f", {counts['min_score']} faces dropped by --min-score {estimator.min_score:g}"
+        return text
+
+
+def process_image(estimator, path, rgb, output, crops_dir=None) -> ImageResult:
+    """Faces and ages of one photo: lines printed, annotated copy and crops written, the result returned."""
+    result = estimator.analyse(rgb, Path(path).name)
+    _write_image(output, result.draw(rgb))  # drawn after cutting: no box in a chip
+    if crops_dir and result.faces:
+        _save_crops(crops_dir, Path(path).stem, result.inputs)
+    for line in result.lines():
+        print(line)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Modes
+
+def run_image(args, estimator, json_stream=None):
+    rgb = _read_image(args.image)
+    outputs = plan_outputs(args)
+    crops = _crops_dir(args)
+    output = _prepare_output(outputs.annotated)
+    recorder = Recorder(outputs.folder, args.json, json_stream)
+    result = process_image(estimator, args.image, rgb, output, crops)
+    recorder.add(result)
+    written = recorder.finish()
+    print(f"{recorder.summary(estimator)}; annotated image -> {output}")
+    return {"output": str(output), "boxes": [f["box"] for f in result.faces], "ages": [f["age"] for f in result.faces],
+            "rows": result.csv_rows(), "result": result, **recorder.counts, **written}
+
+
+def _check_input_dir(path):
+    in_dir = Path(path)
     if not in_dir.is_dir():
         raise DataError(f"input folder not found: {in_dir} (pass --input-dir with an existing folder)")
-    if not args.output_dir:
-        raise DataError("--input-dir needs --output-dir (where annotated images and predictions.csv go)")
-    out_dir = Path(args.output_dir)
-    if same_or_inside(out_dir, in_dir):  # the next run (or eda.py) would take the annotated copies as photos
-        raise DataError(f"--output-dir {out_dir} is the input folder or inside it; choose a folder outside {in_dir}")
-    _prepare_dir(out_dir, "--output-dir")
-    images, others, odd = _list_images(in_dir)
+    if OUTPUT_ROOT in in_dir.resolve().parts:
+        raise DataError(f"--input-dir {in_dir} is inside an {OUTPUT_ROOT} folder, i.e. outputs of this tool; "
+                        "pass the folder of the original photos")
+    return in_dir
+
+
+def _folder_images(in_dir):
+    """The images of --input-dir to annotate, with a note on everything left out; (images, odd names)."""
+    images, others, odd, earlier = _list_images(in_dir)
     if odd:
         print(f"warning: skipping {len(odd)} file(s) whose names are not UTF-8 (rename them to include them)",
               file=sys.stderr)
+    if earlier:
+        print(f"skipping {len(earlier)} file(s) named *{OUTPUT_SUFFIX}.<ext>: annotated copies written by this tool "
+              "(rename them to include them)")
+    if others:
+        print(f"ignored {len(others)} file(s) without an image extension")
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {in_dir}")
+    return images, odd
+
+
+def _annotate_file(estimator, path, out_dir, crops, recorder) -> bool:
+    """One image of --input-dir; False (and a warning) where it cannot be read."""
+    try:
+        rgb = _read_image(path)
+    except DataError as exc:
+        print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
+        return False
+    recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path), crops))
+    return True
+
+
+def run_folder(args, estimator, json_stream=None):
+    in_dir = _check_input_dir(args.input_dir)
+    outputs = plan_outputs(args)
+    crops = _crops_dir(args)
+    images, odd = _folder_images(in_dir)
+    out_dir = _prepare_dir(outputs.folder, outputs.what)
+    recorder = Recorder(out_dir, args.json, json_stream)
     start = time.perf_counter()
-    rows, skipped = [], []
-    for path in images:
-        try:
-            rgb = _read_image(path)
-        except DataError as exc:
-            skipped.append(path.name)
-            print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
-            continue
-        rows += annotate_one(estimator, path, rgb, out_dir / path.name, args.save_crops)
-    csv_path = out_dir / "predictions.csv"
-    _write_csv(csv_path, rows)
+    skipped = [p.name for p in images if not _annotate_file(estimator, p, out_dir, crops, recorder)]
+    written = recorder.finish()
     seconds = time.perf_counter() - start
-    done = len(images) - len(skipped)
-    faces = sum(r["face_found"] == "true" for r in rows)
-    no_face = sum(r["face_found"] == "false" for r in rows)
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}"
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
-    if others:
-        print(f"ignored {len(others)} file(s) without an image extension")
-    print(f"{done} images, {faces} faces, {no_face} images without a face, {len(skipped) + len(odd)} skipped; "
-          f"{done / max(seconds, 1e-9):.1f} images/s -> {csv_path}")
-    return {"images": done, "faces": faces, "no_face": no_face, "skipped": len(skipped) + len(odd), "csv": str(csv_path),
-            "seconds": seconds}
+    counts = recorder.counts
+    print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "
+          f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")
+    return {**counts, "skipped": len(skipped) + len(odd), "seconds": seconds, "output_dir": str(out_dir), **written}
 
 
-def run_video(args, estimator):
-    source = Path(args.video)
+def open_camera(index):
+    """cv2.VideoCapture(index), or one line saying there is no such camera (OpenCV's own log silenced)."""
+    message = (f"no camera {index} found; connect one (or check its permissions), pass another number, "
+               "or pass a video file to --video")
+    if sys.platform.startswith("linux") and not Path(f"/dev/video{index}").exists():
+        raise DataError(message)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        cap = cv2.VideoCapture(index)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not cap.isOpened():
+        cap.release()
+        raise DataError(message)
+    return cap
+
+
+def open_video(video):
+    """(capture, name, frame count, or 0 where unknown) of a video file or a camera number."""
+    if is_camera(video):
+        return open_camera(int(video)), f"camera{int(video)}", 0
+    source = Path(video)
     if not source.is_file():
-        raise DataError(f"video not found: {source} (pass --video with an existing file)")
-    if not 0 < args.alpha <= 1:
-        raise DataError(f"--alpha must be in (0, 1], got {args.alpha}")
-    output = _prepare_output(args.output or _default_output(source, ".mp4"), [source], kind="video")
+        raise DataError(f"video not found: {source} (pass --video with an existing file, or a camera number such as 0)")
     cap = cv2.VideoCapture(str(source))
     if not cap.isOpened():
+        cap.release()
         raise DataError(f"cannot open {source} as a video; pass an .mp4/.avi file OpenCV can decode")
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
-    tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.mp4'}")
-    writer = None
-    tracker = Tracker(alpha=args.alpha)
-    frames = faces = 0
-    start = time.perf_counter()
+    return cap, source.name, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+
+
+class _VideoFile:
+    """The annotated video, written under a temporary name and renamed into place when complete."""
+
+    def __init__(self, output, fps):
+        self.output, self.fps, self.writer = Path(output), fps, None
+        self.tmp = self.output.with_name(f".{self.output.stem}.tmp{self.output.suffix or '.mp4'}")
+
+    def write(self, rgb):
+        if self.writer is None:
+            height, width = rgb.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+            if not self.writer.isOpened():
+                raise DataError(f"cannot write the video {self.output}; use an .mp4 name in a writable folder")
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self, keep):
+        if self.writer is not None:
+            self.writer.release()
+        if keep and self.writer is not None:
+            os.replace(self.tmp, self.output)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _progress(total, args):
+    """A tqdm bar on stderr for a video file of known length, unless --no-progress."""
+    if args.no_progress or total <= 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=min(total, args.max_frames or total), unit="frame", file=sys.stderr, leave=False)
+
+
+def _annotate_frame(estimator, tracker, rgb, index, name, fps, video) -> ImageResult:
+    """One frame: faces found, ages smoothed per track, the frame written (unannotated without a face)."""
+    result = estimator.analyse(rgb, name)
+    result.extra = {"frame": index, "time": round(index / fps, 3)}
+    ids, shown = tracker.update([f["box"] for f in result.faces], [f["age"] for f in result.faces])
+    for face, track, age in zip(result.faces, ids, shown):
+        face["track"], face["age_smoothed"] = track, round(age, 2)
+    video.write(result.draw(rgb, shown) if result.faces else rgb)
+    return result
+
+
+def _annotate_frames(cap, estimator, video, recorder, args, name, total):
+    """Every frame of the capture (up to --max-frames; a camera until Ctrl-C) -> (frames, tracker)."""
+    tracker, bar, frames = Tracker(alpha=args.alpha), _progress(total, args), 0
     try:
-        while True:
+        while not args.max_frames or frames < args.max_frames:
             ok, bgr = cap.read()
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            height, width = rgb.shape[:2]
-            if writer is None:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-                if not writer.isOpened():
-                    raise DataError(f"cannot write the video {output}; use an .mp4 name in a writable folder")
-            found, _, ages = estimator.estimate(rgb)  # a frame without a face stays unannotated
-            boxes = [f.box for f in found]
-            _, shown = tracker.update(boxes, ages)
-            writer.write(cv2.cvtColor(annotate(rgb, boxes, _labels(shown)), cv2.COLOR_RGB2BGR))
+            recorder.add(_annotate_frame(estimator, tracker, rgb, frames, name, video.fps, video))
             frames += 1
-            faces += len(boxes)
-    except BaseException:
-        if writer is not None:
-            writer.release()
-            writer = None
-        tmp.unlink(missing_ok=True)
-        raise
+            if bar is not None:
+                bar.update()
+    except KeyboardInterrupt:
+        if not is_camera(args.video):  # a video file: interrupted, nothing kept
+            raise
+        print("camera stopped (Ctrl-C)", file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
+    return frames, tracker
+
+
+def run_video(args, estimator, json_stream=None):
+    if not 0 < args.alpha <= 1:
+        raise DataError(f"--alpha must be in (0, 1], got {args.alpha}")
+    if args.max_frames < 0:
+        raise DataError(f"--max-frames must be 0 (all) or more, got {args.max_frames}")
+    cap, name, total = open_video(args.video)
+    try:
+        outputs = plan_outputs(args)
+        output = _prepare_output(outputs.annotated, kind="video")
+        recorder = Recorder(outputs.folder, args.json, json_stream, csv_file=False)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        video = _VideoFile(output, fps if fps and np.isfinite(fps) and fps > 0 else 25.0)
+        start = time.perf_counter()
+        try:
+            frames, tracker = _annotate_frames(cap, estimator, video, recorder, args, name, total or 0)
+        except BaseException:
+            video.close(keep=False)
+            raise
+        video.close(keep=frames > 0)
     finally:
         cap.release()
-        if writer is not None:
-            writer.release()
     if frames == 0:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"no frames could be read from {source}; is it a video OpenCV can decode?")
-    os.replace(tmp, output)
+        raise DataError(f"no frames could be read from {args.video}; is it a video OpenCV can decode?")
+    written = recorder.finish()
     seconds = time.perf_counter() - start
-    print(f"{frames} frames, {faces} faces, {tracker.created} tracks, {frames / max(seconds, 1e-9):.1f} frames/s "
-          f"(age smoothed per track, EMA alpha {args.alpha}) -> {output}")
-    return {"frames": frames, "faces": faces, "tracks": tracker.created, "output": str(output)}
+    print(f"{recorder.summary(estimator, 'frames')}, {tracker.created} tracks, {frames / max(seconds, 1e-9):.1f} "
+          f"frames/s (age smoothed per track, EMA alpha {args.alpha}) -> {output}")
+    return {"frames": frames, "faces": recorder.counts["faces"], "tracks": tracker.created, "output": str(output),
+            **written}
 
 
-def refuse_inside_data(path, what):
-    folder = labelled_folder_above(path)
-    if folder is not None:
-        raise DataError(f"{what} {path} is inside {folder}, which holds a labelled face data set: the next "
-                        "eda.py run would take the annotated copies as faces; write outside it")
+def check_flags(args):
+    """Flag combinations and values, before anything is loaded."""
+    if args.output and args.input_dir:
+        raise DataError("--input-dir writes into --output-dir; --output is for --image and --video")
+    if args.output and args.output_dir:
+        raise DataError("give --output (the annotated file; the CSV/JSON go beside it) or --output-dir, not both")
+    if args.json not in (None, True, "-"):
+        raise DataError(f"--json takes no value (predictions.json in the output folder) or '-' (JSON lines on "
+                        f"stdout), got {args.json!r}")
+    if args.save_crops and args.video:
+        raise DataError("--save-crops is for --image and --input-dir")
 
 
 def main(args):
     configure_threads(args.threads)
-    if args.output_dir and not args.input_dir:
-        raise DataError("--output-dir goes with --input-dir; use --output with --image or --video")
-    if args.output and args.input_dir:
-        raise DataError("--input-dir writes into --output-dir; --output is for --image and --video")
-    if args.save_crops:
-        if args.video:
-            raise DataError("--save-crops is for --image and --input-dir")
-        _prepare_dir(args.save_crops, "--save-crops")
-    estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads)
-    print(estimator.describe())
-    if args.image:
-        return run_image(args, estimator)
-    if args.input_dir:
-        return run_folder(args, estimator)
-    return run_video(args, estimator)
+    check_flags(args)
+    json_stream = sys.stdout if args.json == "-" else None  # --json -: stdout is for the JSON lines alone
+    with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():
+        estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
+                                 min_score=args.min_score, device=args.device)
+        print(estimator.describe())
+        mode = run_image if args.image else run_folder if args.input_dir else run_video
+        return mode(args, estimator, json_stream)
 
 
 if __name__ == "__main__":

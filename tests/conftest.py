@@ -1,5 +1,16 @@
-"""Shared fixtures: the repo on sys.path, a small generated data set, and ways to run eda.py."""
+"""Shared test helpers, importable as `from conftest import ...` (pytest puts tests/ on sys.path):
 
+REPO (also put on sys.path here), make_splits and the `splits` fixture (a small generated data set and the
+splits eda.py writes for it), ways to run eda.py and the scripts, assert_one_line_error (how every script must
+fail), snapshot / set_writable for the read-only tests, and the real-face helpers.
+
+Slow tests (pytest.ini's `slow` marker; `make test-fast` leaves them out) are marked in three ways: a whole
+file with `pytestmark = pytest.mark.slow`, one test with `@pytest.mark.slow`, and every test that uses a
+costly fixture (one that trains a model, say) by naming the fixture in the file's `SLOW_FIXTURES`.
+"""
+
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +22,76 @@ if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves 
     sys.path.insert(0, str(REPO))
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that uses (directly or through another fixture) a fixture named in its
+    module's SLOW_FIXTURES."""
+    for item in items:
+        costly = set(getattr(getattr(item, "module", None), "SLOW_FIXTURES", ()))
+        if costly & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# ---------------------------------------------------------------------------------------------- running things
+
+def run_script(*args, timeout=120):
+    """`python ARGS` from the repo root, as a user runs it -> CompletedProcess (text)."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def eda_main(data_dir, out_dir, *extra):
+    """eda.main in this process, without progress bars -> the report dict."""
+    import eda
+    args = eda.get_args_parser().parse_args(
+        ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--no-progress", *map(str, extra)])
+    return eda.main(args)
+
+
+def assert_one_line_error(proc, *words):
+    """How every script fails (functions.run_cli, README): exit code 2, stderr one line "error: ..." that
+    holds each of `words`, and no traceback anywhere."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def run_eda():
+    """eda.main in this process: run_eda(data_dir, out_dir, *extra_args) -> the report dict."""
+    return eda_main
+
+
+@pytest.fixture(scope="session")
+def eda_cli():
+    """`python eda.py ARGS` as a user runs it: eda_cli(*args) -> CompletedProcess (text)."""
+    def run(*args, timeout=120):
+        return run_script("eda.py", *args, timeout=timeout)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- data sets
+
+def make_splits(root, *, min_age=20, max_age=50, per_age=5, size=96, seed=1):
+    """Generated faces under root/data and the splits eda.py writes for them; returns root/out/splits
+    (training's default cache then goes to root/out/cache)."""
+    import demo_data
+    demo_data.generate_dataset(root / "data", min_age=min_age, max_age=max_age, per_age=per_age, size=size,
+                               seed=seed)
+    eda_main(root / "data", root / "out")
+    return root / "out" / "splits"
+
+
+@pytest.fixture(scope="session")
+def splits(tmp_path_factory):
+    """Splits of ages 20-50, 5 faces of 96 px each, shared by the training and torchrun tests (copy the
+    folder before changing it)."""
+    return make_splits(tmp_path_factory.mktemp("train_data"))
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A small folder-per-age set: ages 20-29, 6 images of 64 px each (read-only for tests)."""
@@ -20,26 +101,28 @@ def demo_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
-def run_eda():
-    """eda.main in this process: run_eda(data_dir, out_dir, *extra_args) -> the report dict."""
-    import eda
+# ---------------------------------------------------------------------------------------------- file trees
 
-    def run(data_dir, out_dir, *extra):
-        args = eda.get_args_parser().parse_args(
-            ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--no-progress", *map(str, extra)])
-        return eda.main(args)
-    return run
+def snapshot(root):
+    """(path, kind, size, mtime) of everything under root, links not followed."""
+    items = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames + ["."]:
+            st = os.lstat(os.path.join(dirpath, name))
+            items.append((os.path.join(dirpath, name), stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns))
+    return sorted(items)
 
 
-@pytest.fixture(scope="session")
-def eda_cli():
-    """`python eda.py ARGS` as a user runs it: eda_cli(*args) -> CompletedProcess (text)."""
-    def run(*args, timeout=120):
-        return subprocess.run([sys.executable, "eda.py", *map(str, args)], cwd=REPO, capture_output=True,
-                              text=True, timeout=timeout)
-    return run
+def set_writable(root, writable):
+    """Give (or take away) the write permission of every folder and file under root, links left alone."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for p in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
+            if not os.path.islink(p):
+                mode = os.lstat(p).st_mode
+                os.chmod(p, mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
+
+# ---------------------------------------------------------------------------------------------- real faces
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -79,3 +162,43 @@ def paste(chip, side, tilt=0.0, canvas=(480, 640), at=(0.5, 0.5), seed=0):
 @pytest.fixture(scope="session")
 def paste_face():
     return paste
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated faces in scenes (inference tests)
+
+def detectable_faces(count):
+    """`count` generated 160 px faces that the Haar cascade finds on a plain background
+    (deterministic). Cartoon faces: dlib's HOG detector is for photos, so these tests use haar."""
+    import demo_data
+    import faces as face_pipeline
+    pipe = face_pipeline.FacePipeline(face_pipeline.BOX_CROP, "haar")
+    found = []
+    for index in range(40):
+        face = demo_data.draw_face(35, demo_data.image_rng(0, 35, index), size=160)
+        if len(pipe.detect(scene([face]))) == 1:
+            found.append(face)
+        if len(found) == count:
+            return found
+    pytest.fail(f"fewer than {count} of 40 generated faces are detectable")
+
+
+def scene(faces, height=240, gap=40):
+    """Faces side by side on a grey background with some texture."""
+    import numpy as np
+    width = gap + sum(f.shape[1] + gap for f in faces)
+    canvas = np.clip(np.random.default_rng(1).normal(100, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+    x = gap
+    for face in faces:
+        y = (height - face.shape[0]) // 2
+        canvas[y:y + face.shape[0], x:x + face.shape[1]] = face
+        x += face.shape[1] + gap
+    return canvas
+
+
+def write_rgb(path, rgb):
+    """An RGB array as an image file, in a folder of its own (no output may go there)."""
+    import cv2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path

@@ -6,9 +6,12 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 import faces
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs eda.py on generated and real faces; one test trains a model
 
 
 def test_utkface_and_plain_folders_record_their_crop(demo_dir, run_eda, tmp_path):

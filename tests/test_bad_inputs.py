@@ -8,13 +8,13 @@ to HxWx3 uint8.
 import csv
 import io
 import os
-import stat
 from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import set_writable, snapshot
 from custom_dataset import MIN_IMAGE_SIDE, load_rgb
 
 
@@ -157,6 +157,7 @@ def test_every_good_image_used(layout_run):
     assert sum(report["splits"].values()) == len(good)
 
 
+@pytest.mark.slow
 def test_load_rgb_gives_hxwx3_uint8_for_every_good_image(corpus):
     _, good, _ = corpus["csv"]
     for path in good:
@@ -209,24 +210,7 @@ def test_transparency_and_palettes(corpus):
     assert (gray == gray[..., :1]).all()
 
 
-def snapshot(root):
-    """(path, kind, size, mtime) of everything under root, links not followed."""
-    items = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames + ["."]:
-            st = os.lstat(os.path.join(dirpath, name))
-            items.append((os.path.join(dirpath, name), stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns))
-    return sorted(items)
-
-
-def set_writable(root, writable):
-    for dirpath, dirnames, filenames in os.walk(root):
-        for p in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
-            if not os.path.islink(p):
-                mode = os.lstat(p).st_mode
-                os.chmod(p, mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
+@pytest.mark.slow
 def test_read_only_data_folder(corpus, eda_cli, tmp_path):
     tree = corpus["tree"][0]
     set_writable(tree, False)

@@ -1,24 +1,12 @@
 """Usage mistakes end in one line on stderr and exit code 2, whichever script is called."""
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import assert_one_line_error, run_script
 
 
-def _run(*argv):
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def _assert_one_line(proc, *words):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("script, argv, words", [
     ("train.py", ["--batch-size", "x"], ["--batch-size", "see train.py --help"]),
     ("eda.py", ["--data-dir"], ["--data-dir", "see eda.py --help"]),
@@ -29,9 +17,10 @@ def _assert_one_line(proc, *words):
     ("train.py", ["--splits", "s", "--out-dir", "o", "--nope"], ["unrecognized arguments: --nope"]),
 ])
 def test_usage_errors_are_one_line(script, argv, words):
-    _assert_one_line(_run(script, *argv), *words)
+    assert_one_line_error(run_script(script, *argv), *words)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, value, rule", [
     ("--batch-size", "0", "--batch-size must be at least 1"),
     ("--epochs", "0", "--epochs must be at least 1"),
@@ -40,22 +29,24 @@ def test_usage_errors_are_one_line(script, argv, words):
 ])
 def test_impossible_training_settings_are_named(demo_dir, run_eda, tmp_path, flag, value, rule):
     run_eda(demo_dir, tmp_path / "out")
-    proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", tmp_path / "run", flag, value,
+    proc = run_script("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", tmp_path / "run", flag, value,
                 "--threads", "1", "--no-progress")
-    _assert_one_line(proc, rule)
+    assert_one_line_error(proc, rule)
 
 
+@pytest.mark.slow
 def test_too_few_images_for_a_split_is_one_clear_line(demo_dir, tmp_path):
     import shutil
     small = tmp_path / "small"
     for path in sorted(demo_dir.rglob("*.jpg"))[:5]:
         (small / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, small / path.parent.name / path.name)
-    proc = _run("eda.py", "--data-dir", small, "--out-dir", tmp_path / "out", "--no-progress")
-    _assert_one_line(proc, "only 5 usable unique images", "needs at least 10")
+    proc = run_script("eda.py", "--data-dir", small, "--out-dir", tmp_path / "out", "--no-progress")
+    assert_one_line_error(proc, "only 5 usable unique images", "needs at least 10")
     assert not (tmp_path / "out" / "splits").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_stops_and_a_dead_runs_lock_is_taken_over(demo_dir, run_eda, tmp_path):
     run_eda(demo_dir, tmp_path / "out")
     run = tmp_path / "run"
@@ -65,24 +56,26 @@ def test_a_second_run_into_a_busy_folder_stops_and_a_dead_runs_lock_is_taken_ove
     busy = subprocess.Popen(["sleep", "60"])
     try:
         (run / ".lock").write_text(f"{busy.pid}\n")
-        _assert_one_line(_run(*train), f"in use by another train.py (PID {busy.pid})")
+        assert_one_line_error(run_script(*train), f"in use by another train.py (PID {busy.pid})")
         assert not (run / "last.pt").exists()
     finally:
         busy.kill()
         busy.wait()
-    proc = _run(*train)  # the holder is gone now: its lock is stale
+    proc = run_script(*train)  # the holder is gone now: its lock is stale
     assert proc.returncode == 0, proc.stderr
     assert "taking it over" in proc.stdout and (run / "last.pt").is_file() and not (run / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_training_output_inside_the_data_set_is_refused(demo_dir, run_eda, tmp_path):
     run_eda(demo_dir, tmp_path / "out")
     for inside in (demo_dir / "25" / "run", demo_dir / "runs"):
-        proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", inside, "--threads", "1")
-        _assert_one_line(proc, "holds the data set's images")
+        proc = run_script("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", inside, "--threads", "1")
+        assert_one_line_error(proc, "holds the data set's images")
         assert not inside.exists()
 
 
+@pytest.mark.slow
 def test_an_eda_run_that_fails_while_writing_leaves_the_previous_split_whole(demo_dir, run_eda, tmp_path, monkeypatch):
     import eda
     out = tmp_path / "out"
@@ -101,14 +94,16 @@ def test_an_eda_run_that_fails_while_writing_leaves_the_previous_split_whole(dem
     assert (out / "splits" / "val.csv").read_bytes() != before["val.csv"]
 
 
+@pytest.mark.slow
 def test_a_huge_csv_field_is_one_line(demo_dir, tmp_path):
     image = next(demo_dir.rglob("*.jpg"))
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "labels.csv").write_text(f"path,age\n{image},30\n{image},\"{'x' * 200_000}\"\n")
-    proc = _run("eda.py", "--data-dir", tmp_path / "csv" / "labels.csv", "--out-dir", tmp_path / "out")
-    _assert_one_line(proc, "is not a readable CSV", "field larger than field limit")
+    proc = run_script("eda.py", "--data-dir", tmp_path / "csv" / "labels.csv", "--out-dir", tmp_path / "out")
+    assert_one_line_error(proc, "is not a readable CSV", "field larger than field limit")
 
 
+@pytest.mark.slow
 def test_file_names_that_are_not_utf8_are_skipped_and_counted(demo_dir, run_eda, tmp_path):
     import os
     import shutil
@@ -121,12 +116,13 @@ def test_file_names_that_are_not_utf8_are_skipped_and_counted(demo_dir, run_eda,
     assert (tmp_path / "out" / "splits" / "train.csv").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_diverging_run_says_which_checkpoint_is_kept(demo_dir, run_eda, tmp_path):
     run_eda(demo_dir, tmp_path / "out")
     run = tmp_path / "run"
-    proc = _run("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", run, "--epochs", "2",
+    proc = run_script("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", run, "--epochs", "2",
                 "--image-size", "32", "--lr", "1e9", "--threads", "1", "--no-progress", "--no-tensorboard")
-    _assert_one_line(proc, "at epoch 1", "lower --lr", "no checkpoint was kept")
+    assert_one_line_error(proc, "at epoch 1", "lower --lr", "no checkpoint was kept")
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
 
 

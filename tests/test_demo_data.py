@@ -1,7 +1,5 @@
 """Tests of the synthetic face generator: layout, determinism, and a real age signal."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -9,15 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves the repo root off
-    sys.path.insert(0, str(REPO))
-
-import demo_data  # noqa: E402
+import demo_data
+from conftest import run_script
 
 # Big enough for a stable ridge fit, small enough to generate in a couple of seconds.
 SIGNAL_AGES = (20, 50)
 SIGNAL_PER_AGE = 6
+SLOW_FIXTURES = {"two_seeds"}  # ~3 s of generating: the tests that use it are marked slow (conftest)
 
 
 def _files(root):
@@ -157,8 +153,7 @@ def test_cli_writes_and_summarises(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["--min-age", "50", "--max-age", "20"], ["--per-age", "0"]])
 def test_cli_rejects_bad_arguments_with_one_line(tmp_path, argv):
-    proc = subprocess.run([sys.executable, str(REPO / "demo_data.py"), "--out-dir", str(tmp_path), *argv],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_script("demo_data.py", "--out-dir", tmp_path, *argv, timeout=60)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error:" in proc.stderr.strip().splitlines()[-1]

@@ -11,23 +11,22 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import custom_dataset
-import demo_data
-import eda
+import checkpoints
 import functions
+from conftest import REPO
 from model import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "16",
         "--model", "simplecnn_bn", "--dist-backend", "gloo", "--lr", "0.01"]
 # --lr 0.01 makes the model depend on its BatchNorm statistics enough that ranks evaluating with their own
 # (unsynchronised) statistics would move the reported val MAE by ~2e-2, far above the 1e-4 checked below
 EPOCHS = "3"
+SLOW_FIXTURES = {"ddp_run"}  # a 2-process training run: the tests that use it are marked slow (conftest)
 
 
 def torchrun_cmd(splits, out, cache, *extra):
@@ -41,12 +40,9 @@ def run_env():
 
 
 @pytest.fixture(scope="module")
-def ddp_splits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp_data")
-    demo_data.generate_dataset(root / "data", min_age=20, max_age=50, per_age=5, size=96, seed=1)
-    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
-                                               "--no-progress"]))
-    return root / "out" / "splits"
+def ddp_splits(splits):
+    """The training tests' split (conftest): the runs here pass a --cache-dir of their own."""
+    return splits
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +78,7 @@ def test_two_process_run_writes_one_set_of_outputs(ddp_run, ddp_splits):
     for name in ("best.pt", "last.pt", "learning_curves.png", "metrics.json", "pred_vs_true.png",
                  "model.jit", "model.onnx", "history.json"):
         assert (out / name).stat().st_size > 0, name
-    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0's writer only
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # rank 0's writer only
     assert not list(out.glob(".*.tmp"))
     assert proc.stdout.count("epoch   1/3") == 1 and proc.stdout.count("exported ") == 1  # only rank 0 speaks
     assert "2 processes (gloo), global batch 32" in proc.stdout
@@ -93,10 +89,10 @@ def test_two_process_run_writes_one_set_of_outputs(ddp_run, ddp_splits):
         assert len(list(cache.glob(f"{split}_*.npy"))) == 1, split
     assert not list(cache.glob("*.tmp"))
     # the checkpoint is the bare model's: it loads without DDP
-    ckpt = functions.load_checkpoint(out / "last.pt")
+    ckpt = checkpoints.load_checkpoint(out / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 3
     assert not any(k.startswith("module.") for k in ckpt["model_state"])
-    model, _ = functions.model_from_checkpoint(ckpt)
+    model, _ = checkpoints.model_from_checkpoint(ckpt)
     assert ckpt["model_name"] == "simplecnn_bn"
     assert all(torch.equal(v, ckpt["model_state"][k]) for k, v in model.state_dict().items())
 
@@ -115,13 +111,13 @@ def test_two_process_training_uses_both_shards(ddp_run, ddp_splits):
 @pytest.mark.parametrize("which", ["best.pt", "last.pt"])
 def test_reported_val_mae_equals_single_process_evaluate(ddp_run, ddp_splits, which):
     out, cache, _ = ddp_run
-    ckpt = functions.load_checkpoint(out / which)
+    ckpt = checkpoints.load_checkpoint(out / which)
     cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
-    model, _ = functions.model_from_checkpoint(ckpt)
+    model, _ = checkpoints.model_from_checkpoint(ckpt)
     model = model.to(memory_format=torch.channels_last)
     val = custom_dataset.load_split_dataset(ddp_splits / "val.csv", cfg, cache, workers=1, progress=False)
     mine = functions.evaluate(model, custom_dataset.make_loader(val, 256, shuffle=False), torch.tensor(cfg.mean),
-                              torch.tensor(cfg.std), ckpt["config"]["loss"], tta_flip=ckpt["config"]["tta_flip"])
+                              torch.tensor(cfg.std), loss_kind=ckpt["config"]["loss"], tta_flip=ckpt["config"]["tta_flip"])
     history = json.loads((out / "history.json").read_text())
     reported = next(h for h in history if h["epoch"] == ckpt["epoch"])
     assert mine["n"] == len(val)
@@ -130,6 +126,7 @@ def test_reported_val_mae_equals_single_process_evaluate(ddp_run, ddp_splits, wh
     assert reported["val_cs5"] == pytest.approx(mine["cs5"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_repeats_the_uninterrupted_run(ddp_run, ddp_splits, tmp_path):
     reference = json.loads((ddp_run[0] / "history.json").read_text())
     out = tmp_path / "stopped"
@@ -140,7 +137,7 @@ def test_resume_under_torchrun_repeats_the_uninterrupted_run(ddp_run, ddp_splits
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)  # torchrun stops both workers (they run in sessions of their own)
     proc.wait(timeout=60)
-    stopped_at = functions.load_checkpoint(out / "last.pt")["epoch"]
+    stopped_at = checkpoints.load_checkpoint(out / "last.pt")["epoch"]
     assert 1 <= stopped_at < int(EPOCHS)  # stopped part-way
     done = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=150, env=run_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

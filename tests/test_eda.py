@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import assert_one_line_error
+
 FIGURES = ("pics/sample_images.png", "figs/age_distribution.png", "figs/train_test_valid_age_distri.png")
 SPLITS = ("train", "val", "test")
 
@@ -89,6 +91,7 @@ def test_splits_cover_used_images_once(eda_run):
     assert all(len(rows) > 0 for rows in split_rows.values())
 
 
+@pytest.mark.slow
 def test_same_seed_same_split(eda_run, run_eda, tmp_path):
     data, out, _, _ = eda_run
     run_eda(data, tmp_path / "again", "--seed", 5)
@@ -96,13 +99,7 @@ def test_same_seed_same_split(eda_run, run_eda, tmp_path):
         assert (tmp_path / "again" / "splits" / f"{s}.csv").read_bytes() == (out / "splits" / f"{s}.csv").read_bytes()
 
 
-def assert_one_line_error(proc):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-
-
+@pytest.mark.slow
 def test_cli_only_bad_files(tmp_path, eda_cli):
     data = tmp_path / "data"
     (data / "30").mkdir(parents=True)
@@ -116,6 +113,7 @@ def test_cli_only_bad_files(tmp_path, eda_cli):
     assert not (tmp_path / "out" / "labels.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["out_inside_data", "out_is_data", "missing_data", "empty_folder",
                                   "out_next_to_csv"])
 def test_cli_refuses_bad_folders(tmp_path, demo_dir, eda_cli, case):

@@ -8,26 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
-import demo_data
-import eda
 import export_mobile
+import checkpoints
 import functions
 import train
+from conftest import REPO, make_splits
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "32",
         "--no-tensorboard"]
+pytestmark = pytest.mark.slow  # every test uses run_dir, a trained model
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A one-epoch SimpleCNN run (best.pt, model.jit, model.onnx) on generated faces."""
     root = tmp_path_factory.mktemp("mobile")
-    demo_data.generate_dataset(root / "data", min_age=20, max_age=40, per_age=4, size=64, seed=3)
-    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
-                                               "--no-progress"]))
-    train.main(train.get_args_parser().parse_args(["--splits", str(root / "out" / "splits"), "--out-dir",
-                                                   str(root / "run"), *FAST, "--epochs", "1"]))
+    splits = make_splits(root, min_age=20, max_age=40, per_age=4, size=64, seed=3)
+    train.main(train.get_args_parser().parse_args(["--splits", str(splits), "--out-dir", str(root / "run"), *FAST,
+                                                   "--epochs", "1"]))
     return root / "run"
 
 
@@ -53,14 +51,14 @@ def exported(run_dir):
 
 @pytest.fixture(scope="module")
 def eager(run_dir):
-    checkpoint = functions.load_checkpoint(run_dir / "best.pt")
+    checkpoint = checkpoints.load_checkpoint(run_dir / "best.pt")
     wrapper, cfg, size = export_mobile.rebuild(checkpoint)
     val = export_mobile.load_val(checkpoint, cfg, cli_args("--checkpoint", "x"))
     return wrapper, val.batch(range(min(8, len(val))))[0].float()
 
 
 def jit_metadata(run_dir):
-    return functions.load_torchscript(run_dir / "model.jit")[1]
+    return checkpoints.load_torchscript(run_dir / "model.jit")[1]
 
 
 def test_pte_matches_eager_and_carries_the_metadata(run_dir, exported, eager):
@@ -150,10 +148,10 @@ def test_falls_back_to_pt2_and_says_why_in_one_line(run_dir, tmp_path, monkeypat
 
 
 def test_a_checkpoint_without_its_config_still_exports(run_dir, tmp_path):
-    checkpoint = functions.load_checkpoint(run_dir / "best.pt")
+    checkpoint = checkpoints.load_checkpoint(run_dir / "best.pt")
     for key in ("config", "crop", "best_val_mae"):
         checkpoint.pop(key, None)
-    functions.save_checkpoint(tmp_path / "bare.pt", checkpoint)
+    checkpoints.save_checkpoint(tmp_path / "bare.pt", checkpoint)
     export_mobile.main(cli_args("--checkpoint", tmp_path / "bare.pt", "--out-dir", tmp_path, "--no-bench",
                                 "--format", "pt2"))
     _, metadata = export_mobile.load_pt2(tmp_path / "model.pt2")

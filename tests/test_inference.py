@@ -1,25 +1,20 @@
 """Tests of inference.py: single image, folder, video, tracking helpers and one-line errors."""
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves the repo root off
-    sys.path.insert(0, str(REPO))
-
-import demo_data  # noqa: E402
-import faces as face_pipeline  # noqa: E402
-import inference  # noqa: E402
-from custom_dataset import DataError  # noqa: E402
+import demo_data
+import faces as face_pipeline
+import inference
+from conftest import assert_one_line_error, detectable_faces, run_script, scene, write_rgb
+from custom_dataset import DataError
 
 torch.set_num_threads(1)  # the machine is shared; these models are tiny
 cv2.setNumThreads(1)
+SLOW_FIXTURES = {"model_path"}  # trains a model: the tests that use it (or onnx_path) are marked slow (conftest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,35 +50,7 @@ def onnx_path(model_path):
 
 @pytest.fixture(scope="session")
 def faces():
-    """Generated 160 px faces that the Haar cascade finds on a plain background (deterministic).
-    Cartoon faces: dlib's HOG detector is for photos, so these tests run with --detector haar."""
-    pipe = face_pipeline.FacePipeline(face_pipeline.BOX_CROP, "haar")
-    found = []
-    for index in range(40):
-        face = demo_data.draw_face(35, demo_data.image_rng(0, 35, index), size=160)
-        if len(pipe.detect(scene([face]))) == 1:
-            found.append(face)
-        if len(found) == 3:
-            return found
-    pytest.fail("fewer than 3 of 40 generated faces are detectable")
-
-
-def scene(faces, height=240, gap=40):
-    """Faces side by side on a grey background with some texture."""
-    width = gap + sum(f.shape[1] + gap for f in faces)
-    rng = np.random.default_rng(1)
-    canvas = np.clip(rng.normal(100, 8, (height, width, 3)), 0, 255).astype(np.uint8)
-    x = gap
-    for face in faces:
-        y = (height - face.shape[0]) // 2
-        canvas[y:y + face.shape[0], x:x + face.shape[1]] = face
-        x += face.shape[1] + gap
-    return canvas
-
-
-def write_rgb(path, rgb):
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return path
+    return detectable_faces(3)
 
 
 def run_main(argv):
@@ -94,13 +61,13 @@ def run_main(argv):
 # Single image
 
 def test_single_image_two_faces_one_forward_pass(onnx_path, faces, tmp_path, capsys, monkeypatch):
-    src = write_rgb(tmp_path / "two.jpg", scene(faces[:2]))
+    src = write_rgb(tmp_path / "in" / "two.jpg", scene(faces[:2]))
     out = tmp_path / "sub" / "two_out.jpg"
     calls, tta = [], []
-    real_load = inference._onnx_model
+    real_load = inference.read_export
 
-    def counting_load(path, threads=None):
-        forward, metadata = real_load(path, threads)
+    def counting_load(path, threads=None, device="cpu"):
+        forward, metadata = real_load(path, threads, device)
         tta.append(bool(metadata.get("tta_flip")))
 
         def counted(x):
@@ -108,7 +75,7 @@ def test_single_image_two_faces_one_forward_pass(onnx_path, faces, tmp_path, cap
             return forward(x)
         return counted, metadata
 
-    monkeypatch.setattr(inference, "_onnx_model", counting_load)
+    monkeypatch.setattr(inference, "read_export", counting_load)
     result = run_main(["--model", str(onnx_path), "--image", str(src), "--output", str(out), "--detector", "haar"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("two.jpg, face ")]
     assert len(lines) == 2 == len(result["boxes"])
@@ -123,20 +90,20 @@ def test_single_image_two_faces_one_forward_pass(onnx_path, faces, tmp_path, cap
 
 def test_no_face_says_so_and_guesses_nothing(onnx_path, tmp_path, capsys):
     noise = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
-    src = write_rgb(tmp_path / "noise.png", noise)
+    src = write_rgb(tmp_path / "in" / "noise.png", noise)
     result = run_main(["--model", str(onnx_path), "--image", str(src), "--output", str(tmp_path / "o.png"),
                        "--detector", "haar"])
     out = capsys.readouterr().out
     assert "noise.png: no face found" in out and ", age " not in out
     assert result["boxes"] == [] and result["ages"] == []
     assert result["rows"] == [{"file": "noise.png", "face_index": "", "x": "", "y": "", "w": "", "h": "", "score": "",
-                               "detector": "", "age": "", "face_found": "false"}]
+                               "detector": "", "age": "", "outside_training_range": "", "face_found": "false"}]
     annotated = cv2.imread(str(tmp_path / "o.png"))
     assert annotated.shape == (150, 200, 3) and not np.array_equal(annotated, cv2.imread(str(src)))  # says so
 
 
 def test_whole_image_uses_the_whole_image(onnx_path, faces, tmp_path, capsys):
-    src = write_rgb(tmp_path / "face.jpg", scene(faces[:1]))
+    src = write_rgb(tmp_path / "in" / "face.jpg", scene(faces[:1]))
     result = run_main(["--model", str(onnx_path), "--image", str(src), "--output", str(tmp_path / "o.jpg"),
                        "--whole-image"])
     assert result["boxes"] == [(0, 0, 240, 240)]
@@ -144,7 +111,7 @@ def test_whole_image_uses_the_whole_image(onnx_path, faces, tmp_path, capsys):
 
 
 def test_save_crops_writes_what_the_model_saw(onnx_path, faces, tmp_path):
-    src = write_rgb(tmp_path / "two.png", scene(faces[:2]))
+    src = write_rgb(tmp_path / "in" / "two.png", scene(faces[:2]))
     crops = tmp_path / "crops"
     result = run_main(["--model", str(onnx_path), "--image", str(src), "--output", str(tmp_path / "o.png"),
                        "--detector", "haar", "--save-crops", str(crops)])
@@ -166,11 +133,12 @@ def test_output_equal_to_input_is_refused(onnx_path, faces, tmp_path):
 
 
 def test_unreadable_image_and_bad_output(onnx_path, faces, tmp_path):
-    bad = tmp_path / "broken.jpg"
+    (tmp_path / "in").mkdir()
+    bad = tmp_path / "in" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
     with pytest.raises(DataError, match="cannot read"):
         run_main(["--model", str(onnx_path), "--image", str(bad), "--output", str(tmp_path / "o.jpg")])
-    src = write_rgb(tmp_path / "face.jpg", scene(faces[:1]))
+    src = write_rgb(tmp_path / "in" / "face.jpg", scene(faces[:1]))
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     with pytest.raises(DataError, match="output folder"):
@@ -203,9 +171,9 @@ def test_input_dir_writes_csv_and_skips_corrupt(model_path, faces, tmp_path, cap
     assert rows[3]["age"] == "" and rows[3]["w"] == ""
     assert all(np.isfinite(float(r["age"])) and r["detector"] == "haar" for r in rows[:3])
     assert result["images"] == 3 and result["skipped"] == 1 and result["faces"] == 3 and result["no_face"] == 1
-    for name in ("a_two.jpg", "b_one.png", "c_noise.jpg"):
-        assert cv2.imread(str(out_dir / name)).shape == cv2.imread(str(in_dir / name)).shape
-    assert not (out_dir / "d_corrupt.jpg").exists()
+    for name in ("a_two.jpg", "b_one.png", "c_noise.jpg"):  # annotated copies: <stem>_age.<ext>
+        assert cv2.imread(str(out_dir / inference.annotated_name(name))).shape == cv2.imread(str(in_dir / name)).shape
+    assert not (out_dir / "d_corrupt_age.jpg").exists()
     assert not list(out_dir.glob(".*"))  # no temporary file left
 
 
@@ -218,7 +186,8 @@ def test_input_dir_equal_to_output_dir_is_refused(onnx_path, tmp_path):
 # Video
 
 def test_video_same_frame_count(onnx_path, faces, tmp_path, capsys):
-    src, out = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    src, out = tmp_path / "in" / "in.mp4", tmp_path / "out.mp4"
+    src.parent.mkdir()
     background = scene([], gap=320)  # 240 x 320 textured grey
     frames = []
     for i in range(12):  # the face moves 4 px right and 1 px down per frame
@@ -370,37 +339,30 @@ def test_real_face_in_a_photo_reaches_the_model_as_its_training_chip(onnx_path, 
 
 
 def _cli(*argv):
-    return subprocess.run([sys.executable, str(REPO / "inference.py"), *argv, "--threads", "1"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    return run_script("inference.py", *argv, "--threads", "1")
 
 
-def _assert_one_line_error(proc, *words):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for word in words:
-        assert word in lines[0]
-
-
+@pytest.mark.slow
 def test_cli_missing_model(tmp_path):
-    _assert_one_line_error(_cli("--model", str(tmp_path / "nope.jit"), "--image", "x.jpg"), "model file not found")
+    assert_one_line_error(_cli("--model", str(tmp_path / "nope.jit"), "--image", "x.jpg"), "model file not found")
 
 
+@pytest.mark.slow
 def test_cli_text_file_as_model(tmp_path):
     text = tmp_path / "model.jit"
     text.write_text("this is not a model\n")
-    _assert_one_line_error(_cli("--model", str(text), "--image", "x.jpg"), "not a TorchScript model")
+    assert_one_line_error(_cli("--model", str(text), "--image", "x.jpg"), "not a TorchScript model")
     text = tmp_path / "model.onnx"
     text.write_text("this is not a model\n")
-    _assert_one_line_error(_cli("--model", str(text), "--image", "x.jpg"), "not an ONNX model")
+    assert_one_line_error(_cli("--model", str(text), "--image", "x.jpg"), "not an ONNX model")
     other = tmp_path / "model.pkl"
     other.write_text("x")
-    _assert_one_line_error(_cli("--model", str(other), "--image", "x.jpg"), "pass a model.onnx")
+    assert_one_line_error(_cli("--model", str(other), "--image", "x.jpg"), "pass a model.onnx")
 
 
+@pytest.mark.slow
 def test_cli_missing_image(model_path, tmp_path):
-    _assert_one_line_error(_cli("--model", str(model_path), "--image", str(tmp_path / "missing.jpg"),
+    assert_one_line_error(_cli("--model", str(model_path), "--image", str(tmp_path / "missing.jpg"),
                                 "--output", str(tmp_path / "o.jpg")), "image not found")
 
 
@@ -447,7 +409,7 @@ def test_outputs_inside_a_labelled_data_set_are_refused(onnx_path, faces, tmp_pa
     data = tmp_path / "DATA"
     for age in (25, 26):
         (data / str(age)).mkdir(parents=True)
-    src = write_rgb(tmp_path / "face.png", scene(faces[:1]))
+    src = write_rgb(tmp_path / "src" / "face.png", scene(faces[:1]))
     photos = tmp_path / "photos"
     photos.mkdir()
     write_rgb(photos / "a.png", scene(faces[:1]))

@@ -1,16 +1,14 @@
 """The whole chain (EDA, training, export, inference) on a read-only data folder changes nothing in it."""
-import subprocess
-import sys
-from pathlib import Path
+import pytest
 
 import demo_data
-from test_bad_inputs import set_writable, snapshot
+from conftest import run_script, set_writable, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # trains a model and runs three scripts
 
 
 def run(*args):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_script(*args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 

@@ -5,38 +5,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import custom_dataset
-import demo_data
-import eda
+import checkpoints
 import functions
 import train
+from conftest import REPO, assert_one_line_error, run_script
 from model import SimpleCNN, build_model, count_parameters
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "32"]
-
-
-@pytest.fixture(scope="session")
-def splits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_data")
-    demo_data.generate_dataset(root / "data", min_age=20, max_age=50, per_age=5, size=96, seed=1)
-    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
-                                               "--no-progress"]))
-    return root / "out" / "splits"
+SLOW_FIXTURES = {"full_run"}  # trains for 3 epochs: the tests that use it are marked slow (conftest)
 
 
 def train_args(splits, out_dir, *extra):
     return train.get_args_parser().parse_args(["--splits", str(splits), "--out-dir", str(out_dir), *FAST, *extra])
-
-
-def run_script(*args, timeout=120):
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -135,16 +121,16 @@ def test_augmentation_is_off_in_evaluation_and_seeded_in_training():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    functions.save_checkpoint(path, {"model_state": {"w": torch.ones(2)}, "epoch": 1})
+    checkpoints.save_checkpoint(path, {"model_state": {"w": torch.ones(2)}, "epoch": 1})
 
     def crash_midway(obj, f):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt
     monkeypatch.setattr(functions.torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        functions.save_checkpoint(path, {"model_state": {"w": torch.zeros(2)}, "epoch": 2})
+        checkpoints.save_checkpoint(path, {"model_state": {"w": torch.zeros(2)}, "epoch": 2})
     monkeypatch.undo()
-    assert functions.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -152,7 +138,7 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     bad = tmp_path / "notes.pt"
     bad.write_text("not a checkpoint")
     with pytest.raises(custom_dataset.DataError, match="not a readable checkpoint"):
-        functions.load_checkpoint(bad)
+        checkpoints.load_checkpoint(bad)
 
 
 # ---------------------------------------------------------------------------------------------- training runs
@@ -169,27 +155,53 @@ def test_training_writes_every_output(full_run, splits):
     for name in ("best.pt", "last.pt", "learning_curves.png", "metrics.json", "pred_vs_true.png",
                  "model.jit", "model.onnx", "history.json"):
         assert (out / name).stat().st_size > 0, name
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert list(out.glob("events.out.tfevents.*"))  # TensorBoard names the run after its folder
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"mae", "rmse", "cs5", "mae_per_bin", "n"} <= set(metrics)
-    assert metrics["n"] == len(custom_dataset.read_split(splits / "test.csv"))
-    ckpt = functions.load_checkpoint(out / "best.pt")
+    assert {"mae", "rmse", "cs5", "mae_per_bin", "n", "baseline", "beats_baseline"} <= set(metrics)
+    test_ages = [float(r["age"]) for r in custom_dataset.read_split(splits / "test.csv")]
+    assert metrics["n"] == len(test_ages)
+    median = float(np.median([float(r["age"]) for r in custom_dataset.read_split(splits / "train.csv")]))
+    assert metrics["baseline"]["age"] == median
+    assert metrics["baseline"]["mae"] == pytest.approx(np.mean(np.abs(np.array(test_ages) - median)))
+    assert metrics["beats_baseline"] == (metrics["mae"] < metrics["baseline"]["mae"])
+    assert set(metrics["groups"]) == {"decade"}  # the demo faces have no gender/race columns
+    assert sum(g["n"] for g in metrics["groups"]["decade"].values()) == metrics["n"]
+    assert (out / "groups.png").stat().st_size > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["image_size"] == 64 and config["torch"] == torch.__version__
+    assert config["splits"]["train.csv"] == str((splits / "train.csv").resolve())
+    assert set(config["split_sha256"]) == {"train.csv", "val.csv", "test.csv"}
+    ckpt = checkpoints.load_checkpoint(out / "best.pt")
     assert ckpt["model_name"] == "simplecnn" and ckpt["config"]["image_size"] == 64
     assert ckpt["preprocess"]["denoise"] is False and len(ckpt["preprocess"]["mean"]) == 3
     history = json.loads((out / "history.json").read_text())
     assert ckpt["best_val_mae"] == pytest.approx(min(h["val_mae"] for h in history))
 
 
+def test_closing_lines_warn_when_the_median_baseline_wins(tmp_path):
+    args = train.get_args_parser().parse_args(["--splits", "S", "--out-dir", str(tmp_path)])
+    best = {"epoch": 1, "best_val_mae": 7.7}
+    summary = {"baseline": {"age": 30.0, "val_mae": 7.4}, "test": {"mae": 7.65, "baseline": {"mae": 7.52}}}
+    lines = train.closing_lines(args, tmp_path, best, summary)
+    assert "test MAE 7.52; this model 7.65" in lines[0]
+    assert any(line.startswith("warning: the model does not beat the median baseline") for line in lines)
+    assert lines[-1] == f"next: python inference.py --model {tmp_path / 'model.onnx'} --image PHOTO.jpg"
+    summary["test"]["mae"] = 5.0
+    assert not any(line.startswith("warning") for line in train.closing_lines(args, tmp_path, best, summary))
+    del summary["test"]  # --no-test: the validation split is compared instead
+    assert "val MAE 7.40; this model 7.70" in train.closing_lines(args, tmp_path, best, summary)[0]
+
+
 def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     import onnxruntime as ort
     out, _ = full_run
-    ckpt = functions.load_checkpoint(out / "best.pt")
+    ckpt = checkpoints.load_checkpoint(out / "best.pt")
     cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
-    model, _ = functions.model_from_checkpoint(ckpt)
-    wrapper = functions.ExportedAgeModel(model.eval(), cfg.mean, cfg.std)
+    model, _ = checkpoints.model_from_checkpoint(ckpt)
+    wrapper = checkpoints.ExportedAgeModel(model.eval(), cfg.mean, cfg.std)
     val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
     x = val.batch(range(5))[0].float()
-    module, metadata = functions.load_torchscript(out / "model.jit")
+    module, metadata = checkpoints.load_torchscript(out / "model.jit")
     assert metadata["preprocess"] == cfg.to_dict()
     with torch.no_grad():
         eager = wrapper(x).numpy()
@@ -213,6 +225,7 @@ def test_preprocessing_cache_is_reused_and_invalidated(splits, tmp_path):
     assert len(list(tmp_path.glob("*.npy"))) == 2  # other settings: another key, another array
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(full_run, splits, tmp_path):
     reference = json.loads((full_run[0] / "history.json").read_text())
     out = tmp_path / "killed"
@@ -227,11 +240,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(full_run, splits, tmp_pat
     time.sleep(0.3)  # somewhere inside epoch 2 (or saving it)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert functions.load_checkpoint(out / "last.pt")["epoch"] >= 1
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] >= 1
     done = run_script(*cmd, "--resume")
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stdout  # last.pt existed before the kill, so this must be a resume
-    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 3
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 3
     resumed = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
     for a, b in zip(reference, resumed):
@@ -239,6 +252,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(full_run, splits, tmp_pat
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_save_keeps_previous_checkpoint(splits, tmp_path):
     out = tmp_path / "killed_saving"
     script = f"""
@@ -259,12 +273,12 @@ functions.run_cli(train.main, train.get_args_parser())
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert functions.load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(out / "best.pt")["epoch"] == 1
     done = run_script("train.py", "--splits", str(splits), "--out-dir", str(out), *FAST, "--epochs", "3",
                       "--no-export", "--no-test", "--no-tensorboard", "--resume")
     assert done.returncode == 0, done.stderr
-    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 3
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 3
     assert not list(out.glob(".*.tmp"))  # the dead write's temporary file is cleared on restart
 
 
@@ -275,7 +289,7 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(splits, tmp_pa
     real_train = functions.train_one_epoch
 
     def tracking_train(*a, **k):
-        state["epoch"] = k.get("epoch", a[10] if len(a) > 10 else 0)
+        state["epoch"] = k["epoch"]
         return real_train(*a, **k)
 
     def poisoned_loss(model, outputs, target, kind="l1", sigma=2.0):
@@ -285,9 +299,10 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(splits, tmp_pa
     monkeypatch.setattr(train, "train_one_epoch", tracking_train)
     with pytest.raises(functions.NonFiniteLossError, match="epoch 2, batch 0.*keeps epoch 1, the last good one"):
         train.main(train_args(splits, out, "--epochs", "3", "--no-export", "--no-tensorboard"))
-    assert functions.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_splits", "wrong_columns", "unknown_model", "bad_resume_file"])
 def test_train_cli_errors_are_one_line_exit_2(case, splits, tmp_path):
     args = ["train.py", "--splits", str(splits), "--out-dir", str(tmp_path / "run"), *FAST, "--epochs", "1"]
@@ -305,13 +320,10 @@ def test_train_cli_errors_are_one_line_exit_2(case, splits, tmp_path):
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "last.pt").write_text("garbage")
         args += ["--resume"]
-    proc = run_script(*args)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_line_error(run_script(*args))
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_completes_its_outputs(splits, tmp_path):
     """Killed after the last epoch's last.pt but before history.json: --resume writes it."""
     out = tmp_path / "finished"
@@ -325,6 +337,7 @@ def test_resume_of_a_finished_run_completes_its_outputs(splits, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings_and_a_changed_split(splits, tmp_path):
     import shutil
     own = tmp_path / "splits"

@@ -9,33 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves the repo root off
-    sys.path.insert(0, str(REPO))
-
-import custom_dataset  # noqa: E402
-import demo_data  # noqa: E402
-import eda  # noqa: E402
-import hyperparameter_tunning as ht  # noqa: E402
-import train  # noqa: E402
-from custom_dataset import CustomDataset, DataError, PreprocessConfig, load_split_dataset  # noqa: E402
-from functions import run_cli  # noqa: E402
+import custom_dataset
+import hyperparameter_tunning as ht
+import train
+from conftest import make_splits
+from custom_dataset import CustomDataset, DataError, PreprocessConfig, load_split_dataset
+from functions import run_cli
 
 IMAGE_SIZE = 64
 # 2 lrs x 2 weight decays, 1 epoch each: the sweep trains 2 trials, the grid reuses 2 and trains 2.
 SEARCH = ["--model", "simplecnn", "--image-size", str(IMAGE_SIZE), "--no-denoise", "--lrs", "1e-3,3e-3",
           "--weight-decays", "0,1e-3", "--top-lrs", "2", "--epochs-per-trial", "1", "--subset-fraction", "1",
           "--batch-size", "32", "--skip-overfit", "--no-progress", "--threads", "2"]
+SLOW_FIXTURES = {"search"}  # trains the trials: the tests that use it are marked slow (conftest)
 
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """Synthetic faces (ages 20-50, 6 per age) and the splits eda.py writes for them."""
     root = tmp_path_factory.mktemp("tuning")
-    demo_data.generate_dataset(root / "data", min_age=20, max_age=50, per_age=6, size=IMAGE_SIZE, seed=0)
-    eda.main(eda.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--out-dir", str(root / "out"),
-                                               "--no-progress"]))
-    return {"root": root, "splits": root / "out" / "splits", "cache": root / "out" / "cache"}
+    splits = make_splits(root, min_age=20, max_age=50, per_age=6, size=IMAGE_SIZE, seed=0)
+    return {"root": root, "splits": splits, "cache": root / "out" / "cache"}
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +60,7 @@ def count_train_calls(monkeypatch, change=None):
 # ----------------------------------------------------------------------------------------------
 # Overfit check
 
+@pytest.mark.slow
 def test_overfit_check_memorises_synthetic_faces(train_set):
     # 32 images instead of the default 64 keeps this under ~5 s (the default takes ~130 steps)
     result = ht.overfit_check("simplecnn", train_set, n_images=32, threshold=1.0, max_steps=300)
@@ -187,6 +182,7 @@ def test_rerun_skips_finished_trials(search, tmp_path, monkeypatch):
     assert len(rows(run / "grid_search.csv")) == 4
 
 
+@pytest.mark.slow
 def test_final_run_trains_the_best_pair_with_test_metrics(search, demo, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(search["run"], run)

@@ -1,0 +1,281 @@
+"""Tests of inference.py's everyday use: the Python API, --json, where outputs go, --min-face/--min-score,
+the out-of-training-range flag, --video 0 without a camera and --device cuda without CUDA.
+
+The model is a tiny ONNX graph built here in milliseconds (no training): it answers one fixed age for
+every face and carries the metadata train.py writes, with a training range chosen per test.
+"""
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import faces as face_pipeline
+import inference
+from conftest import REPO, assert_one_line_error, detectable_faces, run_script, scene, write_rgb
+from custom_dataset import DataError, PreprocessConfig
+
+cv2.setNumThreads(1)
+
+ORANGE = np.array(inference.RANGE_COLOUR)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests"):
+    """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
+    None leaves the key out, as older models do)."""
+    import onnx
+    from onnx import TensorProto, helper
+    size = 32
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+         helper.make_node("Mul", ["m", "zero"], ["z"]),
+         helper.make_node("Add", ["z", "age"], ["ages"])],
+        "constant_age",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("ages", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("age", TensorProto.FLOAT, [], [float(age)])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    metadata = {"format_version": 1, "model_name": "constant", "head": "regression", "min_age": min_age,
+                "max_age": max_age, "crop": dict(face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
+                "preprocess": PreprocessConfig(image_size=size, denoise=False, deblur=False).to_dict()}
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "metadata.json", json.dumps(metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """Age 30, trained on 20-40: inside the range."""
+    return constant_model(tmp_path_factory.mktemp("models") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return detectable_faces(2)
+
+
+def run_main(argv):
+    return inference.main(inference.get_args_parser().parse_args([*argv, "--threads", "1", "--detector", "haar"]))
+
+
+def photos(folder, faces):
+    """folder/two.jpg (two faces) and folder/none.png (no face)."""
+    write_rgb(folder / "two.jpg", scene(faces))
+    write_rgb(folder / "none.png", np.full((120, 160, 3), 90, np.uint8))
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+# Python API
+
+def test_api_on_a_path_an_array_and_a_batch(model, faces, tmp_path):
+    rgb = scene(faces)
+    path = write_rgb(tmp_path / "two.png", rgb)
+    estimator = inference.AgeEstimator(model, detector="haar")
+    from_path = estimator.predict(path)
+    assert len(from_path) == 2
+    assert set(from_path[0]) == {"box", "score", "detector", "age", "outside_training_range"}
+    assert from_path[0]["age"] == pytest.approx(30.0) and from_path[0]["outside_training_range"] is False
+    assert all(len(f["box"]) == 4 and all(isinstance(v, int) for v in f["box"]) for f in from_path)
+    assert estimator.predict(rgb) == from_path
+    batch = estimator.predict([path, rgb, np.full((100, 100, 3), 90, np.uint8)])
+    assert batch[:2] == [from_path, from_path] and batch[2] == []
+
+
+def test_readme_example(tmp_path, faces, capsys, monkeypatch):
+    """The README's five lines, as written, with the shipped model (a photo path swapped in)."""
+    if not inference.DEFAULT_MODEL.is_file():
+        pytest.skip("the shipped model is not in models/")
+    photo = write_rgb(tmp_path / "photo.jpg", scene(faces))
+    monkeypatch.chdir(REPO)
+    example = '''
+from inference import AgeEstimator
+estimator = AgeEstimator("models/age_simplecnn_utkface.onnx", min_face=40)   # load once
+print(estimator.describe())                   # model, training ages and data
+for face in estimator.predict("photo.jpg"):   # also PIL images, RGB arrays, or a list of them
+    print(face["box"], round(face["age"], 1), face["outside_training_range"])
+'''
+    exec(example.replace('"photo.jpg"', repr(str(photo))), {})
+    out = capsys.readouterr().out
+    assert "training ages" in out and "training data" in out
+
+
+def test_describe_names_the_training_ages_and_data(tmp_path):
+    described = inference.AgeEstimator(constant_model(tmp_path / "a.onnx"), whole_image=True).describe()
+    assert "training ages 20-40" in described and "training data: generated faces for the tests" in described
+    old = inference.AgeEstimator(constant_model(tmp_path / "b.onnx", min_age=None, max_age=None, data=None),
+                                 whole_image=True)
+    assert "training data: not recorded in this model" in old.describe()
+    assert old.predict(np.zeros((64, 64, 3), np.uint8))[0]["outside_training_range"] is None  # unknown
+
+
+# ----------------------------------------------------------------------------------------------
+# --json
+
+def test_json_file_and_json_lines_on_stdout(model, faces, tmp_path, capsys):
+    in_dir = photos(tmp_path / "in", faces)
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--json"])
+    assert result["json"] == str(tmp_path / "out" / "predictions.json")
+    saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [(o["file"], o["face_found"], len(o["faces"])) for o in saved] == [("none.png", False, 0), ("two.jpg", True, 2)]
+    face = saved[1]["faces"][0]
+    assert face["age"] == 30.0 and face["outside_training_range"] is False and face["detector"] == "haar"
+    assert len(face["box"]) == 4 and 0 <= face["score"]
+    assert len(read_csv(tmp_path / "out" / "predictions.csv")) == 3  # the CSV stays
+    capsys.readouterr()
+
+    run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out2"), "--json", "-"])
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [json.loads(line) for line in lines] == saved  # stdout: the JSON lines and nothing else
+    assert "training ages" in captured.err and "images/s" in captured.err
+    assert not (tmp_path / "out2" / "predictions.json").exists()
+
+
+def test_json_takes_no_other_value(model, tmp_path):
+    with pytest.raises(DataError, match="--json takes no value"):
+        run_main(["--model", str(model), "--image", str(tmp_path / "x.jpg"), "--json", "out.json"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Where outputs go
+
+def test_default_output_folder_is_in_the_current_folder(model, faces, tmp_path, monkeypatch):
+    in_dir = photos(tmp_path / "photos", faces)
+    before = sorted(p.name for p in in_dir.iterdir())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir)])
+    out = work / "inference_outputs" / "photos"
+    assert sorted(p.name for p in out.iterdir()) == ["none_age.png", "predictions.csv", "two_age.jpg"]
+    assert result["output_dir"] == str(Path("inference_outputs") / "photos")
+    assert sorted(p.name for p in in_dir.iterdir()) == before  # nothing written among the inputs
+
+    image = run_main(["--model", str(model), "--image", str(in_dir / "two.jpg"), "--json"])
+    assert image["output"] == str(Path("inference_outputs") / "two" / "two_age.jpg")
+    assert sorted(p.name for p in (work / "inference_outputs" / "two").iterdir()) == [
+        "predictions.csv", "predictions.json", "two_age.jpg"]
+
+    # the outputs are never read as photos: not the output folder, not annotated copies among the photos
+    with pytest.raises(DataError, match="inference_outputs folder"):
+        run_main(["--model", str(model), "--input-dir", str(out), "--output-dir", str(tmp_path / "again")])
+    (in_dir / "two_age.jpg").write_bytes((out / "two_age.jpg").read_bytes())
+    run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "again")])
+    assert [r["file"] for r in read_csv(tmp_path / "again" / "predictions.csv")] == ["none.png", "two.jpg", "two.jpg"]
+
+
+def test_outputs_among_the_inputs_are_refused(model, faces, tmp_path, monkeypatch):
+    in_dir = photos(tmp_path / "photos", faces)
+    monkeypatch.chdir(in_dir)  # the default ./inference_outputs/... would be inside the input folder
+    for argv, words in ((["--input-dir", str(in_dir)], "the default output folder"),
+                        (["--input-dir", ".", "--output-dir", "sub"], "inside it"),
+                        (["--image", "two.jpg"], "the folder of the input file"),
+                        (["--image", "two.jpg", "--output", "two_age.jpg"], "lies in the folder of the input file"),
+                        (["--image", str(in_dir / "two.jpg"), "--output", str(tmp_path / "o.jpg"),
+                          "--save-crops", "crops"], "--save-crops")):
+        with pytest.raises(DataError, match=words):
+            run_main(["--model", str(model), *argv])
+    assert sorted(p.name for p in in_dir.iterdir()) == ["none.png", "two.jpg"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Filters and the training-range flag
+
+def test_min_face_and_min_score_drop_and_count(model, faces, tmp_path, capsys):
+    src = write_rgb(tmp_path / "in" / "two.jpg", scene(faces))
+    kept = run_main(["--model", str(model), "--image", str(src), "--output-dir", str(tmp_path / "a"), "--min-face", "100"])
+    assert len(kept["boxes"]) == 2 and kept["min_face"] == 0
+    capsys.readouterr()
+    result = run_main(["--model", str(model), "--image", str(src), "--output-dir", str(tmp_path / "b"),
+                       "--min-face", "400", "--json"])
+    out = capsys.readouterr().out
+    assert result["boxes"] == [] and result["min_face"] == 2
+    assert "2 faces dropped by --min-face 400" in out and "no face found (2 dropped" in out
+    assert read_csv(tmp_path / "b" / "predictions.csv")[0]["face_found"] == "false"
+    saved = json.loads((tmp_path / "b" / "predictions.json").read_text())[0]
+    assert saved["faces"] == [] and [d["reason"] for d in saved["dropped"]] == ["min_face", "min_face"]
+    result = run_main(["--model", str(model), "--image", str(src), "--output-dir", str(tmp_path / "c"),
+                       "--min-score", "1e9"])
+    assert result["boxes"] == [] and result["min_score"] == 2
+    assert "2 faces dropped by --min-score 1e+09" in capsys.readouterr().out
+
+
+def test_outside_training_range_rule():
+    rule = inference.outside_training_range
+    assert [rule(a, (20, 40)) for a in (19.0, 20.5, 20.6, 30.0, 39.4, 39.5, 45.0)] == [
+        True, True, False, False, False, True, True]
+    assert rule(30.0, None) is None
+
+
+def test_an_age_outside_the_training_range_is_flagged(faces, tmp_path, capsys):
+    model = constant_model(tmp_path / "m" / "model.onnx", age=30.0, min_age=50, max_age=60)
+    src = write_rgb(tmp_path / "in" / "two.jpg", scene(faces))
+    out = tmp_path / "out"
+    result = run_main(["--model", str(model), "--image", str(src), "--output-dir", str(out), "--json"])
+    assert result["outside"] == 2
+    printed = capsys.readouterr().out
+    assert "2 faces (2 outside the training ages 50-60)" in printed and "(outside the training ages)" in printed
+    assert [r["outside_training_range"] for r in read_csv(out / "predictions.csv")] == ["true", "true"]
+    assert all(f["outside_training_range"] is True
+               for f in json.loads((out / "predictions.json").read_text())[0]["faces"])
+    annotated = cv2.cvtColor(cv2.imread(str(out / "two_age.jpg")), cv2.COLOR_BGR2RGB).astype(int)
+    assert (np.abs(annotated - ORANGE).max(axis=2) < 40).sum() > 200  # orange boxes and labels
+    assert inference._labels([30.2, 41.0], [False, True]) == ["Age: 30", "Age: 41?"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Video, camera and device
+
+def test_video_json_frames_and_default_output(model, faces, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "clips" / "clip.mp4"
+    src.parent.mkdir()
+    background = scene([], gap=320)
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for i in range(5):
+        frame = background.copy()
+        frame[30:190, 40 + 4 * i:200 + 4 * i] = faces[0]
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    monkeypatch.chdir(tmp_path)
+    result = run_main(["--model", str(model), "--video", str(src), "--json", "--max-frames", "4"])
+    assert result["frames"] == 4 and result["output"] == str(Path("inference_outputs") / "clip" / "clip_age.mp4")
+    frames = json.loads((tmp_path / "inference_outputs" / "clip" / "predictions.json").read_text())
+    assert [f["frame"] for f in frames] == [0, 1, 2, 3]
+    assert all(face["track"] == 1 and face["age_smoothed"] == 30.0 for f in frames for face in f["faces"])
+    assert "frame" in capsys.readouterr().err  # the progress bar
+    run_main(["--model", str(model), "--video", str(src), "--output-dir", str(tmp_path / "quiet"), "--no-progress"])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_camera_that_is_not_there_is_one_line(model):
+    if Path("/dev/video0").exists():
+        pytest.skip("this machine has a camera 0")
+    proc = run_script("inference.py", "--model", model, "--video", "0", "--threads", "1")
+    assert_one_line_error(proc, "no camera 0 found")
+    assert not (REPO / "inference_outputs" / "camera0").exists()
+
+
+def test_device_cuda_without_cuda_is_one_error(model):
+    import onnxruntime
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    with pytest.raises(DataError, match="--device cuda"):
+        inference.AgeEstimator(model, device="cuda")
