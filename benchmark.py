@@ -27,8 +27,8 @@ import torch
 
 import eda
 import train
-from custom_dataset import DataError, PreprocessConfig, build_cache, read_split, CustomDataset, make_loader
-from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint
+from custom_dataset import DataError, PreprocessConfig, UTKFACE_NAME, build_cache, read_split, CustomDataset, make_loader
+from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
 from functions import ArgumentParser, atomic_write, keep_freed_memory, run_cli, time_runs
 
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
@@ -86,6 +86,7 @@ def model_args(name):
 ABLATION_BASE = ["--model", "simplecnn", "--head", "distribution", "--loss", "l1", "--epochs", "10",
                  "--lr", "1e-3", "--batch-size", "64", "--augment", "default", "--tta-flip", "--denoise", "--deblur"]
 ABLATIONS = {  # name -> (what changes, train.py arguments that override the base)
+    "balanced": ("age-balanced sampling: every decade of age drawn equally often", ["--balance"]),
     "base": ("SimpleCNN, label-distribution head, L1, default augmentation, cosine, flip-TTA", []),
     "simplecnn_bn": ("BatchNorm after each conv, dropout 0.3 before the FC layers",
                      ["--model", "simplecnn_bn"]),
@@ -136,6 +137,10 @@ def get_args_parser():
                    help="only copy that run's exports to models/ and write the model card (needs --cross first)")
     p.add_argument("--ablations", default=None,
                    help=f"comma-separated one-lever experiments on Protocol S, validation only: {', '.join(ABLATIONS)}")
+    p.add_argument("--calibrate", action="store_true",
+                   help="only measure the listed models' existing runs again: age interval (calibrated on val, "
+                        "coverage on test), error per gender/race/decade, and a post-hoc isotonic calibration "
+                        "fitted on val -> results['protocols'][P][NAME]['interval', 'groups', 'isotonic']")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -261,8 +266,80 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
         "latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
         **{k: v for k, v in gray_val_mae(run_dir).items() if k == "val_mae_gray"},
+        **({"interval": rounded(test["interval"])} if "interval" in test else {}),
+        **({"groups": rounded(test["groups"])} if "groups" in test else {}),
         "command": "python train.py " + shlex.join(argv),
     }
+
+
+def rounded(value, digits=3):
+    """JSON-ready copy with floats rounded (results.json stays readable)."""
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def split_predictions(model, cfg, splits, split, tta_flip):
+    """(predicted ages, true ages, dataset) of one split, as evaluation sees it."""
+    from custom_dataset import load_split_dataset
+    from functions import predict_loader
+    data = load_split_dataset(Path(splits) / f"{split}.csv", cfg, Path(splits).parent / "cache", progress=False)
+    pred, true = predict_loader(model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean),
+                                torch.tensor(cfg.std), tta_flip=tta_flip)
+    return pred, true, data
+
+
+def groups_of(data) -> dict:
+    """The split's gender/race labels; for UTKFace splits written before eda.py kept them, from the names."""
+    from custom_dataset import utkface_groups
+    if data.groups or not all(UTKFACE_NAME.match(Path(p).name) for p in data.paths):
+        return data.groups
+    labels = [utkface_groups(Path(p).name) for p in data.paths]
+    return {name: [label[name] for label in labels] for name in ("gender", "race")}
+
+
+def isotonic_experiment(val, test, noise=0.05) -> dict:
+    """A monotone map from predicted to true age fitted on validation (isotonic regression), applied
+    to the test predictions: kept only if it lowers the worst decade's MAE without raising the overall
+    MAE by more than the run-to-run noise."""
+    from sklearn.isotonic import IsotonicRegression
+    from functions import group_metrics
+    mapping = IsotonicRegression(out_of_bounds="clip").fit(val[0], val[1])
+    before = group_metrics(test[0], test[1])["decade"]
+    after = group_metrics(mapping.predict(test[0]), test[1])["decade"]
+    mae = lambda table: sum(v["mae"] * v["n"] for v in table.values()) / sum(v["n"] for v in table.values())
+    worst = lambda table: max(table.items(), key=lambda kv: kv[1]["mae"])
+    result = {"test_mae_before": mae(before), "test_mae_after": mae(after),
+              "worst_decade_before": [worst(before)[0], worst(before)[1]["mae"]],
+              "worst_decade_after": [worst(after)[0], worst(after)[1]["mae"]],
+              "signed_error_per_decade_before": {k: v["mean_error"] for k, v in before.items()},
+              "signed_error_per_decade_after": {k: v["mean_error"] for k, v in after.items()}, "noise": noise}
+    result["keep"] = bool(result["worst_decade_after"][1] < result["worst_decade_before"][1]
+                          and result["test_mae_after"] <= result["test_mae_before"] + noise)
+    return rounded(result)
+
+
+def calibrate_run(protocol, name, work, level=0.9) -> dict:
+    """Interval, per-group errors and the isotonic experiment of an existing run, from its best.pt:
+    everything fitted on the validation split, measured on the test split."""
+    from functions import fit_interval, group_metrics, interval_metrics
+    run_dir = work / protocol / name
+    best = load_checkpoint(run_dir / "best.pt")
+    model, cfg = model_from_checkpoint(best)
+    model = model.to(memory_format=torch.channels_last)
+    splits, tta = best["config"]["splits"], best["config"].get("tta_flip", False)
+    val = split_predictions(model, cfg, splits, "val", tta)
+    test = split_predictions(model, cfg, splits, "test", tta)
+    calibration = fit_interval(val[0], val[1])
+    best["interval"] = calibration  # travels from here into the run's next export (--ship, --refresh-exports)
+    save_checkpoint(run_dir / "best.pt", best)
+    return {"interval": rounded(interval_metrics(test[0], test[1], calibration, level)),
+            "interval_bands": [{"from": b["from"], "n": len(b["errors"])} for b in calibration["bands"]],
+            "groups": rounded(group_metrics(test[0], test[1], groups_of(test[2]))),
+            "isotonic": isotonic_experiment(val, test),
+            "calibrate_command": f"python benchmark.py --calibrate --protocols {protocol} --models {name}"}
 
 
 def refresh_exports(protocol, name, work, results):
@@ -429,13 +506,15 @@ def run_ablation(name, splits, work, quick=False):
     # the checkpoint holds the validation MAE as trained (with or without flip-TTA); only the other
     # setting is evaluated here
     as_trained = best["metrics"]["val"]["mae"]
+    per_decade = {k: round(v["mae"], 2) for k, v in best["metrics"]["val"]["mae_per_bin"].items()}
     other = evaluate(model, loader, torch.tensor(cfg.mean), torch.tensor(cfg.std),
                      tta_flip=not args.tta_flip)["mae"]
     flip, plain = (as_trained, other) if args.tta_flip else (other, as_trained)
     history = json.loads((run_dir / "history.json").read_text())
     return {"change": change, "val_mae": round(as_trained, 3),
             "val_mae_flip_tta": round(flip, 3), "val_mae_no_tta": round(plain, 3),
-            "best_epoch": best["epoch"], "epochs": args.epochs,
+            "best_epoch": best["epoch"], "epochs": args.epochs, "val_mae_per_decade": per_decade,
+            "val_worst_decade": max(per_decade.items(), key=lambda kv: kv[1]),
             "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
             "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 2),
             "command": "python train.py " + shlex.join(argv)}
@@ -497,13 +576,16 @@ def ship(args, work, results):
     if cross is None:
         raise DataError(f"no FG-NET figure for {args.ship} in {args.out}; run benchmark.py --cross first")
     import onnx
+    data = results["data"][protocol]
+    reexport_for_shipping(run_dir, f"UTKFace aligned & cropped faces (Zhang, Song, Qi, CVPR 2017), Protocol {protocol}: "
+                                   f"{data['splits']['train']:,} training images, ages {data['age']['min']}-"
+                                   f"{data['age']['max']}; non-commercial research use only")
     props = {p.key: p.value for p in onnx.load(str(run_dir / "model.onnx")).metadata_props}
     metadata = json.loads(props["metadata.json"])
     for suffix in (".onnx", ".jit"):
         target = SHIPPED.with_suffix(suffix)
-        data = (run_dir / f"model{suffix}").read_bytes()
-        atomic_write(target, lambda f: f.write(data))
-    data = results["data"][protocol]
+        blob = (run_dir / f"model{suffix}").read_bytes()
+        atomic_write(target, lambda f: f.write(blob))
     decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
     fg_decades = ", ".join(f"{k}: {v}" for k, v in cross["mae_per_decade"].items())
     card = f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
@@ -514,6 +596,7 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
   {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, flip test-time averaging.
   `inference.py` uses it when no `--model` is given. `model.onnx` runs in ONNX Runtime (no Python code
   inside); the `.jit` (TorchScript) is a program: load it only from this repository.
+- **Age interval**: {interval_line(entry)}
 - **Face crop** (inside the metadata, applied by `inference.py`): {faces.describe_crop(metadata['crop'])}
   — UTKFace's own dlib face chip, cut from any photo by `faces.py`.
 - **Data**: UTKFace, "aligned & cropped" faces, Protocol F: all ages, byte-identical duplicates
@@ -541,6 +624,29 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
     card_path = SHIPPED.parent / "README.md"
     atomic_write(card_path, lambda f: f.write(card.encode()))
     print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
+
+
+def interval_line(entry) -> str:
+    if "interval" not in entry:
+        return "none measured"
+    iv = entry["interval"]
+    return (f"split-conformal, calibrated on the validation split and carried in the metadata; at "
+            f"{iv['level']:.0%} it covers {iv['coverage']:.1%} of the test ages, {iv['mean_width']:.1f} years wide on "
+            "average (`inference.py --interval-level` picks another level)")
+
+
+def reexport_for_shipping(run_dir, description):
+    """model.onnx/model.jit of the run again, with the data description (and the interval calibration
+    of --calibrate, if run) in their metadata; the weights are the run's best.pt as they were."""
+    from custom_dataset import load_split_dataset
+    best = load_checkpoint(run_dir / "best.pt")
+    if "interval" not in best:
+        raise DataError(f"{run_dir / 'best.pt'} has no interval calibration; run benchmark.py --calibrate first")
+    best["config"]["data_description"] = description
+    model, cfg = model_from_checkpoint(best)
+    splits = Path(best["config"]["splits"])
+    val = load_split_dataset(splits / "val.csv", cfg, splits.parent / "cache", progress=False)
+    export_best(model, cfg, best, run_dir, val, json.loads((run_dir / "metrics.json").read_text()))
 
 
 def load_results(path):
@@ -845,6 +951,50 @@ def experiments_section(sources):
     return lines + ablation_reading(runs) + [""] + finals_lines(results.get("protocols", {}))
 
 
+def bias_section(sources):
+    """Whom the models fail (error per group) and how sure they are (interval coverage)."""
+    results = sources["results"]
+    measured = [(p, n, r) for p, models in results.get("protocols", {}).items() for n, r in models.items()
+                if "interval" in r]
+    if not measured:
+        return []
+    lines = ["## Whom the model fails, and how sure it is", "",
+             "Per model, on the test split: the age interval at 90 % (split-conformal: the absolute validation "
+             "errors, pooled per 10-year band of predicted age, give each band's half width; the test split is "
+             "not used to fit anything), the error per group (`mean error` is signed, predicted − true: "
+             "positive means estimated too old), and a post-hoc isotonic map from predicted to true age fitted "
+             "on validation, kept only if it lowers the worst decade's MAE without raising the overall MAE by "
+             "more than the run-to-run noise (0.05).", ""]
+    lines += code_block(sorted({r.get("calibrate_command", "python benchmark.py --calibrate") for _, _, r in measured}))
+    lines += ["", "| model | coverage (target 0.90 ± 0.02) | mean width (years) | lowest decade coverage |",
+              "|---|---:|---:|---|"]
+    for p, n, r in measured:
+        iv = r["interval"]
+        low = min(iv["coverage_per_decade"].items(), key=lambda kv: kv[1]["coverage"])
+        lines.append(f"| {p}/{n} | {iv['coverage']:.3f} | {iv['mean_width']:.1f} | {low[0]}: {low[1]['coverage']:.2f} "
+                     f"(n = {low[1]['n']}) |")
+    for p, n, r in measured:
+        lines += ["", f"**{p}/{n}**, test MAE and signed mean error per group:", "",
+                  "| group | MAE | mean error | n |", "|---|---:|---:|---:|"]
+        for column, table in r.get("groups", {}).items():
+            lines += [f"| {column} {label} | {v['mae']:.2f} | {v['mean_error']:+.2f} | {v['n']:,} |"
+                      for label, v in table.items()]
+        iso = r.get("isotonic")
+        if iso:
+            lines += ["", f"Isotonic calibration: test MAE {iso['test_mae_before']:.3f} → {iso['test_mae_after']:.3f}, "
+                          f"worst decade {iso['worst_decade_before'][0]} {iso['worst_decade_before'][1]:.2f} → "
+                          f"{iso['worst_decade_after'][0]} {iso['worst_decade_after'][1]:.2f}: "
+                          + ("kept (it meets the rule)." if iso["keep"] else "not kept (it fails the rule).")]
+    runs = results.get("ablations", {})
+    if "balanced" in runs and "val_worst_decade" in runs.get("base", {}):
+        base, bal = runs["base"], runs["balanced"]
+        lines += ["", f"Age-balanced sampling (`--balance`, the `balanced` ablation, validation split, "
+                      f"{bal['epochs']} epochs): val MAE {base['val_mae']:.3f} → {bal['val_mae']:.3f}, worst decade "
+                      f"{base['val_worst_decade'][0]} {base['val_worst_decade'][1]:.2f} → {bal['val_worst_decade'][0]} "
+                      f"{bal['val_worst_decade'][1]:.2f}."]
+    return lines
+
+
 def reached(ok):
     return "reached" if ok else "not reached"
 
@@ -1053,7 +1203,7 @@ def search_section(sources):
     return lines + figures("search")
 
 
-SECTIONS = (data_section, models_section, shipped_section, experiments_section, speed_section, cross_section,
+SECTIONS = (data_section, models_section, shipped_section, experiments_section, bias_section, speed_section, cross_section,
             detection_section, mobile_section, search_section)
 
 
@@ -1092,6 +1242,10 @@ def headline_block(sources) -> str:
         if fg:
             rows.append(f"| the same on FG-NET (another data set, through `inference.py`) | MAE {fg['mae']:.2f}, a face "
                         f"found in {fg['faces_found']:.1%} of {fg['photos']:,} photos |")
+        if r and "interval" in r:
+            rows.append(f"| its age interval at {r['interval']['level']:.0%} (calibrated on validation) | covers "
+                        f"{r['interval']['coverage']:.1%} of test ages, {r['interval']['mean_width']:.1f} years wide "
+                        "on average |")
     s_best = chosen_on_validation(protocols.get("S", {}))
     if s_best:
         r = protocols["S"][s_best]
@@ -1194,6 +1348,20 @@ def run_ablations(args):
     print(ablation_table(results))
 
 
+def run_calibrate(args, protocols, models):
+    """--calibrate"""
+    out_path, work = results_path(args), Path(args.work_dir)
+    results = load_results(out_path)
+    for protocol in protocols:
+        for name in models:
+            if not (work / protocol / name / "best.pt").is_file():
+                continue
+            figures = calibrate_run(protocol, name, work)
+            results["protocols"][protocol][name].update(figures)
+            print(protocol, name, json.dumps({k: figures[k] for k in ("interval", "isotonic")}), flush=True)
+            save_results(out_path, results)
+
+
 def run_refresh(args, protocols, models):
     """--refresh-exports"""
     out_path, work = results_path(args), Path(args.work_dir)
@@ -1261,6 +1429,8 @@ def main(args):
         return run_ablations(args)
     if args.refresh_exports:
         return run_refresh(args, protocols, models)
+    if args.calibrate:
+        return run_calibrate(args, protocols, models)
     return run_benchmark(args, protocols, models)
 
 

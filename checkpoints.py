@@ -9,6 +9,7 @@ with export_metadata() embedded, so inference rebuilds the input from the file a
 """
 import copy
 import json
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -83,7 +84,8 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
             "crop": crop, "tta_flip": config.get("tta_flip", False), "data": describe_training_data(config),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
-            "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae")}
+            "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae"),
+            "interval": best.get("interval")}  # conformal calibration (functions.fit_interval); None before it existed
 
 
 def describe_training_data(config: dict) -> str | None:
@@ -279,6 +281,26 @@ def torchscript_forward(path, device="cpu"):
     return forward, metadata
 
 
+def interval_is_usable(interval) -> bool:
+    """A calibration as functions.fit_interval writes it: bands in increasing order, each with a
+    sorted list of finite errors."""
+    bands = interval.get("bands") if isinstance(interval, dict) else None
+    if not isinstance(bands, list) or not bands or not isinstance(interval.get("method"), str):
+        return False
+    starts = [b.get("from") if isinstance(b, dict) else "bad" for b in bands]
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in starts[1:])
+    if starts[0] is not None or not numbers or starts[1:] != sorted(starts[1:]):
+        return False
+    for band in bands:
+        errors = band.get("errors")
+        if not isinstance(errors, list) or not errors or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in errors):
+            return False
+        if errors != sorted(errors):
+            return False
+    return True
+
+
 def check_metadata(path, metadata):
     """(cfg, crop) from a model's metadata; DataError with advice where it is unusable."""
     if not isinstance(metadata, dict) or not isinstance(metadata.get("preprocess"), dict):
@@ -294,6 +316,9 @@ def check_metadata(path, metadata):
     size = cfg.image_size
     if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
         raise DataError(f"{path} has an unusable image_size {size!r} in its metadata; re-export it with train.py")
+    interval = metadata.get("interval")
+    if interval is not None and not interval_is_usable(interval):
+        raise DataError(f"{path} has an unusable age-interval calibration in its metadata; re-export it with train.py")
     # models exported before the chip carry only a margin around the detector's box
     crop = metadata.get("crop") or {**BOX_CROP, "margin": metadata.get("crop_margin", 0.0)}
     try:

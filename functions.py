@@ -196,6 +196,69 @@ def group_metrics(pred, true, groups: dict | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Age intervals: split-conformal calibration on the validation split
+
+INTERVAL_BAND = 10      # years: validation errors are pooled per band of *predicted* age, because the
+                        # error grows with age (a 70-year-old is harder than a 25-year-old)
+INTERVAL_MIN_FACES = 50  # a band with fewer validation faces is merged into its neighbour
+
+
+def fit_interval(pred, true, band=INTERVAL_BAND, min_faces=INTERVAL_MIN_FACES) -> dict:
+    """Conformal calibration from validation predictions: per band of predicted age, the sorted
+    absolute errors (rounded up to 0.01 year, which only widens intervals). Any level is read from
+    it later (interval_half_width), so one calibration serves every --interval-level."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if len(pred) == 0:
+        raise ValueError("fit_interval: no validation predictions")
+    starts = np.floor(pred / band) * band
+    groups = []  # [band start, indices]
+    for start in np.unique(starts):
+        members = np.flatnonzero(starts == start)
+        if groups and len(groups[-1][1]) < min_faces:
+            groups[-1][1] = np.concatenate([groups[-1][1], members])
+        else:
+            groups.append([float(start), members])
+    if len(groups) > 1 and len(groups[-1][1]) < min_faces:  # a thin last band joins the one before
+        thin = groups.pop()
+        groups[-1][1] = np.concatenate([groups[-1][1], thin[1]])
+    bands = [{"from": None if i == 0 else start,
+              "errors": [float(e) for e in np.sort(np.ceil(np.abs(pred[idx] - true[idx]) * 100) / 100)]}
+             for i, (start, idx) in enumerate(groups)]
+    return {"method": f"split-conformal on the validation split, |error| per {band}-year band of predicted age",
+            "bands": bands}
+
+
+def interval_half_width(errors, level: float) -> float:
+    """The conformal quantile: the ceil((n + 1) * level)-th smallest of n calibration errors, which
+    covers a new face with probability >= level; infinite when n is too small for the level."""
+    if not 0 < level < 1:
+        raise ValueError(f"interval level must be between 0 and 1, got {level}")
+    rank = math.ceil((len(errors) + 1) * level)
+    return float(errors[rank - 1]) if rank <= len(errors) else float("inf")
+
+
+def predict_interval(pred, calibration: dict, level: float):
+    """(low, high) arrays: pred -/+ the half width of each prediction's band; low never below 0."""
+    pred = np.asarray(pred, dtype=np.float64)
+    starts = [-np.inf if b["from"] is None else b["from"] for b in calibration["bands"]]
+    widths = np.array([interval_half_width(b["errors"], level) for b in calibration["bands"]])
+    half = widths[np.searchsorted(starts, pred, side="right") - 1]
+    return np.maximum(pred - half, 0.0), pred + half
+
+
+def interval_metrics(pred, true, calibration: dict, level: float) -> dict:
+    """Coverage (share of true ages inside their interval), mean width, and coverage per decade."""
+    true = np.asarray(true, dtype=np.float64)
+    low, high = predict_interval(pred, calibration, level)
+    inside = (true >= low) & (true <= high)
+    decades = np.array([age_bin(a) for a in true])
+    per_decade = {d: {"coverage": float(inside[decades == d].mean()), "n": int((decades == d).sum())}
+                  for d in sorted(set(decades), key=lambda s: int(s.split("-")[0]))}
+    return {"level": level, "coverage": float(inside.mean()), "mean_width": float(np.mean(high - low)),
+            "coverage_per_decade": per_decade}
+
+
+# ----------------------------------------------------------------------------------------------
 # Steps
 
 def _prepare(images, mean, std, device):

@@ -26,6 +26,8 @@ predicted in one forward pass. A photo without a face says so; it is never guess
 photo unless --whole-image says the inputs are face crops already. Video faces are tracked across
 frames by box overlap and their age is smoothed, so the number does not jitter. An age at the edge of
 the model's training ages or beyond is flagged (outside_training_range; "?" and orange on the image).
+Models that carry an interval calibration (train.py writes one) give each age an interval at
+--interval-level (age_low, age_high; drawn as "Age: 34 (29-40)"; in video it follows the smoothed age).
 
 model.onnx (ONNX Runtime runs no Python code) is the format for models from elsewhere; model.jit is
 TorchScript, a program: load it only from a source you trust.
@@ -50,7 +52,7 @@ from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
                             load_rgb, preprocess_rgb)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
-from functions import ArgumentParser, atomic_write, configure_threads, run_cli, same_or_inside
+from functions import ArgumentParser, atomic_write, configure_threads, predict_interval, run_cli, same_or_inside
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
@@ -58,8 +60,8 @@ DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped mo
 # Outputs (the rule is in the module docstring)
 OUTPUT_ROOT = "inference_outputs"   # default output folder: ./inference_outputs/<input name>
 OUTPUT_SUFFIX = "_age"              # annotated copies: <name>_age.<ext>; --input-dir skips such names
-CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "outside_training_range",
-              "face_found"]
+CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "age_low", "age_high",
+              "outside_training_range", "face_found"]
 
 # Out-of-range rule. A prediction is flagged outside_training_range when it lies within RANGE_MARGIN years
 # of either end of the model's training ages (metadata min_age/max_age) or beyond them:
@@ -99,7 +101,9 @@ def get_args_parser():
     p.add_argument("--min-score", type=float, default=None,
                    help="drop faces whose detector score is below this (scores are in the CSV; default: off)")
     p.add_argument("--detector", choices=DETECTORS, default=face_pipeline.DEFAULT_DETECTOR,
-                   help="face detector (README, 'Face detection', compares them)")
+                   help="face detector (RESULTS.md, 'Face detection', compares them)")
+    p.add_argument("--interval-level", type=float, default=0.9,
+                   help="coverage of the age interval (age_low, age_high) of models that carry a calibration")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
                    help="the inputs are face crops already: no detection, the whole image is the face")
     p.add_argument("--save-crops", metavar="DIR",
@@ -147,7 +151,7 @@ class AgeEstimator:
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=face_pipeline.DEFAULT_DETECTOR, whole_image=False,
-                 threads=None, *, min_face=0, min_score=None, device="cpu"):
+                 threads=None, *, min_face=0, min_score=None, device="cpu", interval_level=0.9):
         path = Path(model)
         if not path.is_file():
             hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
@@ -156,10 +160,13 @@ class AgeEstimator:
             raise DataError(f"--min-face must be 0 (off) or a number of pixels, got {min_face}")
         if min_score is not None and not np.isfinite(min_score):
             raise DataError(f"--min-score must be a finite number, got {min_score}")
+        if not 0 < interval_level < 1:
+            raise DataError(f"--interval-level must be between 0 and 1 (e.g. 0.9), got {interval_level}")
         self._forward, self.metadata = read_export(path, threads, device)
         self.path, self.device = path, device
         self.cfg, self.crop = check_metadata(path, self.metadata)
         self.age_range = training_range(self.metadata)
+        self.interval, self.interval_level = self.metadata.get("interval"), interval_level
         self.min_face, self.min_score = int(min_face), min_score
         self.whole_image = whole_image
         self.pipeline = None if whole_image else FacePipeline(self.crop, detector)
@@ -173,8 +180,17 @@ class AgeEstimator:
         data = self.metadata.get("data")
         data = f"training data: {data}" if isinstance(data, str) and data.strip() else \
             "training data: not recorded in this model"
+        interval = "no age interval (the model carries no calibration)" if self.interval is None else \
+            f"age interval at {self.interval_level:.0%} ({self.interval['method']})"
         return (f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px, "
-                f"{self.device}; faces: {how}\n{ages}; {data}")
+                f"{self.device}; faces: {how}\n{ages}; {data}\n{interval}")
+
+    def intervals(self, ages) -> list:
+        """(low, high) per age at interval_level from the model's calibration; None without one."""
+        if self.interval is None:
+            return [None] * len(ages)
+        low, high = predict_interval(np.asarray(ages, dtype=np.float64), self.interval, self.interval_level)
+        return list(zip(low.tolist(), high.tolist()))
 
     def model_inputs(self, chips) -> np.ndarray:
         """N x S x S x 3 uint8: each chip through preprocess_rgb, as training preprocessed its faces."""
@@ -239,11 +255,13 @@ class AgeEstimator:
                            dropped=[{**_box_fields(f), "reason": r} for f, r in dropped])
 
     def face_record(self, face: Face, age) -> dict:
-        """One face's result: box (x, y, w, h, whole pixels), score, detector, age, outside_training_range."""
+        """One face's result: box (x, y, w, h, whole pixels), score, detector, age, age_low and age_high
+        (where the model carries an interval calibration), outside_training_range."""
         record = {**_box_fields(face), "age": float(age),
                   "outside_training_range": outside_training_range(float(age), self.age_range)}
-        # A model that carries an age interval will add "age_low"/"age_high" here (from its outputs, as
-        # its metadata says); none does yet, and no interval is ever made up for one that does not.
+        interval = self.intervals([age])[0]  # none is made up for a model without a calibration
+        if interval is not None:
+            record["age_low"], record["age_high"] = interval
         return record
 
     def predict(self, images):
@@ -281,12 +299,13 @@ class ImageResult:
             return [{**{k: "" for k in CSV_FIELDS}, "file": self.file, "face_found": "false"}]
         return [{"file": self.file, "face_index": k, **dict(zip("xywh", f["box"])), "score": f"{f['score']:.3f}",
                  "detector": f["detector"], "age": f"{f['age']:.2f}",
+                 **{k: f"{f[k]:.2f}" if k in f else "" for k in ("age_low", "age_high")},
                  "outside_training_range": _csv_flag(f["outside_training_range"]), "face_found": "true"}
                 for k, f in enumerate(self.faces)]
 
     def to_json(self) -> dict:
-        faces = [{**f, "box": list(f["box"]), "score": round(f["score"], 4), "age": round(f["age"], 2)}
-                 for f in self.faces]
+        faces = [{**f, "box": list(f["box"]), "score": round(f["score"], 4), "age": round(f["age"], 2),
+                  **{k: round(f[k], 2) for k in ("age_low", "age_high") if k in f}} for f in self.faces]
         dropped = [{**f, "box": list(f["box"]), "score": round(f["score"], 4)} for f in self.dropped]
         return {"file": self.file, **self.extra, "face_found": self.face_found, "faces": faces, "dropped": dropped}
 
@@ -296,16 +315,19 @@ class ImageResult:
             why = f" ({len(self.dropped)} dropped by --min-face/--min-score)" if self.dropped else ""
             return [f"{self.file}: no face found{why} (nothing estimated; --whole-image if the photo is a face crop)"]
         return [f"{self.file}, face {k}, box {','.join(map(str, f['box']))}, {f['detector']} score {f['score']:.2f}, "
-                f"age {f['age']:.1f}" + (" (outside the training ages)" if f["outside_training_range"] else "")
+                f"age {f['age']:.1f}" + (f" ({f['age_low']:.1f}-{f['age_high']:.1f})" if "age_low" in f else "")
+                + (" (outside the training ages)" if f["outside_training_range"] else "")
                 for k, f in enumerate(self.faces)]
 
-    def draw(self, rgb, ages=None) -> np.ndarray:
-        """Annotated copy of rgb (ages: what to show instead of the raw ages, e.g. smoothed ones)."""
+    def draw(self, rgb, ages=None, intervals=None) -> np.ndarray:
+        """Annotated copy of rgb (ages, intervals: what to show instead of the raw ones, e.g. smoothed)."""
         if not self.faces:
             return annotate(rgb, [], ["no face found"])
         ages = [f["age"] for f in self.faces] if ages is None else ages
+        if intervals is None:
+            intervals = [(f["age_low"], f["age_high"]) if "age_low" in f else None for f in self.faces]
         flags = [f["outside_training_range"] for f in self.faces]
-        return annotate(rgb, [f["box"] for f in self.faces], _labels(ages, flags), flags)
+        return annotate(rgb, [f["box"] for f in self.faces], _labels(ages, flags, intervals), flags)
 
 
 def _csv_flag(value) -> str:
@@ -593,10 +615,16 @@ def _write_csv(path, rows):
     atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
-def _labels(ages, flags=None):
-    """"Age: 34", and "Age: 34?" for an age outside the training ages."""
-    return [f"Age: {int(round(float(a)))}" + ("?" if flag else "")
-            for a, flag in zip(ages, flags or [False] * len(ages))]
+def _labels(ages, flags=None, intervals=None):
+    """"Age: 34", "Age: 34 (29-40)" with an interval, and a "?" after the age outside the training ages."""
+    labels = []
+    for a, flag, interval in zip(ages, flags or [False] * len(ages), intervals or [None] * len(ages)):
+        text = f"Age: {int(round(float(a)))}" + ("?" if flag else "")
+        if interval is not None:
+            low, high = interval
+            text += f" ({int(round(low))}-{int(round(high))})" if np.isfinite(high) else f" (>{int(round(low))})"
+        labels.append(text)
+    return labels
 
 
 def _save_crops(folder, stem, inputs):
@@ -824,7 +852,8 @@ def _annotate_frame(estimator, tracker, rgb, index, name, fps, video) -> ImageRe
     ids, shown = tracker.update([f["box"] for f in result.faces], [f["age"] for f in result.faces])
     for face, track, age in zip(result.faces, ids, shown):
         face["track"], face["age_smoothed"] = track, round(age, 2)
-    video.write(result.draw(rgb, shown) if result.faces else rgb)
+    # the interval follows the smoothed age: it is the calibrated interval of the age shown
+    video.write(result.draw(rgb, shown, estimator.intervals(shown)) if result.faces else rgb)
     return result
 
 
@@ -901,7 +930,7 @@ def main(args):
     json_stream = sys.stdout if args.json == "-" else None  # --json -: stdout is for the JSON lines alone
     with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
-                                 min_score=args.min_score, device=args.device)
+                                 min_score=args.min_score, device=args.device, interval_level=args.interval_level)
         print(estimator.describe())
         mode = run_image if args.image else run_folder if args.input_dir else run_video
         return mode(args, estimator, json_stream)

@@ -26,8 +26,8 @@ from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_
 from checkpoints import export_best, load_checkpoint, make_checkpoint, save_checkpoint
 from functions import (ArgumentParser, AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside,
                        Distributed, broadcast_buffers, configure_threads, evaluate, evaluate_sharded,
-                       face_grid_figure, forwarding_ddp, group_metrics, plot_groups, plot_learning_curves,
-                       plot_pred_vs_true,
+                       face_grid_figure, fit_interval, forwarding_ddp, group_metrics, interval_metrics, plot_groups,
+                       plot_learning_curves, plot_pred_vs_true, predict_loader,
                        public, reduce_train_metrics, run_cli, set_rng_state, set_seed, train_one_epoch)
 from faces import read_split_crop
 from model import MODEL_NAMES, build_model, count_parameters
@@ -57,6 +57,9 @@ def add_recipe_args(parser):
                    help="unsharp mask after resizing (the seed's)")
     g.add_argument("--augment", choices=tuple(AUGMENTATIONS), default="default",
                    help="training-only augmentation strength (never applied to val/test)")
+    g.add_argument("--balance", action="store_true",
+                   help="age-balanced sampling: each epoch draws as many images as the split has, with every "
+                        "decade of age equally likely (rare ages repeat, common ones are subsampled)")
     g = parser.add_argument_group("recipe: model and loss")
     g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
     g.add_argument("--head", choices=("regression", "distribution"), default="distribution",
@@ -108,6 +111,9 @@ def get_args_parser():
                    help="torch threads per process (default: all cores, divided among a node's torchrun processes)")
     g.add_argument("--cache-workers", "--workers", dest="workers", type=int, default=2,
                    help="processes that build the preprocessing cache")
+    g.add_argument("--interval-level", type=float, default=0.9,
+                   help="coverage of the age interval reported on the test split (the calibration on the "
+                        "validation split travels in best.pt and every export; inference picks its own level)")
     g.add_argument("--no-test", action="store_true", help="skip the test split (used by the search)")
     g.add_argument("--no-export", action="store_true", help="skip model.jit / model.onnx")
     g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events into RUN")
@@ -127,7 +133,8 @@ def check_numbers(args):
              ("--lr", math.isfinite(args.lr) and args.lr > 0, "a positive number"),
              ("--weight-decay", math.isfinite(args.weight_decay) and args.weight_decay >= 0, "0 or more"),
              ("--image-size", 16 <= args.image_size <= 1024, "between 16 and 1024"),
-             ("--warmup-epochs", 0 <= args.warmup_epochs <= args.epochs, "between 0 and --epochs")]
+             ("--warmup-epochs", 0 <= args.warmup_epochs <= args.epochs, "between 0 and --epochs"),
+             ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)")]
     for flag, ok, rule in rules:
         if not ok:
             raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
@@ -342,10 +349,17 @@ def make_train_loader(args, train_set, dist_ctx, pin_memory):
     """(loader of an epoch, steps per epoch). Under torchrun each rank reads a disjoint 1/world share
     of one permutation (padded by at most world-1 repeats)."""
     if not dist_ctx.active:
+        weights = balanced_weights(train_set.ages) if args.balance else None
+
         def loader(epoch):
-            return make_loader(train_set, args.batch_size, shuffle=True, pin_memory=pin_memory,
-                               seed=epoch_seeds(args.seed, epoch)["shuffle"])
+            seed = epoch_seeds(args.seed, epoch)["shuffle"]
+            sampler = None if weights is None else torch.utils.data.WeightedRandomSampler(
+                weights, len(weights), replacement=True, generator=torch.Generator().manual_seed(seed))
+            return make_loader(train_set, args.batch_size, shuffle=True, pin_memory=pin_memory, seed=seed,
+                               sampler=sampler)
         return loader, math.ceil(len(train_set) / args.batch_size)
+    if args.balance:
+        raise DataError("--balance is not available under torchrun yet; train in one process or drop --balance")
     from torch.utils.data.distributed import DistributedSampler
     # the sampler permutes with seed + epoch, i.e. epoch_seeds()["shuffle"]
     sampler = DistributedSampler(train_set, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=args.seed * 1000)
@@ -354,6 +368,13 @@ def make_train_loader(args, train_set, dist_ctx, pin_memory):
         sampler.set_epoch(epoch)
         return make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler, pin_memory=pin_memory)
     return loader, math.ceil(len(sampler) / args.batch_size)
+
+
+def balanced_weights(ages, width: int = 10) -> torch.Tensor:
+    """Sampling weight per image: 1 / (images in its decade of age), so each decade is drawn equally."""
+    decades = torch.div(torch.as_tensor(ages, dtype=torch.float64), width, rounding_mode="floor")
+    _, index, counts = torch.unique(decades, return_inverse=True, return_counts=True)
+    return 1.0 / counts[index].double()
 
 
 def train_run(args, dist_ctx: Distributed):
@@ -522,6 +543,8 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
         write_history(history, out)
     best = load_checkpoint(out / "best.pt")
     model.load_state_dict(best["model_state"])
+    best["interval"] = calibrate_interval(args, model, cfg, val_set)
+    save_checkpoint(out / "best.pt", best)
     median = float(np.median(np.asarray(train_set.ages, dtype=np.float64)))
     summary["baseline"] = {"rule": "predict the training median for every face", "age": median,
                            "val_mae": float(np.mean(np.abs(np.asarray(val_set.ages, dtype=np.float64) - median)))}
@@ -537,6 +560,15 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
     logger.hparams(args, figures)
     for line in closing_lines(args, out, best, summary):
         print(line)
+
+
+def calibrate_interval(args, model, cfg, val_set) -> dict:
+    """Conformal calibration of the age interval on the validation split (never the test split)."""
+    device = next(model.parameters()).device
+    mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
+    pred, true = predict_loader(model, make_loader(val_set, 256, shuffle=False), mean, std, device=device,
+                                tta_flip=args.tta_flip)
+    return fit_interval(pred, true)
 
 
 def closing_lines(args, out, best, summary) -> list:
@@ -568,8 +600,10 @@ def test_best(args, model, cfg, cache_dir, best, out, median):
                       title=f"{args.model}, test, best epoch {best['epoch']}")
     baseline_mae = float(np.mean(np.abs(metrics["true"] - median)))
     groups = group_metrics(metrics["pred"], metrics["true"], test_set.groups)
+    interval = interval_metrics(metrics["pred"], metrics["true"], best["interval"], args.interval_level)
     plot_groups(groups, out / "groups.png", title=f"{args.model}, test, best epoch {best['epoch']}: error per group")
-    result = {**public(metrics), "groups": groups, "best_epoch": best["epoch"], "model": args.model, "head": args.head,
+    result = {**public(metrics), "groups": groups, "interval": interval, "best_epoch": best["epoch"],
+              "model": args.model, "head": args.head,
               "tta_flip": args.tta_flip, "baseline": {"rule": "predict the training median for every face",
                                                       "age": median, "mae": baseline_mae},
               "beats_baseline": bool(metrics["mae"] < baseline_mae)}
@@ -577,6 +611,8 @@ def test_best(args, model, cfg, cache_dir, best, out, median):
     atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))
     print(f"test (best epoch {best['epoch']}): MAE {metrics['mae']:.2f}  RMSE {metrics['rmse']:.2f}  "
           f"CS@5 {metrics['cs5']:.1%}  n={metrics['n']}  -> {out / 'metrics.json'}")
+    print(f"age interval at {interval['level']:.0%} (calibrated on val): test coverage {interval['coverage']:.1%}, "
+          f"mean width {interval['mean_width']:.1f} years")
     return result
 
 

@@ -25,7 +25,7 @@ ORANGE = np.array(inference.RANGE_COLOUR)
 # ----------------------------------------------------------------------------------------------
 # Helpers
 
-def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests"):
+def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests", interval=None):
     """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
     None leaves the key out, as older models do)."""
     import onnx
@@ -44,6 +44,7 @@ def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces
     proto.ir_version = 8
     metadata = {"format_version": 1, "model_name": "constant", "head": "regression", "min_age": min_age,
                 "max_age": max_age, "crop": dict(face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
+                "interval": interval,
                 "preprocess": PreprocessConfig(image_size=size, denoise=False, deblur=False).to_dict()}
     metadata = {k: v for k, v in metadata.items() if v is not None}
     entry = proto.metadata_props.add()

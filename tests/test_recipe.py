@@ -84,3 +84,12 @@ def test_group_metrics_golden_values():
     assert list(groups["decade"]) == ["20-29", "40-49", "50-59"]
     assert groups["decade"]["20-29"] == {"mae": 3.5, "mean_error": 1.5, "n": 2}
     assert set(group_metrics(pred, true)) == {"decade"}
+
+
+def test_balanced_weights_draw_every_decade_equally():
+    import torch
+    ages = torch.tensor([21.0, 22.0, 23.0, 25.0, 34.0, 51.0])
+    weights = train.balanced_weights(ages)
+    assert weights.tolist() == [0.25, 0.25, 0.25, 0.25, 1.0, 1.0]
+    share = {decade: float(weights[(ages // 10) == decade].sum() / weights.sum()) for decade in (2, 3, 5)}
+    assert share == {2: 1 / 3, 3: 1 / 3, 5: 1 / 3}

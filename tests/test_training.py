@@ -165,6 +165,8 @@ def test_training_writes_every_output(full_run, splits):
     assert metrics["baseline"]["mae"] == pytest.approx(np.mean(np.abs(np.array(test_ages) - median)))
     assert metrics["beats_baseline"] == (metrics["mae"] < metrics["baseline"]["mae"])
     assert set(metrics["groups"]) == {"decade"}  # the demo faces have no gender/race columns
+    assert metrics["interval"]["level"] == 0.9 and 0 <= metrics["interval"]["coverage"] <= 1
+    assert sum(d["n"] for d in metrics["interval"]["coverage_per_decade"].values()) == metrics["n"]
     assert sum(g["n"] for g in metrics["groups"]["decade"].values()) == metrics["n"]
     assert (out / "groups.png").stat().st_size > 0
     config = json.loads((out / "config.json").read_text())
@@ -203,6 +205,9 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     x = val.batch(range(5))[0].float()
     module, metadata = checkpoints.load_torchscript(out / "model.jit")
     assert metadata["preprocess"] == cfg.to_dict()
+    # the interval calibration was fitted on the validation split: one sorted error per val face
+    assert metadata["interval"] == ckpt["interval"]
+    assert sum(len(band["errors"]) for band in ckpt["interval"]["bands"]) == len(val)
     with torch.no_grad():
         eager = wrapper(x).numpy()
         assert np.abs(module(x).numpy() - eager).max() <= 1e-4
