@@ -572,6 +572,8 @@ def calibrate_interval(args, model, cfg, val_set) -> dict:
 
 
 def closing_lines(args, out, best, summary) -> list:
+    if args.no_test and args.no_export:  # a search trial: the search prints its own summary
+        return []
     baseline = summary["baseline"]
     split, mae, base = ("test", summary["test"]["mae"], summary["test"]["baseline"]["mae"]) if "test" in summary \
         else ("val", best["best_val_mae"], baseline["val_mae"])
