@@ -11,10 +11,10 @@ Where the outputs go (one rule for --image, --input-dir and --video):
     --video 0 -> ./inference_outputs/camera0), never beside the input;
   * in it: <name>_age.<ext> per image (the annotated copy; .mp4 for a video), predictions.csv (images),
     predictions.json with --json; --output FILE (--image/--video) names the annotated file itself, and
-    the CSV/JSON go beside it;
-  * the output folder (default or not), --output and --save-crops are never the input's folder or inside
-    it (for --image and --video that is the file's folder), nor inside a labelled face data set: such a
-    run stops with one line of advice before anything is written;
+    the CSV/JSON go beside it: an explicit file is the user's choice of place (it may not be the input);
+  * the output folder (default or not) and --save-crops are never the input's folder or inside it (for
+    --image and --video that is the file's folder), and no output goes inside a labelled face data set:
+    such a run stops with one line of advice before anything is written;
   * --input-dir never reads this tool's outputs: files named *_age.<image extension> are skipped (and
     counted), and a folder inside an inference_outputs folder is refused as input.
 
@@ -520,7 +520,8 @@ def plan_outputs(args) -> Outputs:
         name = f"{input_name(args)}{OUTPUT_SUFFIX}"
         annotated = None if args.input_dir else folder / (name + (".mp4" if args.video else _annotated_ext(Path(args.image).suffix)))
     refuse_inside_data(folder, what)
-    refuse_inside_input(annotated if args.output else folder, args, what)
+    if not args.output:  # an explicit --output FILE is the user's choice of place (the input itself excepted)
+        refuse_inside_input(folder, args, what)
     return Outputs(folder, annotated, what)
 
 
@@ -529,7 +530,7 @@ def refuse_inside_input(path, args, what):
     if folder is None or not same_or_inside(path, folder):
         return
     kind = f"the input folder ({folder})" if args.input_dir else f"the folder of the input file ({folder})"
-    where = f"lies in {kind}" if what == "--output" else f"is {kind} or inside it"
+    where = f"is {kind} or inside it"
     advice = ("run from another folder or pass --output-dir outside it" if what == "the default output folder"
               else f"choose a {what} outside it")
     raise DataError(f"{what} {path} {where}: outputs never go among the inputs (a later --input-dir run "

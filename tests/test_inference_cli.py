@@ -188,12 +188,16 @@ def test_outputs_among_the_inputs_are_refused(model, faces, tmp_path, monkeypatc
     for argv, words in ((["--input-dir", str(in_dir)], "the default output folder"),
                         (["--input-dir", ".", "--output-dir", "sub"], "inside it"),
                         (["--image", "two.jpg"], "the folder of the input file"),
-                        (["--image", "two.jpg", "--output", "two_age.jpg"], "lies in the folder of the input file"),
                         (["--image", str(in_dir / "two.jpg"), "--output", str(tmp_path / "o.jpg"),
                           "--save-crops", "crops"], "--save-crops")):
         with pytest.raises(DataError, match=words):
             run_main(["--model", str(model), *argv])
     assert sorted(p.name for p in in_dir.iterdir()) == ["none.png", "two.jpg"]
+    # an explicit --output file is the user's choice, even beside the input (never the input itself)
+    run_main(["--model", str(model), "--image", "two.jpg", "--output", "two_age.jpg"])
+    assert sorted(p.name for p in in_dir.iterdir()) == ["none.png", "predictions.csv", "two.jpg", "two_age.jpg"]
+    with pytest.raises(DataError, match="is the input file"):
+        run_main(["--model", str(model), "--image", "two.jpg", "--output", "two.jpg"])
 
 
 # ----------------------------------------------------------------------------------------------
