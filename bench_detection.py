@@ -30,8 +30,8 @@ import numpy as np
 
 import faces
 from custom_dataset import DataError, UTKFACE_NAME, load_rgb
-from functions import ArgumentParser, atomic_write, run_cli, same_or_inside
-
+from cli import ArgumentParser, run_cli
+from functions import atomic_write, same_or_inside
 CANVAS_W, CANVAS_H = 640, 480
 FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height
 MAX_TILT = 20.0               # degrees

@@ -29,8 +29,8 @@ import eda
 import train
 from custom_dataset import DataError, PreprocessConfig, UTKFACE_NAME, build_cache, read_split, CustomDataset, make_loader
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
-from functions import ArgumentParser, atomic_write, keep_freed_memory, run_cli, time_runs
-
+from cli import ArgumentParser, run_cli
+from functions import atomic_write, keep_freed_memory, time_runs
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # Every benchmark model is MODEL_BASE with its own overrides (with_overrides). MODEL_BASE is train.py's
 # default recipe spelled out, so that a changed default cannot change a benchmark figure.

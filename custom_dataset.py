@@ -33,15 +33,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cli import DataError  # noqa: F401 (re-exported: one class for every one-line error)
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
 MAX_FILE_BYTES = 300_000_000    # a 100 Mpx photo is far smaller as a JPEG or PNG
 UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; the rest is irregular
-
-
-class DataError(Exception):
-    """A problem with the user's input that a one-line message explains (no traceback)."""
 
 
 # ----------------------------------------------------------------------------------------------

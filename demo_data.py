@@ -28,6 +28,8 @@ import os
 import cv2
 import numpy as np
 
+from cli import ArgumentParser
+
 JPEG_QUALITY = 92
 
 # Points are handed to OpenCV in fixed point with this many fractional bits,
@@ -391,7 +393,6 @@ def generate_dataset(out_dir, min_age=20, max_age=50, per_age=20, size=128, seed
 
 
 def get_args_parser():
-    from functions import ArgumentParser  # one-line usage errors, every default in --help (imports torch: here, not at the top)
     parser = ArgumentParser(
         description="Write a synthetic age-labelled face data set (OUT/<age>/<age>_<i>.jpg).")
     parser.add_argument("--out-dir", required=True,

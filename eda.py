@@ -27,8 +27,8 @@ import numpy as np
 from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, load_rgb, scan_images,
                             source_subject_column, stratified_split, write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
-from functions import ArgumentParser, atomic_write, pyplot, run_cli, same_or_inside
-
+from cli import ArgumentParser, run_cli
+from functions import atomic_write, pyplot, same_or_inside
 SPLITS = ("train", "val", "test")
 MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
 NO_SUBJECT_NOTE = ("no subject, person or identity column: the split is per image, so photos of one person "

@@ -33,8 +33,8 @@ import torch
 
 from custom_dataset import DataError, load_split_dataset, remove_orphans
 from checkpoints import ExportedAgeModel, load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
-from functions import ArgumentParser, atomic_write, run_cli, time_runs
-
+from cli import ArgumentParser, run_cli
+from functions import atomic_write, time_runs
 PARITY_TOLERANCE = 1e-4
 METADATA_METHOD = "metadata_json"  # ExecuTorch constant method holding the metadata JSON as uint8
 MAX_BATCH = 4096  # .pt2: same bound as the ONNX export

@@ -1,11 +1,9 @@
 """Plain step functions shared by every stage: seeding, losses, one training epoch, evaluation,
-atomic writes, plots, distributed helpers and the command-line error rule."""
-import argparse
+plots, distributed helpers and the folder lock (cli.py holds the command-line rules)."""
 import contextlib
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -24,45 +22,6 @@ class NonFiniteLossError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------
 # Command line
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written, and every option's default after its help (unless the help
-    already names it, or there is none to show)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if "%(default)" in text or not action.option_strings or hidden:
-            return text
-        return text + " (default: %(default)s)"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (the full usage is one --help away) and whose --help
-    shows every default."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs["formatter_class"] = HelpFormatter
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def run_cli(main, parser):
-    """Parse, run, and turn expected failures into one line on stderr with exit code 2."""
-    args = parser.parse_args()
-    try:
-        return main(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (DataError, ValueError, RuntimeError, OSError, NonFiniteLossError) as exc:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
 
 @contextlib.contextmanager
 def folder_lock(folder, what="train.py"):

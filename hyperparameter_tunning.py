@@ -33,8 +33,8 @@ import torch
 import train
 from custom_dataset import DataError, channel_stats, load_split_dataset
 from checkpoints import load_checkpoint
-from functions import (ArgumentParser, NonFiniteLossError, atomic_write, configure_threads, evaluate,
-                       pyplot, run_cli, set_seed, train_one_epoch)
+from cli import ArgumentParser, run_cli
+from functions import NonFiniteLossError, atomic_write, configure_threads, evaluate, pyplot, set_seed, train_one_epoch
 from model import MODEL_NAMES, build_model
 
 DEFAULT_LRS = tuple(float(f"{v:.3g}") for v in np.logspace(math.log10(1e-4), math.log10(3e-3), 5))

@@ -52,8 +52,8 @@ from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
                             load_rgb, preprocess_rgb)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
-from functions import ArgumentParser, atomic_write, configure_threads, predict_interval, run_cli, same_or_inside
-
+from cli import ArgumentParser, run_cli
+from functions import atomic_write, configure_threads, predict_interval, same_or_inside
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 

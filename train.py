@@ -24,11 +24,12 @@ import torch
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, save_checkpoint
-from functions import (ArgumentParser, AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside,
-                       Distributed, broadcast_buffers, configure_threads, evaluate, evaluate_sharded,
-                       face_grid_figure, fit_interval, forwarding_ddp, group_metrics, interval_metrics, plot_groups,
-                       plot_learning_curves, plot_pred_vs_true, predict_loader,
-                       public, reduce_train_metrics, run_cli, set_rng_state, set_seed, train_one_epoch)
+from cli import ArgumentParser, run_cli
+from functions import (AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
+                       broadcast_buffers, configure_threads, evaluate, evaluate_sharded, face_grid_figure,
+                       fit_interval, forwarding_ddp, group_metrics, interval_metrics, plot_groups,
+                       plot_learning_curves, plot_pred_vs_true, predict_loader, public, reduce_train_metrics,
+                       set_rng_state, set_seed, train_one_epoch)
 from faces import read_split_crop
 from model import MODEL_NAMES, build_model, count_parameters
 

@@ -49,7 +49,7 @@ def eda_main(data_dir, out_dir, *extra):
 
 
 def assert_one_line_error(proc, *words):
-    """How every script fails (functions.run_cli, README): exit code 2, stderr one line "error: ..." that
+    """How every script fails (cli.run_cli, README): exit code 2, stderr one line "error: ..." that
     holds each of `words`, and no traceback anywhere."""
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -10,7 +10,7 @@ import torch
 
 import export_mobile
 import checkpoints
-import functions
+import cli
 import train
 from conftest import REPO, make_splits
 
@@ -165,7 +165,7 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, monkeypatch, capsys
             "no_val_split": ["--checkpoint", run_dir / "best.pt", "--quantize", "--splits", tmp_path]}[case]
     monkeypatch.setattr(sys, "argv", ["export_mobile.py", *map(str, args), "--out-dir", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
-        functions.run_cli(export_mobile.main, export_mobile.get_args_parser())
+        cli.run_cli(export_mobile.main, export_mobile.get_args_parser())
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err

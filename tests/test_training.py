@@ -264,7 +264,7 @@ def test_kill_during_checkpoint_save_keeps_previous_checkpoint(splits, tmp_path)
 import os, signal, sys
 sys.argv = ["train.py", "--splits", {str(splits)!r}, "--out-dir", {str(out)!r}, *{FAST!r}, "--epochs", "3",
             "--no-export", "--no-test", "--no-tensorboard"]
-import functions, train
+import cli, functions, train
 real_save, calls = functions.torch.save, []
 def dying_save(obj, f):
     calls.append(1)
@@ -274,7 +274,7 @@ def dying_save(obj, f):
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(obj, f)
 functions.torch.save = dying_save
-functions.run_cli(train.main, train.get_args_parser())
+cli.run_cli(train.main, train.get_args_parser())
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL

@@ -14,7 +14,7 @@ import hyperparameter_tunning as ht
 import train
 from conftest import make_splits
 from custom_dataset import CustomDataset, DataError, PreprocessConfig, load_split_dataset
-from functions import run_cli
+from cli import run_cli
 
 IMAGE_SIZE = 64
 # 2 lrs x 2 weight decays, 1 epoch each: the sweep trains 2 trials, the grid reuses 2 and trains 2.
