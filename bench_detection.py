@@ -18,7 +18,6 @@ Measured per detector of faces.DETECTORS (data read in place, never written):
       UTKFACE_CROP5; mean absolute difference to the file (0-255).
 mmod costs seconds per photo, so --mmod-limit caps its sample.
 """
-import argparse
 import json
 import shlex
 import statistics
@@ -41,7 +40,7 @@ CHIP_PAD = 60                 # replicated border around a UTKFace file before r
 
 def get_args_parser():
     here = Path(__file__).resolve().parent
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", default=str(here.parent / "shared" / "data" / "UTKFace"),
                    help="UTKFace chips (read only; default: %(default)s)")
     p.add_argument("--fgnet-dir", default=str(here.parent / "shared" / "data" / "FGNET"),

@@ -143,7 +143,7 @@ def export_torchscript(wrapper, example, path, metadata: dict):
     return path
 
 
-def load_torchscript(path, optimize: bool = True):
+def load_torchscript(path, optimize: bool = True, map_location="cpu"):
     """(module, metadata) from a model.jit written by export_torchscript.
 
     optimize: torch.jit.optimize_for_inference (conv folding, oneDNN layouts) after loading; measured
@@ -155,7 +155,8 @@ def load_torchscript(path, optimize: bool = True):
         raise DataError(f"model file not found: {path} (train.py writes RUN/model.jit)")
     extra = {"metadata.json": ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        # frozen weights are constants: map_location is what places them on a device
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except Exception as exc:
         raise DataError(f"{path} is not a TorchScript model ({type(exc).__name__}); pass the model.jit "
                         "written by train.py") from None
@@ -185,19 +186,15 @@ def export_onnx(wrapper, example, path, metadata: dict):
 
 
 def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -> dict:
-    """Max |eager - export| on a batch; raises if any export differs by more than tolerance."""
-    import onnxruntime as ort
+    """Max |eager - export| on a batch, each export run by the reader inference uses (read_export);
+    raises if any export differs by more than tolerance."""
     with torch.no_grad():
         eager = wrapper.eval()(example).numpy()
     diffs = {}
-    if jit_path:
-        module, _ = load_torchscript(jit_path)
-        with torch.no_grad():
-            diffs["torchscript"] = float(np.abs(module(example).numpy() - eager).max())
-    if onnx_path:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        out = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
-        diffs["onnx"] = float(np.abs(out.reshape(eager.shape) - eager).max())
+    for name, path in (("torchscript", jit_path), ("onnx", onnx_path)):
+        if path:
+            forward, _ = read_export(path)
+            diffs[name] = float(np.abs(np.asarray(forward(example.numpy())).reshape(eager.shape) - eager).max())
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
         raise RuntimeError(f"export differs from the eager model by more than {tolerance}: {bad}")
@@ -271,9 +268,8 @@ def torchscript_forward(path, device="cpu"):
         raise DataError("--device cuda: torch sees no CUDA GPU; use --device cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-        module, metadata = load_torchscript(path, optimize=device == "cpu")  # checks the file
-        if device == "cuda":  # frozen weights are constants: map_location is what moves them
-            module = torch.jit.load(str(path), map_location="cuda").eval()
+        # optimize_for_inference makes CPU kernels; on CUDA the module is used as frozen
+        module, metadata = load_torchscript(path, optimize=device == "cpu", map_location=device)
 
     def forward(x):
         with torch.no_grad():

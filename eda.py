@@ -14,7 +14,6 @@ each atomically. The CSVs carry `subject`, `gender` and `race` where the data gi
 names; a CSV's own columns); data_report.json counts those groups per split. The data folder is
 only read.
 """
-import argparse
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ NO_SUBJECT_NOTE = ("no subject, person or identity column: the split is per imag
 
 
 def get_args_parser():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", required=True,
                    help="folder per age, UTKFace folder, or CSV with path,age (optional subject|person|identity, "
                         "gender, race columns; a subject column makes the split keep each person in one split)")

@@ -21,7 +21,6 @@ ages (N,) out, normalisation inside) and writes into the run folder:
 
 Every float export is compared with the eager model (max |export - eager| <= 1e-4) before it is kept.
 """
-import argparse
 import json
 import logging
 import statistics
@@ -47,7 +46,7 @@ FORMATS = {".jit": "TorchScript", ".onnx": "ONNX (onnxruntime)", ".pte": "ExecuT
 
 
 def get_args_parser():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="best.pt (or last.pt) written by train.py")
     p.add_argument("--out-dir", default=None, help="where to write the exports (default: the checkpoint's folder)")
     p.add_argument("--format", choices=("auto", "pte", "pt2"), default="auto",

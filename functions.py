@@ -128,10 +128,7 @@ def regression_metrics(pred, true) -> dict:
     """MAE, RMSE, CS@5 (share of |error| <= 5 years) and MAE per decade of true age."""
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     err = np.abs(pred - true)
-    per_bin = {}
-    for b in sorted({age_bin(a) for a in true}, key=lambda s: int(s.split("-")[0])):
-        mask = np.array([age_bin(a) == b for a in true])
-        per_bin[b] = {"mae": float(err[mask].mean()), "n": int(mask.sum())}
+    per_bin = {b: {"mae": v["mae"], "n": v["n"]} for b, v in group_metrics(pred, true)["decade"].items()}
     return {"mae": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())),
             "cs5": float((err <= 5).mean()), "mae_per_bin": per_bin, "n": int(len(err))}
 
@@ -148,7 +145,7 @@ def group_metrics(pred, true, groups: dict | None = None) -> dict:
     for name, labels in columns.items():
         labels = np.asarray(labels)
         order = sorted(set(labels), key=lambda s: (s == "unknown", int(s.split("-")[0]) if name == "decade" else s))
-        result[name] = {label: {"mae": float(np.abs(err[labels == label]).mean()),
+        result[name] = {str(label): {"mae": float(np.abs(err[labels == label]).mean()),
                                 "mean_error": float(err[labels == label].mean()), "n": int((labels == label).sum())}
                         for label in order}
     return result
@@ -196,11 +193,17 @@ def interval_half_width(errors, level: float) -> float:
     return float(errors[rank - 1]) if rank <= len(errors) else float("inf")
 
 
-def predict_interval(pred, calibration: dict, level: float):
-    """(low, high) arrays: pred -/+ the half width of each prediction's band; low never below 0."""
+def interval_bands(calibration: dict, level: float):
+    """(band starts, half widths) of a calibration at one level: what predict_interval looks up."""
+    starts = np.array([-np.inf if b["from"] is None else b["from"] for b in calibration["bands"]])
+    return starts, np.array([interval_half_width(b["errors"], level) for b in calibration["bands"]])
+
+
+def predict_interval(pred, calibration: dict, level: float, bands=None):
+    """(low, high) arrays: pred -/+ the half width of each prediction's band; low never below 0.
+    bands: interval_bands(calibration, level), when the caller keeps them for many predictions."""
     pred = np.asarray(pred, dtype=np.float64)
-    starts = [-np.inf if b["from"] is None else b["from"] for b in calibration["bands"]]
-    widths = np.array([interval_half_width(b["errors"], level) for b in calibration["bands"]])
+    starts, widths = bands if bands is not None else interval_bands(calibration, level)
     half = widths[np.searchsorted(starts, pred, side="right") - 1]
     return np.maximum(pred - half, 0.0), pred + half
 

@@ -58,7 +58,7 @@ def float_list(text: str) -> list:
 
 
 def get_args_parser():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     g = p.add_argument_group("data (passed to every trial)")
     g.add_argument("--splits", required=True, help="folder with train.csv and val.csv from eda.py "
                    "(test.csv is read by the final run only)")
@@ -87,8 +87,7 @@ def get_args_parser():
     g.add_argument("--seed", type=int, default=42, help="seed of every trial (weights, shuffling, subset)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    g.add_argument("--cache-workers", "--workers", dest="workers", type=int, default=2,
-                   help="processes that build the preprocessing cache")
+    train.add_cache_workers_arg(g)
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -197,9 +196,8 @@ def run_overfit_check(args, out: Path, cache_dir: Path, device) -> dict:
 
 def settings_hash(args) -> str:
     """Hash of the recipe settings that change a trial's result besides the key columns."""
-    defaults = vars(train.add_recipe_args(argparse.ArgumentParser()).parse_args([]))
-    settings = {k: getattr(args, k) for k in train.recipe_keys()
-                if k != "model" and (k in ALWAYS_HASHED or getattr(args, k) != defaults[k])}
+    settings = {k: getattr(args, k) for k, default in train.recipe_defaults().items()
+                if k != "model" and (k in ALWAYS_HASHED or getattr(args, k) != default)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 

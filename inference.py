@@ -53,7 +53,7 @@ from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_n
                             load_rgb, preprocess_rgb)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
-from functions import atomic_write, configure_threads, predict_interval, same_or_inside
+from functions import atomic_write, configure_threads, interval_bands, predict_interval, same_or_inside
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
@@ -167,6 +167,8 @@ class AgeEstimator:
         self.cfg, self.crop = check_metadata(path, self.metadata)
         self.age_range = training_range(self.metadata)
         self.interval, self.interval_level = self.metadata.get("interval"), interval_level
+        # the half widths depend only on the calibration and the level: computed once, not per face
+        self._interval_bands = None if self.interval is None else interval_bands(self.interval, interval_level)
         self.min_face, self.min_score = int(min_face), min_score
         self.whole_image = whole_image
         self.pipeline = None if whole_image else FacePipeline(self.crop, detector)
@@ -189,7 +191,7 @@ class AgeEstimator:
         """(low, high) per age at interval_level from the model's calibration; None without one."""
         if self.interval is None:
             return [None] * len(ages)
-        low, high = predict_interval(np.asarray(ages, dtype=np.float64), self.interval, self.interval_level)
+        low, high = predict_interval(ages, self.interval, self.interval_level, self._interval_bands)
         return list(zip(low.tolist(), high.tolist()))
 
     def model_inputs(self, chips) -> np.ndarray:
@@ -251,16 +253,16 @@ class AgeEstimator:
         kept, dropped = self.detect(rgb)
         inputs = self.model_inputs([f.chip for f in kept]) if kept else np.zeros((0,), np.uint8)
         ages = self.predict_inputs(inputs)
-        return ImageResult(file=name, faces=[self.face_record(f, a) for f, a in zip(kept, ages)], inputs=inputs,
+        faces = [self.face_record(f, a, i) for f, a, i in zip(kept, ages, self.intervals(ages))]
+        return ImageResult(file=name, faces=faces, inputs=inputs,
                            dropped=[{**_box_fields(f), "reason": r} for f, r in dropped])
 
-    def face_record(self, face: Face, age) -> dict:
+    def face_record(self, face: Face, age, interval=None) -> dict:
         """One face's result: box (x, y, w, h, whole pixels), score, detector, age, age_low and age_high
         (where the model carries an interval calibration), outside_training_range."""
         record = {**_box_fields(face), "age": float(age),
                   "outside_training_range": outside_training_range(float(age), self.age_range)}
-        interval = self.intervals([age])[0]  # none is made up for a model without a calibration
-        if interval is not None:
+        if interval is not None:  # from intervals(): none is made up for a model without a calibration
             record["age_low"], record["age_high"] = interval
         return record
 

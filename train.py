@@ -80,6 +80,12 @@ def add_recipe_args(parser):
     return parser
 
 
+def add_cache_workers_arg(group):
+    """--cache-workers, shared with the tuner (its trials build and read the same cache)."""
+    group.add_argument("--cache-workers", "--workers", dest="workers", type=int, default=2,
+                       help="processes that build the preprocessing cache")
+
+
 def get_args_parser():
     p = ArgumentParser(description=__doc__)
     g = p.add_argument_group("data")
@@ -110,8 +116,7 @@ def get_args_parser():
                    help="torchrun only: minutes a rank waits at a barrier (e.g. while rank 0 builds the cache)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: all cores, divided among a node's torchrun processes)")
-    g.add_argument("--cache-workers", "--workers", dest="workers", type=int, default=2,
-                   help="processes that build the preprocessing cache")
+    add_cache_workers_arg(g)
     g.add_argument("--interval-level", type=float, default=0.9,
                    help="coverage of the age interval reported on the test split (the calibration on the "
                         "validation split travels in best.pt and every export; inference picks its own level)")
@@ -205,8 +210,13 @@ def main(args):
         dist_ctx.close()
 
 
+def recipe_defaults() -> dict:
+    """Every recipe setting (add_recipe_args) with its default."""
+    return vars(add_recipe_args(argparse.ArgumentParser()).parse_args([]))
+
+
 def recipe_keys() -> tuple:
-    return tuple(vars(add_recipe_args(argparse.ArgumentParser()).parse_args([])))
+    return tuple(recipe_defaults())
 
 
 def recipe_argv(args) -> list:
@@ -314,7 +324,7 @@ def open_run_folder(args, dist_ctx) -> Path:
     return out
 
 
-def restore(args, resume_from: Path, dist_ctx):
+def restore(args, resume_from: Path, dist_ctx, digest: str):
     """The checkpoint to resume from (None: start at epoch 1), refused with advice when it was
     trained with other settings or on another split."""
     # every rank loads last.pt itself; they must all see it (multi-node: --out-dir on a shared disk)
@@ -328,7 +338,7 @@ def restore(args, resume_from: Path, dist_ctx):
         raise DataError(f"--resume: {resume_from} was trained with other settings ("
                         + "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in changed)
                         + "); use the same arguments or a new --out-dir")
-    if checkpoint.get("split_digest", split_digest(args.splits)) != split_digest(args.splits):
+    if checkpoint.get("split_digest", digest) != digest:
         raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
                         "re-run?); resuming would mix two splits: start a new --out-dir")
     if checkpoint.get("world_size", 1) != dist_ctx.world_size:
@@ -383,7 +393,8 @@ def train_run(args, dist_ctx: Distributed):
     out, device = open_run_folder(args, dist_ctx), dist_ctx.device
     configure_threads(args.threads)
     set_seed(args.seed)
-    checkpoint = restore(args, out / "last.pt", dist_ctx)
+    digest = split_digest(args.splits)  # read once: every checkpoint records the split this run started with
+    checkpoint = restore(args, out / "last.pt", dist_ctx, digest)
     crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
     # rank 0 builds the cache while the others wait; then they read it
     train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, preprocess_config(args)))
@@ -428,7 +439,7 @@ def train_run(args, dist_ctx: Distributed):
         logger.epoch(history[-1], val_metrics["pred"], improved)
         if dist_ctx.is_main:  # rank 0 alone writes; the others wait at the barrier
             state = make_checkpoint(args, model, optimizer, scheduler, min_age=min_age, max_age=max_age, cfg=cfg,
-                                    crop=crop, split_digest=split_digest(args.splits), epoch=epoch,
+                                    crop=crop, split_digest=digest, epoch=epoch,
                                     metrics={"train": train_metrics, "val": public(val_metrics)},
                                     history=history, best_val_mae=best_val, world_size=dist_ctx.world_size)
             save_epoch(out, state, improved, history)

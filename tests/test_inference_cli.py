@@ -6,6 +6,7 @@ every face and carries the metadata train.py writes, with a training range chose
 """
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -113,7 +114,9 @@ for face in estimator.predict("photo.jpg"):   # also PIL images, RGB arrays, or 
 '''
     exec(example.replace('"photo.jpg"', repr(str(photo))), {})
     out = capsys.readouterr().out
-    assert "training ages" in out and "training data" in out
+    assert "training ages 1-116" in out and "training data: UTKFace" in out
+    faces_printed = re.findall(r"^\(\d+, \d+, \d+, \d+\) \d+\.\d (?:True|False)$", out, re.M)
+    assert len(faces_printed) == len(faces)  # one line per face of the scene
 
 
 def test_describe_names_the_training_ages_and_data(tmp_path):
@@ -263,6 +266,7 @@ def test_video_json_frames_and_default_output(model, faces, tmp_path, monkeypatc
     assert result["frames"] == 4 and result["output"] == str(Path("inference_outputs") / "clip" / "clip_age.mp4")
     frames = json.loads((tmp_path / "inference_outputs" / "clip" / "predictions.json").read_text())
     assert [f["frame"] for f in frames] == [0, 1, 2, 3]
+    assert sum(len(f["faces"]) for f in frames) >= 3  # the face was found, so the next line checks something
     assert all(face["track"] == 1 and face["age_smoothed"] == 30.0 for f in frames for face in f["faces"])
     assert "frame" in capsys.readouterr().err  # the progress bar
     run_main(["--model", str(model), "--video", str(src), "--output-dir", str(tmp_path / "quiet"), "--no-progress"])

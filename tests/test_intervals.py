@@ -9,7 +9,7 @@ import pytest
 
 import checkpoints
 import inference
-from conftest import scene, write_rgb
+from conftest import detectable_faces, scene, write_rgb
 from functions import fit_interval, interval_half_width, interval_metrics, predict_interval
 from test_inference_cli import constant_model
 
@@ -66,8 +66,12 @@ def test_unusable_calibrations_are_refused(interval, tmp_path):
         checkpoints.check_metadata(tmp_path / "m.onnx", metadata)
 
 
-def test_inference_writes_and_draws_the_interval(tmp_path, capsys):
-    faces = [inference_face()]
+def test_inference_writes_and_draws_the_interval(tmp_path, capsys, monkeypatch):
+    faces = detectable_faces(1)
+    drawn = []
+    real_annotate = inference.annotate
+    monkeypatch.setattr(inference, "annotate", lambda rgb, boxes, labels, *rest: drawn.extend(labels)
+                        or real_annotate(rgb, boxes, labels, *rest))
     calibration = {"method": "test calibration", "bands": [{"from": None, "errors": [float(e) for e in range(1, 20)]}]}
     model = constant_model(tmp_path / "m" / "model.onnx", age=30.0, min_age=1, max_age=90, interval=calibration)
     src = write_rgb(tmp_path / "in" / "one.jpg", scene(faces))
@@ -78,19 +82,15 @@ def test_inference_writes_and_draws_the_interval(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "age interval at 50% (test calibration)" in text
     assert "age 30.0 (20.0-40.0)" in text  # rank ceil(20 * 0.5) = 10 -> half width 10
-    row = next(csv.DictReader(open(out / "predictions.csv")))
+    with open(out / "predictions.csv", newline="") as f:
+        row = next(csv.DictReader(f))
     assert (row["age_low"], row["age_high"]) == ("20.00", "40.00")
     face = json.loads((out / "predictions.json").read_text())[0]["faces"][0]
     assert (face["age_low"], face["age_high"]) == (20.0, 40.0)
-    assert inference._labels([30.0], [False], [(20.0, 40.0)]) == ["Age: 30 (20-40)"]
+    assert drawn == ["Age: 30 (20-40)"]  # what the annotated copy shows
 
 
 def test_a_model_without_calibration_gives_no_interval(tmp_path, capsys):
     estimator = inference.AgeEstimator(constant_model(tmp_path / "model.onnx"), whole_image=True)
     face = estimator.predict(np.full((64, 64, 3), 128, np.uint8))[0]
     assert "age_low" not in face and "no age interval" in estimator.describe()
-
-
-def inference_face():
-    from conftest import detectable_faces
-    return detectable_faces(1)[0]

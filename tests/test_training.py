@@ -126,7 +126,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     def crash_midway(obj, f):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt
-    monkeypatch.setattr(functions.torch, "save", crash_midway)
+    monkeypatch.setattr(checkpoints.torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save_checkpoint(path, {"model_state": {"w": torch.zeros(2)}, "epoch": 2})
     monkeypatch.undo()
@@ -264,8 +264,8 @@ def test_kill_during_checkpoint_save_keeps_previous_checkpoint(splits, tmp_path)
 import os, signal, sys
 sys.argv = ["train.py", "--splits", {str(splits)!r}, "--out-dir", {str(out)!r}, *{FAST!r}, "--epochs", "3",
             "--no-export", "--no-test", "--no-tensorboard"]
-import cli, functions, train
-real_save, calls = functions.torch.save, []
+import checkpoints, cli, train
+real_save, calls = checkpoints.torch.save, []
 def dying_save(obj, f):
     calls.append(1)
     if len(calls) == 3:  # epoch 2: best.pt is saved first, last.pt second; die inside a write
@@ -273,7 +273,7 @@ def dying_save(obj, f):
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(obj, f)
-functions.torch.save = dying_save
+checkpoints.torch.save = dying_save
 cli.run_cli(train.main, train.get_args_parser())
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
