@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import eda
 import train
 from custom_dataset import DataError, PreprocessConfig, UTKFACE_NAME, build_cache, read_split, CustomDataset, make_loader
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
-from cli import ArgumentParser, run_cli
+from cli import ArgumentParser, lazy_import, run_cli
 from functions import atomic_write, keep_freed_memory, time_runs
+
+torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # Every benchmark model is MODEL_BASE with its own overrides (with_overrides). MODEL_BASE is train.py's
 # default recipe spelled out, so that a changed default cannot change a benchmark figure.
@@ -415,8 +416,7 @@ def probe_train_step(batch, channels_last, image_size, steps=12, seed_order=Fals
 
 def jit_variants(image_size):
     """A random SimpleCNN export wrapper as eager, traced, frozen and optimised TorchScript."""
-    from checkpoints import ExportedAgeModel
-    from model import build_model
+    from model import ExportedAgeModel, build_model
     wrapper = ExportedAgeModel(build_model("simplecnn", image_size=image_size).eval(), [0.5] * 3, [0.25] * 3)
     x1 = torch.rand(1, 3, image_size, image_size) * 255
     with torch.no_grad():

@@ -10,16 +10,19 @@ with export_metadata() embedded, so inference rebuilds the input from the file a
 import copy
 import json
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from custom_dataset import DataError, PreprocessConfig, normalize
+from cli import lazy_import
+from custom_dataset import DataError, PreprocessConfig
 from faces import BOX_CROP, check_crop, read_split_crop
 from functions import atomic_write, rng_state
+
+torch = lazy_import("torch")  # imported on first use: inference of an ONNX model never needs it
 
 FORMAT_VERSION = 1  # of checkpoints and export metadata; readers refuse newer files with advice
 
@@ -117,20 +120,6 @@ def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:
     return export_metadata(cfg, checkpoint, test)
 
 
-class ExportedAgeModel(torch.nn.Module):
-    """Input: float N x 3 x S x S RGB in 0-255 (already resized/denoised by custom_dataset.preprocess_rgb).
-    Output: ages (N,). Normalisation is inside, so exports need no statistics from elsewhere."""
-
-    def __init__(self, model, mean, std):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-
-    def forward(self, x):
-        return self.model.predict(normalize(x, self.mean, self.std))
-
-
 def export_torchscript(wrapper, example, path, metadata: dict):
     """TorchScript (deprecated in this torch; kept because users ship it) with metadata inside."""
     wrapper = wrapper.eval()
@@ -203,6 +192,7 @@ def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -
 
 def export_best(model, cfg, best, out, val_set, test_metrics=None):
     """model.jit and model.onnx of the best epoch, each checked against the eager model."""
+    from model import ExportedAgeModel
     eager = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     wrapper = ExportedAgeModel(eager, cfg.mean, cfg.std).eval()
     example = val_set.batch(range(min(8, len(val_set))))[0].float()
@@ -230,7 +220,7 @@ def read_export(path, threads=None, device="cpu"):
     if path.suffix == ".onnx":
         return onnx_forward(path, threads, device)
     if path.suffix == ".jit":
-        return torchscript_forward(path, device)
+        return torchscript_forward(path, threads, device)
     raise DataError(f"{path}: pass a model.onnx (or a trusted model.jit) written by train.py")
 
 
@@ -262,8 +252,9 @@ def onnx_forward(path, threads=None, device="cpu"):
     return (lambda x: session.run(None, {name: x})[0]), json.loads(props["metadata.json"])
 
 
-def torchscript_forward(path, device="cpu"):
+def torchscript_forward(path, threads=None, device="cpu"):
     """(forward, metadata) of a trusted model.jit (TorchScript runs code from the file)."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     if device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: torch sees no CUDA GPU; use --device cpu")
     with warnings.catch_warnings():

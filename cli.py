@@ -1,7 +1,26 @@
 """The command-line rules every script shares, without torch, so that a script can answer quickly:
 one-line usage errors, every default in --help, and expected failures as one line with exit code 2."""
 import argparse
+import importlib
 import sys
+import types
+
+# The names --model accepts everywhere; model.build_model builds each. Kept here, not in model.py,
+# because a parser must list them without importing torch.
+MODEL_NAMES = ("simplecnn", "simplecnn_bn", "resnet18", "resnet34", "resnet50")
+
+
+class LazyModule(types.ModuleType):
+    """A module imported on its first attribute access. `torch = lazy_import("torch")` lets a module
+    name torch at its top while `--help` and torch-free paths (ONNX inference, eda) never pay the
+    1-2 s that importing torch costs."""
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def lazy_import(name: str) -> types.ModuleType:
+    return sys.modules.get(name) or LazyModule(name)
 
 
 class DataError(Exception):

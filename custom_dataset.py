@@ -30,10 +30,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
-from cli import DataError  # noqa: F401 (re-exported: one class for every one-line error)
+from cli import DataError, lazy_import  # DataError re-exported: one class for every one-line error
+
+torch = lazy_import("torch")  # imported on first use: eda and ONNX inference never need it
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
@@ -832,7 +833,7 @@ def _store(images, ok, skipped, i, img, reason):
 # ----------------------------------------------------------------------------------------------
 # Dataset and loader
 
-class CustomDataset(torch.utils.data.Dataset):
+class CustomDataset:  # map-style: DataLoader needs only __len__ and __getitem__
     """Images and ages of one split as uint8 CHW tensors.
 
     With `images` (the cache) an item is a slice of one array; without it each item is decoded

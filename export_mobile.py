@@ -3,7 +3,7 @@
     python export_mobile.py --checkpoint RUN/best.pt [--out-dir RUN] [--quantize] [--threads 1]
 
 Rebuilds the model from the checkpoint alone (train.py's best.pt), wraps it like model.jit/model.onnx
-(checkpoints.ExportedAgeModel: float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb in,
+(model.ExportedAgeModel: float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb in,
 ages (N,) out, normalisation inside) and writes into the run folder:
 
 - model.pte: torch.export (dynamic batch 1-32) lowered to ExecuTorch with the XNNPACK delegate. The
@@ -21,6 +21,8 @@ ages (N,) out, normalisation inside) and writes into the run folder:
 
 Every float export is compared with the eager model (max |export - eager| <= 1e-4) before it is kept.
 """
+from __future__ import annotations
+
 import json
 import logging
 import statistics
@@ -28,12 +30,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from custom_dataset import DataError, load_split_dataset, remove_orphans
-from checkpoints import ExportedAgeModel, load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
-from cli import ArgumentParser, run_cli
+from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
+from cli import ArgumentParser, lazy_import, run_cli
 from functions import atomic_write, time_runs
+
+torch = lazy_import("torch")  # imported on first use: --help answers without it
+
 PARITY_TOLERANCE = 1e-4
 METADATA_METHOD = "metadata_json"  # ExecuTorch constant method holding the metadata JSON as uint8
 MAX_BATCH = 4096  # .pt2: same bound as the ONNX export
@@ -333,6 +337,7 @@ def rebuild(checkpoint: dict):
     """(wrapper, PreprocessConfig, image_size) from the checkpoint alone."""
     model, cfg = model_from_checkpoint(checkpoint)
     model = model.to(memory_format=torch.contiguous_format)
+    from model import ExportedAgeModel
     return ExportedAgeModel(model, cfg.mean, cfg.std).eval(), cfg, cfg.image_size
 
 

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from cli import lazy_import
 from custom_dataset import AugmentConfig, DataError, atomic_write, augment_batch, normalize, process_alive
+
+torch = lazy_import("torch")  # imported on first use: scripts answer --help without it
 
 AGE_BIN_WIDTH = 10  # per-age-bin MAE is reported per decade: 20-29, 30-39, ...
 
@@ -99,11 +100,11 @@ HUBER_DELTA = 5.0  # years: errors below it are squared, above it linear
 def point_loss(pred, target, kind: str = "l1"):
     """The loss between predicted and true ages named by train.py --loss."""
     if kind == "l1":
-        return F.l1_loss(pred, target)
+        return torch.nn.functional.l1_loss(pred, target)
     if kind == "mse":
-        return F.mse_loss(pred, target)
+        return torch.nn.functional.mse_loss(pred, target)
     if kind == "huber":
-        return F.huber_loss(pred, target, delta=HUBER_DELTA)
+        return torch.nn.functional.huber_loss(pred, target, delta=HUBER_DELTA)
     raise ValueError(f"unknown loss {kind!r}; choose l1, mse or huber")
 
 
@@ -115,7 +116,7 @@ def age_loss(model, outputs, target, kind: str = "l1", sigma: float = 2.0):
         grid = model.age_grid
         soft = torch.exp(-0.5 * ((grid.view(1, -1) - target.view(-1, 1)) / sigma) ** 2)
         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
-        loss = loss + F.kl_div(F.log_softmax(outputs, 1), soft, reduction="batchmean")
+        loss = loss + torch.nn.functional.kl_div(torch.log_softmax(outputs, 1), soft, reduction="batchmean")
     return loss, pred
 
 
@@ -267,19 +268,19 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
             "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
-@torch.no_grad()
 def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False):
     """Predicted and true ages of a loader, optionally averaged with the mirrored image."""
     from tqdm import tqdm
     model.eval()
     preds, trues = [], []
-    for images, ages in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        x = _prepare(images.float(), mean, std, device)
-        pred = model.predict(x)
-        if tta_flip:
-            pred = 0.5 * (pred + model.predict(x.flip(-1)))
-        preds.append(pred.float().cpu())
-        trues.append(ages.float())
+    with torch.no_grad():
+        for images, ages in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+            x = _prepare(images.float(), mean, std, device)
+            pred = model.predict(x)
+            if tta_flip:
+                pred = 0.5 * (pred + model.predict(x.flip(-1)))
+            preds.append(pred.float().cpu())
+            trues.append(ages.float())
     return torch.cat(preds).numpy(), torch.cat(trues).numpy()
 
 
@@ -530,36 +531,12 @@ def broadcast_buffers(model, src: int = 0):
         dist.broadcast(buf, src)
 
 
-class _Forwarding:
-    """Attributes the wrapper lacks (head, ages_from_outputs, age_grid, predict...) come from the model."""
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = super().__getattr__(self._inner_name)
-            return getattr(inner, name)
-
-
-class AutocastModel(_Forwarding, torch.nn.Module):
-    """forward under bf16 autocast (CUDA), outputs back in float32 so losses and metrics stay float32.
-    Only the training step sees it; evaluation, checkpoints and exports use the plain model."""
-    _inner_name = "model"
-
-    def __init__(self, model, device_type="cuda", dtype=torch.bfloat16):
-        super().__init__()
-        self.model, self.device_type, self.dtype = model, device_type, dtype
-
-    def forward(self, x):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            return self.model(x).float()
-
-
 def forwarding_ddp(model, **kwargs):
     """DistributedDataParallel(model) that still answers model.head, model.ages_from_outputs etc., so
     train_one_epoch and age_loss take it unchanged."""
     from torch.nn.parallel import DistributedDataParallel
+    from model import Forwarding
 
-    class ForwardingDDP(_Forwarding, DistributedDataParallel):
+    class ForwardingDDP(Forwarding, DistributedDataParallel):
         _inner_name = "module"
     return ForwardingDDP(model, **kwargs)

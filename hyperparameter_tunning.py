@@ -28,14 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import train
 from custom_dataset import DataError, channel_stats, load_split_dataset
 from checkpoints import load_checkpoint
-from cli import ArgumentParser, run_cli
+from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
 from functions import NonFiniteLossError, atomic_write, configure_threads, evaluate, pyplot, set_seed, train_one_epoch
-from model import MODEL_NAMES, build_model
+
+torch = lazy_import("torch")  # imported on first use: --help answers without it
+models = lazy_import("model")
 
 DEFAULT_LRS = tuple(float(f"{v:.3g}") for v in np.logspace(math.log10(1e-4), math.log10(3e-3), 5))
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
@@ -115,7 +116,7 @@ def overfit_check(model_name, dataset, n_images=64, threshold=1.0, max_steps=300
     batch = [(images, ages)]
     mean, std = channel_stats(images.permute(0, 2, 3, 1).numpy())
     mean, std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    model = build_model(model_name, head, int(ages.min()), int(ages.max()), int(images.shape[-1])).to(device)
+    model = models.build_model(model_name, head, int(ages.min()), int(ages.max()), int(images.shape[-1])).to(device)
     model = model.to(memory_format=torch.channels_last)
     if head == "regression":
         model.init_output_bias(float(ages.mean()))

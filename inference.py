@@ -53,7 +53,7 @@ from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_n
                             load_rgb, preprocess_rgb)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
-from functions import atomic_write, configure_threads, interval_bands, predict_interval, same_or_inside
+from functions import atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
@@ -928,7 +928,7 @@ def check_flags(args):
 
 
 def main(args):
-    configure_threads(args.threads)
+    keep_freed_memory()  # threads are set where the model is read: ONNX Runtime's own, or torch's for .jit
     check_flags(args)
     json_stream = sys.stdout if args.json == "-" else None  # --json -: stdout is for the JSON lines alone
     with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():

@@ -5,11 +5,14 @@ Every model maps a normalised N x 3 x S x S batch to `outputs` numbers per image
 - head "distribution": logits over the integer ages min_age..max_age; the age is the expected value
   of their softmax (DLDL-style label distribution learning).
 `AgeModel.predict()` turns either into ages, so training, evaluation and exports share one rule.
+The wrappers around them live here too (ExportedAgeModel, AutocastModel): this is the one module that
+imports torch as it loads; the others import it on first use, so `--help` answers without it.
 """
 import torch
 import torch.nn as nn
 
-MODEL_NAMES = ("simplecnn", "simplecnn_bn", "resnet18", "resnet34", "resnet50")
+from cli import MODEL_NAMES
+from custom_dataset import normalize
 
 
 class SimpleCNN(nn.Module):
@@ -118,3 +121,42 @@ def build_model(name: str, head: str = "regression", min_age: int = 0, max_age: 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class ExportedAgeModel(nn.Module):
+    """Input: float N x 3 x S x S RGB in 0-255 (already resized/denoised by custom_dataset.preprocess_rgb).
+    Output: ages (N,). Normalisation is inside, so exports need no statistics from elsewhere."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.model.predict(normalize(x, self.mean, self.std))
+
+
+class Forwarding:
+    """Attributes the wrapper lacks (head, ages_from_outputs, age_grid, predict...) come from the model."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = super().__getattr__(self._inner_name)
+            return getattr(inner, name)
+
+
+class AutocastModel(Forwarding, nn.Module):
+    """forward under bf16 autocast (CUDA), outputs back in float32 so losses and metrics stay float32.
+    Only the training step sees it; evaluation, checkpoints and exports use the plain model."""
+    _inner_name = "model"
+
+    def __init__(self, model, device_type="cuda", dtype=torch.bfloat16):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x).float()

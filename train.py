@@ -8,6 +8,8 @@ Writes into RUN: config.json (every setting, versions, git commit, split hashes)
 history.json, metrics.json and pred_vs_true.png (test split, best epoch, with the median baseline),
 model.jit and model.onnx.
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
 import datetime
@@ -19,19 +21,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, save_checkpoint
-from cli import ArgumentParser, run_cli
-from functions import (AutocastModel, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
+from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
+from functions import (NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
                        broadcast_buffers, configure_threads, evaluate, evaluate_sharded, face_grid_figure,
                        fit_interval, forwarding_ddp, group_metrics, interval_metrics, plot_groups,
                        plot_learning_curves, plot_pred_vs_true, predict_loader, public, reduce_train_metrics,
                        set_rng_state, set_seed, train_one_epoch)
 from faces import read_split_crop
-from model import MODEL_NAMES, build_model, count_parameters
+
+# imported on first use, so that --help answers without torch (model.py imports it as it loads)
+torch = lazy_import("torch")
+models = lazy_import("model")
 
 AUGMENTATIONS = {
     "none": AugmentConfig.off(),
@@ -350,7 +354,7 @@ def restore(args, resume_from: Path, dist_ctx, digest: str):
 def build_model_for(args, checkpoint, train_ages, device):
     """(model in channels_last, (min_age, max_age)); a resumed run keeps the checkpoint's age range."""
     ages = (checkpoint["min_age"], checkpoint["max_age"]) if checkpoint else (int(train_ages.min()), int(train_ages.max()))
-    model = build_model(args.model, args.head, *ages, args.image_size, args.pretrained, args.weights, args.dropout)
+    model = models.build_model(args.model, args.head, *ages, args.image_size, args.pretrained, args.weights, args.dropout)
     if checkpoint is None and args.head == "regression":
         model.init_output_bias(float(train_ages.mean()))
     return model.to(device).to(memory_format=torch.channels_last), ages
@@ -412,7 +416,7 @@ def train_run(args, dist_ctx: Distributed):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
     history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
-    net = AutocastModel(model) if args.amp and device.type == "cuda" else model  # what the training step runs
+    net = models.AutocastModel(model) if args.amp and device.type == "cuda" else model  # what the training step runs
     if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
@@ -447,7 +451,7 @@ def train_run(args, dist_ctx: Distributed):
     summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,
                "train_seconds": round(time.perf_counter() - start_time, 1),
                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
-               "params": count_parameters(model)}
+               "params": models.count_parameters(model)}
     if dist_ctx.is_main:  # rank 0 alone tests and exports the best epoch; the others wait at the barrier
         finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger)
     logger.close()
@@ -478,7 +482,7 @@ def explain_divergence(out, epoch):
 
 
 def describe_run(args, model, train_set, val_set, dist_ctx) -> str:
-    text = (f"model {args.model} ({args.head} head): {count_parameters(model):,} parameters; train {len(train_set)}, "
+    text = (f"model {args.model} ({args.head} head): {models.count_parameters(model):,} parameters; train {len(train_set)}, "
             f"val {len(val_set)} images; device {dist_ctx.device}, {torch.get_num_threads()} threads")
     if dist_ctx.active:
         text += (f"; {dist_ctx.world_size} processes ({dist_ctx.backend}), global batch "

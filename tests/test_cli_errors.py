@@ -172,3 +172,27 @@ def test_a_huge_file_is_rejected_by_its_size_without_being_read(tmp_path, monkey
         f.truncate(custom_dataset.MAX_FILE_BYTES + 1)  # sparse: nothing is written to the disk
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
     assert custom_dataset.check_image(huge)["reason"] == "too_large"
+
+
+SCRIPTS = ["train", "inference", "eda", "hyperparameter_tunning", "export_mobile", "benchmark", "bench_detection",
+           "demo_data"]
+
+
+def test_help_and_onnx_inference_never_import_torch():
+    # torch costs 1-2 s to import: --help of every script, and inference with an ONNX model, must not pay it
+    probe = f"""
+import sys, numpy as np
+for name in {SCRIPTS!r}:
+    module = __import__(name)
+    try:
+        module.get_args_parser().parse_args(["--help"])
+    except SystemExit:
+        pass
+from inference import AgeEstimator
+faces = AgeEstimator("models/age_simplecnn_utkface.onnx", whole_image=True).predict(np.full((96, 96, 3), 128, np.uint8))
+assert len(faces) == 1 and 0 < faces[0]["age"] < 120, faces
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+    proc = run_script("-c", probe)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -19,7 +19,7 @@ import custom_dataset
 import checkpoints
 import functions
 from conftest import REPO
-from model import build_model
+from model import AutocastModel, build_model
 
 FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "16",
         "--model", "simplecnn_bn", "--dist-backend", "gloo", "--lr", "0.01"]
@@ -63,7 +63,7 @@ def test_shards_cover_every_index_once():
 
 def test_autocast_wrapper_keeps_the_model_interface():
     model = build_model("simplecnn", image_size=32, min_age=20, max_age=50)
-    wrapped = functions.AutocastModel(model, device_type="cpu")  # bf16 on CPU only to test the wrapper here
+    wrapped = AutocastModel(model, device_type="cpu")  # bf16 on CPU only to test the wrapper here
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([20.0, 30.0, 40.0, 50.0])
     outputs = wrapped(x)
     assert outputs.dtype == torch.float32 and wrapped.head == "regression"

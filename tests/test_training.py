@@ -15,7 +15,7 @@ import checkpoints
 import functions
 import train
 from conftest import REPO, assert_one_line_error, run_script
-from model import SimpleCNN, build_model, count_parameters
+from model import ExportedAgeModel, SimpleCNN, build_model, count_parameters
 
 FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "32"]
 SLOW_FIXTURES = {"full_run"}  # trains for 3 epochs: the tests that use it are marked slow (conftest)
@@ -200,7 +200,7 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     ckpt = checkpoints.load_checkpoint(out / "best.pt")
     cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
     model, _ = checkpoints.model_from_checkpoint(ckpt)
-    wrapper = checkpoints.ExportedAgeModel(model.eval(), cfg.mean, cfg.std)
+    wrapper = ExportedAgeModel(model.eval(), cfg.mean, cfg.std)
     val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
     x = val.batch(range(5))[0].float()
     module, metadata = checkpoints.load_torchscript(out / "model.jit")
