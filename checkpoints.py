@@ -88,7 +88,10 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             "crop": crop, "tta_flip": config.get("tta_flip", False), "data": describe_training_data(config),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
             "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae"),
-            "interval": best.get("interval")}  # conformal calibration (functions.fit_interval); None before it existed
+            "interval": best.get("interval"),  # conformal calibration (functions.fit_interval); None before it existed
+            # functions.fit_age_map, applied to the graph's output by inference.py (np.interp(age, x, y));
+            # None where train.py --age-map did not keep one
+            "age_map": best.get("age_map")}
 
 
 def describe_training_data(config: dict) -> str | None:
@@ -268,6 +271,16 @@ def torchscript_forward(path, threads=None, device="cpu"):
     return forward, metadata
 
 
+def age_map_is_usable(age_map) -> bool:
+    """Knots as functions.fit_age_map writes them: finite, x increasing, y not decreasing."""
+    x, y = (age_map.get("x"), age_map.get("y")) if isinstance(age_map, dict) else (None, None)
+    if not isinstance(x, list) or not isinstance(y, list) or len(x) != len(y) or not x:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in x + y):
+        return False
+    return all(a < b for a, b in zip(x, x[1:])) and all(a <= b for a, b in zip(y, y[1:]))
+
+
 def interval_is_usable(interval) -> bool:
     """A calibration as functions.fit_interval writes it: bands in increasing order, each with a
     sorted list of finite errors."""
@@ -306,6 +319,8 @@ def check_metadata(path, metadata):
     interval = metadata.get("interval")
     if interval is not None and not interval_is_usable(interval):
         raise DataError(f"{path} has an unusable age-interval calibration in its metadata; re-export it with train.py")
+    if metadata.get("age_map") is not None and not age_map_is_usable(metadata["age_map"]):
+        raise DataError(f"{path} has an unusable age map in its metadata; re-export it with train.py")
     # models exported before the chip carry only a margin around the detector's box
     crop = metadata.get("crop") or {**BOX_CROP, "margin": metadata.get("crop_margin", 0.0)}
     try:

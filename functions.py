@@ -222,6 +222,77 @@ def interval_metrics(pred, true, calibration: dict, level: float) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Age map: a post-hoc monotone correction of the pull toward the middle ages, fitted on validation
+
+MAE_NOISE = 0.05          # years: run-to-run noise of a validation MAE, the margin of the keep rule
+WORST_DECADE_MIN_FACES = 20  # a decade with fewer faces is too small to judge an MAE on
+AGE_MAP_MIN_FACES = 100      # fewer validation faces: no map is fitted (each cross-fitting half is too thin)
+
+
+def worst_decade(pred, true, min_faces=WORST_DECADE_MIN_FACES):
+    """(decade, MAE) of the decade of true age with the largest MAE, among decades with at least
+    min_faces faces (all decades when none has that many)."""
+    table = group_metrics(pred, true)["decade"]
+    judged = {k: v for k, v in table.items() if v["n"] >= min_faces} or table
+    name = max(judged, key=lambda k: judged[k]["mae"])
+    return name, judged[name]["mae"]
+
+
+def lowers_worst_decade(mae_before, mae_after, worst_before, worst_after, noise=MAE_NOISE) -> bool:
+    """The keep rule of the age-extremes experiments: the worst decade's MAE goes down and the overall
+    MAE does not rise by more than the noise."""
+    return bool(worst_after < worst_before and mae_after <= mae_before + noise)
+
+
+def fit_age_map(pred, true) -> dict:
+    """Isotonic regression from predicted to true age, as knots for np.interp (flat beyond the ends)."""
+    from sklearn.isotonic import IsotonicRegression
+    iso = IsotonicRegression(out_of_bounds="clip").fit(np.asarray(pred, np.float64), np.asarray(true, np.float64))
+    return {"method": "isotonic regression from predicted to true age on the validation split",
+            "x": [round(float(v), 4) for v in iso.X_thresholds_],
+            "y": [round(float(v), 4) for v in iso.y_thresholds_]}
+
+
+def apply_age_map(pred, age_map: dict | None) -> np.ndarray:
+    """Ages through the map (unchanged without one): what evaluation and inference report."""
+    pred = np.asarray(pred, dtype=np.float64)
+    return pred if not age_map else np.interp(pred, age_map["x"], age_map["y"])
+
+
+def judge_age_map(pred, true, noise=MAE_NOISE, seed=0) -> dict:
+    """Is an age map worth keeping? Judged on validation alone by 2-fold cross-fitting (each half
+    mapped by a map fitted on the other half), with lowers_worst_decade. "crossed" (the cross-fitted
+    ages) is what the interval is calibrated on when the map is kept: residuals of a map fitted on
+    the same faces would be too small."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if len(pred) < AGE_MAP_MIN_FACES:
+        return {"keep": False, "n": len(pred),
+                "reason": f"too few validation faces to judge a map ({len(pred)} < {AGE_MAP_MIN_FACES})"}
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(pred)), 2)
+    crossed = np.empty(len(pred))
+    for part, other in ((halves[0], halves[1]), (halves[1], halves[0])):
+        crossed[part] = apply_age_map(pred[part], fit_age_map(pred[other], true[other]))
+    mae_before, mae_after = float(np.mean(np.abs(pred - true))), float(np.mean(np.abs(crossed - true)))
+    worst_before, worst_after = worst_decade(pred, true), worst_decade(crossed, true)
+    keep = lowers_worst_decade(mae_before, mae_after, worst_before[1], worst_after[1], noise)
+    return {"val_mae_before": mae_before, "val_mae_after": mae_after, "val_worst_decade_before": list(worst_before),
+            "val_worst_decade_after": list(worst_after), "noise": noise, "worst_decade_min_faces": WORST_DECADE_MIN_FACES,
+            "keep": keep, "crossed": crossed}
+
+
+def calibrate_ages(pred, true, age_map="auto"):
+    """What a model carries from its validation predictions: (age map or None, interval calibration,
+    the map's judgement or None with age_map "off"). The interval is fitted around the ages the model
+    reports, i.e. after the map, on the cross-fitted ages (residuals of faces the map was not fitted on)."""
+    judgement = judge_age_map(pred, true) if age_map == "auto" else None
+    kept = fit_age_map(pred, true) if judgement and judgement["keep"] else None
+    interval = fit_interval(judgement["crossed"] if kept else pred, true)
+    if judgement:
+        judgement = {k: v for k, v in judgement.items() if k != "crossed"}
+    return kept, interval, judgement
+
+
+# ----------------------------------------------------------------------------------------------
 # Steps
 
 def _prepare(images, mean, std, device):

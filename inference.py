@@ -53,7 +53,7 @@ from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_n
                             load_rgb, preprocess_rgb)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
-from functions import atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
+from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
@@ -184,6 +184,8 @@ class AgeEstimator:
             "training data: not recorded in this model"
         interval = "no age interval (the model carries no calibration)" if self.interval is None else \
             f"age interval at {self.interval_level:.0%} ({self.interval['method']})"
+        if self.metadata.get("age_map"):
+            interval += f"; ages corrected by an {self.metadata['age_map']['method']}"
         return (f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px, "
                 f"{self.device}; faces: {how}\n{ages}; {data}\n{interval}")
 
@@ -200,7 +202,7 @@ class AgeEstimator:
 
     def predict_inputs(self, inputs) -> np.ndarray:
         """Ages (float64) of N x S x S x 3 uint8 model inputs, in one forward pass (plus its mirror
-        image with the model's flip test-time averaging)."""
+        image with the model's flip test-time averaging), through the model's age map where it has one."""
         if len(inputs) == 0:
             return np.zeros(0, dtype=np.float64)
         x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -211,7 +213,7 @@ class AgeEstimator:
         if self.metadata.get("tta_flip"):
             mirrored = np.asarray(self._forward(np.ascontiguousarray(x[..., ::-1])), dtype=np.float64)
             ages = 0.5 * (ages + mirrored.reshape(ages.shape))
-        return ages[:, 0]
+        return apply_age_map(ages[:, 0], self.metadata.get("age_map"))
 
     def drop_reason(self, face: Face) -> str | None:
         """"min_face" or "min_score" where a filter drops the face, else None."""

@@ -9,6 +9,7 @@ file with `pytestmark = pytest.mark.slow`, one test with `@pytest.mark.slow`, an
 costly fixture (one that trains a model, say) by naming the fixture in the file's `SLOW_FIXTURES`.
 """
 
+import json
 import os
 import stat
 import subprocess
@@ -201,4 +202,37 @@ def write_rgb(path, rgb):
     import cv2
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests", interval=None,
+                   age_map=None):
+    """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
+    None leaves the key out, as older models do)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import faces as face_pipeline
+    from custom_dataset import PreprocessConfig
+    size = 32
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+         helper.make_node("Mul", ["m", "zero"], ["z"]),
+         helper.make_node("Add", ["z", "age"], ["ages"])],
+        "constant_age",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("ages", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("age", TensorProto.FLOAT, [], [float(age)])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    metadata = {"format_version": 1, "model_name": "constant", "head": "regression", "min_age": min_age,
+                "max_age": max_age, "crop": dict(face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
+                "interval": interval, "age_map": age_map,
+                "preprocess": PreprocessConfig(image_size=size, denoise=False, deblur=False).to_dict()}
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "metadata.json", json.dumps(metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
     return path

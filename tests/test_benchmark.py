@@ -167,5 +167,5 @@ def test_bias_section_reports_interval_groups_and_isotonic():
     lines = benchmark.bias_section({"results": {"protocols": {"F": {"m": entry}}}})
     text = "\n".join(lines)
     assert "| F/m | 0.904 | 12.3 | 70-79: 0.80 (n = 5) |" in text
-    assert "| gender male | 5.00 | -1.00 | 7 |" in text and "kept by the rule" in text
+    assert "| gender male | 5.00 | -1.00 | 7 |" in text and "meets the rule" in text
     assert benchmark.bias_section({"results": {"protocols": {"F": {"m": {}}}}}) == []

@@ -13,10 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-import faces as face_pipeline
 import inference
-from conftest import REPO, assert_one_line_error, detectable_faces, run_script, scene, write_rgb
-from custom_dataset import DataError, PreprocessConfig
+from conftest import REPO, assert_one_line_error, constant_model, detectable_faces, run_script, scene, write_rgb
+from custom_dataset import DataError
 
 cv2.setNumThreads(1)
 
@@ -26,33 +25,6 @@ ORANGE = np.array(inference.RANGE_COLOUR)
 # ----------------------------------------------------------------------------------------------
 # Helpers
 
-def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests", interval=None):
-    """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
-    None leaves the key out, as older models do)."""
-    import onnx
-    from onnx import TensorProto, helper
-    size = 32
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
-         helper.make_node("Mul", ["m", "zero"], ["z"]),
-         helper.make_node("Add", ["z", "age"], ["ages"])],
-        "constant_age",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("ages", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-         helper.make_tensor("age", TensorProto.FLOAT, [], [float(age)])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    metadata = {"format_version": 1, "model_name": "constant", "head": "regression", "min_age": min_age,
-                "max_age": max_age, "crop": dict(face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
-                "interval": interval,
-                "preprocess": PreprocessConfig(image_size=size, denoise=False, deblur=False).to_dict()}
-    metadata = {k: v for k, v in metadata.items() if v is not None}
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "metadata.json", json.dumps(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import pytest
 
 import checkpoints
 import inference
-from conftest import detectable_faces, scene, write_rgb
+from conftest import constant_model, detectable_faces, scene, write_rgb
 from functions import fit_interval, interval_half_width, interval_metrics, predict_interval
-from test_inference_cli import constant_model
 
 
 def test_conformal_quantile_golden_values():

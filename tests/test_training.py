@@ -169,6 +169,10 @@ def test_training_writes_every_output(full_run, splits):
     assert sum(d["n"] for d in metrics["interval"]["coverage_per_decade"].values()) == metrics["n"]
     assert sum(g["n"] for g in metrics["groups"]["decade"].values()) == metrics["n"]
     assert (out / "groups.png").stat().st_size > 0
+    # --age-map auto: these tiny splits hold too few validation faces to judge a map, and it says so
+    judged = metrics["age_map"]
+    assert judged["keep"] is False and judged["n"] < 100 and "too few validation faces" in judged["reason"]
+    assert ("age_map" in checkpoints.load_checkpoint(out / "best.pt")) == judged["keep"]
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["image_size"] == 64 and config["torch"] == torch.__version__
     assert config["splits"]["train.csv"] == str((splits / "train.csv").resolve())
@@ -207,6 +211,7 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     assert metadata["preprocess"] == cfg.to_dict()
     # the interval calibration was fitted on the validation split: one sorted error per val face
     assert metadata["interval"] == ckpt["interval"]
+    assert metadata["age_map"] == ckpt.get("age_map")
     assert sum(len(band["errors"]) for band in ckpt["interval"]["bands"]) == len(val)
     with torch.no_grad():
         eager = wrapper(x).numpy()
@@ -362,3 +367,16 @@ def test_resume_refuses_changed_settings_and_a_changed_split(splits, tmp_path):
     (own / "val.csv").write_text("\n".join(rows[:-1]) + "\n")  # eda.py re-run: another split
     mixed = run_script(*cmd, "--resume")
     assert mixed.returncode == 2 and "changed since" in mixed.stderr
+
+
+def test_a_kept_age_map_is_what_the_test_figures_and_the_exports_report(splits, tmp_path, monkeypatch):
+    # a map that answers 33 for every age stands in for a kept isotonic map (real ones need more faces)
+    constant = {"method": "test map", "x": [0.0, 200.0], "y": [33.0, 33.0]}
+    real = train.calibrate_ages
+    monkeypatch.setattr(train, "calibrate_ages", lambda pred, true, age_map: (constant, *real(pred, true, "off")[1:]))
+    train.main(train_args(splits, tmp_path, "--epochs", "1", "--no-tensorboard"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    test_ages = np.array([float(r["age"]) for r in custom_dataset.read_split(splits / "test.csv")])
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(33.0 - test_ages)), abs=1e-4)
+    _, metadata = checkpoints.read_export(tmp_path / "model.onnx")
+    assert metadata["age_map"] == constant == checkpoints.load_checkpoint(tmp_path / "best.pt")["age_map"]

@@ -1,0 +1,75 @@
+"""The age map (train.py --age-map auto): an isotonic correction of the pull toward the middle ages,
+fitted and judged on validation, carried in exports and applied by inference.py."""
+import numpy as np
+import pytest
+
+import checkpoints
+import inference
+from conftest import constant_model
+from custom_dataset import DataError
+from functions import apply_age_map, calibrate_ages, fit_age_map, lowers_worst_decade, worst_decade
+
+
+def pulled_to_the_middle(n=2000, seed=0):
+    """Validation-like predictions that shrink every age toward 40, as the trained models do."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(1, 90, n)
+    return 40 + 0.6 * (true - 40) + rng.normal(0, 3, n), true
+
+
+def test_isotonic_map_golden_values():
+    violating = fit_age_map([10, 20, 30], [20, 10, 30])  # the first two are pooled to their mean
+    assert (violating["x"], violating["y"]) == ([10.0, 20.0, 30.0], [15.0, 15.0, 30.0])
+    age_map = fit_age_map([10, 20, 30, 40], [12, 18, 35, 45])
+    # between knots linear, flat beyond the ends
+    assert apply_age_map([5, 25, 50], age_map).tolist() == [12.0, 26.5, 45.0]
+    assert apply_age_map([5, 25], None).tolist() == [5.0, 25.0]
+
+
+def test_worst_decade_ignores_decades_too_small_to_judge():
+    pred, true = [0, 0, 0, 10, 60], [1, 2, 3, 12, 90]
+    assert worst_decade(pred, true, min_faces=1) == ("90-99", 30.0)
+    assert worst_decade(pred, true, min_faces=3) == ("0-9", 2.0)
+    assert worst_decade(pred, true, min_faces=10) == ("90-99", 30.0)  # none that large: all are judged
+
+
+def test_keep_rule_golden_values():
+    assert lowers_worst_decade(4.00, 4.05, 8.0, 7.9)          # +0.05 is within the noise
+    assert not lowers_worst_decade(4.00, 4.06, 8.0, 7.9)      # beyond it
+    assert not lowers_worst_decade(4.00, 3.90, 8.0, 8.0)      # the worst decade must improve
+
+
+def test_a_pulled_model_keeps_its_map_and_the_interval_is_fitted_on_unseen_residuals():
+    pred, true = pulled_to_the_middle()
+    age_map, interval, judgement = calibrate_ages(pred, true)
+    assert judgement["keep"] and age_map is not None
+    assert judgement["val_mae_after"] < judgement["val_mae_before"] - 1
+    mapped = apply_age_map(pred, age_map)
+    assert np.mean(np.abs(mapped - true)) < np.mean(np.abs(pred - true)) - 1
+    # cross-fitted residuals are larger than the in-sample ones of the map fitted on all of them
+    errors = sorted(e for band in interval["bands"] for e in band["errors"])
+    assert np.mean(errors) > np.mean(np.abs(mapped - true))
+    off_map, off_interval, off_judgement = calibrate_ages(pred, true, age_map="off")
+    assert off_map is None and off_judgement is None and off_interval["bands"]
+
+
+def test_too_few_validation_faces_give_no_map_and_say_why():
+    pred, true = pulled_to_the_middle(n=40)
+    age_map, interval, judgement = calibrate_ages(pred, true)
+    assert age_map is None and judgement["keep"] is False and "too few validation faces" in judgement["reason"]
+    assert sum(len(b["errors"]) for b in interval["bands"]) == 40
+
+
+def test_inference_reports_ages_through_the_models_map(tmp_path):
+    path = constant_model(tmp_path / "model.onnx", age=30.0, min_age=1, max_age=90,
+                          age_map={"method": "test map", "x": [0.0, 60.0], "y": [10.0, 70.0]})
+    estimator = inference.AgeEstimator(path, whole_image=True)
+    assert estimator.predict(np.full((64, 64, 3), 128, np.uint8))[0]["age"] == pytest.approx(40.0)
+    assert "test map" in estimator.describe()
+
+
+@pytest.mark.parametrize("age_map", [{"x": [0, 1], "y": [5]}, {"x": [1, 0], "y": [0, 1]}, {"x": [0, 1], "y": [2, 1]},
+                                     {"x": [0, float("nan")], "y": [0, 1]}, "isotonic"])
+def test_unusable_age_maps_are_refused(age_map, tmp_path):
+    with pytest.raises(DataError, match="unusable age map"):
+        checkpoints.check_metadata(tmp_path / "m.onnx", {"preprocess": {"image_size": 64}, "age_map": age_map})
