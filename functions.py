@@ -301,8 +301,10 @@ def _prepare(images, mean, std, device):
 
 
 def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", scheduler=None,
-                    augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0, progress=True):
+                    augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0, progress=True,
+                    ema=None):
     """One pass over the loader. Returns {"loss", "mae", "images", "seconds", "images_per_s"}.
+    ema (a torch.optim.swa_utils.AveragedModel), if given, is updated after every optimiser step.
 
     The scheduler, if given, steps per batch (warm-up and cosine are defined in steps). The model
     is expected in channels_last memory format, as the batches are.
@@ -327,6 +329,8 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         n = len(ages)

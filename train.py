@@ -80,6 +80,9 @@ def add_recipe_args(parser):
     g.add_argument("--schedule", choices=("constant", "cosine"), default="cosine",
                    help="learning rate after warm-up: constant, or cosine decay to zero")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length")
+    g.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights, updated every step (e.g. 0.999); "
+                        "validation, test and exports then use the averaged weights; 0 = off")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each prediction with its mirror image (validation, test, exports)")
     return parser
@@ -149,7 +152,8 @@ def check_numbers(args):
              ("--weight-decay", math.isfinite(args.weight_decay) and args.weight_decay >= 0, "0 or more"),
              ("--image-size", 16 <= args.image_size <= 1024, "between 16 and 1024"),
              ("--warmup-epochs", 0 <= args.warmup_epochs <= args.epochs, "between 0 and --epochs"),
-             ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)")]
+             ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)"),
+             ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)")]
     for flag, ok, rule in rules:
         if not ok:
             raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
@@ -421,12 +425,14 @@ def train_run(args, dist_ctx: Distributed):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
     history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
+    ema = weight_average(model, args.ema, checkpoint)
+    evaluated = ema.module if ema else model  # the weights validation judges and checkpoints keep
     net = models.AutocastModel(model) if args.amp and device.type == "cuda" else model  # what the training step runs
     if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
     # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
-    validate = lambda: evaluate_sharded(model, val_set, mean, std, loss_kind=args.loss, device=device,
+    validate = lambda: evaluate_sharded(evaluated, val_set, mean, std, loss_kind=args.loss, device=device,
                                         tta_flip=args.tta_flip, dist_ctx=dist_ctx, pin_memory=pin)
     for epoch in range(start_epoch, args.epochs + 1):
         seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
@@ -435,7 +441,7 @@ def train_run(args, dist_ctx: Distributed):
             train_metrics = train_one_epoch(
                 net, train_loader(epoch), optimizer, mean=mean, std=std, loss_kind=args.loss, scheduler=scheduler,
                 augment=AUGMENTATIONS[args.augment], generator=torch.Generator().manual_seed(seeds["augment"]),
-                device=device, epoch=epoch, progress=not args.no_progress)
+                device=device, epoch=epoch, progress=not args.no_progress, ema=ema)
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
@@ -450,7 +456,8 @@ def train_run(args, dist_ctx: Distributed):
             state = make_checkpoint(args, model, optimizer, scheduler, min_age=min_age, max_age=max_age, cfg=cfg,
                                     crop=crop, split_digest=digest, epoch=epoch,
                                     metrics={"train": train_metrics, "val": public(val_metrics)},
-                                    history=history, best_val_mae=best_val, world_size=dist_ctx.world_size)
+                                    history=history, best_val_mae=best_val, world_size=dist_ctx.world_size,
+                                    ema=ema)
             save_epoch(out, state, improved, history)
         dist_ctx.barrier()
     summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,
@@ -469,12 +476,24 @@ def resume_state(checkpoint, model, optimizer, scheduler, path):
     random state of the checkpoint restored."""
     if checkpoint is None:
         return [], float("inf"), 1
-    model.load_state_dict(checkpoint["model_state"])
+    model.load_state_dict(checkpoint.get("training_state", checkpoint["model_state"]))
     optimizer.load_state_dict(checkpoint["optimizer_state"])
     scheduler.load_state_dict(checkpoint["scheduler_state"])
     set_rng_state(checkpoint["rng_state"])
     print(f"resumed from {path} at epoch {checkpoint['epoch']} (best val MAE {checkpoint['best_val_mae']:.3f})")
     return checkpoint["history"], checkpoint["best_val_mae"], checkpoint["epoch"] + 1
+
+
+def weight_average(model, decay, checkpoint):
+    """--ema: an AveragedModel of model's weights (and buffers), restored from a resumed checkpoint;
+    None when off."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if checkpoint is not None and "ema_state" in checkpoint:
+        ema.load_state_dict(checkpoint["ema_state"])
+    return ema
 
 
 @contextlib.contextmanager

@@ -380,3 +380,47 @@ def test_a_kept_age_map_is_what_the_test_figures_and_the_exports_report(splits, 
     assert metrics["mae"] == pytest.approx(np.mean(np.abs(33.0 - test_ages)), abs=1e-4)
     _, metadata = checkpoints.read_export(tmp_path / "model.onnx")
     assert metadata["age_map"] == constant == checkpoints.load_checkpoint(tmp_path / "best.pt")["age_map"]
+
+
+def test_weight_average_golden_values():
+    net = torch.nn.Linear(2, 1)
+    ema = train.weight_average(net, 0.9, None)
+    ema.update_parameters(net)  # the first update copies the weights
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight += 1.0
+    ema.update_parameters(net)
+    assert torch.allclose(ema.module.weight, start + 0.1)  # 0.9 * w + 0.1 * (w + 1)
+    assert train.weight_average(net, 0.0, None) is None
+
+
+def test_an_ema_run_keeps_the_averaged_weights_and_resumes_exactly(splits, tmp_path, monkeypatch):
+    args = ["--epochs", "2", "--ema", "0.9", "--no-tensorboard", "--no-test", "--age-map", "off"]
+    train.main(train_args(splits, tmp_path / "straight", *args))
+    straight = checkpoints.load_checkpoint(tmp_path / "straight" / "last.pt")
+    # the averaged weights are the ones evaluated, kept and exported; the trained ones are kept for --resume
+    assert not torch.equal(straight["model_state"]["backbone.regressor.5.weight"],
+                           straight["training_state"]["backbone.regressor.5.weight"])
+    best = checkpoints.load_checkpoint(tmp_path / "straight" / "best.pt")
+    forward, _ = checkpoints.read_export(tmp_path / "straight" / "model.onnx")
+    model, cfg = checkpoints.model_from_checkpoint(best)
+    val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+    x = val.batch(range(4))[0].float()
+    with torch.no_grad():
+        eager = ExportedAgeModel(model, cfg.mean, cfg.std)(x).numpy()
+    assert np.abs(forward(x.numpy()) - eager).max() < 1e-3
+
+    save_epoch = train.save_epoch
+
+    def stop_after_epoch_1(out, state, improved, history):
+        save_epoch(out, state, improved, history)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_epoch", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(splits, tmp_path / "resumed", *args))
+    monkeypatch.setattr(train, "save_epoch", save_epoch)
+    train.main(train_args(splits, tmp_path / "resumed", *args, "--resume"))
+    resumed = checkpoints.load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key, value in straight["ema_state"].items():
+        assert torch.allclose(resumed["ema_state"][key].float(), value.float(), atol=1e-5), key
