@@ -891,7 +891,7 @@ def shipped_section(sources):
                                "models/ and writes models/README.md, the model card"])
 
 
-def ablation_reading(runs):
+def ablation_reading(runs, long_runs=None):
     """The generated "how to read it" of the experiments table."""
     base = runs["base"]["val_mae"]
     delta = {n: r["val_mae"] - base for n, r in runs.items() if n != "base"}
@@ -915,8 +915,9 @@ def ablation_reading(runs):
             "- **Kept** in the finals (`simplecnn_tuned*`, 40 epochs): MSE on the expected age and denoise/deblur "
             "off; the 96 px input as a separate final, because it changes the model's size and speed. Light "
             "augmentation was not kept: 10-epoch runs favour levers that pay off early, and with flips only the "
-            "training MAE falls below validation sooner (each run's `history.json`); a 40-epoch flips-only run is "
-            "the open check."]
+            "training MAE falls below validation sooner (each run's `history.json`); "
+            + ("the 40-epoch flips-only run (`tuned_light`, below) confirmed it." if "tuned_light" in (long_runs or {})
+               else "a 40-epoch flips-only run is the open check.")]
 
 
 def finals_lines(protocols):
@@ -953,7 +954,8 @@ def experiments_section(sources):
     lines += ["", ablation_table(results), "",
               *details("The train.py command of each run (from bench/results.json)",
                        [c for n, r in runs.items() if "command" in r for c in (f"# {n}", r["command"])]), ""]
-    return lines + ablation_reading(runs) + [""] + finals_lines(results.get("protocols", {})) + long_ablation_lines(results)
+    return (lines + ablation_reading(runs, results.get("long_ablations")) + [""]
+            + finals_lines(results.get("protocols", {})) + long_ablation_lines(results))
 
 
 def long_ablation_lines(results) -> list:

@@ -525,9 +525,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from other users
+        share_like_a_new_file(tmp, 0o666)  # mkstemp's 0600 would hide outputs from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -535,11 +533,18 @@ def atomic_write(path, write):
         raise
 
 
-def write_csv(path, rows, columns):
+def share_like_a_new_file(path, mode):
+    """chmod path to mode minus the umask: what open()/mkdir() would have given it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def write_csv(path, rows, columns, line_end="\r\n"):
     """rows (dicts) as a UTF-8 CSV with these columns (other keys ignored), written atomically."""
     def write(f):
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator=line_end)
         writer.writeheader()
         writer.writerows(rows)
         text.flush()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, load_rgb, scan_images,
-                            source_subject_column, stratified_split, write_csv)
+                            share_like_a_new_file, source_subject_column, stratified_split, write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
 from cli import ArgumentParser, run_cli
 from functions import atomic_write, pyplot, same_or_inside
@@ -165,9 +165,7 @@ def write_split_folder(folder, parts, columns, crop, crop_note):
     import tempfile
     folder = Path(folder)
     fresh = Path(tempfile.mkdtemp(prefix=".splits.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(fresh, 0o777 & ~umask)  # mkdtemp's 0700 would hide the splits from other users
+    share_like_a_new_file(fresh, 0o777)  # mkdtemp's 0700 would hide the splits from other users
     try:
         for name, rows in zip(SPLITS, parts):
             write_csv(fresh / f"{name}.csv", rows, columns)

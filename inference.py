@@ -35,8 +35,6 @@ TorchScript, a program: load it only from a source you trust.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import sys
@@ -50,7 +48,7 @@ import numpy as np
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
-                            load_rgb, preprocess_rgb)
+                            load_rgb, preprocess_rgb, write_csv)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
@@ -612,14 +610,6 @@ def _write_image(path, rgb):
         raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 
 
-def _write_csv(path, rows):
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
-
-
 def _labels(ages, flags=None, intervals=None):
     """"Age: 34", "Age: 34 (29-40)" with an interval, and a "?" after the age outside the training ages."""
     labels = []
@@ -679,7 +669,7 @@ class Recorder:
         """Write predictions.csv / predictions.json (atomically); their paths by kind."""
         written = {}
         if self.csv_file:
-            _write_csv(self.folder / "predictions.csv", self.rows)
+            write_csv(self.folder / "predictions.csv", self.rows, CSV_FIELDS, line_end="\n")
             written["csv"] = str(self.folder / "predictions.csv")
         if self.json_mode and self.json_mode != "-":
             data = (json.dumps(self.objects, indent=1) + "\n").encode("utf-8")

@@ -236,3 +236,19 @@ def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return path
+
+
+def read_rows(path):
+    """(header, rows as dicts) of a CSV the scripts wrote."""
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def write_noise_image(path, seed, size=24):
+    """A tiny noise JPEG; a different seed gives different bytes."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)

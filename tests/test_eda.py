@@ -1,6 +1,5 @@
 """eda.py end to end on a small generated set, and its one-line errors."""
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -8,16 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, read_rows
+from eda import SPLITS
 
 FIGURES = ("pics/sample_images.png", "figs/age_distribution.png", "figs/train_test_valid_age_distri.png")
-SPLITS = ("train", "val", "test")
-
-
-def read_rows(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return reader.fieldnames, list(reader)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,14 @@
 """Gender and race groups: parsed from UTKFace names or a CSV, carried by the CSVs, counted per split."""
 
-import csv
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import eda  # imported while collecting, so no test pays for it
+from conftest import read_rows, write_noise_image
 from custom_dataset import discover_labels, read_split, utkface_groups, write_csv
+from eda import SPLITS
 
-SPLITS = ("train", "val", "test")
 
 # the README's irregular names included: a missing field, a space, a missing dot
 GOLDEN = {
@@ -30,17 +28,6 @@ GOLDEN = {
 }
 
 
-def write_image(path, seed, size=24):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
-
-
-def read_rows(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return reader.fieldnames, list(reader)
-
-
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_utkface_name_groups_golden(name):
     assert tuple(utkface_groups(name).values()) == GOLDEN[name]
@@ -49,7 +36,7 @@ def test_utkface_name_groups_golden(name):
 def test_utkface_layout_records_carry_groups(tmp_path):
     names = [n for n in GOLDEN if n != "30_x.jpg"]
     for i, name in enumerate(names):
-        write_image(tmp_path / name, seed=i)
+        write_noise_image(tmp_path / name, seed=i)
     records, _, layout = discover_labels(tmp_path)
     assert layout == "utkface" and len(records) == len(names)
     by_name = {r["path"].rsplit("/", 1)[1]: (r["gender"], r["race"]) for r in records}
@@ -58,7 +45,7 @@ def test_utkface_layout_records_carry_groups(tmp_path):
 
 def test_csv_gender_and_race_columns_are_kept_as_text(tmp_path):
     for i in range(3):
-        write_image(tmp_path / f"{i}.jpg", seed=i)
+        write_noise_image(tmp_path / f"{i}.jpg", seed=i)
     (tmp_path / "labels.csv").write_text(
         "path,age,Gender,race\n0.jpg,30,woman , Pacific Islander\n1.jpg,40,,\n2.jpg,50,nonbinary,\n")
     records, _, layout = discover_labels(tmp_path)
@@ -69,7 +56,7 @@ def test_csv_gender_and_race_columns_are_kept_as_text(tmp_path):
 
 
 def test_csv_without_group_columns_has_no_group_keys(tmp_path):
-    write_image(tmp_path / "a.jpg", seed=0)
+    write_noise_image(tmp_path / "a.jpg", seed=0)
     (tmp_path / "labels.csv").write_text("path,age\na.jpg,30\n")
     records, _, _ = discover_labels(tmp_path)
     assert records and set(records[0]) == {"path", "age"}
@@ -85,7 +72,7 @@ def utk_run(tmp_path_factory, run_eda):
         name = f"{20 + i % 6}_{i % 2}_{i % 5}_2017011{i:03d}.jpg.chip.jpg"
         if i == 23:
             name = f"{20 + i % 6}_1_2017011{i:03d}.jpg.chip.jpg"
-        write_image(data / name, seed=i)
+        write_noise_image(data / name, seed=i)
     with pytest.MonkeyPatch.context() as mp:
         for fig in ("plot_samples", "plot_age_distribution", "plot_split_distributions"):  # test_eda checks them
             mp.setattr(eda, fig, lambda *args, **kwargs: None)
@@ -127,7 +114,7 @@ def test_folder_per_age_has_no_group_columns(tmp_path, monkeypatch, run_eda):
     for age in range(20, 25):
         (tmp_path / "data" / str(age)).mkdir(parents=True)
         for k in range(3):
-            write_image(tmp_path / "data" / str(age) / f"{k}.jpg", seed=age * 10 + k)
+            write_noise_image(tmp_path / "data" / str(age) / f"{k}.jpg", seed=age * 10 + k)
     for fig in ("plot_samples", "plot_age_distribution", "plot_split_distributions"):
         monkeypatch.setattr(eda, fig, lambda *args, **kwargs: None)
     report = run_eda(tmp_path / "data", tmp_path / "out")

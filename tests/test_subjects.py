@@ -6,12 +6,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import eda  # imported while collecting, so no test pays for it
+from conftest import read_rows, write_noise_image
 from custom_dataset import DataError, discover_labels, group_split, read_split, source_subject_column, stratified_split
+from eda import SPLITS
 
-SPLITS = ("train", "val", "test")
 FIGURES = ("plot_samples", "plot_age_distribution", "plot_split_distributions")
 
 
@@ -19,12 +19,6 @@ def skip_figures(mp):
     """eda without its three figures (test_eda.py checks them): keeps each test here well under 2 s."""
     for name in FIGURES:
         mp.setattr(eda, name, lambda *args, **kwargs: None)
-
-
-def write_image(path, seed, size=24):
-    """A tiny noise JPEG; a different seed gives different bytes."""
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
 
 
 def people(n_subjects=30, seed=0):
@@ -93,7 +87,7 @@ def make_csv_set(root, column="subject", n_subjects=12, per_subject=5):
     for s in range(n_subjects):
         for k in range(per_subject):
             name = f"{s:03d}A{k}.jpg"
-            write_image(root / name, seed=s * 100 + k)
+            write_noise_image(root / name, seed=s * 100 + k)
             rows.append((name, 10 + 2 * s + 5 * k, f"{s:03d}"))
     (root / "copy.jpg").write_bytes((root / "000A0.jpg").read_bytes())
     rows.append(("copy.jpg", rows[0][1], f"{n_subjects - 1:03d}"))
@@ -112,12 +106,6 @@ def subject_run(tmp_path_factory, run_eda):
         skip_figures(mp)
         report = run_eda(data, root / "out", "--seed", 4)
     return data, root / "out", report
-
-
-def read_rows(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return reader.fieldnames, list(reader)
 
 
 def test_eda_keeps_each_subject_in_one_split(subject_run):
