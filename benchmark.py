@@ -28,7 +28,8 @@ import train
 from custom_dataset import DataError, PreprocessConfig, UTKFACE_NAME, build_cache, read_split, CustomDataset, make_loader
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
-from functions import MAE_NOISE, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory, lowers_worst_decade, time_runs
+from functions import (MAE_NOISE, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory, lowers_worst_decade,
+                       time_runs, worst_of_table)
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
@@ -521,7 +522,7 @@ def run_ablation(name, splits, work, quick=False):
     return {"change": change, "val_mae": round(as_trained, 3),
             "val_mae_flip_tta": round(flip, 3), "val_mae_no_tta": round(plain, 3),
             "best_epoch": best["epoch"], "epochs": args.epochs, "val_mae_per_decade": per_decade,
-            "val_worst_decade": max(per_decade.items(), key=lambda kv: kv[1]),
+            "val_worst_decade": list(worst_of_table(best["metrics"]["val"]["mae_per_bin"])),
             "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
             "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 2),
             "command": "python train.py " + shlex.join(argv)}

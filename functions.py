@@ -232,7 +232,11 @@ AGE_MAP_MIN_FACES = 100      # fewer validation faces: no map is fitted (each cr
 def worst_decade(pred, true, min_faces=WORST_DECADE_MIN_FACES):
     """(decade, MAE) of the decade of true age with the largest MAE, among decades with at least
     min_faces faces (all decades when none has that many)."""
-    table = group_metrics(pred, true)["decade"]
+    return worst_of_table(group_metrics(pred, true)["decade"], min_faces)
+
+
+def worst_of_table(table: dict, min_faces=WORST_DECADE_MIN_FACES):
+    """worst_decade of a per-decade table {decade: {"mae", "n"}} (e.g. a checkpoint's mae_per_bin)."""
     judged = {k: v for k, v in table.items() if v["n"] >= min_faces} or table
     name = max(judged, key=lambda k: judged[k]["mae"])
     return name, judged[name]["mae"]
