@@ -114,6 +114,8 @@ LONG_ABLATIONS = {
     "tuned_ema": ("an exponential moving average of the weights (decay 0.999, about 6 epochs) is evaluated and kept",
                   ["--ema", "0.999"]),
     "tuned_60_epochs": ("60 epochs instead of 40 (its best epoch was 38 of 40)", ["--epochs", "60"]),
+    "tuned_gap": ("simplecnn_gap: a fifth conv block and global average pooling instead of the 8192 -> 64 layer",
+                  ["--model", "simplecnn_gap"]),
 }
 
 

@@ -34,7 +34,7 @@ def make_checkpoint(args, model, optimizer, scheduler, *, min_age, max_age, cfg,
                     metrics, history, best_val_mae, world_size, ema=None) -> dict:
     """Everything a resumed run, an export or an evaluation needs, in one self-describing dict.
     model_state holds the weights that were evaluated (with train.py --ema the averaged ones); a run
-    with --ema also keeps the weights being trained and the average's state, for --resume."""
+    with --ema also keeps the weights being trained and the average's count, for --resume."""
     checkpoint = {"version": FORMAT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
                   "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
                   "split_digest": split_digest, "model_state": (ema.module if ema else model).state_dict(),
@@ -42,7 +42,7 @@ def make_checkpoint(args, model, optimizer, scheduler, *, min_age, max_age, cfg,
                   "rng_state": rng_state(), "epoch": epoch, "metrics": metrics, "history": history,
                   "best_val_mae": best_val_mae, "world_size": world_size}
     if ema is not None:
-        checkpoint.update(training_state=model.state_dict(), ema_state=ema.state_dict())
+        checkpoint.update(training_state=model.state_dict(), ema_averaged=int(ema.n_averaged))
     return checkpoint
 
 
@@ -131,12 +131,14 @@ def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:
 def export_torchscript(wrapper, example, path, metadata: dict):
     """TorchScript (deprecated in this torch; kept because users ship it) with metadata inside."""
     wrapper = wrapper.eval()
-    with torch.no_grad():
+    # torch announces the deprecation once per call (trace, freeze, save); the docstring says it once
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(wrapper, example)
         # frozen: weights become constants, which lets load_torchscript() optimise it for the CPU
         module = torch.jit.freeze(traced.eval())
-    extra = {"metadata.json": json.dumps(metadata)}
-    atomic_write(path, lambda f: torch.jit.save(module, f, _extra_files=extra))
+        extra = {"metadata.json": json.dumps(metadata)}
+        atomic_write(path, lambda f: torch.jit.save(module, f, _extra_files=extra))
     return path
 
 
@@ -234,7 +236,6 @@ def read_export(path, threads=None, device="cpu"):
 
 def onnx_forward(path, threads=None, device="cpu"):
     """(forward, metadata) of a model.onnx: ONNX Runtime runs the graph, no Python code from the file."""
-    import onnx
     import onnxruntime as ort
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
@@ -243,12 +244,11 @@ def onnx_forward(path, threads=None, device="cpu"):
                             "for your CUDA version); use --device cpu")
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        props = session.get_modelmeta().custom_metadata_map
     except Exception as exc:
         raise DataError(f"{path} is not an ONNX model ({type(exc).__name__}); pass the model.onnx written by train.py") from None
     if "metadata.json" not in props:

@@ -533,6 +533,20 @@ def atomic_write(path, write):
         raise
 
 
+def write_image(path, rgb, params=()):
+    """An RGB uint8 image encoded by path's suffix (.png, .jpg...; params: cv2.IMWRITE_* pairs) and
+    written atomically. ValueError when OpenCV cannot encode that suffix."""
+    import cv2
+    path = Path(path)
+    try:
+        ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), list(params))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
+    atomic_write(path, lambda f: f.write(data.tobytes()))
+
+
 def share_like_a_new_file(path, mode):
     """chmod path to mode minus the umask: what open()/mkdir() would have given it."""
     umask = os.umask(0)

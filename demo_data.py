@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from cli import ArgumentParser
+from custom_dataset import write_image
 
 JPEG_QUALITY = 92
 
@@ -382,12 +383,7 @@ def generate_dataset(out_dir, min_age=20, max_age=50, per_age=20, size=128, seed
         for index in range(per_age):
             rgb = draw_face(age, image_rng(seed, age, index), size)
             path = os.path.join(age_dir, f"{age}_{index:04d}.jpg")
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:
-                raise RuntimeError(f"could not encode {path}")
-            with open(path, "wb") as f:
-                f.write(data.tobytes())
+            write_image(path, rgb, (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
             count += 1
     return count
 

@@ -140,7 +140,7 @@ def subject_report(column, parts) -> dict:
     if column is None:
         return {"column": None, "note": NO_SUBJECT_NOTE}
     people = [{r["subject"] for r in rows if r.get("subject")} for rows in parts]
-    shared = set.union(*(a & b for i, a in enumerate(people) for b in people[i + 1:]))
+    shared = in_two_splits(people)
     return {"column": column, "per_split": {n: len(p) for n, p in zip(SPLITS, people)},
             "images_without_subject": sum(not r.get("subject") for rows in parts for r in rows),
             "in_two_splits": len(shared), "no_subject_in_two_splits": not shared}
@@ -152,10 +152,14 @@ def group_counts(columns, parts) -> dict:
             for c in columns}
 
 
+def in_two_splits(keys_per_split) -> set:
+    """The keys (people, file hashes) found in more than one of the splits' key sets."""
+    return set.union(*(a & b for i, a in enumerate(keys_per_split) for b in keys_per_split[i + 1:]))
+
+
 def files_in_two_splits(parts) -> int:
     """Identical files (same content hash) found in more than one split: 0 after deduplicate()."""
-    hashes = [{r["hash"] for r in rows} for rows in parts]
-    return len(set.union(*(a & b for i, a in enumerate(hashes) for b in hashes[i + 1:])))
+    return len(in_two_splits([{r["hash"] for r in rows} for rows in parts]))
 
 
 def write_split_folder(folder, parts, columns, crop, crop_note):

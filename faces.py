@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from custom_dataset import DataError, atomic_write
+from custom_dataset import DataError, atomic_write, write_image
 
 # ----------------------------------------------------------------------------------------------
 # Crop recipes (what travels in metadata["crop"])
@@ -497,8 +497,7 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
                 none_path.touch()
             else:
                 stats["several_faces_largest_used"] += len(found) > 1
-                _, data = cv2.imencode(".png", cv2.cvtColor(found[0].chip, cv2.COLOR_RGB2BGR))
-                atomic_write(chip_path, lambda f: f.write(data.tobytes()))
+                write_image(chip_path, found[0].chip)
         if chip_path.is_file():
             stats["chipped"] += 1
             kept.append({**rec, "source": rec["path"], "path": str(chip_path.resolve())})

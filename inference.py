@@ -48,7 +48,7 @@ import numpy as np
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
-                            load_rgb, preprocess_rgb, write_csv)
+                            load_rgb, preprocess_rgb, write_csv, write_image)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
@@ -600,12 +600,10 @@ def _prepare_dir(path, what):
 
 
 def _write_image(path, rgb):
-    path = Path(path)
-    ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DataError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
     try:
-        atomic_write(path, lambda f: f.write(data.tobytes()))
+        write_image(path, rgb)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     except OSError as exc:
         raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 

@@ -1,4 +1,4 @@
-"""Age regressors: the seed's SimpleCNN, a BatchNorm variant, and torchvision ResNets.
+"""Age regressors: the seed's SimpleCNN, its BatchNorm and global-pooling variants, and torchvision ResNets.
 
 Every model maps a normalised N x 3 x S x S batch to `outputs` numbers per image:
 - head "regression": one number, the age;
@@ -44,6 +44,30 @@ class SimpleCNN(nn.Module):
     def forward(self, x):
         return self.regressor(self.features(x))
 
+
+
+class SimpleCNNGap(nn.Module):
+    """SimpleCNN's four blocks, a fifth 3x3 conv with 256 filters at 8x8, then global average pooling
+    straight into the output layer: no 8192 -> 64 layer, which holds 84 % of SimpleCNN's weights and is
+    where it overfits. 128x128x3 -> ... -> 8x8x128 -> 8x8x256 -> 256 -> output_nodes.
+    About as fast to train as SimpleCNN on a CPU (same convolution work within a third; BatchNorm would
+    cost 30 %, so there is none) with two thirds of its parameters. Works at any input size."""
+
+    def __init__(self, input_dim=3, output_nodes=1, dropout=0.0, widths=(16, 32, 64, 128, 256)):
+        super().__init__()
+        layers, channels = [], input_dim
+        for i, width in enumerate(widths):
+            layers.append(nn.Conv2d(channels, width, 3, padding=1))
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            layers.append(nn.ReLU(inplace=True))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.regressor = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                       nn.Linear(channels, output_nodes))
+
+    def forward(self, x):
+        return self.regressor(self.features(x))
 
 def _resnet(name, outputs, pretrained=False, weights_file=None):
     import torchvision
@@ -112,6 +136,8 @@ def build_model(name: str, head: str = "regression", min_age: int = 0, max_age: 
         backbone = SimpleCNN(3, outputs, image_size, dropout=dropout)
     elif name == "simplecnn_bn":
         backbone = SimpleCNN(3, outputs, image_size, batch_norm=True, dropout=dropout or 0.3)
+    elif name == "simplecnn_gap":
+        backbone = SimpleCNNGap(3, outputs, dropout=dropout)
     else:
         backbone = _resnet(name, outputs, pretrained, weights_file)
     if weights_file and name.startswith("simplecnn"):

@@ -491,8 +491,9 @@ def weight_average(model, decay, checkpoint):
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    if checkpoint is not None and "ema_state" in checkpoint:
-        ema.load_state_dict(checkpoint["ema_state"])
+    if checkpoint is not None and "ema_averaged" in checkpoint:  # the average is model_state (make_checkpoint)
+        ema.module.load_state_dict(checkpoint["model_state"])
+        ema.n_averaged.fill_(checkpoint["ema_averaged"])
     return ema
 
 

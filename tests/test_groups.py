@@ -143,3 +143,18 @@ def test_write_csv_is_atomic(tmp_path, monkeypatch):
         write_csv(target, [{"path": "/b.jpg", "age": 4}, Broken()], ["path", "age"])
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"]  # no temporary file left behind
+
+
+def test_write_image_round_trips_and_refuses_an_unknown_type(tmp_path):
+    import cv2
+    import numpy as np
+    from custom_dataset import load_rgb, write_image
+    rgb = np.zeros((8, 12, 3), np.uint8)
+    rgb[..., 0] = 200  # red in RGB: a swapped channel order would read back as blue
+    write_image(tmp_path / "a.png", rgb)
+    assert np.array_equal(load_rgb(tmp_path / "a.png"), rgb)
+    write_image(tmp_path / "b.jpg", rgb, (cv2.IMWRITE_JPEG_QUALITY, 95))
+    assert np.abs(load_rgb(tmp_path / "b.jpg").astype(int) - rgb).max() <= 3
+    with pytest.raises(ValueError, match="unsupported type '.xyz'"):
+        write_image(tmp_path / "c.xyz", rgb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg"]  # nothing half-written left

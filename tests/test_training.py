@@ -41,6 +41,14 @@ def test_simplecnn_matches_the_seed_architecture():
     assert count_parameters(net) < 1_000_000
 
 
+def test_simplecnn_gap_pools_globally_and_stays_under_a_million_weights():
+    model = build_model("simplecnn_gap", head="distribution", min_age=1, max_age=116)
+    convs = sum(cin * cout * 9 + cout for cin, cout in [(3, 16), (16, 32), (32, 64), (64, 128), (128, 256)])
+    assert count_parameters(model) == convs + 256 * 116 + 116  # no hidden fully connected layer
+    for size in (96, 128):  # global pooling: any input size, same outputs
+        assert model(torch.zeros(2, 3, size, size)).shape == (2, 116)
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_pool_then_relu_gives_the_seeds_relu_then_pool_outputs_and_gradients(batch_norm):
     torch.manual_seed(0)
@@ -422,5 +430,7 @@ def test_an_ema_run_keeps_the_averaged_weights_and_resumes_exactly(splits, tmp_p
     monkeypatch.setattr(train, "save_epoch", save_epoch)
     train.main(train_args(splits, tmp_path / "resumed", *args, "--resume"))
     resumed = checkpoints.load_checkpoint(tmp_path / "resumed" / "last.pt")
-    for key, value in straight["ema_state"].items():
-        assert torch.allclose(resumed["ema_state"][key].float(), value.float(), atol=1e-5), key
+    assert resumed["ema_averaged"] == straight["ema_averaged"] > 1
+    for state in ("model_state", "training_state"):  # the average, and the weights being trained
+        for key, value in straight[state].items():
+            assert torch.allclose(resumed[state][key].float(), value.float(), atol=1e-5), (state, key)
