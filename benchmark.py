@@ -28,8 +28,8 @@ import train
 from custom_dataset import DataError, PreprocessConfig, UTKFACE_NAME, build_cache, read_split, CustomDataset, make_loader
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
-from functions import (MAE_NOISE, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory, lowers_worst_decade,
-                       time_runs, worst_of_table)
+from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory,
+                       lowers_worst_decade, time_runs, worst_of_table)
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
@@ -298,13 +298,43 @@ def rounded(value, digits=3):
 
 
 def split_predictions(model, cfg, splits, split, tta_flip):
-    """(predicted ages, true ages, dataset) of one split, as evaluation sees it."""
+    """(predicted ages, true ages, dataset, predicted spread or None) of one split, as evaluation sees it."""
     from custom_dataset import load_split_dataset
     from functions import predict_loader
     data = load_split_dataset(Path(splits) / f"{split}.csv", cfg, Path(splits).parent / "cache", progress=False)
-    pred, true = predict_loader(model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean),
-                                torch.tensor(cfg.std), tta_flip=tta_flip)
-    return pred, true, data
+    pred, true, spread = predict_loader(model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean),
+                                        torch.tensor(cfg.std), tta_flip=tta_flip, spread=True)
+    return pred, true, data, spread
+
+
+def interval_experiment(val, test, level=0.9, seed=0) -> dict:
+    """The issue's two ways to an interval, weighed on validation: residual bands of predicted age (what
+    models carry, functions.fit_interval) vs |error| / the distribution head's predicted spread
+    (functions.fit_spread_interval). Each is cross-fitted on val's two halves (what decides: coverage,
+    width, the decades' coverage range) and then fitted on all of val and measured on test (reported)."""
+    from functions import coverage_of, fit_interval, fit_spread_interval, predict_interval, predict_spread_interval
+
+    def intervals(method, fit, apply):  # fit, apply: (pred, true, spread)
+        if method == "bands":
+            return predict_interval(apply[0], fit_interval(fit[0], fit[1]), level)
+        return predict_spread_interval(apply[0], apply[2], fit_spread_interval(*fit), level)
+
+    def summary(report):
+        judged = [d["coverage"] for d in report["coverage_per_decade"].values() if d["n"] >= WORST_DECADE_MIN_FACES]
+        return {"coverage": report["coverage"], "mean_width": report["mean_width"],
+                "decade_coverage_min": min(judged), "decade_coverage_max": max(judged)}
+
+    val, test = tuple(np.asarray(a, np.float64) for a in val), tuple(np.asarray(a, np.float64) for a in test)
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(val[0])), 2)
+    result = {"level": level, "val_corr_abs_error_spread": float(np.corrcoef(np.abs(val[0] - val[1]), val[2])[0, 1])}
+    for method in ("bands", "spread"):
+        low, high = np.empty(len(val[0])), np.empty(len(val[0]))
+        for fit_part, apply_part in ((halves[0], halves[1]), (halves[1], halves[0])):
+            low[apply_part], high[apply_part] = intervals(method, [a[fit_part] for a in val],
+                                                          [a[apply_part] for a in val])
+        result[method] = {"val_crossfit": summary(coverage_of(val[1], low, high)),
+                          "test": summary(coverage_of(test[1], *intervals(method, val, test)))}
+    return rounded(result)
 
 
 def groups_of(data) -> dict:
@@ -349,6 +379,8 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
             "interval_bands": [{"from": b["from"], "n": len(b["errors"])} for b in best["interval"]["bands"]],
             "groups": rounded(group_metrics(test[0], test[1], groups_of(test[2]))),
             "isotonic": isotonic_experiment(val, test),
+            **({} if val[3] is None else {"interval_methods": interval_experiment(
+                (val[0], val[1], val[3]), (test[0], test[1], test[3]), level)}),
             "calibrate_command": f"python benchmark.py --calibrate --protocols {protocol} --models {name}"}
 
 
@@ -1017,6 +1049,7 @@ def bias_section(sources):
         low = min(iv["coverage_per_decade"].items(), key=lambda kv: kv[1]["coverage"])
         lines.append(f"| {p}/{n} | {iv['coverage']:.3f} | {iv['mean_width']:.1f} | {low[0]}: {low[1]['coverage']:.2f} "
                      f"(n = {low[1]['n']}) |")
+    lines += interval_methods_table(measured)
     if missing:
         lines += ["", f"No interval or group figures for {', '.join(missing)}: trained before `train.py` measured "
                       "them, and their run folders are gone; `python benchmark.py --protocols P --models NAME` "
@@ -1048,6 +1081,29 @@ def bias_section(sources):
                       f"{base['val_worst_decade'][1]:.2f} → {bal['val_worst_decade'][0]} {bal['val_worst_decade'][1]:.2f}: "
                       + ("kept (it meets the rule)." if keep else f"not kept (the overall MAE rises by more than {MAE_NOISE}).")]
     return lines
+
+
+def interval_methods_table(measured) -> list:
+    """benchmark.py --calibrate's interval_experiment: residual bands vs the predicted spread."""
+    rows = [(p, n, r["interval_methods"]) for p, n, r in measured if "interval_methods" in r]
+    if not rows:
+        return []
+    lines = ["", "Bands of predicted age (above) or each face's predicted spread? The label-distribution head "
+                 "predicts a spread (the standard deviation of its age distribution); the alternative scales each "
+                 "interval by it (split-conformal on |error| / spread, spread at least "
+                 f"{SPREAD_FLOOR:g} year). Both are cross-fitted on validation's two halves, which decides; test "
+                 "is read once, for information. Decade range: lowest and highest coverage of decades with at "
+                 f"least {WORST_DECADE_MIN_FACES} faces.", "",
+             "| model | method | val coverage | val width | val decade range | test coverage | test decade range |",
+             "|---|---|---:|---:|---|---:|---|"]
+    for p, n, m in rows:
+        for method in ("bands", "spread"):
+            v, t = m[method]["val_crossfit"], m[method]["test"]
+            lines.append(f"| {p}/{n} | {method} | {v['coverage']:.3f} | {v['mean_width']:.1f} | "
+                         f"{v['decade_coverage_min']:.2f}–{v['decade_coverage_max']:.2f} | {t['coverage']:.3f} | "
+                         f"{t['decade_coverage_min']:.2f}–{t['decade_coverage_max']:.2f} |")
+    corr = ", ".join(f"{p}/{n} {m['val_corr_abs_error_spread']:.2f}" for p, n, m in rows)
+    return lines + ["", f"Correlation of the absolute error with the predicted spread on validation: {corr}."]
 
 
 def reached(ok):

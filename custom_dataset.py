@@ -14,6 +14,7 @@ benchmarking and inference cannot drift apart:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -789,6 +790,10 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
                 return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
         except (ValueError, OSError, KeyError, TypeError):  # truncated by a full disk or a crash: rebuilt
             print(f"note: the cache {array_path.name} is damaged; rebuilding it")
+    superseded = superseded_caches(cache_dir, name, cfg, paths, meta_path)
+    if superseded:
+        print(f"note: files of {name or 'the images'} changed (size or modification time) since they were "
+              f"cached; preprocessing them again, and the old cache goes once the new one is written")
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: Counter = Counter()
@@ -804,7 +809,7 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             _store(images, ok, skipped, i, *_preprocess_or_none(job))
     # write then rename, so an interrupted build never leaves a cache that looks complete
     meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped),
-                       "settings": cfg.cache_settings()})
+                       "settings": cfg.cache_settings(), "paths": paths_digest(paths)})
     tmp_array = cache_dir / f".{array_path.name}.{os.getpid()}.tmp"
     tmp_meta = cache_dir / f".{meta_path.name}.{os.getpid()}.tmp"
     try:
@@ -820,7 +825,33 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             raise DataError(f"no space left on the device holding {cache_dir} (the cache needs about "
                             f"{images.nbytes / 1e6:.0f} MB); free some space or pass --cache-dir on another disk") from None
         raise
+    for stale in superseded:  # same split, same settings, older files: never read again
+        for path in (stale, stale.with_suffix(".npy")):
+            with contextlib.suppress(OSError):  # e.g. still mapped by another process on Windows
+                path.unlink()
     return np.load(array_path, mmap_mode="r"), ok, skipped
+
+
+def paths_digest(paths) -> str:
+    """Hash of the file list alone: the same split whatever the files' dates."""
+    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:20]
+
+
+def superseded_caches(cache_dir, name, cfg: PreprocessConfig, paths, current_meta) -> list[Path]:
+    """Metadata files of caches of the same files and settings whose key differs: the files changed
+    since. Caches of other file lists (another split sharing --cache-dir) are never touched."""
+    if not name:
+        return []
+    wanted = {"settings": json.loads(json.dumps(cfg.cache_settings())), "paths": paths_digest(paths)}
+    stale = []
+    for meta_path in Path(cache_dir).glob(f"{name}_*.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, OSError):
+            continue
+        if meta_path != current_meta and all(meta.get(k) == v for k, v in wanted.items()):
+            stale.append(meta_path)
+    return stale
 
 
 def remove_orphans(folder):

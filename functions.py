@@ -211,14 +211,38 @@ def predict_interval(pred, calibration: dict, level: float, bands=None):
 
 def interval_metrics(pred, true, calibration: dict, level: float) -> dict:
     """Coverage (share of true ages inside their interval), mean width, and coverage per decade."""
+    return {"level": level, **coverage_of(true, *predict_interval(pred, calibration, level))}
+
+
+def coverage_of(true, low, high) -> dict:
+    """Coverage, mean width and coverage per decade of true age of given intervals."""
     true = np.asarray(true, dtype=np.float64)
-    low, high = predict_interval(pred, calibration, level)
     inside = (true >= low) & (true <= high)
     decades = np.array([age_bin(a) for a in true])
     per_decade = {d: {"coverage": float(inside[decades == d].mean()), "n": int((decades == d).sum())}
                   for d in sorted(set(decades), key=lambda s: int(s.split("-")[0]))}
-    return {"level": level, "coverage": float(inside.mean()), "mean_width": float(np.mean(high - low)),
+    return {"coverage": float(inside.mean()), "mean_width": float(np.mean(np.asarray(high) - low)),
             "coverage_per_decade": per_decade}
+
+
+SPREAD_FLOOR = 1.0  # years: a distribution head's spread below this is taken as this (no zero-width interval)
+
+
+def fit_spread_interval(pred, true, spread, floor=SPREAD_FLOOR) -> dict:
+    """The alternative the interval experiment weighs (benchmark.py --calibrate): split-conformal on
+    |error| / predicted spread, so each face's interval scales with its own predicted spread."""
+    scale = np.maximum(np.asarray(spread, dtype=np.float64), floor)
+    scores = np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)) / scale
+    return {"method": "split-conformal on |error| / predicted spread", "floor": floor,
+            "scores": [float(v) for v in np.sort(np.ceil(scores * 1e4) / 1e4)]}
+
+
+def predict_spread_interval(pred, spread, calibration: dict, level: float):
+    """(low, high): pred -/+ the conformal quantile of the scores times each face's spread."""
+    pred = np.asarray(pred, dtype=np.float64)
+    half = interval_half_width(calibration["scores"], level) * np.maximum(np.asarray(spread, np.float64),
+                                                                           calibration["floor"])
+    return np.maximum(pred - half, 0.0), pred + half
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,20 +371,36 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
             "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
-def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False):
-    """Predicted and true ages of a loader, optionally averaged with the mirrored image."""
+def _ages_and_spread(model, x, spread):
+    if not spread:
+        return model.predict(x), None
+    outputs = model.backbone(x)  # AgeModel's forward, whatever wraps it
+    return model.ages_from_outputs(outputs), model.spread_from_outputs(outputs)
+
+
+def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False, spread=False):
+    """Predicted and true ages of a loader, optionally averaged with the mirrored image; with spread, also
+    the predicted distribution's standard deviation (None for a regression head; with the flip, that of
+    the two distributions' even mixture)."""
     from tqdm import tqdm
     model.eval()
-    preds, trues = [], []
+    preds, trues, spreads = [], [], []
     with torch.no_grad():
         for images, ages in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
             x = _prepare(images.float(), mean, std, device)
-            pred = model.predict(x)
+            pred, sd = _ages_and_spread(model, x, spread)
             if tta_flip:
-                pred = 0.5 * (pred + model.predict(x.flip(-1)))
+                pred2, sd2 = _ages_and_spread(model, x.flip(-1), spread)
+                if sd is not None:
+                    sd = (0.5 * (sd ** 2 + sd2 ** 2) + (0.5 * (pred - pred2)) ** 2).sqrt()
+                pred = 0.5 * (pred + pred2)
             preds.append(pred.float().cpu())
             trues.append(ages.float())
-    return torch.cat(preds).numpy(), torch.cat(trues).numpy()
+            spreads.append(sd)
+    pred, true = torch.cat(preds).numpy(), torch.cat(trues).numpy()
+    if not spread:
+        return pred, true
+    return pred, true, None if spreads[0] is None else torch.cat(spreads).float().cpu().numpy()
 
 
 def evaluate(model, loader, mean, std, *, loss_kind="l1", device="cpu", tta_flip=False, progress=False):

@@ -123,6 +123,15 @@ class AgeModel(nn.Module):
     def predict(self, x):
         return self.ages_from_outputs(self.forward(x))
 
+    def spread_from_outputs(self, outputs):
+        """Standard deviation (years) of a distribution head's predicted age distribution; a regression
+        head predicts no spread (None)."""
+        if self.head != "distribution":
+            return None
+        probs = torch.softmax(outputs, dim=1)
+        mean = probs @ self.age_grid
+        return (probs * (self.age_grid[None] - mean[:, None]) ** 2).sum(1).sqrt()
+
 
 def build_model(name: str, head: str = "regression", min_age: int = 0, max_age: int = 100,
                 image_size: int = 128, pretrained: bool = False, weights_file=None, dropout: float = 0.0):

@@ -51,6 +51,53 @@ def test_coverage_on_a_fresh_draw_is_the_level():
     assert interval_metrics(*draw(20000), calibration, 0.5)["mean_width"] < figures["mean_width"]
 
 
+def test_spread_intervals_scale_with_each_faces_spread():
+    from functions import fit_spread_interval, predict_spread_interval
+    golden = fit_spread_interval([10.0, 20.0, 30.0], [12.0, 20.0, 24.0], [0.5, 2.0, 3.0])
+    assert golden["scores"] == [0.0, 2.0, 2.0] and golden["floor"] == 1.0  # 2/max(0.5, 1), 0/2, 6/3
+    rng = np.random.default_rng(1)
+
+    def draw(n):  # the error's size follows a spread the model predicts, not the predicted age
+        true, spread = rng.uniform(20, 50, n), rng.uniform(1, 10, n)
+        return true + rng.normal(0, spread), true, spread
+    calibration = fit_spread_interval(*draw(3000))
+    pred, true, spread = draw(20000)
+    low, high = predict_spread_interval(pred, spread, calibration, 0.9)
+    inside = (true >= low) & (true <= high)
+    assert abs(inside.mean() - 0.9) <= 0.02
+    narrow, wide = spread < 3, spread > 8  # each face's width follows its spread, so both stay covered
+    assert abs(inside[narrow].mean() - 0.9) <= 0.03 and abs(inside[wide].mean() - 0.9) <= 0.03
+    bands = fit_interval(*draw(3000)[:2])  # bands of predicted age cannot see the spread: one width for all
+    band_low, band_high = predict_interval(pred, bands, 0.9)
+    assert ((true >= band_low) & (true <= band_high))[narrow].mean() > 0.97
+
+
+def test_the_interval_experiment_weighs_both_methods_on_validation():
+    from benchmark import interval_experiment
+    rng = np.random.default_rng(2)
+
+    def draw(n):  # spreads from 0.5 to 15 years, evenly on a log scale
+        true, spread = rng.uniform(20, 50, n), np.exp(rng.uniform(np.log(0.5), np.log(15), n))
+        return true + rng.normal(0, spread), true, spread
+    result = interval_experiment(draw(2000), draw(2000))
+    assert result["val_corr_abs_error_spread"] > 0.3
+    for method in ("bands", "spread"):
+        for part in ("val_crossfit", "test"):
+            assert abs(result[method][part]["coverage"] - 0.9) <= 0.03
+    # on these draws the spread carries the information, so its intervals are narrower at the same level
+    assert result["spread"]["val_crossfit"]["mean_width"] < 0.9 * result["bands"]["val_crossfit"]["mean_width"]
+    assert result["spread"]["test"]["mean_width"] < 0.9 * result["bands"]["test"]["mean_width"]
+
+
+def test_a_distribution_heads_spread_golden_values():
+    import torch
+    from model import build_model
+    model = build_model("simplecnn", head="distribution", min_age=20, max_age=22)
+    logits = torch.tensor([[0.0, 0.0, -1e9], [-1e9, 5.0, -1e9]])  # ages 20/21 evenly; surely 21
+    assert torch.allclose(model.spread_from_outputs(logits), torch.tensor([0.5, 0.0]))
+    assert build_model("simplecnn").spread_from_outputs(torch.zeros(2, 1)) is None
+
+
 @pytest.mark.parametrize("interval", [
     {"method": "m", "bands": []},
     {"method": "m", "bands": [{"from": 10.0, "errors": [1.0]}]},            # first band must be open
@@ -93,3 +140,24 @@ def test_a_model_without_calibration_gives_no_interval(tmp_path, capsys):
     estimator = inference.AgeEstimator(constant_model(tmp_path / "model.onnx"), whole_image=True)
     face = estimator.predict(np.full((64, 64, 3), 128, np.uint8))[0]
     assert "age_low" not in face and "no age interval" in estimator.describe()
+
+
+def test_predict_loader_spread_with_the_flip_is_the_mixtures():
+    import torch
+    from functions import predict_loader
+    from model import build_model
+    torch.manual_seed(0)
+    model = build_model("simplecnn", head="distribution", min_age=0, max_age=30, image_size=32).eval()
+    images = (torch.rand(5, 3, 32, 32) * 255).to(torch.uint8)
+    loader = [(images, torch.arange(5.0))]
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    ages, true = predict_loader(model, loader, mean, std, tta_flip=True)
+    ages_too, _, spread = predict_loader(model, loader, mean, std, tta_flip=True, spread=True)
+    assert np.allclose(ages, ages_too, atol=1e-5)
+    with torch.no_grad():  # the even mixture of the two predicted distributions, computed directly
+        x = (images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+        probs = 0.5 * (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1))
+        grid = torch.arange(0, 31.0)
+        direct = (probs * (grid - (probs @ grid)[:, None]) ** 2).sum(1).sqrt().numpy()
+    assert np.allclose(spread, direct, atol=1e-4)
+    assert predict_loader(build_model("simplecnn", image_size=32), loader, mean, std, spread=True)[2] is None

@@ -243,6 +243,25 @@ def test_preprocessing_cache_is_reused_and_invalidated(splits, tmp_path):
     assert len(list(tmp_path.glob("*.npy"))) == 2  # other settings: another key, another array
 
 
+def test_a_cache_of_changed_files_is_rebuilt_and_the_old_one_removed(splits, tmp_path, capsys):
+    import os
+    import shutil
+    cfg = custom_dataset.PreprocessConfig(image_size=32, denoise=False)
+    (tmp_path / "images").mkdir()
+    paths = [shutil.copy(r["path"], tmp_path / "images") for r in custom_dataset.read_split(splits / "val.csv")[:6]]
+    cache = tmp_path / "cache"
+    custom_dataset.build_cache(paths, cfg, cache, workers=1, progress=False, name="val")
+    custom_dataset.build_cache(paths[:5], cfg, cache, workers=1, progress=False, name="val")  # another file list
+    before = {p.name for p in cache.glob("*.npy")}
+    assert len(before) == 2 and "changed" not in capsys.readouterr().out
+    os.utime(paths[0], ns=(0, 0))  # the files changed: same list, same settings, a new key
+    custom_dataset.build_cache(paths, cfg, cache, workers=1, progress=False, name="val")
+    assert "changed (size or modification time)" in capsys.readouterr().out
+    after = {p.name for p in cache.glob("*.npy")}
+    assert len(after) == 2 and len(after & before) == 1  # the 6-file cache replaced, the 5-file one kept
+    assert len(list(cache.glob("*.json"))) == 2
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(full_run, splits, tmp_path):
     reference = json.loads((full_run[0] / "history.json").read_text())
