@@ -374,8 +374,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
 def _ages_and_spread(model, x, spread):
     if not spread:
         return model.predict(x), None
-    outputs = model.backbone(x)  # AgeModel's forward, whatever wraps it
-    return model.ages_from_outputs(outputs), model.spread_from_outputs(outputs)
+    return model.ages_and_spread(model.backbone(x))  # AgeModel's forward, whatever wraps it
 
 
 def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False, spread=False):

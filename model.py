@@ -48,8 +48,8 @@ class SimpleCNN(nn.Module):
 
 class SimpleCNNGap(nn.Module):
     """SimpleCNN's four blocks, a fifth 3x3 conv with 256 filters at 8x8, then global average pooling
-    straight into the output layer: no 8192 -> 64 layer, which holds 84 % of SimpleCNN's weights and is
-    where it overfits. 128x128x3 -> ... -> 8x8x128 -> 8x8x256 -> 256 -> output_nodes.
+    straight into the output layer: no 8192 -> 64 layer, which holds 84 % of SimpleCNN's weights.
+    It underfits (RESULTS.md, tuned_gap: val MAE +0.43 at 40 epochs), so it is not a default. 128x128x3 -> ... -> 8x8x128 -> 8x8x256 -> 256 -> output_nodes.
     About as fast to train as SimpleCNN on a CPU (same convolution work within a third; BatchNorm would
     cost 30 %, so there is none) with two thirds of its parameters. Works at any input size."""
 
@@ -123,14 +123,15 @@ class AgeModel(nn.Module):
     def predict(self, x):
         return self.ages_from_outputs(self.forward(x))
 
-    def spread_from_outputs(self, outputs):
-        """Standard deviation (years) of a distribution head's predicted age distribution; a regression
-        head predicts no spread (None)."""
+    def ages_and_spread(self, outputs):
+        """(ages, spread): the ages of ages_from_outputs and the standard deviation (years) of a
+        distribution head's predicted age distribution, from one softmax; a regression head has no
+        spread (None)."""
         if self.head != "distribution":
-            return None
+            return outputs[:, 0], None
         probs = torch.softmax(outputs, dim=1)
-        mean = probs @ self.age_grid
-        return (probs * (self.age_grid[None] - mean[:, None]) ** 2).sum(1).sqrt()
+        ages = probs @ self.age_grid
+        return ages, (probs * (self.age_grid[None] - ages[:, None]) ** 2).sum(1).sqrt()
 
 
 def build_model(name: str, head: str = "regression", min_age: int = 0, max_age: int = 100,

@@ -51,15 +51,19 @@ def test_coverage_on_a_fresh_draw_is_the_level():
     assert interval_metrics(*draw(20000), calibration, 0.5)["mean_width"] < figures["mean_width"]
 
 
+def spread_draw(rng, spreads):
+    """draw(n) -> (pred, true, spread): the error's size follows a spread the model predicts, not the age."""
+    def draw(n):
+        true, spread = rng.uniform(20, 50, n), spreads(rng, n)
+        return true + rng.normal(0, spread), true, spread
+    return draw
+
+
 def test_spread_intervals_scale_with_each_faces_spread():
     from functions import fit_spread_interval, predict_spread_interval
     golden = fit_spread_interval([10.0, 20.0, 30.0], [12.0, 20.0, 24.0], [0.5, 2.0, 3.0])
     assert golden["scores"] == [0.0, 2.0, 2.0] and golden["floor"] == 1.0  # 2/max(0.5, 1), 0/2, 6/3
-    rng = np.random.default_rng(1)
-
-    def draw(n):  # the error's size follows a spread the model predicts, not the predicted age
-        true, spread = rng.uniform(20, 50, n), rng.uniform(1, 10, n)
-        return true + rng.normal(0, spread), true, spread
+    draw = spread_draw(np.random.default_rng(1), lambda rng, n: rng.uniform(1, 10, n))
     calibration = fit_spread_interval(*draw(3000))
     pred, true, spread = draw(20000)
     low, high = predict_spread_interval(pred, spread, calibration, 0.9)
@@ -74,11 +78,8 @@ def test_spread_intervals_scale_with_each_faces_spread():
 
 def test_the_interval_experiment_weighs_both_methods_on_validation():
     from benchmark import interval_experiment
-    rng = np.random.default_rng(2)
-
-    def draw(n):  # spreads from 0.5 to 15 years, evenly on a log scale
-        true, spread = rng.uniform(20, 50, n), np.exp(rng.uniform(np.log(0.5), np.log(15), n))
-        return true + rng.normal(0, spread), true, spread
+    # spreads from 0.5 to 15 years, evenly on a log scale
+    draw = spread_draw(np.random.default_rng(2), lambda rng, n: np.exp(rng.uniform(np.log(0.5), np.log(15), n)))
     result = interval_experiment(draw(2000), draw(2000))
     assert result["val_corr_abs_error_spread"] > 0.3
     for method in ("bands", "spread"):
@@ -94,8 +95,10 @@ def test_a_distribution_heads_spread_golden_values():
     from model import build_model
     model = build_model("simplecnn", head="distribution", min_age=20, max_age=22)
     logits = torch.tensor([[0.0, 0.0, -1e9], [-1e9, 5.0, -1e9]])  # ages 20/21 evenly; surely 21
-    assert torch.allclose(model.spread_from_outputs(logits), torch.tensor([0.5, 0.0]))
-    assert build_model("simplecnn").spread_from_outputs(torch.zeros(2, 1)) is None
+    ages, spread = model.ages_and_spread(logits)
+    assert torch.allclose(spread, torch.tensor([0.5, 0.0])) and torch.allclose(ages, torch.tensor([20.5, 21.0]))
+    assert torch.allclose(ages, model.ages_from_outputs(logits))
+    assert build_model("simplecnn").ages_and_spread(torch.zeros(2, 1))[1] is None
 
 
 @pytest.mark.parametrize("interval", [
