@@ -53,7 +53,25 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_tuned plus 20 % gray training images (--augment photo), for scanned and old photos
     "simplecnn_photo": ["--augment", "photo"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
+    # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
+    "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
 }
+# Distillation teachers: finals of the same protocol and split, averaged (train.py --teacher); "{teachers}" in
+# an argument list stands for them, under the protocol's run folder
+TEACHERS = {"S": ("simplecnn_tuned_60ep", "simplecnn_tuned", "simplecnn_tuned_96px"),
+            "F": ("simplecnn_tuned", "simplecnn_photo", "simplecnn_tuned_96px")}
+
+
+def with_teachers(argv, work, protocol):
+    """argv with "{teachers}" replaced by the protocol's TEACHERS checkpoints (refused if one is missing)."""
+    if "{teachers}" not in argv:
+        return list(argv)
+    paths = [work / protocol / name / "best.pt" for name in TEACHERS[protocol]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"distillation needs the teachers {', '.join(missing)}; train them first "
+                        f"(python benchmark.py --protocols {protocol} --models {','.join(TEACHERS[protocol])})")
+    return [",".join(map(str, paths)) if a == "{teachers}" else a for a in argv]
 
 
 def with_overrides(base, overrides):
@@ -237,7 +255,7 @@ def cross_dataset(run_dir, data_dir, detector=None, crop=None):
         estimator.crop = faces.check_crop(crop)
         estimator.pipeline = faces.FacePipeline(estimator.crop, estimator.pipeline.detector)
     records, _, _ = discover_labels(data_dir)
-    from functions import regression_metrics
+    from functions import group_metrics, regression_metrics
     predicted, ages_true, seconds = [], [], []
     for rec in records:
         rgb = load_rgb(rec["path"])
@@ -248,16 +266,19 @@ def cross_dataset(run_dir, data_dir, detector=None, crop=None):
             predicted.append(float(ages[0]))
             ages_true.append(rec["age"])
     figures = regression_metrics(predicted, ages_true)
+    decades = group_metrics(predicted, ages_true)["decade"]
     return {"mae": round(figures["mae"], 3), "cs5": round(figures["cs5"], 4), "n": figures["n"],
             "photos": len(records), "faces_found": round(figures["n"] / len(records), 4),
             "mae_per_decade": {k: round(v["mae"], 2) for k, v in figures["mae_per_bin"].items()},
+            "mean_error_per_decade": {k: round(v["mean_error"], 2) for k, v in decades.items()},
             "crop": estimator.crop, "detector": estimator.pipeline.detector,
             "ms_per_photo_median": round(1000 * statistics.median(seconds), 1)}
 
 
 def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False):
     run_dir = work / protocol / name
-    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *train_args, "--no-progress"]
+    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_teachers(train_args, work, protocol),
+            "--no-progress"]
     if epochs is not None:
         argv += ["--epochs", str(epochs)]
     if quick:
@@ -284,8 +305,15 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         **({"interval": rounded(test["interval"])} if "interval" in test else {}),
         **({"groups": rounded(test["groups"])} if "groups" in test else {}),
         **({"age_map": rounded(test["age_map"])} if test.get("age_map") else {}),
+        **({"teacher_val_mae": teacher_val_mae(run_dir / "teacher.npz")} if args.teacher else {}),
         "command": "python train.py " + shlex.join(argv),
     }
+
+
+def teacher_val_mae(table_path):
+    """The validation MAE of a distillation run's teachers (their mean distribution), from RUN/teacher.npz."""
+    with np.load(table_path, allow_pickle=False) as table:
+        return round(float(table["val_mae"]), 3)
 
 
 def rounded(value, digits=3):
@@ -322,7 +350,7 @@ def interval_experiment(val, test, level=0.9, seed=0) -> dict:
     def summary(report):
         judged = [d["coverage"] for d in report["coverage_per_decade"].values() if d["n"] >= WORST_DECADE_MIN_FACES]
         return {"coverage": report["coverage"], "mean_width": report["mean_width"],
-                "decade_coverage_min": min(judged), "decade_coverage_max": max(judged)}
+                "decade_coverage_min": min(judged, default=None), "decade_coverage_max": max(judged, default=None)}
 
     val, test = tuple(np.asarray(a, np.float64) for a in val), tuple(np.asarray(a, np.float64) for a in test)
     halves = np.array_split(np.random.default_rng(seed).permutation(len(val[0])), 2)
@@ -364,8 +392,9 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
     """The interval calibration train.py now fits on the validation split, for a run trained before it
     did (written into its best.pt for the next export), measured on the test split; per-group errors;
     the isotonic experiment (the age map train.py --age-map auto keeps where it passes). The map is
-    judged and reported, not added to an existing run: its metrics.json and exports stay the network's own."""
-    from functions import fit_interval, group_metrics, interval_metrics
+    judged and reported, not added to an existing run: its metrics.json and exports stay the network's own.
+    A run whose map train.py kept reports mapped ages: its interval is fitted around them as train.py fits it."""
+    from functions import apply_age_map, calibrate_ages, fit_interval, group_metrics, interval_metrics
     run_dir = work / protocol / name
     best = load_checkpoint(run_dir / "best.pt")
     model, cfg = model_from_checkpoint(best)
@@ -373,11 +402,14 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
     splits, tta = best["config"]["splits"], best["config"].get("tta_flip", False)
     val = split_predictions(model, cfg, splits, "val", tta)
     test = split_predictions(model, cfg, splits, "test", tta)
-    best["interval"] = fit_interval(val[0], val[1])
+    age_map = best.get("age_map")
+    # with a kept map, train.py fits the interval on the cross-fitted mapped ages (calibrate_ages)
+    best["interval"] = calibrate_ages(val[0], val[1], "auto")[1] if age_map else fit_interval(val[0], val[1])
     save_checkpoint(run_dir / "best.pt", best)  # travels into the run's next export (--ship, --refresh-exports)
-    return {"interval": rounded(interval_metrics(test[0], test[1], best["interval"], level)),
+    reported = apply_age_map(test[0], age_map)
+    return {"interval": rounded(interval_metrics(reported, test[1], best["interval"], level)),
             "interval_bands": [{"from": b["from"], "n": len(b["errors"])} for b in best["interval"]["bands"]],
-            "groups": rounded(group_metrics(test[0], test[1], groups_of(test[2]))),
+            "groups": rounded(group_metrics(reported, test[1], groups_of(test[2]))),
             "isotonic": isotonic_experiment(val, test),
             **({} if val[3] is None else {"interval_methods": interval_experiment(
                 (val[0], val[1], val[3]), (test[0], test[1], test[3]), level)}),
@@ -534,7 +566,7 @@ def run_ablation(name, splits, work, quick=False):
     change, extra = ABLATIONS[name] if name in ABLATIONS else LONG_ABLATIONS[name]
     base = ABLATION_BASE if name in ABLATIONS else MODEL_BASE
     run_dir = work / "S" / "ablations" / name
-    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_overrides(base, extra),
+    argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_teachers(with_overrides(base, extra), work, "S"),
             "--no-test", "--no-export", "--no-tensorboard", "--no-progress"]
     if quick:
         argv += ["--epochs", "2", "--subset-fraction", "0.1"]
@@ -630,6 +662,10 @@ def ship(args, work, results):
         atomic_write(target, lambda f: f.write(blob))
     decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
     fg_decades = ", ".join(f"{k}: {v}" for k, v in cross["mae_per_decade"].items())
+    teachers_note = "" if "--teacher" not in entry["command"] else (
+        f"\n  Distilled: its teachers (validation MAE of their mean distribution {entry['teacher_val_mae']:.3f}) "
+        f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(TEACHERS[protocol])} "
+        "--no-speed`.")
     card = f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
 
 Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; do not edit by hand.
@@ -661,7 +697,7 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
       python eda.py --data-dir ../shared/data/UTKFace --out-dir bench/work/F --seed 42
       {entry['command']}
 
-  (both run by `python benchmark.py --protocols F --models {name} --no-speed`).
+  (both run by `python benchmark.py --protocols F --models {name} --no-speed`).{teachers_note}
 """
     card_path = SHIPPED.parent / "README.md"
     atomic_write(card_path, lambda f: f.write(card.encode()))
@@ -715,14 +751,15 @@ def table(results) -> str:
 def cross_table(results) -> str:
     """FG-NET through inference.py's pipeline, and the crop-consistency checks, as Markdown tables."""
     rows = results.get("cross", {}).get("FGNET", {})
-    lines = ["| model | detector, crop | FG-NET MAE | CS@5 | photos with a face | per decade (0-9, 10-19, ...) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | detector, crop | FG-NET MAE | CS@5 | photos with a face | MAE per decade (0-9, 10-19, ...) "
+             "| signed error per decade (+: too old) |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         crop = "UTKFace chip (68 landmarks)" if r["crop"].get("landmarks") == 68 else (
             "square around the box" if r["crop"]["kind"] == "box" else "5-landmark chip")
         decades = ", ".join(f"{v:.1f}" for v in r["mae_per_decade"].values())
+        signed = ", ".join(f"{v:+.1f}" for v in r.get("mean_error_per_decade", {}).values()) or "not measured"
         lines.append(f"| {name} | {r['detector']}, {crop} | {r['mae']:.2f} | {r['cs5']:.1%} | "
-                     f"{r['faces_found']:.1%} of {r['photos']} | {decades} |")
+                     f"{r['faces_found']:.1%} of {r['photos']} | {decades} | {signed} |")
     checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c]
     if checks:
         lines += ["", "| model | UTKFace test faces | MAE as files | found in scenes | gap | scenes at the original "
@@ -738,7 +775,7 @@ def cross_table(results) -> str:
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 TARGETS = {"cache_speedup": 20, "train_images_per_s": 320, "jit_b1_ms": 1.0, "jit_b64_images_per_s": 1000,
-           "end_to_end_ms": 60, "fgnet_mae": 6.0}  # the project's targets
+           "end_to_end_ms": 60, "fgnet_mae": 6.0, "test_mae": {"S": 3.9, "F": 4.6}}  # the project's targets
 MODEL_NOTES = {
     "simplecnn_seed": "the seed's recipe: regression head, L1, constant learning rate, flips only, no flip-TTA, "
                       "the seed's denoise and deblur",
@@ -753,6 +790,9 @@ MODEL_NOTES = {
     "simplecnn_photo": "`simplecnn_tuned` with 20 % of the training images turned gray (`--augment photo`: "
                        "scanned and old photos are often gray)",
     "resnet18_dldl": "ResNet-18 from scratch at 112 px (meant for a GPU)",
+    "simplecnn_distilled": "`simplecnn_tuned` distilled from the mean age distribution of the protocol's "
+                           "finals (`TEACHERS`; S: tuned_60ep, tuned, tuned_96px; F: tuned, photo, tuned_96px), "
+                           "half of every target theirs (`--teacher`, `--teacher-weight 0.5`)",
 }
 PROBE_LABELS = {
     "batch64_contiguous_glibc_default": "training step, batch 64, contiguous, glibc default",
@@ -889,8 +929,10 @@ def models_section(sources):
     for name in MODELS:
         ran = [p for p, models in protocols.items() if name in models]
         flags = f"`{shlex.join(MODELS[name])}`" if MODELS[name] else "`MODEL_BASE` itself"
+        teachers = "; ".join(f"validation MAE of the teachers' mean distribution {protocols[p][name]['teacher_val_mae']:.3f} "
+                             f"(Protocol {p})" for p in ran if "teacher_val_mae" in protocols[p][name])
         lines.append(f"- `{name}`: {MODEL_NOTES.get(name, '')}; {flags}"
-                     + ("" if ran else " (no result yet)") + ".")
+                     + ("" if ran else " (no result yet)") + (f"; {teachers}" if teachers else "") + ".")
     data = results.get("data", {})
     lines += ["", "- Predicting the training split's median age instead: test MAE "
               + ", ".join(f"{d['test_mae_of_train_median']:.2f} (Protocol {p})" for p, d in data.items()) + "."]
@@ -965,7 +1007,8 @@ def finals_lines(protocols):
         a, b = s["simplecnn_seed"], s["simplecnn_dldl"]
         lines.append(f"- Before the one-lever runs, not one at a time: the seed recipe → `simplecnn_dldl`: validation "
                      f"{a['best_val_mae']:.2f} → {b['best_val_mae']:.2f}, test {a['test_mae']:.2f} → {b['test_mae']:.2f}.")
-    finals = {n: s[n] for n in ("simplecnn_tuned", "simplecnn_tuned_96px", "simplecnn_tuned_60ep") if n in s}
+    finals = {n: s[n] for n in ("simplecnn_tuned", "simplecnn_tuned_96px", "simplecnn_tuned_60ep",
+                                "simplecnn_distilled") if n in s}
     for name, r in finals.items():
         lines.append(f"- **Final** `{name}`: validation {r['best_val_mae']:.2f} (best epoch {r['best_epoch']} of "
                      f"{r['epochs']}), **test {r['test_mae']:.2f}** (CS@5 {r['test_cs5']:.1%}), "
@@ -976,7 +1019,37 @@ def finals_lines(protocols):
         fast = "simplecnn_tuned_96px" if chosen != "simplecnn_tuned_96px" and "simplecnn_tuned_96px" in finals else None
         lines.append(f"- Chosen on validation: `{chosen}`"
                      + (f"; `{fast}` is the choice when speed matters more." if fast else "."))
+    lines += distillation_lines(protocols)
+    for protocol, models in protocols.items():
+        small = {n: m for n, m in models.items() if m["params"] < 1_000_000}
+        chosen = chosen_on_validation(small)
+        if chosen and protocol in TARGETS["test_mae"]:
+            target = TARGETS["test_mae"][protocol]
+            lines.append(f"- Target for Protocol {protocol} (a model under 1M weights, test MAE ≤ {target}): the one "
+                         f"chosen on validation, `{chosen}`, has test {small[chosen]['test_mae']:.2f} — "
+                         f"{reached(small[chosen]['test_mae'] <= target)}.")
     return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
+
+
+def distillation_lines(protocols) -> list:
+    """Each protocol's distilled final against the same recipe and length without teachers."""
+    lines = []
+    for protocol, models in protocols.items():
+        student = models.get("simplecnn_distilled")
+        if not student:
+            continue
+        alone = next((n for n in ("simplecnn_tuned", "simplecnn_tuned_60ep")
+                      if n in models and models[n]["epochs"] == student["epochs"]), None)
+        teachers = [models[n] for n in TEACHERS[protocol] if n in models]
+        compare = "" if alone is None else (
+            f" against `{alone}` (the same recipe and {student['epochs']} epochs without teachers): validation "
+            f"{models[alone]['best_val_mae']:.3f} → {student['best_val_mae']:.3f}, test {models[alone]['test_mae']:.2f} "
+            f"→ **{student['test_mae']:.2f}**")
+        lines.append(f"- **Distillation**, Protocol {protocol}{compare}. The teachers' mean distribution has validation "
+                     f"MAE {student['teacher_val_mae']:.3f}. Compute, all on this CPU: {student['train_minutes']:.1f} "
+                     f"min for the student plus {sum(t['train_minutes'] for t in teachers):.1f} min for its "
+                     f"{len(teachers)} teachers.")
+    return lines
 
 
 def experiments_section(sources):
@@ -1360,9 +1433,12 @@ def headline_block(sources) -> str:
     s_best = chosen_on_validation(protocols.get("S", {}))
     if s_best:
         r = protocols["S"][s_best]
+        teachers = sum(protocols["S"][n]["train_minutes"] for n in TEACHERS["S"] if n in protocols["S"]) \
+            if "--teacher" in r.get("command", "") else 0
         rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
                     f"{r['test_mae']:.2f}; `model.jit` {r['latency_b1_ms']:.2f} ms per face, "
-                    f"{r['train_minutes']:.0f} min of training on a CPU |")
+                    f"{r['train_minutes']:.0f} min of training on a CPU"
+                    + (f" (plus {teachers:.0f} min for its teachers)" if teachers else "") + " |")
     if detection:
         auto, e2e = detection["detectors"].get("auto"), detection.get("end_to_end")
         if auto:

@@ -31,13 +31,13 @@ FORMAT_VERSION = 1  # of checkpoints and export metadata; readers refuse newer f
 # Checkpoints
 
 def make_checkpoint(args, model, optimizer, scheduler, *, min_age, max_age, cfg, crop, split_digest, epoch,
-                    metrics, history, best_val_mae, world_size, ema=None) -> dict:
+                    metrics, history, best_val_mae, world_size, ema=None, split_faces=None) -> dict:
     """Everything a resumed run, an export or an evaluation needs, in one self-describing dict.
     model_state holds the weights that were evaluated (with train.py --ema the averaged ones); a run
     with --ema also keeps the weights being trained and the average's count, for --resume."""
     checkpoint = {"version": FORMAT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
                   "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
-                  "split_digest": split_digest, "model_state": (ema.module if ema else model).state_dict(),
+                  "split_digest": split_digest, "split_faces": split_faces, "model_state": (ema.module if ema else model).state_dict(),
                   "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                   "rng_state": rng_state(), "epoch": epoch, "metrics": metrics, "history": history,
                   "best_val_mae": best_val_mae, "world_size": world_size}

@@ -108,14 +108,31 @@ def point_loss(pred, target, kind: str = "l1"):
     raise ValueError(f"unknown loss {kind!r}; choose l1, mse or huber")
 
 
-def age_loss(model, outputs, target, kind: str = "l1", sigma: float = 2.0):
-    """Loss on predicted ages; the distribution head adds KL to a Gaussian around the true age."""
+LABEL_SIGMA = 2.0  # years: the spread of the Gaussian a distribution head learns around each true age
+
+
+def gaussian_targets(ages, grid, sigma: float = LABEL_SIGMA):
+    """Each age as a Gaussian over the integer ages of grid (rows sum to 1)."""
+    soft = torch.exp(-0.5 * ((grid.view(1, -1) - ages.view(-1, 1)) / sigma) ** 2)
+    return soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def age_loss(model, outputs, target, kind: str = "l1", sigma: float = LABEL_SIGMA, teacher=None,
+             teacher_weight: float = 0.5):
+    """Loss on predicted ages; the distribution head adds KL to a Gaussian around the true age.
+
+    teacher (train.py --teacher): (the teacher's expected ages, its age distributions on the model's
+    age grid). Distillation blends every target: teacher_weight of the point loss is towards the
+    teacher's age, and the KL target is the same blend of the teacher's distribution and the label's
+    Gaussian, so the student learns the teacher's view of a face plus the label."""
     pred = model.ages_from_outputs(outputs)
     loss = point_loss(pred, target, kind)
+    if teacher is not None:
+        loss = (1 - teacher_weight) * loss + teacher_weight * point_loss(pred, teacher[0], kind)
     if model.head == "distribution":
-        grid = model.age_grid
-        soft = torch.exp(-0.5 * ((grid.view(1, -1) - target.view(-1, 1)) / sigma) ** 2)
-        soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
+        soft = gaussian_targets(target, model.age_grid, sigma)
+        if teacher is not None:
+            soft = (1 - teacher_weight) * soft + teacher_weight * teacher[1]
         loss = loss + torch.nn.functional.kl_div(torch.log_softmax(outputs, 1), soft, reduction="batchmean")
     return loss, pred
 
@@ -330,9 +347,11 @@ def _prepare(images, mean, std, device):
 
 def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", scheduler=None,
                     augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0, progress=True,
-                    ema=None):
+                    ema=None, teacher_weight: float = 0.5):
     """One pass over the loader. Returns {"loss", "mae", "images", "seconds", "images_per_s"}.
     ema (a torch.optim.swa_utils.AveragedModel), if given, is updated after every optimiser step.
+    Batches of (images, ages, teacher ages, teacher distributions) train towards the teacher too
+    (age_loss; "mae" stays the error against the labels).
 
     The scheduler, if given, steps per batch (warm-up and cosine are defined in steps). The model
     is expected in channels_last memory format, as the batches are.
@@ -343,14 +362,15 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
     seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
-    for batch_index, (images, ages) in enumerate(bar):
+    for batch_index, (images, ages, *teacher) in enumerate(bar):
         images = images.float()
         if augment is not None:
             images = augment_batch(images, augment, generator)
         x = _prepare(images, mean, std, device)
         y = ages.to(device, non_blocking=True)
+        teacher = tuple(t.to(device, non_blocking=True) for t in teacher) or None
         outputs = model(x)
-        loss, pred = age_loss(model, outputs, y, loss_kind)
+        loss, pred = age_loss(model, outputs, y, loss_kind, teacher=teacher, teacher_weight=teacher_weight)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_index}; "
                                      "lower --lr or check the labels")
@@ -374,7 +394,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
 def _ages_and_spread(model, x, spread):
     if not spread:
         return model.predict(x), None
-    return model.ages_and_spread(model.backbone(x))  # AgeModel's forward, whatever wraps it
+    return model.ages_and_spread(model(x))  # the wrapper's forward (autocast, DDP), AgeModel's rule
 
 
 def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False, spread=False):
@@ -400,6 +420,30 @@ def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, pr
     if not spread:
         return pred, true
     return pred, true, None if spreads[0] is None else torch.cat(spreads).float().cpu().numpy()
+
+
+def predict_distributions(model, loader, mean, std, *, ages=None, device="cpu", tta_flip=False):
+    """(age distribution of each image, float32 N x K, and its integer ages, K): a distribution head's
+    softmax (with the flip, the mean of the two), a regression head's age as a Gaussian of LABEL_SIGMA
+    over the integer ages `ages` (what a distillation student learns from)."""
+    if model.head == "distribution":
+        grid = model.age_grid
+    elif ages is None:
+        raise ValueError("a regression head needs the ages to spread its predictions over")
+    else:
+        grid = torch.as_tensor(ages, dtype=torch.float32, device=device)
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for images, _ in loader:
+            x = _prepare(images.float(), mean, std, device)
+            views = (x, x.flip(-1)) if tta_flip else (x,)
+            if model.head == "distribution":
+                probs = sum(torch.softmax(model(v).float(), 1) for v in views) / len(views)
+            else:
+                probs = sum(gaussian_targets(model.predict(v).float(), grid) for v in views) / len(views)
+            rows.append(probs.cpu())
+    return torch.cat(rows).numpy().astype(np.float32), grid.cpu().numpy().round().astype(np.int32)
 
 
 def evaluate(model, loader, mean, std, *, loss_kind="l1", device="cpu", tta_flip=False, progress=False):

@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
-                            make_loader)
-from checkpoints import export_best, load_checkpoint, make_checkpoint, save_checkpoint
+                            make_loader, read_split)
+from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
 from functions import (NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed, apply_age_map,
                        broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
-                       plot_groups,
-                       plot_learning_curves, plot_pred_vs_true, predict_loader, public, reduce_train_metrics,
-                       set_rng_state, set_seed, train_one_epoch)
+                       plot_groups, plot_learning_curves, plot_pred_vs_true, predict_distributions, predict_loader,
+                       public, reduce_train_metrics, set_rng_state, set_seed, train_one_epoch)
 from faces import read_split_crop
 
 # imported on first use, so that --help answers without torch (model.py imports it as it loads)
@@ -85,6 +84,11 @@ def add_recipe_args(parser):
                         "validation, test and exports then use the averaged weights; 0 = off")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each prediction with its mirror image (validation, test, exports)")
+    g.add_argument("--teacher", default=None,
+                   help="distillation: comma-separated best.pt of runs on the same splits (averaged: an ensemble), "
+                        "or a teacher.npz that such a run wrote; the student also learns their age distributions")
+    g.add_argument("--teacher-weight", type=float, default=0.5,
+                   help="share of every training target that is the teacher's (the rest is the label's)")
     return parser
 
 
@@ -153,7 +157,8 @@ def check_numbers(args):
              ("--image-size", 16 <= args.image_size <= 1024, "between 16 and 1024"),
              ("--warmup-epochs", 0 <= args.warmup_epochs <= args.epochs, "between 0 and --epochs"),
              ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)"),
-             ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)")]
+             ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)"),
+             ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)")]
     for flag, ok, rule in rules:
         if not ok:
             raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
@@ -277,6 +282,21 @@ def split_digest(splits) -> str:
     return digest.hexdigest()
 
 
+def split_faces_digest(splits) -> str:
+    """Which faces (by content hash) are in train, val and test: unlike split_digest, the same on a
+    machine where the data set lies elsewhere, so a teacher trained there can be checked here."""
+    import csv
+    import hashlib
+    digest = hashlib.sha256()
+    for name in ("train.csv", "val.csv", "test.csv"):
+        path, keys = Path(splits) / name, ["-"]
+        if path.is_file():  # a missing or broken split is reported by load_data, with advice
+            with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+                keys = sorted(row.get("hash") or Path(row.get("path") or "").name for row in csv.DictReader(f))
+        digest.update(("\n".join([name, *keys]) + "\n").encode())
+    return digest.hexdigest()
+
+
 def data_folders(splits) -> set:
     """The folders holding the split's images, and for a folder-per-age layout their parent."""
     import csv
@@ -312,6 +332,132 @@ def load_data(args, cfg, log=print):
         train = train.subset(np.sort(keep))
     val = load_split_dataset(splits / "val.csv", cfg, cache_dir, args.workers, progress, log)
     return train, val, cache_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation (--teacher): the teacher's age distribution of every training face, read or predicted once
+
+class WithTeacher:
+    """A training set whose batches carry the teacher's expected age and age distribution of each face
+    (functions.train_one_epoch blends them into the targets). Validation never sees the teacher."""
+
+    def __init__(self, dataset, teacher_ages, teacher_probs):
+        self.dataset, self.ages = dataset, dataset.ages
+        self.teacher_ages, self.teacher_probs = teacher_ages, teacher_probs
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices):
+        images, ages = self.dataset.batch(indices)
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return images, ages, self.teacher_ages[index], self.teacher_probs[index]
+
+
+def split_hashes(split_csv) -> dict:
+    """path -> content hash (eda.py's hash column; the file name where a CSV lacks it)."""
+    import csv
+    with open(split_csv, newline="", encoding="utf-8-sig") as f:
+        return {row["path"]: row.get("hash") or Path(row["path"]).name for row in csv.DictReader(f)}
+
+
+def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
+    """(teacher's expected age, its distribution on min_age..max_age) per face of train_set, as tensors.
+    Checkpoints are predicted here (flip-averaged as each was validated) and the table is written to
+    OUT/teacher.npz, which later students take as --teacher without the teachers' forward passes."""
+    sources = [s.strip() for s in args.teacher.split(",") if s.strip()]
+    faces = split_faces_digest(args.splits)
+    if any(s.lower().endswith(".npz") for s in sources):
+        if len(sources) > 1:
+            raise DataError("--teacher takes one teacher.npz, or checkpoints (best.pt) only")
+        table = read_teacher_file(sources[0], faces)
+    else:
+        table = predict_teachers(sources, args, cache_dir, faces)
+        if out is not None:
+            atomic_write(out / "teacher.npz", lambda f: np.savez(f, **table))
+    row_of = {h: i for i, h in enumerate(table["hash"].tolist())}
+    hashes = split_hashes(Path(args.splits) / "train.csv")
+    rows = [row_of.get(hashes.get(path)) for path in train_set.paths]
+    missing = sum(r is None for r in rows)
+    if missing:
+        raise DataError(f"--teacher {args.teacher} has no prediction for {missing} of {len(rows)} training faces; "
+                        "give checkpoints trained on these splits, or the teacher.npz their student wrote")
+    rows = np.asarray(rows)
+    # the student's ages are min_age..max_age: a teacher's probability outside them goes to the nearest end
+    columns = np.clip(table["age_grid"] - min_age, 0, max_age - min_age)
+    probs = np.zeros((len(rows), max_age - min_age + 1), np.float32)
+    np.add.at(probs.T, columns, table["probs"][rows].T)
+    ages = table["probs"][rows] @ table["age_grid"].astype(np.float32)
+    return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs)
+
+
+def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
+    """The teachers' mean age distribution of every training face, keyed by content hash, and the
+    validation MAE of that mean (the ensemble's own figure, printed and kept in the table)."""
+    tables = {"train": [], "val": []}
+    for source in sources:
+        checkpoint = load_checkpoint(source)
+        if checkpoint.get("split_faces", faces_digest) != faces_digest or (
+                "split_faces" not in checkpoint and checkpoint.get("split_digest") != split_digest(args.splits)):
+            raise DataError(f"--teacher {source} was trained on other splits than {args.splits}: its weights may "
+                            "have seen this run's validation or test faces; train the teacher on these splits")
+        model, cfg = model_from_checkpoint(checkpoint)
+        model = model.to(memory_format=torch.channels_last)
+        for split, table in tables.items():
+            csv_path = Path(args.splits) / f"{split}.csv"
+            data = load_split_dataset(csv_path, cfg, cache_dir, args.workers, not args.no_progress, print)
+            probs, grid = predict_distributions(
+                model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
+                ages=np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1),
+                tta_flip=checkpoint["config"].get("tta_flip", False))
+            hashes = split_hashes(csv_path)
+            table.append(({hashes[p]: i for i, p in enumerate(data.paths)}, grid, probs))
+        print(f"teacher {source}: {checkpoint['model_name']}, best val MAE {checkpoint['best_val_mae']:.3f}")
+    train_hashes, grid, probs = mean_distribution(tables["train"])
+    val_hashes, val_grid, val_probs = mean_distribution(tables["val"])
+    val_csv = Path(args.splits) / "val.csv"
+    val_hash = split_hashes(val_csv)
+    ages_of = {val_hash[r["path"]]: float(r["age"]) for r in read_split(val_csv)}
+    val_mae = float(np.mean(np.abs(val_probs @ val_grid - np.array([ages_of[h] for h in val_hashes]))))
+    print(f"teacher{'s (mean of their distributions)' if len(sources) > 1 else ''}: val MAE {val_mae:.3f}")
+    return {"hash": train_hashes, "age_grid": grid, "probs": probs, "split_faces": np.asarray(faces_digest),
+            "sources": np.asarray([str(s) for s in sources]), "val_mae": np.asarray(val_mae)}
+
+
+def mean_distribution(tables):
+    """(hashes, integer ages, mean distribution) over the faces every teacher predicted."""
+    common = sorted(set.intersection(*(set(rows) for rows, _, _ in tables)))
+    grid = np.arange(min(g.min() for _, g, _ in tables), max(g.max() for _, g, _ in tables) + 1, dtype=np.int32)
+    probs = np.zeros((len(common), len(grid)), np.float32)
+    for rows, g, p in tables:
+        probs[:, g - grid[0]] += p[[rows[h] for h in common]] / len(tables)
+    return np.asarray(common), grid, probs
+
+
+def read_teacher_file(path, faces_digest) -> dict:
+    """A teacher.npz (arrays hash, age_grid, probs, split_faces), refused when it is of other splits."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--teacher file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:  # plain arrays only: never code
+            table = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--teacher {path} is not a readable .npz ({type(exc).__name__}); pass a teacher.npz "
+                        "written by train.py --teacher") from None
+    needed = {"hash", "age_grid", "probs", "split_faces"} - set(table)
+    if needed:
+        raise DataError(f"--teacher {path} lacks {', '.join(sorted(needed))}; pass a teacher.npz written by train.py")
+    if str(table["split_faces"]) != faces_digest:
+        raise DataError(f"--teacher {path} was predicted for other splits than --splits: its teacher may have "
+                        "seen this run's validation or test faces")
+    if table["probs"].shape != (len(table["hash"]), len(table["age_grid"])):
+        raise DataError(f"--teacher {path}: probs is {table['probs'].shape}, expected (faces, ages) = "
+                        f"({len(table['hash'])}, {len(table['age_grid'])})")
+    return table
 
 
 def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> dict:
@@ -407,6 +553,7 @@ def train_run(args, dist_ctx: Distributed):
     configure_threads(args.threads)
     set_seed(args.seed)
     digest = split_digest(args.splits)  # read once: every checkpoint records the split this run started with
+    faces_digest = split_faces_digest(args.splits)  # the same, portable: what a distillation student checks
     checkpoint = restore(args, out / "last.pt", dist_ctx, digest)
     crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
     # rank 0 builds the cache while the others wait; then they read it
@@ -416,12 +563,16 @@ def train_run(args, dist_ctx: Distributed):
         cfg.mean, cfg.std = channel_stats(train_set.images)
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
+    if args.teacher:  # every rank predicts the same table; rank 0 keeps it as RUN/teacher.npz
+        targets = dist_ctx.in_turn(lambda: teacher_targets(args, train_set, cache_dir, min_age, max_age,
+                                                           out if dist_ctx.is_main else None))
     print(describe_run(args, model, train_set, val_set, dist_ctx))
     if dist_ctx.is_main:
         write_config(args, out, dist_ctx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     pin = device.type == "cuda"  # page-locked batches; _prepare copies with non_blocking=True
-    train_loader, steps_per_epoch = make_train_loader(args, train_set, dist_ctx, pin)
+    train_loader, steps_per_epoch = make_train_loader(
+        args, WithTeacher(train_set, *targets) if args.teacher else train_set, dist_ctx, pin)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
     history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
@@ -441,7 +592,7 @@ def train_run(args, dist_ctx: Distributed):
             train_metrics = train_one_epoch(
                 net, train_loader(epoch), optimizer, mean=mean, std=std, loss_kind=args.loss, scheduler=scheduler,
                 augment=AUGMENTATIONS[args.augment], generator=torch.Generator().manual_seed(seeds["augment"]),
-                device=device, epoch=epoch, progress=not args.no_progress, ema=ema)
+                device=device, epoch=epoch, progress=not args.no_progress, ema=ema, teacher_weight=args.teacher_weight)
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
@@ -454,7 +605,7 @@ def train_run(args, dist_ctx: Distributed):
         logger.epoch(history[-1], val_metrics["pred"], improved)
         if dist_ctx.is_main:  # rank 0 alone writes; the others wait at the barrier
             state = make_checkpoint(args, model, optimizer, scheduler, min_age=min_age, max_age=max_age, cfg=cfg,
-                                    crop=crop, split_digest=digest, epoch=epoch,
+                                    crop=crop, split_digest=digest, split_faces=faces_digest, epoch=epoch,
                                     metrics={"train": train_metrics, "val": public(val_metrics)},
                                     history=history, best_val_mae=best_val, world_size=dist_ctx.world_size,
                                     ema=ema)
@@ -512,6 +663,8 @@ def describe_run(args, model, train_set, val_set, dist_ctx) -> str:
     if dist_ctx.active:
         text += (f"; {dist_ctx.world_size} processes ({dist_ctx.backend}), global batch "
                  f"{args.batch_size * dist_ctx.world_size}")
+    if args.teacher:
+        text += f"; distilled from {args.teacher} (teacher's share of the targets {args.teacher_weight})"
     return text
 
 

@@ -59,6 +59,19 @@ def test_every_benchmark_model_parses_with_train_py_and_keeps_its_overrides():
     assert benchmark.model_args("simplecnn_tuned") == benchmark.MODEL_BASE
 
 
+def test_the_teachers_placeholder_names_the_protocols_finals_or_says_which_to_train(tmp_path):
+    argv = benchmark.model_args("simplecnn_distilled")
+    with pytest.raises(DataError, match="train them first .*--protocols F --models simplecnn_tuned,simplecnn_photo"):
+        benchmark.with_teachers(argv, tmp_path, "F")
+    for name in benchmark.TEACHERS["F"]:
+        (tmp_path / "F" / name).mkdir(parents=True)
+        (tmp_path / "F" / name / "best.pt").write_bytes(b"")
+    resolved = benchmark.with_teachers(argv, tmp_path, "F")
+    teachers = resolved[resolved.index("--teacher") + 1].split(",")
+    assert teachers == [str(tmp_path / "F" / n / "best.pt") for n in benchmark.TEACHERS["F"]]
+    assert "{teachers}" not in resolved and benchmark.with_teachers(["--epochs", "3"], tmp_path, "S") == ["--epochs", "3"]
+
+
 def synthetic_sources_files(tmp_path):
     """A small results.json and detection.json, as benchmark.py and bench_detection.py write them."""
     entry = {"test_mae": 4.5, "test_rmse": 5.9, "test_cs5": 0.65, "test_mae_per_decade": {"20-29": 3.5, "30-39": 4.5},
@@ -169,3 +182,36 @@ def test_bias_section_reports_interval_groups_and_isotonic():
     assert "| F/m | 0.904 | 12.3 | 70-79: 0.80 (n = 5) |" in text
     assert "| gender male | 5.00 | -1.00 | 7 |" in text and "meets the rule" in text
     assert benchmark.bias_section({"results": {"protocols": {"F": {"m": {}}}}}) == []
+
+
+def test_calibrating_a_run_with_a_kept_age_map_measures_the_mapped_ages_and_keeps_its_interval(
+        splits, tmp_path, monkeypatch):
+    import checkpoints
+    from custom_dataset import read_split
+    # a map that answers 33 for every age stands in for a kept isotonic map (real ones need more faces)
+    constant = {"method": "test map", "x": [0.0, 200.0], "y": [33.0, 33.0]}
+    real = train.calibrate_ages
+    monkeypatch.setattr(train, "calibrate_ages", lambda pred, true, age_map: (constant, *real(pred, true, "off")[1:]))
+    run = tmp_path / "S" / "mapped"
+    train.main(train.get_args_parser().parse_args(
+        ["--splits", str(splits), "--out-dir", str(run), "--image-size", "64", "--no-progress", "--threads", "1",
+         "--epochs", "1", "--no-tensorboard", "--no-export"]))
+    interval = checkpoints.load_checkpoint(run / "best.pt")["interval"]
+    figures = benchmark.calibrate_run("S", "mapped", tmp_path)
+    assert checkpoints.load_checkpoint(run / "best.pt")["interval"] == interval  # train.py's, fitted after the map
+    test_ages = np.array([float(r["age"]) for r in read_split(splits / "test.csv")])
+    decades = figures["groups"]["decade"]
+    overall = sum(g["mae"] * g["n"] for g in decades.values()) / sum(g["n"] for g in decades.values())
+    assert overall == pytest.approx(np.mean(np.abs(33.0 - test_ages)), abs=0.01)
+
+
+def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_teachers_compute():
+    def run(val, test, epochs, minutes, **extra):
+        return {"best_val_mae": val, "test_mae": test, "epochs": epochs, "train_minutes": minutes, **extra}
+    models = {"simplecnn_tuned": run(4.2, 4.1, 40, 20.0), "simplecnn_tuned_60ep": run(4.1, 4.05, 60, 30.0),
+              "simplecnn_tuned_96px": run(4.3, 4.2, 40, 10.0),
+              "simplecnn_distilled": run(4.0, 3.95, 60, 31.0, teacher_val_mae=4.05)}
+    (line,) = benchmark.distillation_lines({"S": models})
+    assert "against `simplecnn_tuned_60ep`" in line and "validation 4.100 → 4.000, test 4.05 → **3.95**" in line
+    assert "31.0 min for the student plus 60.0 min for its 3 teachers" in line and "MAE 4.050" in line
+    assert benchmark.distillation_lines({"S": {k: v for k, v in models.items() if k != "simplecnn_distilled"}}) == []

@@ -12,7 +12,8 @@ def test_recipe_argv_reproduces_every_recipe_setting():
     args = train.get_args_parser().parse_args(REQUIRED + [
         "--image-size", "96", "--denoise", "--denoise-strength", "7.5", "--augment", "photo", "--model", "resnet18",
         "--head", "regression", "--pretrained", "--weights", "w.pth", "--dropout", "0.25", "--batch-size", "32",
-        "--loss", "huber", "--schedule", "constant", "--warmup-epochs", "0.5", "--no-tta-flip"])
+        "--loss", "huber", "--schedule", "constant", "--warmup-epochs", "0.5", "--no-tta-flip",
+        "--teacher", "a/best.pt,b/best.pt", "--teacher-weight", "0.3"])
     again = train.get_args_parser().parse_args(REQUIRED + train.recipe_argv(args))
     for key in train.recipe_keys():
         assert getattr(again, key) == getattr(args, key), key

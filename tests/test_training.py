@@ -329,8 +329,8 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(splits, tmp_pa
         state["epoch"] = k["epoch"]
         return real_train(*a, **k)
 
-    def poisoned_loss(model, outputs, target, kind="l1", sigma=2.0):
-        loss, pred = real_loss(model, outputs, target, kind, sigma)
+    def poisoned_loss(model, outputs, target, kind="l1", **options):
+        loss, pred = real_loss(model, outputs, target, kind, **options)
         return (loss * float("nan"), pred) if state["epoch"] == 2 else (loss, pred)
     monkeypatch.setattr(functions, "age_loss", poisoned_loss)
     monkeypatch.setattr(train, "train_one_epoch", tracking_train)

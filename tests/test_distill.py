@@ -1,0 +1,144 @@
+"""Distillation (train.py --teacher): the blended loss, the teacher's table, and the checks that keep a
+teacher from another split out."""
+import numpy as np
+import pytest
+import torch
+
+import checkpoints
+import custom_dataset
+import functions
+import train
+from conftest import assert_one_line_error, run_script
+from model import build_model
+
+FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1", "--batch-size", "32",
+        "--no-tensorboard", "--no-export", "--no-test", "--age-map", "off"]
+
+
+def train_args(splits, out_dir, *extra):
+    return train.get_args_parser().parse_args(["--splits", str(splits), "--out-dir", str(out_dir), *FAST, *extra])
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+def draw(head, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("simplecnn", head=head, min_age=20, max_age=30)
+    outputs = torch.randn(5, 11 if head == "distribution" else 1) * (1 if head == "distribution" else 10) + (
+        0 if head == "distribution" else 25)
+    labels = torch.tensor([20.0, 22.0, 25.0, 28.0, 30.0])
+    teacher_probs = torch.softmax(torch.randn(5, 11), 1)
+    return model, outputs, labels, (teacher_probs @ model.age_grid if head == "distribution" else
+                                    torch.tensor([21.0, 24.0, 25.0, 26.0, 29.0]), teacher_probs)
+
+
+def test_a_teacher_at_weight_zero_or_agreeing_with_the_labels_changes_nothing():
+    model, outputs, labels, teacher = draw("distribution")
+    plain, _ = functions.age_loss(model, outputs, labels, "mse")
+    zero, _ = functions.age_loss(model, outputs, labels, "mse", teacher=teacher, teacher_weight=0.0)
+    agreeing = (labels, functions.gaussian_targets(labels, model.age_grid))
+    same, _ = functions.age_loss(model, outputs, labels, "mse", teacher=agreeing, teacher_weight=0.7)
+    assert torch.allclose(zero, plain) and torch.allclose(same, plain)
+    other, _ = functions.age_loss(model, outputs, labels, "mse", teacher=teacher, teacher_weight=0.7)
+    assert not torch.allclose(other, plain)
+
+
+def test_the_teacher_only_loss_is_its_point_loss_plus_kl_to_its_distribution():
+    model, outputs, labels, (t_ages, t_probs) = draw("distribution")
+    loss, pred = functions.age_loss(model, outputs, labels, "mse", teacher=(t_ages, t_probs), teacher_weight=1.0)
+    q = torch.softmax(outputs, 1)
+    expected = ((pred - t_ages) ** 2).mean() + (t_probs * (t_probs.log() - q.log())).sum(1).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_a_regression_student_blends_the_two_ages():
+    model, outputs, labels, (t_ages, _) = draw("regression")
+    loss, pred = functions.age_loss(model, outputs, labels, "l1", teacher=(t_ages, None), teacher_weight=0.25)
+    expected = 0.75 * (pred - labels).abs().mean() + 0.25 * (pred - t_ages).abs().mean()
+    assert torch.allclose(loss, expected)
+
+
+def test_predicted_distributions_have_the_models_ages_as_their_means(splits):
+    torch.manual_seed(0)
+    val = custom_dataset.load_split_dataset(splits / "val.csv", custom_dataset.PreprocessConfig(image_size=64))
+    mean, std = torch.zeros(3), torch.full((3,), 255.0)
+    loader = custom_dataset.make_loader(val, 16, shuffle=False)
+    model = build_model("simplecnn", head="distribution", min_age=20, max_age=50, image_size=64)
+    probs, grid = functions.predict_distributions(model, loader, mean, std, tta_flip=True)
+    ages, _ = functions.predict_loader(model, loader, mean, std, tta_flip=True)
+    assert probs.shape == (len(val), 31) and list(grid) == list(range(20, 51))
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and np.allclose(probs @ grid, ages, atol=1e-3)
+    regression = build_model("simplecnn", head="regression", min_age=20, max_age=50, image_size=64)
+    regression.init_output_bias(33.0)
+    probs, grid = functions.predict_distributions(regression, loader, mean, std, ages=range(20, 51))
+    ages, _ = functions.predict_loader(regression, loader, mean, std)
+    assert np.allclose(probs @ grid, ages, atol=0.05)  # a Gaussian of 2 years, far from the grid's ends
+
+
+# ---------------------------------------------------------------------------------------------- train.py
+
+@pytest.fixture(scope="module")
+def teacher(splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train.main(train_args(splits, out, "--epochs", "1"))
+    return out / "best.pt"
+
+
+def student_weights(out):
+    return checkpoints.load_checkpoint(out / "last.pt")["model_state"]
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_student_learns_from_the_teacher_and_its_table_replays_exactly(splits, teacher, tmp_path):
+    train.main(train_args(splits, tmp_path / "student", "--epochs", "1", "--teacher", str(teacher)))
+    table = np.load(tmp_path / "student" / "teacher.npz", allow_pickle=False)
+    train_rows = custom_dataset.read_split(splits / "train.csv")
+    assert len(table["hash"]) == len(train_rows) and np.allclose(table["probs"].sum(1), 1, atol=1e-5)
+    # with one teacher, the table's validation MAE is the teacher's own (flip-averaged, as it was validated)
+    assert float(table["val_mae"]) == pytest.approx(checkpoints.load_checkpoint(teacher)["best_val_mae"], abs=1e-3)
+    # the table is the teacher's own prediction of each face
+    model, cfg = checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(teacher))
+    data = custom_dataset.load_split_dataset(splits / "train.csv", cfg, splits.parent / "cache", progress=False)
+    probs, _ = functions.predict_distributions(model, custom_dataset.make_loader(data, 64, False),
+                                               torch.tensor(cfg.mean), torch.tensor(cfg.std), tta_flip=True)
+    hashes = train.split_hashes(splits / "train.csv")
+    row = list(table["hash"]).index(hashes[data.paths[0]])
+    assert np.allclose(table["probs"][row], probs[0], atol=1e-5)
+    # the table gives the same training as the checkpoint; weight 0 gives the student without a teacher
+    train.main(train_args(splits, tmp_path / "replay", "--epochs", "1",
+                          "--teacher", str(tmp_path / "student" / "teacher.npz")))
+    assert same_weights(student_weights(tmp_path / "student"), student_weights(tmp_path / "replay"))
+    train.main(train_args(splits, tmp_path / "plain", "--epochs", "1"))
+    train.main(train_args(splits, tmp_path / "weight0", "--epochs", "1", "--teacher", str(teacher),
+                          "--teacher-weight", "0"))
+    assert same_weights(student_weights(tmp_path / "plain"), student_weights(tmp_path / "weight0"))
+    assert not same_weights(student_weights(tmp_path / "plain"), student_weights(tmp_path / "student"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["other_split", "table_of_other_split", "table_missing_faces", "not_a_table"])
+def test_a_teacher_that_does_not_fit_the_split_is_a_one_line_error(case, splits, teacher, tmp_path):
+    if case == "other_split":
+        checkpoint = checkpoints.load_checkpoint(teacher)
+        checkpoint["split_faces"] = "another split"
+        source = tmp_path / "best.pt"
+        checkpoints.save_checkpoint(source, checkpoint)
+        words = ["other splits", "validation or test"]
+    elif case == "not_a_table":
+        source = tmp_path / "teacher.npz"
+        source.write_text("not numpy")
+        words = ["not a readable .npz"]
+    else:
+        probs = np.full((3, 31), 1 / 31, np.float32)
+        hashes = list(train.split_hashes(splits / "train.csv").values())[:3]
+        digest = "another split" if case == "table_of_other_split" else train.split_faces_digest(splits)
+        source = tmp_path / "teacher.npz"
+        np.savez(source, hash=np.asarray(hashes), age_grid=np.arange(20, 51), probs=probs,
+                 split_faces=np.asarray(digest))
+        words = ["other splits"] if case == "table_of_other_split" else ["no prediction for"]
+    proc = run_script("train.py", "--splits", splits, "--out-dir", tmp_path / "run", *FAST, "--epochs", "1",
+                      "--teacher", source)
+    assert_one_line_error(proc, *words)
