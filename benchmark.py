@@ -277,12 +277,12 @@ def cross_dataset(run_dir, data_dir, detector=None, crop=None):
 
 def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False):
     run_dir = work / protocol / name
+    if epochs is not None:  # replaced in place, so the recorded command names one epoch count
+        train_args = with_overrides(train_args, ["--epochs", str(epochs)])
+    if quick:
+        train_args = with_overrides(train_args, ["--epochs", "2", "--subset-fraction", "0.1"])
     argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_teachers(train_args, work, protocol),
             "--no-progress"]
-    if epochs is not None:
-        argv += ["--epochs", str(epochs)]
-    if quick:
-        argv += ["--epochs", "2", "--subset-fraction", "0.1"]
     args = train.get_args_parser().parse_args(argv)
     start = time.perf_counter()
     summary = train.main(args)
