@@ -437,6 +437,18 @@ def final_should_resume(run_dir: Path, argv: list) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 
+def with_teacher_table(args, out: Path, cache_dir: Path):
+    """--teacher checkpoints: their table is predicted once into OUT/teacher.npz and every trial (and the
+    final run) reads that file, instead of each trial running the teachers again."""
+    if not args.teacher or args.teacher.lower().endswith(".npz"):
+        return args
+    sources = [s.strip() for s in args.teacher.split(",") if s.strip()]
+    table_path = out / "teacher.npz"
+    table = train.predict_teachers(sources, args, cache_dir, train.split_faces_digest(args.splits))
+    atomic_write(table_path, lambda f: np.savez(f, **table))
+    return argparse.Namespace(**{**vars(args), "teacher": str(table_path)})
+
+
 def check_args(args):
     if args.model not in MODEL_NAMES:
         raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -465,6 +477,7 @@ def main(args):
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.splits).parent / "cache"
     device = train.resolve_device(args.device)
     start = time.perf_counter()
+    args = with_teacher_table(args, out, cache_dir)
 
     overfit = None if args.skip_overfit else run_overfit_check(args, out, cache_dir, device)
 

@@ -213,3 +213,22 @@ def test_missing_val_split_is_a_data_error(demo, tmp_path):
     shutil.copy(demo["splits"] / "train.csv", splits / "train.csv")
     with pytest.raises(DataError, match="val.csv"):
         ht.main(ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path / "r")]))
+
+
+@pytest.mark.slow
+def test_a_search_with_teachers_predicts_them_once_for_all_trials(demo, tmp_path, monkeypatch):
+    teacher = tmp_path / "teacher"
+    train.main(train.get_args_parser().parse_args(
+        ["--splits", str(demo["splits"]), "--cache-dir", str(demo["cache"]), "--out-dir", str(teacher),
+         "--image-size", str(IMAGE_SIZE), "--epochs", "1", "--no-progress", "--threads", "2", "--no-test",
+         "--no-export", "--no-tensorboard"]))
+    predicted, real_predict = [], train.predict_teachers
+    monkeypatch.setattr(train, "predict_teachers", lambda *a: predicted.append(a[0]) or real_predict(*a))
+    calls = count_train_calls(monkeypatch)
+    argv = [a if a != "1e-3,3e-3" else "1e-3" for a in SEARCH] + [
+        "--weight-decays", "0", "--top-lrs", "1", "--splits", str(demo["splits"]), "--cache-dir", str(demo["cache"]),
+        "--out-dir", str(tmp_path / "run"), "--skip-final", "--teacher", str(teacher / "best.pt")]
+    ht.main(ht.get_args_parser().parse_args(argv))
+    assert predicted == [[str(teacher / "best.pt")]] and calls  # the teachers ran once, before the trials
+    table = tmp_path / "run" / "teacher.npz"
+    assert table.is_file() and all(args.teacher == str(table) for args in calls)
