@@ -52,6 +52,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_tuned_60ep": ["--epochs", "60"],
     # simplecnn_tuned plus 20 % gray training images (--augment photo), for scanned and old photos
     "simplecnn_photo": ["--augment", "photo"],
+    # simplecnn_tuned_96px plus 30 % of training images made to look scanned (--augment scan), for FG-NET
+    "simplecnn_scan_96px": ["--image-size", "96", "--augment", "scan"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
@@ -790,6 +792,8 @@ MODEL_NOTES = {
     "simplecnn_photo": "`simplecnn_tuned` with 20 % of the training images turned gray (`--augment photo`: "
                        "scanned and old photos are often gray)",
     "resnet18_dldl": "ResNet-18 from scratch at 112 px (meant for a GPU)",
+    "simplecnn_scan_96px": "`simplecnn_tuned_96px` with 30 % of the training images lowered in resolution and "
+                           "grained (`--augment scan`: old scans look so)",
     "simplecnn_distilled": "`simplecnn_tuned` distilled from the mean age distribution of the protocol's "
                            "finals (`TEACHERS`; S: tuned_60ep, tuned, tuned_96px; F: tuned, photo, tuned_96px), "
                            "half of every target theirs (`--teacher`, `--teacher-weight 0.5`)",

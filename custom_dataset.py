@@ -702,6 +702,8 @@ class AugmentConfig:
     contrast: float = 0.2      # multiplicative jitter of contrast around the image mean
     grayscale: float = 0.0     # share of images turned gray (scanned and old photos are); 0 draws nothing,
                                # so the presets without it keep their random streams and figures
+    degrade: float = 0.0       # share of images made to look scanned: resampled down to 35-70 % of the side
+                               # and back, plus grain (Gaussian noise, sigma up to 8); 0 draws nothing
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -736,6 +738,15 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         gray = torch.rand(n, generator=generator) < cfg.grayscale
         luma = (x * torch.tensor(GRAY_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = torch.where(gray.view(-1, 1, 1, 1), luma.expand_as(x), x)
+    if cfg.degrade:
+        hit, factor, sigma = torch.rand(n, generator=generator) < cfg.degrade, uniform(0.35, 0.7), uniform(0.0, 8.0)
+        grain = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        side, out = x.shape[-2:], x.clone()
+        for i in hit.nonzero().flatten().tolist():  # each image its own resolution
+            small_side = [max(8, round(v * float(factor[i]))) for v in side]
+            small = torch.nn.functional.interpolate(x[i:i + 1], size=small_side, mode="bilinear", antialias=True)
+            out[i] = torch.nn.functional.interpolate(small, size=list(side), mode="bilinear")[0] + grain[i] * sigma[i]
+        x = out.clamp(0, 255)
     return x
 
 

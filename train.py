@@ -44,6 +44,9 @@ AUGMENTATIONS = {
     "strong": AugmentConfig(flip=True, max_rotate=15.0, max_shift=0.08, max_scale=0.15, brightness=0.3, contrast=0.3),
     # default plus 20 % gray images: real photos include scans and old prints (FG-NET: most of them)
     "photo": AugmentConfig(grayscale=0.2),
+    # default plus 30 % of images lowered in resolution and grained, as old scans are (FG-NET's young faces
+    # are estimated 5-9 years too old)
+    "scan": AugmentConfig(degrade=0.3),
 }
 
 

@@ -125,6 +125,25 @@ def test_augmentation_is_off_in_evaluation_and_seeded_in_training():
     assert torch.equal(a, b) and not torch.equal(a, x)
 
 
+def test_scan_degradation_blurs_and_grains_only_the_drawn_share():
+    torch.manual_seed(0)
+    board = ((torch.arange(64).view(1, -1) + torch.arange(64).view(-1, 1)) % 2 * 200.0 + 20).expand(3, 64, 64)
+    x = board.expand(200, 3, 64, 64).contiguous()
+    only = custom_dataset.AugmentConfig(False, 0.0, 0.0, 0.0, 0.0, 0.0, degrade=0.3)
+    out = custom_dataset.augment_batch(x, only, torch.Generator().manual_seed(1))
+    changed = (out - x).abs().flatten(1).amax(1) > 0
+    assert 0.15 < changed.float().mean() < 0.45  # about 30 % drawn
+    # a one-pixel checkerboard does not survive resampling: neighbours move towards the mean
+    detail = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean(dim=(1, 2, 3))
+    assert (detail(out[changed]) < 0.5 * detail(x[:1])).all()
+    assert torch.equal(out[~changed], x[~changed]) and out.min() >= 0 and out.max() <= 255
+    # 0 draws nothing: the presets without it keep their random stream
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    custom_dataset.augment_batch(x[:4], custom_dataset.AugmentConfig(), g1)
+    custom_dataset.augment_batch(x[:4], custom_dataset.AugmentConfig(degrade=0.0), g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
