@@ -37,7 +37,8 @@ def make_checkpoint(args, model, optimizer, scheduler, *, min_age, max_age, cfg,
     with --ema also keeps the weights being trained and the average's count, for --resume."""
     checkpoint = {"version": FORMAT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
                   "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
-                  "split_digest": split_digest, "split_faces": split_faces, "model_state": (ema.module if ema else model).state_dict(),
+                  "split_digest": split_digest, "split_faces": split_faces,
+                  "model_state": (ema.module if ema else model).state_dict(),
                   "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                   "rng_state": rng_state(), "epoch": epoch, "metrics": metrics, "history": history,
                   "best_val_mae": best_val_mae, "world_size": world_size}

@@ -440,13 +440,10 @@ def final_should_resume(run_dir: Path, argv: list) -> bool:
 def with_teacher_table(args, out: Path, cache_dir: Path):
     """--teacher checkpoints: their table is predicted once into OUT/teacher.npz and every trial (and the
     final run) reads that file, instead of each trial running the teachers again."""
-    if not args.teacher or args.teacher.lower().endswith(".npz"):
+    if not args.teacher or train.teacher_is_table(args.teacher):
         return args
-    sources = [s.strip() for s in args.teacher.split(",") if s.strip()]
-    table_path = out / "teacher.npz"
-    table = train.predict_teachers(sources, args, cache_dir, train.split_faces_digest(args.splits))
-    atomic_write(table_path, lambda f: np.savez(f, **table))
-    return argparse.Namespace(**{**vars(args), "teacher": str(table_path)})
+    train.write_teacher_table(args, cache_dir, out / "teacher.npz")
+    return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz")})
 
 
 def check_args(args):

@@ -371,16 +371,11 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
     """(teacher's expected age, its distribution on min_age..max_age) per face of train_set, as tensors.
     Checkpoints are predicted here (flip-averaged as each was validated) and the table is written to
     OUT/teacher.npz, which later students take as --teacher without the teachers' forward passes."""
-    sources = [s.strip() for s in args.teacher.split(",") if s.strip()]
     faces = split_faces_digest(args.splits)
-    if any(s.lower().endswith(".npz") for s in sources):
-        if len(sources) > 1:
-            raise DataError("--teacher takes one teacher.npz, or checkpoints (best.pt) only")
-        table = read_teacher_file(sources[0], faces)
+    if teacher_is_table(args.teacher):
+        table = read_teacher_file(args.teacher, faces)
     else:
-        table = predict_teachers(sources, args, cache_dir, faces)
-        if out is not None:
-            atomic_write(out / "teacher.npz", lambda f: np.savez(f, **table))
+        table = write_teacher_table(args, cache_dir, out / "teacher.npz" if out is not None else None)
     row_of = {h: i for i, h in enumerate(table["hash"].tolist())}
     hashes = split_hashes(Path(args.splits) / "train.csv")
     rows = [row_of.get(hashes.get(path)) for path in train_set.paths]
@@ -395,6 +390,24 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
     np.add.at(probs.T, columns, table["probs"][rows].T)
     ages = table["probs"][rows] @ table["age_grid"].astype(np.float32)
     return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs)
+
+
+def teacher_is_table(teacher: str) -> bool:
+    """--teacher names one teacher.npz (True) or checkpoints (False); a mix is refused."""
+    sources = [s.strip() for s in teacher.split(",") if s.strip()]
+    tables = sum(s.lower().endswith(".npz") for s in sources)
+    if tables and len(sources) > 1:
+        raise DataError("--teacher takes one teacher.npz, or checkpoints (best.pt) only")
+    return bool(tables)
+
+
+def write_teacher_table(args, cache_dir, path=None) -> dict:
+    """The table of --teacher's checkpoints (predict_teachers), written atomically to path if given."""
+    sources = [s.strip() for s in args.teacher.split(",") if s.strip()]
+    table = predict_teachers(sources, args, cache_dir, split_faces_digest(args.splits))
+    if path is not None:
+        atomic_write(path, lambda f: np.savez(f, **table))
+    return table
 
 
 def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
