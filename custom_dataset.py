@@ -750,6 +750,24 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     return x
 
 
+ALTERATIONS = {  # whole validation sets altered as some real photos are: how a model copes, on no test set
+    "gray": dataclasses.replace(AugmentConfig.off(), grayscale=1.0),
+    "scan": dataclasses.replace(AugmentConfig.off(), degrade=1.0),
+}
+
+
+def altered_copies(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """uint8 N x S x S x 3 copies of images, every one made gray or scanned-looking (ALTERATIONS) by the
+    training augmentation's own code, with a fixed seed so a run's figure can be measured again."""
+    chunk = 256  # fixed: the random draws depend on it
+    generator, out = torch.Generator().manual_seed(seed), np.empty_like(images)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).permute(0, 3, 1, 2).float()
+        x = augment_batch(x, ALTERATIONS[kind], generator)
+        out[start:start + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Cache: each image decoded and denoised once per setting
 

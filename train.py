@@ -47,6 +47,8 @@ AUGMENTATIONS = {
     # default plus 30 % of images lowered in resolution and grained, as old scans are (FG-NET's young faces
     # are estimated 5-9 years too old)
     "scan": AugmentConfig(degrade=0.3),
+    # both: photos that are gray, scanned, or both
+    "photo_scan": AugmentConfig(grayscale=0.2, degrade=0.3),
 }
 
 

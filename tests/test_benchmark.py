@@ -215,3 +215,17 @@ def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_te
     assert "against `simplecnn_tuned_60ep`" in line and "validation 4.100 → 4.000, test 4.05 → **3.95**" in line
     assert "31.0 min for the student plus 60.0 min for its 3 teachers" in line and "MAE 4.050" in line
     assert benchmark.distillation_lines({"S": {k: v for k, v in models.items() if k != "simplecnn_distilled"}}) == []
+
+
+def test_the_shipped_model_is_the_lowest_mean_of_the_three_validation_figures_and_only_protocol_f():
+    def entry(colour, gray, scan=None):
+        return {"best_val_mae": colour, "val_mae_gray": gray, "test_mae": 1.0,
+                **({} if scan is None else {"val_mae_scan": scan})}
+    results = {"protocols": {"S": {"s_best": entry(1.0, 1.0, 1.0)},
+                             "F": {"colour_best": entry(5.0, 5.6, 6.4), "robust": entry(5.1, 5.2, 5.3),
+                                   "unmeasured": entry(4.0, 4.0)}}}
+    text = "\n".join(benchmark.shipped_section({"results": results, "shipped": "F/colour_best"}))
+    assert "| F/robust (**chosen**) | 5.10 | 5.20 | 5.30 | 5.20 |" in text
+    assert "not the rule's choice, F/robust" in text
+    assert "s_best" not in text and "unmeasured" not in text  # other protocols and unmeasured runs are no candidates
+    assert benchmark.shipped_section({"results": {"protocols": {"F": {"m": entry(5.0, 5.0)}}}, "shipped": None}) == []

@@ -260,3 +260,24 @@ def test_grayscale_augmentation_turns_the_chosen_share_gray():
     expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     torch.testing.assert_close(out[gray, 0], expected[gray])
     torch.testing.assert_close(out[~gray], x[~gray])  # the others untouched
+
+
+def test_altered_copies_are_all_gray_or_all_degraded_and_the_same_again():
+    from custom_dataset import altered_copies
+    rng = np.random.default_rng(0)
+    # smooth faces-like images: a gradient plus a little texture, so resampling changes little but not nothing
+    ramp = np.linspace(40, 220, 32)[None, :, None, None] * np.ones((1, 1, 32, 3))
+    images = np.clip(ramp.transpose(0, 2, 1, 3) + rng.normal(0, 20, (6, 32, 32, 3)), 0, 255).astype(np.uint8)
+    before = images.copy()
+    gray = altered_copies(images, "gray")
+    assert gray.dtype == np.uint8 and gray.shape == images.shape
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    luma = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(gray[..., 0] - luma).max() <= 0.51  # rounded, not truncated
+    scan = altered_copies(images, "scan")
+    assert (scan == altered_copies(images, "scan")).all()
+    assert not (scan == altered_copies(images, "scan", seed=1)).all()
+    diff = np.abs(scan.astype(int) - images).mean(axis=(1, 2, 3))
+    assert (diff > 1).all()  # every face altered, none left as it was
+    assert np.abs(scan.astype(float).mean() - images.astype(float).mean()) < 3  # lowered detail, not brightness
+    assert (images == before).all()  # the source is only read
