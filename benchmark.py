@@ -651,6 +651,8 @@ def ship(args, work, results):
     bench/results.json (no figure typed by hand)."""
     import faces
     protocol, name = args.ship.split("/")
+    if protocol != "F":
+        raise DataError(f"only Protocol F models are shipped (the shipped model serves every age); got {args.ship}")
     run_dir = work / protocol / name
     entry = results["protocols"][protocol][name]
     cross = results.get("cross", {}).get("FGNET", {}).get(f"{protocol}/{name}")
@@ -667,22 +669,34 @@ def ship(args, work, results):
         target = SHIPPED.with_suffix(suffix)
         blob = (run_dir / f"model{suffix}").read_bytes()
         atomic_write(target, lambda f: f.write(blob))
+    card = model_card(protocol, name, entry, cross, data, metadata, faces.describe_crop(metadata["crop"]))
+    card_path = SHIPPED.parent / "README.md"
+    atomic_write(card_path, lambda f: f.write(card.encode()))
+    print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
+
+
+def model_card(protocol, name, entry, cross, data, metadata, crop_text) -> str:
+    """models/README.md for the run PROTOCOL/NAME, every figure from its results.json entry, its FG-NET
+    figures (cross), the protocol's data record and the export's metadata."""
     decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
     fg_decades = ", ".join(f"{k}: {v}" for k, v in cross["mae_per_decade"].items())
+    fg_signed = "" if "mean_error_per_decade" not in cross else (
+        "\n  Signed error per decade (predicted - true): "
+        + ", ".join(f"{k}: {v:+}" for k, v in cross["mean_error_per_decade"].items()) + ".")
     teachers_note = "" if "--teacher" not in entry["command"] else (
         f"\n  Distilled: its teachers (validation MAE of their mean distribution {entry['teacher_val_mae']:.3f}) "
         f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(TEACHERS[protocol])} "
         "--no-speed`.")
-    card = f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
+    return f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
 
-Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; do not edit by hand.
+Written by `python benchmark.py --ship {protocol}/{name}` from `bench/results.json`; do not edit by hand.
 
 - **What**: SimpleCNN ({entry['params']:,} parameters, label-distribution head over ages
   {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, flip test-time averaging.
   `inference.py` uses it when no `--model` is given. `model.onnx` runs in ONNX Runtime (no Python code
   inside); the `.jit` (TorchScript) is a program: load it only from this repository.
 - **Age interval**: {interval_line(entry)}
-- **Face crop** (inside the metadata, applied by `inference.py`): {faces.describe_crop(metadata['crop'])}
+- **Face crop** (inside the metadata, applied by `inference.py`): {crop_text}
   — UTKFace's own dlib face chip, cut from any photo by `faces.py`.
 - **Data**: UTKFace, "aligned & cropped" faces, Protocol F: all ages, byte-identical duplicates
   merged, conflicting-age groups dropped, stratified 80:10:10 with seed 42
@@ -697,7 +711,7 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
   Predicting the training median instead: MAE {data['test_mae_of_train_median']:.2f}.
 - **FG-NET** (another data set: 1,002 scanned photos of 82 people, ages 0-69, through `inference.py`'s
   own pipeline, largest face per photo): MAE {cross['mae']:.2f}, CS@5 {cross['cs5']:.1%}, a face found in
-  {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.
+  {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.{fg_signed}
 - **Trained by** (on a 2-core CPU; {entry['train_minutes']:.1f} min of epochs as recorded, see the
   RESULTS.md's "Models on UTKFace" for what else ran on the machine):
 
@@ -706,9 +720,6 @@ Written by `python benchmark.py --ship {args.ship}` from `bench/results.json`; d
 
   (both run by `python benchmark.py --protocols F --models {name} --no-speed`).{teachers_note}
 """
-    card_path = SHIPPED.parent / "README.md"
-    atomic_write(card_path, lambda f: f.write(card.encode()))
-    print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
 
 
 def interval_line(entry) -> str:

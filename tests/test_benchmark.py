@@ -229,3 +229,31 @@ def test_the_shipped_model_is_the_lowest_mean_of_the_three_validation_figures_an
     assert "not the rule's choice, F/robust" in text
     assert "s_best" not in text and "unmeasured" not in text  # other protocols and unmeasured runs are no candidates
     assert benchmark.shipped_section({"results": {"protocols": {"F": {"m": entry(5.0, 5.0)}}}, "shipped": None}) == []
+
+
+def test_the_model_card_takes_every_figure_from_the_records_and_names_a_distilled_models_teachers():
+    entry = {"params": 629332, "best_epoch": 38, "epochs": 40, "test_mae": 4.9712, "test_cs5": 0.6131,
+             "test_images": 2312, "test_mae_per_decade": {"0-9": 1.85, "10-19": 5.12}, "train_minutes": 43.71,
+             "interval": {"level": 0.9, "coverage": 0.913, "mean_width": 21.4},
+             "command": "python train.py --splits s --out-dir o --augment photo"}
+    cross = {"mae": 7.034, "cs5": 0.498, "faces_found": 0.996, "n": 998, "mae_per_decade": {"0-9": 5.23},
+             "mean_error_per_decade": {"0-9": 5.07, "60-69": -2.2}}
+    data = {"splits": {"train": 18488, "val": 2312, "test": 2312}, "test_mae_of_train_median": 14.97}
+    metadata = {"min_age": 1, "max_age": 116, "preprocess": {"image_size": 128}}
+    card = benchmark.model_card("F", "simplecnn_photo", entry, cross, data, metadata, "aligned 200 px chip")
+    for text in ("--ship F/simplecnn_photo", "629,332 parameters", "ages\n  1-116", "input 128 px", "covers 91.3%",
+                 "21.4 years", "aligned 200 px chip", "18,488 / 2,312 / 2,312", "epoch 38 of 40", "MAE\n  4.97 years",
+                 "CS@5 61.3%", "0-9: 1.85, 10-19: 5.12", "MAE 14.97", "MAE 7.03, CS@5 49.8%", "99.6%", "n = 998",
+                 "0-9: +5.07, 60-69: -2.2", "43.7 min", entry["command"], "--models simplecnn_photo --no-speed"):
+        assert text in card, text
+    assert "Distilled" not in card
+    distilled = dict(entry, command=entry["command"] + " --teacher a/best.pt,b/best.pt", teacher_val_mae=4.9461)
+    card = benchmark.model_card("F", "simplecnn_distilled", distilled, cross, data, metadata, "chip")
+    assert "Distilled: its teachers (validation MAE of their mean distribution 4.946)" in card
+    assert f"--models {','.join(benchmark.TEACHERS['F'])} --no-speed" in card
+
+
+def test_only_protocol_f_models_are_shipped(tmp_path):
+    args = benchmark.get_args_parser().parse_args(["--ship", "S/simplecnn_tuned"])
+    with pytest.raises(DataError, match="only Protocol F"):
+        benchmark.ship(args, tmp_path, {})
