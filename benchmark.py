@@ -56,6 +56,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_scan_96px": ["--image-size", "96", "--augment", "scan"],
     # simplecnn_photo plus the scan degradation: the two real-photo levers together, at 128 px
     "simplecnn_photo_scan": ["--augment", "photo_scan"],
+    # the same at 60 epochs (the schedule that won on Protocol S: LONG_ABLATIONS tuned_60_epochs)
+    "simplecnn_photo_scan_60ep": ["--augment", "photo_scan", "--epochs", "60"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
@@ -814,6 +816,7 @@ MODEL_NOTES = {
                            "grained (`--augment scan`: old scans look so)",
     "simplecnn_photo_scan": "`simplecnn_photo` plus the scan degradation: 20 % of the training images gray, 30 % "
                             "lowered in resolution and grained (`--augment photo_scan`)",
+    "simplecnn_photo_scan_60ep": "`simplecnn_photo_scan` trained 60 epochs",
     "simplecnn_distilled": "`simplecnn_tuned` distilled from the mean age distribution of the protocol's "
                            "finals (`TEACHERS`; S: tuned_60ep, tuned, tuned_96px; F: tuned, photo, tuned_96px), "
                            "half of every target theirs (`--teacher`, `--teacher-weight 0.5`)",
@@ -1312,6 +1315,12 @@ def cross_reading(results, shipped):
                      f"{r['mae']:.2f}, worst in " + " and ".join(f"{k} ({v:.1f})" for k, v in worst) +
                      ". FG-NET differs from UTKFace in more than the crop: scanned prints, grain, colour casts, gray "
                      "photos and a child-heavy age range.")
+        if "mean_error_per_decade" in r:
+            signed = r["mean_error_per_decade"]
+            largest = max(signed, key=lambda k: abs(signed[k]))
+            lines.append("- Its signed error per decade (predicted − true; positive: estimated too old): "
+                         + ", ".join(f"{k} {v:+.1f}" for k, v in signed.items())
+                         + f"; the largest bias is {signed[largest]:+.1f} years, in {largest}.")
     for c in results.get("crop_consistency", []):
         if "gap_same_light" in c:
             lines.append(f"- Detection and alignment cost little, light more (`{c['model']}`): UTKFace test faces "

@@ -257,3 +257,11 @@ def test_only_protocol_f_models_are_shipped(tmp_path):
     args = benchmark.get_args_parser().parse_args(["--ship", "S/simplecnn_tuned"])
     with pytest.raises(DataError, match="only Protocol F"):
         benchmark.ship(args, tmp_path, {})
+
+
+def test_the_cross_reading_names_the_shipped_models_largest_signed_error():
+    fgnet = {"F/m": {"mae": 6.7, "mae_per_decade": {"0-9": 4.8, "10-19": 8.7, "60-69": 8.7},
+                     "mean_error_per_decade": {"0-9": 4.5, "10-19": 8.4, "60-69": -8.9}, "faces_found": 0.996}}
+    text = "\n".join(benchmark.cross_reading({"cross": {"FGNET": fgnet}}, "F/m"))
+    assert "0-9 +4.5, 10-19 +8.4, 60-69 -8.9; the largest bias is -8.9 years, in 60-69." in text
+    assert "not reached; the shipped model (`F/m`) has 6.70" in text
