@@ -310,7 +310,7 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         "model_jit_bytes": (run_dir / "model.jit").stat().st_size,
         "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
         "latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
-        **altered_val_maes(run_dir),
+        **altered_val_maes(*load_best(run_dir)),
         **({"interval": rounded(test["interval"])} if "interval" in test else {}),
         **({"groups": rounded(test["groups"])} if "groups" in test else {}),
         **({"age_map": rounded(test["age_map"])} if test.get("age_map") else {}),
@@ -405,9 +405,7 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
     A run whose map train.py kept reports mapped ages: its interval is fitted around them as train.py fits it."""
     from functions import apply_age_map, calibrate_ages, fit_interval, group_metrics, interval_metrics
     run_dir = work / protocol / name
-    best = load_checkpoint(run_dir / "best.pt")
-    model, cfg = model_from_checkpoint(best)
-    model = model.to(memory_format=torch.channels_last)
+    best, model, cfg = load_best(run_dir)
     splits, tta = best["config"]["splits"], best["config"].get("tta_flip", False)
     val = split_predictions(model, cfg, splits, "val", tta)
     test = split_predictions(model, cfg, splits, "test", tta)
@@ -422,7 +420,7 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
             "isotonic": isotonic_experiment(val, test),
             **({} if val[3] is None else {"interval_methods": interval_experiment(
                 (val[0], val[1], val[3]), (test[0], test[1], test[3]), level)}),
-            **altered_val_maes(run_dir),
+            **altered_val_maes(best, model, cfg),
             "calibrate_command": f"python benchmark.py --calibrate --protocols {protocol} --models {name}"}
 
 
@@ -440,7 +438,7 @@ def refresh_exports(protocol, name, work, results):
     entry.update({"latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
                   "model_jit_bytes": (run_dir / "model.jit").stat().st_size,
                   "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
-                  **altered_val_maes(run_dir)})
+                  **altered_val_maes(best, model, cfg, val)})
     return entry
 
 
@@ -550,17 +548,22 @@ def median_baseline(splits):
     return round(float(np.abs(test_ages - np.median(train_ages)).mean()), 3)
 
 
-def altered_val_maes(run_dir) -> dict:
-    """Validation MAE of a run's best epoch on gray copies and on scanned-looking copies of the validation
-    faces (custom_dataset.altered_copies): how the model copes with old and scanned photos, judged without
-    touching any test set."""
-    from custom_dataset import ALTERATIONS, CustomDataset, altered_copies, load_split_dataset
-    from functions import evaluate
+def load_best(run_dir):
+    """(checkpoint, its model in channels_last, its preprocessing settings) of a run's best epoch."""
     best = load_checkpoint(run_dir / "best.pt")
     model, cfg = model_from_checkpoint(best)
-    model = model.to(memory_format=torch.channels_last)
+    return best, model.to(memory_format=torch.channels_last), cfg
+
+
+def altered_val_maes(best, model, cfg, val=None) -> dict:
+    """Validation MAE of a run's best epoch (load_best) on gray copies and on scanned-looking copies of
+    the validation faces (custom_dataset.altered_copies): how the model copes with old and scanned photos,
+    judged without touching any test set. val: the validation set, if the caller has it loaded."""
+    from custom_dataset import ALTERATIONS, CustomDataset, altered_copies, load_split_dataset
+    from functions import evaluate
     splits = Path(best["config"]["splits"])
-    val = load_split_dataset(splits / "val.csv", cfg, splits.parent / "cache", progress=False)
+    if val is None:
+        val = load_split_dataset(splits / "val.csv", cfg, splits.parent / "cache", progress=False)
     records = [{"path": p, "age": float(a)} for p, a in zip(val.paths, val.ages)]
     figures = {}
     for kind in ALTERATIONS:
@@ -580,12 +583,10 @@ def run_ablation(name, splits, work, quick=False):
     argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_teachers(with_overrides(base, extra), work, "S"),
             "--no-test", "--no-export", "--no-tensorboard", "--no-progress"]
     if quick:
-        argv += ["--epochs", "2", "--subset-fraction", "0.1"]
+        argv = with_overrides(argv, ["--epochs", "2", "--subset-fraction", "0.1"])
     args = train.get_args_parser().parse_args(argv)
     train.main(args)
-    best = load_checkpoint(run_dir / "best.pt")
-    model, cfg = model_from_checkpoint(best)
-    model = model.to(memory_format=torch.channels_last)
+    best, model, cfg = load_best(run_dir)
     val = load_split_dataset(Path(splits) / "val.csv", cfg, Path(splits).parent / "cache", progress=False)
     loader = make_loader(val, 256, shuffle=False)
     # the checkpoint holds the validation MAE as trained (with or without flip-TTA); only the other
@@ -1067,6 +1068,11 @@ def finals_lines(protocols):
     return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
 
 
+def teachers_minutes(models, protocol) -> float:
+    """Training minutes of the protocol's TEACHERS that have a result (what a distilled model cost first)."""
+    return sum(models[n]["train_minutes"] for n in TEACHERS[protocol] if n in models)
+
+
 def distillation_lines(protocols) -> list:
     """Each protocol's distilled final against the same recipe and length without teachers."""
     lines = []
@@ -1076,14 +1082,14 @@ def distillation_lines(protocols) -> list:
             continue
         alone = next((n for n in ("simplecnn_tuned", "simplecnn_tuned_60ep")
                       if n in models and models[n]["epochs"] == student["epochs"]), None)
-        teachers = [models[n] for n in TEACHERS[protocol] if n in models]
+        teachers = [n for n in TEACHERS[protocol] if n in models]
         compare = "" if alone is None else (
             f" against `{alone}` (the same recipe and {student['epochs']} epochs without teachers): validation "
             f"{models[alone]['best_val_mae']:.3f} → {student['best_val_mae']:.3f}, test {models[alone]['test_mae']:.2f} "
             f"→ **{student['test_mae']:.2f}**")
         lines.append(f"- **Distillation**, Protocol {protocol}{compare}. The teachers' mean distribution has validation "
                      f"MAE {student['teacher_val_mae']:.3f}. Compute, all on this CPU: {student['train_minutes']:.1f} "
-                     f"min for the student plus {sum(t['train_minutes'] for t in teachers):.1f} min for its "
+                     f"min for the student plus {teachers_minutes(models, protocol):.1f} min for its "
                      f"{len(teachers)} teachers.")
     return lines
 
@@ -1475,8 +1481,7 @@ def headline_block(sources) -> str:
     s_best = chosen_on_validation(protocols.get("S", {}))
     if s_best:
         r = protocols["S"][s_best]
-        teachers = sum(protocols["S"][n]["train_minutes"] for n in TEACHERS["S"] if n in protocols["S"]) \
-            if "--teacher" in r.get("command", "") else 0
+        teachers = teachers_minutes(protocols["S"], "S") if "--teacher" in r.get("command", "") else 0
         rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
                     f"{r['test_mae']:.2f}; `model.jit` {r['latency_b1_ms']:.2f} ms per face, "
                     f"{r['train_minutes']:.0f} min of training on a CPU"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
-                            make_loader, read_split)
+                            make_loader)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
 from functions import (NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed, apply_age_map,
@@ -297,7 +297,7 @@ def split_faces_digest(splits) -> str:
         path, keys = Path(splits) / name, ["-"]
         if path.is_file():  # a missing or broken split is reported by load_data, with advice
             with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-                keys = sorted(row.get("hash") or Path(row.get("path") or "").name for row in csv.DictReader(f))
+                keys = sorted(face_key(row) for row in csv.DictReader(f))
         digest.update(("\n".join([name, *keys]) + "\n").encode())
     return digest.hexdigest()
 
@@ -362,11 +362,16 @@ class WithTeacher:
         return images, ages, self.teacher_ages[index], self.teacher_probs[index]
 
 
+def face_key(row) -> str:
+    """A split row's face identity: eda.py's content hash, the file name where a CSV lacks it."""
+    return row.get("hash") or Path(row.get("path") or "").name
+
+
 def split_hashes(split_csv) -> dict:
-    """path -> content hash (eda.py's hash column; the file name where a CSV lacks it)."""
+    """path -> face_key of every row of a split CSV."""
     import csv
     with open(split_csv, newline="", encoding="utf-8-sig") as f:
-        return {row["path"]: row.get("hash") or Path(row["path"]).name for row in csv.DictReader(f)}
+        return {row["path"]: face_key(row) for row in csv.DictReader(f)}
 
 
 def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
@@ -416,6 +421,8 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
     """The teachers' mean age distribution of every training face, keyed by content hash, and the
     validation MAE of that mean (the ensemble's own figure, printed and kept in the table)."""
     tables = {"train": [], "val": []}
+    hashes = {split: split_hashes(Path(args.splits) / f"{split}.csv") for split in tables}  # read once
+    val_ages = {}
     for source in sources:
         checkpoint = load_checkpoint(source)
         if checkpoint.get("split_faces", faces_digest) != faces_digest or (
@@ -431,15 +438,13 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
                 model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
                 ages=np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1),
                 tta_flip=checkpoint["config"].get("tta_flip", False))
-            hashes = split_hashes(csv_path)
-            table.append(({hashes[p]: i for i, p in enumerate(data.paths)}, grid, probs))
+            table.append(({hashes[split][p]: i for i, p in enumerate(data.paths)}, grid, probs))
+            if split == "val":
+                val_ages.update({hashes[split][p]: float(a) for p, a in zip(data.paths, data.ages)})
         print(f"teacher {source}: {checkpoint['model_name']}, best val MAE {checkpoint['best_val_mae']:.3f}")
     train_hashes, grid, probs = mean_distribution(tables["train"])
     val_hashes, val_grid, val_probs = mean_distribution(tables["val"])
-    val_csv = Path(args.splits) / "val.csv"
-    val_hash = split_hashes(val_csv)
-    ages_of = {val_hash[r["path"]]: float(r["age"]) for r in read_split(val_csv)}
-    val_mae = float(np.mean(np.abs(val_probs @ val_grid - np.array([ages_of[h] for h in val_hashes]))))
+    val_mae = float(np.mean(np.abs(val_probs @ val_grid - np.array([val_ages[h] for h in val_hashes]))))
     print(f"teacher{'s (mean of their distributions)' if len(sources) > 1 else ''}: val MAE {val_mae:.3f}")
     return {"hash": train_hashes, "age_grid": grid, "probs": probs, "split_faces": np.asarray(faces_digest),
             "sources": np.asarray([str(s) for s in sources]), "val_mae": np.asarray(val_mae)}
