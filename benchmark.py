@@ -61,6 +61,12 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
+    # a second generation: the same student distilled from a stronger ensemble, the first student among them
+    "simplecnn_distilled_gen2": ["--epochs", "60",
+                                 "--teacher", "{runs:simplecnn_distilled,simplecnn_tuned_60ep,simplecnn_tuned}"],
+    # the same at 144 px: the one change, judged against simplecnn_distilled_gen2 on validation
+    "simplecnn_distilled_gen2_144px": ["--epochs", "60", "--image-size", "144",
+                                       "--teacher", "{runs:simplecnn_distilled,simplecnn_tuned_60ep,simplecnn_tuned}"],
 }
 # Distillation teachers: finals of the same protocol and split, averaged (train.py --teacher); "{teachers}" in
 # an argument list stands for them, under the protocol's run folder
@@ -69,15 +75,32 @@ TEACHERS = {"S": ("simplecnn_tuned_60ep", "simplecnn_tuned", "simplecnn_tuned_96
 
 
 def with_teachers(argv, work, protocol):
-    """argv with "{teachers}" replaced by the protocol's TEACHERS checkpoints (refused if one is missing)."""
-    if "{teachers}" not in argv:
-        return list(argv)
-    paths = [work / protocol / name / "best.pt" for name in TEACHERS[protocol]]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"distillation needs the teachers {', '.join(missing)}; train them first "
-                        f"(python benchmark.py --protocols {protocol} --models {','.join(TEACHERS[protocol])})")
-    return [",".join(map(str, paths)) if a == "{teachers}" else a for a in argv]
+    """argv with each teacher placeholder replaced by checkpoints under the protocol's run folder: "{teachers}"
+    stands for the protocol's TEACHERS, "{runs:a,b}" for the runs a and b (refused if one is missing)."""
+    resolved = []
+    for arg in argv:
+        if arg == "{teachers}":
+            names = TEACHERS[protocol]
+        elif arg.startswith("{runs:") and arg.endswith("}"):
+            names = tuple(arg[len("{runs:"):-1].split(","))
+        else:
+            resolved.append(arg)
+            continue
+        paths = [work / protocol / name / "best.pt" for name in names]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"distillation needs the teachers {', '.join(missing)}; train them first "
+                            f"(python benchmark.py --protocols {protocol} --models {','.join(names)})")
+        resolved.append(",".join(map(str, paths)))
+    return resolved
+
+
+def teacher_names(entry) -> list:
+    """The runs a recorded model was distilled from (the folders of its --teacher checkpoints), in order."""
+    argv = shlex.split(entry.get("command", ""))
+    if "--teacher" not in argv:
+        return []
+    return [Path(path).parent.name for path in argv[argv.index("--teacher") + 1].split(",")]
 
 
 def with_overrides(base, overrides):
@@ -690,7 +713,7 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text) -> str:
         + ", ".join(f"{k}: {v:+}" for k, v in cross["mean_error_per_decade"].items()) + ".")
     teachers_note = "" if "--teacher" not in entry["command"] else (
         f"\n  Distilled: its teachers (validation MAE of their mean distribution {entry['teacher_val_mae']:.3f}) "
-        f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(TEACHERS[protocol])} "
+        f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(teacher_names(entry))} "
         "--no-speed`.")
     return f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
 
@@ -821,6 +844,10 @@ MODEL_NOTES = {
     "simplecnn_distilled": "`simplecnn_tuned` distilled from the mean age distribution of the protocol's "
                            "finals (`TEACHERS`; S: tuned_60ep, tuned, tuned_96px; F: tuned, photo, tuned_96px), "
                            "half of every target theirs (`--teacher`, `--teacher-weight 0.5`)",
+    "simplecnn_distilled_gen2": "`simplecnn_distilled` again, from a stronger ensemble: the first student, "
+                                "`simplecnn_tuned_60ep` and `simplecnn_tuned` (a second generation)",
+    "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
+                                      "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
 PROBE_LABELS = {
     "batch64_contiguous_glibc_default": "training step, batch 64, contiguous, glibc default",
@@ -1068,29 +1095,37 @@ def finals_lines(protocols):
     return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
 
 
-def teachers_minutes(models, protocol) -> float:
-    """Training minutes of the protocol's TEACHERS that have a result (what a distilled model cost first)."""
-    return sum(models[n]["train_minutes"] for n in TEACHERS[protocol] if n in models)
+def teachers_minutes(models, entry) -> float:
+    """Training minutes of every run a distilled model needed first: its teachers, their teachers and so on,
+    each counted once (runs without a result add nothing)."""
+    needed, todo = set(), teacher_names(entry)
+    while todo:
+        name = todo.pop()
+        if name in models and name not in needed:
+            needed.add(name)
+            todo += teacher_names(models[name])
+    return sum(models[n]["train_minutes"] for n in needed)
 
 
 def distillation_lines(protocols) -> list:
-    """Each protocol's distilled final against the same recipe and length without teachers."""
+    """Each distilled final against the same recipe and length without teachers, with what its teachers cost."""
     lines = []
     for protocol, models in protocols.items():
-        student = models.get("simplecnn_distilled")
-        if not student:
-            continue
-        alone = next((n for n in ("simplecnn_tuned", "simplecnn_tuned_60ep")
-                      if n in models and models[n]["epochs"] == student["epochs"]), None)
-        teachers = [n for n in TEACHERS[protocol] if n in models]
-        compare = "" if alone is None else (
-            f" against `{alone}` (the same recipe and {student['epochs']} epochs without teachers): validation "
-            f"{models[alone]['best_val_mae']:.3f} → {student['best_val_mae']:.3f}, test {models[alone]['test_mae']:.2f} "
-            f"→ **{student['test_mae']:.2f}**")
-        lines.append(f"- **Distillation**, Protocol {protocol}{compare}. The teachers' mean distribution has validation "
-                     f"MAE {student['teacher_val_mae']:.3f}. Compute, all on this CPU: {student['train_minutes']:.1f} "
-                     f"min for the student plus {teachers_minutes(models, protocol):.1f} min for its "
-                     f"{len(teachers)} teachers.")
+        for name, student in models.items():
+            if "teacher_val_mae" not in student:
+                continue
+            alone = next((n for n in ("simplecnn_tuned", "simplecnn_tuned_60ep")
+                          if n in models and models[n]["epochs"] == student["epochs"]), None)
+            teachers = teacher_names(student)
+            compare = "" if alone is None else (
+                f" against `{alone}` (the same recipe and {student['epochs']} epochs without teachers): validation "
+                f"{models[alone]['best_val_mae']:.3f} → {student['best_val_mae']:.3f}, test "
+                f"{models[alone]['test_mae']:.2f} → **{student['test_mae']:.2f}**")
+            lines.append(f"- **Distillation** `{name}`, Protocol {protocol}{compare}. Its teachers "
+                         f"({', '.join(f'`{t}`' for t in teachers)}): their mean distribution has validation MAE "
+                         f"{student['teacher_val_mae']:.3f}. Compute, all on this CPU: {student['train_minutes']:.1f} "
+                         f"min for the student plus {teachers_minutes(models, student):.1f} min for the runs it "
+                         "learnt from (its teachers and theirs).")
     return lines
 
 
@@ -1363,8 +1398,9 @@ def detection_section(sources):
              "backgrounds without a face. FG-NET: its full scanned photos.", "",
              *code_block([bench_detection.command(detection)]), "", bench_detection.detector_table(detection), "",
              "- **`auto`** (the default) is a cascade: dlib's HOG detector; Haar proposals for faces under HOG's "
-             "~80 px window, each checked by HOG on an enlarged patch; only where nothing was found, Haar down to "
-             "20 px, HOG on a contrast-equalised, padded copy and on copies turned by ±25°, at a lower threshold. "
+             "~80 px window, each checked by HOG on an enlarged patch; only where nothing was found, passes at a "
+             "lower threshold on a contrast-equalised copy, cheapest first, each only if the ones before found "
+             "nothing: HOG on the photo, Haar down to 20 px, HOG on a padded copy, HOG on copies turned by ±25°. "
              "The faceless column shows what that costs in invented boxes.",
              "- `hog` alone misses small, dark and tilted faces; `haar` alone finds small faces but also false boxes "
              "and misses tilted ones; `mmod` (dlib's CNN) finds the most but costs seconds per photo on a CPU."]
@@ -1481,7 +1517,7 @@ def headline_block(sources) -> str:
     s_best = chosen_on_validation(protocols.get("S", {}))
     if s_best:
         r = protocols["S"][s_best]
-        teachers = teachers_minutes(protocols["S"], "S") if "--teacher" in r.get("command", "") else 0
+        teachers = teachers_minutes(protocols["S"], r)
         rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
                     f"{r['test_mae']:.2f}; `model.jit` {r['latency_b1_ms']:.2f} ms per face, "
                     f"{r['train_minutes']:.0f} min of training on a CPU"

@@ -206,15 +206,35 @@ def test_calibrating_a_run_with_a_kept_age_map_measures_the_mapped_ages_and_keep
 
 
 def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_teachers_compute():
-    def run(val, test, epochs, minutes, **extra):
-        return {"best_val_mae": val, "test_mae": test, "epochs": epochs, "train_minutes": minutes, **extra}
+    def run(val, test, epochs, minutes, teachers=(), **extra):
+        command = "python train.py --splits s --out-dir o" + (
+            " --teacher " + ",".join(f"w/S/{t}/best.pt" for t in teachers) if teachers else "")
+        return {"best_val_mae": val, "test_mae": test, "epochs": epochs, "train_minutes": minutes,
+                "command": command, **extra}
     models = {"simplecnn_tuned": run(4.2, 4.1, 40, 20.0), "simplecnn_tuned_60ep": run(4.1, 4.05, 60, 30.0),
               "simplecnn_tuned_96px": run(4.3, 4.2, 40, 10.0),
-              "simplecnn_distilled": run(4.0, 3.95, 60, 31.0, teacher_val_mae=4.05)}
+              "simplecnn_distilled": run(4.0, 3.95, 60, 31.0, benchmark.TEACHERS["S"], teacher_val_mae=4.05)}
     (line,) = benchmark.distillation_lines({"S": models})
     assert "against `simplecnn_tuned_60ep`" in line and "validation 4.100 → 4.000, test 4.05 → **3.95**" in line
-    assert "31.0 min for the student plus 60.0 min for its 3 teachers" in line and "MAE 4.050" in line
+    assert "31.0 min for the student plus 60.0 min for the runs it learnt from" in line and "MAE 4.050" in line
     assert benchmark.distillation_lines({"S": {k: v for k, v in models.items() if k != "simplecnn_distilled"}}) == []
+    # a second generation learns from the first student: its cost counts the first student's teachers too,
+    # each run once (tuned_60ep teaches both)
+    models["gen2"] = run(3.9, 3.85, 60, 32.0, ("simplecnn_distilled", "simplecnn_tuned_60ep"), teacher_val_mae=3.95)
+    assert benchmark.teacher_names(models["gen2"]) == ["simplecnn_distilled", "simplecnn_tuned_60ep"]
+    assert benchmark.teachers_minutes(models, models["gen2"]) == pytest.approx(31.0 + 60.0)
+    assert benchmark.teachers_minutes(models, models["simplecnn_tuned"]) == 0
+    assert "`gen2`" in benchmark.distillation_lines({"S": models})[1]
+
+
+def test_a_named_teacher_set_resolves_under_the_protocol_or_says_which_runs_to_train(tmp_path):
+    argv = ["--epochs", "3", "--teacher", "{runs:a,b}"]
+    with pytest.raises(DataError, match=r"train them first \(python benchmark.py --protocols S --models a,b\)"):
+        benchmark.with_teachers(argv, tmp_path, "S")
+    for name in "ab":
+        (tmp_path / "S" / name).mkdir(parents=True)
+        (tmp_path / "S" / name / "best.pt").write_bytes(b"")
+    assert benchmark.with_teachers(argv, tmp_path, "S")[-1] == f"{tmp_path}/S/a/best.pt,{tmp_path}/S/b/best.pt"
 
 
 def test_the_shipped_model_is_the_lowest_mean_of_the_three_validation_figures_and_only_protocol_f():
@@ -247,10 +267,11 @@ def test_the_model_card_takes_every_figure_from_the_records_and_names_a_distille
                  "0-9: +5.07, 60-69: -2.2", "43.7 min", entry["command"], "--models simplecnn_photo --no-speed"):
         assert text in card, text
     assert "Distilled" not in card
-    distilled = dict(entry, command=entry["command"] + " --teacher a/best.pt,b/best.pt", teacher_val_mae=4.9461)
+    distilled = dict(entry, command=entry["command"] + " --teacher w/F/a/best.pt,w/F/b/best.pt",
+                     teacher_val_mae=4.9461)
     card = benchmark.model_card("F", "simplecnn_distilled", distilled, cross, data, metadata, "chip")
     assert "Distilled: its teachers (validation MAE of their mean distribution 4.946)" in card
-    assert f"--models {','.join(benchmark.TEACHERS['F'])} --no-speed" in card
+    assert "--protocols F --models a,b --no-speed" in card
 
 
 def test_only_protocol_f_models_are_shipped(tmp_path):
