@@ -1397,8 +1397,8 @@ def detection_section(sources):
              "face is found when a box is centred on it and of its size, every other box is false. Faceless: the same "
              "backgrounds without a face. FG-NET: its full scanned photos.", "",
              *code_block([bench_detection.command(detection)]), "", bench_detection.detector_table(detection), "",
-             "- **`auto`** (the default) is a cascade: dlib's HOG detector; Haar proposals for faces under HOG's "
-             "~80 px window, each checked by HOG on an enlarged patch; only where nothing was found, passes at a "
+             "- **`auto`** (the default) is a cascade: dlib's HOG detector and, in a second thread meanwhile, Haar "
+             "proposals for faces under HOG's ~80 px window, each checked by HOG on an enlarged patch; only where nothing was found, passes at a "
              "lower threshold on a contrast-equalised copy, cheapest first, each only if the ones before found "
              "nothing: HOG on the photo, Haar down to 20 px, HOG on a padded copy, HOG on copies turned by ±25°. "
              "The faceless column shows what that costs in invented boxes.",

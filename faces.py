@@ -10,10 +10,12 @@ chip from any photo; it travels in checkpoints and exports under metadata["crop"
 and eda.py --align rebuild it from the model file or the split alone.
 
 Detectors (all ship their weights inside pip packages; nothing is downloaded at run time):
-    auto    the default cascade: HOG on the photo; Haar proposals that HOG missed (small faces) each
-            checked by HOG on an enlarged patch; only where nothing was found at all, smaller Haar
-            proposals, then HOG at a lower threshold on a contrast-equalised, border-padded copy and
-            on copies turned by +-25 degrees (dark faces, faces filling the frame, tilted heads)
+    auto    the default cascade: HOG on the photo and, in a second thread meanwhile, Haar proposals;
+            those HOG missed (small faces) each checked by HOG on an enlarged patch; only where
+            nothing was found at all, passes at a lower threshold on a contrast-equalised copy,
+            cheapest first, each only if the ones before found nothing: HOG on the photo (dark,
+            low-contrast faces: the commonest miss), smaller Haar proposals, HOG on a border-padded
+            copy (faces filling the frame), HOG on copies turned by +-25 degrees (tilted heads)
     hog     dlib's HOG frontal detector alone (faces above ~80 px)
     hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
     haar    OpenCV's Haar cascade (fast, finds small faces, also hands and fabric)
@@ -278,6 +280,15 @@ def verify_with_hog(gray, box):
     return best if best is not None and iou(best[0], box) >= 0.3 else None
 
 
+def _haar_thread():
+    """One worker thread per process that runs the cascade's Haar passes, so Haar (OpenCV) works while
+    HOG (dlib) runs in the caller's thread: both release the GIL, and on two cores the first pass costs
+    about the larger of the two instead of their sum. One thread, so the shared Haar classifier is never
+    used by two threads at once; keyed by process, since a forked child has no thread behind a pool."""
+    from concurrent.futures import ThreadPoolExecutor
+    return _load(("haar_thread", os.getpid()), lambda: ThreadPoolExecutor(1, thread_name_prefix="haar"))
+
+
 def _clahe():
     return _load("clahe", lambda: cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)))
 
@@ -346,20 +357,27 @@ class FacePipeline:
         return faces
 
     def _cascade(self, gray):
-        found = [(b, s, "hog") for b, s in hog_faces(gray)]
-        # faces under HOG's ~80 px window: Haar proposes on a shrunk copy, HOG checks each proposal
+        # faces under HOG's ~80 px window: Haar proposes on a shrunk copy (in its thread, while HOG runs
+        # here), HOG checks each proposal
         shrink = min(1.0, 24 / HAAR_MIN_FACE)
         small = cv2.resize(gray, (max(1, round(gray.shape[1] * shrink)), max(1, round(gray.shape[0] * shrink))),
                            interpolation=cv2.INTER_AREA)
-        proposals = [_scaled(b, shrink) for b, _ in haar_faces(small, min_face=24, max_face=round(HAAR_MAX_FACE * shrink))]
+        haar = _haar_thread().submit(haar_faces, small, min_face=24, max_face=round(HAAR_MAX_FACE * shrink))
+        found = [(b, s, "hog") for b, s in hog_faces(gray)]
+        proposals = [_scaled(b, shrink) for b, _ in haar.result()]
         self._add_checked(gray, proposals, found, "haar+hog")
         if found:
             return found
-        # nothing found: tiny faces, faces filling the frame (a border helps), dark or washed-out faces
-        # (more contrast), tilted heads (rotated copies), each pass with a lower HOG threshold
+        # nothing found: dark or washed-out faces (more contrast), tiny faces, faces filling the frame (a
+        # border helps), tilted heads (rotated copies), each pass with a lower HOG threshold
         gray = _clahe().apply(gray)
-        self._add_checked(gray, [b for b, _ in haar_faces(gray, min_face=HAAR_SMALLEST, max_face=HAAR_MAX_FACE)],
-                          found, "haar+hog")
+        # most faces the first pass missed are dim or low in contrast, and one HOG pass finds them: cheaper
+        # than the small-face and border passes below, so it goes first
+        found = [(b, s, "hog_contrast") for b, s in hog_faces(gray, 0, FALLBACK_THRESHOLD)]
+        if found:
+            return found
+        small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MAX_FACE)
+        self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
         if found:
             return found
         pad = int(round(PAD_FRACTION * max(gray.shape)))

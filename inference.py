@@ -112,7 +112,9 @@ def get_args_parser():
     p.add_argument("--max-frames", type=int, default=0,
                    help="--video: stop after this many frames; 0 = the whole video, a camera runs until Ctrl-C")
     p.add_argument("--no-progress", action="store_true", help="--video: no progress bar on stderr")
-    p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch / ONNX Runtime threads (default: all cores); face detection (--detector auto) "
+                        "runs HOG and Haar side by side in two threads of its own")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 

@@ -176,3 +176,50 @@ def test_rotated_pass_maps_boxes_and_landmarks_back_to_the_photo(utkface_chips, 
         upright = faces.chip_from_landmarks(scene, landmarks, faces.UTKFACE_CROP).astype(float)
         inner = slice(50, 150)
         assert np.abs(upright[inner, inner] - chip[inner, inner]).mean() < 12
+
+
+def test_a_dim_face_the_first_pass_misses_is_found_by_one_contrast_pass_before_the_costly_ones(
+        utkface_chips, paste_face, monkeypatch):
+    """The fallback's order is its cost: a dim, low-contrast face (the commonest miss) is found by HOG on the
+    contrast-equalised photo, without the full-size Haar search, the padded copy or the turned copies."""
+    hog_only, pipe = faces.FacePipeline(detector="hog"), faces.FacePipeline(detector="auto")
+    for chip in utkface_chips:
+        for gain in (0.3, 0.22, 0.16, 0.12):
+            scene, (cx, cy, s) = paste_face(chip, 180, at=(0.5, 0.5))
+            scene = (scene * gain).astype(np.uint8)
+            if not hog_only.detect(scene):
+                break
+        else:
+            continue
+        calls = []
+        for name in ("haar_faces", "hog_faces"):
+            monkeypatch.setattr(faces, name, lambda image, *a, _f=getattr(faces, name), _n=name, **k:
+                                calls.append((_n, image.shape)) or _f(image, *a, **k))
+        found = pipe.detect(scene)
+        monkeypatch.undo()
+        if not found:
+            continue
+        assert [f.source for f in found] == ["hog_contrast"]
+        x, y, w, h = found[0].box
+        assert abs(x + w / 2 - cx) < 0.25 * s and abs(y + h / 2 - cy) < 0.25 * s
+        # Haar ran once (the first pass, on a shrunk copy), no HOG on a padded or turned copy, and the
+        # last pass was HOG on the photo's own size
+        assert len([n for n, _ in calls if n == "haar_faces"]) == 1
+        assert all(shape[0] <= scene.shape[0] and shape[1] <= scene.shape[1] for _, shape in calls)
+        assert calls[-1] == ("hog_faces", scene.shape[:2])
+        return
+    pytest.fail("no dimmed face that HOG alone misses and the cascade finds")
+
+
+def test_the_cascades_haar_passes_run_in_one_worker_thread_while_hog_runs_in_the_callers(monkeypatch):
+    """Haar (OpenCV) and HOG (dlib) both release the GIL: Haar's passes run in the one worker thread, HOG
+    in the caller's, so on two cores the first pass costs about the larger of the two, not their sum."""
+    import threading
+    threads = []
+    for name in ("haar_faces", "hog_faces"):
+        monkeypatch.setattr(faces, name, lambda *a, _f=getattr(faces, name), _n=name, **k:
+                            threads.append((_n, threading.current_thread())) or _f(*a, **k))
+    faces.FacePipeline(detector="auto").detect(np.full((240, 320, 3), 90, np.uint8))  # faceless: every pass
+    haar = {t for n, t in threads if n == "haar_faces"}
+    assert len([n for n, _ in threads if n == "haar_faces"]) == 2 and len(haar) == 1
+    assert haar.pop().name.startswith("haar") and {t for n, t in threads if n == "hog_faces"} == {threading.current_thread()}
