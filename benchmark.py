@@ -25,7 +25,8 @@ import numpy as np
 
 import eda
 import train
-from custom_dataset import DataError, PreprocessConfig, UTKFACE_NAME, build_cache, read_split, CustomDataset, make_loader
+from custom_dataset import (SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset, DataError, PreprocessConfig, build_cache,
+                            make_loader, read_split)
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory,
@@ -796,12 +797,12 @@ def table(results) -> str:
 
 def cross_table(results) -> str:
     """FG-NET through inference.py's pipeline, and the crop-consistency checks, as Markdown tables."""
+    import faces
     rows = results.get("cross", {}).get("FGNET", {})
     lines = ["| model | detector, crop | FG-NET MAE | CS@5 | photos with a face | MAE per decade (0-9, 10-19, ...) "
              "| signed error per decade (+: too old) |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        crop = "UTKFace chip (68 landmarks)" if r["crop"].get("landmarks") == 68 else (
-            "square around the box" if r["crop"]["kind"] == "box" else "5-landmark chip")
+        crop = faces.describe_crop(faces.check_crop(r["crop"]))
         decades = ", ".join(f"{v:.1f}" for v in r["mae_per_decade"].values())
         signed = ", ".join(f"{v:+.1f}" for v in r.get("mean_error_per_decade", {}).values()) or "not measured"
         lines.append(f"| {name} | {r['detector']}, {crop} | {r['mae']:.2f} | {r['cs5']:.1%} | "
@@ -1017,8 +1018,8 @@ def shipped_section(sources):
     lines = ["## Choosing the shipped model", "",
              "The model in `models/` is chosen by a rule that reads validation only: among the Protocol F models "
              "(all ages), the lowest mean of the validation MAE on the colour faces, on gray copies of them and on "
-             "scanned-looking copies (each face resampled down to 35-70 % of its side and back, plus grain: "
-             "`custom_dataset.altered_copies`), because real photos include gray and scanned prints. The test "
+             f"scanned-looking copies (each face resampled down to {SCAN_SCALE[0]:.0%}–{SCAN_SCALE[1]:.0%} of its "
+             f"side and back, plus grain of σ up to {SCAN_GRAIN:g}: `custom_dataset.altered_copies`), because real photos include gray and scanned prints. The test "
              "split and FG-NET play no part in the choice. The scanned copies joined the rule on 2026-12-01, "
              "after the scan augmentation had lowered FG-NET's MAE at 96 px; so FG-NET told us which alteration "
              "matters, though no candidate is chosen on its FG-NET figure.", "",
@@ -1095,6 +1096,14 @@ def finals_lines(protocols):
     return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
 
 
+def input_size(entry) -> int:
+    """The input side in pixels a recorded model was trained at (train.py's default where not given)."""
+    argv = shlex.split(entry.get("command", ""))
+    if "--image-size" in argv:
+        return int(argv[argv.index("--image-size") + 1])
+    return train.get_args_parser().get_default("image_size")
+
+
 def teachers_minutes(models, entry) -> float:
     """Training minutes of every run a distilled model needed first: its teachers, their teachers and so on,
     each counted once (runs without a result add nothing)."""
@@ -1115,10 +1124,11 @@ def distillation_lines(protocols) -> list:
             if "teacher_val_mae" not in student:
                 continue
             alone = next((n for n in ("simplecnn_tuned", "simplecnn_tuned_60ep")
-                          if n in models and models[n]["epochs"] == student["epochs"]), None)
+                          if n in models and models[n]["epochs"] == student["epochs"]
+                          and input_size(models[n]) == input_size(student)), None)
             teachers = teacher_names(student)
             compare = "" if alone is None else (
-                f" against `{alone}` (the same recipe and {student['epochs']} epochs without teachers): validation "
+                f" against `{alone}` (the same recipe, input and {student['epochs']} epochs without teachers): validation "
                 f"{models[alone]['best_val_mae']:.3f} → {student['best_val_mae']:.3f}, test "
                 f"{models[alone]['test_mae']:.2f} → **{student['test_mae']:.2f}**")
             lines.append(f"- **Distillation** `{name}`, Protocol {protocol}{compare}. Its teachers "

@@ -248,8 +248,8 @@ def onnx_forward(path, threads=None, device="cpu"):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        # ONNX Runtime's threads otherwise spin on after each run, taking a core from face detection
-        # between faces (end to end, two threads: 60 ms a photo with spinning, measured)
+        # ONNX Runtime's threads otherwise spin on after each run and take a core from the face detection
+        # of the next photo (bench_detection.py's end-to-end time shows it)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=providers)
         props = session.get_modelmeta().custom_metadata_map

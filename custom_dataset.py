@@ -690,6 +690,8 @@ def channel_stats(images: np.ndarray, chunk: int = 1024):
 # Augmentation: training only, on whole batches (cheap vectorised ops instead of per-image PIL work)
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as OpenCV and PIL turn RGB gray
+SCAN_SCALE = (0.35, 0.7)   # a scanned-looking image is resampled down to this share of its side and back ...
+SCAN_GRAIN = 8.0           # ... plus Gaussian grain of sigma up to this (0-255 scale)
 
 
 @dataclasses.dataclass
@@ -702,8 +704,7 @@ class AugmentConfig:
     contrast: float = 0.2      # multiplicative jitter of contrast around the image mean
     grayscale: float = 0.0     # share of images turned gray (scanned and old photos are); 0 draws nothing,
                                # so the presets without it keep their random streams and figures
-    degrade: float = 0.0       # share of images made to look scanned: resampled down to 35-70 % of the side
-                               # and back, plus grain (Gaussian noise, sigma up to 8); 0 draws nothing
+    degrade: float = 0.0       # share of images made to look scanned (SCAN_SCALE, SCAN_GRAIN); 0 draws nothing
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -739,7 +740,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         luma = (x * torch.tensor(GRAY_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = torch.where(gray.view(-1, 1, 1, 1), luma.expand_as(x), x)
     if cfg.degrade:
-        hit, factor, sigma = torch.rand(n, generator=generator) < cfg.degrade, uniform(0.35, 0.7), uniform(0.0, 8.0)
+        hit, factor, sigma = torch.rand(n, generator=generator) < cfg.degrade, uniform(*SCAN_SCALE), uniform(0.0, SCAN_GRAIN)
         grain = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         side, out = x.shape[-2:], x.clone()
         for i in hit.nonzero().flatten().tolist():  # each image its own resolution

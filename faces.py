@@ -376,6 +376,7 @@ class FacePipeline:
         found = [(b, s, "hog_contrast") for b, s in hog_faces(gray, 0, FALLBACK_THRESHOLD)]
         if found:
             return found
+        # waited for at once, but in Haar's thread all the same: the classifier is never used by two threads
         small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MAX_FACE)
         self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
         if found:

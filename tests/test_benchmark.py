@@ -225,6 +225,12 @@ def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_te
     assert benchmark.teachers_minutes(models, models["gen2"]) == pytest.approx(31.0 + 60.0)
     assert benchmark.teachers_minutes(models, models["simplecnn_tuned"]) == 0
     assert "`gen2`" in benchmark.distillation_lines({"S": models})[1]
+    # compared only with a run of the same input size: a 144 px student has no 144 px run without teachers
+    models["big"] = dict(run(3.9, 3.9, 60, 40.0, ("simplecnn_distilled",), teacher_val_mae=3.95))
+    models["big"]["command"] += " --image-size 144"
+    assert benchmark.input_size(models["big"]) == 144 and benchmark.input_size(models["gen2"]) == 128
+    big = [line for line in benchmark.distillation_lines({"S": models}) if "`big`" in line]
+    assert len(big) == 1 and "against" not in big[0]
 
 
 def test_a_named_teacher_set_resolves_under_the_protocol_or_says_which_runs_to_train(tmp_path):
@@ -286,3 +292,13 @@ def test_the_cross_reading_names_the_shipped_models_largest_signed_error():
     text = "\n".join(benchmark.cross_reading({"cross": {"FGNET": fgnet}}, "F/m"))
     assert "0-9 +4.5, 10-19 +8.4, 60-69 -8.9; the largest bias is -8.9 years, in 60-69." in text
     assert "not reached; the shipped model (`F/m`) has 6.70" in text
+
+
+def test_the_fgnet_table_names_each_crop_as_the_model_card_and_inference_do():
+    import faces
+    row = {"detector": "auto", "mae": 6.35, "cs5": 0.525, "faces_found": 0.996, "photos": 1002,
+           "mae_per_decade": {"0-9": 4.27}, "mean_error_per_decade": {"0-9": 4.17}}
+    rows = {"F/chip": dict(row, crop=faces.UTKFACE_CROP), "F/box": dict(row, crop={"kind": "box", "margin": 0.0})}
+    table = benchmark.cross_table({"cross": {"FGNET": rows}})
+    assert f"| F/chip | auto, {faces.describe_crop(faces.UTKFACE_CROP)} | 6.35 | 52.5% | 99.6% of 1002 | 4.3 | +4.2 |" in table
+    assert "| F/box | auto, square around the detector box, margin 0 |" in table
