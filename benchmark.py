@@ -13,6 +13,7 @@ or one model can be rerun without losing the others. Run it with nothing else on
 torch processes on two cores slow each other several-fold.
 """
 import datetime
+import functools
 import json
 import os
 import platform
@@ -96,12 +97,21 @@ def with_teachers(argv, work, protocol):
     return resolved
 
 
+@functools.lru_cache(maxsize=None)
+def _train_parser():
+    return train.get_args_parser()
+
+
+def recorded_args(entry):
+    """train.py's settings of a recorded run, its "command" read by train.py's own parser (defaults filled
+    in, the last of a repeated flag winning, as when it ran)."""
+    return _train_parser().parse_args(shlex.split(entry.get("command", "python train.py"))[2:])
+
+
 def teacher_names(entry) -> list:
     """The runs a recorded model was distilled from (the folders of its --teacher checkpoints), in order."""
-    argv = shlex.split(entry.get("command", ""))
-    if "--teacher" not in argv:
-        return []
-    return [Path(path).parent.name for path in argv[argv.index("--teacher") + 1].split(",")]
+    teacher = recorded_args(entry).teacher
+    return [Path(path).parent.name for path in teacher.split(",")] if teacher else []
 
 
 def with_overrides(base, overrides):
@@ -712,7 +722,7 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text) -> str:
     fg_signed = "" if "mean_error_per_decade" not in cross else (
         "\n  Signed error per decade (predicted - true): "
         + ", ".join(f"{k}: {v:+}" for k, v in cross["mean_error_per_decade"].items()) + ".")
-    teachers_note = "" if "--teacher" not in entry["command"] else (
+    teachers_note = "" if not teacher_names(entry) else (
         f"\n  Distilled: its teachers (validation MAE of their mean distribution {entry['teacher_val_mae']:.3f}) "
         f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(teacher_names(entry))} "
         "--no-speed`.")
@@ -1019,8 +1029,8 @@ def shipped_section(sources):
              "The model in `models/` is chosen by a rule that reads validation only: among the Protocol F models "
              "(all ages), the lowest mean of the validation MAE on the colour faces, on gray copies of them and on "
              f"scanned-looking copies (each face resampled down to {SCAN_SCALE[0]:.0%}–{SCAN_SCALE[1]:.0%} of its "
-             f"side and back, plus grain of σ up to {SCAN_GRAIN:g}: `custom_dataset.altered_copies`), because real photos include gray and scanned prints. The test "
-             "split and FG-NET play no part in the choice. The scanned copies joined the rule on 2026-12-01, "
+             f"side and back, plus grain of σ up to {SCAN_GRAIN:g}: `custom_dataset.altered_copies`), because real "
+             "photos include gray and scanned prints. The test split and FG-NET play no part in the choice. The scanned copies joined the rule on 2026-12-01, "
              "after the scan augmentation had lowered FG-NET's MAE at 96 px; so FG-NET told us which alteration "
              "matters, though no candidate is chosen on its FG-NET figure.", "",
              "| model | val MAE, colour | gray copies | scanned copies | mean | test MAE | FG-NET MAE |",
@@ -1096,14 +1106,6 @@ def finals_lines(protocols):
     return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
 
 
-def input_size(entry) -> int:
-    """The input side in pixels a recorded model was trained at (train.py's default where not given)."""
-    argv = shlex.split(entry.get("command", ""))
-    if "--image-size" in argv:
-        return int(argv[argv.index("--image-size") + 1])
-    return train.get_args_parser().get_default("image_size")
-
-
 def teachers_minutes(models, entry) -> float:
     """Training minutes of every run a distilled model needed first: its teachers, their teachers and so on,
     each counted once (runs without a result add nothing)."""
@@ -1125,7 +1127,7 @@ def distillation_lines(protocols) -> list:
                 continue
             alone = next((n for n in ("simplecnn_tuned", "simplecnn_tuned_60ep")
                           if n in models and models[n]["epochs"] == student["epochs"]
-                          and input_size(models[n]) == input_size(student)), None)
+                          and recorded_args(models[n]).image_size == recorded_args(student).image_size), None)
             teachers = teacher_names(student)
             compare = "" if alone is None else (
                 f" against `{alone}` (the same recipe, input and {student['epochs']} epochs without teachers): validation "
@@ -1408,8 +1410,8 @@ def detection_section(sources):
              "backgrounds without a face. FG-NET: its full scanned photos.", "",
              *code_block([bench_detection.command(detection)]), "", bench_detection.detector_table(detection), "",
              "- **`auto`** (the default) is a cascade: dlib's HOG detector and, in a second thread meanwhile, Haar "
-             "proposals for faces under HOG's ~80 px window, each checked by HOG on an enlarged patch; only where nothing was found, passes at a "
-             "lower threshold on a contrast-equalised copy, cheapest first, each only if the ones before found "
+             "proposals for faces under HOG's ~80 px window, each checked by HOG on an enlarged patch; only where "
+             "nothing was found, passes at a lower threshold on a contrast-equalised copy, cheapest first, each only if the ones before found "
              "nothing: HOG on the photo, Haar down to 20 px, HOG on a padded copy, HOG on copies turned by ±25°. "
              "The faceless column shows what that costs in invented boxes.",
              "- `hog` alone misses small, dark and tilted faces; `haar` alone finds small faces but also false boxes "

@@ -228,7 +228,7 @@ def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_te
     # compared only with a run of the same input size: a 144 px student has no 144 px run without teachers
     models["big"] = dict(run(3.9, 3.9, 60, 40.0, ("simplecnn_distilled",), teacher_val_mae=3.95))
     models["big"]["command"] += " --image-size 144"
-    assert benchmark.input_size(models["big"]) == 144 and benchmark.input_size(models["gen2"]) == 128
+    assert benchmark.recorded_args(models["big"]).image_size == 144 and benchmark.recorded_args(models["gen2"]).image_size == 128
     big = [line for line in benchmark.distillation_lines({"S": models}) if "`big`" in line]
     assert len(big) == 1 and "against" not in big[0]
 
