@@ -383,7 +383,8 @@ class FacePipeline:
             return found
         pad = int(round(PAD_FRACTION * max(gray.shape)))
         padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast") for b, s in hog_faces(padded, 0, FALLBACK_THRESHOLD)]
+        found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast_padded")
+                 for b, s in hog_faces(padded, 0, FALLBACK_THRESHOLD)]
         if found:
             return found
         for degrees in ROTATIONS:

@@ -214,7 +214,10 @@ def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_te
     models = {"simplecnn_tuned": run(4.2, 4.1, 40, 20.0), "simplecnn_tuned_60ep": run(4.1, 4.05, 60, 30.0),
               "simplecnn_tuned_96px": run(4.3, 4.2, 40, 10.0),
               "simplecnn_distilled": run(4.0, 3.95, 60, 31.0, benchmark.TEACHERS["S"], teacher_val_mae=4.05)}
-    (line,) = benchmark.distillation_lines({"S": models})
+    # a run of the same length but another augmentation, listed first, is not the student's twin
+    photo = run(4.0, 4.0, 60, 30.0)
+    photo["command"] += " --augment photo"
+    (line,) = benchmark.distillation_lines({"S": {"photo_60ep": photo, **models}})
     assert "against `simplecnn_tuned_60ep`" in line and "validation 4.100 → 4.000, test 4.05 → **3.95**" in line
     assert "31.0 min for the student plus 60.0 min for the runs it learnt from" in line and "MAE 4.050" in line
     assert benchmark.distillation_lines({"S": {k: v for k, v in models.items() if k != "simplecnn_distilled"}}) == []
@@ -272,7 +275,9 @@ def test_the_model_card_takes_every_figure_from_the_records_and_names_a_distille
                  "CS@5 61.3%", "0-9: 1.85, 10-19: 5.12", "MAE 14.97", "MAE 7.03, CS@5 49.8%", "99.6%", "n = 998",
                  "0-9: +5.07, 60-69: -2.2", "43.7 min", entry["command"], "--models simplecnn_photo --no-speed"):
         assert text in card, text
-    assert "Distilled" not in card
+    assert "Distilled" not in card and "bf16" not in card
+    in_bf16 = dict(entry, command=entry["command"] + " --amp")
+    assert "in bf16 autocast (`--amp`)" in benchmark.model_card("F", "m", in_bf16, cross, data, metadata, "chip")
     distilled = dict(entry, command=entry["command"] + " --teacher w/F/a/best.pt,w/F/b/best.pt",
                      teacher_val_mae=4.9461)
     card = benchmark.model_card("F", "simplecnn_distilled", distilled, cross, data, metadata, "chip")
@@ -302,3 +307,16 @@ def test_the_fgnet_table_names_each_crop_as_the_model_card_and_inference_do():
     table = benchmark.cross_table({"cross": {"FGNET": rows}})
     assert f"| F/chip | auto, {faces.describe_crop(faces.UTKFACE_CROP)} | 6.35 | 52.5% | 99.6% of 1002 | 4.3 | +4.2 |" in table
     assert "| F/box | auto, square around the detector box, margin 0 |" in table
+
+
+def test_the_onnx_latency_row_judges_the_input_size_of_the_s_choice():
+    def model(val, size):
+        return {"best_val_mae": val, "train_images_per_s": 300.0, "latency_b1_ms": 1.0, "images_per_s_b64": 1000.0,
+                "command": f"python train.py --splits s --out-dir o --image-size {size}"}
+    results = {"protocols": {"S": {"small": model(4.2, 128), "large": model(4.0, 144)}},
+               "probes": {"onnx_b1_ms": {"128": 0.6, "144": 1.7}}}
+    row = [line for line in benchmark.speed_table(results) if line.startswith("| ONNX Runtime")]
+    assert row and "128 px 0.60 ms, 144 px 1.70 ms" in row[0]
+    assert "not reached at 144 px" in row[0]  # the S choice (lowest val MAE) is the 144 px model
+    results["protocols"]["S"]["small"]["best_val_mae"] = 3.9
+    assert "— reached at 128 px" in [line for line in benchmark.speed_table(results) if "ONNX" in line][0]

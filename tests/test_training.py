@@ -472,3 +472,30 @@ def test_an_ema_run_keeps_the_averaged_weights_and_resumes_exactly(splits, tmp_p
     for state in ("model_state", "training_state"):  # the average, and the weights being trained
         for key, value in straight[state].items():
             assert torch.allclose(resumed[state][key].float(), value.float(), atol=1e-5), (state, key)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_autocasts_the_training_step_only_where_bf16_is_native(splits, tmp_path, monkeypatch, capsys,
+                                                                   native_bf16):
+    import model as models
+    monkeypatch.setattr(models, "bf16_autocast_pays", lambda device_type: native_bf16)
+    dtypes = []  # the dtype of the first layer's output in each autocast forward
+
+    def record(module, inputs, output):
+        dtypes.append(output.dtype)
+    original = models.AutocastModel.forward
+
+    def forward(self, x):
+        hook = self.model.backbone.features[0].register_forward_hook(record)
+        try:
+            return original(self, x)
+        finally:
+            hook.remove()
+    monkeypatch.setattr(models.AutocastModel, "forward", forward)
+    train.main(train_args(splits, tmp_path, "--epochs", "1", "--amp", "--no-export", "--no-tensorboard"))
+    said = capsys.readouterr().out
+    assert ("--amp ignored" in said) is not native_bf16
+    assert (dtypes and set(dtypes) == {torch.bfloat16}) if native_bf16 else not dtypes
+    # the checkpoint stays float32 either way: evaluation and exports never see bf16
+    ckpt = checkpoints.load_checkpoint(tmp_path / "best.pt")
+    assert all(v.dtype == torch.float32 for v in ckpt["model_state"].values() if v.is_floating_point())
