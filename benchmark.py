@@ -66,7 +66,7 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
     # one teacher, a longer schedule at 144 px, all in bf16: what the faster training buys for distillation
-    "simplecnn_distilled_144px_100ep": ["--epochs", "100", "--image-size", "144", "--amp",
+    "simplecnn_distilled_144px_80ep": ["--epochs", "80", "--image-size", "144", "--amp",
                                         "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
@@ -905,7 +905,7 @@ MODEL_NOTES = {
     "simplecnn_distilled_gen2": "`simplecnn_distilled` again, from a stronger ensemble: the first student, "
                                 "`simplecnn_tuned_60ep` and `simplecnn_tuned` (a second generation)",
     "simplecnn_tuned_60ep_amp": "`simplecnn_tuned_60ep` trained in bf16 autocast (`--amp`)",
-    "simplecnn_distilled_144px_100ep": "`simplecnn_tuned` at 144 px, 100 epochs in bf16 autocast (`--amp`), distilled "
+    "simplecnn_distilled_144px_80ep": "`simplecnn_tuned` at 144 px, 80 epochs in bf16 autocast (`--amp`), distilled "
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
