@@ -1241,10 +1241,14 @@ def long_ablation_lines(results) -> list:
     lines += ["", f"Better beyond the noise: {listing(n for n, d in delta.items() if d < -MAE_NOISE)}; within it: "
                   f"{listing(n for n, d in delta.items() if abs(d) <= MAE_NOISE)}; worse: "
                   f"{listing(n for n, d in delta.items() if d > MAE_NOISE)}."]
-    if {"tuned_60_epochs", "tuned_60_epochs_amp"} <= runs.keys():
-        f32, bf16 = runs["tuned_60_epochs"], runs["tuned_60_epochs_amp"]
-        change = bf16["val_mae"] - f32["val_mae"]
-        lines += ["", f"bf16 autocast (`--amp`) against the same 60 epochs in float32: val MAE {f32['val_mae']:.3f} -> "
+    for name, bf16 in runs.items():  # each bf16 run against a float32 run of the same recipe (recipe_of)
+        twin = next((m for m in runs.values() if recorded_args(bf16).amp and not recorded_args(m).amp
+                     and recipe_of(m) == recipe_of(bf16)), None)
+        if twin is None:
+            continue
+        f32, change = twin, bf16["val_mae"] - twin["val_mae"]
+        lines += ["", f"bf16 autocast (`--amp`, `{name}`) against the same {bf16['epochs']} epochs in float32: "
+                      f"val MAE {f32['val_mae']:.3f} -> "
                       f"{bf16['val_mae']:.3f} ({change:+.3f}, {'within' if abs(change) <= MAE_NOISE else 'beyond'} "
                       f"the noise), {f32['train_minutes']:.1f} -> {bf16['train_minutes']:.1f} min of epochs "
                       f"({f32['train_minutes'] / bf16['train_minutes']:.1f}x as fast; the float32 run is from an "

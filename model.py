@@ -186,8 +186,8 @@ class Forwarding:
 
 def bf16_autocast_pays(device_type: str) -> bool:
     """Whether bf16 autocast speeds training up on this device: on CUDA, and on a CPU whose oneDNN
-    computes in bf16 natively (AVX-512 BF16 or AMX; SimpleCNN trains 1.6-1.8x faster on such a 2-core
-    CPU). Elsewhere the CPU would emulate bf16, slower than float32."""
+    computes in bf16 natively (AVX-512 BF16 or AMX; RESULTS.md's probes measure the gain). Elsewhere the
+    CPU would emulate bf16, slower than float32."""
     if device_type == "cuda":
         return True
     try:

@@ -126,7 +126,7 @@ def get_args_parser():
                    help="auto, cpu or cuda (under torchrun, auto and cuda mean cuda:LOCAL_RANK)")
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the training forward pass, on CUDA or on a CPU with native bf16 "
-                        "(AVX-512 BF16 or AMX: about 1.7x faster training); ignored, with a note, on other CPUs. "
+                        "(AVX-512 BF16 or AMX: faster training, RESULTS.md measures it); ignored, with a note, on other CPUs. "
                         "Weights, evaluation, checkpoints and exports stay float32")
     g.add_argument("--dist-backend", default="auto",
                    help="torchrun only: process-group backend, auto = nccl on CUDA, gloo on CPU")

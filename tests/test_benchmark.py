@@ -320,3 +320,14 @@ def test_the_onnx_latency_row_judges_the_input_size_of_the_s_choice():
     assert "not reached at 144 px" in row[0]  # the S choice (lowest val MAE) is the 144 px model
     results["protocols"]["S"]["small"]["best_val_mae"] = 3.9
     assert "— reached at 128 px" in [line for line in benchmark.speed_table(results) if "ONNX" in line][0]
+
+
+def test_a_bf16_lever_is_compared_with_the_float32_run_of_the_same_recipe_only():
+    def run(val, minutes, extra):
+        return {"change": "x", "val_mae": val, "val_mae_no_tta": val, "best_epoch": 50, "epochs": 60,
+                "train_minutes": minutes, "command": "python train.py --splits s --out-dir o --epochs 60" + extra}
+    results = {"protocols": {"S": {"simplecnn_tuned": {"best_val_mae": 4.2}}},
+               "long_ablations": {"f32": run(4.10, 30.0, ""), "bf16": run(4.12, 15.0, " --amp"),
+                                  "bf16_light": run(4.30, 14.0, " --amp --augment light")}}
+    lines = [line for line in benchmark.long_ablation_lines(results) if line.startswith("bf16 autocast")]
+    assert len(lines) == 1 and "`bf16`)" in lines[0] and "4.100 -> 4.120" in lines[0] and "30.0 -> 15.0" in lines[0]
