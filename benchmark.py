@@ -62,12 +62,18 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_photo_scan_60ep": ["--augment", "photo_scan", "--epochs", "60"],
     # the same at 100 epochs, in bf16 autocast (--amp), which makes 100 epochs cost what 60 did in float32
     "simplecnn_photo_scan_100ep": ["--augment", "photo_scan", "--epochs", "100", "--amp"],
+    # simplecnn_photo_scan_100ep again, distilled from that run (one teacher, its own recipe and length)
+    "simplecnn_photo_scan_distilled_100ep": ["--augment", "photo_scan", "--epochs", "100", "--amp",
+                                              "--teacher", "{runs:simplecnn_photo_scan_100ep}"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
     # one teacher, a longer schedule at 144 px, all in bf16: what the faster training buys for distillation
     "simplecnn_distilled_144px_80ep": ["--epochs", "80", "--image-size", "144", "--amp",
                                         "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
+    # a second generation in bf16: the same student, 100 epochs, from the first student and its teacher
+    "simplecnn_distilled_gen2_144px_100ep": ["--epochs", "100", "--image-size", "144", "--amp", "--teacher",
+                                              "{runs:simplecnn_distilled_144px_80ep,simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -904,9 +910,13 @@ MODEL_NOTES = {
                            "half of every target theirs (`--teacher`, `--teacher-weight 0.5`)",
     "simplecnn_distilled_gen2": "`simplecnn_distilled` again, from a stronger ensemble: the first student, "
                                 "`simplecnn_tuned_60ep` and `simplecnn_tuned` (a second generation)",
+    "simplecnn_photo_scan_distilled_100ep": "`simplecnn_photo_scan_100ep` distilled from that run: the same "
+                                            "recipe and length, one teacher",
     "simplecnn_tuned_60ep_amp": "`simplecnn_tuned_60ep` trained in bf16 autocast (`--amp`)",
     "simplecnn_distilled_144px_80ep": "`simplecnn_tuned` at 144 px, 80 epochs in bf16 autocast (`--amp`), distilled "
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
+    "simplecnn_distilled_gen2_144px_100ep": "`simplecnn_distilled_144px_80ep` at 100 epochs, distilled from "
+                                            "the mean of two: that student and its teacher",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
@@ -1220,12 +1230,13 @@ def experiments_section(sources):
 
 
 def long_ablation_lines(results) -> list:
-    """The 40-epoch levers, each against simplecnn_tuned's validation MAE (the same recipe without the change)."""
+    """The levers judged at 40 epochs or longer, each against simplecnn_tuned's validation MAE (the same recipe
+    without the change; a longer schedule is itself one change)."""
     runs = results.get("long_ablations", {})
     reference = results.get("protocols", {}).get("S", {}).get("simplecnn_tuned", {}).get("best_val_mae")
     if not runs or reference is None:
         return []
-    lines = ["", "### Levers at 40 epochs", "",
+    lines = ["", "### Levers at 40 epochs and longer", "",
              "`simplecnn_tuned`'s recipe (40 epochs) with one change, judged on validation against "
              f"`simplecnn_tuned`'s own best validation MAE ({reference:.3f}; same recipe, seed and split). A lever "
              f"counts where it wins by more than the run-to-run noise ({MAE_NOISE}).", ""]
@@ -1343,6 +1354,20 @@ def reached(ok):
     return "reached" if ok else "not reached"
 
 
+def latency_verdict(runs, chosen) -> str:
+    """The jit batch-1 target judged on every run of the chosen one's architecture (same weights count and
+    input size): the same network measured on other days differs by more than the margin to 1 ms, so one
+    measurement inside the target does not settle it."""
+    def shape(m):
+        return m.get("params"), recorded_args(m).image_size
+    same = [m["latency_b1_ms"] for m in runs.values() if shape(m) == shape(runs[chosen])]
+    inside = sum(ms <= TARGETS["jit_b1_ms"] for ms in same)
+    if inside in (0, len(same)):
+        return reached(inside > 0)
+    return (f"not settled: {inside} of {len(same)} measurements of this architecture inside it "
+            f"({min(same):.2f}–{max(same):.2f} ms)")
+
+
 def speed_table(results):
     speed, s = results.get("speed"), results.get("protocols", {}).get("S", {})
     chosen = chosen_on_validation(s)
@@ -1361,7 +1386,7 @@ def speed_table(results):
                   f"{reached(r['train_images_per_s'] >= TARGETS['train_images_per_s'])} |",
                   f"| `model.jit` batch-1 latency | {r['latency_b1_ms']:.2f} ms (`{chosen}`); "
                   + ", ".join(f"{n} {m['latency_b1_ms']:.2f}" for n, m in s.items() if n != chosen)
-                  + f" | ≤ {TARGETS['jit_b1_ms']:g} ms — {reached(r['latency_b1_ms'] <= TARGETS['jit_b1_ms'])} |",
+                  + f" | ≤ {TARGETS['jit_b1_ms']:g} ms — {latency_verdict(s, chosen)} |",
                   f"| `model.jit` batch-64 throughput | {r['images_per_s_b64']:,.0f} images/s (`{chosen}`); "
                   + ", ".join(f"{n} {m['images_per_s_b64']:,.0f}" for n, m in s.items() if n != chosen)
                   + f" | ≥ {TARGETS['jit_b64_images_per_s']:,} — "

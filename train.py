@@ -502,10 +502,19 @@ def open_run_folder(args, dist_ctx) -> Path:
     if dist_ctx.is_main:
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing; never a valid file
             stale.unlink()
-    if args.amp and not models.bf16_autocast_pays(dist_ctx.device.type):
-        print("--amp ignored: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 would be slower; "
-              "this run is float32")
     return out
+
+
+def amp_in_effect(args, device) -> bool:
+    """Whether the training step runs under bf16 autocast: --amp, where it pays (models.bf16_autocast_pays);
+    elsewhere a note, and the run is float32."""
+    if not args.amp:
+        return False
+    if models.bf16_autocast_pays(device.type):
+        return True
+    print("--amp ignored: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 would be slower; "
+          "this run is float32")
+    return False
 
 
 def restore(args, resume_from: Path, dist_ctx, digest: str):
@@ -575,6 +584,7 @@ def balanced_weights(ages, width: int = 10) -> torch.Tensor:
 def train_run(args, dist_ctx: Distributed):
     start_time = time.perf_counter()
     out, device = open_run_folder(args, dist_ctx), dist_ctx.device
+    use_amp = amp_in_effect(args, device)
     configure_threads(args.threads)
     set_seed(args.seed)
     digest = split_digest(args.splits)  # read once: every checkpoint records the split this run started with
@@ -603,7 +613,6 @@ def train_run(args, dist_ctx: Distributed):
     history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
     ema = weight_average(model, args.ema, checkpoint)
     evaluated = ema.module if ema else model  # the weights validation judges and checkpoints keep
-    use_amp = args.amp and models.bf16_autocast_pays(device.type)
     net = models.AutocastModel(model, device.type) if use_amp else model  # what the training step runs
     if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)

@@ -322,6 +322,22 @@ def test_the_onnx_latency_row_judges_the_input_size_of_the_s_choice():
     assert "— reached at 128 px" in [line for line in benchmark.speed_table(results) if "ONNX" in line][0]
 
 
+def test_the_jit_latency_target_is_judged_on_every_run_of_the_chosen_architecture():
+    def model(val, ms, size, params=700_000):
+        return {"best_val_mae": val, "train_images_per_s": 300.0, "latency_b1_ms": ms, "images_per_s_b64": 1000.0,
+                "params": params, "command": f"python train.py --splits s --out-dir o --image-size {size}"}
+
+    def row(runs):
+        return [line for line in benchmark.speed_table({"protocols": {"S": runs}}) if "batch-1 latency" in line][0]
+    runs = {"chosen": model(3.9, 0.8, 144), "twin": model(4.0, 1.3, 144),
+            "other_size": model(4.1, 1.6, 128), "other_width": model(4.1, 1.7, 144, params=500_000)}
+    assert row(runs).endswith("— not settled: 1 of 2 measurements of this architecture inside it (0.80–1.30 ms) |")
+    runs["twin"]["latency_b1_ms"] = 0.95  # the other shapes' slower figures do not count
+    assert row(runs).endswith("≤ 1 ms — reached |")
+    runs["chosen"]["latency_b1_ms"] = runs["twin"]["latency_b1_ms"] = 1.2
+    assert row(runs).endswith("≤ 1 ms — not reached |")
+
+
 def test_a_bf16_lever_is_compared_with_the_float32_run_of_the_same_recipe_only():
     def run(val, minutes, extra):
         return {"change": "x", "val_mae": val, "val_mae_no_tta": val, "best_epoch": 50, "epochs": 60,
