@@ -74,6 +74,9 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # a second generation in bf16: the same student, 100 epochs, from the first student and its teacher
     "simplecnn_distilled_gen2_144px_100ep": ["--epochs", "100", "--image-size", "144", "--amp", "--teacher",
                                               "{runs:simplecnn_distilled_144px_80ep,simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_144px_80ep with one change: its teacher is that run itself (a born-again student)
+    "simplecnn_distilled_144px_80ep_self": ["--epochs", "80", "--image-size", "144", "--amp",
+                                             "--teacher", "{runs:simplecnn_distilled_144px_80ep}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -917,6 +920,8 @@ MODEL_NOTES = {
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
     "simplecnn_distilled_gen2_144px_100ep": "`simplecnn_distilled_144px_80ep` at 100 epochs, distilled from "
                                             "the mean of two: that student and its teacher",
+    "simplecnn_distilled_144px_80ep_self": "`simplecnn_distilled_144px_80ep` distilled from that run itself "
+                                           "instead of its teacher",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
@@ -1354,18 +1359,32 @@ def reached(ok):
     return "reached" if ok else "not reached"
 
 
+def architecture_latencies(runs, chosen) -> list:
+    """The jit batch-1 ms of every run with the chosen one's weights count and input size, chosen first."""
+    def shape(m):
+        return m.get("params"), recorded_args(m).image_size
+    return [runs[chosen]["latency_b1_ms"]] + [m["latency_b1_ms"] for n, m in runs.items()
+                                              if n != chosen and shape(m) == shape(runs[chosen])]
+
+
 def latency_verdict(runs, chosen) -> str:
     """The jit batch-1 target judged on every run of the chosen one's architecture (same weights count and
     input size): the same network measured on other days differs by more than the margin to 1 ms, so one
     measurement inside the target does not settle it."""
-    def shape(m):
-        return m.get("params"), recorded_args(m).image_size
-    same = [m["latency_b1_ms"] for m in runs.values() if shape(m) == shape(runs[chosen])]
+    same = architecture_latencies(runs, chosen)
     inside = sum(ms <= TARGETS["jit_b1_ms"] for ms in same)
     if inside in (0, len(same)):
         return reached(inside > 0)
     return (f"not settled: {inside} of {len(same)} measurements of this architecture inside it "
             f"({min(same):.2f}–{max(same):.2f} ms)")
+
+
+def latency_per_face(runs, chosen) -> str:
+    """The chosen run's jit batch-1 latency, as the range over its architecture's runs where there are more."""
+    same = architecture_latencies(runs, chosen)
+    if len(same) == 1:
+        return f"{same[0]:.2f} ms per face"
+    return f"{min(same):.2f}–{max(same):.2f} ms per face ({len(same)} runs of this network, each timed once)"
 
 
 def speed_table(results):
@@ -1641,7 +1660,7 @@ def headline_block(sources) -> str:
         r = protocols["S"][s_best]
         teachers = teachers_minutes(protocols["S"], r)
         rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
-                    f"{r['test_mae']:.2f}; `model.jit` {r['latency_b1_ms']:.2f} ms per face, "
+                    f"{r['test_mae']:.2f}; `model.jit` {latency_per_face(protocols['S'], s_best)}, "
                     f"{r['train_minutes']:.0f} min of training on a CPU"
                     + (f" (plus {teachers:.0f} min for its teachers)" if teachers else "") + " |")
     if detection:

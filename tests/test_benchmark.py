@@ -332,6 +332,8 @@ def test_the_jit_latency_target_is_judged_on_every_run_of_the_chosen_architectur
     runs = {"chosen": model(3.9, 0.8, 144), "twin": model(4.0, 1.3, 144),
             "other_size": model(4.1, 1.6, 128), "other_width": model(4.1, 1.7, 144, params=500_000)}
     assert row(runs).endswith("— not settled: 1 of 2 measurements of this architecture inside it (0.80–1.30 ms) |")
+    assert benchmark.latency_per_face(runs, "chosen").startswith("0.80–1.30 ms per face (2 runs")
+    assert benchmark.latency_per_face(runs, "other_size") == "1.60 ms per face"
     runs["twin"]["latency_b1_ms"] = 0.95  # the other shapes' slower figures do not count
     assert row(runs).endswith("≤ 1 ms — reached |")
     runs["chosen"]["latency_b1_ms"] = runs["twin"]["latency_b1_ms"] = 1.2
