@@ -77,6 +77,9 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_distilled_144px_80ep with one change: its teacher is that run itself (a born-again student)
     "simplecnn_distilled_144px_80ep_self": ["--epochs", "80", "--image-size", "144", "--amp",
                                              "--teacher", "{runs:simplecnn_distilled_144px_80ep}"],
+    # simplecnn_distilled_144px_80ep with one change, the lever that won at 60 epochs (amp60_sigma3)
+    "simplecnn_distilled_144px_80ep_sigma3": ["--epochs", "80", "--image-size", "144", "--amp", "--label-sigma", "3",
+                                              "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -195,7 +198,21 @@ LONG_ABLATIONS = {
     "tuned_60_epochs_amp": ("tuned_60_epochs with bf16 autocast in the training step (--amp; this CPU has AVX-512 "
                             "BF16): the same recipe, to see whether it learns as well in less time",
                             ["--epochs", "60", "--amp"]),
+    # levers for #15, each judged against LONG_ABLATION_BASES[name] (one change to it)
+    "amp60_wd": ("tuned_60_epochs_amp with AdamW weight decay 0.05 instead of 0",
+                 ["--epochs", "60", "--amp", "--weight-decay", "0.05"]),
+    "amp60_sigma3": ("tuned_60_epochs_amp with the label's Gaussian 3 years wide instead of 2 (--label-sigma 3)",
+                     ["--epochs", "60", "--amp", "--label-sigma", "3"]),
+    "amp60_mixup": ("tuned_60_epochs_amp with C-Mixup: each image blended with one of a similar age, "
+                    "Beta(0.2, 0.2) weights (--mixup 0.2)", ["--epochs", "60", "--amp", "--mixup", "0.2"]),
+    "amp60_erase": ("tuned_60_epochs_amp with random erasing: half the training images get one rectangle "
+                    "of noise (--erase 0.5)", ["--epochs", "60", "--amp", "--erase", "0.5"]),
+    "amp60_seed2": ("nothing: tuned_60_epochs_amp again with another seed (run-to-run noise at 60 epochs)",
+                    ["--epochs", "60", "--amp", "--seed", "2"]),
 }
+# the long ablation each of these changed one setting of; the others changed simplecnn_tuned (40 epochs)
+LONG_ABLATION_BASES = {name: "tuned_60_epochs_amp"
+                       for name in ("amp60_wd", "amp60_sigma3", "amp60_mixup", "amp60_erase", "amp60_seed2")}
 
 
 def get_args_parser():
@@ -923,6 +940,8 @@ MODEL_NOTES = {
                                             "the mean of two: that student and its teacher",
     "simplecnn_distilled_144px_80ep_self": "`simplecnn_distilled_144px_80ep` distilled from that run itself "
                                            "instead of its teacher",
+    "simplecnn_distilled_144px_80ep_sigma3": "`simplecnn_distilled_144px_80ep` with the label's Gaussian 3 years "
+                                             "wide instead of 2 (`--label-sigma 3`, the lever `amp60_sigma3`)",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
@@ -1236,22 +1255,27 @@ def experiments_section(sources):
 
 
 def long_ablation_lines(results) -> list:
-    """The levers judged at 40 epochs or longer, each against simplecnn_tuned's validation MAE (the same recipe
-    without the change; a longer schedule is itself one change)."""
+    """The levers judged at 40 epochs or longer, each against the validation MAE of the run it changed one
+    setting of: simplecnn_tuned (a longer schedule is itself one change) or its LONG_ABLATION_BASES entry."""
     runs = results.get("long_ablations", {})
-    reference = results.get("protocols", {}).get("S", {}).get("simplecnn_tuned", {}).get("best_val_mae")
-    if not runs or reference is None:
+    tuned = results.get("protocols", {}).get("S", {}).get("simplecnn_tuned", {}).get("best_val_mae")
+    if not runs or tuned is None:
         return []
+    bases = {n: LONG_ABLATION_BASES.get(n, "simplecnn_tuned") for n in runs}
+    reference = {n: tuned if b == "simplecnn_tuned" else runs[b]["val_mae"] for n, b in bases.items()
+                 if b == "simplecnn_tuned" or b in runs}
+    runs = {n: r for n, r in runs.items() if n in reference}
     lines = ["", "### Levers at 40 epochs and longer", "",
-             "`simplecnn_tuned`'s recipe (40 epochs) with one change, judged on validation against "
-             f"`simplecnn_tuned`'s own best validation MAE ({reference:.3f}; same recipe, seed and split). A lever "
-             f"counts where it wins by more than the run-to-run noise ({MAE_NOISE}).", ""]
+             "One change to a recipe, judged on validation against the best validation MAE of that recipe without "
+             f"it (same seed and split): `simplecnn_tuned` (40 epochs, {tuned:.3f}) or the run named in the "
+             f"table. A lever counts where it wins by more than the run-to-run noise ({MAE_NOISE}).", ""]
     lines += code_block([f"python benchmark.py --ablations {','.join(runs)}"])
-    lines += ["", "| experiment (one change to simplecnn_tuned) | val MAE | vs simplecnn_tuned | without flip-TTA | "
-              "best epoch | train min |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n}: {r['change']} | {r['val_mae']:.3f} | {r['val_mae'] - reference:+.3f} | {r['val_mae_no_tta']:.3f} "
-              f"| {r['best_epoch']}/{r['epochs']} | {r['train_minutes']:.1f} |" for n, r in runs.items()]
-    delta = {n: r["val_mae"] - reference for n, r in runs.items()}
+    lines += ["", "| experiment (one change) | changed run | val MAE | vs changed run | without flip-TTA | "
+              "best epoch | train min |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {n}: {r['change']} | {bases[n]} | {r['val_mae']:.3f} | {r['val_mae'] - reference[n]:+.3f} | "
+              f"{r['val_mae_no_tta']:.3f} | {r['best_epoch']}/{r['epochs']} | {r['train_minutes']:.1f} |"
+              for n, r in runs.items()]
+    delta = {n: r["val_mae"] - reference[n] for n, r in runs.items()}
 
     def listing(names):
         return ", ".join(f"`{n}` ({delta[n]:+.3f})" for n in sorted(names, key=delta.get)) or "none"

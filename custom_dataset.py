@@ -692,6 +692,8 @@ def channel_stats(images: np.ndarray, chunk: int = 1024):
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as OpenCV and PIL turn RGB gray
 SCAN_SCALE = (0.35, 0.7)   # a scanned-looking image is resampled down to this share of its side and back ...
 SCAN_GRAIN = 8.0           # ... plus Gaussian grain of sigma up to this (0-255 scale)
+ERASE_AREA = (0.02, 0.25)  # random erasing: the rectangle's share of the image area ...
+ERASE_ASPECT = (0.3, 3.3)  # ... and its height / width, drawn log-uniformly
 
 
 @dataclasses.dataclass
@@ -705,6 +707,8 @@ class AugmentConfig:
     grayscale: float = 0.0     # share of images turned gray (scanned and old photos are); 0 draws nothing,
                                # so the presets without it keep their random streams and figures
     degrade: float = 0.0       # share of images made to look scanned (SCAN_SCALE, SCAN_GRAIN); 0 draws nothing
+    erase: float = 0.0         # share of images with one rectangle (ERASE_AREA, ERASE_ASPECT) turned to noise
+                               # (random erasing, Zhong et al. 2020); 0 draws nothing
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -748,7 +752,28 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
             small = torch.nn.functional.interpolate(x[i:i + 1], size=small_side, mode="bilinear", antialias=True)
             out[i] = torch.nn.functional.interpolate(small, size=list(side), mode="bilinear")[0] + grain[i] * sigma[i]
         x = out.clamp(0, 255)
+    if cfg.erase:
+        x = erase_rectangles(x, cfg.erase, generator)
     return x
+
+
+def erase_rectangles(x: torch.Tensor, share: float, generator=None) -> torch.Tensor:
+    """A share of the images in a float NCHW batch (0-255) each get one rectangle of uniform noise:
+    the model must judge age from the rest of the face (an occluding hand, glasses, hair)."""
+    n, _, h, w = x.shape
+    hit = torch.rand(n, generator=generator) < share
+    area = torch.empty(n).uniform_(*ERASE_AREA, generator=generator) * h * w
+    aspect = torch.exp(torch.empty(n).uniform_(math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]),
+                                               generator=generator))
+    eh = (area * aspect).sqrt().clamp(1, h).floor()
+    ew = (area / aspect).sqrt().clamp(1, w).floor()
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)) & hit.view(-1, 1, 1))
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 255
+    return torch.where(inside.unsqueeze(1), noise, x)
 
 
 ALTERATIONS = {  # whole validation sets altered as some real photos are: how a model copes, on no test set

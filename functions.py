@@ -118,23 +118,53 @@ def gaussian_targets(ages, grid, sigma: float = LABEL_SIGMA):
 
 
 def age_loss(model, outputs, target, kind: str = "l1", sigma: float = LABEL_SIGMA, teacher=None,
-             teacher_weight: float = 0.5):
+             teacher_weight: float = 0.5, mix=None):
     """Loss on predicted ages; the distribution head adds KL to a Gaussian around the true age.
 
     teacher (train.py --teacher): (the teacher's expected ages, its age distributions on the model's
     age grid). Distillation blends every target: teacher_weight of the point loss is towards the
     teacher's age, and the KL target is the same blend of the teacher's distribution and the label's
-    Gaussian, so the student learns the teacher's view of a face plus the label."""
+    Gaussian, so the student learns the teacher's view of a face plus the label.
+
+    mix (train.py --mixup): (partner index, weight per image) of a batch whose images were blended with
+    their partners (mix_targets); every target, the label's Gaussian and the teacher's included, is then
+    the same blend of the two images' targets."""
     pred = model.ages_from_outputs(outputs)
-    loss = point_loss(pred, target, kind)
+    loss = point_loss(pred, mix_targets(target, mix), kind)
     if teacher is not None:
-        loss = (1 - teacher_weight) * loss + teacher_weight * point_loss(pred, teacher[0], kind)
+        loss = (1 - teacher_weight) * loss + teacher_weight * point_loss(pred, mix_targets(teacher[0], mix), kind)
     if model.head == "distribution":
         soft = gaussian_targets(target, model.age_grid, sigma)
         if teacher is not None:
             soft = (1 - teacher_weight) * soft + teacher_weight * teacher[1]
+        soft = mix_targets(soft, mix)
         loss = loss + torch.nn.functional.kl_div(torch.log_softmax(outputs, 1), soft, reduction="batchmean")
     return loss, pred
+
+
+MIXUP_BANDWIDTH = 5.0  # years: C-Mixup's kernel width; partners are mostly within about twice this
+
+
+def mixup_partners(ages, alpha: float, generator=None, bandwidth: float = MIXUP_BANDWIDTH):
+    """C-Mixup (Yao et al., NeurIPS 2022) for one batch: each image's partner is drawn with probability
+    exp(-(age difference)^2 / 2 bandwidth^2) (itself included), so a blend of two faces is labelled with an
+    age both faces are near; its weight is drawn from Beta(alpha, alpha). Returns (partner index, weight)."""
+    ages = ages.float().cpu()
+    kernel = torch.exp(-0.5 * ((ages.view(-1, 1) - ages.view(1, -1)) / bandwidth) ** 2)
+    partner = torch.multinomial(kernel, 1, generator=generator).squeeze(1)
+    # Beta from two Gammas would bypass the generator; numpy's, seeded from it, keeps runs repeatable
+    rng = np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=generator)))
+    weight = torch.from_numpy(rng.beta(alpha, alpha, len(ages))).float()
+    return partner, weight
+
+
+def mix_targets(t, mix):
+    """t blended as the images were: weight x t + (1 - weight) x t[partner], per image (mixup_partners)."""
+    if mix is None:
+        return t
+    partner, weight = (m.to(t.device) for m in mix)
+    weight = weight.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
+    return weight * t + (1 - weight) * t[partner]
 
 
 def age_bin(age: float) -> str:
@@ -347,11 +377,13 @@ def _prepare(images, mean, std, device):
 
 def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", scheduler=None,
                     augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0, progress=True,
-                    ema=None, teacher_weight: float = 0.5):
+                    ema=None, teacher_weight: float = 0.5, label_sigma: float = LABEL_SIGMA, mixup: float = 0.0):
     """One pass over the loader. Returns {"loss", "mae", "images", "seconds", "images_per_s"}.
     ema (a torch.optim.swa_utils.AveragedModel), if given, is updated after every optimiser step.
     Batches of (images, ages, teacher ages, teacher distributions) train towards the teacher too
-    (age_loss; "mae" stays the error against the labels).
+    (age_loss; "mae" stays the error against the labels). label_sigma: the spread of the label's
+    Gaussian (age_loss). mixup > 0: every batch is blended by C-Mixup with Beta(mixup, mixup) weights
+    (mixup_partners), after augmentation; "mae" is then against the blended labels.
 
     The scheduler, if given, steps per batch (warm-up and cosine are defined in steps). The model
     is expected in channels_last memory format, as the batches are.
@@ -366,11 +398,15 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
         images = images.float()
         if augment is not None:
             images = augment_batch(images, augment, generator)
+        mix = mixup_partners(ages, mixup, generator) if mixup > 0 else None
+        if mix is not None:
+            images = mix_targets(images, mix)
         x = _prepare(images, mean, std, device)
         y = ages.to(device, non_blocking=True)
         teacher = tuple(t.to(device, non_blocking=True) for t in teacher) or None
         outputs = model(x)
-        loss, pred = age_loss(model, outputs, y, loss_kind, teacher=teacher, teacher_weight=teacher_weight)
+        loss, pred = age_loss(model, outputs, y, loss_kind, sigma=label_sigma, teacher=teacher,
+                              teacher_weight=teacher_weight, mix=mix)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_index}; "
                                      "lower --lr or check the labels")
@@ -383,7 +419,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
             scheduler.step()
         n = len(ages)
         total_loss += loss.item() * n
-        total_abs += (pred.detach() - y).abs().sum().item()
+        total_abs += (pred.detach() - mix_targets(y, mix)).abs().sum().item()
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", mae=f"{total_abs / seen:.2f}")
     seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -26,8 +27,8 @@ from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_
                             make_loader)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
-from functions import (NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed, apply_age_map,
-                       broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
+from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
+                       apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
                        plot_groups, plot_learning_curves, plot_pred_vs_true, predict_distributions, predict_loader,
                        public, reduce_train_metrics, set_rng_state, set_seed, train_one_epoch)
@@ -52,6 +53,11 @@ AUGMENTATIONS = {
 }
 
 
+def augmentation(args) -> AugmentConfig:
+    """The --augment preset with --erase on top."""
+    return dataclasses.replace(AUGMENTATIONS[args.augment], erase=args.erase)
+
+
 def add_recipe_args(parser):
     """The settings a model learns from, besides the per-run epochs, lr, weight decay and seed: the
     one definition used by train.py, hyperparameter_tunning.py (passed to every trial) and benchmark.py.
@@ -67,6 +73,12 @@ def add_recipe_args(parser):
                    help="unsharp mask after resizing (the seed's)")
     g.add_argument("--augment", choices=tuple(AUGMENTATIONS), default="default",
                    help="training-only augmentation strength (never applied to val/test)")
+    g.add_argument("--erase", type=float, default=0.0,
+                   help="share of training images with one random rectangle turned to noise (random erasing), "
+                        "on top of --augment; 0 = off")
+    g.add_argument("--mixup", type=float, default=0.0,
+                   help="C-Mixup: blend each training image with one of a similar age, weights from "
+                        "Beta(MIXUP, MIXUP) (e.g. 0.2); 0 = off")
     g.add_argument("--balance", action="store_true",
                    help="age-balanced sampling: each epoch draws as many images as the split has, with every "
                         "decade of age equally likely (rare ages repeat, common ones are subsampled)")
@@ -87,6 +99,8 @@ def add_recipe_args(parser):
     g.add_argument("--ema", type=float, default=0.0,
                    help="decay of an exponential moving average of the weights, updated every step (e.g. 0.999); "
                         "validation, test and exports then use the averaged weights; 0 = off")
+    g.add_argument("--label-sigma", type=float, default=LABEL_SIGMA,
+                   help="distribution head: years of spread of the Gaussian it learns around each true age")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each prediction with its mirror image (validation, test, exports)")
     g.add_argument("--teacher", default=None,
@@ -164,7 +178,10 @@ def check_numbers(args):
              ("--warmup-epochs", 0 <= args.warmup_epochs <= args.epochs, "between 0 and --epochs"),
              ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)"),
              ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)"),
-             ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)")]
+             ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)"),
+             ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
+             ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
+             ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)")]
     for flag, ok, rule in rules:
         if not ok:
             raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
@@ -626,8 +643,9 @@ def train_run(args, dist_ctx: Distributed):
         with explain_divergence(out, epoch):
             train_metrics = train_one_epoch(
                 net, train_loader(epoch), optimizer, mean=mean, std=std, loss_kind=args.loss, scheduler=scheduler,
-                augment=AUGMENTATIONS[args.augment], generator=torch.Generator().manual_seed(seeds["augment"]),
-                device=device, epoch=epoch, progress=not args.no_progress, ema=ema, teacher_weight=args.teacher_weight)
+                augment=augmentation(args), generator=torch.Generator().manual_seed(seeds["augment"]),
+                device=device, epoch=epoch, progress=not args.no_progress, ema=ema, teacher_weight=args.teacher_weight,
+                label_sigma=args.label_sigma, mixup=args.mixup)
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks

@@ -349,3 +349,19 @@ def test_a_bf16_lever_is_compared_with_the_float32_run_of_the_same_recipe_only()
                                   "bf16_light": run(4.30, 14.0, " --amp --augment light")}}
     lines = [line for line in benchmark.long_ablation_lines(results) if line.startswith("bf16 autocast")]
     assert len(lines) == 1 and "`bf16`)" in lines[0] and "4.100 -> 4.120" in lines[0] and "30.0 -> 15.0" in lines[0]
+
+
+def test_a_long_lever_is_judged_against_the_run_it_changed(monkeypatch):
+    def run(val):
+        return {"change": "x", "val_mae": val, "val_mae_no_tta": val, "best_epoch": 50, "epochs": 60,
+                "train_minutes": 15.0, "command": "python train.py --splits s --out-dir o --epochs 60 --amp"}
+    monkeypatch.setattr(benchmark, "LONG_ABLATION_BASES", {"lever": "amp", "orphan": "missing"})
+    results = {"protocols": {"S": {"simplecnn_tuned": {"best_val_mae": 4.2}}},
+               "long_ablations": {"amp": run(4.10), "lever": run(4.00), "orphan": run(3.0)}}
+    rows = {line.split(":")[0].strip("| "): line for line in benchmark.long_ablation_lines(results)
+            if line.startswith("| ") and ":" in line}
+    assert "| simplecnn_tuned | 4.100 | -0.100 |" in rows["amp"]
+    assert "| amp | 4.000 | -0.100 |" in rows["lever"]
+    assert "orphan" not in rows  # its base was never run: no comparison to make
+    reading = next(line for line in benchmark.long_ablation_lines(results) if line.startswith("Better"))
+    assert "`lever` (-0.100)" in reading and "`amp` (-0.100)" in reading
