@@ -1276,12 +1276,17 @@ def long_ablation_lines(results) -> list:
               f"{r['val_mae_no_tta']:.3f} | {r['best_epoch']}/{r['epochs']} | {r['train_minutes']:.1f} |"
               for n, r in runs.items()]
     delta = {n: r["val_mae"] - reference[n] for n, r in runs.items()}
+    reruns = [n for n, r in runs.items() if r["change"].startswith("nothing:")]  # noise checks, not levers
+    levers = {n: d for n, d in delta.items() if n not in reruns}
 
     def listing(names):
         return ", ".join(f"`{n}` ({delta[n]:+.3f})" for n in sorted(names, key=delta.get)) or "none"
-    lines += ["", f"Better beyond the noise: {listing(n for n, d in delta.items() if d < -MAE_NOISE)}; within it: "
-                  f"{listing(n for n, d in delta.items() if abs(d) <= MAE_NOISE)}; worse: "
-                  f"{listing(n for n, d in delta.items() if d > MAE_NOISE)}."]
+    lines += ["", f"Better beyond the noise: {listing(n for n, d in levers.items() if d < -MAE_NOISE)}; within it: "
+                  f"{listing(n for n, d in levers.items() if abs(d) <= MAE_NOISE)}; worse: "
+                  f"{listing(n for n, d in levers.items() if d > MAE_NOISE)}."]
+    if reruns:
+        lines += ["", f"The same recipe again with another seed: {listing(reruns)}. A lever is only as sure as its "
+                      "margin over this spread."]
     for name, bf16 in runs.items():  # each bf16 run against a float32 run of the same recipe (recipe_of)
         if not recorded_args(bf16).amp:
             continue

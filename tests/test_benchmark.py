@@ -365,3 +365,9 @@ def test_a_long_lever_is_judged_against_the_run_it_changed(monkeypatch):
     assert "orphan" not in rows  # its base was never run: no comparison to make
     reading = next(line for line in benchmark.long_ablation_lines(results) if line.startswith("Better"))
     assert "`lever` (-0.100)" in reading and "`amp` (-0.100)" in reading
+    # a rerun with another seed is the noise the levers are read against, never a lever itself
+    monkeypatch.setattr(benchmark, "LONG_ABLATION_BASES", {"lever": "amp", "seed2": "amp"})
+    results["long_ablations"]["seed2"] = {**run(4.03), "change": "nothing: amp again with another seed"}
+    lines = benchmark.long_ablation_lines(results)
+    assert "seed2" not in next(line for line in lines if line.startswith("Better"))
+    assert "`seed2` (-0.070)" in next(line for line in lines if line.startswith("The same recipe again"))
