@@ -184,8 +184,9 @@ ABLATIONS = {  # name -> (what changes, train.py arguments that override the bas
     "dropout_0.3": ("dropout 0.3 before the fully connected layers", ["--dropout", "0.3"]),
     "base_seed_2": ("nothing: the base again with another seed (run-to-run noise)", ["--seed", "2"]),
 }
-# Levers judged at the finals' length: MODEL_BASE (simplecnn_tuned's recipe, 40 epochs) with one change,
-# compared with simplecnn_tuned's own validation MAE (same recipe, seed and split; the test split is not read)
+# Levers judged at the finals' length: MODEL_BASE (simplecnn_tuned's recipe, 40 epochs) with one change, compared
+# with the validation MAE of the run they change (LONG_ABLATION_BASES; same seed and split, the test split unread)
+AMP60 = ["--epochs", "60", "--amp"]  # tuned_60_epochs_amp's change to MODEL_BASE, the amp60_ levers' start
 LONG_ABLATIONS = {
     "tuned_light": ("light augmentation (flips only): the open check of the 10-epoch table", ["--augment", "light"]),
     "tuned_ema": ("an exponential moving average of the weights (decay 0.999, about 6 epochs) is evaluated and kept",
@@ -197,22 +198,21 @@ LONG_ABLATIONS = {
                  ["--model", "simplecnn_bn"]),
     "tuned_60_epochs_amp": ("tuned_60_epochs with bf16 autocast in the training step (--amp; this CPU has AVX-512 "
                             "BF16): the same recipe, to see whether it learns as well in less time",
-                            ["--epochs", "60", "--amp"]),
+                            AMP60),
     # levers for #15, each judged against LONG_ABLATION_BASES[name] (one change to it)
     "amp60_wd": ("tuned_60_epochs_amp with AdamW weight decay 0.05 instead of 0",
-                 ["--epochs", "60", "--amp", "--weight-decay", "0.05"]),
+                 [*AMP60, "--weight-decay", "0.05"]),
     "amp60_sigma3": ("tuned_60_epochs_amp with the label's Gaussian 3 years wide instead of 2 (--label-sigma 3)",
-                     ["--epochs", "60", "--amp", "--label-sigma", "3"]),
+                     [*AMP60, "--label-sigma", "3"]),
     "amp60_mixup": ("tuned_60_epochs_amp with C-Mixup: each image blended with one of a similar age, "
-                    "Beta(0.2, 0.2) weights (--mixup 0.2)", ["--epochs", "60", "--amp", "--mixup", "0.2"]),
+                    "Beta(0.2, 0.2) weights (--mixup 0.2)", [*AMP60, "--mixup", "0.2"]),
     "amp60_erase": ("tuned_60_epochs_amp with random erasing: half the training images get one rectangle "
-                    "of noise (--erase 0.5)", ["--epochs", "60", "--amp", "--erase", "0.5"]),
+                    "of noise (--erase 0.5)", [*AMP60, "--erase", "0.5"]),
     "amp60_seed2": ("nothing: tuned_60_epochs_amp again with another seed (run-to-run noise at 60 epochs)",
-                    ["--epochs", "60", "--amp", "--seed", "2"]),
+                    [*AMP60, "--seed", "2"]),
 }
-# the long ablation each of these changed one setting of; the others changed simplecnn_tuned (40 epochs)
-LONG_ABLATION_BASES = {name: "tuned_60_epochs_amp"
-                       for name in ("amp60_wd", "amp60_sigma3", "amp60_mixup", "amp60_erase", "amp60_seed2")}
+# the long ablation each lever changed one setting of; the levers not named here changed simplecnn_tuned
+LONG_ABLATION_BASES = {name: "tuned_60_epochs_amp" for name in LONG_ABLATIONS if name.startswith("amp60_")}
 
 
 def get_args_parser():

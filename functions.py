@@ -127,17 +127,18 @@ def age_loss(model, outputs, target, kind: str = "l1", sigma: float = LABEL_SIGM
     Gaussian, so the student learns the teacher's view of a face plus the label.
 
     mix (train.py --mixup): (partner index, weight per image) of a batch whose images were blended with
-    their partners (mix_targets); every target, the label's Gaussian and the teacher's included, is then
-    the same blend of the two images' targets."""
+    their partners (blend_with_partners); every target, the label's Gaussian and the teacher's included,
+    is then the same blend of the two images' targets."""
     pred = model.ages_from_outputs(outputs)
-    loss = point_loss(pred, mix_targets(target, mix), kind)
+    loss = point_loss(pred, blend_with_partners(target, mix), kind)
     if teacher is not None:
-        loss = (1 - teacher_weight) * loss + teacher_weight * point_loss(pred, mix_targets(teacher[0], mix), kind)
+        teacher_loss = point_loss(pred, blend_with_partners(teacher[0], mix), kind)
+        loss = (1 - teacher_weight) * loss + teacher_weight * teacher_loss
     if model.head == "distribution":
         soft = gaussian_targets(target, model.age_grid, sigma)
         if teacher is not None:
             soft = (1 - teacher_weight) * soft + teacher_weight * teacher[1]
-        soft = mix_targets(soft, mix)
+        soft = blend_with_partners(soft, mix)
         loss = loss + torch.nn.functional.kl_div(torch.log_softmax(outputs, 1), soft, reduction="batchmean")
     return loss, pred
 
@@ -158,8 +159,8 @@ def mixup_partners(ages, alpha: float, generator=None, bandwidth: float = MIXUP_
     return partner, weight
 
 
-def mix_targets(t, mix):
-    """t blended as the images were: weight x t + (1 - weight) x t[partner], per image (mixup_partners)."""
+def blend_with_partners(t, mix):
+    """Rows of t (images, ages, distributions) blended per mixup_partners: weight x t + (1 - weight) x t[partner]."""
     if mix is None:
         return t
     partner, weight = (m.to(t.device) for m in mix)
@@ -400,7 +401,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
             images = augment_batch(images, augment, generator)
         mix = mixup_partners(ages, mixup, generator) if mixup > 0 else None
         if mix is not None:
-            images = mix_targets(images, mix)
+            images = blend_with_partners(images, mix)
         x = _prepare(images, mean, std, device)
         y = ages.to(device, non_blocking=True)
         teacher = tuple(t.to(device, non_blocking=True) for t in teacher) or None
@@ -419,7 +420,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
             scheduler.step()
         n = len(ages)
         total_loss += loss.item() * n
-        total_abs += (pred.detach() - mix_targets(y, mix)).abs().sum().item()
+        total_abs += (pred.detach() - blend_with_partners(y, mix)).abs().sum().item()
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", mae=f"{total_abs / seen:.2f}")
     seconds = time.perf_counter() - start

@@ -16,10 +16,10 @@ from test_distill import train_args
 def test_mixed_targets_blend_each_row_with_its_partner_golden_values():
     ages = torch.tensor([10.0, 20.0, 30.0])
     mix = (torch.tensor([1, 0, 2]), torch.tensor([0.25, 1.0, 0.5]))
-    assert functions.mix_targets(ages, mix).tolist() == [17.5, 20.0, 30.0]
+    assert functions.blend_with_partners(ages, mix).tolist() == [17.5, 20.0, 30.0]
     rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
-    assert functions.mix_targets(rows, mix).tolist() == [[0.25, 0.75], [0.0, 1.0], [0.5, 0.5]]
-    assert functions.mix_targets(ages, None) is ages
+    assert functions.blend_with_partners(rows, mix).tolist() == [[0.25, 0.75], [0.0, 1.0], [0.5, 0.5]]
+    assert functions.blend_with_partners(ages, None) is ages
 
 
 def test_mixup_partners_are_of_a_similar_age_and_repeat_with_the_seed():
