@@ -12,6 +12,7 @@ test split read once, by the best epoch). Figures are merged into bench/results.
 or one model can be rerun without losing the others. Run it with nothing else on the machine: two
 torch processes on two cores slow each other several-fold.
 """
+import dataclasses
 import datetime
 import functools
 import json
@@ -65,6 +66,14 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_photo_scan_100ep again, distilled from that run (one teacher, its own recipe and length)
     "simplecnn_photo_scan_distilled_100ep": ["--augment", "photo_scan", "--epochs", "100", "--amp",
                                               "--teacher", "{runs:simplecnn_photo_scan_100ep}"],
+    # simplecnn_photo_scan_60ep with the denoiser back on (the seed's non-local means, without its sharpening),
+    # in bf16: does removing a scan's grain before the model help on real photos, and what does it cost on UTKFace?
+    "simplecnn_photo_scan_denoise_60ep": ["--augment", "photo_scan", "--epochs", "60", "--amp", "--denoise"],
+    # the S student's levers on Protocol F: 144 px, taught by the mean of F's two 100-epoch runs (val 4.818
+    # together, 4.893 and 4.936 alone); 70 epochs keep the final inside the hour at 144 px
+    "simplecnn_photo_scan_distilled_144px_70ep": [
+        "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp",
+        "--teacher", "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep}"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
@@ -241,6 +250,9 @@ def get_args_parser():
     p.add_argument("--cross", metavar="DIR", default=None,
                    help="only test the listed protocols' models on another labelled data set (e.g. "
                         "../shared/data/FGNET) through inference.py's pipeline -> results['cross']['FGNET']")
+    p.add_argument("--cross-filters", action="store_true",
+                   help="with --cross: also run each model with every face filtered first (chip_filters): what in a "
+                        "scanned photo moves its estimate (a diagnosis; no filter is part of the pipeline)")
     p.add_argument("--cross-compare", action="store_true",
                    help="with --cross: also run each model with the old Haar box crop, for comparison")
     p.add_argument("--ship", metavar="PROTOCOL/NAME", default=None,
@@ -352,6 +364,52 @@ def cross_dataset(run_dir, data_dir, detector=None, crop=None):
             "mean_error_per_decade": {k: round(v["mean_error"], 2) for k, v in decades.items()},
             "crop": estimator.crop, "detector": estimator.pipeline.detector,
             "ms_per_photo_median": round(1000 * statistics.median(seconds), 1)}
+
+
+def chip_filters() -> dict:
+    """name -> filter of an aligned RGB face, for --cross-filters: which property of a scanned photo (colour,
+    grain, detail, contrast) moves the estimate, and in which direction. Diagnosis only: no filter is part of
+    the pipeline."""
+    import cv2
+
+    def unsharp(chip):
+        return cv2.addWeighted(chip, 1.8, cv2.GaussianBlur(chip, (0, 0), 1.5), -0.8, 0)
+
+    def gray(chip):
+        return np.repeat(cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+    def local_contrast(chip):
+        lab = cv2.cvtColor(chip, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = cv2.createCLAHE(2.0, (8, 8)).apply(lab[..., 0])
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    return {"as is": lambda chip: chip,
+            "gray": gray,
+            "blurred (Gaussian, sigma 2.5 px)": lambda chip: cv2.GaussianBlur(chip, (0, 0), 2.5),
+            "denoised (non-local means, h 5)": lambda chip: cv2.fastNlMeansDenoisingColored(chip, None, 5, 5, 7, 21),
+            "sharpened (unsharp mask)": unsharp,
+            "local contrast (CLAHE)": local_contrast}
+
+
+def cross_filters(run_dir, data_dir):
+    """The model on another data set's faces (cross_dataset's pipeline, largest face) with each chip_filters()
+    filter applied to the aligned face first: MAE and signed error per decade per filter."""
+    import inference
+    from custom_dataset import discover_labels, load_rgb
+    from functions import group_metrics, regression_metrics
+    estimator = inference.AgeEstimator(run_dir / "model.onnx")
+    chips, ages_true = [], []
+    for rec in discover_labels(data_dir)[0]:
+        found = estimator.find_faces(load_rgb(rec["path"]))
+        if found:
+            chips.append(np.ascontiguousarray(found[0].chip))
+            ages_true.append(rec["age"])
+    figures = {}
+    for name, apply in chip_filters().items():
+        predicted = estimator.predict_inputs(estimator.model_inputs([apply(chip) for chip in chips]))
+        decades = group_metrics(predicted, ages_true)["decade"]
+        figures[name] = {"mae": round(regression_metrics(predicted, ages_true)["mae"], 3), "n": len(chips),
+                         "mean_error_per_decade": {k: round(v["mean_error"], 2) for k, v in decades.items()}}
+    return figures
 
 
 def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False):
@@ -655,16 +713,27 @@ def load_best(run_dir):
 def altered_val_maes(best, model, cfg, val=None) -> dict:
     """Validation MAE of a run's best epoch (load_best) on gray copies and on scanned-looking copies of
     the validation faces (custom_dataset.altered_copies): how the model copes with old and scanned photos,
-    judged without touching any test set. val: the validation set, if the caller has it loaded."""
-    from custom_dataset import ALTERATIONS, CustomDataset, altered_copies, load_split_dataset
+    judged without touching any test set. val: the validation set, if the caller has it loaded.
+
+    A photo is gray or scanned before the pipeline sees it, so for a model that denoises or sharpens its
+    input the faces are altered at the input size first and filtered after (custom_dataset.filter_input):
+    its denoiser meets the scan's grain as it would in a real photo."""
+    from custom_dataset import ALTERATIONS, CustomDataset, altered_copies, filter_input, load_split_dataset
     from functions import evaluate
     splits = Path(best["config"]["splits"])
-    if val is None:
+    filters = cfg.denoise or cfg.deblur
+    if filters:
+        unfiltered = dataclasses.replace(cfg, denoise=False, deblur=False)
+        val = load_split_dataset(splits / "val.csv", unfiltered, splits.parent / "cache", progress=False)
+    elif val is None:
         val = load_split_dataset(splits / "val.csv", cfg, splits.parent / "cache", progress=False)
     records = [{"path": p, "age": float(a)} for p, a in zip(val.paths, val.ages)]
     figures = {}
     for kind in ALTERATIONS:
-        loader = make_loader(CustomDataset(records, cfg, images=altered_copies(val.images, kind)), 256, shuffle=False)
+        images = altered_copies(val.images, kind)
+        if filters:
+            images = np.stack([filter_input(image, cfg) for image in images])
+        loader = make_loader(CustomDataset(records, cfg, images=images), 256, shuffle=False)
         figures[f"val_mae_{kind}"] = round(evaluate(model, loader, torch.tensor(cfg.mean), torch.tensor(cfg.std),
                                                     tta_flip=best["config"].get("tta_flip", False))["mae"], 3)
     return figures
@@ -742,6 +811,12 @@ def check_cross(args, work, results, out_path):
                 results.setdefault("cross", {}).setdefault("FGNET", {})[key] = figures
                 print(f"FG-NET, {key}: MAE {figures['mae']:.2f}, CS@5 {figures['cs5']:.1%}, faces found in "
                       f"{figures['faces_found']:.1%} of {figures['photos']} photos", flush=True)
+                save_results(out_path, results)
+            if args.cross_filters:
+                figures = cross_filters(run_dir, args.cross)
+                results.setdefault("cross_filters", {}).setdefault("FGNET", {})[f"{protocol}/{name}"] = figures
+                print(f"FG-NET, {protocol}/{name}, faces filtered first: " + ", ".join(
+                    f"{k} {v['mae']:.2f}" for k, v in figures.items()), flush=True)
                 save_results(out_path, results)
 
 
@@ -933,6 +1008,10 @@ MODEL_NOTES = {
                                 "`simplecnn_tuned_60ep` and `simplecnn_tuned` (a second generation)",
     "simplecnn_photo_scan_distilled_100ep": "`simplecnn_photo_scan_100ep` distilled from that run: the same "
                                             "recipe and length, one teacher",
+    "simplecnn_photo_scan_denoise_60ep": "`simplecnn_photo_scan_60ep` in bf16 (`--amp`) with the seed's "
+                                         "denoiser on (`--denoise`, non-local means at the input size; no sharpening)",
+    "simplecnn_photo_scan_distilled_144px_70ep": "`simplecnn_photo_scan_100ep` at 144 px, 70 epochs, distilled "
+                                                 "from the mean of F's two 100-epoch runs (it and its student)",
     "simplecnn_tuned_60ep_amp": "`simplecnn_tuned_60ep` trained in bf16 autocast (`--amp`)",
     "simplecnn_distilled_144px_80ep": "`simplecnn_tuned` at 144 px, 80 epochs in bf16 autocast (`--amp`), distilled "
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
@@ -1264,6 +1343,7 @@ def long_ablation_lines(results) -> list:
     bases = {n: LONG_ABLATION_BASES.get(n, "simplecnn_tuned") for n in runs}
     reference = {n: tuned if b == "simplecnn_tuned" else runs[b]["val_mae"] for n, b in bases.items()
                  if b == "simplecnn_tuned" or b in runs}
+    unjudged = [f"`{n}` (`{bases[n]}`)" for n in runs if n not in reference]
     runs = {n: r for n, r in runs.items() if n in reference}
     lines = ["", "### Levers at 40 epochs and longer", "",
              "One change to a recipe, judged on validation against the best validation MAE of that recipe without "
@@ -1287,6 +1367,8 @@ def long_ablation_lines(results) -> list:
     if reruns:
         lines += ["", f"The same recipe again with another seed: {listing(reruns)}. A lever is only as sure as its "
                       "margin over this spread."]
+    if unjudged:
+        lines += ["", f"Recorded but not judged, their changed run has no record: {', '.join(unjudged)}."]
     for name, bf16 in runs.items():  # each bf16 run against a float32 run of the same recipe (recipe_of)
         if not recorded_args(bf16).amp:
             continue
@@ -1554,7 +1636,31 @@ def cross_section(sources):
             "`inference.py`'s own pipeline (detect, align, preprocess, predict; a photo without a face is counted, "
             "not guessed), once with the model's own crop and once with a Haar box and a square crop; and Protocol "
             "F test faces pasted into the scenes of Face detection, compared with the files themselves.", "",
-            *code_block([cross_command(results)]), "", tables, "", *cross_reading(results, sources["shipped"])]
+            *code_block([cross_command(results)]), "", tables, "", *cross_reading(results, sources["shipped"]),
+            *cross_filter_lines(results)]
+
+
+def cross_filter_lines(results) -> list:
+    """--cross-filters' table: FG-NET with each face filtered before the model's own preprocessing."""
+    runs = results.get("cross_filters", {}).get("FGNET", {})
+    if not runs:
+        return []
+    lines = ["", "### What moves the estimate on a scanned photo", "",
+             "The same FG-NET faces, each filtered after alignment and before the model's own preprocessing "
+             "(`benchmark.chip_filters`). A diagnosis of which property of a scanned print pushes the estimate up or down; "
+             "none of these filters is part of the pipeline, and no model is chosen on these figures.", ""]
+    lines += code_block([f"python benchmark.py --cross ../shared/data/FGNET --protocols F --models "
+                         f"{','.join(k.split('/', 1)[1] for k in runs)} --cross-filters"])
+    for key, figures in runs.items():
+        decades = sorted({d for f in figures.values() for d in f["mean_error_per_decade"]}, key=lambda d: int(d.split("-")[0]))
+        decades = [d for d in decades if int(d.split("-")[0]) < 50]  # FG-NET has few faces above 50
+        lines += ["", f"`{key}` ({next(iter(figures.values()))['n']} faces):", "",
+                  f"| face filtered first | FG-NET MAE | signed error {', '.join(decades)} (+: too old) |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {f['mae']:.2f} | "
+                  f"{', '.join(format(f['mean_error_per_decade'].get(d, float('nan')), '+.1f') for d in decades)} |"
+                  for name, f in figures.items()]
+    return lines
 
 
 def detection_section(sources):
@@ -1810,10 +1916,18 @@ def run_refresh(args, protocols, models):
     """--refresh-exports"""
     out_path, work = results_path(args), Path(args.work_dir)
     results = load_results(out_path)
+    skipped = []
     for protocol in protocols:
-        for name in models:
+        for name in models:  # a run not trained here is named and passed over, not the end of the refresh
+            if not (work / protocol / name / "best.pt").is_file() or name not in results["protocols"].get(protocol, {}):
+                skipped.append(f"{protocol}/{name}")
+                print(f"skipped {protocol}/{name}: no best.pt under {work / protocol / name} or no record of it "
+                      f"(train it with python benchmark.py --protocols {protocol} --models {name})", flush=True)
+                continue
             print(protocol, name, json.dumps(refresh_exports(protocol, name, work, results)))
             save_results(out_path, results)
+    if skipped:
+        print(f"refreshed all but {len(skipped)}: {', '.join(skipped)}")
     if args.crop_check:
         check_crops(args, work, protocols[-1], models[-1], results, out_path)
     print(table(results))

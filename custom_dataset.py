@@ -648,7 +648,12 @@ def preprocess_rgb(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     import cv2
     size = cfg.image_size
     interp = cv2.INTER_AREA if min(rgb.shape[:2]) >= size else cv2.INTER_LINEAR
-    out = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp)
+    return filter_input(cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interp), cfg)
+
+
+def filter_input(out: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The second half of preprocess_rgb: denoise and sharpen an image already at the input size."""
+    import cv2
     if cfg.denoise:
         h = float(cfg.denoise_strength)
         out = cv2.fastNlMeansDenoisingColored(out, None, h, h, 7, 21)

@@ -362,7 +362,9 @@ def test_a_long_lever_is_judged_against_the_run_it_changed(monkeypatch):
             if line.startswith("| ") and ":" in line}
     assert "| simplecnn_tuned | 4.100 | -0.100 |" in rows["amp"]
     assert "| amp | 4.000 | -0.100 |" in rows["lever"]
-    assert "orphan" not in rows  # its base was never run: no comparison to make
+    assert "orphan" not in rows  # its base was never run: no comparison to make, but it is named as left out
+    assert any(line.startswith("Recorded but not judged") and "`orphan` (`missing`)" in line
+               for line in benchmark.long_ablation_lines(results))
     reading = next(line for line in benchmark.long_ablation_lines(results) if line.startswith("Better"))
     assert "`lever` (-0.100)" in reading and "`amp` (-0.100)" in reading
     # a rerun with another seed is the noise the levers are read against, never a lever itself
@@ -371,3 +373,66 @@ def test_a_long_lever_is_judged_against_the_run_it_changed(monkeypatch):
     lines = benchmark.long_ablation_lines(results)
     assert "seed2" not in next(line for line in lines if line.startswith("Better"))
     assert "`seed2` (-0.070)" in next(line for line in lines if line.startswith("The same recipe again"))
+
+
+def test_refresh_exports_names_and_passes_over_a_run_that_was_never_trained(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results.json"
+    args = benchmark.get_args_parser().parse_args(["--refresh-exports", "--out", str(out),
+                                                   "--work-dir", str(tmp_path / "work")])
+    refreshed = []
+    monkeypatch.setattr(benchmark, "refresh_exports", lambda *a: refreshed.append(a[:2]) or {})
+    monkeypatch.setattr(benchmark, "table", lambda results: "")
+    (tmp_path / "work" / "F" / "ready").mkdir(parents=True)
+    (tmp_path / "work" / "F" / "ready" / "best.pt").write_bytes(b"x")
+    out.write_text(json.dumps({"protocols": {"F": {"trained_elsewhere": {}, "ready": {}}}}))
+    benchmark.run_refresh(args, ["F"], ["trained_elsewhere", "never_recorded", "ready"])
+    printed = capsys.readouterr().out
+    assert refreshed == [("F", "ready")]
+    assert "skipped F/trained_elsewhere: no best.pt" in printed and "skipped F/never_recorded" in printed
+    assert "refreshed all but 2: F/trained_elsewhere, F/never_recorded" in printed
+
+
+def test_a_denoising_model_meets_the_scan_grain_before_its_denoiser(splits, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    import functions
+    from custom_dataset import PreprocessConfig, altered_copies, filter_input, load_split_dataset
+    out = tmp_path / "out"
+    shutil.copytree(splits.parent / "splits", out / "splits")  # the shared fixture's caches stay untouched
+    cfg = PreprocessConfig(image_size=32, denoise=True, deblur=False)
+    seen = []
+    monkeypatch.setattr(functions, "evaluate", lambda model, loader, *a, **k: seen.append(loader.dataset.images)
+                        or {"mae": 1.0})
+    figures = benchmark.altered_val_maes({"config": {"splits": str(out / "splits")}}, None, cfg)
+    assert figures == {"val_mae_gray": 1.0, "val_mae_scan": 1.0}
+
+    def val(settings):
+        return load_split_dataset(out / "splits" / "val.csv", settings, out / "cache", progress=False).images
+    scanned_then_denoised = np.stack([filter_input(x, cfg) for x in altered_copies(val(
+        dataclasses.replace(cfg, denoise=False)), "scan")])
+    assert (seen[1] == scanned_then_denoised).all()
+    assert not (seen[1] == altered_copies(val(cfg), "scan")).all()  # grain added after the denoiser differs
+
+
+def test_each_chip_filter_changes_a_textured_face_and_keeps_its_shape():
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for name, apply in benchmark.chip_filters().items():
+        out = apply(face)
+        assert out.shape == face.shape and out.dtype == np.uint8, name
+        assert (out == face).all() == (name == "as is"), name
+    gray = benchmark.chip_filters()["gray"](face)
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    blurred = benchmark.chip_filters()["blurred (Gaussian, sigma 2.5 px)"](face)
+    assert blurred.astype(float).std() < face.astype(float).std() / 2  # grain mostly gone
+
+
+def test_the_filter_table_lists_every_filter_with_its_signed_errors_under_50():
+    figures = {"as is": {"mae": 6.3, "n": 998, "mean_error_per_decade": {"0-9": 4.2, "10-19": 8.1, "60-69": -1.2}},
+               "blurred": {"mae": 6.0, "n": 998, "mean_error_per_decade": {"0-9": 3.6, "10-19": 7.5, "60-69": -3.0}}}
+    lines = benchmark.cross_filter_lines({"cross_filters": {"FGNET": {"F/m": figures}}})
+    assert "--models m --cross-filters" in "\n".join(lines)
+    assert "| face filtered first | FG-NET MAE | signed error 0-9, 10-19 (+: too old) |" in lines
+    assert "| as is | 6.30 | +4.2, +8.1 |" in lines and "| blurred | 6.00 | +3.6, +7.5 |" in lines
+    assert benchmark.cross_filter_lines({}) == []
