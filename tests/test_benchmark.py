@@ -435,4 +435,5 @@ def test_the_filter_table_lists_every_filter_with_its_signed_errors_under_50():
     assert "--models m --cross-filters" in "\n".join(lines)
     assert "| face filtered first | FG-NET MAE | signed error 0-9, 10-19 (+: too old) |" in lines
     assert "| as is | 6.30 | +4.2, +8.1 |" in lines and "| blurred | 6.00 | +3.6, +7.5 |" in lines
+    assert any(line.startswith("Mean shift") and "blurred -0.6 years" in line for line in lines)
     assert benchmark.cross_filter_lines({}) == []
