@@ -69,8 +69,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_photo_scan_60ep with the denoiser back on (the seed's non-local means, without its sharpening),
     # in bf16: does removing a scan's grain before the model help on real photos, and what does it cost on UTKFace?
     "simplecnn_photo_scan_denoise_60ep": ["--augment", "photo_scan", "--epochs", "60", "--amp", "--denoise"],
-    # the S student's levers on Protocol F: 144 px, taught by the mean of F's two 100-epoch runs (val 4.818
-    # together, 4.893 and 4.936 alone); 70 epochs keep the final inside the hour at 144 px
+    # the S student's levers on Protocol F: 144 px, taught by the mean of F's two 100-epoch runs; 70 epochs keep
+    # the final inside the hour at 144 px
     "simplecnn_photo_scan_distilled_144px_70ep": [
         "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp",
         "--teacher", "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep}"],
@@ -334,10 +334,11 @@ def crop_consistency(run_dir, splits, n, seed=0):
             "gap_same_light": mae["scene_same_light"] - mae["direct"]}
 
 
-def cross_dataset(run_dir, data_dir, detector=None, crop=None):
+def cross_dataset(run_dir, data_dir, detector=None, crop=None, faces_out=None):
     """The model on another data set's photos through inference.py's own pipeline (AgeEstimator):
     the largest face of each photo is taken as the labelled person; photos without a face are
-    counted (faces_found), not guessed. crop/detector override the model's for comparisons."""
+    counted (faces_found), not guessed. crop/detector override the model's for comparisons.
+    faces_out: a list that receives (aligned face, true age) of every photo with a face (cross_filters)."""
     import faces
     import inference
     from custom_dataset import discover_labels, load_rgb
@@ -356,6 +357,8 @@ def cross_dataset(run_dir, data_dir, detector=None, crop=None):
         if found:
             predicted.append(float(ages[0]))
             ages_true.append(rec["age"])
+            if faces_out is not None:
+                faces_out.append((np.ascontiguousarray(found[0].chip), rec["age"]))
     figures = regression_metrics(predicted, ages_true)
     decades = group_metrics(predicted, ages_true)["decade"]
     return {"mae": round(figures["mae"], 3), "cs5": round(figures["cs5"], 4), "n": figures["n"],
@@ -371,8 +374,10 @@ def chip_filters() -> dict:
     grain, detail, contrast) moves the estimate, and in which direction. Diagnosis only: no filter is part of
     the pipeline."""
     import cv2
+    from custom_dataset import filter_input
+    denoiser = PreprocessConfig(denoise=True, deblur=False)  # the pipeline's --denoise, at its default strength
 
-    def unsharp(chip):
+    def unsharp(chip):  # stronger and wider than --deblur's mask (sigma 1.0, amount 0.5), to show the direction
         return cv2.addWeighted(chip, 1.8, cv2.GaussianBlur(chip, (0, 0), 1.5), -0.8, 0)
 
     def gray(chip):
@@ -385,24 +390,18 @@ def chip_filters() -> dict:
     return {"as is": lambda chip: chip,
             "gray": gray,
             "blurred (Gaussian, sigma 2.5 px)": lambda chip: cv2.GaussianBlur(chip, (0, 0), 2.5),
-            "denoised (non-local means, h 5)": lambda chip: cv2.fastNlMeansDenoisingColored(chip, None, 5, 5, 7, 21),
+            f"denoised (non-local means, h {denoiser.denoise_strength:g})": lambda chip: filter_input(chip, denoiser),
             "sharpened (unsharp mask)": unsharp,
             "local contrast (CLAHE)": local_contrast}
 
 
-def cross_filters(run_dir, data_dir):
-    """The model on another data set's faces (cross_dataset's pipeline, largest face) with each chip_filters()
-    filter applied to the aligned face first: MAE and signed error per decade per filter."""
+def cross_filters(model_path, found_faces):
+    """The model on the (aligned face, true age) pairs cross_dataset found, each face put through every
+    chip_filters() filter first: MAE and signed error per decade per filter."""
     import inference
-    from custom_dataset import discover_labels, load_rgb
     from functions import group_metrics, regression_metrics
-    estimator = inference.AgeEstimator(run_dir / "model.onnx")
-    chips, ages_true = [], []
-    for rec in discover_labels(data_dir)[0]:
-        found = estimator.find_faces(load_rgb(rec["path"]))
-        if found:
-            chips.append(np.ascontiguousarray(found[0].chip))
-            ages_true.append(rec["age"])
+    estimator = inference.AgeEstimator(model_path, whole_image=True)  # the faces are cut out already
+    chips, ages_true = [chip for chip, _ in found_faces], [age for _, age in found_faces]
     figures = {}
     for name, apply in chip_filters().items():
         predicted = estimator.predict_inputs(estimator.model_inputs([apply(chip) for chip in chips]))
@@ -806,14 +805,16 @@ def check_cross(args, work, results, out_path):
             variants = {f"{protocol}/{name}": {}}
             if args.cross_compare:
                 variants[f"{protocol}/{name} (Haar box crop)"] = {"detector": "haar", "crop": faces.BOX_CROP}
+            found_faces = [] if args.cross_filters else None  # the model's own crop's faces, for cross_filters
             for key, override in variants.items():
-                figures = cross_dataset(run_dir, args.cross, **override)
+                figures = cross_dataset(run_dir, args.cross, **override,
+                                        faces_out=found_faces if key == f"{protocol}/{name}" else None)
                 results.setdefault("cross", {}).setdefault("FGNET", {})[key] = figures
                 print(f"FG-NET, {key}: MAE {figures['mae']:.2f}, CS@5 {figures['cs5']:.1%}, faces found in "
                       f"{figures['faces_found']:.1%} of {figures['photos']} photos", flush=True)
                 save_results(out_path, results)
             if args.cross_filters:
-                figures = cross_filters(run_dir, args.cross)
+                figures = cross_filters(run_dir / "model.onnx", found_faces)
                 results.setdefault("cross_filters", {}).setdefault("FGNET", {})[f"{protocol}/{name}"] = figures
                 print(f"FG-NET, {protocol}/{name}, faces filtered first: " + ", ".join(
                     f"{k} {v['mae']:.2f}" for k, v in figures.items()), flush=True)

@@ -400,8 +400,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
         if augment is not None:
             images = augment_batch(images, augment, generator)
         mix = mixup_partners(ages, mixup, generator) if mixup > 0 else None
-        if mix is not None:
-            images = blend_with_partners(images, mix)
+        images = blend_with_partners(images, mix)
         x = _prepare(images, mean, std, device)
         y = ages.to(device, non_blocking=True)
         teacher = tuple(t.to(device, non_blocking=True) for t in teacher) or None

@@ -437,3 +437,15 @@ def test_the_filter_table_lists_every_filter_with_its_signed_errors_under_50():
     assert "| as is | 6.30 | +4.2, +8.1 |" in lines and "| blurred | 6.00 | +3.6, +7.5 |" in lines
     assert any(line.startswith("Mean shift") and "blurred -0.6 years" in line for line in lines)
     assert benchmark.cross_filter_lines({}) == []
+
+
+def test_cross_filters_scores_the_found_faces_under_every_filter(tmp_path):
+    from conftest import constant_model
+    model = constant_model(tmp_path / "model.onnx", age=30.0, min_age=0, max_age=100)
+    rng = np.random.default_rng(0)
+    found = [(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), age) for age in (22.0, 24.0, 45.0)]
+    figures = benchmark.cross_filters(model, found)
+    assert list(figures) == list(benchmark.chip_filters())
+    for f in figures.values():  # a constant 30 years: errors +8, +6, -15
+        assert f["n"] == 3 and f["mae"] == pytest.approx(29 / 3, abs=1e-3)
+        assert f["mean_error_per_decade"] == {"20-29": 7.0, "40-49": -15.0}
