@@ -321,12 +321,15 @@ def lowers_worst_decade(mae_before, mae_after, worst_before, worst_after, noise=
 
 
 def fit_age_map(pred, true) -> dict:
-    """Isotonic regression from predicted to true age, as knots for np.interp (flat beyond the ends)."""
+    """Isotonic regression from predicted to true age, as knots for np.interp (flat beyond the ends).
+    Knots are rounded to 1e-4 years for the metadata; two that rounding makes equal keep the first, so
+    x stays strictly increasing (what checkpoints.age_map_is_usable demands of an export)."""
     from sklearn.isotonic import IsotonicRegression
     iso = IsotonicRegression(out_of_bounds="clip").fit(np.asarray(pred, np.float64), np.asarray(true, np.float64))
+    x, first = np.unique(np.round(iso.X_thresholds_.astype(np.float64), 4), return_index=True)
     return {"method": "isotonic regression from predicted to true age on the validation split",
-            "x": [round(float(v), 4) for v in iso.X_thresholds_],
-            "y": [round(float(v), 4) for v in iso.y_thresholds_]}
+            "x": [float(v) for v in x],
+            "y": [round(float(v), 4) for v in iso.y_thresholds_[first]]}
 
 
 def apply_age_map(pred, age_map: dict | None) -> np.ndarray:

@@ -26,6 +26,13 @@ def test_isotonic_map_golden_values():
     assert apply_age_map([5, 25], None).tolist() == [5.0, 25.0]
 
 
+def test_isotonic_map_knots_stay_increasing_when_rounding_joins_two():
+    # two predictions 3e-5 years apart round to one knot (a 70-epoch run's map was refused by its own export)
+    age_map = fit_age_map([1.00001, 1.00004, 5, 6], [1, 3, 5, 6])
+    assert (age_map["x"], age_map["y"]) == ([1.0, 5.0, 6.0], [1.0, 5.0, 6.0])
+    assert checkpoints.age_map_is_usable(age_map)
+
+
 def test_worst_decade_ignores_decades_too_small_to_judge():
     pred, true = [0, 0, 0, 10, 60], [1, 2, 3, 12, 90]
     assert worst_decade(pred, true, min_faces=1) == ("90-99", 30.0)
