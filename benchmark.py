@@ -27,8 +27,8 @@ import numpy as np
 
 import eda
 import train
-from custom_dataset import (SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset, DataError, PreprocessConfig, build_cache,
-                            make_loader, read_split)
+from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset, DataError,
+                            PreprocessConfig, build_cache, make_loader, read_split)
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory,
@@ -74,6 +74,14 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_photo_scan_distilled_144px_70ep": [
         "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp",
         "--teacher", "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep}"],
+    # simplecnn_photo_scan_distilled_gen2_144px_70ep with one change: film grain in 30 % of training images
+    "simplecnn_photo_scan_grain_gen2_144px_70ep": [
+        "--augment", "photo_scan_grain", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
+        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
+    # the same student with one change, a third teacher: that student itself (a second generation)
+    "simplecnn_photo_scan_distilled_gen2_144px_70ep": [
+        "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
+        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
@@ -1013,6 +1021,10 @@ MODEL_NOTES = {
                                          "denoiser on (`--denoise`, non-local means at the input size; no sharpening)",
     "simplecnn_photo_scan_distilled_144px_70ep": "`simplecnn_photo_scan_100ep` at 144 px, 70 epochs, distilled "
                                                  "from the mean of F's two 100-epoch runs (it and its student)",
+    "simplecnn_photo_scan_grain_gen2_144px_70ep": "`simplecnn_photo_scan_distilled_gen2_144px_70ep` with film "
+                                                  "grain in 30 % of its training images (`--augment photo_scan_grain`)",
+    "simplecnn_photo_scan_distilled_gen2_144px_70ep": "`simplecnn_photo_scan_distilled_144px_70ep` distilled from "
+                                                      "the mean of three: its two teachers and that student",
     "simplecnn_tuned_60ep_amp": "`simplecnn_tuned_60ep` trained in bf16 autocast (`--amp`)",
     "simplecnn_distilled_144px_80ep": "`simplecnn_tuned` at 144 px, 80 epochs in bf16 autocast (`--amp`), distilled "
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
@@ -1199,14 +1211,20 @@ def shipped_section(sources):
              f"side and back, plus grain of σ up to {SCAN_GRAIN:g}: `custom_dataset.altered_copies`), because real "
              "photos include gray and scanned prints. The test split and FG-NET play no part in the choice. The scanned copies joined the rule on 2026-12-01, "
              "after the scan augmentation had lowered FG-NET's MAE at 96 px; so FG-NET told us which alteration "
-             "matters, though no candidate is chosen on its FG-NET figure.", "",
-             "| model | val MAE, colour | gray copies | scanned copies | mean | test MAE | FG-NET MAE |",
-             "|---|---|---|---|---|---|---|"]
+             "matters, though no candidate is chosen on its FG-NET figure.",
+             "",
+             f"Grained copies (film grain: luminance blobs of {GRAIN_BLOB[0]:g}–{GRAIN_BLOB[1]:g} px, σ up to "
+             f"{GRAIN_SIGMA:g}) are measured beside the rule, not in it: they were added on 2026-12-02 together with "
+             "the first model trained on grain, and a rule changed for the candidate it would favour would choose "
+             "by that experiment. A dash: measured before that (`--calibrate` adds it).", "",
+             "| model | val MAE, colour | gray copies | scanned copies | mean | test MAE | FG-NET MAE | grained copies |",
+             "|---|---|---|---|---|---|---|---|"]
     for key, r in candidates.items():
         fg = f"{fgnet[key]['mae']:.2f}" if key in fgnet else "-"
+        grained = f"{r['val_mae_grain']:.2f}" if "val_mae_grain" in r else "-"
         mark = " (**chosen**)" if key == chosen else ""
         lines.append(f"| {key}{mark} | {r['best_val_mae']:.2f} | {r['val_mae_gray']:.2f} | {r['val_mae_scan']:.2f} | "
-                     f"{mean[key]:.2f} | {r['test_mae']:.2f} | {fg} |")
+                     f"{mean[key]:.2f} | {r['test_mae']:.2f} | {fg} | {grained} |")
     lines += ["", f"Shipped: `{shipped or 'none yet'}`" + ("" if shipped in (None, chosen) else
                                                             f" (not the rule's choice, {chosen})") + ", by:", ""]
     return lines + code_block([f"python benchmark.py --ship {shipped or chosen}   # copies the exports to "

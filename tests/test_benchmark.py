@@ -260,6 +260,18 @@ def test_the_shipped_model_is_the_lowest_mean_of_the_three_validation_figures_an
     assert benchmark.shipped_section({"results": {"protocols": {"F": {"m": entry(5.0, 5.0)}}}, "shipped": None}) == []
 
 
+def test_grained_copies_are_shown_beside_the_rule_and_do_not_choose():
+    def entry(colour, gray, scan, grain=None):
+        return {"best_val_mae": colour, "val_mae_gray": gray, "val_mae_scan": scan, "test_mae": 1.0,
+                **({} if grain is None else {"val_mae_grain": grain})}
+    results = {"protocols": {"F": {"rule_best": entry(5.0, 5.0, 5.0, 6.0), "grain_best": entry(5.1, 5.1, 5.1, 5.2),
+                                   "old": entry(5.2, 5.2, 5.2)}}}
+    text = "\n".join(benchmark.shipped_section({"results": results, "shipped": None}))
+    assert "| F/rule_best (**chosen**) | 5.00 | 5.00 | 5.00 | 5.00 | 1.00 | - | 6.00 |" in text
+    assert "| F/grain_best | 5.10 | 5.10 | 5.10 | 5.10 | 1.00 | - | 5.20 |" in text
+    assert "| F/old | 5.20 | 5.20 | 5.20 | 5.20 | 1.00 | - | - |" in text
+
+
 def test_the_model_card_takes_every_figure_from_the_records_and_names_a_distilled_models_teachers():
     entry = {"params": 629332, "best_epoch": 38, "epochs": 40, "test_mae": 4.9712, "test_cs5": 0.6131,
              "test_images": 2312, "test_mae_per_decade": {"0-9": 1.85, "10-19": 5.12}, "train_minutes": 43.71,
@@ -405,7 +417,7 @@ def test_a_denoising_model_meets_the_scan_grain_before_its_denoiser(splits, tmp_
     monkeypatch.setattr(functions, "evaluate", lambda model, loader, *a, **k: seen.append(loader.dataset.images)
                         or {"mae": 1.0})
     figures = benchmark.altered_val_maes({"config": {"splits": str(out / "splits")}}, None, cfg)
-    assert figures == {"val_mae_gray": 1.0, "val_mae_scan": 1.0}
+    assert figures == {"val_mae_gray": 1.0, "val_mae_scan": 1.0, "val_mae_grain": 1.0}
 
     def val(settings):
         return load_split_dataset(out / "splits" / "val.csv", settings, out / "cache", progress=False).images

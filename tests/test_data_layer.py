@@ -262,6 +262,26 @@ def test_grayscale_augmentation_turns_the_chosen_share_gray():
     torch.testing.assert_close(out[~gray], x[~gray])  # the others untouched
 
 
+def test_film_grain_is_luminance_noise_in_blobs_on_the_chosen_share():
+    from custom_dataset import GRAIN_SIGMA, AugmentConfig, augment_batch
+    x = torch.full((400, 3, 24, 24), 128.0)  # mid-gray: no clamping, so the grain is seen as drawn
+    out = augment_batch(x, AugmentConfig(flip=False, max_rotate=0, max_shift=0, max_scale=0, brightness=0, contrast=0,
+                                         grain=0.25), torch.Generator().manual_seed(0))
+    grain = out - x
+    hit = grain.abs().amax(dim=(1, 2, 3)) > 0
+    assert 0.18 < hit.float().mean() < 0.32
+    assert (grain[~hit] == 0).all()  # the others untouched
+    assert (grain[hit, 0] == grain[hit, 1]).all() and (grain[hit, 1] == grain[hit, 2]).all()  # luminance only
+    sd = grain[hit, 0].std(dim=(1, 2))
+    assert sd.max() <= GRAIN_SIGMA * 1.05 and sd.min() < GRAIN_SIGMA / 2  # sigma drawn up to GRAIN_SIGMA
+    # blobs: neighbouring pixels move together (white noise would give a correlation near 0)
+    g = grain[hit, 0]
+    corr = ((g[:, :, 1:] * g[:, :, :-1]).mean() / (g * g).mean()).item()
+    assert corr > 0.2
+    no_grain = augment_batch(x, AugmentConfig.off(), torch.Generator().manual_seed(0))
+    assert (no_grain == x).all()
+
+
 def test_altered_copies_are_all_gray_or_all_degraded_and_the_same_again():
     from custom_dataset import altered_copies
     rng = np.random.default_rng(0)
@@ -281,3 +301,15 @@ def test_altered_copies_are_all_gray_or_all_degraded_and_the_same_again():
     assert (diff > 1).all()  # every face altered, none left as it was
     assert np.abs(scan.astype(float).mean() - images.astype(float).mean()) < 3  # lowered detail, not brightness
     assert (images == before).all()  # the source is only read
+
+
+def test_altered_copies_read_a_read_only_cache_without_warning():
+    import warnings
+    from custom_dataset import altered_copies
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    read_only = images.copy()
+    read_only.flags.writeable = False  # as the preprocessing cache's memory map is opened
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scan = altered_copies(read_only, "scan")
+    assert (scan == altered_copies(images, "scan")).all()
