@@ -51,7 +51,7 @@ AUGMENTATIONS = {
     # both: photos that are gray, scanned, or both
     "photo_scan": AugmentConfig(grayscale=0.2, degrade=0.3),
     # photo_scan plus 30 % of images with film grain: luminance blobs of 1-3 px, which the models without it
-    # read as wrinkles (2 px grain raised their estimates by 4 years)
+    # read as wrinkles, i.e. as age
     "photo_scan_grain": AugmentConfig(grayscale=0.2, degrade=0.3, grain=0.3),
 }
 
