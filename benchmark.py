@@ -74,13 +74,13 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_photo_scan_distilled_144px_70ep": [
         "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp",
         "--teacher", "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep}"],
-    # simplecnn_photo_scan_distilled_gen2_144px_70ep with one change: film grain in 30 % of training images
-    "simplecnn_photo_scan_grain_gen2_144px_70ep": [
-        "--augment", "photo_scan_grain", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
-        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
     # the same student with one change, a third teacher: that student itself (a second generation)
     "simplecnn_photo_scan_distilled_gen2_144px_70ep": [
         "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
+        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
+    # simplecnn_photo_scan_distilled_gen2_144px_70ep with one change: film grain in 30 % of training images
+    "simplecnn_photo_scan_grain_gen2_144px_70ep": [
+        "--augment", "photo_scan_grain", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
         "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
@@ -718,7 +718,7 @@ def load_best(run_dir):
 
 
 def altered_val_maes(best, model, cfg, val=None) -> dict:
-    """Validation MAE of a run's best epoch (load_best) on gray copies and on scanned-looking copies of
+    """Validation MAE of a run's best epoch (load_best) on gray, scanned-looking and grained copies of
     the validation faces (custom_dataset.altered_copies): how the model copes with old and scanned photos,
     judged without touching any test set. val: the validation set, if the caller has it loaded.
 

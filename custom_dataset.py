@@ -813,7 +813,7 @@ ALTERATIONS = {  # whole validation sets altered as some real photos are: how a 
 
 
 def altered_copies(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
-    """uint8 N x S x S x 3 copies of images, every one made gray or scanned-looking (ALTERATIONS) by the
+    """uint8 N x S x S x 3 copies of images, every one made gray, scanned-looking or grained (ALTERATIONS) by the
     training augmentation's own code, with a fixed seed so a run's figure can be measured again."""
     chunk = 256  # fixed: the random draws depend on it
     generator, out = torch.Generator().manual_seed(seed), np.empty_like(images)
