@@ -382,14 +382,14 @@ def chip_filters() -> dict:
     grain, detail, contrast) moves the estimate, and in which direction. Diagnosis only: no filter is part of
     the pipeline."""
     import cv2
-    from custom_dataset import filter_input
+    from custom_dataset import altered_copies, filter_input
     denoiser = PreprocessConfig(denoise=True, deblur=False)  # the pipeline's --denoise, at its default strength
 
     def unsharp(chip):  # stronger and wider than --deblur's mask (sigma 1.0, amount 0.5), to show the direction
         return cv2.addWeighted(chip, 1.8, cv2.GaussianBlur(chip, (0, 0), 1.5), -0.8, 0)
 
-    def gray(chip):
-        return np.repeat(cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    def gray(chip):  # the gray of the rule's gray copies and of --augment photo (GRAY_WEIGHTS)
+        return altered_copies(chip[None], "gray")[0]
 
     def local_contrast(chip):
         lab = cv2.cvtColor(chip, cv2.COLOR_RGB2LAB)
