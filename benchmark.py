@@ -82,6 +82,12 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_photo_scan_grain_gen2_144px_70ep": [
         "--augment", "photo_scan_grain", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
         "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
+    # a third generation: taught by F's five photo_scan finals (every one but the denoising run, whose inputs
+    # differ), 80 epochs instead of 70 (two changes at once: the hour allows one such final per session)
+    "simplecnn_photo_scan_distilled_gen3_144px_80ep": [
+        "--augment", "photo_scan", "--epochs", "80", "--image-size", "144", "--amp", "--teacher",
+        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep,"
+        "simplecnn_photo_scan_distilled_gen2_144px_70ep,simplecnn_photo_scan_grain_gen2_144px_70ep}"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
@@ -1025,6 +1031,9 @@ MODEL_NOTES = {
                                                   "grain in 30 % of its training images (`--augment photo_scan_grain`)",
     "simplecnn_photo_scan_distilled_gen2_144px_70ep": "`simplecnn_photo_scan_distilled_144px_70ep` distilled from "
                                                       "the mean of three: its two teachers and that student",
+    "simplecnn_photo_scan_distilled_gen3_144px_80ep": "`simplecnn_photo_scan_distilled_gen2_144px_70ep` at 80 "
+                                                      "epochs, distilled from the mean of five: its three teachers, "
+                                                      "it and the film-grain run",
     "simplecnn_tuned_60ep_amp": "`simplecnn_tuned_60ep` trained in bf16 autocast (`--amp`)",
     "simplecnn_distilled_144px_80ep": "`simplecnn_tuned` at 144 px, 80 epochs in bf16 autocast (`--amp`), distilled "
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
