@@ -82,8 +82,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_photo_scan_grain_gen2_144px_70ep": [
         "--augment", "photo_scan_grain", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
         "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
-    # a third generation: taught by F's five photo_scan finals (every one but the denoising run, whose inputs
-    # differ), 80 epochs instead of 70 (two changes at once: the hour allows one such final per session)
+    # a third generation: taught by F's five photo_scan finals (all but the denoising run, whose inputs differ)
+    # for 80 epochs instead of 70; two changes at once, so beside gen2 it isolates neither
     "simplecnn_photo_scan_distilled_gen3_144px_80ep": [
         "--augment", "photo_scan", "--epochs", "80", "--image-size", "144", "--amp", "--teacher",
         "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep,"
