@@ -103,6 +103,9 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_distilled_144px_80ep with one change, the lever that won at 60 epochs (amp60_sigma3)
     "simplecnn_distilled_144px_80ep_sigma3": ["--epochs", "80", "--image-size", "144", "--amp", "--label-sigma", "3",
                                               "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_144px_80ep with one change: 70 % of every target the teacher's instead of half
+    "simplecnn_distilled_144px_80ep_tw07": ["--epochs", "80", "--image-size", "144", "--amp", "--teacher-weight", "0.7",
+                                            "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -1043,6 +1046,8 @@ MODEL_NOTES = {
                                            "instead of its teacher",
     "simplecnn_distilled_144px_80ep_sigma3": "`simplecnn_distilled_144px_80ep` with the label's Gaussian 3 years "
                                              "wide instead of 2 (`--label-sigma 3`, the lever `amp60_sigma3`)",
+    "simplecnn_distilled_144px_80ep_tw07": "`simplecnn_distilled_144px_80ep` with 70 % of every target its "
+                                           "teacher's (`--teacher-weight 0.7`) instead of half",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
