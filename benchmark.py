@@ -40,6 +40,8 @@ PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # default recipe spelled out, so that a changed default cannot change a benchmark figure.
 MODEL_BASE = ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40", "--lr", "1e-3",
               "--augment", "default", "--tta-flip", "--no-denoise", "--no-deblur"]
+# the teachers of F's second generation (gen2 and the film-grain run); the third generation adds those two
+F_GEN2_TEACHERS = "simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep"
 MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond splits/out-dir)
     # the seed's recipe as the seed ran it
     "simplecnn_seed": ["--head", "regression", "--loss", "l1", "--epochs", "20", "--schedule", "constant",
@@ -77,17 +79,17 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # the same student with one change, a third teacher: that student itself (a second generation)
     "simplecnn_photo_scan_distilled_gen2_144px_70ep": [
         "--augment", "photo_scan", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
-        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
+        "{runs:" + F_GEN2_TEACHERS + "}"],
     # simplecnn_photo_scan_distilled_gen2_144px_70ep with one change: film grain in 30 % of training images
     "simplecnn_photo_scan_grain_gen2_144px_70ep": [
         "--augment", "photo_scan_grain", "--epochs", "70", "--image-size", "144", "--amp", "--teacher",
-        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep}"],
+        "{runs:" + F_GEN2_TEACHERS + "}"],
     # a third generation: taught by F's five photo_scan finals (all but the denoising run, whose inputs differ)
     # for 80 epochs instead of 70; two changes at once, so beside gen2 it isolates neither
     "simplecnn_photo_scan_distilled_gen3_144px_80ep": [
         "--augment", "photo_scan", "--epochs", "80", "--image-size", "144", "--amp", "--teacher",
-        "{runs:simplecnn_photo_scan_100ep,simplecnn_photo_scan_distilled_100ep,simplecnn_photo_scan_distilled_144px_70ep,"
-        "simplecnn_photo_scan_distilled_gen2_144px_70ep,simplecnn_photo_scan_grain_gen2_144px_70ep}"],
+        "{runs:" + F_GEN2_TEACHERS + ",simplecnn_photo_scan_distilled_gen2_144px_70ep,"
+        "simplecnn_photo_scan_grain_gen2_144px_70ep}"],
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
