@@ -108,6 +108,11 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_distilled_144px_80ep with one change: 70 % of every target the teacher's instead of half
     "simplecnn_distilled_144px_80ep_tw07": ["--epochs", "80", "--image-size", "144", "--amp", "--teacher-weight", "0.7",
                                             "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_144px_80ep with one change: its predictions also average two centred zooms of each face
+    # (--tta-zoom 0.95,0.9; chosen on the validation split of the ablation amp60_deep). The training is that run's
+    # step for step (same seed, bit-reproducible here), so beside it this isolates the test-time views
+    "simplecnn_distilled_144px_80ep_zoom": ["--epochs", "80", "--image-size", "144", "--amp", "--tta-zoom", "0.95,0.9",
+                                            "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -117,6 +122,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_distilled_gen2_144px": ["--epochs", "60", "--image-size", "144",
                                        "--teacher", "{runs:simplecnn_distilled,simplecnn_tuned_60ep,simplecnn_tuned}"],
 }
+# the test-time zoom sets benchmark.py --zoom-probe compares (train.py --tta-zoom; "" is the face alone)
+ZOOM_PROBE_SETS = ("", "0.975", "0.95", "0.9", "0.95,0.9")
 # Distillation teachers: finals of the same protocol and split, averaged (train.py --teacher); "{teachers}" in
 # an argument list stands for them, under the protocol's run folder
 TEACHERS = {"S": ("simplecnn_tuned_60ep", "simplecnn_tuned", "simplecnn_tuned_96px"),
@@ -238,6 +245,9 @@ LONG_ABLATIONS = {
                     "of noise (--erase 0.5)", [*AMP60, "--erase", "0.5"]),
     "amp60_seed2": ("nothing: tuned_60_epochs_amp again with another seed (run-to-run noise at 60 epochs)",
                     [*AMP60, "--seed", "2"]),
+    # the shape of the network within 1M weights (#15): more depth where it is cheap, the 8x8 map
+    "amp60_deep": ("tuned_60_epochs_amp on simplecnn_deep: a fifth 3x3 conv (128 -> 128) on the last map, "
+                   "before the fully connected layers (+147,584 weights)", [*AMP60, "--model", "simplecnn_deep"]),
 }
 # the long ablation each lever changed one setting of; the levers not named here changed simplecnn_tuned
 LONG_ABLATION_BASES = {name: "tuned_60_epochs_amp" for name in LONG_ABLATIONS if name.startswith("amp60_")}
@@ -284,6 +294,10 @@ def get_args_parser():
                         "coverage on test), error per gender/race/decade, a post-hoc isotonic calibration "
                         "fitted on val, val MAE on gray and scanned-looking copies -> "
                         "results['protocols'][P][NAME]['interval', 'groups', 'isotonic', 'val_mae_gray', ...]")
+    p.add_argument("--zoom-probe", metavar="MODEL.onnx", default=None,
+                   help="only measure an export's validation MAE (on --protocols' last protocol) under each "
+                        f"test-time zoom set ({', '.join(z or 'none' for z in ZOOM_PROBE_SETS)}), through "
+                        "inference.py's own averaging -> results['zoom_probe']; the test split is not read")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -480,13 +494,31 @@ def rounded(value, digits=3):
     return round(value, digits) if isinstance(value, float) else value
 
 
-def split_predictions(model, cfg, splits, split, tta_flip):
-    """(predicted ages, true ages, dataset, predicted spread or None) of one split, as evaluation sees it."""
+def test_time_views(config) -> dict:
+    """A run's test-time averaging (train.py --tta-flip, --tta-zoom) as predict_loader's keywords."""
+    from custom_dataset import parse_zooms
+    return {"tta_flip": config.get("tta_flip", False), "tta_zoom": parse_zooms(config.get("tta_zoom", ""))}
+
+
+def views_text(metadata) -> str:
+    """The model card's words for an export's test-time averaging."""
+    from custom_dataset import parse_zooms
+    zooms = parse_zooms(metadata.get("tta_zoom"))
+    flip = "flip " if metadata.get("tta_flip") else ""
+    if not zooms:
+        return f"{flip}test-time averaging" if flip else "no test-time averaging"
+    return (f"{flip}test-time averaging over the face and its centred {', '.join(f'{z:.0%}' for z in zooms)} "
+            f"crops ({len(zooms) + 1} views{', each mirrored' if flip else ''})")
+
+
+def split_predictions(model, cfg, splits, split, tta):
+    """(predicted ages, true ages, dataset, predicted spread or None) of one split, as evaluation sees it
+    (tta: test_time_views)."""
     from custom_dataset import load_split_dataset
     from functions import predict_loader
     data = load_split_dataset(Path(splits) / f"{split}.csv", cfg, Path(splits).parent / "cache", progress=False)
     pred, true, spread = predict_loader(model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean),
-                                        torch.tensor(cfg.std), tta_flip=tta_flip, spread=True)
+                                        torch.tensor(cfg.std), **tta, spread=True)
     return pred, true, data, spread
 
 
@@ -552,7 +584,7 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
     from functions import apply_age_map, calibrate_ages, fit_interval, group_metrics, interval_metrics
     run_dir = work / protocol / name
     best, model, cfg = load_best(run_dir)
-    splits, tta = best["config"]["splits"], best["config"].get("tta_flip", False)
+    splits, tta = best["config"]["splits"], test_time_views(best["config"])
     val = split_predictions(model, cfg, splits, "val", tta)
     test = split_predictions(model, cfg, splits, "test", tta)
     age_map = best.get("age_map")
@@ -753,7 +785,7 @@ def altered_val_maes(best, model, cfg, val=None) -> dict:
             images = np.stack([filter_input(image, cfg) for image in images])
         loader = make_loader(CustomDataset(records, cfg, images=images), 256, shuffle=False)
         figures[f"val_mae_{kind}"] = round(evaluate(model, loader, torch.tensor(cfg.mean), torch.tensor(cfg.std),
-                                                    tta_flip=best["config"].get("tta_flip", False))["mae"], 3)
+                                                    **test_time_views(best["config"]))["mae"], 3)
     return figures
 
 
@@ -891,7 +923,7 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text) -> str:
 Written by `python benchmark.py --ship {protocol}/{name}` from `bench/results.json`; do not edit by hand.
 
 - **What**: SimpleCNN ({entry['params']:,} parameters, label-distribution head over ages
-  {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, flip test-time averaging.
+  {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, {views_text(metadata)}.
   `inference.py` uses it when no `--model` is given. `model.onnx` runs in ONNX Runtime (no Python code
   inside); the `.jit` (TorchScript) is a program: load it only from this repository.
 - **Age interval**: {interval_line(entry)}
@@ -1050,6 +1082,9 @@ MODEL_NOTES = {
                                              "wide instead of 2 (`--label-sigma 3`, the lever `amp60_sigma3`)",
     "simplecnn_distilled_144px_80ep_tw07": "`simplecnn_distilled_144px_80ep` with 70 % of every target its "
                                            "teacher's (`--teacher-weight 0.7`) instead of half",
+    "simplecnn_distilled_144px_80ep_zoom": "`simplecnn_distilled_144px_80ep` whose every prediction (validation, "
+                                           "test, exports) is the mean over the face and its centred 95 % and 90 % "
+                                           "crops, each also mirrored (`--tta-zoom 0.95,0.9`): six views instead of two",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
@@ -1365,7 +1400,34 @@ def experiments_section(sources):
               *details("The train.py command of each run (from bench/results.json)",
                        [c for n, r in runs.items() if "command" in r for c in (f"# {n}", r["command"])]), ""]
     return (lines + ablation_reading(runs, results.get("long_ablations")) + [""]
-            + finals_lines(results.get("protocols", {})) + long_ablation_lines(results))
+            + finals_lines(results.get("protocols", {})) + long_ablation_lines(results) + zoom_probe_lines(results))
+
+
+def zoom_probe_lines(results) -> list:
+    """benchmark.py --zoom-probe: one export's validation MAE under each test-time zoom set."""
+    probes = results.get("zoom_probe", {})
+    if not probes:
+        return []
+    sets = [z or "none" for z in ZOOM_PROBE_SETS]
+    lines = ["", "### Test-time zooms", "",
+             "The same weights, predicting the validation faces as the mean over more views (`train.py --tta-zoom`): "
+             "the face and its centred crops of the listed shares of the side, resized back, each also mirrored "
+             "where the model averages the flip. Measured through `inference.py`'s own averaging; the test split "
+             "is not read.", ""]
+    lines += code_block([r["command"] for r in probes.values()])
+    lines += ["", "| export | val faces | " + " | ".join(f"zooms {z}" for z in sets) + " |",
+              "|---|---|" + "---|" * len(sets)]
+    for key, r in probes.items():
+        protocol, model = key.split(":", 1)
+        lines.append(f"| {protocol}: `{model}` | {r['images']} | "
+                     + " | ".join(f"{r['val_mae'][z]:.3f}" if z in r["val_mae"] else "-" for z in sets) + " |")
+    changes = [f"{r['val_mae'][sets[-1]] - r['val_mae']['none']:+.3f} ({key.split(':', 1)[0]})"
+               for key, r in probes.items() if sets[-1] in r["val_mae"] and "none" in r["val_mae"]]
+    if changes:
+        lines += ["", f"Zooms {sets[-1]} (`train.py`'s `--tta-zoom {sets[-1]}`) against the face alone, same weights: "
+                      f"{', '.join(changes)} years of validation MAE, for {(len(sets[-1].split(',')) + 1)}x the "
+                      "forward passes per face."]
+    return lines
 
 
 def long_ablation_lines(results) -> list:
@@ -1558,6 +1620,11 @@ def speed_table(results):
                   + ", ".join(f"{n} {m['images_per_s_b64']:,.0f}" for n, m in s.items() if n != chosen)
                   + f" | ≥ {TARGETS['jit_b64_images_per_s']:,} — "
                   f"{reached(r['images_per_s_b64'] >= TARGETS['jit_b64_images_per_s'])} |"]
+    if chosen and recorded_args(s[chosen]).tta_zoom:  # the latencies above are one forward pass each
+        chosen_args = recorded_args(s[chosen])
+        views = (1 + len(chosen_args.tta_zoom.split(","))) * (2 if chosen_args.tta_flip else 1)
+        lines.append(f"| forward passes per face under the S choice's test-time views (`--tta-zoom "
+                     f"{chosen_args.tta_zoom}`{', flip' if chosen_args.tta_flip else ''}) | {views} | |")
     onnx = results.get("probes", {}).get("onnx_b1_ms")
     if onnx:
         size = str(recorded_args(s[chosen]).image_size) if chosen else None
@@ -1942,6 +2009,32 @@ def run_ablations(args):
     print(ablation_table(results))
 
 
+def run_zoom_probe(args, protocols):
+    """--zoom-probe MODEL.onnx"""
+    from custom_dataset import load_split_dataset, parse_zooms
+    from inference import AgeEstimator
+    out_path, work, protocol = results_path(args), Path(args.work_dir), protocols[-1]
+    splits = work / protocol / "splits"
+    if not (splits / "val.csv").is_file():
+        raise DataError(f"no Protocol {protocol} splits in {splits}; run `python benchmark.py --protocols {protocol}` "
+                        "(or its eda.py command) first")
+    results = load_results(out_path)
+    estimator = AgeEstimator(args.zoom_probe, whole_image=True, threads=torch.get_num_threads())
+    val = load_split_dataset(splits / "val.csv", estimator.cfg, splits.parent / "cache", progress=False)
+    true = val.ages.numpy()
+    figures = {}
+    for zooms in ZOOM_PROBE_SETS:
+        estimator.tta_zoom = parse_zooms(zooms)  # the export's own flip setting stays
+        pred = np.concatenate([estimator.predict_inputs(np.asarray(val.images[i:i + 256]))
+                               for i in range(0, len(true), 256)])
+        figures[zooms or "none"] = round(float(np.mean(np.abs(pred - true))), 3)
+        print(f"{protocol} val, zooms {zooms or 'none'}: MAE {figures[zooms or 'none']:.3f}", flush=True)
+    results.setdefault("zoom_probe", {})[f"{protocol}:{args.zoom_probe}"] = {
+        "val_mae": figures, "tta_flip": bool(estimator.metadata.get("tta_flip")), "images": len(true),
+        "command": f"python benchmark.py --zoom-probe {args.zoom_probe} --protocols {protocol}"}
+    save_results(out_path, results)
+
+
 def run_calibrate(args, protocols, models):
     """--calibrate"""
     out_path, work = results_path(args), Path(args.work_dir)
@@ -2033,6 +2126,8 @@ def main(args):
         return run_refresh(args, protocols, models)
     if args.calibrate:
         return run_calibrate(args, protocols, models)
+    if args.zoom_probe:
+        return run_zoom_probe(args, protocols)
     return run_benchmark(args, protocols, models)
 
 

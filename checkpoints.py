@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import lazy_import
-from custom_dataset import DataError, PreprocessConfig
+from custom_dataset import DataError, PreprocessConfig, parse_zooms
 from faces import BOX_CROP, check_crop, read_split_crop
 from functions import atomic_write, rng_state
 
@@ -91,7 +91,9 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
     crop = best.get("crop") or (read_split_crop(config["splits"]) if config.get("splits") else dict(BOX_CROP))
     return {"format_version": FORMAT_VERSION, "model_name": best["model_name"], "head": best["head"],
             "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
-            "crop": crop, "tta_flip": config.get("tta_flip", False), "data": describe_training_data(config),
+            "crop": crop, "tta_flip": config.get("tta_flip", False),
+            "tta_zoom": list(parse_zooms(config.get("tta_zoom", ""))),  # inference.py averages these views too
+            "data": describe_training_data(config),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
             "val_mae": best.get("best_val_mae"), "test_mae": (test_metrics or {}).get("mae"),
             "interval": best.get("interval"),  # conformal calibration (functions.fit_interval); None before it existed

@@ -7,7 +7,7 @@ import types
 
 # The names --model accepts everywhere; model.build_model builds each. Kept here, not in model.py,
 # because a parser must list them without importing torch.
-MODEL_NAMES = ("simplecnn", "simplecnn_bn", "simplecnn_gap", "resnet18", "resnet34", "resnet50")
+MODEL_NAMES = ("simplecnn", "simplecnn_bn", "simplecnn_deep", "simplecnn_gap", "resnet18", "resnet34", "resnet50")
 
 
 class LazyModule(types.ModuleType):

@@ -667,6 +667,48 @@ def preprocess_file(path, cfg: PreprocessConfig) -> np.ndarray:
     return preprocess_rgb(load_rgb(path), cfg)
 
 
+def parse_zooms(text) -> tuple:
+    """"0.95,0.9" -> (0.95, 0.9): train.py --tta-zoom, as configs and exports store it ("" or a list)."""
+    if text is None:
+        return ()
+    if not isinstance(text, (str, list, tuple)):
+        raise ValueError(f"test-time zooms are a list or comma-separated text, not {type(text).__name__}")
+    items = text.split(",") if isinstance(text, str) else list(text)
+    zooms = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            zoom = float(item)
+        except ValueError:
+            raise ValueError(f"test-time zoom {item!r} is not a number; give fractions of the side such as "
+                             "0.95,0.9") from None
+        if not 0.5 <= zoom < 1.0:
+            raise ValueError(f"test-time zoom {zoom:g} is outside [0.5, 1): it is the share of the side kept "
+                             "around the centre (1 is the image itself, always included)")
+        zooms.append(zoom)
+    return tuple(zooms)
+
+
+def zoom_batch(batch: np.ndarray, zoom: float) -> np.ndarray:
+    """Test-time view: the centred square of `zoom` times the side of each N x 3 x S x S image (0-255),
+    bilinearly resized back to S x S; float32. The one definition both evaluation (functions.py) and
+    inference.py use, in numpy so that ONNX inference needs no torch."""
+    import cv2
+    batch = np.asarray(batch, dtype=np.float32)
+    side = batch.shape[-1]
+    crop = int(round(side * zoom))
+    if not 0 < crop <= side:
+        raise ValueError(f"zoom {zoom} leaves {crop} of {side} pixels; a test-time zoom lies in (0, 1]")
+    top = (side - crop) // 2
+    window = batch[:, :, top:top + crop, top:top + crop]
+    out = np.empty_like(batch)
+    for i, image in enumerate(window):
+        out[i] = cv2.resize(np.ascontiguousarray(image.transpose(1, 2, 0)), (side, side),
+                            interpolation=cv2.INTER_LINEAR).reshape(side, side, -1).transpose(2, 0, 1)
+    return out
+
+
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 or 0-255 float NCHW -> normalised float. mean/std are (3,) on the 0-1 scale.
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from cli import lazy_import
-from custom_dataset import AugmentConfig, DataError, atomic_write, augment_batch, normalize, process_alive
+from custom_dataset import (AugmentConfig, DataError, atomic_write, augment_batch, normalize, process_alive,
+                            zoom_batch)
 
 torch = lazy_import("torch")  # imported on first use: scripts answer --help without it
 
@@ -436,22 +437,33 @@ def _ages_and_spread(model, x, spread):
     return model.ages_and_spread(model(x))  # the wrapper's forward (autocast, DDP), AgeModel's rule
 
 
-def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, progress=False, spread=False):
-    """Predicted and true ages of a loader, optionally averaged with the mirrored image; with spread, also
-    the predicted distribution's standard deviation (None for a regression head; with the flip, that of
-    the two distributions' even mixture)."""
+def tta_views(images, mean, std, device, tta_flip=False, tta_zoom=()):
+    """The normalised inputs one prediction averages over: the 0-255 batch itself, each centred zoom of it
+    (custom_dataset.zoom_batch, as inference.py makes them) and, with the flip, each of those mirrored."""
+    sources = [images.float()] + [torch.from_numpy(zoom_batch(images.numpy(), z)) for z in tta_zoom]
+    for source in sources:
+        x = _prepare(source, mean, std, device)
+        yield x
+        if tta_flip:
+            yield x.flip(-1)
+
+
+def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, tta_zoom=(), progress=False,
+                   spread=False):
+    """Predicted and true ages of a loader, each the mean over its test-time views (tta_views: the image,
+    its zooms, their mirror images); with spread, also the predicted distribution's standard deviation
+    (None for a regression head; over several views, that of their distributions' even mixture)."""
     from tqdm import tqdm
     model.eval()
     preds, trues, spreads = [], [], []
     with torch.no_grad():
         for images, ages in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-            x = _prepare(images.float(), mean, std, device)
-            pred, sd = _ages_and_spread(model, x, spread)
-            if tta_flip:
-                pred2, sd2 = _ages_and_spread(model, x.flip(-1), spread)
-                if sd is not None:
-                    sd = (0.5 * (sd ** 2 + sd2 ** 2) + (0.5 * (pred - pred2)) ** 2).sqrt()
-                pred = 0.5 * (pred + pred2)
+            outputs = [_ages_and_spread(model, x, spread) for x in tta_views(images, mean, std, device, tta_flip,
+                                                                               tta_zoom)]
+            pred = sum(p for p, _ in outputs) / len(outputs)
+            sd = outputs[0][1]
+            if sd is not None and len(outputs) > 1:  # a mixture's variance: mean variance + spread of the means
+                sd = (sum(s ** 2 + (p - pred) ** 2 for p, s in outputs) / len(outputs)).sqrt()
             preds.append(pred.float().cpu())
             trues.append(ages.float())
             spreads.append(sd)
@@ -461,9 +473,9 @@ def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, pr
     return pred, true, None if spreads[0] is None else torch.cat(spreads).float().cpu().numpy()
 
 
-def predict_distributions(model, loader, mean, std, *, ages=None, device="cpu", tta_flip=False):
+def predict_distributions(model, loader, mean, std, *, ages=None, device="cpu", tta_flip=False, tta_zoom=()):
     """(age distribution of each image, float32 N x K, and its integer ages, K): a distribution head's
-    softmax (with the flip, the mean of the two), a regression head's age as a Gaussian of LABEL_SIGMA
+    softmax (over several test-time views, their mean), a regression head's age as a Gaussian of LABEL_SIGMA
     over the integer ages `ages` (what a distillation student learns from)."""
     if model.head == "distribution":
         grid = model.age_grid
@@ -475,8 +487,7 @@ def predict_distributions(model, loader, mean, std, *, ages=None, device="cpu", 
     rows = []
     with torch.no_grad():
         for images, _ in loader:
-            x = _prepare(images.float(), mean, std, device)
-            views = (x, x.flip(-1)) if tta_flip else (x,)
+            views = list(tta_views(images, mean, std, device, tta_flip, tta_zoom))
             if model.head == "distribution":
                 probs = sum(torch.softmax(model(v).float(), 1) for v in views) / len(views)
             else:
@@ -485,9 +496,10 @@ def predict_distributions(model, loader, mean, std, *, ages=None, device="cpu", 
     return torch.cat(rows).numpy().astype(np.float32), grid.cpu().numpy().round().astype(np.int32)
 
 
-def evaluate(model, loader, mean, std, *, loss_kind="l1", device="cpu", tta_flip=False, progress=False):
+def evaluate(model, loader, mean, std, *, loss_kind="l1", device="cpu", tta_flip=False, tta_zoom=(), progress=False):
     """Metrics of a loader (see regression_metrics) plus "loss", "pred" and "true" arrays."""
-    pred, true = predict_loader(model, loader, mean, std, device=device, tta_flip=tta_flip, progress=progress)
+    pred, true = predict_loader(model, loader, mean, std, device=device, tta_flip=tta_flip, tta_zoom=tta_zoom,
+                                progress=progress)
     return metrics_of_predictions(pred, true, loss_kind)
 
 
@@ -690,18 +702,18 @@ def metrics_of_predictions(pred, true, loss_kind="l1") -> dict:
 
 
 def evaluate_sharded(model, dataset, mean, std, *, batch_size=256, loss_kind="l1", device="cpu", tta_flip=False,
-                     dist_ctx: Distributed | None = None, pin_memory=False):
+                     tta_zoom=(), dist_ctx: Distributed | None = None, pin_memory=False):
     """evaluate() over a whole data set, split across the ranks of dist_ctx: each rank predicts
     shard_indices(...), the predictions are gathered back into data-set order, and every rank gets the
     metrics of the full set (the same figures as one process evaluating everything)."""
     from custom_dataset import make_loader
     if dist_ctx is None or not dist_ctx.active or dist_ctx.world_size == 1:
         return evaluate(model, make_loader(dataset, batch_size, shuffle=False, pin_memory=pin_memory), mean, std,
-                        loss_kind=loss_kind, device=device, tta_flip=tta_flip)
+                        loss_kind=loss_kind, device=device, tta_flip=tta_flip, tta_zoom=tta_zoom)
     indices = shard_indices(len(dataset), dist_ctx.rank, dist_ctx.world_size)
     if indices:
         loader = make_loader(dataset, batch_size, shuffle=False, sampler=indices, pin_memory=pin_memory)
-        pred, true = predict_loader(model, loader, mean, std, device=device, tta_flip=tta_flip)
+        pred, true = predict_loader(model, loader, mean, std, device=device, tta_flip=tta_flip, tta_zoom=tta_zoom)
     else:  # fewer images than ranks
         pred, true = np.zeros(0, np.float32), np.zeros(0, np.float32)
     pred_all, true_all = np.zeros(len(dataset), np.float32), np.zeros(len(dataset), np.float32)

@@ -48,7 +48,7 @@ import numpy as np
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
-                            load_rgb, preprocess_rgb, write_csv, write_image)
+                            load_rgb, parse_zooms, preprocess_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
@@ -165,6 +165,11 @@ class AgeEstimator:
         self._forward, self.metadata = read_export(path, threads, device)
         self.path, self.device = path, device
         self.cfg, self.crop = check_metadata(path, self.metadata)
+        try:
+            self.tta_zoom = parse_zooms(self.metadata.get("tta_zoom"))
+        except ValueError as exc:
+            raise DataError(f"{path}: its metadata's tta_zoom is unusable ({exc}); re-export the model with "
+                            "train.py") from None
         self.age_range = training_range(self.metadata)
         self.interval, self.interval_level = self.metadata.get("interval"), interval_level
         # the half widths depend only on the calibration and the level: computed once, not per face
@@ -201,18 +206,23 @@ class AgeEstimator:
         return np.stack([preprocess_rgb(np.ascontiguousarray(c), self.cfg) for c in chips])
 
     def predict_inputs(self, inputs) -> np.ndarray:
-        """Ages (float64) of N x S x S x 3 uint8 model inputs, in one forward pass (plus its mirror
-        image with the model's flip test-time averaging), through the model's age map where it has one."""
+        """Ages (float64) of N x S x S x 3 uint8 model inputs: one forward pass, or the mean over the
+        model's test-time views (its zooms, each mirrored too with its flip averaging: the views
+        functions.tta_views makes in training), through the model's age map where it has one."""
         if len(inputs) == 0:
             return np.zeros(0, dtype=np.float64)
         x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
-        ages = np.asarray(self._forward(x), dtype=np.float64).reshape(len(x), -1)
-        if ages.shape[1] != 1:
-            raise DataError(f"{self.path} returns {ages.shape[1]} numbers per image, not one age; "
-                            "pass a model exported by train.py")
+        views = [x] + [zoom_batch(x, z) for z in self.tta_zoom]
         if self.metadata.get("tta_flip"):
-            mirrored = np.asarray(self._forward(np.ascontiguousarray(x[..., ::-1])), dtype=np.float64)
-            ages = 0.5 * (ages + mirrored.reshape(ages.shape))
+            views = [v for view in views for v in (view, np.ascontiguousarray(view[..., ::-1]))]
+        ages = 0.0
+        for view in views:
+            out = np.asarray(self._forward(view), dtype=np.float64).reshape(len(x), -1)
+            if out.shape[1] != 1:
+                raise DataError(f"{self.path} returns {out.shape[1]} numbers per image, not one age; "
+                                "pass a model exported by train.py")
+            ages = ages + out
+        ages = ages / len(views)
         return apply_age_map(ages[:, 0], self.metadata.get("age_map"))
 
     def drop_reason(self, face: Face) -> str | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
-                            make_loader)
+                            make_loader, parse_zooms)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
 from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
@@ -59,6 +59,15 @@ AUGMENTATIONS = {
 def augmentation(args) -> AugmentConfig:
     """The --augment preset with --erase on top."""
     return dataclasses.replace(AUGMENTATIONS[args.augment], erase=args.erase)
+
+
+def zoom_list(text: str) -> str:
+    """--tta-zoom's type: the zooms checked and written back as one string, which configs, resume checks
+    and recipe_argv carry as they carry any other setting."""
+    try:
+        return ",".join(f"{z:g}" for z in parse_zooms(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_recipe_args(parser):
@@ -106,6 +115,10 @@ def add_recipe_args(parser):
                    help="distribution head: years of spread of the Gaussian it learns around each true age")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each prediction with its mirror image (validation, test, exports)")
+    g.add_argument("--tta-zoom", type=zoom_list, default="",
+                   help="test-time zooms also averaged: comma-separated shares of the side kept around the centre "
+                        "and resized back, e.g. 0.95,0.9 (each is flipped too with --tta-flip; validation, test, "
+                        "exports); empty: the image alone")
     g.add_argument("--teacher", default=None,
                    help="distillation: comma-separated best.pt of runs on the same splits (averaged: an ensemble), "
                         "or a teacher.npz that such a run wrote; the student also learns their age distributions")
@@ -458,7 +471,8 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
             probs, grid = predict_distributions(
                 model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
                 ages=np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1),
-                tta_flip=checkpoint["config"].get("tta_flip", False))
+                tta_flip=checkpoint["config"].get("tta_flip", False),
+                tta_zoom=parse_zooms(checkpoint["config"].get("tta_zoom", "")))
             table.append(({hashes[split][p]: i for i, p in enumerate(data.paths)}, grid, probs))
             if split == "val":
                 val_ages.update({hashes[split][p]: float(a) for p, a in zip(data.paths, data.ages)})
@@ -639,7 +653,8 @@ def train_run(args, dist_ctx: Distributed):
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
     # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
     validate = lambda: evaluate_sharded(evaluated, val_set, mean, std, loss_kind=args.loss, device=device,
-                                        tta_flip=args.tta_flip, dist_ctx=dist_ctx, pin_memory=pin)
+                                        tta_flip=args.tta_flip, tta_zoom=parse_zooms(args.tta_zoom),
+                                        dist_ctx=dist_ctx, pin_memory=pin)
     for epoch in range(start_epoch, args.epochs + 1):
         seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
         torch.manual_seed(seeds["torch"])
@@ -818,7 +833,7 @@ def calibrate(args, model, cfg, val_set, best) -> dict | None:
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     pred, true = predict_loader(model, make_loader(val_set, 256, shuffle=False), mean, std, device=device,
-                                tta_flip=args.tta_flip)
+                                tta_flip=args.tta_flip, tta_zoom=parse_zooms(args.tta_zoom))
     age_map, best["interval"], judgement = calibrate_ages(pred, true, args.age_map)
     best.pop("age_map", None)  # a --resume of a finished run decides again
     if age_map:
@@ -860,7 +875,7 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, loss_kind=args.loss,
-                       device=device, tta_flip=args.tta_flip)
+                       device=device, tta_flip=args.tta_flip, tta_zoom=parse_zooms(args.tta_zoom))
     if best.get("age_map"):  # the ages the exports report
         metrics = metrics_of_predictions(apply_age_map(metrics["pred"], best["age_map"]), metrics["true"], args.loss)
     plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
@@ -872,7 +887,7 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     result = {**public(metrics), "groups": groups, "interval": interval, "age_map": age_map_judgement,
               "best_epoch": best["epoch"],
               "model": args.model, "head": args.head,
-              "tta_flip": args.tta_flip, "baseline": {"rule": "predict the training median for every face",
+              "tta_flip": args.tta_flip, "tta_zoom": list(parse_zooms(args.tta_zoom)), "baseline": {"rule": "predict the training median for every face",
                                                       "age": median, "mae": baseline_mae},
               "beats_baseline": bool(metrics["mae"] < baseline_mae)}
     text = json.dumps(result, indent=2) + "\n"

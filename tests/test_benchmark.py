@@ -461,3 +461,32 @@ def test_cross_filters_scores_the_found_faces_under_every_filter(tmp_path):
     for f in figures.values():  # a constant 30 years: errors +8, +6, -15
         assert f["n"] == 3 and f["mae"] == pytest.approx(29 / 3, abs=1e-3)
         assert f["mean_error_per_decade"] == {"20-29": 7.0, "40-49": -15.0}
+
+
+def test_the_zoom_probe_records_each_zoom_sets_validation_mae_through_inference(splits, tmp_path):
+    import argparse
+    import shutil
+
+    from conftest import constant_model
+    from custom_dataset import load_split_dataset
+    work = tmp_path / "work"
+    shutil.copytree(splits.parent / "splits", work / "S" / "splits")
+    model = constant_model(tmp_path / "model.onnx", age=30.0)  # the same age whatever the view
+    args = argparse.Namespace(out=str(tmp_path / "results.json"), quick=False, work_dir=str(work),
+                              zoom_probe=str(model))
+    benchmark.run_zoom_probe(args, ["S"])
+    record = json.loads((tmp_path / "results.json").read_text())["zoom_probe"][f"S:{model}"]
+    import inference
+    cfg = inference.AgeEstimator(model, whole_image=True).cfg
+    ages = load_split_dataset(work / "S" / "splits" / "val.csv", cfg, work / "S" / "cache", progress=False).ages
+    expected = round(float(np.mean(np.abs(30.0 - ages.numpy()))), 3)
+    assert record["val_mae"] == {(z or "none"): expected for z in benchmark.ZOOM_PROBE_SETS}
+    assert record["images"] == len(ages) and record["tta_flip"] is False
+    assert record["command"] == f"python benchmark.py --zoom-probe {model} --protocols S"
+
+
+def test_the_model_card_names_the_test_time_views():
+    assert benchmark.views_text({"tta_flip": True}) == "flip test-time averaging"
+    assert benchmark.views_text({"tta_flip": False, "tta_zoom": []}) == "no test-time averaging"
+    assert benchmark.views_text({"tta_flip": True, "tta_zoom": [0.95, 0.9]}) == (
+        "flip test-time averaging over the face and its centred 95%, 90% crops (3 views, each mirrored)")

@@ -49,6 +49,18 @@ def test_simplecnn_gap_pools_globally_and_stays_under_a_million_weights():
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 116)
 
 
+def test_simplecnn_deep_adds_one_conv_on_the_last_map_and_keeps_simplecnn_names():
+    plain = build_model("simplecnn", head="distribution", min_age=1, max_age=116, image_size=144)
+    deep = build_model("simplecnn_deep", head="distribution", min_age=1, max_age=116, image_size=144)
+    assert count_parameters(deep) - count_parameters(plain) == 128 * 128 * 9 + 128
+    assert count_parameters(deep) < 1_000_000  # the largest shipped input (144 px, all ages) still fits
+    x = torch.zeros(2, 3, 144, 144)
+    assert deep.backbone.features(x).shape == plain.backbone.features(x).shape == (2, 128, 9, 9)
+    # a SimpleCNN checkpoint's names are a subset: the fifth conv is appended, nothing renamed
+    missing, unexpected = deep.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing == ["backbone.features.12.weight", "backbone.features.12.bias"]
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_pool_then_relu_gives_the_seeds_relu_then_pool_outputs_and_gradients(batch_norm):
     torch.manual_seed(0)
