@@ -109,8 +109,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_distilled_144px_80ep_tw07": ["--epochs", "80", "--image-size", "144", "--amp", "--teacher-weight", "0.7",
                                             "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_distilled_144px_80ep with one change: its predictions also average two centred zooms of each face
-    # (--tta-zoom 0.95,0.9; chosen on the validation split of the ablation amp60_deep). The training is that run's
-    # step for step (same seed, bit-reproducible here), so beside it this isolates the test-time views
+    # (--tta-zoom 0.95,0.9; chosen on the validation split of the ablation amp60_deep). Same recipe and seed, but its
+    # training did not match the recorded run's on another day's machine; the paired check is --zoom-probe
     "simplecnn_distilled_144px_80ep_zoom": ["--epochs", "80", "--image-size", "144", "--amp", "--tta-zoom", "0.95,0.9",
                                             "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
