@@ -115,10 +115,10 @@ def add_recipe_args(parser):
                    help="distribution head: years of spread of the Gaussian it learns around each true age")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=True,
                    help="average each prediction with its mirror image (validation, test, exports)")
-    g.add_argument("--tta-zoom", type=zoom_list, default="",
+    g.add_argument("--tta-zoom", type=zoom_list, default=None,
                    help="test-time zooms also averaged: comma-separated shares of the side kept around the centre "
                         "and resized back, e.g. 0.95,0.9 (each is flipped too with --tta-flip; validation, test, "
-                        "exports); empty: the image alone")
+                        "exports); none: the image alone")
     g.add_argument("--teacher", default=None,
                    help="distillation: comma-separated best.pt of runs on the same splits (averaged: an ensemble), "
                         "or a teacher.npz that such a run wrote; the student also learns their age distributions")
