@@ -497,14 +497,18 @@ def rounded(value, digits=3):
 def test_time_views(config) -> dict:
     """A run's test-time averaging (train.py --tta-flip, --tta-zoom) as predict_loader's keywords."""
     from custom_dataset import parse_zooms
-    return {"tta_flip": config.get("tta_flip", False), "tta_zoom": parse_zooms(config.get("tta_zoom", ""))}
+    return {"tta_flip": bool(config.get("tta_flip", False)), "tta_zoom": parse_zooms(config.get("tta_zoom"))}
+
+
+def forward_passes(tta) -> int:
+    """Forward passes per face under test_time_views(...): the face and each zoom, each mirrored with the flip."""
+    return (1 + len(tta["tta_zoom"])) * (2 if tta["tta_flip"] else 1)
 
 
 def views_text(metadata) -> str:
     """The model card's words for an export's test-time averaging."""
-    from custom_dataset import parse_zooms
-    zooms = parse_zooms(metadata.get("tta_zoom"))
-    flip = "flip " if metadata.get("tta_flip") else ""
+    tta = test_time_views(metadata)
+    zooms, flip = tta["tta_zoom"], "flip " if tta["tta_flip"] else ""
     if not zooms:
         return f"{flip}test-time averaging" if flip else "no test-time averaging"
     return (f"{flip}test-time averaging over the face and its centred {', '.join(f'{z:.0%}' for z in zooms)} "
@@ -1425,8 +1429,8 @@ def zoom_probe_lines(results) -> list:
                for key, r in probes.items() if sets[-1] in r["val_mae"] and "none" in r["val_mae"]]
     if changes:
         lines += ["", f"Zooms {sets[-1]} (`train.py`'s `--tta-zoom {sets[-1]}`) against the face alone, same weights: "
-                      f"{', '.join(changes)} years of validation MAE, for {(len(sets[-1].split(',')) + 1)}x the "
-                      "forward passes per face."]
+                      f"{', '.join(changes)} years of validation MAE, for "
+                      f"{forward_passes(test_time_views({'tta_zoom': sets[-1]}))}x the forward passes per face."]
     return lines
 
 
@@ -1620,11 +1624,10 @@ def speed_table(results):
                   + ", ".join(f"{n} {m['images_per_s_b64']:,.0f}" for n, m in s.items() if n != chosen)
                   + f" | ≥ {TARGETS['jit_b64_images_per_s']:,} — "
                   f"{reached(r['images_per_s_b64'] >= TARGETS['jit_b64_images_per_s'])} |"]
-    if chosen and recorded_args(s[chosen]).tta_zoom:  # the latencies above are one forward pass each
-        chosen_args = recorded_args(s[chosen])
-        views = (1 + len(chosen_args.tta_zoom.split(","))) * (2 if chosen_args.tta_flip else 1)
-        lines.append(f"| forward passes per face under the S choice's test-time views (`--tta-zoom "
-                     f"{chosen_args.tta_zoom}`{', flip' if chosen_args.tta_flip else ''}) | {views} | |")
+    tta = test_time_views(vars(recorded_args(s[chosen]))) if chosen else None
+    if tta and tta["tta_zoom"]:  # the latencies above are one forward pass each
+        lines.append(f"| forward passes per face under the S choice's test-time views ({views_text(tta)}) | "
+                     f"{forward_passes(tta)} | |")
     onnx = results.get("probes", {}).get("onnx_b1_ms")
     if onnx:
         size = str(recorded_args(s[chosen]).image_size) if chosen else None

@@ -490,3 +490,9 @@ def test_the_model_card_names_the_test_time_views():
     assert benchmark.views_text({"tta_flip": False, "tta_zoom": []}) == "no test-time averaging"
     assert benchmark.views_text({"tta_flip": True, "tta_zoom": [0.95, 0.9]}) == (
         "flip test-time averaging over the face and its centred 95%, 90% crops (3 views, each mirrored)")
+
+
+def test_forward_passes_count_every_zoom_and_its_mirror():
+    assert benchmark.forward_passes(benchmark.test_time_views({"tta_flip": True, "tta_zoom": "0.95,0.9"})) == 6
+    assert benchmark.forward_passes(benchmark.test_time_views({"tta_flip": False, "tta_zoom": [0.9]})) == 2
+    assert benchmark.forward_passes(benchmark.test_time_views({})) == 1
