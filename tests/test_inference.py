@@ -80,7 +80,7 @@ def test_single_image_two_faces_one_forward_pass(onnx_path, faces, tmp_path, cap
     result = run_main(["--model", str(onnx_path), "--image", str(src), "--output", str(out), "--detector", "haar"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("two.jpg, face ")]
     assert len(lines) == 2 == len(result["boxes"])
-    assert calls == ([2, 2] if tta[0] else [2])  # both faces in one pass (plus its mirror with TTA)
+    assert calls == ([4] if tta[0] else [2])  # both faces, and their mirrors with TTA, in one pass
     annotated = cv2.imread(str(out))
     assert annotated is not None and annotated.shape == cv2.imread(str(src)).shape
     assert not np.array_equal(annotated, cv2.imread(str(src)))  # something was drawn

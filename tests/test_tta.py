@@ -72,12 +72,14 @@ def test_inference_averages_the_views_evaluation_averages(tiny_model, tmp_path, 
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
     path = constant_model(tmp_path / "model.onnx")
     real_read = inference.read_export
+    calls = []
 
     def torch_forward(path, threads=None, device="cpu"):
         _, metadata = real_read(path, threads, device)
         metadata.update(tta_flip=True, tta_zoom=[0.8, 0.9])  # as checkpoints.export_metadata writes them
 
         def forward(x):
+            calls.append(len(x))
             with torch.no_grad():
                 return tiny_model.predict(normalize(torch.from_numpy(x), mean, std)).numpy()
         return forward, metadata
@@ -90,6 +92,10 @@ def test_inference_averages_the_views_evaluation_averages(tiny_model, tmp_path, 
     evaluated, _ = predict_loader(tiny_model, [(batch, torch.zeros(4))], mean, std, tta_flip=True,
                                   tta_zoom=(0.8, 0.9))
     np.testing.assert_allclose(predicted, evaluated, atol=1e-4)
+    assert calls == [24]  # the 4 faces' 6 views each, in one forward pass
+    monkeypatch.setattr(inference, "FORWARD_BATCH", 5)
+    np.testing.assert_allclose(estimator.predict_inputs(inputs), predicted, atol=1e-5)
+    assert calls[1:] == [5, 5, 5, 5, 4]  # the same views in slices of at most FORWARD_BATCH images
 
 
 def test_a_model_whose_zoom_metadata_is_broken_is_refused_in_one_line(tmp_path):
@@ -101,3 +107,27 @@ def test_a_model_whose_zoom_metadata_is_broken_is_refused_in_one_line(tmp_path):
     onnx.save(proto, str(path))
     proc = run_script("inference.py", "--model", path, "--image", path, "--whole-image")
     assert_one_line_error(proc, "tta_zoom", "re-export")
+
+
+def test_an_ablation_with_zooms_keeps_them_in_its_without_flip_figure(splits, tmp_path, monkeypatch):
+    """run_ablation's "without flip-TTA" column turns the flip off and nothing else: a run with zooms is read
+    over the face and its zooms, unmirrored, not over the face alone."""
+    import shutil
+
+    import benchmark
+    from custom_dataset import load_split_dataset, make_loader
+    from functions import evaluate
+    work = tmp_path / "work"
+    shutil.copytree(splits, work / "S" / "splits")
+    monkeypatch.setitem(benchmark.LONG_ABLATIONS, "zoom_check", ("a zoom", ["--tta-zoom", "0.8"]))
+    record = benchmark.run_ablation("zoom_check", work / "S" / "splits", work, quick=True)
+    best, model, cfg = benchmark.load_best(work / "S" / "ablations" / "zoom_check")
+    val = load_split_dataset(work / "S" / "splits" / "val.csv", cfg, work / "S" / "cache", progress=False)
+    mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
+
+    def val_mae(**views):
+        return round(evaluate(model, make_loader(val, 256, shuffle=False), mean, std, **views)["mae"], 3)
+    assert record["val_mae_flip_tta"] == record["val_mae"]  # as trained: flip and zoom
+    assert record["val_mae"] == pytest.approx(val_mae(tta_flip=True, tta_zoom=(0.8,)), abs=2e-3)
+    assert record["val_mae_no_tta"] == val_mae(tta_flip=False, tta_zoom=(0.8,))
+    assert record["val_mae_no_tta"] != val_mae(tta_flip=False)  # the zoom changes the figure, so the check can fail
