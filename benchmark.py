@@ -772,7 +772,8 @@ def load_best(run_dir):
 def altered_val_maes(best, model, cfg, val=None) -> dict:
     """Validation MAE of a run's best epoch (load_best) on gray, scanned-looking and grained copies of
     the validation faces (custom_dataset.altered_copies): how the model copes with old and scanned photos,
-    judged without touching any test set. val: the validation set, if the caller has it loaded.
+    judged without touching any test set. val: the validation set, if the caller has it loaded (not used
+    for a model that denoises or sharpens: its faces are read again unfiltered, see below).
 
     A photo is gray or scanned before the pipeline sees it, so for a model that denoises or sharpens its
     input the faces are altered at the input size first and filtered after (custom_dataset.filter_input):
@@ -1363,7 +1364,7 @@ def teachers_minutes(models, entry) -> float:
         if name in models and name not in needed:
             needed.add(name)
             todo += teacher_names(models[name])
-    return sum(models[n]["train_minutes"] for n in needed)
+    return sum(models[n]["train_minutes"] for n in sorted(needed))  # a fixed order: the same rounding every run
 
 
 def recipe_of(entry, without=("teacher", "teacher_weight")) -> dict:

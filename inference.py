@@ -55,8 +55,9 @@ from functions import apply_age_map, atomic_write, interval_bands, keep_freed_me
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
+FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
+
 # Outputs (the rule is in the module docstring)
-FORWARD_BATCH = 256                 # images per forward call: every view of many faces at once would fill memory
 OUTPUT_ROOT = "inference_outputs"   # default output folder: ./inference_outputs/<input name>
 OUTPUT_SUFFIX = "_age"              # annotated copies: <name>_age.<ext>; --input-dir skips such names
 CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "age_low", "age_high",

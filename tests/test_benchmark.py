@@ -496,3 +496,18 @@ def test_forward_passes_count_every_zoom_and_its_mirror():
     assert benchmark.forward_passes(benchmark.test_time_views({"tta_flip": True, "tta_zoom": "0.95,0.9"})) == 6
     assert benchmark.forward_passes(benchmark.test_time_views({"tta_flip": False, "tta_zoom": [0.9]})) == 2
     assert benchmark.forward_passes(benchmark.test_time_views({})) == 1
+
+
+def test_results_md_is_the_same_text_whatever_the_hash_seed():
+    """RESULTS.md regenerated from the repository's bench/ is one text: no figure depends on the order in
+    which a set of strings happens to iterate (PYTHONHASHSEED), as the summed teacher minutes once did."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(benchmark.__file__).resolve().parent
+    code = ("import benchmark, sys; args = benchmark.get_args_parser().parse_args([]); "
+            "sys.stdout.write(benchmark.results_markdown(benchmark.load_sources(args)))")
+    texts = {subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3", "4")}
+    assert len(texts) == 1 and "## Models on UTKFace" in texts.pop()
