@@ -32,7 +32,7 @@ from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTK
 from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory,
-                       lowers_worst_decade, time_runs, worst_of_table)
+                       lowers_worst_decade, test_time_views, time_runs, worst_of_table)
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
@@ -497,12 +497,6 @@ def rounded(value, digits=3):
     if isinstance(value, (list, tuple)):
         return [rounded(v, digits) for v in value]
     return round(value, digits) if isinstance(value, float) else value
-
-
-def test_time_views(config) -> dict:
-    """A run's test-time averaging (train.py --tta-flip, --tta-zoom) as predict_loader's keywords."""
-    from custom_dataset import parse_zooms
-    return {"tta_flip": bool(config.get("tta_flip", False)), "tta_zoom": parse_zooms(config.get("tta_zoom"))}
 
 
 def forward_passes(tta) -> int:

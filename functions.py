@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from cli import lazy_import
-from custom_dataset import (AugmentConfig, DataError, atomic_write, augment_batch, normalize, process_alive,
-                            zoom_batch)
+from custom_dataset import (AugmentConfig, DataError, atomic_write, augment_batch, normalize, parse_zooms,
+                            process_alive, zoom_batch)
 
 torch = lazy_import("torch")  # imported on first use: scripts answer --help without it
 
@@ -446,6 +446,12 @@ def tta_views(images, mean, std, device, tta_flip=False, tta_zoom=()):
         yield x
         if tta_flip:
             yield x.flip(-1)
+
+
+def test_time_views(config) -> dict:
+    """A run's test-time averaging (train.py --tta-flip, --tta-zoom; its args, a checkpoint's config or an export's
+    metadata) as the keywords of predict_loader, predict_distributions and evaluate."""
+    return {"tta_flip": bool(config.get("tta_flip", False)), "tta_zoom": parse_zooms(config.get("tta_zoom"))}
 
 
 def predict_loader(model, loader, mean, std, *, device="cpu", tta_flip=False, tta_zoom=(), progress=False,

@@ -31,7 +31,7 @@ from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_loc
                        apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
                        plot_groups, plot_learning_curves, plot_pred_vs_true, predict_distributions, predict_loader,
-                       public, reduce_train_metrics, set_rng_state, set_seed, train_one_epoch)
+                       public, reduce_train_metrics, set_rng_state, set_seed, test_time_views, train_one_epoch)
 from faces import read_split_crop
 
 # imported on first use, so that --help answers without torch (model.py imports it as it loads)
@@ -471,8 +471,7 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
             probs, grid = predict_distributions(
                 model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
                 ages=np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1),
-                tta_flip=checkpoint["config"].get("tta_flip", False),
-                tta_zoom=parse_zooms(checkpoint["config"].get("tta_zoom", "")))
+                **test_time_views(checkpoint["config"]))
             table.append(({hashes[split][p]: i for i, p in enumerate(data.paths)}, grid, probs))
             if split == "val":
                 val_ages.update({hashes[split][p]: float(a) for p, a in zip(data.paths, data.ages)})
@@ -653,8 +652,7 @@ def train_run(args, dist_ctx: Distributed):
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
     # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
     validate = lambda: evaluate_sharded(evaluated, val_set, mean, std, loss_kind=args.loss, device=device,
-                                        tta_flip=args.tta_flip, tta_zoom=parse_zooms(args.tta_zoom),
-                                        dist_ctx=dist_ctx, pin_memory=pin)
+                                        **test_time_views(vars(args)), dist_ctx=dist_ctx, pin_memory=pin)
     for epoch in range(start_epoch, args.epochs + 1):
         seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
         torch.manual_seed(seeds["torch"])
@@ -833,7 +831,7 @@ def calibrate(args, model, cfg, val_set, best) -> dict | None:
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     pred, true = predict_loader(model, make_loader(val_set, 256, shuffle=False), mean, std, device=device,
-                                tta_flip=args.tta_flip, tta_zoom=parse_zooms(args.tta_zoom))
+                                **test_time_views(vars(args)))
     age_map, best["interval"], judgement = calibrate_ages(pred, true, args.age_map)
     best.pop("age_map", None)  # a --resume of a finished run decides again
     if age_map:
@@ -875,7 +873,7 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, loss_kind=args.loss,
-                       device=device, tta_flip=args.tta_flip, tta_zoom=parse_zooms(args.tta_zoom))
+                       device=device, **test_time_views(vars(args)))
     if best.get("age_map"):  # the ages the exports report
         metrics = metrics_of_predictions(apply_age_map(metrics["pred"], best["age_map"]), metrics["true"], args.loss)
     plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
@@ -887,8 +885,8 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     result = {**public(metrics), "groups": groups, "interval": interval, "age_map": age_map_judgement,
               "best_epoch": best["epoch"],
               "model": args.model, "head": args.head,
-              "tta_flip": args.tta_flip, "tta_zoom": list(parse_zooms(args.tta_zoom)), "baseline": {"rule": "predict the training median for every face",
-                                                      "age": median, "mae": baseline_mae},
+              "tta_flip": args.tta_flip, "tta_zoom": list(parse_zooms(args.tta_zoom)),
+              "baseline": {"rule": "predict the training median for every face", "age": median, "mae": baseline_mae},
               "beats_baseline": bool(metrics["mae"] < baseline_mae)}
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(out / "metrics.json", lambda f: f.write(text.encode()))

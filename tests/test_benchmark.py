@@ -463,12 +463,17 @@ def test_cross_filters_scores_the_found_faces_under_every_filter(tmp_path):
         assert f["mean_error_per_decade"] == {"20-29": 7.0, "40-49": -15.0}
 
 
-def test_the_zoom_probe_records_each_zoom_sets_validation_mae_through_inference(splits, tmp_path):
+def test_the_zoom_probe_records_each_zoom_sets_validation_mae_through_inference(splits, tmp_path, monkeypatch):
     import argparse
     import shutil
 
+    import inference
     from conftest import constant_model
-    from custom_dataset import load_split_dataset
+    from custom_dataset import load_split_dataset, parse_zooms
+    predicted_with = []  # the zooms in force at each prediction: the constant model's ages cannot show them
+    real_predict = inference.AgeEstimator.predict_inputs
+    monkeypatch.setattr(inference.AgeEstimator, "predict_inputs",
+                        lambda self, inputs: predicted_with.append(self.tta_zoom) or real_predict(self, inputs))
     work = tmp_path / "work"
     shutil.copytree(splits.parent / "splits", work / "S" / "splits")
     model = constant_model(tmp_path / "model.onnx", age=30.0)  # the same age whatever the view
@@ -476,7 +481,7 @@ def test_the_zoom_probe_records_each_zoom_sets_validation_mae_through_inference(
                               zoom_probe=str(model))
     benchmark.run_zoom_probe(args, ["S"])
     record = json.loads((tmp_path / "results.json").read_text())["zoom_probe"][f"S:{model}"]
-    import inference
+    assert list(dict.fromkeys(predicted_with)) == [parse_zooms(z) for z in benchmark.ZOOM_PROBE_SETS]
     cfg = inference.AgeEstimator(model, whole_image=True).cfg
     ages = load_split_dataset(work / "S" / "splits" / "val.csv", cfg, work / "S" / "cache", progress=False).ages
     expected = round(float(np.mean(np.abs(30.0 - ages.numpy()))), 3)
