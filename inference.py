@@ -210,23 +210,30 @@ class AgeEstimator:
     def predict_inputs(self, inputs) -> np.ndarray:
         """Ages (float64) of N x S x S x 3 uint8 model inputs: the mean over the model's test-time views
         (its zooms, each mirrored too with its flip averaging: the views functions.tta_views makes in
-        training), through the model's age map where it has one. Every view of every face goes through
-        one forward pass as a batch (cheaper than a pass per view), in slices of FORWARD_BATCH images so
-        that a large set of faces does not hold every view's activations at once."""
+        training), through the model's age map where it has one. The views of as many faces as fit in
+        FORWARD_BATCH images (at least one face) go through one forward pass as a batch (cheaper than a
+        pass per view); faces are taken a slice at a time so that a large set of faces holds neither
+        every view's pixels nor every view's activations at once."""
         if len(inputs) == 0:
             return np.zeros(0, dtype=np.float64)
+        n_views = (1 + len(self.tta_zoom)) * (2 if self.metadata.get("tta_flip") else 1)
+        faces_per_call = max(1, FORWARD_BATCH // n_views)
+        ages = np.concatenate([self._mean_over_views(inputs[i:i + faces_per_call])
+                               for i in range(0, len(inputs), faces_per_call)])
+        return apply_age_map(ages, self.metadata.get("age_map"))
+
+    def _mean_over_views(self, inputs) -> np.ndarray:
+        """Raw ages (float64) of a few N x S x S x 3 uint8 inputs: one forward pass over all their views."""
         x = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), dtype=np.float32)
         views = [x] + [zoom_batch(x, z) for z in self.tta_zoom]
         if self.metadata.get("tta_flip"):
             views = [v for view in views for v in (view, view[..., ::-1])]
         batch = np.ascontiguousarray(np.concatenate(views)) if len(views) > 1 else x
-        slices = [batch[i:i + FORWARD_BATCH] for i in range(0, len(batch), FORWARD_BATCH)]
-        out = np.concatenate([np.asarray(self._forward(s), dtype=np.float64).reshape(len(s), -1) for s in slices])
+        out = np.asarray(self._forward(batch), dtype=np.float64).reshape(len(batch), -1)
         if out.shape[1] != 1:
             raise DataError(f"{self.path} returns {out.shape[1]} numbers per image, not one age; "
                             "pass a model exported by train.py")
-        ages = out[:, 0].reshape(len(views), len(x)).mean(axis=0)
-        return apply_age_map(ages, self.metadata.get("age_map"))
+        return out[:, 0].reshape(len(views), len(x)).mean(axis=0)
 
     def drop_reason(self, face: Face) -> str | None:
         """"min_face" or "min_score" where a filter drops the face, else None."""

@@ -93,9 +93,12 @@ def test_inference_averages_the_views_evaluation_averages(tiny_model, tmp_path, 
                                   tta_zoom=(0.8, 0.9))
     np.testing.assert_allclose(predicted, evaluated, atol=1e-4)
     assert calls == [24]  # the 4 faces' 6 views each, in one forward pass
+    monkeypatch.setattr(inference, "FORWARD_BATCH", 20)
+    np.testing.assert_allclose(estimator.predict_inputs(inputs), predicted, atol=1e-5)
+    assert calls[1:] == [18, 6]  # whole faces per call: 3 faces' views fit in 20 images, then the 4th
     monkeypatch.setattr(inference, "FORWARD_BATCH", 5)
     np.testing.assert_allclose(estimator.predict_inputs(inputs), predicted, atol=1e-5)
-    assert calls[1:] == [5, 5, 5, 5, 4]  # the same views in slices of at most FORWARD_BATCH images
+    assert calls[3:] == [6, 6, 6, 6]  # fewer images than one face's views: one face per call
 
 
 def test_a_model_whose_zoom_metadata_is_broken_is_refused_in_one_line(tmp_path):
@@ -127,7 +130,7 @@ def test_an_ablation_with_zooms_keeps_them_in_its_without_flip_figure(splits, tm
 
     def val_mae(**views):
         return round(evaluate(model, make_loader(val, 256, shuffle=False), mean, std, **views)["mae"], 3)
-    assert record["val_mae_flip_tta"] == record["val_mae"]  # as trained: flip and zoom
+    # as trained, flip and zoom (the run's flip is on, so this is also its val_mae_flip_tta)
     assert record["val_mae"] == pytest.approx(val_mae(tta_flip=True, tta_zoom=(0.8,)), abs=2e-3)
     assert record["val_mae_no_tta"] == val_mae(tta_flip=False, tta_zoom=(0.8,))
     assert record["val_mae_no_tta"] != val_mae(tta_flip=False)  # the zoom changes the figure, so the check can fail
