@@ -98,12 +98,17 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "resnet18_dldl": ["--model", "resnet18", "--epochs", "15", "--image-size", "112"],
     # simplecnn_tuned_60ep in bf16 autocast (--amp): a teacher in 15 minutes instead of 35
     "simplecnn_tuned_60ep_amp": ["--epochs", "60", "--amp"],
+    # the same teacher with another seed, so that a student can learn from two (amp60_seed2 as a final)
+    "simplecnn_tuned_60ep_amp_seed2": ["--epochs", "60", "--amp", "--seed", "2"],
     # one teacher, a longer schedule at 144 px, all in bf16: what the faster training buys for distillation
     "simplecnn_distilled_144px_80ep": ["--epochs", "80", "--image-size", "144", "--amp",
                                         "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # a second generation in bf16: the same student, 100 epochs, from the first student and its teacher
     "simplecnn_distilled_gen2_144px_100ep": ["--epochs", "100", "--image-size", "144", "--amp", "--teacher",
                                               "{runs:simplecnn_distilled_144px_80ep,simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_144px_80ep with one change: a second teacher, its teacher's recipe with another seed
+    "simplecnn_distilled_144px_80ep_2t": ["--epochs", "80", "--image-size", "144", "--amp", "--teacher",
+                                          "{runs:simplecnn_tuned_60ep_amp,simplecnn_tuned_60ep_amp_seed2}"],
     # simplecnn_distilled_144px_80ep with one change: its teacher is that run itself (a born-again student)
     "simplecnn_distilled_144px_80ep_self": ["--epochs", "80", "--image-size", "144", "--amp",
                                              "--teacher", "{runs:simplecnn_distilled_144px_80ep}"],
@@ -299,6 +304,9 @@ def get_args_parser():
                         "coverage on test), error per gender/race/decade, a post-hoc isotonic calibration "
                         "fitted on val, val MAE on gray and scanned-looking copies -> "
                         "results['protocols'][P][NAME]['interval', 'groups', 'isotonic', 'val_mae_gray', ...]")
+    p.add_argument("--rerun", action="store_true",
+                   help="only train --models' recorded finals again (fresh split, into WORK/P/rerun/NAME, teachers as "
+                        "they are under WORK/P) and record the figures beside the recorded ones -> results['reruns']")
     p.add_argument("--zoom-probe", metavar="MODEL.onnx", default=None,
                    help="only measure an export's validation MAE (on --protocols' last protocol) under each "
                         f"test-time zoom set ({', '.join(z or 'none' for z in ZOOM_PROBE_SETS)}), through "
@@ -449,14 +457,15 @@ def cross_filters(model_path, found_faces):
     return figures
 
 
-def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False):
-    run_dir = work / protocol / name
+def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False, run_dir=None, extra=()):
+    """Train one benchmark model (into WORK/P/NAME unless run_dir says otherwise) and return its figures."""
+    run_dir = run_dir or work / protocol / name
     if epochs is not None:  # replaced in place, so the recorded command names one epoch count
         train_args = with_overrides(train_args, ["--epochs", str(epochs)])
     if quick:
         train_args = with_overrides(train_args, ["--epochs", "2", "--subset-fraction", "0.1"])
     argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_teachers(train_args, work, protocol),
-            "--no-progress"]
+            "--no-progress", *extra]
     args = train.get_args_parser().parse_args(argv)
     start = time.perf_counter()
     summary = train.main(args)
@@ -1083,6 +1092,9 @@ MODEL_NOTES = {
                                        "from one teacher, `simplecnn_tuned_60ep_amp`",
     "simplecnn_distilled_gen2_144px_100ep": "`simplecnn_distilled_144px_80ep` at 100 epochs, distilled from "
                                             "the mean of two: that student and its teacher",
+    "simplecnn_tuned_60ep_amp_seed2": "`simplecnn_tuned_60ep_amp` with seed 2 instead of 42 (a second teacher)",
+    "simplecnn_distilled_144px_80ep_2t": "`simplecnn_distilled_144px_80ep` distilled from the mean of two teachers: "
+                                         "its own and that recipe with another seed (`simplecnn_tuned_60ep_amp_seed2`)",
     "simplecnn_distilled_144px_80ep_self": "`simplecnn_distilled_144px_80ep` distilled from that run itself "
                                            "instead of its teacher",
     "simplecnn_distilled_144px_80ep_sigma3": "`simplecnn_distilled_144px_80ep` with the label's Gaussian 3 years "
@@ -1318,7 +1330,7 @@ def ablation_reading(runs, long_runs=None):
                else "a 40-epoch flips-only run is the open check.")]
 
 
-def finals_lines(protocols):
+def finals_lines(protocols, reruns=()):
     s = protocols.get("S", {})
     lines = []
     if "simplecnn_seed" in s and "simplecnn_dldl" in s:
@@ -1337,7 +1349,7 @@ def finals_lines(protocols):
         fast = "simplecnn_tuned_96px" if chosen != "simplecnn_tuned_96px" and "simplecnn_tuned_96px" in finals else None
         lines.append(f"- Chosen on validation: `{chosen}`"
                      + (f"; `{fast}` is the choice when speed matters more." if fast else "."))
-    lines += distillation_lines(protocols)
+    lines += distillation_lines(protocols) + list(reruns)
     for protocol, models in protocols.items():
         small = {n: m for n, m in models.items() if m["params"] < 1_000_000}
         chosen = chosen_on_validation(small)
@@ -1407,7 +1419,8 @@ def experiments_section(sources):
               *details("The train.py command of each run (from bench/results.json)",
                        [c for n, r in runs.items() if "command" in r for c in (f"# {n}", r["command"])]), ""]
     return (lines + ablation_reading(runs, results.get("long_ablations")) + [""]
-            + finals_lines(results.get("protocols", {})) + long_ablation_lines(results) + zoom_probe_lines(results))
+            + finals_lines(results.get("protocols", {}), rerun_lines(results)) + long_ablation_lines(results)
+            + zoom_probe_lines(results))
 
 
 def zoom_probe_lines(results) -> list:
@@ -1914,8 +1927,11 @@ def headline_block(sources) -> str:
     if s_best:
         r = protocols["S"][s_best]
         teachers = teachers_minutes(protocols["S"], r)
+        again = [x["test_mae"] for x in results.get("reruns", {}).get(f"S/{s_best}", []) if "test_mae" in x]
         rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
-                    f"{r['test_mae']:.2f}; `model.jit` {latency_per_face(protocols['S'], s_best)}, "
+                    f"{r['test_mae']:.2f}" + (f" ({', '.join(f'{t:.2f}' for t in again)} when trained again)"
+                                             if again else "")
+                    + f"; `model.jit` {latency_per_face(protocols['S'], s_best)}, "
                     f"{r['train_minutes']:.0f} min of training on a CPU"
                     + (f" (plus {teachers:.0f} min for its teachers)" if teachers else "") + " |")
     if detection:
@@ -2103,6 +2119,58 @@ def run_protocol(args, protocol, models, results, out_path):
         check_crops(args, work, protocol, models[-1], results, out_path)
 
 
+# what a re-run keeps of run_model's figures: enough to set it beside the recorded run
+RERUN_KEYS = ("best_val_mae", "best_epoch", "test_mae", "test_cs5", "train_minutes", "train_images_per_s",
+              "teacher_val_mae", "command")
+
+
+def run_rerun(args, protocols, models):
+    """--rerun: recorded finals trained again, by today's code on today's machine, from a fresh split (eda.py,
+    seed 42), into WORK/P/rerun/NAME, with the teachers now under WORK/P. The figures go to
+    results["reruns"]["P/NAME"], a list beside the recorded run, which stays as it was."""
+    out_path = results_path(args)
+    results = load_results(out_path)
+    work = Path(args.work_dir)
+    for protocol in protocols:
+        for name in models:
+            if name not in results.get("protocols", {}).get(protocol, {}):
+                raise DataError(f"--rerun: {protocol}/{name} has no recorded result to compare with; train it first "
+                                f"(python benchmark.py --protocols {protocol} --models {name})")
+            eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, work, protocol)))
+            run_dir = work / protocol / "rerun" / name
+            resume = ["--resume"] if (run_dir / "last.pt").is_file() else []  # a killed re-run goes on
+            print(f"== re-run of protocol {protocol}, {name}")
+            figures = run_model(protocol, name, model_args(name), work / protocol / "splits", work,
+                                run_dir=run_dir, extra=resume)
+            record = {"date": datetime.date.today().isoformat(),
+                      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                      **{k: figures[k] for k in RERUN_KEYS if k in figures}}
+            results.setdefault("reruns", {}).setdefault(f"{protocol}/{name}", []).append(record)
+            save_results(out_path, results)
+            print(json.dumps(record, indent=1))
+
+
+def rerun_lines(results) -> list:
+    """Each re-run of a final beside the run as recorded: how far the same command lands on another day."""
+    lines = []
+    for key, reruns in results.get("reruns", {}).items():
+        protocol, name = key.split("/", 1)
+        recorded = results.get("protocols", {}).get(protocol, {}).get(name)
+        if recorded is None:
+            continue
+        for r in reruns:
+            teachers = (f"its teachers' validation {recorded['teacher_val_mae']:.3f} → {r['teacher_val_mae']:.3f}, "
+                        if "teacher_val_mae" in r and "teacher_val_mae" in recorded else "")
+            test = f", test {recorded['test_mae']:.2f} → **{r['test_mae']:.2f}**" if "test_mae" in r else ""
+            lines.append(f"- **Re-run** `{name}`, Protocol {protocol}, on {r['date']} (`python benchmark.py --rerun "
+                         f"--protocols {protocol} --models {name}`; the same recipe, seed and split, today's code and "
+                         f"machine): {teachers}validation {recorded['best_val_mae']:.3f} → {r['best_val_mae']:.3f} "
+                         f"(best epoch {recorded['best_epoch']} → {r['best_epoch']}){test}. The same command does not "
+                         "give the same weights on another day, so a difference of this size between two finals is "
+                         "not evidence.")
+    return lines
+
+
 def run_benchmark(args, protocols, models):
     """The default mode: split, train and measure every listed model of every listed protocol."""
     out_path = results_path(args)
@@ -2133,6 +2201,8 @@ def main(args):
         return run_calibrate(args, protocols, models)
     if args.zoom_probe:
         return run_zoom_probe(args, protocols)
+    if args.rerun:
+        return run_rerun(args, protocols, models)
     return run_benchmark(args, protocols, models)
 
 

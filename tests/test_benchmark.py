@@ -516,3 +516,41 @@ def test_results_md_is_the_same_text_whatever_the_hash_seed():
     texts = {subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3", "4")}
     assert len(texts) == 1 and "## Models on UTKFace" in texts.pop()
+
+
+def test_a_rerun_goes_beside_the_recorded_final_into_its_own_folder_and_goes_on_after_a_kill(tmp_path, monkeypatch):
+    out, work = tmp_path / "results.json", tmp_path / "work"
+    recorded = {"best_val_mae": 3.975, "best_epoch": 69, "test_mae": 3.951, "teacher_val_mae": 4.118, "command": "c"}
+    out.write_text(json.dumps({"protocols": {"S": {"simplecnn_distilled_144px_80ep": recorded}}}))
+    args = benchmark.get_args_parser().parse_args(["--rerun", "--out", str(out), "--work-dir", str(work)])
+    calls = []
+    monkeypatch.setattr(benchmark.eda, "main", lambda eda_args: calls.append(("eda", eda_args.out_dir)))
+
+    def fake_run_model(protocol, name, train_args, splits, work_dir, run_dir=None, extra=()):
+        calls.append(("train", run_dir, tuple(extra)))
+        return {"best_val_mae": 4.009, "best_epoch": 53, "test_mae": 4.02, "test_cs5": 0.691,
+                "teacher_val_mae": 4.112, "latency_b1_ms": 1.0, "command": "python train.py ..."}
+    monkeypatch.setattr(benchmark, "run_model", fake_run_model)
+    run_dir = work / "S" / "rerun" / "simplecnn_distilled_144px_80ep"
+    benchmark.run_rerun(args, ["S"], ["simplecnn_distilled_144px_80ep"])
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"x")  # a killed re-run: the next one continues it
+    benchmark.run_rerun(args, ["S"], ["simplecnn_distilled_144px_80ep"])
+    assert [c for c in calls if c[0] == "train"] == [("train", run_dir, ()), ("train", run_dir, ("--resume",))]
+    assert [c[0] for c in calls] == ["eda", "train", "eda", "train"]  # the split is made again before each run
+    results = json.loads(out.read_text())
+    assert results["protocols"]["S"]["simplecnn_distilled_144px_80ep"] == recorded  # the recorded run is kept
+    reruns = results["reruns"]["S/simplecnn_distilled_144px_80ep"]
+    assert len(reruns) == 2 and set(reruns[0]) == {"date", "machine", "best_val_mae", "best_epoch", "test_mae",
+                                                   "test_cs5", "teacher_val_mae", "command"}
+    (line,) = benchmark.rerun_lines(results)[:1]
+    assert "teachers' validation 4.118 → 4.112, validation 3.975 → 4.009 (best epoch 69 → 53), test 3.95 → **4.02**" \
+        in line
+    with pytest.raises(DataError, match="no recorded result.*--models simplecnn_tuned"):
+        benchmark.run_rerun(args, ["S"], ["simplecnn_tuned"])
+    # the README's headline figure for Protocol S says how it came out when trained again
+    recorded.update({"test_cs5": 0.7, "train_minutes": 27.0, "latency_b1_ms": 0.65, "params": 763071,
+                     "command": "python train.py --splits s --out-dir o"})
+    block = benchmark.headline_block({"results": {**results, "protocols": {"S": {
+        "simplecnn_distilled_144px_80ep": recorded}}}, "detection": None, "shipped": None})
+    assert "test MAE 3.95 (4.02, 4.02 when trained again)" in block
