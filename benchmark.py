@@ -1044,7 +1044,8 @@ def cross_table(results) -> str:
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 TARGETS = {"cache_speedup": 20, "train_images_per_s": 320, "jit_b1_ms": 1.0, "jit_b64_images_per_s": 1000,
-           "onnx_b1_ms": 1.5, "end_to_end_ms": 60, "fgnet_mae": 6.0, "test_mae": {"S": 3.9, "F": 4.6}}  # the project's targets
+           "onnx_b1_ms": 1.5, "end_to_end_ms": 60, "fgnet_mae": 6.0, "test_mae": {"S": 3.9, "F": 4.6},
+           "final_minutes": 60}  # the project's targets (#15: a final's training on this CPU within the hour)
 MODEL_NOTES = {
     "simplecnn_seed": "the seed's recipe: regression head, L1, constant learning rate, flips only, no flip-TTA, "
                       "the seed's denoise and deblur",
@@ -1351,14 +1352,27 @@ def finals_lines(protocols, reruns=()):
                      + (f"; `{fast}` is the choice when speed matters more." if fast else "."))
     lines += distillation_lines(protocols) + list(reruns)
     for protocol, models in protocols.items():
-        small = {n: m for n, m in models.items() if m["params"] < 1_000_000}
-        chosen = chosen_on_validation(small)
-        if chosen and protocol in TARGETS["test_mae"]:
-            target = TARGETS["test_mae"][protocol]
-            lines.append(f"- Target for Protocol {protocol} (a model under 1M weights, test MAE ≤ {target}): the one "
-                         f"chosen on validation, `{chosen}`, has test {small[chosen]['test_mae']:.2f} — "
-                         f"{reached(small[chosen]['test_mae'] <= target)}.")
+        if protocol in TARGETS["test_mae"]:
+            lines += target_line(protocol, models)
     return lines + ([""] + figures("final") if "simplecnn_tuned" in s else [])
+
+
+def target_line(protocol, models):
+    """#15's verdict for one protocol: among the models under 1M weights whose training took at most
+    TARGETS['final_minutes'] here, the one chosen on validation; better ones trained longer are named, not counted."""
+    limit, target = TARGETS["final_minutes"], TARGETS["test_mae"][protocol]
+    small = {n: m for n, m in models.items() if m["params"] < 1_000_000}
+    within = {n: m for n, m in small.items() if m["train_minutes"] <= limit}
+    chosen = chosen_on_validation(within)
+    if not chosen:
+        return []
+    slower = [n for n, m in small.items() if n not in within and m["best_val_mae"] < within[chosen]["best_val_mae"]]
+    return [f"- Target for Protocol {protocol} (a model under 1M weights trained within {limit} min here, test MAE "
+            f"≤ {target}): the one chosen on validation, `{chosen}` ({within[chosen]['train_minutes']:.0f} min), has "
+            f"test {within[chosen]['test_mae']:.2f} — {reached(within[chosen]['test_mae'] <= target)}."
+            + "".join(f" `{n}` has a lower validation MAE ({small[n]['best_val_mae']:.3f}, test "
+                      f"{small[n]['test_mae']:.2f}) but took {small[n]['train_minutes']:.0f} min, so it does not count."
+                      for n in slower)]
 
 
 def teachers_minutes(models, entry) -> float:

@@ -554,3 +554,17 @@ def test_a_rerun_goes_beside_the_recorded_final_into_its_own_folder_and_goes_on_
     block = benchmark.headline_block({"results": {**results, "protocols": {"S": {
         "simplecnn_distilled_144px_80ep": recorded}}}, "detection": None, "shipped": None})
     assert "test MAE 3.95 (4.02, 4.02 when trained again)" in block
+
+
+def test_the_target_counts_only_finals_trained_within_the_hour_and_names_a_better_slower_one():
+    def entry(val, test, minutes, params=700_000):
+        return {"best_val_mae": val, "test_mae": test, "train_minutes": minutes, "params": params}
+    models = {"slow": entry(4.80, 4.55, 85.2), "within": entry(4.85, 4.66, 41.8), "worse": entry(4.90, 4.50, 30.0),
+              "big": entry(4.70, 4.40, 20.0, params=2_000_000)}
+    [line] = benchmark.target_line("F", models)
+    assert "`within` (42 min), has test 4.66 — not reached" in line
+    assert "`slow` has a lower validation MAE (4.800, test 4.55) but took 85 min, so it does not count" in line
+    assert "big" not in line and "`worse`" not in line
+    models["within"]["train_minutes"] = 61  # over the hour too: the next on validation is the choice
+    assert "`worse` (30 min), has test 4.50 — reached" in benchmark.target_line("F", models)[0]
+    assert benchmark.target_line("F", {"big": models["big"]}) == []
