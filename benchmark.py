@@ -109,6 +109,11 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # simplecnn_distilled_144px_80ep with one change: a second teacher, its teacher's recipe with another seed
     "simplecnn_distilled_144px_80ep_2t": ["--epochs", "80", "--image-size", "144", "--amp", "--teacher",
                                           "{runs:simplecnn_tuned_60ep_amp,simplecnn_tuned_60ep_amp_seed2}"],
+    # simplecnn_distilled_144px_80ep taught by function matching (Beyer et al. 2022): its teacher predicts every
+    # batch as the student sees it (--teacher-online) and the batches are C-Mixup blends, which only an online
+    # teacher can label consistently (C-Mixup with labels alone lost: amp60_mixup)
+    "simplecnn_distilled_144px_80ep_fm": ["--epochs", "80", "--image-size", "144", "--amp", "--teacher-online",
+                                          "--mixup", "0.2", "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_distilled_144px_80ep with one change: its teacher is that run itself (a born-again student)
     "simplecnn_distilled_144px_80ep_self": ["--epochs", "80", "--image-size", "144", "--amp",
                                              "--teacher", "{runs:simplecnn_distilled_144px_80ep}"],
@@ -1096,6 +1101,9 @@ MODEL_NOTES = {
     "simplecnn_tuned_60ep_amp_seed2": "`simplecnn_tuned_60ep_amp` with seed 2 instead of 42 (a second teacher)",
     "simplecnn_distilled_144px_80ep_2t": "`simplecnn_distilled_144px_80ep` distilled from the mean of two teachers: "
                                          "its own and that recipe with another seed (`simplecnn_tuned_60ep_amp_seed2`)",
+    "simplecnn_distilled_144px_80ep_fm": "`simplecnn_distilled_144px_80ep` taught by function matching: its teacher "
+                                         "predicts every training batch as the student sees it (`--teacher-online`), "
+                                         "and the batches are C-Mixup blends (`--mixup 0.2`)",
     "simplecnn_distilled_144px_80ep_self": "`simplecnn_distilled_144px_80ep` distilled from that run itself "
                                            "instead of its teacher",
     "simplecnn_distilled_144px_80ep_sigma3": "`simplecnn_distilled_144px_80ep` with the label's Gaussian 3 years "

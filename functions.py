@@ -123,23 +123,22 @@ def age_loss(model, outputs, target, kind: str = "l1", sigma: float = LABEL_SIGM
     """Loss on predicted ages; the distribution head adds KL to a Gaussian around the true age.
 
     teacher (train.py --teacher): (the teacher's expected ages, its age distributions on the model's
-    age grid). Distillation blends every target: teacher_weight of the point loss is towards the
+    age grid) for the images as the model saw them (train_one_epoch blends a table's targets with the
+    images). Distillation blends every target: teacher_weight of the point loss is towards the
     teacher's age, and the KL target is the same blend of the teacher's distribution and the label's
     Gaussian, so the student learns the teacher's view of a face plus the label.
 
     mix (train.py --mixup): (partner index, weight per image) of a batch whose images were blended with
-    their partners (blend_with_partners); every target, the label's Gaussian and the teacher's included,
-    is then the same blend of the two images' targets."""
+    their partners (blend_with_partners); the label's targets are then the same blend of the two
+    images' targets."""
     pred = model.ages_from_outputs(outputs)
     loss = point_loss(pred, blend_with_partners(target, mix), kind)
     if teacher is not None:
-        teacher_loss = point_loss(pred, blend_with_partners(teacher[0], mix), kind)
-        loss = (1 - teacher_weight) * loss + teacher_weight * teacher_loss
+        loss = (1 - teacher_weight) * loss + teacher_weight * point_loss(pred, teacher[0], kind)
     if model.head == "distribution":
-        soft = gaussian_targets(target, model.age_grid, sigma)
+        soft = blend_with_partners(gaussian_targets(target, model.age_grid, sigma), mix)
         if teacher is not None:
             soft = (1 - teacher_weight) * soft + teacher_weight * teacher[1]
-        soft = blend_with_partners(soft, mix)
         loss = loss + torch.nn.functional.kl_div(torch.log_softmax(outputs, 1), soft, reduction="batchmean")
     return loss, pred
 
@@ -382,13 +381,16 @@ def _prepare(images, mean, std, device):
 
 def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", scheduler=None,
                     augment: AugmentConfig | None = None, generator=None, device="cpu", epoch=0, progress=True,
-                    ema=None, teacher_weight: float = 0.5, label_sigma: float = LABEL_SIGMA, mixup: float = 0.0):
+                    ema=None, teacher_weight: float = 0.5, label_sigma: float = LABEL_SIGMA, mixup: float = 0.0,
+                    online_teacher=None):
     """One pass over the loader. Returns {"loss", "mae", "images", "seconds", "images_per_s"}.
     ema (a torch.optim.swa_utils.AveragedModel), if given, is updated after every optimiser step.
     Batches of (images, ages, teacher ages, teacher distributions) train towards the teacher too
-    (age_loss; "mae" stays the error against the labels). label_sigma: the spread of the label's
-    Gaussian (age_loss). mixup > 0: every batch is blended by C-Mixup with Beta(mixup, mixup) weights
-    (mixup_partners), after augmentation; "mae" is then against the blended labels.
+    (age_loss; "mae" stays the error against the labels). online_teacher (train.py --teacher-online):
+    instead, a function of the batch the model is about to see (0-255, augmented and blended) that
+    returns the teacher's (ages, distributions) for exactly those images. label_sigma: the spread of the
+    label's Gaussian (age_loss). mixup > 0: every batch is blended by C-Mixup with Beta(mixup, mixup)
+    weights (mixup_partners), after augmentation; "mae" is then against the blended labels.
 
     The scheduler, if given, steps per batch (warm-up and cosine are defined in steps). The model
     is expected in channels_last memory format, as the batches are.
@@ -407,7 +409,10 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
         images = blend_with_partners(images, mix)
         x = _prepare(images, mean, std, device)
         y = ages.to(device, non_blocking=True)
-        teacher = tuple(t.to(device, non_blocking=True) for t in teacher) or None
+        if online_teacher is not None:
+            teacher = online_teacher(images)
+        else:  # a table's targets are of the unblended faces: blended like the images
+            teacher = tuple(blend_with_partners(t.to(device, non_blocking=True), mix) for t in teacher) or None
         outputs = model(x)
         loss, pred = age_loss(model, outputs, y, loss_kind, sigma=label_sigma, teacher=teacher,
                               teacher_weight=teacher_weight, mix=mix)

@@ -124,6 +124,10 @@ def add_recipe_args(parser):
                         "or a teacher.npz that such a run wrote; the student also learns their age distributions")
     g.add_argument("--teacher-weight", type=float, default=0.5,
                    help="share of every training target that is the teacher's (the rest is the label's)")
+    g.add_argument("--teacher-online", action="store_true",
+                   help="--teacher checkpoints predict every training batch as the student sees it (augmented, "
+                        "mixed), one view, instead of once on the clean faces: consistent teaching; costs one "
+                        "teacher forward pass per batch")
     return parser
 
 
@@ -197,7 +201,10 @@ def check_numbers(args):
              ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)"),
              ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
              ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
-             ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)")]
+             ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)"),
+             ("--teacher-online", not args.teacher_online or bool(args.teacher) and not teacher_is_table(args.teacher),
+              "used with --teacher checkpoints (best.pt), which it runs on every batch; a teacher.npz holds clean "
+              "faces only")]
     for flag, ok, rule in rules:
         if not ok:
             raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
@@ -433,6 +440,46 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
     return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs)
 
 
+class OnlineTeachers:
+    """--teacher-online: the teachers' mean age distribution of the very batch the student is about to
+    see (0-255, augmented and mixed), mapped onto the student's ages as teacher_targets maps a table.
+    Each teacher gets the batch at its own input size and normalisation, one view (the student's), in the
+    training step's precision (bf16 under --amp)."""
+
+    def __init__(self, sources, args, min_age, max_age, device, use_amp):
+        import torch
+        self.device, self.use_amp, self.teachers = device, use_amp, []
+        student = preprocess_config(args).cache_settings()
+        student.pop("image_size")
+        for source in sources:
+            checkpoint = load_checkpoint(source)
+            model, cfg = model_from_checkpoint(checkpoint)
+            theirs = cfg.cache_settings()
+            size = theirs.pop("image_size")
+            if theirs != student:  # a teacher whose faces were denoised or sharpened would see other pixels
+                raise DataError(f"--teacher-online: {source} preprocesses faces otherwise ({theirs}) than this run "
+                                f"({student}); train the teacher with this run's preprocessing, or drop --teacher-online")
+            grid = torch.arange(checkpoint["min_age"], checkpoint["max_age"] + 1, dtype=torch.float32)
+            # teacher age -> student age, probability outside the student's ages to the nearest end
+            to_student = torch.nn.functional.one_hot((grid.long() - min_age).clamp(0, max_age - min_age),
+                                                     max_age - min_age + 1).float()
+            model = model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+            self.teachers.append((model, size, torch.tensor(cfg.mean, device=device),
+                                  torch.tensor(cfg.std, device=device), grid.to(device), to_student.to(device)))
+
+    def __call__(self, images):
+        import torch
+        from functions import _prepare
+        ages, probs, images = 0.0, 0.0, images.to(self.device, non_blocking=True)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            for model, size, mean, std, grid, to_student in self.teachers:
+                x = images if images.shape[-1] == size else torch.nn.functional.interpolate(
+                    images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                p = torch.softmax(model(_prepare(x, mean, std, self.device)).float(), 1)
+                ages, probs = ages + p @ grid, probs + p @ to_student
+        return ages / len(self.teachers), probs / len(self.teachers)
+
+
 def teacher_is_table(teacher: str) -> bool:
     """--teacher names one teacher.npz (True) or checkpoints (False); a mix is refused."""
     sources = [s.strip() for s in teacher.split(",") if s.strip()]
@@ -647,6 +694,8 @@ def train_run(args, dist_ctx: Distributed):
     ema = weight_average(model, args.ema, checkpoint)
     evaluated = ema.module if ema else model  # the weights validation judges and checkpoints keep
     net = models.AutocastModel(model, device.type) if use_amp else model  # what the training step runs
+    online_teacher = (OnlineTeachers([t.strip() for t in args.teacher.split(",") if t.strip()], args, min_age,
+                                     max_age, device, use_amp) if args.teacher_online else None)
     if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
@@ -661,7 +710,7 @@ def train_run(args, dist_ctx: Distributed):
                 net, train_loader(epoch), optimizer, mean=mean, std=std, loss_kind=args.loss, scheduler=scheduler,
                 augment=augmentation(args), generator=torch.Generator().manual_seed(seeds["augment"]),
                 device=device, epoch=epoch, progress=not args.no_progress, ema=ema, teacher_weight=args.teacher_weight,
-                label_sigma=args.label_sigma, mixup=args.mixup)
+                label_sigma=args.label_sigma, mixup=args.mixup, online_teacher=online_teacher)
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
@@ -733,7 +782,8 @@ def describe_run(args, model, train_set, val_set, dist_ctx) -> str:
         text += (f"; {dist_ctx.world_size} processes ({dist_ctx.backend}), global batch "
                  f"{args.batch_size * dist_ctx.world_size}")
     if args.teacher:
-        text += f"; distilled from {args.teacher} (teacher's share of the targets {args.teacher_weight})"
+        text += (f"; distilled from {args.teacher} (teacher's share of the targets {args.teacher_weight}"
+                 + (", predicted on every augmented batch" if args.teacher_online else "") + ")")
     return text
 
 

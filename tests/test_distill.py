@@ -142,3 +142,83 @@ def test_a_teacher_that_does_not_fit_the_split_is_a_one_line_error(case, splits,
     proc = run_script("train.py", "--splits", splits, "--out-dir", tmp_path / "run", *FAST, "--epochs", "1",
                       "--teacher", source)
     assert_one_line_error(proc, *words)
+
+
+# ---------------------------------------------------------------------------------------------- --teacher-online
+
+def test_an_online_teacher_predicts_the_very_batch_on_the_students_ages(splits, teacher):
+    checkpoint = checkpoints.load_checkpoint(teacher)
+    model, cfg = checkpoints.model_from_checkpoint(checkpoint)
+    data = custom_dataset.load_split_dataset(splits / "train.csv", cfg, splits.parent / "cache", progress=False)
+    images, _ = data.batch(list(range(8)))
+    images = images.float()
+    lo, hi = checkpoint["min_age"], checkpoint["max_age"]
+    online = train.OnlineTeachers([str(teacher)], train_args(splits, "unused"), lo, hi, torch.device("cpu"), False)
+    ages, probs = online(images)
+    # one view, the batch as given: the teacher's own prediction of these faces without its flip averaging
+    own, grid = functions.predict_distributions(model, [(images, torch.zeros(8))], torch.tensor(cfg.mean),
+                                                torch.tensor(cfg.std), tta_flip=False)
+    assert np.allclose(probs.numpy(), own, atol=1e-5) and np.allclose(ages.numpy(), own @ grid, atol=1e-3)
+    # a student with fewer ages: the teacher's probability beyond them lands on the nearest end
+    narrow = train.OnlineTeachers([str(teacher)], train_args(splits, "unused"), lo + 5, hi - 5,
+                                  torch.device("cpu"), False)
+    _, few = narrow(images)
+    assert few.shape == (8, hi - lo - 9) and torch.allclose(few.sum(1), torch.ones(8), atol=1e-5)
+    assert np.allclose(few[:, 0].numpy(), own[:, :6].sum(1), atol=1e-5)
+    assert np.allclose(few[:, 1:-1].numpy(), own[:, 6:-6], atol=1e-5)
+    # a student at another input size: the teacher gets the batch resized to its own
+    bigger = torch.nn.functional.interpolate(images, size=(96, 96), mode="bilinear", align_corners=False)
+    _, resized = online(bigger)
+    assert resized.shape == probs.shape and (resized - probs).abs().sum(1).mean() < 0.5
+
+
+def test_the_online_teacher_sees_the_augmented_and_mixed_batch_and_sets_the_targets(splits):
+    torch.manual_seed(0)
+    model = build_model("simplecnn", head="distribution", min_age=20, max_age=50, image_size=32)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    ages = torch.tensor([20.0, 25.0, 30.0, 35.0, 40.0, 45.0])
+    seen = []
+
+    def constant_teacher(batch):
+        seen.append(batch.clone())
+        return torch.full((len(batch),), 33.0), functions.gaussian_targets(torch.full((len(batch),), 33.0),
+                                                                            model.age_grid)
+    augment = custom_dataset.AugmentConfig()
+    functions.train_one_epoch(model, [(images, ages)], torch.optim.SGD(model.parameters(), lr=0.0),
+                              mean=torch.zeros(3), std=torch.full((3,), 255.0), loss_kind="mse", augment=augment,
+                              generator=torch.Generator().manual_seed(5), progress=False, mixup=0.2,
+                              teacher_weight=1.0, online_teacher=constant_teacher)
+    generator = torch.Generator().manual_seed(5)
+    expected = custom_dataset.augment_batch(images.float(), augment, generator)
+    expected = functions.blend_with_partners(expected, functions.mixup_partners(ages, 0.2, generator))
+    assert len(seen) == 1 and torch.equal(seen[0], expected)
+    # teacher_weight 1: the loss is towards the teacher's 33 years alone, whatever the labels
+    outputs = model(functions._prepare(expected, torch.zeros(3), torch.full((3,), 255.0), "cpu"))
+    towards_teacher, _ = functions.age_loss(model, outputs, ages, "mse", teacher=constant_teacher(expected),
+                                            teacher_weight=1.0)
+    other_labels, _ = functions.age_loss(model, outputs, ages + 7, "mse", teacher=constant_teacher(expected),
+                                         teacher_weight=1.0)
+    assert torch.allclose(towards_teacher, other_labels)
+
+
+@pytest.mark.parametrize("extra, words", [([], ["--teacher-online", "--teacher checkpoints"]),
+                                          (["--teacher", "t.npz"], ["--teacher-online", "teacher.npz"])])
+def test_an_online_teacher_needs_checkpoints(extra, words):
+    args = train_args("s", "o", "--teacher-online", *extra)
+    with pytest.raises(custom_dataset.DataError) as error:
+        train.check_numbers(args)
+    assert all(w in str(error.value) for w in words)
+
+
+def test_an_online_teacher_with_other_preprocessing_is_refused(splits, teacher):
+    args = train_args(splits, "unused", "--denoise")
+    with pytest.raises(custom_dataset.DataError, match="preprocesses faces otherwise"):
+        train.OnlineTeachers([str(teacher)], args, 20, 50, torch.device("cpu"), False)
+
+
+def test_an_online_student_trains_otherwise_than_the_table_student(splits, teacher, tmp_path):
+    train.main(train_args(splits, tmp_path / "table", "--epochs", "1", "--teacher", str(teacher)))
+    train.main(train_args(splits, tmp_path / "online", "--epochs", "1", "--teacher", str(teacher), "--teacher-online"))
+    config = checkpoints.load_checkpoint(tmp_path / "online" / "last.pt")["config"]
+    assert config["teacher_online"] is True and (tmp_path / "online" / "teacher.npz").is_file()
+    assert not same_weights(student_weights(tmp_path / "table"), student_weights(tmp_path / "online"))
