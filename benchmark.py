@@ -1103,7 +1103,9 @@ MODEL_NOTES = {
                                          "its own and that recipe with another seed (`simplecnn_tuned_60ep_amp_seed2`)",
     "simplecnn_distilled_144px_80ep_fm": "`simplecnn_distilled_144px_80ep` taught by function matching: its teacher "
                                          "predicts every training batch as the student sees it (`--teacher-online`), "
-                                         "and the batches are C-Mixup blends (`--mixup 0.2`)",
+                                         "and the batches are C-Mixup blends (`--mixup 0.2`); trained on the same day and "
+                                         "machine as the re-run of `simplecnn_distilled_144px_80ep` (Experiments), "
+                                         "the fair comparison",
     "simplecnn_distilled_144px_80ep_self": "`simplecnn_distilled_144px_80ep` distilled from that run itself "
                                            "instead of its teacher",
     "simplecnn_distilled_144px_80ep_sigma3": "`simplecnn_distilled_144px_80ep` with the label's Gaussian 3 years "
