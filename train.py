@@ -432,12 +432,18 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
         raise DataError(f"--teacher {args.teacher} has no prediction for {missing} of {len(rows)} training faces; "
                         "give checkpoints trained on these splits, or the teacher.npz their student wrote")
     rows = np.asarray(rows)
-    # the student's ages are min_age..max_age: a teacher's probability outside them goes to the nearest end
-    columns = np.clip(table["age_grid"] - min_age, 0, max_age - min_age)
-    probs = np.zeros((len(rows), max_age - min_age + 1), np.float32)
-    np.add.at(probs.T, columns, table["probs"][rows].T)
+    probs = table["probs"][rows] @ onto_student_ages(table["age_grid"], min_age, max_age)
     ages = table["probs"][rows] @ table["age_grid"].astype(np.float32)
-    return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs)
+    return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs.astype(np.float32))
+
+
+def onto_student_ages(teacher_ages, min_age, max_age) -> np.ndarray:
+    """0/1 matrix (teacher's ages x min_age..max_age) that moves a teacher's distribution onto the student's
+    ages: a probability outside them goes to the nearest end (a table's and an online teacher's alike)."""
+    columns = np.clip(np.asarray(teacher_ages, dtype=np.int64) - min_age, 0, max_age - min_age)
+    matrix = np.zeros((len(columns), max_age - min_age + 1), np.float32)
+    matrix[np.arange(len(columns)), columns] = 1.0
+    return matrix
 
 
 class OnlineTeachers:
@@ -459,10 +465,9 @@ class OnlineTeachers:
             if theirs != student:  # a teacher whose faces were denoised or sharpened would see other pixels
                 raise DataError(f"--teacher-online: {source} preprocesses faces otherwise ({theirs}) than this run "
                                 f"({student}); train the teacher with this run's preprocessing, or drop --teacher-online")
-            grid = torch.arange(checkpoint["min_age"], checkpoint["max_age"] + 1, dtype=torch.float32)
-            # teacher age -> student age, probability outside the student's ages to the nearest end
-            to_student = torch.nn.functional.one_hot((grid.long() - min_age).clamp(0, max_age - min_age),
-                                                     max_age - min_age + 1).float()
+            grid = np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1)
+            to_student = torch.from_numpy(onto_student_ages(grid, min_age, max_age))
+            grid = torch.from_numpy(grid.astype(np.float32))
             model = model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
             self.teachers.append((model, size, torch.tensor(cfg.mean, device=device),
                                   torch.tensor(cfg.std, device=device), grid.to(device), to_student.to(device)))
@@ -480,9 +485,14 @@ class OnlineTeachers:
         return ages / len(self.teachers), probs / len(self.teachers)
 
 
+def teacher_sources(teacher: str) -> list:
+    """--teacher's comma-separated files."""
+    return [s.strip() for s in teacher.split(",") if s.strip()]
+
+
 def teacher_is_table(teacher: str) -> bool:
     """--teacher names one teacher.npz (True) or checkpoints (False); a mix is refused."""
-    sources = [s.strip() for s in teacher.split(",") if s.strip()]
+    sources = teacher_sources(teacher)
     tables = sum(s.lower().endswith(".npz") for s in sources)
     if tables and len(sources) > 1:
         raise DataError("--teacher takes one teacher.npz, or checkpoints (best.pt) only")
@@ -491,8 +501,7 @@ def teacher_is_table(teacher: str) -> bool:
 
 def write_teacher_table(args, cache_dir, path=None) -> dict:
     """The table of --teacher's checkpoints (predict_teachers), written atomically to path if given."""
-    sources = [s.strip() for s in args.teacher.split(",") if s.strip()]
-    table = predict_teachers(sources, args, cache_dir, split_faces_digest(args.splits))
+    table = predict_teachers(teacher_sources(args.teacher), args, cache_dir, split_faces_digest(args.splits))
     if path is not None:
         atomic_write(path, lambda f: np.savez(f, **table))
     return table
@@ -678,7 +687,9 @@ def train_run(args, dist_ctx: Distributed):
         cfg.mean, cfg.std = channel_stats(train_set.images)
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
-    if args.teacher:  # every rank predicts the same table; rank 0 keeps it as RUN/teacher.npz
+    # every rank predicts the same table; rank 0 keeps it as RUN/teacher.npz. An online run keeps it too: it
+    # checks the teachers' split and records their validation MAE, though its batches never carry it
+    if args.teacher:
         targets = dist_ctx.in_turn(lambda: teacher_targets(args, train_set, cache_dir, min_age, max_age,
                                                            out if dist_ctx.is_main else None))
     print(describe_run(args, model, train_set, val_set, dist_ctx))
@@ -687,15 +698,16 @@ def train_run(args, dist_ctx: Distributed):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     pin = device.type == "cuda"  # page-locked batches; _prepare copies with non_blocking=True
     train_loader, steps_per_epoch = make_train_loader(
-        args, WithTeacher(train_set, *targets) if args.teacher else train_set, dist_ctx, pin)
+        args, WithTeacher(train_set, *targets) if args.teacher and not args.teacher_online else train_set,
+        dist_ctx, pin)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
     history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
     ema = weight_average(model, args.ema, checkpoint)
     evaluated = ema.module if ema else model  # the weights validation judges and checkpoints keep
     net = models.AutocastModel(model, device.type) if use_amp else model  # what the training step runs
-    online_teacher = (OnlineTeachers([t.strip() for t in args.teacher.split(",") if t.strip()], args, min_age,
-                                     max_age, device, use_amp) if args.teacher_online else None)
+    online_teacher = (OnlineTeachers(teacher_sources(args.teacher), args, min_age, max_age, device, use_amp)
+                      if args.teacher_online else None)
     if dist_ctx.active:  # after loading the checkpoint: DDP starts every rank from rank 0's weights
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
