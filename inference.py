@@ -579,10 +579,14 @@ def _crops_dir(args):
 # ----------------------------------------------------------------------------------------------
 # Reading and writing files
 
+IMAGE_NOT_FOUND = "image not found: {path} (pass --image with an existing file)"
+VIDEO_NOT_FOUND = "video not found: {path} (pass --video with an existing file, or a camera number such as 0)"
+
+
 def _read_image(path):
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"image not found: {path} (pass --image with an existing file)")
+        raise DataError(IMAGE_NOT_FOUND.format(path=path))
     try:
         rgb = load_rgb(path)
     except DataError:
@@ -820,7 +824,7 @@ def open_video(video):
         return open_camera(int(video)), f"camera{int(video)}", 0
     source = Path(video)
     if not source.is_file():
-        raise DataError(f"video not found: {source} (pass --video with an existing file, or a camera number such as 0)")
+        raise DataError(VIDEO_NOT_FOUND.format(path=source))
     cap = cv2.VideoCapture(str(source))
     if not cap.isOpened():
         cap.release()
@@ -896,10 +900,6 @@ def _annotate_frames(cap, estimator, video, recorder, args, name, total):
 
 
 def run_video(args, estimator, json_stream=None):
-    if not 0 < args.alpha <= 1:
-        raise DataError(f"--alpha must be in (0, 1], got {args.alpha}")
-    if args.max_frames < 0:
-        raise DataError(f"--max-frames must be 0 (all) or more, got {args.max_frames}")
     cap, name, total = open_video(args.video)
     try:
         outputs = plan_outputs(args)
@@ -927,7 +927,7 @@ def run_video(args, estimator, json_stream=None):
 
 
 def check_flags(args):
-    """Flag combinations and values, before anything is loaded."""
+    """Flag combinations and values, and that the input is there, before anything is loaded."""
     if args.output and args.input_dir:
         raise DataError("--input-dir writes into --output-dir; --output is for --image and --video")
     if args.output and args.output_dir:
@@ -937,6 +937,17 @@ def check_flags(args):
                         f"stdout), got {args.json!r}")
     if args.save_crops and args.video:
         raise DataError("--save-crops is for --image and --input-dir")
+    if args.video is not None and not 0 < args.alpha <= 1:
+        raise DataError(f"--alpha must be in (0, 1], got {args.alpha}")
+    if args.video is not None and args.max_frames < 0:
+        raise DataError(f"--max-frames must be 0 (all) or more, got {args.max_frames}")
+    # a missing input is named at once, not after the model and the detector have loaded (seconds)
+    if args.image and not Path(args.image).is_file():
+        raise DataError(IMAGE_NOT_FOUND.format(path=args.image))
+    if args.input_dir:
+        _check_input_dir(args.input_dir)
+    if args.video is not None and not is_camera(args.video) and not Path(args.video).is_file():
+        raise DataError(VIDEO_NOT_FOUND.format(path=args.video))
 
 
 def main(args):

@@ -255,6 +255,7 @@ def setup_distributed(args) -> Distributed:
 def main(args):
     """Train in this process, or as one rank of a torchrun launch. Only rank 0 prints, writes and
     exports; the process group is closed on every exit, errors included."""
+    check_settings(args)  # before torch loads (setup_distributed): a typo is answered at once, not in 3 s
     refuse_output_in_data(args.out_dir, args.splits)
     dist_ctx = setup_distributed(args)
     try:
@@ -364,10 +365,13 @@ def refuse_output_in_data(out_dir, splits):
                             "choose a folder outside the data set")
 
 
+SPLITS_NOT_FOUND = "splits folder not found: {splits} (eda.py writes OUT/splits)"
+
+
 def load_data(args, cfg, log=print):
     splits = Path(args.splits)
     if not splits.is_dir():
-        raise DataError(f"splits folder not found: {splits} (eda.py writes OUT/splits)")
+        raise DataError(SPLITS_NOT_FOUND.format(splits=splits))
     cache_dir = Path(args.cache_dir) if args.cache_dir else splits.parent / "cache"
     progress = not args.no_progress
     train = load_split_dataset(splits / "train.csv", cfg, cache_dir, args.workers, progress, log)
@@ -582,10 +586,24 @@ def epoch_seeds(seed: int, epoch: int, rank: int = 0) -> dict:
     return {"shuffle": seed * 1000 + epoch, "torch": seed * 1000 + offset, "augment": seed * 7919 + offset}
 
 
-def open_run_folder(args, dist_ctx) -> Path:
+def check_settings(args):
+    """The settings that cannot work and the input files that are not there, named in one line; needs
+    neither torch nor the data's images."""
     if args.model not in MODEL_NAMES:
         raise DataError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
     check_numbers(args)
+    if not Path(args.splits).is_dir():
+        raise DataError(SPLITS_NOT_FOUND.format(splits=args.splits))
+    for source in teacher_sources(args.teacher or ""):
+        if not Path(source).is_file():
+            raise DataError(f"--teacher {source} not found; pass the best.pt of a finished run on these splits, "
+                            "or the teacher.npz such a run wrote")
+    if args.weights and not Path(args.weights).is_file():
+        raise DataError(f"--weights {args.weights} not found; pass a torchvision ImageNet weights file (.pth) that "
+                        "is on this machine, or leave --weights out")
+
+
+def open_run_folder(args, dist_ctx) -> Path:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dist_ctx.is_main:

@@ -345,28 +345,42 @@ def _cli(*argv):
     return run_script("inference.py", *argv, "--threads", "1")
 
 
+def _a_photo(tmp_path):
+    """An image that is there, so that the error under test is the model's (a missing input is named first)."""
+    path = tmp_path / "photo.png"
+    write_rgb(path, np.full((64, 64, 3), 128, np.uint8))
+    return str(path)
+
+
 @pytest.mark.slow
 def test_cli_missing_model(tmp_path):
-    assert_one_line_error(_cli("--model", str(tmp_path / "nope.jit"), "--image", "x.jpg"), "model file not found")
+    assert_one_line_error(_cli("--model", str(tmp_path / "nope.jit"), "--image", _a_photo(tmp_path)),
+                          "model file not found")
 
 
 @pytest.mark.slow
 def test_cli_text_file_as_model(tmp_path):
+    photo = _a_photo(tmp_path)
     text = tmp_path / "model.jit"
     text.write_text("this is not a model\n")
-    assert_one_line_error(_cli("--model", str(text), "--image", "x.jpg"), "not a TorchScript model")
+    assert_one_line_error(_cli("--model", str(text), "--image", photo), "not a TorchScript model")
     text = tmp_path / "model.onnx"
     text.write_text("this is not a model\n")
-    assert_one_line_error(_cli("--model", str(text), "--image", "x.jpg"), "not an ONNX model")
+    assert_one_line_error(_cli("--model", str(text), "--image", photo), "not an ONNX model")
     other = tmp_path / "model.pkl"
     other.write_text("x")
-    assert_one_line_error(_cli("--model", str(other), "--image", "x.jpg"), "pass a model.onnx")
+    assert_one_line_error(_cli("--model", str(other), "--image", photo), "pass a model.onnx")
 
 
 @pytest.mark.slow
 def test_cli_missing_image(model_path, tmp_path):
-    assert_one_line_error(_cli("--model", str(model_path), "--image", str(tmp_path / "missing.jpg"),
-                                "--output", str(tmp_path / "o.jpg")), "image not found")
+    proc = _cli("--model", str(model_path), "--image", str(tmp_path / "missing.jpg"), "--output", str(tmp_path / "o.jpg"))
+    assert_one_line_error(proc, "image not found")
+    assert "training ages" not in proc.stdout  # named before the model was read, not seconds later
+    for flag, missing in (("--input-dir", "no_such_folder"), ("--video", "missing.mp4")):
+        proc = _cli("--model", str(model_path), flag, str(tmp_path / missing))
+        assert_one_line_error(proc, "not found", flag)
+        assert "training ages" not in proc.stdout
 
 
 def test_tiny_images_and_odd_names_get_the_same_rule_in_both_modes(onnx_path, faces, tmp_path, capsys):

@@ -371,11 +371,19 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(splits, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing_splits", "wrong_columns", "unknown_model", "bad_resume_file"])
+@pytest.mark.parametrize("case", ["missing_splits", "wrong_columns", "unknown_model", "bad_resume_file",
+                                  "missing_teacher", "missing_weights"])
 def test_train_cli_errors_are_one_line_exit_2(case, splits, tmp_path):
     args = ["train.py", "--splits", str(splits), "--out-dir", str(tmp_path / "run"), *FAST, "--epochs", "1"]
+    words = {"missing_splits": ["splits folder not found"], "unknown_model": ["unknown model 'vgg99'"],
+             "missing_teacher": ["--teacher", "gone.pt not found"],
+             "missing_weights": ["--weights", "gone.pth not found"]}.get(case, [])
     if case == "missing_splits":
         args[2] = str(tmp_path / "nowhere")
+    elif case == "missing_teacher":
+        args += ["--teacher", str(tmp_path / "gone.pt")]
+    elif case == "missing_weights":
+        args += ["--model", "resnet18", "--weights", str(tmp_path / "gone.pth")]
     elif case == "wrong_columns":
         bad = tmp_path / "bad_splits"
         bad.mkdir()
@@ -388,7 +396,7 @@ def test_train_cli_errors_are_one_line_exit_2(case, splits, tmp_path):
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "last.pt").write_text("garbage")
         args += ["--resume"]
-    assert_one_line_error(run_script(*args))
+    assert_one_line_error(run_script(*args), *words)
 
 
 @pytest.mark.slow
