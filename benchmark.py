@@ -29,7 +29,8 @@ import eda
 import train
 from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset, DataError,
                             PreprocessConfig, build_cache, make_loader, read_split)
-from checkpoints import export_best, load_checkpoint, load_torchscript, model_from_checkpoint, save_checkpoint
+from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, rewrite_export_metadata,
+                         save_checkpoint)
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory,
                        lowers_worst_decade, test_time_views, time_runs, worst_of_table)
@@ -316,6 +317,11 @@ def get_args_parser():
                    help="only measure an export's validation MAE (on --protocols' last protocol) under each "
                         f"test-time zoom set ({', '.join(z or 'none' for z in ZOOM_PROBE_SETS)}), through "
                         "inference.py's own averaging -> results['zoom_probe']; the test split is not read")
+    p.add_argument("--ship-zooms", action="store_true",
+                   help="give the shipped model (models/) the test-time zoom set of the --zoom-probe list that lowers "
+                        "its Protocol F validation MAE most, refit its interval on validation with it, and measure "
+                        "its test split and FG-NET (--cross DIR, default ../shared/data/FGNET) once with it -> the "
+                        "exports' metadata, results['shipped_zooms'] and the model card")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -385,15 +391,18 @@ def crop_consistency(run_dir, splits, n, seed=0):
             "gap_same_light": mae["scene_same_light"] - mae["direct"]}
 
 
-def cross_dataset(run_dir, data_dir, detector=None, crop=None, faces_out=None):
-    """The model on another data set's photos through inference.py's own pipeline (AgeEstimator):
+def cross_dataset(model_path, data_dir, detector=None, crop=None, faces_out=None, zooms=None):
+    """The model (an export) on another data set's photos through inference.py's own pipeline (AgeEstimator):
     the largest face of each photo is taken as the labelled person; photos without a face are
-    counted (faces_found), not guessed. crop/detector override the model's for comparisons.
-    faces_out: a list that receives (aligned face, true age) of every photo with a face (cross_filters)."""
+    counted (faces_found), not guessed. crop/detector override the model's for comparisons, zooms its
+    test-time zooms. faces_out: a list that receives (aligned face, true age) of every photo with a face
+    (cross_filters)."""
     import faces
     import inference
     from custom_dataset import discover_labels, load_rgb
-    estimator = inference.AgeEstimator(run_dir / "model.onnx", detector or faces.DEFAULT_DETECTOR)
+    estimator = inference.AgeEstimator(model_path, detector or faces.DEFAULT_DETECTOR)
+    if zooms is not None:
+        estimator.tta_zoom = zooms
     if crop is not None:
         estimator.crop = faces.check_crop(crop)
         estimator.pipeline = faces.FacePipeline(estimator.crop, estimator.pipeline.detector)
@@ -876,7 +885,7 @@ def check_cross(args, work, results, out_path):
                 variants[f"{protocol}/{name} (Haar box crop)"] = {"detector": "haar", "crop": faces.BOX_CROP}
             found_faces = [] if args.cross_filters else None  # the model's own crop's faces, for cross_filters
             for key, override in variants.items():
-                figures = cross_dataset(run_dir, args.cross, **override,
+                figures = cross_dataset(run_dir / "model.onnx", args.cross, **override,
                                         faces_out=found_faces if key == f"{protocol}/{name}" else None)
                 results.setdefault("cross", {}).setdefault("FGNET", {})[key] = figures
                 print(f"FG-NET, {key}: MAE {figures['mae']:.2f}, CS@5 {figures['cs5']:.1%}, faces found in "
@@ -916,15 +925,21 @@ def ship(args, work, results):
         target = SHIPPED.with_suffix(suffix)
         blob = (run_dir / f"model{suffix}").read_bytes()
         atomic_write(target, lambda f: f.write(blob))
+    if results.pop("shipped_zooms", None):  # they were chosen for the exports just replaced
+        save_results(args.out, results)
     card = model_card(protocol, name, entry, cross, data, metadata, faces.describe_crop(metadata["crop"]))
     card_path = SHIPPED.parent / "README.md"
     atomic_write(card_path, lambda f: f.write(card.encode()))
     print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
 
 
-def model_card(protocol, name, entry, cross, data, metadata, crop_text) -> str:
+def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=None) -> str:
     """models/README.md for the run PROTOCOL/NAME, every figure from its results.json entry, its FG-NET
-    figures (cross), the protocol's data record and the export's metadata."""
+    figures (cross), the protocol's data record and the export's metadata; zooms: the shipped_zooms record
+    (benchmark.py --ship-zooms), whose figures then replace the run's, which are given beside them."""
+    plain_test, plain_fgnet = entry["test_mae"], cross["mae"]
+    if zooms:
+        entry, cross = zoomed_entry(entry, zooms), zooms["fgnet"]
     decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
     fg_decades = ", ".join(f"{k}: {v}" for k, v in cross["mae_per_decade"].items())
     fg_signed = "" if "mean_error_per_decade" not in cross else (
@@ -957,7 +972,7 @@ Written by `python benchmark.py --ship {protocol}/{name}` from `bench/results.js
   Autoencoder", CVPR 2017.
 - **Test split** (read once, best validation epoch {entry['best_epoch']} of {entry['epochs']}): MAE
   {entry['test_mae']:.2f} years, CS@5 {entry['test_cs5']:.1%}, n = {entry['test_images']:,}. Per decade: {decades}.
-  Predicting the training median instead: MAE {data['test_mae_of_train_median']:.2f}.
+  Predicting the training median instead: MAE {data['test_mae_of_train_median']:.2f}.{zooms_note(zooms, plain_test, plain_fgnet)}
 - **FG-NET** (another data set: 1,002 scanned photos of 82 people, ages 0-69, through `inference.py`'s
   own pipeline, largest face per photo): MAE {cross['mae']:.2f}, CS@5 {cross['cs5']:.1%}, a face found in
   {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.{fg_signed}
@@ -969,6 +984,35 @@ Written by `python benchmark.py --ship {protocol}/{name}` from `bench/results.js
 
   (both run by `python benchmark.py --protocols F --models {name} --no-speed`).{teachers_note}
 """
+
+
+def zoomed_entry(entry, zooms) -> dict:
+    """A run's results entry with the test figures and interval its export has with the zooms --ship-zooms chose."""
+    return {**entry, "interval": zooms["interval"], "test_mae": zooms["test"]["mae"], "test_cs5": zooms["test"]["cs5"],
+            "test_mae_per_decade": zooms["test"]["mae_per_decade"]}
+
+
+def shipped_figures(results, shipped):
+    """(results entry, FG-NET figures) of the shipped run as inference.py runs the shipped file: with the
+    test-time zooms --ship-zooms gave it, where it did; None for what is not recorded."""
+    protocol, name = shipped.split("/")
+    entry = results.get("protocols", {}).get(protocol, {}).get(name)
+    fgnet = results.get("cross", {}).get("FGNET", {}).get(shipped)
+    zoomed = results.get("shipped_zooms")
+    if entry and zoomed and zoomed["run"] == shipped:
+        return zoomed_entry(entry, zoomed), zoomed["fgnet"]
+    return entry, fgnet
+
+
+def zooms_note(zooms, plain_test, plain_fgnet) -> str:
+    """The model card's words for test-time zooms chosen after training (--ship-zooms); "" without them."""
+    if not zooms:
+        return ""
+    tried = ", ".join(f"{z} {mae:.3f}" for z, mae in zooms["val_mae"].items())
+    return (f"\n- **Test-time zooms** (`{zooms['command']}`, after training): the set with the lowest validation MAE "
+            f"among the face alone and its centred crops ({tried}), `{zooms['zooms']}`; the interval was refitted on "
+            f"validation with them. The test split and FG-NET were then read once more, with the zooms: the figures "
+            f"above and below. Without them: test MAE {plain_test:.2f}, FG-NET MAE {plain_fgnet:.2f}.")
 
 
 def interval_line(entry) -> str:
@@ -1471,7 +1515,25 @@ def zoom_probe_lines(results) -> list:
         lines += ["", f"Zooms {sets[-1]} (`train.py`'s `--tta-zoom {sets[-1]}`) against the face alone, same weights: "
                       f"{', '.join(changes)} years of validation MAE, for "
                       f"{forward_passes(test_time_views({'tta_zoom': sets[-1]}))}x the forward passes per face."]
-    return lines
+    return lines + shipped_zooms_lines(results)
+
+
+def shipped_zooms_lines(results) -> list:
+    """What the zooms chosen for the shipped model after training (--ship-zooms) did to its test and FG-NET figures."""
+    zoomed = results.get("shipped_zooms")
+    if not zoomed:
+        return []
+    protocol, name = zoomed["run"].split("/")
+    plain_test = results["protocols"][protocol][name]["test_mae"]
+    plain_fgnet = results["cross"]["FGNET"][zoomed["run"]]["mae"]
+    iv = zoomed["interval"]
+    return ["", f"The shipped model (`{zoomed['run']}`) carries the set its own validation MAE chooses among these, "
+                f"`{zoomed['zooms']}` ({zoomed['val_mae'][zoomed['zooms']]:.3f} against {zoomed['val_mae']['none']:.3f} "
+                f"for the face alone; `{zoomed['command']}`). The test split and FG-NET, read once more with the zooms: "
+                f"test MAE {zoomed['test']['mae']:.2f} (the face alone: {plain_test:.2f}), FG-NET MAE "
+                f"{zoomed['fgnet']['mae']:.2f} ({plain_fgnet:.2f}). Its interval, refitted on validation with the zooms, "
+                f"covers {iv['coverage']:.1%} of the test ages at {iv['level']:.0%}, {iv['mean_width']:.1f} years wide "
+                "on average."]
 
 
 def long_ablation_lines(results) -> list:
@@ -1749,11 +1811,12 @@ def cross_reading(results, shipped):
                          f"model's own crop; a face found in {r['faces_found']:.1%} of the photos instead of "
                          f"{box['faces_found']:.1%}.")
     if shipped in fgnet:
-        r = fgnet[shipped]
+        r, zoomed = shipped_figures(results, shipped)[1], results.get("shipped_zooms")
+        how = "" if r is fgnet[shipped] else f" with its test-time zooms {zoomed['zooms']} ({fgnet[shipped]['mae']:.2f} without)"
         worst = sorted(r["mae_per_decade"].items(), key=lambda kv: -kv[1])[:2]
         lines.append(f"- FG-NET target (MAE ≤ {TARGETS['fgnet_mae']:.1f}): "
                      f"{reached(r['mae'] <= TARGETS['fgnet_mae'])}; the shipped model (`{shipped}`) has "
-                     f"{r['mae']:.2f}, worst in " + " and ".join(f"{k} ({v:.1f})" for k, v in worst) +
+                     f"{r['mae']:.2f}{how}, worst in " + " and ".join(f"{k} ({v:.1f})" for k, v in worst) +
                      ". FG-NET differs from UTKFace in more than the crop: scanned prints, grain, colour casts, gray "
                      "photos and a child-heavy age range.")
         if "mean_error_per_decade" in r:
@@ -1934,8 +1997,8 @@ def headline_block(sources) -> str:
     protocols = results.get("protocols", {})
     rows = []
     if shipped:
-        p, n = shipped.split("/")
-        r, fg = protocols.get(p, {}).get(n), results.get("cross", {}).get("FGNET", {}).get(shipped)
+        p = shipped.split("/")[0]
+        r, fg = shipped_figures(results, shipped)
         if r:
             rows.append(f"| the shipped model (`models/`, `{shipped}`) | UTKFace test MAE **{r['test_mae']:.2f}** years, "
                         f"CS@5 {r['test_cs5']:.1%} (n = {r['test_images']:,}, ages "
@@ -2055,6 +2118,82 @@ def run_ablations(args):
     print(ablation_table(results))
 
 
+def zoom_predictions(estimator, dataset, label) -> dict:
+    """{zoom set ("none" for the face alone): ages} of a split's faces under each of ZOOM_PROBE_SETS, through
+    inference.py's own averaging (the export's flip setting stays); each set's MAE is printed. The estimator
+    is left with its zooms as they were."""
+    from custom_dataset import parse_zooms
+    own, true, predictions = estimator.tta_zoom, dataset.ages.numpy(), {}
+    try:
+        for zooms in ZOOM_PROBE_SETS:
+            estimator.tta_zoom = parse_zooms(zooms)
+            predictions[zooms or "none"] = pred = estimator.predict_inputs(np.asarray(dataset.images))
+            print(f"{label}, zooms {zooms or 'none'}: MAE {np.mean(np.abs(pred - true)):.3f}", flush=True)
+    finally:
+        estimator.tta_zoom = own
+    return predictions
+
+
+def ship_zooms(args, work, results, out_path):
+    """--ship-zooms: the shipped model's test-time zooms chosen after training, on Protocol F's validation split
+    (the set of ZOOM_PROBE_SETS with the lowest MAE; the face alone is one of them), its age interval refitted on
+    the validation predictions with those zooms; then its test split and FG-NET measured once with them. The
+    exports in models/ get the zooms (and the new interval and figures) in their metadata, results.json a
+    "shipped_zooms" record, and the model card is written again."""
+    import faces
+    from custom_dataset import load_split_dataset, parse_zooms
+    from functions import fit_interval, group_metrics, interval_metrics, regression_metrics
+    from inference import AgeEstimator
+    shipped = shipped_run(SHIPPED.parent / "README.md")
+    if shipped is None:
+        raise DataError(f"no model card in {SHIPPED.parent}; ship a model first (benchmark.py --ship F/NAME)")
+    protocol, name = shipped.split("/")
+    splits = work / protocol / "splits"
+    if not (splits / "test.csv").is_file():
+        raise DataError(f"no Protocol {protocol} splits in {splits}; run `python benchmark.py --protocols {protocol}` "
+                        "(or its eda.py command) first")
+    onnx_path = SHIPPED.with_suffix(".onnx")
+    estimator = AgeEstimator(onnx_path, whole_image=True, threads=torch.get_num_threads())
+    metadata = dict(estimator.metadata)
+    val, test = (load_split_dataset(splits / f"{split}.csv", estimator.cfg, splits.parent / "cache", progress=False)
+                 for split in ("val", "test"))
+    val_pred = zoom_predictions(estimator, val, f"{protocol} val")
+    val_mae = {z: round(float(np.mean(np.abs(p - val.ages.numpy()))), 3) for z, p in val_pred.items()}
+    if abs(val_mae["none"] - metadata["val_mae"]) > 0.002:  # the split and the weights the export was made with
+        raise DataError(f"{onnx_path}: validation MAE {val_mae['none']:.3f} on {splits}, but {metadata['val_mae']:.3f} "
+                        "when it was trained: these are not its splits (re-run its eda.py command)")
+    chosen = min(val_mae, key=val_mae.get)
+    zooms = parse_zooms("" if chosen == "none" else chosen)
+    entry = results["protocols"][protocol][name]
+    level = entry["interval"]["level"] if "interval" in entry else 0.9
+    interval = fit_interval(val_pred[chosen], val.ages.numpy())
+    estimator.tta_zoom = zooms
+    test_pred, test_true = estimator.predict_inputs(np.asarray(test.images)), test.ages.numpy()
+    figures = regression_metrics(test_pred, test_true)
+    fgnet = cross_dataset(onnx_path, args.cross or "../shared/data/FGNET", zooms=zooms)
+    metadata.update(tta_zoom=list(zooms), interval=interval, val_mae=float(np.mean(np.abs(val_pred[chosen] - val.ages.numpy()))),
+                    test_mae=figures["mae"])
+    record = {"run": shipped, "zooms": chosen, "val_mae": val_mae,
+              "test": {"mae": round(figures["mae"], 3), "cs5": round(figures["cs5"], 4), "n": figures["n"],
+                       "mae_per_decade": {k: round(v["mae"], 2) for k, v in figures["mae_per_bin"].items()},
+                       "mean_error_per_decade": {k: round(v["mean_error"], 2)
+                                                 for k, v in group_metrics(test_pred, test_true)["decade"].items()}},
+              "interval": {k: round(v, 3) for k, v in interval_metrics(test_pred, test_true, interval, level).items()
+                           if k != "coverage_per_decade"},
+              "fgnet": fgnet, "command": "python benchmark.py --ship-zooms"}
+    for suffix in (".onnx", ".jit"):
+        rewrite_export_metadata(SHIPPED.with_suffix(suffix), metadata)
+    results["shipped_zooms"] = record
+    save_results(out_path, results)
+    card = model_card(protocol, name, entry, results["cross"]["FGNET"][shipped],
+                      results["data"][protocol], metadata, faces.describe_crop(metadata["crop"]), record)
+    atomic_write(SHIPPED.parent / "README.md", lambda f: f.write(card.encode()))
+    print(f"{shipped}: zooms {chosen} (validation MAE {val_mae[chosen]:.3f}, the face alone {val_mae['none']:.3f}); "
+          f"test MAE {record['test']['mae']:.2f}, FG-NET {fgnet['mae']:.2f} -> {onnx_path}, "
+          f"{SHIPPED.with_suffix('.jit')}, {SHIPPED.parent / 'README.md'}")
+    return record
+
+
 def run_zoom_probe(args, protocols):
     """--zoom-probe MODEL.onnx"""
     from custom_dataset import load_split_dataset, parse_zooms
@@ -2068,12 +2207,8 @@ def run_zoom_probe(args, protocols):
     estimator = AgeEstimator(args.zoom_probe, whole_image=True, threads=torch.get_num_threads())
     val = load_split_dataset(splits / "val.csv", estimator.cfg, splits.parent / "cache", progress=False)
     true = val.ages.numpy()
-    figures = {}
-    for zooms in ZOOM_PROBE_SETS:
-        estimator.tta_zoom = parse_zooms(zooms)  # the export's own flip setting stays
-        pred = estimator.predict_inputs(np.asarray(val.images))  # it slices the faces itself
-        figures[zooms or "none"] = round(float(np.mean(np.abs(pred - true))), 3)
-        print(f"{protocol} val, zooms {zooms or 'none'}: MAE {figures[zooms or 'none']:.3f}", flush=True)
+    figures = {zooms: round(float(np.mean(np.abs(pred - true))), 3)
+               for zooms, pred in zoom_predictions(estimator, val, f"{protocol} val").items()}
     results.setdefault("zoom_probe", {})[f"{protocol}:{args.zoom_probe}"] = {
         "val_mae": figures, "tta_flip": bool(estimator.metadata.get("tta_flip")), "images": len(true),
         "command": f"python benchmark.py --zoom-probe {args.zoom_probe} --protocols {protocol}"}
@@ -2213,6 +2348,8 @@ def main(args):
     if args.probes:
         return run_probes(args)
     protocols, models = selection(args)
+    if args.ship_zooms:
+        return ship_zooms(args, Path(args.work_dir), load_results(args.out), Path(args.out))
     if args.cross:
         return run_cross(args, protocols, models)
     if args.ship:

@@ -187,6 +187,28 @@ def export_onnx(wrapper, example, path, metadata: dict):
     return path
 
 
+def rewrite_export_metadata(path, metadata: dict):
+    """An export (model.onnx or model.jit) written again with other metadata and the same weights, atomically:
+    for settings chosen after export (benchmark.py --ship-zooms). The .jit is a program, so only a trusted
+    file (this repository's own) may be passed."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        proto = onnx.load(str(path))
+        entries = [p for p in proto.metadata_props if p.key == "metadata.json"]
+        if not entries:
+            raise DataError(f"{path} has no preprocessing metadata; export it with train.py")
+        entries[0].value = json.dumps(metadata)
+        blob = proto.SerializeToString()
+        atomic_write(path, lambda f: f.write(blob))
+    else:
+        with warnings.catch_warnings():  # torch's deprecation notice of TorchScript, said in export_torchscript
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+            atomic_write(path, lambda f: torch.jit.save(module, f, _extra_files={"metadata.json": json.dumps(metadata)}))
+    return path
+
+
 def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -> dict:
     """Max |eager - export| on a batch, each export run by the reader inference uses (read_export);
     raises if any export differs by more than tolerance."""

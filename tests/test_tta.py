@@ -134,3 +134,121 @@ def test_an_ablation_with_zooms_keeps_them_in_its_without_flip_figure(splits, tm
     assert record["val_mae"] == pytest.approx(val_mae(tta_flip=True, tta_zoom=(0.8,)), abs=2e-3)
     assert record["val_mae_no_tta"] == val_mae(tta_flip=False, tta_zoom=(0.8,))
     assert record["val_mae_no_tta"] != val_mae(tta_flip=False)  # the zoom changes the figure, so the check can fail
+
+
+# ---------------------------------------------------------------------------------------------- zooms after training
+
+@pytest.fixture(scope="module")
+def shipped_run(tmp_path_factory):
+    """A one-epoch Protocol-F-like run under WORK/F/m (splits in WORK/F/splits) with its exports."""
+    import shutil
+    from conftest import make_splits
+    root = tmp_path_factory.mktemp("ship_zooms")
+    make_splits(root, min_age=20, max_age=40, per_age=4, size=64, seed=5)
+    work = root / "work"
+    work.mkdir()
+    shutil.move(root / "out", work / "F")
+    train.main(train.get_args_parser().parse_args([
+        "--splits", str(work / "F" / "splits"), "--out-dir", str(work / "F" / "m"), "--epochs", "1",
+        "--image-size", "32", "--batch-size", "32", "--threads", "1", "--no-tensorboard", "--no-progress"]))
+    return work
+
+
+def test_new_metadata_is_written_into_both_exports_and_the_weights_stay(shipped_run, tmp_path):
+    import shutil
+    from checkpoints import read_export, rewrite_export_metadata
+    faces = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    for suffix in (".onnx", ".jit"):
+        path = tmp_path / f"model{suffix}"
+        shutil.copy(shipped_run / "F" / "m" / f"model{suffix}", path)
+        before = inference.AgeEstimator(path, whole_image=True, threads=1)
+        metadata = dict(before.metadata, tta_zoom=[0.9], val_mae=1.5)
+        rewrite_export_metadata(path, metadata)
+        after = inference.AgeEstimator(path, whole_image=True, threads=1)
+        assert read_export(path)[1] == metadata and after.tta_zoom == (0.9,)
+        after.tta_zoom = ()
+        np.testing.assert_allclose(after.predict_inputs(faces), before.predict_inputs(faces), atol=1e-5)
+        assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ship_zooms_chooses_on_validation_and_rewrites_the_exports_the_record_and_the_card(shipped_run, tmp_path,
+                                                                                          monkeypatch):
+    import shutil
+    import benchmark
+    from checkpoints import read_export
+    shipped = tmp_path / "models" / "age"
+    shipped.parent.mkdir()
+    for suffix in (".onnx", ".jit"):
+        shutil.copy(shipped_run / "F" / "m" / f"model{suffix}", shipped.with_suffix(suffix))
+    (shipped.parent / "README.md").write_text("Written by `python benchmark.py --ship F/m` from results\n")
+    monkeypatch.setattr(benchmark, "SHIPPED", shipped)
+    monkeypatch.setattr(benchmark, "ZOOM_PROBE_SETS", ("", "0.9", "0.75"))
+    seen = {}
+
+    def fake_fgnet(model_path, data_dir, zooms=None, **_):  # FG-NET itself is not in a test
+        seen.update(model=model_path, data=data_dir, zooms=zooms)
+        return {"mae": 6.1, "cs5": 0.5, "n": 3, "photos": 3, "faces_found": 1.0, "mae_per_decade": {"0-9": 3.0},
+                "mean_error_per_decade": {"0-9": 2.0}}
+    monkeypatch.setattr(benchmark, "cross_dataset", fake_fgnet)
+    entry = {"params": 1000, "best_epoch": 1, "epochs": 1, "test_mae": 9.87, "test_cs5": 0.1, "test_images": 20,
+             "test_mae_per_decade": {"20-29": 9.0}, "train_minutes": 0.1, "command": "python train.py --splits s --out-dir o",
+             "interval": {"level": 0.9, "coverage": 0.9, "mean_width": 30.0}}
+    results = {"protocols": {"F": {"m": entry}}, "cross": {"FGNET": {"F/m": {**fake_fgnet(None, None), "mae": 6.54}}},
+               "data": {"F": {"splits": {"train": 60, "val": 20, "test": 20}, "test_mae_of_train_median": 5.0}}}
+    out = tmp_path / "results.json"
+    args = benchmark.get_args_parser().parse_args(["--ship-zooms", "--cross", "FGNET_DIR", "--out", str(out)])
+    record = benchmark.ship_zooms(args, shipped_run, results, out)
+
+    assert record["zooms"] == min(record["val_mae"], key=record["val_mae"].get)
+    assert set(record["val_mae"]) == {"none", "0.9", "0.75"}
+    zooms = parse_zooms("" if record["zooms"] == "none" else record["zooms"])
+    assert seen == {"model": shipped.with_suffix(".onnx"), "data": "FGNET_DIR", "zooms": zooms}
+    for suffix in (".onnx", ".jit"):
+        metadata = read_export(shipped.with_suffix(suffix))[1]
+        assert tuple(metadata["tta_zoom"]) == zooms
+        assert metadata["val_mae"] == pytest.approx(record["val_mae"][record["zooms"]], abs=5e-4)
+        assert metadata["test_mae"] == pytest.approx(record["test"]["mae"], abs=5e-4)
+        assert metadata["interval"]["method"].startswith("split-conformal")
+    assert json.loads(out.read_text())["shipped_zooms"] == record
+    card = (shipped.parent / "README.md").read_text()
+    assert "--ship F/m" in card and "Test-time zooms" in card
+    assert "Without them: test MAE 9.87, FG-NET MAE 6.54" in card and "MAE 6.10" in card
+
+
+def test_ship_zooms_refuses_splits_the_model_was_not_validated_on(shipped_run, tmp_path, monkeypatch):
+    import shutil
+    import benchmark
+    from checkpoints import rewrite_export_metadata
+    shipped = tmp_path / "models" / "age"
+    shipped.parent.mkdir()
+    shutil.copy(shipped_run / "F" / "m" / "model.onnx", shipped.with_suffix(".onnx"))
+    metadata = inference.AgeEstimator(shipped.with_suffix(".onnx"), whole_image=True, threads=1).metadata
+    rewrite_export_metadata(shipped.with_suffix(".onnx"), dict(metadata, val_mae=metadata["val_mae"] + 1.0))
+    (shipped.parent / "README.md").write_text("Written by `python benchmark.py --ship F/m` from results\n")
+    monkeypatch.setattr(benchmark, "SHIPPED", shipped)
+    args = benchmark.get_args_parser().parse_args(["--ship-zooms", "--out", str(tmp_path / "r.json")])
+    with pytest.raises(benchmark.DataError, match="these are not its splits"):
+        benchmark.ship_zooms(args, shipped_run, {"protocols": {"F": {"m": {}}}}, tmp_path / "r.json")
+
+
+def test_the_readme_and_results_give_the_shipped_files_figures_with_its_zooms():
+    import benchmark
+    fgnet = {"mae": 6.25, "cs5": 0.53, "faces_found": 0.996, "photos": 1002, "n": 998, "mae_per_decade": {"0-9": 3.9},
+             "mean_error_per_decade": {"0-9": 3.7}}
+    entry = {"test_mae": 4.75, "test_cs5": 0.649, "test_images": 2312, "test_mae_per_decade": {"0-9": 1.55},
+             "interval": {"level": 0.9, "coverage": 0.913, "mean_width": 20.5}}
+    zoomed = {"run": "F/m", "zooms": "0.95,0.9", "val_mae": {"none": 4.851, "0.95,0.9": 4.792},
+              "test": {"mae": 4.7, "cs5": 0.66, "n": 2312, "mae_per_decade": {"0-9": 1.5}},
+              "interval": {"level": 0.9, "coverage": 0.905, "mean_width": 19.9}, "fgnet": dict(fgnet, mae=6.08),
+              "command": "python benchmark.py --ship-zooms"}
+    results = {"protocols": {"F": {"m": entry}}, "cross": {"FGNET": {"F/m": fgnet}}, "shipped_zooms": zoomed,
+               "data": {"F": {"age": {"min": 1, "max": 116}}}}
+    block = benchmark.headline_block({"results": results, "detection": None, "shipped": "F/m"})
+    assert "test MAE **4.70**" in block and "MAE 6.08" in block and "covers 90.5%" in block
+    reading = "\n".join(benchmark.cross_reading(results, "F/m"))
+    assert "has 6.08 with its test-time zooms 0.95,0.9 (6.25 without)" in reading
+    # another shipped run: the record is not its own, and its own figures stand
+    other = dict(results, protocols={"F": {"m": entry, "n": entry}}, cross={"FGNET": {"F/m": fgnet, "F/n": fgnet}})
+    assert "MAE 6.25" in benchmark.headline_block({"results": other, "detection": None, "shipped": "F/n"})
+    lines = "\n".join(benchmark.shipped_zooms_lines(results))
+    assert "`0.95,0.9` (4.792 against 4.851" in lines and "test MAE 4.70 (the face alone: 4.75)" in lines
