@@ -2,6 +2,7 @@
 
     python bench_detection.py --limit 300 --fgnet-limit 1002 --out bench/detection.json
     python bench_detection.py --fit-chip5 300        # refit faces.UTKFACE_CROP5's template (prints it)
+    python bench_detection.py --zoom-cost --model M  # only what M's test-time zooms add end to end (paired)
 
 Measured per detector of faces.DETECTORS (data read in place, never written):
   (a) scenes: UTKFace chips pasted into 640 x 480 random backgrounds at 15-80 % of the height,
@@ -52,6 +53,9 @@ def get_args_parser():
     p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (d) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample and scene seed (default: %(default)s)")
     p.add_argument("--model", default=None, help="also time the whole chain with this model.onnx (auto detector)")
+    p.add_argument("--zoom-cost", action="store_true",
+                   help="only time --model's whole chain with and without its test-time zooms on the scenes (paired) "
+                        "and add the figures to --out's end_to_end record; the detectors are not run again")
     p.add_argument("--threads", type=int, default=2, help="threads for OpenCV and the model (default: %(default)s)")
     p.add_argument("--fit-chip5", type=int, default=0, metavar="N",
                    help="only fit the 5-point chip template on N UTKFace files and print it")
@@ -149,8 +153,33 @@ def end_to_end_ms(model, scenes, threads):
         t0 = time.perf_counter()
         estimator.estimate(scene)
         ms.append(1000 * (time.perf_counter() - t0))
-    return {"model": str(model), "n": len(ms), "ms_per_photo_median": statistics.median(ms),
+    return {"model": str(model), "tta_zoom": list(estimator.tta_zoom), "n": len(ms),
+            "ms_per_photo_median": statistics.median(ms),
             "ms_per_photo_mean": float(np.mean(ms)), "ms_per_photo_p90": float(np.percentile(ms, 90))}
+
+
+def zoom_cost_ms(model, scenes, threads) -> dict:
+    """What the model's test-time zooms cost end to end: each scene through inference.AgeEstimator once with the
+    export's zooms and once without, in alternating order (so that a machine slowing down or speeding up during
+    the run touches both alike). Medians per photo and the median of the paired differences."""
+    import datetime
+    import inference
+    estimator = inference.AgeEstimator(model, threads=threads)
+    zooms = estimator.tta_zoom
+    if not zooms:
+        raise DataError(f"{model} has no test-time zooms in its metadata; there is nothing to cost")
+    estimator.estimate(scenes[0][0])
+    ms = {"with": [], "without": []}
+    for i, (scene, _) in enumerate(scenes):
+        for key in ("with", "without") if i % 2 else ("without", "with"):
+            estimator.tta_zoom = zooms if key == "with" else ()
+            t0 = time.perf_counter()
+            estimator.estimate(scene)
+            ms[key].append(1000 * (time.perf_counter() - t0))
+    return {"model": str(model), "zooms": list(zooms), "n": len(scenes), "date": datetime.date.today().isoformat(),
+            "ms_per_photo_median_with": statistics.median(ms["with"]),
+            "ms_per_photo_median_without": statistics.median(ms["without"]),
+            "paired_difference_median_ms": float(np.median(np.subtract(ms["with"], ms["without"])))}
 
 
 def fgnet_figures(pipe, photos):
@@ -300,6 +329,8 @@ def main(args):
         template, n = fit_chip5_template(sample(files, args.fit_chip5, rng))
         print(f"5-point template from {n} UTKFace chips: {template}")
         return {"template": template, "n": n}
+    if args.zoom_cost:
+        return add_zoom_cost(args, files, rng, out)
     detectors = checked_detectors(args)
     cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
@@ -324,6 +355,25 @@ def main(args):
     atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     print(f"-> {out}")
     return result
+
+
+def add_zoom_cost(args, files, rng, out):
+    """--zoom-cost: zoom_cost_ms on the same scenes as a full run (same --seed and --limit), into --out."""
+    if not args.model:
+        raise DataError("--zoom-cost times --model's zooms; pass --model MODEL.onnx")
+    if not out.is_file():
+        raise DataError(f"--zoom-cost adds to {out}, which is not there; run bench_detection.py with --model first")
+    result = json.loads(out.read_text())
+    cv2.setNumThreads(args.threads)
+    scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
+    cost = zoom_cost_ms(args.model, scenes, args.threads)
+    result.setdefault("end_to_end", {})["zoom_cost"] = cost
+    print(f"end to end with {args.model}, zooms {cost['zooms']}: median {cost['ms_per_photo_median_with']:.1f} ms per "
+          f"photo, without them {cost['ms_per_photo_median_without']:.1f} (paired difference, median: "
+          f"{cost['paired_difference_median_ms']:.1f} ms)")
+    atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    print(f"-> {out}")
+    return cost
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTK
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, rewrite_export_metadata,
                          save_checkpoint)
 from cli import ArgumentParser, lazy_import, run_cli
-from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, atomic_write, keep_freed_memory,
-                       lowers_worst_decade, test_time_views, time_runs, worst_of_table)
+from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
+                       keep_freed_memory, lowers_worst_decade, test_time_views, time_runs, worst_of_table)
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
@@ -138,8 +138,6 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_distilled_gen2_144px": ["--epochs", "60", "--image-size", "144",
                                        "--teacher", "{runs:simplecnn_distilled,simplecnn_tuned_60ep,simplecnn_tuned}"],
 }
-# the test-time zoom sets benchmark.py --zoom-probe compares (train.py --tta-zoom; "" is the face alone)
-ZOOM_PROBE_SETS = ("", "0.975", "0.95", "0.9", "0.95,0.9")
 # Distillation teachers: finals of the same protocol and split, averaged (train.py --teacher); "{teachers}" in
 # an argument list stands for them, under the protocol's run folder
 TEACHERS = {"S": ("simplecnn_tuned_60ep", "simplecnn_tuned", "simplecnn_tuned_96px"),
@@ -315,7 +313,7 @@ def get_args_parser():
                         "they are under WORK/P) and record the figures beside the recorded ones -> results['reruns']")
     p.add_argument("--zoom-probe", metavar="MODEL.onnx", default=None,
                    help="only measure an export's validation MAE (on --protocols' last protocol) under each "
-                        f"test-time zoom set ({', '.join(z or 'none' for z in ZOOM_PROBE_SETS)}), through "
+                        f"test-time zoom set ({', '.join(z or 'none' for z in ZOOM_CANDIDATES)}), through "
                         "inference.py's own averaging -> results['zoom_probe']; the test split is not read")
     p.add_argument("--ship-zooms", action="store_true",
                    help="give the shipped model (models/) the test-time zoom set of the --zoom-probe list that lowers "
@@ -1496,7 +1494,7 @@ def zoom_probe_lines(results) -> list:
     probes = results.get("zoom_probe", {})
     if not probes:
         return []
-    sets = [z or "none" for z in ZOOM_PROBE_SETS]
+    sets = [z or "none" for z in ZOOM_CANDIDATES]
     lines = ["", "### Test-time zooms", "",
              "The same weights, predicting the validation faces as the mean over more views (`train.py --tta-zoom`): "
              "the face and its centred crops of the listed shares of the side, resized back, each also mirrored "
@@ -1908,7 +1906,7 @@ def detection_section(sources):
                      f"{TARGETS['end_to_end_ms']} ms: median "
                      f"{reached(e2e['ms_per_photo_median'] <= TARGETS['end_to_end_ms'])}, mean "
                      f"{reached(e2e['ms_per_photo_mean'] <= TARGETS['end_to_end_ms'])} (the fallback passes run where "
-                     "the first pass finds nothing).")
+                     "the first pass finds nothing)." + zoom_cost_text(e2e))
     crops = bench_detection.crop_table(detection)
     if crops:
         lines += ["", "## Which crop to use", "", "UTKFace files re-chipped from a border-padded copy and compared "
@@ -1991,6 +1989,27 @@ def anchor(title):
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
+def zoom_cost_share(cost) -> float:
+    """bench_detection.py --zoom-cost: the zooms' paired extra time as a share of the time without them."""
+    return cost["paired_difference_median_ms"] / cost["ms_per_photo_median_without"]
+
+
+def zoom_cost_text(e2e) -> str:
+    """RESULTS.md's words for bench_detection.py --zoom-cost, where it ran after the end-to-end figures above."""
+    cost = e2e.get("zoom_cost")
+    if not cost:
+        return ""
+    zooms = e2e.get("tta_zoom", [])  # records older than this key were measured without zooms
+    measured = f"with the zooms {', '.join(f'{z:g}' for z in zooms)}" if zooms else "without test-time zooms"
+    return (f" Those figures were measured {measured}. `python bench_detection.py --zoom-cost --model "
+            f"{cost['model']}` timed the chain with the model's zooms ({', '.join(f'{z:g}' for z in cost['zooms'])}) "
+            f"and without them, alternating, on the same {cost['n']} scenes on {cost['date']}: median "
+            f"{cost['ms_per_photo_median_with']:.1f} against {cost['ms_per_photo_median_without']:.1f} ms per photo, "
+            f"a paired difference of {cost['paired_difference_median_ms']:.1f} ms ({zoom_cost_share(cost):+.0%}). "
+            "This machine's speed changes from day to day, so the two sets of figures differ in more than the zooms: "
+            "compare the pair with each other.")
+
+
 def headline_block(sources) -> str:
     """The README's "Results at a glance": a few headline figures, between README_START and README_END."""
     results, detection, shipped = sources["results"], sources["detection"], sources["shipped"]
@@ -2027,8 +2046,11 @@ def headline_block(sources) -> str:
             rows.append(f"| face detection (`auto`) | {auto['scenes']['detection_rate']:.1%} of faces found in "
                         f"test scenes, {auto['faceless']['false_boxes_per_image']:.3f} false boxes per faceless scene |")
         if e2e:
+            cost = e2e.get("zoom_cost")
             rows.append(f"| photo → age, end to end | median {e2e['ms_per_photo_median']:.0f} ms per 640×480 photo "
-                        "on a CPU |")
+                        "on a CPU" + ("" if not cost or e2e.get("tta_zoom") else
+                                      f" (without test-time zooms; they add {zoom_cost_share(cost):.0%}, RESULTS.md)")
+                        + " |")
     lines = [README_START, "<!-- generated by `python benchmark.py --table` from bench/; do not edit -->"]
     if rows:
         lines += ["| | |", "|---|---|", *rows]
@@ -2119,13 +2141,13 @@ def run_ablations(args):
 
 
 def zoom_predictions(estimator, dataset, label) -> dict:
-    """{zoom set ("none" for the face alone): ages} of a split's faces under each of ZOOM_PROBE_SETS, through
+    """{zoom set ("none" for the face alone): ages} of a split's faces under each of ZOOM_CANDIDATES, through
     inference.py's own averaging (the export's flip setting stays); each set's MAE is printed. The estimator
     is left with its zooms as they were."""
     from custom_dataset import parse_zooms
     own, true, predictions = estimator.tta_zoom, dataset.ages.numpy(), {}
     try:
-        for zooms in ZOOM_PROBE_SETS:
+        for zooms in ZOOM_CANDIDATES:
             estimator.tta_zoom = parse_zooms(zooms)
             predictions[zooms or "none"] = pred = estimator.predict_inputs(np.asarray(dataset.images))
             print(f"{label}, zooms {zooms or 'none'}: MAE {np.mean(np.abs(pred - true)):.3f}", flush=True)
@@ -2136,7 +2158,7 @@ def zoom_predictions(estimator, dataset, label) -> dict:
 
 def ship_zooms(args, work, results, out_path):
     """--ship-zooms: the shipped model's test-time zooms chosen after training, on Protocol F's validation split
-    (the set of ZOOM_PROBE_SETS with the lowest MAE; the face alone is one of them), its age interval refitted on
+    (the set of ZOOM_CANDIDATES with the lowest MAE; the face alone is one of them), its age interval refitted on
     the validation predictions with those zooms; then its test split and FG-NET measured once with them. The
     exports in models/ get the zooms (and the new interval and figures) in their metadata, results.json a
     "shipped_zooms" record, and the model card is written again."""

@@ -453,6 +453,11 @@ def tta_views(images, mean, std, device, tta_flip=False, tta_zoom=()):
             yield x.flip(-1)
 
 
+# test-time zoom sets compared on validation by train.py --choose-zooms and benchmark.py --zoom-probe / --ship-zooms
+# ("" is the face alone; each zoom is the share of the side kept around the centre, as --tta-zoom takes it)
+ZOOM_CANDIDATES = ("", "0.975", "0.95", "0.9", "0.95,0.9")
+
+
 def test_time_views(config) -> dict:
     """A run's test-time averaging (train.py --tta-flip, --tta-zoom; its args, a checkpoint's config or an export's
     metadata) as the keywords of predict_loader, predict_distributions and evaluate."""

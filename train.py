@@ -31,7 +31,8 @@ from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_loc
                        apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
                        plot_groups, plot_learning_curves, plot_pred_vs_true, predict_distributions, predict_loader,
-                       public, reduce_train_metrics, set_rng_state, set_seed, test_time_views, train_one_epoch)
+                       public, reduce_train_metrics, set_rng_state, set_seed, test_time_views, train_one_epoch,
+                       ZOOM_CANDIDATES)
 from faces import read_split_crop
 
 # imported on first use, so that --help answers without torch (model.py imports it as it loads)
@@ -176,6 +177,11 @@ def get_args_parser():
                    help="auto: fit an isotonic map from predicted to true age on the validation split and keep it "
                         "(in best.pt and every export) only if it lowers the worst decade's MAE without raising "
                         "the overall MAE by more than 0.05, judged by 2-fold cross-fitting on validation")
+    g.add_argument("--choose-zooms", action="store_true",
+                   help="after training, the test-time zoom set with the lowest validation MAE at the best epoch "
+                        "(functions.ZOOM_CANDIDATES, the image alone included) is kept for the test split and the "
+                        "exports: --tta-zoom's gain without its cost in every epoch's validation; with --resume, "
+                        "also for a run that has finished")
     g.add_argument("--no-test", action="store_true", help="skip the test split (used by the search)")
     g.add_argument("--no-export", action="store_true", help="skip model.jit / model.onnx")
     g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events into RUN")
@@ -200,6 +206,7 @@ def check_numbers(args):
              ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)"),
              ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)"),
              ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
+             ("--choose-zooms", not (args.choose_zooms and args.tta_zoom), "not given with --tta-zoom (it chooses them)"),
              ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
              ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)"),
              ("--teacher-online", not args.teacher_online or bool(args.teacher) and not teacher_is_table(args.teacher),
@@ -886,6 +893,8 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
         write_history(history, out)
     best = load_checkpoint(out / "best.pt")
     model.load_state_dict(best["model_state"])
+    if args.choose_zooms and not (args.no_test and args.no_export):  # a search trial compares epochs only
+        summary["zooms"] = choose_zooms(model, cfg, val_set, best)
     summary["age_map"] = calibrate(args, model, cfg, val_set, best)
     save_checkpoint(out / "best.pt", best)
     median = float(np.median(np.asarray(train_set.ages, dtype=np.float64)))
@@ -905,13 +914,32 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
         print(line)
 
 
+def choose_zooms(model, cfg, val_set, best) -> dict:
+    """--choose-zooms: the set of ZOOM_CANDIDATES with the lowest validation MAE for the best epoch's weights (the
+    run's flip setting kept) goes into best's config, which the calibration, the test split and the exports read.
+    Returns (and keeps in best) {"val_mae": {set: MAE}, "chosen": set} ("none": the image alone)."""
+    device = next(model.parameters()).device
+    mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
+    loader, figures = make_loader(val_set, 256, shuffle=False), {}
+    for zooms in ZOOM_CANDIDATES:
+        pred, true = predict_loader(model, loader, mean, std, device=device,
+                                    **test_time_views({**best["config"], "tta_zoom": zooms}))
+        figures[zooms or "none"] = float(np.mean(np.abs(pred - true)))
+    chosen = min(figures, key=figures.get)
+    best["config"]["tta_zoom"] = "" if chosen == "none" else chosen
+    best["zoom_choice"] = {"val_mae": figures, "chosen": chosen}
+    print("test-time zooms (judged on val): " + ", ".join(f"{z} {mae:.3f}" for z, mae in figures.items())
+          + f"; kept: {chosen}")
+    return best["zoom_choice"]
+
+
 def calibrate(args, model, cfg, val_set, best) -> dict | None:
     """functions.calibrate_ages on the validation split (never the test split), into best: the age
     map where --age-map auto keeps one, and the interval calibration. Returns the map's judgement."""
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     pred, true = predict_loader(model, make_loader(val_set, 256, shuffle=False), mean, std, device=device,
-                                **test_time_views(vars(args)))
+                                **test_time_views(best["config"]))
     age_map, best["interval"], judgement = calibrate_ages(pred, true, args.age_map)
     best.pop("age_map", None)  # a --resume of a finished run decides again
     if age_map:
@@ -952,8 +980,9 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     test_set = load_split_dataset(Path(args.splits) / "test.csv", cfg, cache_dir, args.workers, not args.no_progress)
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
+    views = test_time_views(best["config"])  # the run's, or those --choose-zooms kept
     metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, loss_kind=args.loss,
-                       device=device, **test_time_views(vars(args)))
+                       device=device, **views)
     if best.get("age_map"):  # the ages the exports report
         metrics = metrics_of_predictions(apply_age_map(metrics["pred"], best["age_map"]), metrics["true"], args.loss)
     plot_pred_vs_true(metrics["pred"], metrics["true"], out / "pred_vs_true.png",
@@ -965,7 +994,7 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     result = {**public(metrics), "groups": groups, "interval": interval, "age_map": age_map_judgement,
               "best_epoch": best["epoch"],
               "model": args.model, "head": args.head,
-              "tta_flip": args.tta_flip, "tta_zoom": list(parse_zooms(args.tta_zoom)),
+              "tta_flip": views["tta_flip"], "tta_zoom": list(views["tta_zoom"]), "zoom_choice": best.get("zoom_choice"),
               "baseline": {"rule": "predict the training median for every face", "age": median, "mae": baseline_mae},
               "beats_baseline": bool(metrics["mae"] < baseline_mae)}
     text = json.dumps(result, indent=2) + "\n"

@@ -481,11 +481,11 @@ def test_the_zoom_probe_records_each_zoom_sets_validation_mae_through_inference(
                               zoom_probe=str(model))
     benchmark.run_zoom_probe(args, ["S"])
     record = json.loads((tmp_path / "results.json").read_text())["zoom_probe"][f"S:{model}"]
-    assert list(dict.fromkeys(predicted_with)) == [parse_zooms(z) for z in benchmark.ZOOM_PROBE_SETS]
+    assert list(dict.fromkeys(predicted_with)) == [parse_zooms(z) for z in benchmark.ZOOM_CANDIDATES]
     cfg = inference.AgeEstimator(model, whole_image=True).cfg
     ages = load_split_dataset(work / "S" / "splits" / "val.csv", cfg, work / "S" / "cache", progress=False).ages
     expected = round(float(np.mean(np.abs(30.0 - ages.numpy()))), 3)
-    assert record["val_mae"] == {(z or "none"): expected for z in benchmark.ZOOM_PROBE_SETS}
+    assert record["val_mae"] == {(z or "none"): expected for z in benchmark.ZOOM_CANDIDATES}
     assert record["images"] == len(ages) and record["tta_flip"] is False
     assert record["command"] == f"python benchmark.py --zoom-probe {model} --protocols S"
 

@@ -182,7 +182,7 @@ def test_ship_zooms_chooses_on_validation_and_rewrites_the_exports_the_record_an
         shutil.copy(shipped_run / "F" / "m" / f"model{suffix}", shipped.with_suffix(suffix))
     (shipped.parent / "README.md").write_text("Written by `python benchmark.py --ship F/m` from results\n")
     monkeypatch.setattr(benchmark, "SHIPPED", shipped)
-    monkeypatch.setattr(benchmark, "ZOOM_PROBE_SETS", ("", "0.9", "0.75"))
+    monkeypatch.setattr(benchmark, "ZOOM_CANDIDATES", ("", "0.9", "0.75"))
     seen = {}
 
     def fake_fgnet(model_path, data_dir, zooms=None, **_):  # FG-NET itself is not in a test
@@ -252,3 +252,77 @@ def test_the_readme_and_results_give_the_shipped_files_figures_with_its_zooms():
     assert "MAE 6.25" in benchmark.headline_block({"results": other, "detection": None, "shipped": "F/n"})
     lines = "\n".join(benchmark.shipped_zooms_lines(results))
     assert "`0.95,0.9` (4.792 against 4.851" in lines and "test MAE 4.70 (the face alone: 4.75)" in lines
+
+
+def test_choose_zooms_keeps_the_validation_best_set_for_the_test_split_and_the_exports(shipped_run, tmp_path,
+                                                                                      monkeypatch):
+    import checkpoints
+    from custom_dataset import load_split_dataset
+    monkeypatch.setattr(train, "ZOOM_CANDIDATES", ("", "0.75"))
+    splits = shipped_run / "F" / "splits"
+    train.main(train.get_args_parser().parse_args([
+        "--splits", str(splits), "--out-dir", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+        "--batch-size", "32", "--threads", "1", "--no-tensorboard", "--no-progress", "--choose-zooms"]))
+    best = checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")
+    choice = best["zoom_choice"]
+    assert set(choice["val_mae"]) == {"none", "0.75"}
+    assert choice["chosen"] == min(choice["val_mae"], key=choice["val_mae"].get)
+    zooms = parse_zooms("" if choice["chosen"] == "none" else choice["chosen"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert parse_zooms(best["config"]["tta_zoom"]) == tuple(metrics["tta_zoom"]) == zooms
+    estimator = inference.AgeEstimator(tmp_path / "run" / "model.onnx", whole_image=True, threads=1)
+    assert estimator.tta_zoom == zooms
+    test = load_split_dataset(splits / "test.csv", estimator.cfg, splits.parent / "cache", progress=False)
+    exported = np.mean(np.abs(estimator.predict_inputs(np.asarray(test.images)) - test.ages.numpy()))
+    assert metrics["mae"] == pytest.approx(exported, abs=1e-3)  # the test figure is the export's, zooms and all
+
+
+def test_choose_zooms_and_tta_zoom_together_are_one_line_error(tmp_path):
+    proc = run_script("train.py", "--splits", tmp_path, "--out-dir", tmp_path / "run", "--choose-zooms",
+                      "--tta-zoom", "0.9")
+    assert_one_line_error(proc, "--choose-zooms", "--tta-zoom")
+
+
+def test_a_finished_run_resumed_with_choose_zooms_gets_them_without_training_again(shipped_run, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+    import checkpoints
+    monkeypatch.setattr(train, "ZOOM_CANDIDATES", ("", "0.75"))
+    run = tmp_path / "run"
+    shutil.copytree(shipped_run / "F" / "m", run)
+    weights = checkpoints.load_checkpoint(run / "best.pt")["model_state"]
+    train.main(train.get_args_parser().parse_args([
+        "--splits", str(shipped_run / "F" / "splits"), "--out-dir", str(run), "--epochs", "1", "--image-size", "32",
+        "--batch-size", "32", "--threads", "1", "--no-tensorboard", "--no-progress", "--resume", "--choose-zooms"]))
+    best = checkpoints.load_checkpoint(run / "best.pt")
+    assert all(torch.equal(weights[k], v) for k, v in best["model_state"].items())  # no epoch ran again
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["zoom_choice"] == best["zoom_choice"] and set(best["zoom_choice"]["val_mae"]) == {"none", "0.75"}
+    assert metrics["tta_zoom"] == list(parse_zooms(best["config"]["tta_zoom"]))
+
+
+def test_the_zoom_cost_times_each_scene_with_and_without_the_zooms(shipped_run, tmp_path, monkeypatch):
+    import shutil
+    import bench_detection
+    import benchmark
+    from checkpoints import rewrite_export_metadata
+    from custom_dataset import DataError
+    model = tmp_path / "model.onnx"
+    shutil.copy(shipped_run / "F" / "m" / "model.onnx", model)
+    scenes = [(np.full((120, 160, 3), 90 + 10 * i, np.uint8), None) for i in range(4)]
+    with pytest.raises(DataError, match="no test-time zooms"):
+        bench_detection.zoom_cost_ms(model, scenes, threads=1)
+    metadata = inference.AgeEstimator(model, whole_image=True, threads=1).metadata
+    rewrite_export_metadata(model, dict(metadata, tta_zoom=[0.9]))
+    zooms_seen = []
+    real = inference.AgeEstimator.estimate
+    monkeypatch.setattr(inference.AgeEstimator, "estimate",
+                        lambda self, rgb: zooms_seen.append(self.tta_zoom) or real(self, rgb))
+    cost = bench_detection.zoom_cost_ms(model, scenes, threads=1)
+    assert zooms_seen[1:] == [(), (0.9,), (0.9,), (), (), (0.9,), (0.9,), ()]  # after one warm-up: alternating order
+    assert cost["n"] == 4 and cost["zooms"] == [0.9] and cost["ms_per_photo_median_with"] > 0
+    e2e = {"model": "m.onnx", "n": 300, "ms_per_photo_median": 20.9, "zoom_cost": dict(
+        cost, ms_per_photo_median_with=74.3, ms_per_photo_median_without=66.4, paired_difference_median_ms=7.1)}
+    text = benchmark.zoom_cost_text(e2e)
+    assert "measured without test-time zooms" in text and "74.3 against 66.4" in text and "(+11%)" in text
+    assert "measured with the zooms 0.9" in benchmark.zoom_cost_text(dict(e2e, tta_zoom=[0.9]))
