@@ -193,8 +193,12 @@ class AgeEstimator:
             f"age interval at {self.interval_level:.0%} ({self.interval['method']})"
         if self.metadata.get("age_map"):
             interval += f"; ages corrected by an {self.metadata['age_map']['method']}"
-        return (f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px, "
-                f"{self.device}; faces: {how}\n{ages}; {data}\n{interval}")
+        views = (1 + len(self.tta_zoom)) * (2 if self.metadata.get("tta_flip") else 1)
+        averaged = "" if views == 1 else f", mean of {views} views per face (" + " and ".join(
+            (["mirror"] if self.metadata.get("tta_flip") else [])
+            + ([f"centred {', '.join(f'{z:.0%}' for z in self.tta_zoom)} crops"] if self.tta_zoom else [])) + ")"
+        return (f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px"
+                f"{averaged}, {self.device}; faces: {how}\n{ages}; {data}\n{interval}")
 
     def intervals(self, ages) -> list:
         """(low, high) per age at interval_level from the model's calibration; None without one."""

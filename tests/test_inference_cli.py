@@ -94,6 +94,10 @@ for face in estimator.predict("photo.jpg"):   # also PIL images, RGB arrays, or 
 def test_describe_names_the_training_ages_and_data(tmp_path):
     described = inference.AgeEstimator(constant_model(tmp_path / "a.onnx"), whole_image=True).describe()
     assert "training ages 20-40" in described and "training data: generated faces for the tests" in described
+    assert "views" not in described  # one view: nothing averaged, nothing said
+    averaged = inference.AgeEstimator(constant_model(tmp_path / "a.onnx"), whole_image=True)
+    averaged.metadata["tta_flip"], averaged.tta_zoom = True, (0.95, 0.9)
+    assert "mean of 6 views per face (mirror and centred 95%, 90% crops)" in averaged.describe()
     old = inference.AgeEstimator(constant_model(tmp_path / "b.onnx", min_age=None, max_age=None, data=None),
                                  whole_image=True)
     assert "training data: not recorded in this model" in old.describe()
