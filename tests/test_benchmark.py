@@ -184,6 +184,7 @@ def test_bias_section_reports_interval_groups_and_isotonic():
     assert benchmark.bias_section({"results": {"protocols": {"F": {"m": {}}}}}) == []
 
 
+@pytest.mark.slow
 def test_calibrating_a_run_with_a_kept_age_map_measures_the_mapped_ages_and_keeps_its_interval(
         splits, tmp_path, monkeypatch):
     import checkpoints
@@ -503,6 +504,7 @@ def test_forward_passes_count_every_zoom_and_its_mirror():
     assert benchmark.forward_passes(benchmark.test_time_views({})) == 1
 
 
+@pytest.mark.slow
 def test_results_md_is_the_same_text_whatever_the_hash_seed():
     """RESULTS.md regenerated from the repository's bench/ is one text: no figure depends on the order in
     which a set of strings happens to iterate (PYTHONHASHSEED), as the summed teacher minutes once did."""

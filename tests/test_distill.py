@@ -92,6 +92,7 @@ def same_weights(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_student_learns_from_the_teacher_and_its_table_replays_exactly(splits, teacher, tmp_path):
     train.main(train_args(splits, tmp_path / "student", "--epochs", "1", "--teacher", str(teacher)))
     table = np.load(tmp_path / "student" / "teacher.npz", allow_pickle=False)
@@ -216,6 +217,7 @@ def test_an_online_teacher_with_other_preprocessing_is_refused(splits, teacher):
         train.OnlineTeachers([str(teacher)], args, 20, 50, torch.device("cpu"), False)
 
 
+@pytest.mark.slow
 def test_an_online_student_trains_otherwise_than_the_table_student(splits, teacher, tmp_path):
     train.main(train_args(splits, tmp_path / "table", "--epochs", "1", "--teacher", str(teacher)))
     train.main(train_args(splits, tmp_path / "online", "--epochs", "1", "--teacher", str(teacher), "--teacher-online"))

@@ -102,6 +102,7 @@ def test_an_impossible_regulariser_setting_is_named(flag, value):
         train.check_numbers(args)
 
 
+@pytest.mark.slow
 def test_a_run_with_every_regulariser_trains_repeatably_and_records_them(splits, tmp_path):
     extra = ("--epochs", "1", "--mixup", "0.2", "--erase", "0.5", "--label-sigma", "3")
     for name in ("a", "b"):

@@ -435,6 +435,7 @@ def test_resume_refuses_changed_settings_and_a_changed_split(splits, tmp_path):
     assert mixed.returncode == 2 and "changed since" in mixed.stderr
 
 
+@pytest.mark.slow
 def test_a_kept_age_map_is_what_the_test_figures_and_the_exports_report(splits, tmp_path, monkeypatch):
     # a map that answers 33 for every age stands in for a kept isotonic map (real ones need more faces)
     constant = {"method": "test map", "x": [0.0, 200.0], "y": [33.0, 33.0]}
@@ -460,6 +461,7 @@ def test_weight_average_golden_values():
     assert train.weight_average(net, 0.0, None) is None
 
 
+@pytest.mark.slow
 def test_an_ema_run_keeps_the_averaged_weights_and_resumes_exactly(splits, tmp_path, monkeypatch):
     args = ["--epochs", "2", "--ema", "0.9", "--no-tensorboard", "--no-test", "--age-map", "off"]
     train.main(train_args(splits, tmp_path / "straight", *args))
@@ -494,6 +496,7 @@ def test_an_ema_run_keeps_the_averaged_weights_and_resumes_exactly(splits, tmp_p
             assert torch.allclose(resumed[state][key].float(), value.float(), atol=1e-5), (state, key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_amp_autocasts_the_training_step_only_where_bf16_is_native(splits, tmp_path, monkeypatch, capsys,
                                                                    native_bf16):

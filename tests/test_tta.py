@@ -112,6 +112,7 @@ def test_a_model_whose_zoom_metadata_is_broken_is_refused_in_one_line(tmp_path):
     assert_one_line_error(proc, "tta_zoom", "re-export")
 
 
+@pytest.mark.slow
 def test_an_ablation_with_zooms_keeps_them_in_its_without_flip_figure(splits, tmp_path, monkeypatch):
     """run_ablation's "without flip-TTA" column turns the flip off and nothing else: a run with zooms is read
     over the face and its zooms, unmirrored, not over the face alone."""
@@ -154,6 +155,7 @@ def shipped_run(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 def test_new_metadata_is_written_into_both_exports_and_the_weights_stay(shipped_run, tmp_path):
     import shutil
     from checkpoints import read_export, rewrite_export_metadata
@@ -171,6 +173,7 @@ def test_new_metadata_is_written_into_both_exports_and_the_weights_stay(shipped_
         assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_ship_zooms_chooses_on_validation_and_rewrites_the_exports_the_record_and_the_card(shipped_run, tmp_path,
                                                                                           monkeypatch):
     import shutil
@@ -215,6 +218,7 @@ def test_ship_zooms_chooses_on_validation_and_rewrites_the_exports_the_record_an
     assert "Without them: test MAE 9.87, FG-NET MAE 6.54" in card and "MAE 6.10" in card
 
 
+@pytest.mark.slow
 def test_ship_zooms_refuses_splits_the_model_was_not_validated_on(shipped_run, tmp_path, monkeypatch):
     import shutil
     import benchmark
@@ -254,6 +258,7 @@ def test_the_readme_and_results_give_the_shipped_files_figures_with_its_zooms():
     assert "`0.95,0.9` (4.792 against 4.851" in lines and "test MAE 4.70 (the face alone: 4.75)" in lines
 
 
+@pytest.mark.slow
 def test_choose_zooms_keeps_the_validation_best_set_for_the_test_split_and_the_exports(shipped_run, tmp_path,
                                                                                       monkeypatch):
     import checkpoints
@@ -283,6 +288,7 @@ def test_choose_zooms_and_tta_zoom_together_are_one_line_error(tmp_path):
     assert_one_line_error(proc, "--choose-zooms", "--tta-zoom")
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumed_with_choose_zooms_gets_them_without_training_again(shipped_run, tmp_path,
                                                                                    monkeypatch):
     import shutil
@@ -301,6 +307,7 @@ def test_a_finished_run_resumed_with_choose_zooms_gets_them_without_training_aga
     assert metrics["tta_zoom"] == list(parse_zooms(best["config"]["tta_zoom"]))
 
 
+@pytest.mark.slow
 def test_the_zoom_cost_times_each_scene_with_and_without_the_zooms(shipped_run, tmp_path, monkeypatch):
     import shutil
     import bench_detection

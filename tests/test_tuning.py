@@ -69,6 +69,7 @@ def test_overfit_check_memorises_synthetic_faces(train_set):
     assert result["curve"][0][0] == 0 and result["curve"][-1] == [result["steps"], result["final_mae"]]
 
 
+@pytest.mark.slow
 def test_overfit_check_fails_when_identical_images_carry_different_ages(train_set):
     # every image twice, once aged a and once a + 10: for identical inputs the prediction is identical,
     # so the MAE of each pair is at least 5 years whatever the network learns; 1 year is unreachable
