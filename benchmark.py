@@ -2170,6 +2170,10 @@ def ship_zooms(args, work, results, out_path):
     if shipped is None:
         raise DataError(f"no model card in {SHIPPED.parent}; ship a model first (benchmark.py --ship F/NAME)")
     protocol, name = shipped.split("/")
+    entry = results.get("protocols", {}).get(protocol, {}).get(name)
+    if entry is None or shipped not in results.get("cross", {}).get("FGNET", {}):
+        raise DataError(f"{args.out} has no results or no FG-NET figure for the shipped {shipped}; pass the --out "
+                        "it was shipped from")
     splits = work / protocol / "splits"
     if not (splits / "test.csv").is_file():
         raise DataError(f"no Protocol {protocol} splits in {splits}; run `python benchmark.py --protocols {protocol}` "
@@ -2181,12 +2185,13 @@ def ship_zooms(args, work, results, out_path):
                  for split in ("val", "test"))
     val_pred = zoom_predictions(estimator, val, f"{protocol} val")
     val_mae = {z: round(float(np.mean(np.abs(p - val.ages.numpy()))), 3) for z, p in val_pred.items()}
+    if not isinstance(metadata.get("val_mae"), (int, float)):
+        raise DataError(f"{onnx_path} does not record its validation MAE; ship it again with benchmark.py --ship")
     if abs(val_mae["none"] - metadata["val_mae"]) > 0.002:  # the split and the weights the export was made with
         raise DataError(f"{onnx_path}: validation MAE {val_mae['none']:.3f} on {splits}, but {metadata['val_mae']:.3f} "
                         "when it was trained: these are not its splits (re-run its eda.py command)")
     chosen = min(val_mae, key=val_mae.get)
     zooms = parse_zooms("" if chosen == "none" else chosen)
-    entry = results["protocols"][protocol][name]
     level = entry["interval"]["level"] if "interval" in entry else 0.9
     interval = fit_interval(val_pred[chosen], val.ages.numpy())
     estimator.tta_zoom = zooms

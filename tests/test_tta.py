@@ -231,8 +231,11 @@ def test_ship_zooms_refuses_splits_the_model_was_not_validated_on(shipped_run, t
     (shipped.parent / "README.md").write_text("Written by `python benchmark.py --ship F/m` from results\n")
     monkeypatch.setattr(benchmark, "SHIPPED", shipped)
     args = benchmark.get_args_parser().parse_args(["--ship-zooms", "--out", str(tmp_path / "r.json")])
-    with pytest.raises(benchmark.DataError, match="these are not its splits"):
+    with pytest.raises(benchmark.DataError, match="no FG-NET figure for the shipped F/m"):
         benchmark.ship_zooms(args, shipped_run, {"protocols": {"F": {"m": {}}}}, tmp_path / "r.json")
+    with pytest.raises(benchmark.DataError, match="these are not its splits"):
+        benchmark.ship_zooms(args, shipped_run, {"protocols": {"F": {"m": {}}}, "cross": {"FGNET": {"F/m": {}}}},
+                             tmp_path / "r.json")
 
 
 def test_the_readme_and_results_give_the_shipped_files_figures_with_its_zooms():
