@@ -216,6 +216,8 @@ def test_ship_zooms_chooses_on_validation_and_rewrites_the_exports_the_record_an
     card = (shipped.parent / "README.md").read_text()
     assert "--ship F/m" in card and "Test-time zooms" in card
     assert "Without them: test MAE 9.87, FG-NET MAE 6.54" in card and "MAE 6.10" in card
+    again = benchmark.ship_zooms(args, shipped_run, json.loads(out.read_text()), out)  # the zoomed export, again
+    assert again["zooms"] == record["zooms"] and again["test"] == record["test"]
 
 
 @pytest.mark.slow
