@@ -33,7 +33,8 @@ from checkpoints import (export_best, load_checkpoint, load_torchscript, model_f
                          save_checkpoint)
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
-                       keep_freed_memory, lowers_worst_decade, test_time_views, time_runs, worst_of_table)
+                       keep_freed_memory, lowers_worst_decade, lowest_mae_zoom_set, test_time_views, time_runs,
+                       worst_of_table)
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
@@ -2195,7 +2196,8 @@ def ship_zooms(args, work, results, out_path):
     if not isinstance(metadata.get("val_mae"), (int, float)):
         raise DataError(f"{onnx_path} does not record its validation MAE; ship it again with benchmark.py --ship")
     val_pred = zoom_predictions(estimator, val, f"{protocol} val")
-    val_mae = {z: round(float(np.mean(np.abs(p - true))), 3) for z, p in val_pred.items()}
+    chosen, exact = lowest_mae_zoom_set(val_pred, true)
+    val_mae = {z: round(mae, 3) for z, mae in exact.items()}
     # the export's recorded figure, with its own views (zooms an earlier --ship-zooms gave it included), must come
     # out again: the same weights on the split they were validated on
     own_key = ",".join(f"{z:g}" for z in estimator.tta_zoom) or "none"
@@ -2206,7 +2208,6 @@ def ship_zooms(args, work, results, out_path):
     if abs(own - metadata["val_mae"]) > 0.002:
         raise DataError(f"{onnx_path}: validation MAE {own:.3f} on {splits}, but {metadata['val_mae']:.3f} when it "
                         "was made: these are not its splits (re-run its eda.py command)")
-    chosen = min(val_mae, key=val_mae.get)
     zooms = parse_zooms("" if chosen == "none" else chosen)
     level = entry["interval"]["level"] if "interval" in entry else 0.9
     interval = fit_interval(val_pred[chosen], true)
@@ -2214,8 +2215,7 @@ def ship_zooms(args, work, results, out_path):
     test_pred, test_true = estimator.predict_inputs(np.asarray(test.images)), test.ages.numpy()
     figures = regression_metrics(test_pred, test_true)
     fgnet = cross_dataset(onnx_path, args.cross or "../shared/data/FGNET", zooms=zooms)
-    metadata.update(tta_zoom=list(zooms), interval=interval, test_mae=figures["mae"],
-                    val_mae=float(np.mean(np.abs(val_pred[chosen] - true))))
+    metadata.update(tta_zoom=list(zooms), interval=interval, test_mae=figures["mae"], val_mae=exact[chosen])
     record = {"run": shipped, "zooms": chosen, "val_mae": val_mae,
               "test": {"mae": round(figures["mae"], 3), "cs5": round(figures["cs5"], 4), "n": figures["n"],
                        "mae_per_decade": {k: round(v["mae"], 2) for k, v in figures["mae_per_bin"].items()},
@@ -2250,8 +2250,8 @@ def run_zoom_probe(args, protocols):
     estimator = AgeEstimator(args.zoom_probe, whole_image=True, threads=torch.get_num_threads())
     val = load_split_dataset(splits / "val.csv", estimator.cfg, splits.parent / "cache", progress=False)
     true = val.ages.numpy()
-    figures = {zooms: round(float(np.mean(np.abs(pred - true))), 3)
-               for zooms, pred in zoom_predictions(estimator, val, f"{protocol} val").items()}
+    _, exact = lowest_mae_zoom_set(zoom_predictions(estimator, val, f"{protocol} val"), true)
+    figures = {zooms: round(mae, 3) for zooms, mae in exact.items()}
     results.setdefault("zoom_probe", {})[f"{protocol}:{args.zoom_probe}"] = {
         "val_mae": figures, "tta_flip": bool(estimator.metadata.get("tta_flip")), "images": len(true),
         "command": f"python benchmark.py --zoom-probe {args.zoom_probe} --protocols {protocol}"}

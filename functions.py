@@ -458,6 +458,17 @@ def tta_views(images, mean, std, device, tta_flip=False, tta_zoom=()):
 ZOOM_CANDIDATES = ("", "0.975", "0.95", "0.9", "0.95,0.9")
 
 
+def lowest_mae_zoom_set(predictions: dict, true) -> tuple:
+    """The zoom set to keep: (its name, {set: MAE}) from {set: predicted ages} of one split ("none", the face alone,
+    one of them). The lowest MAE wins; a tie goes to the set listed first, so put the cheaper set first."""
+    true = np.asarray(true, dtype=np.float64)
+    figures = {name: float(np.mean(np.abs(np.asarray(pred, dtype=np.float64) - true)))
+               for name, pred in predictions.items()}
+    if not figures:
+        raise ValueError("no zoom set to choose from")
+    return min(figures, key=figures.get), figures
+
+
 def test_time_views(config) -> dict:
     """A run's test-time averaging (train.py --tta-flip, --tta-zoom; its args, a checkpoint's config or an export's
     metadata) as the keywords of predict_loader, predict_distributions and evaluate."""

@@ -32,7 +32,7 @@ from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_loc
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
                        plot_groups, plot_learning_curves, plot_pred_vs_true, predict_distributions, predict_loader,
                        public, reduce_train_metrics, set_rng_state, set_seed, test_time_views, train_one_epoch,
-                       ZOOM_CANDIDATES)
+                       lowest_mae_zoom_set, ZOOM_CANDIDATES)
 from faces import read_split_crop
 
 # imported on first use, so that --help answers without torch (model.py imports it as it loads)
@@ -920,12 +920,11 @@ def choose_zooms(model, cfg, val_set, best) -> dict:
     Returns (and keeps in best) {"val_mae": {set: MAE}, "chosen": set} ("none": the image alone)."""
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
-    loader, figures = make_loader(val_set, 256, shuffle=False), {}
+    loader, predictions = make_loader(val_set, 256, shuffle=False), {}
     for zooms in ZOOM_CANDIDATES:
-        pred, true = predict_loader(model, loader, mean, std, device=device,
-                                    **test_time_views({**best["config"], "tta_zoom": zooms}))
-        figures[zooms or "none"] = float(np.mean(np.abs(pred - true)))
-    chosen = min(figures, key=figures.get)
+        predictions[zooms or "none"], true = predict_loader(model, loader, mean, std, device=device,
+                                                            **test_time_views({**best["config"], "tta_zoom": zooms}))
+    chosen, figures = lowest_mae_zoom_set(predictions, true)
     best["config"]["tta_zoom"] = "" if chosen == "none" else chosen
     best["zoom_choice"] = {"val_mae": figures, "chosen": chosen}
     print("test-time zooms (judged on val): " + ", ".join(f"{z} {mae:.3f}" for z, mae in figures.items())
@@ -944,6 +943,9 @@ def calibrate(args, model, cfg, val_set, best) -> dict | None:
     best.pop("age_map", None)  # a --resume of a finished run decides again
     if age_map:
         best["age_map"] = age_map
+    # the exports' own validation figure: through the views they average and the map they apply (best_val_mae,
+    # which chose the epoch, is the image alone plus the run's flip, without a map)
+    best["export_val_mae"] = float(np.mean(np.abs(apply_age_map(pred, age_map) - true)))
     if judgement and "reason" in judgement:
         print(f"age map: none ({judgement['reason']})")
     elif judgement:

@@ -10,7 +10,7 @@ import inference
 import train
 from conftest import assert_one_line_error, constant_model, run_script
 from custom_dataset import normalize, parse_zooms, zoom_batch
-from functions import predict_loader
+from functions import lowest_mae_zoom_set, predict_loader
 from model import build_model
 
 
@@ -34,6 +34,15 @@ def test_parse_zooms_reads_text_and_lists_and_refuses_what_is_not_a_zoom():
                        (0.9, "not float")]:
         with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(")", r"\)")):
             parse_zooms(bad)
+
+
+def test_the_zoom_set_with_the_lowest_mae_is_kept_and_a_tie_goes_to_the_first_listed():
+    true = [11.0, 20.0]
+    chosen, figures = lowest_mae_zoom_set({"none": [10, 20], "0.95": [11, 21], "0.9": [11, 20.5]}, true)
+    assert chosen == "0.9" and figures == {"none": 0.5, "0.95": 0.5, "0.9": 0.25}
+    assert lowest_mae_zoom_set({"none": [10, 20], "0.95": [11, 21]}, true)[0] == "none"  # the cheaper set
+    with pytest.raises(ValueError, match="no zoom set"):
+        lowest_mae_zoom_set({}, true)
 
 
 def test_train_refuses_a_zoom_in_one_line():
@@ -285,6 +294,11 @@ def test_choose_zooms_keeps_the_validation_best_set_for_the_test_split_and_the_e
     test = load_split_dataset(splits / "test.csv", estimator.cfg, splits.parent / "cache", progress=False)
     exported = np.mean(np.abs(estimator.predict_inputs(np.asarray(test.images)) - test.ages.numpy()))
     assert metrics["mae"] == pytest.approx(exported, abs=1e-3)  # the test figure is the export's, zooms and all
+    val = load_split_dataset(splits / "val.csv", estimator.cfg, splits.parent / "cache", progress=False)
+    own = np.mean(np.abs(estimator.predict_inputs(np.asarray(val.images)) - val.ages.numpy()))
+    # the export records its own validation figure (the kept set's), not the image alone's that chose the epoch
+    assert estimator.metadata["val_mae"] == pytest.approx(choice["val_mae"][choice["chosen"]], abs=1e-6)
+    assert estimator.metadata["val_mae"] == pytest.approx(own, abs=2e-3)
 
 
 def test_choose_zooms_and_tta_zoom_together_are_one_line_error(tmp_path):
