@@ -475,7 +475,7 @@ def cross_filters(model_path, found_faces):
     return figures
 
 
-def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False, run_dir=None, extra=()):
+def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False, run_dir=None):
     """Train one benchmark model (into WORK/P/NAME unless run_dir says otherwise) and return its figures."""
     run_dir = run_dir or work / protocol / name
     if epochs is not None:  # replaced in place, so the recorded command names one epoch count
@@ -483,8 +483,9 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
     if quick:
         train_args = with_overrides(train_args, ["--epochs", "2", "--subset-fraction", "0.1"])
     argv = ["--splits", str(splits), "--out-dir", str(run_dir), *with_teachers(train_args, work, protocol),
-            "--no-progress", *extra]
+            "--no-progress"]
     args = train.get_args_parser().parse_args(argv)
+    args.resume = args.resume or goes_on(run_dir, args)  # not in the recorded command: the recipe's own
     start = time.perf_counter()
     summary = train.main(args)
     wall = time.perf_counter() - start
@@ -2299,6 +2300,27 @@ def eda_argv(data_dir, work, protocol):
             *PROTOCOLS[protocol]]
 
 
+def goes_on(run_dir, args) -> bool:
+    """Whether run_dir holds this very run killed before its end (a last.pt of the same settings and split, no
+    metrics.json): a benchmark stopped by a reboot then goes on from its last epoch (train_minutes sums every
+    epoch's time). A finished run, or one of other settings (a --quick one), is trained again from epoch 1."""
+    last = Path(run_dir) / "last.pt"
+    if not last.is_file() or (Path(run_dir) / "metrics.json").is_file():
+        return False
+    from checkpoints import load_checkpoint
+    try:
+        saved = load_checkpoint(last)
+    except Exception as exc:  # a last.pt that does not load is trained over, as before
+        print(f"note: {last} does not load ({type(exc).__name__}); training from epoch 1")
+        return False
+    if train.changed_settings(saved.get("config", {}), args) or saved.get("split_digest") != \
+            train.split_digest(args.splits):
+        print(f"note: {last} is of other settings or another split; training from epoch 1")
+        return False
+    print(f"{run_dir} holds this run, stopped at epoch {saved['epoch']}: it goes on from there")
+    return True
+
+
 def run_protocol(args, protocol, models, results, out_path):
     """One protocol of the full benchmark: split by eda.py, loader speed (S), train each model."""
     work = Path(args.work_dir)
@@ -2340,10 +2362,9 @@ def run_rerun(args, protocols, models):
                                 f"(python benchmark.py --protocols {protocol} --models {name})")
             eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, work, protocol)))
             run_dir = work / protocol / "rerun" / name
-            resume = ["--resume"] if (run_dir / "last.pt").is_file() else []  # a killed re-run goes on
             print(f"== re-run of protocol {protocol}, {name}")
             figures = run_model(protocol, name, model_args(name), work / protocol / "splits", work,
-                                run_dir=run_dir, extra=resume)
+                                run_dir=run_dir)
             record = {"date": datetime.date.today().isoformat(),
                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                       **{k: figures[k] for k in RERUN_KEYS if k in figures}}

@@ -1,6 +1,7 @@
 """benchmark.py's pure parts: the benchmark models and experiments, RESULTS.md and the README's results
 block (no UTKFace needed)."""
 import json
+import sys
 
 import numpy as np
 
@@ -520,7 +521,7 @@ def test_results_md_is_the_same_text_whatever_the_hash_seed():
     assert len(texts) == 1 and "## Models on UTKFace" in texts.pop()
 
 
-def test_a_rerun_goes_beside_the_recorded_final_into_its_own_folder_and_goes_on_after_a_kill(tmp_path, monkeypatch):
+def test_a_rerun_goes_beside_the_recorded_final_into_its_own_folder(tmp_path, monkeypatch):
     out, work = tmp_path / "results.json", tmp_path / "work"
     recorded = {"best_val_mae": 3.975, "best_epoch": 69, "test_mae": 3.951, "teacher_val_mae": 4.118, "command": "c"}
     out.write_text(json.dumps({"protocols": {"S": {"simplecnn_distilled_144px_80ep": recorded}}}))
@@ -528,17 +529,15 @@ def test_a_rerun_goes_beside_the_recorded_final_into_its_own_folder_and_goes_on_
     calls = []
     monkeypatch.setattr(benchmark.eda, "main", lambda eda_args: calls.append(("eda", eda_args.out_dir)))
 
-    def fake_run_model(protocol, name, train_args, splits, work_dir, run_dir=None, extra=()):
-        calls.append(("train", run_dir, tuple(extra)))
+    def fake_run_model(protocol, name, train_args, splits, work_dir, run_dir=None):
+        calls.append(("train", run_dir))
         return {"best_val_mae": 4.009, "best_epoch": 53, "test_mae": 4.02, "test_cs5": 0.691,
                 "teacher_val_mae": 4.112, "latency_b1_ms": 1.0, "command": "python train.py ..."}
     monkeypatch.setattr(benchmark, "run_model", fake_run_model)
     run_dir = work / "S" / "rerun" / "simplecnn_distilled_144px_80ep"
     benchmark.run_rerun(args, ["S"], ["simplecnn_distilled_144px_80ep"])
-    run_dir.mkdir(parents=True)
-    (run_dir / "last.pt").write_bytes(b"x")  # a killed re-run: the next one continues it
     benchmark.run_rerun(args, ["S"], ["simplecnn_distilled_144px_80ep"])
-    assert [c for c in calls if c[0] == "train"] == [("train", run_dir, ()), ("train", run_dir, ("--resume",))]
+    assert [c for c in calls if c[0] == "train"] == [("train", run_dir)] * 2  # run_model decides on resuming
     assert [c[0] for c in calls] == ["eda", "train", "eda", "train"]  # the split is made again before each run
     results = json.loads(out.read_text())
     assert results["protocols"]["S"]["simplecnn_distilled_144px_80ep"] == recorded  # the recorded run is kept
@@ -570,3 +569,23 @@ def test_the_target_counts_only_finals_trained_within_the_hour_and_names_a_bette
     models["within"]["train_minutes"] = 61  # over the hour too: the next on validation is the choice
     assert "`worse` (30 min), has test 4.50 — reached" in benchmark.target_line("F", models)[0]
     assert benchmark.target_line("F", {"big": models["big"]}) == []
+
+
+@pytest.mark.slow
+def test_a_benchmark_run_killed_before_its_end_goes_on_and_any_other_is_trained_again(splits, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    argv = ["--splits", str(splits), "--out-dir", str(run), "--epochs", "1", "--image-size", "32", "--batch-size",
+            "32", "--threads", "1", "--no-tensorboard", "--no-progress", "--no-export"]
+    train.main(train.get_args_parser().parse_args(argv))
+    same = train.get_args_parser().parse_args(argv)
+    assert not benchmark.goes_on(run, same)  # finished: metrics.json is there
+    (run / "metrics.json").unlink()  # killed after its last epoch's last.pt
+    assert benchmark.goes_on(run, same)
+    assert not benchmark.goes_on(run, train.get_args_parser().parse_args(argv[:5] + ["2"] + argv[6:]))  # --epochs 2
+    seen = []
+    monkeypatch.setattr(benchmark.train, "main", lambda args: seen.append(args.resume) or sys.exit(0))
+    with pytest.raises(SystemExit):
+        benchmark.run_model("S", "m", argv[4:], splits, tmp_path, run_dir=run)
+    assert seen == [True]
+    (run / "last.pt").write_bytes(b"cut short")  # an unreadable last.pt: trained over
+    assert not benchmark.goes_on(run, same)
