@@ -952,6 +952,9 @@ def check_flags(args):
         _check_input_dir(args.input_dir)
     if args.video is not None and not is_camera(args.video) and not Path(args.video).is_file():
         raise DataError(VIDEO_NOT_FOUND.format(path=args.video))
+    plan_outputs(args)  # outputs among the inputs or in a data set: refused now too (nothing is created here)
+    if args.save_crops:
+        refuse_inside_input(args.save_crops, args, "--save-crops")
 
 
 def main(args):

@@ -169,8 +169,8 @@ def test_outputs_among_the_inputs_are_refused(model, faces, tmp_path, monkeypatc
                         (["--image", "two.jpg"], "the folder of the input file"),
                         (["--image", str(in_dir / "two.jpg"), "--output", str(tmp_path / "o.jpg"),
                           "--save-crops", "crops"], "--save-crops")):
-        with pytest.raises(DataError, match=words):
-            run_main(["--model", str(model), *argv])
+        with pytest.raises(DataError, match=words):  # refused before the model is read: this one is not there
+            run_main(["--model", str(tmp_path / "never_read.onnx"), *argv])
     assert sorted(p.name for p in in_dir.iterdir()) == ["none.png", "two.jpg"]
     # an explicit --output file is the user's choice, even beside the input (never the input itself)
     run_main(["--model", str(model), "--image", "two.jpg", "--output", "two_age.jpg"])
