@@ -264,7 +264,9 @@ def _filter_records(records, skipped: Counter, min_age, max_age) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Decoding: every image becomes 8-bit RGB the same way, whatever its mode or EXIF orientation
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The one decoding rule for files and PIL images alike: EXIF rotation applied, 16-bit and float gray
+    scaled to 8 bits, transparent pixels black, RGB."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale to 8 bits instead of letting PIL clip everything above 255
@@ -292,10 +294,10 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise DataError(f"image too large: {path}")
         if max_side is None:
-            return np.asarray(_to_rgb(img))
+            return np.asarray(to_rgb(img))
         if img.format == "JPEG":
             img.draft("RGB", (max_side, max_side))
-        rgb = _to_rgb(img)
+        rgb = to_rgb(img)
         rgb.thumbnail((max_side, max_side))
         return np.asarray(rgb)
 

@@ -12,10 +12,11 @@ and eda.py --align rebuild it from the model file or the split alone.
 Detectors (all ship their weights inside pip packages; nothing is downloaded at run time):
     auto    the default cascade: HOG on the photo and, in a second thread meanwhile, Haar proposals;
             those HOG missed (small faces) each checked by HOG on an enlarged patch; only where
-            nothing was found at all, passes at a lower threshold on a contrast-equalised copy,
-            cheapest first, each only if the ones before found nothing: HOG on the photo (dark,
-            low-contrast faces: the commonest miss), smaller Haar proposals, HOG on a border-padded
-            copy (faces filling the frame), HOG on copies turned by +-25 degrees (tilted heads)
+            nothing was found at all, passes on a contrast-equalised copy, cheapest first, each only
+            if the ones before found nothing: HOG at a lower threshold on the photo (dark, low-contrast
+            faces: the commonest miss), smaller Haar proposals (checked by HOG at its own threshold),
+            HOG at the lower threshold on a border-padded copy (faces filling the frame) and on copies
+            turned by +-25 degrees (tilted heads)
     hog     dlib's HOG frontal detector alone (faces above ~80 px)
     hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
     haar    OpenCV's Haar cascade (fast, finds small faces, also hands and fabric)
@@ -369,7 +370,8 @@ class FacePipeline:
         if found:
             return found
         # nothing found: dark or washed-out faces (more contrast), tiny faces, faces filling the frame (a
-        # border helps), tilted heads (rotated copies), each pass with a lower HOG threshold
+        # border helps), tilted heads (rotated copies); the HOG passes at a lower threshold, while the small
+        # faces' Haar proposals are checked by HOG at its own threshold (Haar proposes hands and fabric too)
         gray = _clahe().apply(gray)
         # most faces the first pass missed are dim or low in contrast, and one HOG pass finds them: cheaper
         # than the small-face and border passes below, so it goes first

@@ -12,9 +12,11 @@ Where the outputs go (one rule for --image, --input-dir and --video):
   * in it: <name>_age.<ext> per image (the annotated copy; .mp4 for a video), predictions.csv (images),
     predictions.json with --json; --output FILE (--image/--video) names the annotated file itself, and
     the CSV/JSON go beside it: an explicit file is the user's choice of place (it may not be the input);
-  * the output folder (default or not) and --save-crops are never the input's folder or inside it (for
-    --image and --video that is the file's folder), and no output goes inside a labelled face data set:
-    such a run stops with one line of advice before anything is written;
+    two images of --input-dir with one stem (photo.jpg, photo.png) name their outputs by their whole name;
+  * --output-dir and --save-crops are never the input's folder or inside it (for --image and --video that
+    is the file's folder); the default folder may be (run from the photo's folder), as --input-dir never
+    reads it; no output goes inside a labelled face data set: such a run stops with one line of advice
+    before anything is written;
   * --input-dir never reads this tool's outputs: files named *_age.<image extension> are skipped (and
     counted), and a folder inside an inference_outputs folder is refused as input.
 
@@ -35,20 +37,24 @@ TorchScript, a program: load it only from a source you trust.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
-                            load_rgb, parse_zooms, preprocess_rgb, write_csv, write_image, zoom_batch)
+                            load_rgb, parse_zooms, preprocess_rgb, process_alive, to_rgb, write_csv, write_image,
+                            zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
@@ -192,7 +198,7 @@ class AgeEstimator:
         interval = "no age interval (the model carries no calibration)" if self.interval is None else \
             f"age interval at {self.interval_level:.0%} ({self.interval['method']})"
         if self.metadata.get("age_map"):
-            interval += f"; ages corrected by an {self.metadata['age_map']['method']}"
+            interval += f"; ages corrected by an {self.metadata['age_map'].get('method', 'age map')}"
         views = (1 + len(self.tta_zoom)) * (2 if self.metadata.get("tta_flip") else 1)
         averaged = "" if views == 1 else f", mean of {views} views per face (" + " and ".join(
             (["mirror"] if self.metadata.get("tta_flip") else [])
@@ -327,13 +333,14 @@ class ImageResult:
             return [{**{k: "" for k in CSV_FIELDS}, "file": self.file, "face_found": "false"}]
         return [{"file": self.file, "face_index": k, **dict(zip("xywh", f["box"])), "score": f"{f['score']:.3f}",
                  "detector": f["detector"], "age": f"{f['age']:.2f}",
-                 **{k: f"{f[k]:.2f}" if k in f else "" for k in ("age_low", "age_high")},
+                 **{k: f"{f[k]:.2f}" if k in f and np.isfinite(f[k]) else "" for k in ("age_low", "age_high")},
                  "outside_training_range": _csv_flag(f["outside_training_range"]), "face_found": "true"}
                 for k, f in enumerate(self.faces)]
 
     def to_json(self) -> dict:
         faces = [{**f, "box": list(f["box"]), "score": round(f["score"], 4), "age": round(f["age"], 2),
-                  **{k: round(f[k], 2) for k in ("age_low", "age_high") if k in f}} for f in self.faces]
+                  **{k: round(f[k], 2) if np.isfinite(f[k]) else None for k in ("age_low", "age_high") if k in f}}
+                 for f in self.faces]
         dropped = [{**f, "box": list(f["box"]), "score": round(f["score"], 4)} for f in self.dropped]
         return {"file": self.file, **self.extra, "face_found": self.face_found, "faces": faces, "dropped": dropped}
 
@@ -343,18 +350,18 @@ class ImageResult:
             why = f" ({len(self.dropped)} dropped by --min-face/--min-score)" if self.dropped else ""
             return [f"{self.file}: no face found{why} (nothing estimated; --whole-image if the photo is a face crop)"]
         return [f"{self.file}, face {k}, box {','.join(map(str, f['box']))}, {f['detector']} score {f['score']:.2f}, "
-                f"age {f['age']:.1f}" + (f" ({f['age_low']:.1f}-{f['age_high']:.1f})" if "age_low" in f else "")
+                f"age {f['age']:.1f}" + (_interval_text(f["age_low"], f["age_high"], "{:.1f}") if "age_low" in f else "")
                 + (" (outside the training ages)" if f["outside_training_range"] else "")
                 for k, f in enumerate(self.faces)]
 
-    def draw(self, rgb, ages=None, intervals=None) -> np.ndarray:
-        """Annotated copy of rgb (ages, intervals: what to show instead of the raw ones, e.g. smoothed)."""
+    def draw(self, rgb, ages=None, intervals=None, flags=None) -> np.ndarray:
+        """Annotated copy of rgb (ages, intervals, flags: what to show instead of the raw ones, e.g. smoothed)."""
         if not self.faces:
             return annotate(rgb, [], ["no face found"])
         ages = [f["age"] for f in self.faces] if ages is None else ages
         if intervals is None:
             intervals = [(f["age_low"], f["age_high"]) if "age_low" in f else None for f in self.faces]
-        flags = [f["outside_training_range"] for f in self.faces]
+        flags = [f["outside_training_range"] for f in self.faces] if flags is None else flags
         return annotate(rgb, [f["box"] for f in self.faces], _labels(ages, flags, intervals), flags)
 
 
@@ -366,15 +373,17 @@ def as_rgb(image) -> np.ndarray:
     """HxWx3 uint8 RGB from a path, a PIL image or an array (gray and RGBA are converted)."""
     if isinstance(image, (str, os.PathLike)):
         return _read_image(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL: EXIF rotation, alpha, 16 bit as for files
+        return np.asarray(to_rgb(image))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise DataError(f"images must be uint8 arrays, got {array.dtype}")
     if array.ndim == 2:
         return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2))
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        return np.ascontiguousarray(array[..., :3])
+    if array.ndim == 3 and array.shape[2] == 4:  # transparent pixels become black, as in files
+        return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(array), "RGBA")))
+    if array.ndim == 3 and array.shape[2] == 3:
+        return np.ascontiguousarray(array)
     raise DataError(f"an image array must be HxW or HxWx3 (RGB), got shape {array.shape}")
 
 
@@ -527,10 +536,17 @@ def _annotated_ext(suffix) -> str:
     return suffix if suffix and cv2.haveImageWriter(f"x{suffix}") else ".jpg"
 
 
-def annotated_name(path) -> str:
+def annotated_name(path, stem=None) -> str:
     """photo.png -> photo_age.png: the name of an annotated copy (--input-dir skips such names)."""
     path = Path(path)
-    return f"{path.stem}{OUTPUT_SUFFIX}{_annotated_ext(path.suffix)}"
+    return f"{stem or path.stem}{OUTPUT_SUFFIX}{_annotated_ext(path.suffix)}"
+
+
+def output_stems(paths) -> dict:
+    """{path: the stem of its outputs}: its own stem, or its whole name where another input has the same stem
+    (any case: photo.jpg and photo.png, a.JPG and a.jpg), so that no output overwrites another's."""
+    shared = Counter(Path(p).stem.lower() for p in paths)
+    return {p: Path(p).name if shared[Path(p).stem.lower()] > 1 else Path(p).stem for p in paths}
 
 
 def plan_outputs(args) -> Outputs:
@@ -548,7 +564,9 @@ def plan_outputs(args) -> Outputs:
         name = f"{input_name(args)}{OUTPUT_SUFFIX}"
         annotated = None if args.input_dir else folder / (name + (".mp4" if args.video else _annotated_ext(Path(args.image).suffix)))
     refuse_inside_data(folder, what)
-    if not args.output:  # an explicit --output FILE is the user's choice of place (the input itself excepted)
+    # an explicit --output FILE is the user's choice of place (the input itself excepted); the default folder
+    # (./inference_outputs/NAME) may sit in the photos' folder: --input-dir reads no sub-folder and refuses it
+    if args.output_dir:
         refuse_inside_input(folder, args, what)
     return Outputs(folder, annotated, what)
 
@@ -638,6 +656,11 @@ def _write_image(path, rgb):
         raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 
 
+def _interval_text(low, high, number) -> str:
+    """" (29-40)", or " (>29)" where the calibration has no upper bound at this level."""
+    return f" ({number.format(low)}-{number.format(high)})" if np.isfinite(high) else f" (>{number.format(low)})"
+
+
 def _labels(ages, flags=None, intervals=None):
     """"Age: 34", "Age: 34 (29-40)" with an interval, and a "?" after the age outside the training ages."""
     labels = []
@@ -645,7 +668,7 @@ def _labels(ages, flags=None, intervals=None):
         text = f"Age: {int(round(float(a)))}" + ("?" if flag else "")
         if interval is not None:
             low, high = interval
-            text += f" ({int(round(low))}-{int(round(high))})" if np.isfinite(high) else f" (>{int(round(low))})"
+            text += _interval_text(low, high, "{:.0f}")
         labels.append(text)
     return labels
 
@@ -719,12 +742,13 @@ class Recorder:
         return text
 
 
-def process_image(estimator, path, rgb, output, crops_dir=None) -> ImageResult:
-    """Faces and ages of one photo: lines printed, annotated copy and crops written, the result returned."""
+def process_image(estimator, path, rgb, output, crops_dir=None, stem=None) -> ImageResult:
+    """Faces and ages of one photo: lines printed, annotated copy and crops written (crops named
+    stem_<face>.png, the photo's stem by default), the result returned."""
     result = estimator.analyse(rgb, Path(path).name)
     _write_image(output, result.draw(rgb))  # drawn after cutting: no box in a chip
     if crops_dir and result.faces:
-        _save_crops(crops_dir, Path(path).stem, result.inputs)
+        _save_crops(crops_dir, stem or Path(path).stem, result.inputs)
     for line in result.lines():
         print(line)
     return result
@@ -773,14 +797,14 @@ def _folder_images(in_dir):
     return images, odd
 
 
-def _annotate_file(estimator, path, out_dir, crops, recorder) -> bool:
+def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
     """One image of --input-dir; False (and a warning) where it cannot be read."""
     try:
         rgb = _read_image(path)
     except DataError as exc:
         print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
         return False
-    recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path), crops))
+    recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
     return True
 
 
@@ -792,7 +816,8 @@ def run_folder(args, estimator, json_stream=None):
     out_dir = _prepare_dir(outputs.folder, outputs.what)
     recorder = Recorder(out_dir, args.json, json_stream)
     start = time.perf_counter()
-    skipped = [p.name for p in images if not _annotate_file(estimator, p, out_dir, crops, recorder)]
+    stems = output_stems(images)
+    skipped = [p.name for p in images if not _annotate_file(estimator, p, out_dir, crops, recorder, stems[p])]
     written = recorder.finish()
     seconds = time.perf_counter() - start
     if skipped:
@@ -841,7 +866,12 @@ class _VideoFile:
 
     def __init__(self, output, fps):
         self.output, self.fps, self.writer = Path(output), fps, None
-        self.tmp = self.output.with_name(f".{self.output.stem}.tmp{self.output.suffix or '.mp4'}")
+        suffix = self.output.suffix or ".mp4"  # OpenCV picks the container by it
+        for left in self.output.parent.glob(f".{glob.escape(self.output.stem)}.*.tmp{suffix}"):
+            pid = left.name[len(self.output.stem) + 2:-len(f".tmp{suffix}")]
+            if pid.isdigit() and not process_alive(int(pid)):  # a killed run's
+                left.unlink(missing_ok=True)
+        self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp{suffix}")
 
     def write(self, rgb):
         if self.writer is None:
@@ -876,7 +906,8 @@ def _annotate_frame(estimator, tracker, rgb, index, name, fps, video) -> ImageRe
     for face, track, age in zip(result.faces, ids, shown):
         face["track"], face["age_smoothed"] = track, round(age, 2)
     # the interval follows the smoothed age: it is the calibrated interval of the age shown
-    video.write(result.draw(rgb, shown, estimator.intervals(shown)) if result.faces else rgb)
+    flags = [outside_training_range(age, estimator.age_range) for age in shown]
+    video.write(result.draw(rgb, shown, estimator.intervals(shown), flags) if result.faces else rgb)
     return result
 
 
@@ -945,6 +976,12 @@ def check_flags(args):
         raise DataError(f"--alpha must be in (0, 1], got {args.alpha}")
     if args.video is not None and args.max_frames < 0:
         raise DataError(f"--max-frames must be 0 (all) or more, got {args.max_frames}")
+    # OpenCV's bindings crash (a segfault, no message) on a path holding bytes that are not UTF-8
+    for flag in ("model", "image", "video", "output", "output_dir", "save_crops", "input_dir"):
+        value = getattr(args, flag, None)
+        if value is not None and not _utf8_name(value):
+            raise DataError(f"--{flag.replace('_', '-')} {value!r}: the path holds bytes that are not UTF-8, which "
+                            "OpenCV cannot open; rename it (or its folder)")
     # a missing input is named at once, not after the model and the detector have loaded (seconds)
     if args.image and not Path(args.image).is_file():
         raise DataError(IMAGE_NOT_FOUND.format(path=args.image))

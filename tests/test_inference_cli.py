@@ -163,20 +163,107 @@ def test_default_output_folder_is_in_the_current_folder(model, faces, tmp_path, 
 
 def test_outputs_among_the_inputs_are_refused(model, faces, tmp_path, monkeypatch):
     in_dir = photos(tmp_path / "photos", faces)
-    monkeypatch.chdir(in_dir)  # the default ./inference_outputs/... would be inside the input folder
-    for argv, words in ((["--input-dir", str(in_dir)], "the default output folder"),
-                        (["--input-dir", ".", "--output-dir", "sub"], "inside it"),
-                        (["--image", "two.jpg"], "the folder of the input file"),
+    monkeypatch.chdir(in_dir)
+    for argv, words in ((["--input-dir", ".", "--output-dir", "sub"], "inside it"),
+                        (["--image", "two.jpg", "--output-dir", "annotated"], "the folder of the input file"),
                         (["--image", str(in_dir / "two.jpg"), "--output", str(tmp_path / "o.jpg"),
                           "--save-crops", "crops"], "--save-crops")):
         with pytest.raises(DataError, match=words):  # refused before the model is read: this one is not there
             run_main(["--model", str(tmp_path / "never_read.onnx"), *argv])
     assert sorted(p.name for p in in_dir.iterdir()) == ["none.png", "two.jpg"]
+    # the README's first command, run in the photo's folder: the default folder is allowed there, and a later
+    # --input-dir of that folder reads the photos alone
+    run_main(["--model", str(model), "--image", "two.jpg"])
+    assert sorted(p.name for p in (in_dir / "inference_outputs" / "two").iterdir()) == ["predictions.csv",
+                                                                                         "two_age.jpg"]
+    run_main(["--model", str(model), "--input-dir", "."])
+    assert [r["file"] for r in read_csv(in_dir / "inference_outputs" / "photos" / "predictions.csv")] == [
+        "none.png", "two.jpg", "two.jpg"]
+    (in_dir / "inference_outputs" / "two" / "predictions.csv").unlink()
+    assert sorted(p.name for p in in_dir.iterdir()) == ["inference_outputs", "none.png", "two.jpg"]
     # an explicit --output file is the user's choice, even beside the input (never the input itself)
     run_main(["--model", str(model), "--image", "two.jpg", "--output", "two_age.jpg"])
-    assert sorted(p.name for p in in_dir.iterdir()) == ["none.png", "predictions.csv", "two.jpg", "two_age.jpg"]
+    assert sorted(p.name for p in in_dir.iterdir()) == ["inference_outputs", "none.png", "predictions.csv",
+                                                        "two.jpg", "two_age.jpg"]
     with pytest.raises(DataError, match="is the input file"):
         run_main(["--model", str(model), "--image", "two.jpg", "--output", "two.jpg"])
+
+
+def test_paths_that_are_not_utf8_are_one_line_before_opencv_sees_them(model, faces, tmp_path):
+    import os
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))  # as Python hands such a name over
+    photo = write_rgb(tmp_path / "caf.png", scene(faces[:1]))
+    os.link(photo, os.fsencode(odd + ".png"))  # by bytes: cv2.imwrite itself would crash on the name
+    for argv, flag in ((["--image", odd + ".png", "--output-dir", str(tmp_path / "out")], "--image"),
+                       (["--image", str(photo), "--output-dir", odd], "--output-dir"),
+                       (["--video", odd + ".mp4"], "--video")):
+        with pytest.raises(DataError, match=f"{flag} .*not UTF-8"):  # OpenCV would crash (a segfault) on them
+            run_main(["--model", str(model), *argv])
+
+
+def test_inputs_sharing_a_stem_keep_apart_outputs(model, faces, tmp_path):
+    in_dir = tmp_path / "in"
+    for name in ("photo.jpg", "photo.png", "a.JPG", "a.jpg", "b.png"):
+        write_rgb(in_dir / name, scene(faces[:1]))
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--save-crops", str(tmp_path / "crops"), "--whole-image"])
+    assert result["images"] == 5 and result["faces"] == 5
+    assert sorted(p.name for p in (tmp_path / "crops").iterdir()) == [
+        "a.JPG_0.png", "a.jpg_0.png", "b_0.png", "photo.jpg_0.png", "photo.png_0.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.JPG_age.jpg", "a.jpg_age.jpg", "b_age.png", "photo.jpg_age.jpg", "photo.png_age.png", "predictions.csv"]
+    assert inference.output_stems([Path("x/b.png"), Path("x/B.jpg"), Path("x/c.png")]) == {
+        Path("x/b.png"): "b.png", Path("x/B.jpg"): "B.jpg", Path("x/c.png"): "c"}  # any case: one stem
+
+
+def test_pil_images_and_rgba_arrays_are_decoded_as_files_are(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees to show
+    Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8)).save(rotated, exif=exif)
+    rgba = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    rgba[0, 0, 3] = 0  # transparent: black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    Image.fromarray(np.full((30, 40), 4000, np.uint16)).save(tmp_path / "deep.png")  # 16-bit gray
+    for name in ("rotated.jpg", "alpha.png", "deep.png"):
+        from_file = inference.as_rgb(tmp_path / name)
+        with Image.open(tmp_path / name) as image:
+            np.testing.assert_array_equal(inference.as_rgb(image), from_file)
+    assert inference.as_rgb(tmp_path / "rotated.jpg").shape == (100, 60, 3)
+    from_array = inference.as_rgb(rgba)
+    np.testing.assert_array_equal(from_array, inference.as_rgb(tmp_path / "alpha.png"))
+    assert from_array[0, 0].tolist() == [0, 0, 0]
+
+
+def test_an_interval_without_an_upper_bound_is_null_in_json_and_empty_in_the_csv():
+    face = {"box": (1, 2, 30, 30), "score": 1.0, "detector": "haar", "age": 65.0, "age_low": 50.0,
+            "age_high": float("inf"), "outside_training_range": False}
+    result = inference.ImageResult("p.jpg", [face])
+    saved = json.loads(json.dumps(result.to_json(), allow_nan=False))  # strict JSON: no Infinity
+    assert saved["faces"][0]["age_low"] == 50.0 and saved["faces"][0]["age_high"] is None
+    assert result.csv_rows()[0]["age_high"] == "" and result.csv_rows()[0]["age_low"] == "50.00"
+    assert result.lines()[0].endswith("age 65.0 (>50.0)")
+    assert inference._labels([65.0], [False], [(50.0, float("inf"))]) == ["Age: 65 (>50)"]
+
+
+def test_a_video_face_is_flagged_by_the_age_it_shows(model, faces):
+    estimator = inference.AgeEstimator(model, detector="haar", threads=1)  # always 30, trained on 20-40
+    rgb = scene(faces[:1])
+    box = estimator.analyse(rgb, "f").faces[0]["box"]
+    tracker = inference.Tracker(alpha=0.3)
+    tracker.update([box], [10.0])  # the track so far: 10 years; 0.3 * 30 + 0.7 * 10 = 16 is shown
+    written = []
+    video = type("Video", (), {"fps": 10.0, "write": lambda self, frame: written.append(frame)})()
+    result = inference._annotate_frame(estimator, tracker, rgb, 1, "f", 10.0, video)
+    assert result.faces[0]["outside_training_range"] is False and result.faces[0]["age_smoothed"] == 16.0
+    assert (np.abs(written[0].astype(int) - ORANGE).sum(axis=2) == 0).any()  # drawn in orange: "16?"
+
+
+def test_an_age_map_without_its_method_name_is_described(tmp_path):
+    model = constant_model(tmp_path / "model.onnx", age_map={"x": [0.0, 100.0], "y": [0.0, 100.0]})
+    assert "ages corrected by an age map" in inference.AgeEstimator(model, whole_image=True).describe()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,7 +325,11 @@ def test_video_json_frames_and_default_output(model, faces, tmp_path, monkeypatc
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     monkeypatch.chdir(tmp_path)
+    left = tmp_path / "inference_outputs" / "clip" / ".clip_age.999999999.tmp.mp4"  # a killed run's
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"partial")
     result = run_main(["--model", str(model), "--video", str(src), "--json", "--max-frames", "4"])
+    assert not left.exists()
     assert result["frames"] == 4 and result["output"] == str(Path("inference_outputs") / "clip" / "clip_age.mp4")
     frames = json.loads((tmp_path / "inference_outputs" / "clip" / "predictions.json").read_text())
     assert [f["frame"] for f in frames] == [0, 1, 2, 3]
