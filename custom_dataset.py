@@ -52,14 +52,18 @@ def _is_image_name(path: Path) -> bool:
 
 
 def _parse_age(text: str) -> int | None:
-    text = text.strip()
-    return int(text) if re.fullmatch(r"-?\d+", text) else None
+    """A whole number of years: "25", or "25.0" as pandas writes a column with a gap; "25.5", "nan": None."""
+    match = re.fullmatch(r"(-?\d+)(?:\.0*)?", text.strip())
+    return int(match.group(1)) if match else None
 
 
 def _csv_header(path: Path) -> list[str]:
     # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first column name
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        return [h.strip().lower() for h in next(csv.reader(f), [])]
+        try:
+            return [h.strip().lower() for h in next(csv.reader(f), [])]
+        except csv.Error as exc:  # e.g. a first field over csv's 128 KiB limit
+            raise DataError(f"{path} is not a readable CSV (its first line: {exc}); check the file") from None
 
 
 def _find_csv(data_dir: Path) -> Path | None:
@@ -71,7 +75,10 @@ def _find_csv(data_dir: Path) -> Path | None:
         return data_dir
     if data_dir.is_dir():
         for candidate in sorted(data_dir.glob("*.csv")):
-            header = _csv_header(candidate)
+            try:
+                header = _csv_header(candidate)
+            except DataError:  # some other CSV beside the images (notes, exports): not the labels
+                continue
             if "path" in header and "age" in header:
                 return candidate
     return None
@@ -126,14 +133,15 @@ def _csv_rows(path, f):
         raise DataError(f"{path} is not a readable CSV (line {reader.line_num}: {exc}); check the file") from None
 
 
-def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = None):
+def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = None, outside_filter=None):
     """Find labelled images under data_dir.
 
     Returns (records, skipped, layout): records is a list of {"path": absolute path, "age": int}
     dicts, plus "subject" (text; a CSV with a subject, person or identity column) and "gender",
     "race" (text, "" where unknown; UTKFace names, or a CSV with such columns) where the layout
     gives them; skipped a Counter of reasons; layout one of "folder_per_age", "utkface", "csv".
-    Raises DataError when the folder matches none of the three layouts.
+    Raises DataError when the folder matches none of the three layouts. outside_filter (a list): receives
+    the records left out by min_age/max_age alone (eda.py checks them for copies of kept files).
     """
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -153,7 +161,7 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
             raise DataError(
                 f"no labelled images found in {data_dir}: expected folders named by age (DIR/25/*.jpg), "
                 "UTKFace names (25_0_1_2017.jpg.chip.jpg) or a CSV with path,age columns")
-    return _filter_records(records, skipped, min_age, max_age), skipped, layout
+    return _filter_records(records, skipped, min_age, max_age, outside_filter), skipped, layout
 
 
 SUBJECT_COLUMNS = ("subject", "person", "identity")  # first one present names the person (CSV layout)
@@ -194,6 +202,9 @@ def _discover_csv(csv_path: Path, skipped: Counter) -> list[dict]:
                 continue
             rel = row.get("path", "").strip()
             path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
+            if "\\" in rel and not path.is_file():  # written on Windows: imgs\a.jpg
+                rel = rel.replace("\\", "/")
+                path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
             if not rel or not path.is_file():
                 skipped["missing_file"] += 1
                 continue
@@ -247,7 +258,7 @@ def _discover_utkface(flat_images: list[Path], skipped: Counter) -> list[dict]:
     return records
 
 
-def _filter_records(records, skipped: Counter, min_age, max_age) -> list[dict]:
+def _filter_records(records, skipped: Counter, min_age, max_age, outside_filter=None) -> list[dict]:
     kept = []
     for rec in records:
         if not _utf8_name(rec["path"]):  # the CSVs are UTF-8: such a name cannot be written or read back
@@ -256,6 +267,8 @@ def _filter_records(records, skipped: Counter, min_age, max_age) -> list[dict]:
             skipped["age_out_of_range"] += 1
         elif (min_age is not None and rec["age"] < min_age) or (max_age is not None and rec["age"] > max_age):
             skipped["outside_min_max_age"] += 1
+            if outside_filter is not None:
+                outside_filter.append(rec)
         else:
             kept.append(rec)
     return kept
@@ -269,10 +282,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     scaled to 8 bits, transparent pixels black, RGB."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale to 8 bits instead of letting PIL clip everything above 255
+        # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255); one fixed scale, so
+        # that two nearly equal images never come out far apart
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(arr / 257.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
@@ -311,10 +324,37 @@ def labelled_folder_above(path) -> Path | None:
             entries = list(itertools.islice(folder.iterdir(), 500))
         except OSError:  # not there yet, or not readable
             continue
-        ages = [p for p in entries if p.is_dir() and 0 <= (_parse_age(p.name) or -1) <= 120]
-        if len(ages) >= 2 or any(UTKFACE_NAME.match(p.name) and _is_image_name(p) for p in entries):
+        ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120]
+        # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
+        if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_NAME.match(p.name)) and int(m.group(1)) <= 120
+                                 for p in entries):
             return folder
     return None
+
+
+def content_hash(data: bytes) -> str:
+    """The identity of a file's bytes: duplicates, splits and teachers are matched by it."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def drop_conflicts_outside_filter(kept, outside, stats):
+    """Kept records with a byte-identical copy of another age among `outside` (the records --min-age or
+    --max-age left out): dropped, as deduplicate drops a group whose ages disagree, the counts going into
+    its stats. Without this, the filter would hide one of the two labels and the other would pass."""
+    ages_of = {}
+    for rec in outside:
+        try:
+            if Path(rec["path"]).stat().st_size > MAX_FILE_BYTES:
+                continue
+            ages_of.setdefault(content_hash(Path(rec["path"]).read_bytes()), set()).add(rec["age"])
+        except OSError:  # unreadable: no copy of anything
+            continue
+    conflicting = [r for r in kept if ages_of.get(r["hash"], {r["age"]}) != {r["age"]}]
+    stats = dict(stats)
+    stats["conflict_groups_dropped"] += len(conflicting)
+    stats["conflict_files_dropped"] += len(conflicting)
+    dropped = {r["path"] for r in conflicting}
+    return [r for r in kept if r["path"] not in dropped], stats
 
 
 def check_image(path) -> dict:
@@ -331,7 +371,7 @@ def check_image(path) -> dict:
     if not data:
         result["reason"] = "empty_file"
         return result
-    result["hash"] = hashlib.blake2b(data, digest_size=16).hexdigest()
+    result["hash"] = content_hash(data)
     import io
     try:
         with warnings.catch_warnings():

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, load_rgb, scan_images,
-                            share_like_a_new_file, source_subject_column, stratified_split, write_csv)
+from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, drop_conflicts_outside_filter,
+                            load_rgb, scan_images, share_like_a_new_file, source_subject_column, stratified_split,
+                            write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
 from cli import ArgumentParser, run_cli
 from functions import atomic_write, pyplot, same_or_inside
@@ -175,7 +176,8 @@ def write_split_folder(folder, parts, columns, crop, crop_note):
             write_csv(fresh / f"{name}.csv", rows, columns)
         write_split_crop(fresh, crop, crop_note)
         if folder.exists():
-            old = folder.with_name(f".splits.old.{os.getpid()}")
+            # a name no earlier run can have left (a container's PID is often the same every run)
+            old = folder.with_name(f".splits.old.{os.getpid()}.{fresh.name.rsplit('.', 1)[-1]}")
             os.replace(folder, old)
             os.replace(fresh, folder)
             shutil.rmtree(old, ignore_errors=True)
@@ -229,13 +231,22 @@ def check_paths(args):
     return data_dir, out_dir
 
 
+def refuse_output_among_images(out_dir, records):
+    """--out-dir inside a folder of the labelled images (a CSV's images may lie outside the CSV's own folder):
+    chips and figures written there would come back as faces."""
+    for folder in sorted({Path(r["path"]).parent for r in records}):
+        if same_or_inside(out_dir, folder):
+            raise DataError(f"--out-dir {out_dir} is inside {folder}, which holds labelled images; choose a folder "
+                            "outside the data")
+
+
 def write_outputs(out_dir, kept, parts, report, extra_columns):
     """labels.csv, the split folder, data_report.json and the figures, each written atomically."""
     for sub in ("figs", "pics"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *extra_columns])
     write_split_folder(out_dir / "splits", parts, ["path", "age", "hash", *extra_columns], report["crop"],
-                       report["crop_note"])
+                       report["crop_note"])  # first: should it fail, labels.csv and the report stay the last run's
+    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *extra_columns])
     text = json.dumps(report, indent=2) + "\n"
     atomic_write(out_dir / "data_report.json", lambda f: f.write(text.encode()))
     plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=report["seed"])
@@ -247,7 +258,9 @@ def write_outputs(out_dir, kept, parts, report, extra_columns):
 def main(args):
     data_dir, out_dir = check_paths(args)
     start = time.perf_counter()
-    records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age)
+    outside_filter = []  # records --min-age/--max-age left out: a copy of a kept file there is a conflict
+    records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age, outside_filter)
+    refuse_output_among_images(out_dir, records)
     found = len(records) + sum(skipped.values())
     # progress bars only on a terminal: in a log or a pipe they would bury the one-line error
     progress = not args.no_progress and sys.stderr.isatty()
@@ -257,6 +270,7 @@ def main(args):
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no image files"
         raise DataError(f"no usable images in {data_dir} ({reasons}); check the folder and the age filters")
     kept, dup_stats = deduplicate(good)
+    kept, dup_stats = drop_conflicts_outside_filter(kept, outside_filter, dup_stats)
     crop, crop_note, align_stats = face_crop(args, layout, kept, out_dir, progress)
     if align_stats:
         kept = align_stats.pop("records")

@@ -184,6 +184,13 @@ def test_16_bit_gray_is_scaled_not_clipped(corpus):
     assert np.abs(row - expected).max() <= 1
 
 
+@pytest.mark.parametrize("top", [255, 256, 4095])
+def test_16_bit_gray_has_one_scale_whatever_its_brightest_pixel(tmp_path, top):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 20), top, np.uint16)).save(path)
+    assert load_rgb(path)[0, 0, 0] == round(top / 257)  # 1, 1, 16: nearly equal images stay nearly equal
+
+
 def test_exif_orientation_is_applied(corpus):
     path = corpus_path(corpus, "exif6.jpg")
     with Image.open(path) as img:

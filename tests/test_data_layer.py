@@ -316,3 +316,63 @@ def test_altered_copies_read_a_read_only_cache_without_warning():
         warnings.simplefilter("error")
         scan = altered_copies(read_only, "scan")
     assert (scan == altered_copies(images, "scan")).all()
+
+
+def test_csv_ages_written_as_whole_floats_are_read_and_others_are_not(tmp_path):
+    data = tmp_path / "data"
+    for i in range(4):
+        write_jpeg(data / f"{i}.jpg", seed=i)
+    # pandas writes 25.0 where the column has a gap; 25.5 and nan are no whole age
+    (data / "labels.csv").write_text("path,age\n0.jpg,25.0\n1.jpg,7\n2.jpg,25.5\n3.jpg,nan\n")
+    records, skipped, _ = discover_labels(data)
+    assert sorted(r["age"] for r in records) == [7, 25] and skipped == Counter(bad_age_label=2)
+
+
+def test_csv_paths_written_on_windows_are_found(tmp_path):
+    data = tmp_path / "data"
+    write_jpeg(data / "img" / "a.jpg", seed=0)
+    (data / "labels.csv").write_text("path,age\nimg\\a.jpg,30\n")
+    records, skipped, _ = discover_labels(data)
+    assert as_pairs(records) == [(str((data / "img" / "a.jpg").absolute()), 30)] and not skipped
+
+
+def test_an_unreadable_csv_beside_the_images_is_passed_over_and_one_given_is_one_line(tmp_path):
+    for age in (20, 21):
+        write_jpeg(tmp_path / str(age) / "a.jpg", seed=age)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("x" * 200_000 + ",y\n")  # a first field over csv's 128 KiB limit
+    records, _, layout = discover_labels(tmp_path)
+    assert layout == "folder_per_age" and len(records) == 2
+    with pytest.raises(DataError, match="not a readable CSV"):
+        discover_labels(notes)
+
+
+def test_a_copy_left_out_by_the_age_filter_still_drops_its_conflicting_twin(tmp_path, run_eda):
+    import shutil
+    data = tmp_path / "data"
+    for age in range(20, 26):
+        for k in range(2):
+            write_jpeg(data / str(age) / f"{k}.jpg", seed=100 * age + k)
+    (data / "18").mkdir()
+    shutil.copyfile(data / "20" / "0.jpg", data / "18" / "twin.jpg")  # one photo labelled 20 and 18
+    outside = []
+    records, _, _ = discover_labels(data, min_age=20, outside_filter=outside)
+    assert [Path(r["path"]).name for r in outside] == ["twin.jpg"] and len(records) == 12
+    report = run_eda(data, tmp_path / "out", "--min-age", 20)
+    assert report["duplicates"]["conflict_groups_dropped"] == 1 and report["used"] == 11
+    assert report["found"] == report["used"] + sum(report["skipped"].values()) + 1
+    labels = (tmp_path / "out" / "labels.csv").read_text()
+    assert str(data / "20" / "0.jpg") not in labels and str(data / "20" / "1.jpg") in labels
+
+
+def test_labelled_folder_above_counts_age_0_and_not_a_phones_file_names(tmp_path):
+    from custom_dataset import labelled_folder_above
+    phone = tmp_path / "phone"
+    write_jpeg(phone / "20230805_101010.jpg", seed=0)  # a date, not an age
+    assert labelled_folder_above(phone / "annotated") is None
+    ages = tmp_path / "ages"
+    for age in ("0", "1"):
+        (ages / age).mkdir(parents=True)
+    assert labelled_folder_above(ages / "out") == ages
+    write_jpeg(phone / "34_1_0_20170116.jpg", seed=1)
+    assert labelled_folder_above(phone / "annotated") == phone

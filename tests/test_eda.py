@@ -128,3 +128,28 @@ def test_cli_refuses_bad_folders(tmp_path, demo_dir, eda_cli, case):
     proc = eda_cli("--data-dir", data, "--out-dir", out)
     assert_one_line_error(proc)
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_out_dir_among_a_csvs_images_outside_its_folder_is_refused(tmp_path, run_eda):
+    from conftest import write_rgb
+    import numpy as np
+    from custom_dataset import DataError
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        write_rgb(tmp_path / "img" / f"{k}.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "labels.csv").write_text("path,age\n" + "".join(f"../img/{k}.png,{20 + k}\n" for k in range(12)))
+    with pytest.raises(DataError, match="holds labelled images"):
+        run_eda(meta / "labels.csv", tmp_path / "img" / "out")
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [f"{k}.png" for k in sorted(range(12), key=str)]
+
+
+def test_a_split_folder_left_by_an_earlier_run_with_the_same_pid_does_not_block_the_next(eda_run, run_eda):
+    import os
+    data, out, report, _ = eda_run
+    stale = out / f".splits.old.{os.getpid()}"  # what a run killed while removing the old split left
+    stale.mkdir()
+    (stale / "train.csv").write_text("x")
+    again = run_eda(data, out, "--seed", 5)
+    assert again["splits"] == report["splits"] and not list(out.glob(".splits*"))
