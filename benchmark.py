@@ -326,6 +326,10 @@ def get_args_parser():
                         "its Protocol F validation MAE most, refit its interval on validation with it, and measure "
                         "its test split and FG-NET (--cross DIR, default ../shared/data/FGNET) once with it -> the "
                         "exports' metadata, results['shipped_zooms'] and the model card")
+    p.add_argument("--data-check", action="store_true",
+                   help="only make each --protocols split again with today's eda.py (in a temporary folder; WORK is "
+                        "left alone) and set it beside the split under WORK/P/splits, which the recorded runs used "
+                        "-> results['data_check']")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -1270,6 +1274,9 @@ def data_section(sources):
                      f"{s['test']:,} | {dup['duplicate_files_removed']:,} | {dup['conflict_groups_dropped']:,} "
                      f"({dup['conflict_files_dropped']:,} files) | {age['mean']:.1f} / {age['median']:g} | "
                      f"{d['test_mae_of_train_median']:.2f} |")
+    check = data_check_lines(results)
+    if check:
+        lines += ["", "Each split made again by today's code:", "", *check]
     lines += ["", "Made by (each run by `python benchmark.py --protocols P`):", ""]
     lines += code_block(["python " + shlex.join(["eda.py", *eda_argv(defaults.data_dir, defaults.work_dir, p)])
                          for p in data])
@@ -2321,6 +2328,67 @@ def goes_on(run_dir, args) -> bool:
     return True
 
 
+def split_faces(splits) -> dict:
+    """{content hash: split name} of a split folder's three CSVs (eda.py writes each face's hash)."""
+    import csv
+    faces = {}
+    for name in ("train", "val", "test"):
+        with open(Path(splits) / f"{name}.csv", newline="", encoding="utf-8") as f:
+            faces.update({row["hash"]: name for row in csv.DictReader(f)})
+    return faces
+
+
+def run_data_check(args, protocols):
+    """--data-check: each protocol's split made again by today's eda.py and set beside the split under
+    WORK/P/splits (the one its recorded runs were trained and tested on): results["data_check"][P]."""
+    import tempfile
+    out_path, work = results_path(args), Path(args.work_dir)
+    results = load_results(out_path)
+    for protocol in protocols:
+        used = work / protocol / "splits"
+        if not (used / "test.csv").is_file():
+            raise DataError(f"no Protocol {protocol} split in {used} to compare with; run `python benchmark.py "
+                            f"--protocols {protocol}` first")
+        with tempfile.TemporaryDirectory(prefix=f".data_check_{protocol}_", dir=work) as tmp:
+            report = eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, tmp, protocol)))
+            today = split_faces(Path(tmp) / protocol / "splits")
+        before = split_faces(used)
+        common = today.keys() & before.keys()
+        results.setdefault("data_check", {})[protocol] = {
+            "date": datetime.date.today().isoformat(), "used": report["used"], "splits": report["splits"],
+            "duplicates": report["duplicates"], "used_before": len(before),
+            "same_split": today == before, "faces_only_before": len(before.keys() - today.keys()),
+            "faces_only_today": len(today.keys() - before.keys()),
+            "faces_in_another_split": sum(today[h] != before[h] for h in common),
+            "command": f"python benchmark.py --data-check --protocols {protocol}"}
+        print(f"{protocol}: " + json.dumps(results["data_check"][protocol]))
+        save_results(out_path, results)
+
+
+def data_check_lines(results) -> list:
+    """Where today's eda.py makes another split than the recorded runs used, and by how much."""
+    lines = []
+    for protocol, c in results.get("data_check", {}).items():
+        recorded = results.get("data", {}).get(protocol, {})
+        if c["same_split"]:
+            lines.append(f"- Protocol {protocol}: today's `eda.py` makes the very split its runs used (checked "
+                         f"{c['date']}, `{c['command']}`).")
+            continue
+        s = c["splits"]
+        text = (f"- Protocol {protocol}: today's `eda.py` makes {c['used']:,} images ({s['train']:,} / {s['val']:,} / "
+                f"{s['test']:,}) against the {c['used_before']:,} its recorded runs were trained and tested on "
+                f"({c['faces_only_before']:,} faces only there, {c['faces_only_today']:,} only today, "
+                f"{c['faces_in_another_split']:,} of the rest in another split; checked {c['date']}, `{c['command']}`).")
+        groups_then = recorded.get("duplicates", {}).get("conflict_groups_dropped")
+        groups_now = c["duplicates"]["conflict_groups_dropped"]
+        if groups_then is not None and groups_now - groups_then == c["used_before"] - c["used"] > 0:
+            text += (f" The difference is the conflicting-duplicates rule: an image whose byte-identical copy "
+                     f"carries an age outside the protocol's range is now dropped ({groups_then} → {groups_now} "
+                     f"groups); before, the age filter hid one of the two labels.")
+        lines.append(text + f" Figures of Protocol {protocol} on this page are from the split the runs used.")
+    return lines
+
+
 def run_protocol(args, protocol, models, results, out_path):
     """One protocol of the full benchmark: split by eda.py, loader speed (S), train each model."""
     work = Path(args.work_dir)
@@ -2428,6 +2496,8 @@ def main(args):
         return run_zoom_probe(args, protocols)
     if args.rerun:
         return run_rerun(args, protocols, models)
+    if args.data_check:
+        return run_data_check(args, protocols)
     return run_benchmark(args, protocols, models)
 
 

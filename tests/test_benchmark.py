@@ -589,3 +589,30 @@ def test_a_benchmark_run_killed_before_its_end_goes_on_and_any_other_is_trained_
     assert seen == [True]
     (run / "last.pt").write_bytes(b"cut short")  # an unreadable last.pt: trained over
     assert not benchmark.goes_on(run, same)
+
+
+def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path, monkeypatch):
+    import shutil
+    from conftest import eda_main
+    import demo_data
+    data = tmp_path / "data"
+    demo_data.generate_dataset(data, min_age=18, max_age=30, per_age=6, size=32, seed=3)
+    monkeypatch.setitem(benchmark.PROTOCOLS, "S", ["--min-age", "20", "--max-age", "30"])
+    work, out = tmp_path / "work", tmp_path / "results.json"
+    eda_main(data, work / "S", "--seed", "42", "--min-age", "20", "--max-age", "30")
+    out.write_text(json.dumps({"data": {"S": {"duplicates": {"conflict_groups_dropped": 0}}}}))
+    argv = ["--data-check", "--protocols", "S", "--data-dir", str(data), "--work-dir", str(work), "--out", str(out)]
+    benchmark.main(benchmark.get_args_parser().parse_args(argv))
+    check = json.loads(out.read_text())["data_check"]["S"]
+    assert check["same_split"] and check["used"] == check["used_before"]
+    assert "makes the very split its runs used" in benchmark.data_check_lines(json.loads(out.read_text()))[0]
+    # a copy of a kept face labelled 18 (outside 20-30): today's eda.py drops the pair, the runs' split had it
+    kept = next((data / "20").iterdir())
+    shutil.copyfile(kept, data / "18" / "twin.jpg")
+    benchmark.main(benchmark.get_args_parser().parse_args(argv))
+    results = json.loads(out.read_text())
+    check = results["data_check"]["S"]
+    assert not check["same_split"] and check["used_before"] - check["used"] == 1 == check["faces_only_before"]
+    (line,) = benchmark.data_check_lines(results)
+    assert "the conflicting-duplicates rule" in line and "(0 → 1 groups)" in line
+    assert not list(work.glob(".data_check_*"))  # the temporary split is gone; the runs' split is as it was
