@@ -306,8 +306,11 @@ def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit):
 
 
 def checked_detectors(args):
-    if min(args.limit, args.fgnet_limit, args.mmod_limit, args.chip_limit) < 0:
-        raise DataError("limits must not be negative")
+    if min(args.fgnet_limit, args.chip_limit) < 0:
+        raise DataError("--fgnet-limit and --chip-limit must not be negative (0 leaves that part out)")
+    if min(args.limit, args.mmod_limit) < 1:  # every detector's figures are rates over its scenes
+        raise DataError(f"--limit and --mmod-limit must be at least 1, got {args.limit} and {args.mmod_limit} "
+                        "(to leave mmod out, leave it out of --detectors)")
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     unknown = [d for d in detectors if d not in faces.DETECTORS]
     if unknown:

@@ -16,22 +16,25 @@ ages (N,) out, normalisation inside) and writes into the run folder:
   per-channel weights) calibrated on the first --calibration-images validation images; its val MAE is
   printed next to the float model's.
 - mobile_exports.json: size and CPU batch-1 latency (median and p90 of --runs runs after warm-up, with
-  --threads threads for torch, onnxruntime and the ExecuTorch threadpool alike) of every model.jit,
-  model.onnx, model.pte, model.pt2 and model_int8.pte in the run folder, also printed as a table.
+  --threads threads for torch, onnxruntime and the ExecuTorch threadpool alike) of the files this run
+  wrote, and of the folder's model.onnx (train.py's, for comparison), also printed as a table.
 
-Every float export is compared with the eager model (max |export - eager| <= 1e-4) before it is kept.
+Every float export is written into a staging folder, compared with the eager model there (max |export -
+eager| <= 1e-4) and only then moved over the previous one, so a failed check or a kill keeps the old file.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import statistics
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from custom_dataset import DataError, load_split_dataset, remove_orphans
+from custom_dataset import DataError, labelled_folder_above, load_split_dataset, process_alive, remove_orphans
 from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import atomic_write, time_runs
@@ -56,13 +59,14 @@ def get_args_parser():
     p.add_argument("--format", choices=("auto", "pte", "pt2"), default="auto",
                    help="auto: model.pte, or model.pt2 if ExecuTorch is unavailable; pte: fail instead; pt2: only .pt2")
     p.add_argument("--quantize", action="store_true", help="also write model_int8.pte (int8 PTQ, needs the val split)")
-    p.add_argument("--calibration-images", type=int, default=64, help="validation images used to calibrate int8")
+    p.add_argument("--calibration-images", type=at_least(1), default=64,
+                   help="validation images used to calibrate int8")
     p.add_argument("--splits", default=None, help="folder with val.csv (default: the checkpoint's config)")
     p.add_argument("--cache-dir", default=None,
                    help="preprocessing cache (default: the checkpoint's, or SPLITS/../cache)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime in the latency table")
-    p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per model (median and p90 reported)")
-    p.add_argument("--warmup", type=int, default=20, help="untimed runs before timing")
+    p.add_argument("--threads", type=at_least(1), default=1, help="CPU threads for every runtime in the latency table")
+    p.add_argument("--runs", type=at_least(1), default=200, help="timed batch-1 runs per model (median and p90 reported)")
+    p.add_argument("--warmup", type=at_least(0), default=20, help="untimed runs before timing")
     p.add_argument("--no-bench", action="store_true", help="skip the latency table")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -97,6 +101,39 @@ def _export_program(wrapper, example, max_batch: int):
     with torch.no_grad():
         return torch.export.export(wrapper, (example,),
                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+
+
+def at_least(low: int):
+    """argparse type: an integer >= low (a usage error naming the flag otherwise, before anything loads)."""
+    def parse(text):
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def staging_folder(out: Path) -> Path:
+    """out/.staging.<PID>/: exports are written and checked here before they replace the old files; a killed
+    run's folder is removed by the next."""
+    import shutil
+    for left in out.glob(".staging.*"):
+        pid = left.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    folder = out / f".staging.{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def publish(staged: Path, out: Path) -> Path:
+    """Move a checked export (and its .json sidecar, first) from the staging folder over the old one."""
+    sidecar = staged.with_name(staged.name + ".json")
+    if sidecar.exists():
+        os.replace(sidecar, out / sidecar.name)
+    os.replace(staged, out / staged.name)
+    return out / staged.name
 
 
 def _metadata_tensor(metadata: dict) -> torch.Tensor:
@@ -358,6 +395,13 @@ def main(args):
     if missing:
         raise DataError(f"{checkpoint_path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
     out = Path(args.out_dir) if args.out_dir else checkpoint_path.parent
+    splits = (checkpoint.get("config") or {}).get("splits")
+    if splits and Path(splits).is_dir():  # exports among the images would come back as faces
+        from train import refuse_output_in_data
+        refuse_output_in_data(out, splits)
+    refuse = labelled_folder_above(out)
+    if refuse is not None:
+        raise DataError(f"--out-dir {out} is inside {refuse}, which holds a labelled face data set; write outside it")
     if out.is_dir():
         remove_orphans(out)  # partial files of an export that was killed
     wrapper, cfg, image_size = rebuild(checkpoint)
@@ -366,28 +410,27 @@ def main(args):
     example = torch.rand(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)) * 255
     result = {"checkpoint": str(checkpoint_path), "exports": {}}
 
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.calibration_images < 1:
-        raise ValueError("--runs, --threads and --calibration-images must be at least 1, --warmup at least 0")
-    written = None
-    if args.format in ("auto", "pte"):
-        reason = executorch_missing()
-        if reason is None:
-            try:
-                written = export_executorch(wrapper, example, out / "model.pte", metadata)
-            except Exception as exc:
-                reason = f"ExecuTorch lowering failed ({_one_line(exc)})"
-        if written is None:
-            if args.format == "pte":
-                raise RuntimeError(f"cannot write model.pte: {reason}")
-            print(f"{reason}; writing model.pt2 (torch.export) instead")
-    if written is None:
-        written = export_pt2(wrapper, example, out / "model.pt2", metadata)
+    import shutil
+    staging = staging_folder(out)
     try:
-        diff = check_mobile_parity(wrapper, written, example)
-    except RuntimeError:
-        written.unlink(missing_ok=True)
-        written.with_name(written.name + ".json").unlink(missing_ok=True)
-        raise
+        staged = None
+        if args.format in ("auto", "pte"):
+            reason = executorch_missing()
+            if reason is None:
+                try:
+                    staged = export_executorch(wrapper, example, staging / "model.pte", metadata)
+                except Exception as exc:
+                    reason = f"ExecuTorch lowering failed ({_one_line(exc)})"
+            if staged is None:
+                if args.format == "pte":
+                    raise RuntimeError(f"cannot write model.pte: {reason}")
+                print(f"{reason}; writing model.pt2 (torch.export) instead")
+        if staged is None:
+            staged = export_pt2(wrapper, example, staging / "model.pt2", metadata)
+        diff = check_mobile_parity(wrapper, staged, example)  # fails here: the old export stays as it was
+        written = publish(staged, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     result["exports"][written.name] = {"max_abs_diff": diff}
     print(f"exported {written} ({written.stat().st_size / 1024:.0f} KB, max |export - eager| {diff:.1e})")
 

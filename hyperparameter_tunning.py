@@ -14,8 +14,11 @@
 Every trial is a train.py run in RUN/trials/<name> (no test split, no export, no TensorBoard) on the
 shared preprocessing cache, logged to TensorBoard's HParams view (RUN/tb_hparams). A CSV row is
 appended and flushed as each trial finishes; running the same command again skips trials already in
-a CSV (and a trial cut short resumes from its last.pt). Selection reads validation metrics only: the
-search never opens test.csv; only the final run does, once.
+a CSV (and a trial cut short resumes from its last.pt); a trial's key holds its recipe and the contents of
+train.csv, val.csv and the teacher table, so a split made again is searched again. Selection reads
+validation metrics only: no trial predicts or scores a test face (test.csv's bytes only go into each
+trial's split fingerprint, and its folders into the check that no output lands among the images); only
+the final run evaluates on it, once.
 """
 import argparse
 import csv
@@ -98,13 +101,14 @@ def get_args_parser():
 # 1. Overfit check
 
 def overfit_check(model_name, dataset, n_images=64, threshold=1.0, max_steps=300, lr=1e-3, head="regression",
-                  loss="l1", seed=42, device="cpu", log=print) -> dict:
+                  loss="l1", seed=42, device="cpu", log=print, build=None) -> dict:
     """Memorise n_images of dataset (full batch, Adam, no augmentation) until their MAE < threshold.
 
     The MAE is measured in eval mode on the same images after every step. The regression output's bias
     starts at the images' mean age, so the steps go to fitting faces rather than to reaching the age
     scale. Returns {"passed", "steps", "final_mae", "best_mae", "threshold", "images", "lr", "curve"}
-    with curve a list of [step, MAE] (step 0 = before training); raises nothing when it fails.
+    with curve a list of [step, MAE] (step 0 = before training); raises nothing when it fails. build: more
+    keywords of model.build_model (pretrained, weights_file, dropout), so the check memorises the trials' model.
     """
     set_seed(seed)
     device = torch.device(device)
@@ -116,7 +120,8 @@ def overfit_check(model_name, dataset, n_images=64, threshold=1.0, max_steps=300
     batch = [(images, ages)]
     mean, std = channel_stats(images.permute(0, 2, 3, 1).numpy())
     mean, std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    model = models.build_model(model_name, head, int(ages.min()), int(ages.max()), int(images.shape[-1])).to(device)
+    model = models.build_model(model_name, head, int(ages.min()), int(ages.max()), int(images.shape[-1]),
+                               **(build or {})).to(device)
     model = model.to(memory_format=torch.channels_last)
     if head == "regression":
         model.init_output_bias(float(ages.mean()))
@@ -168,7 +173,8 @@ def run_overfit_check(args, out: Path, cache_dir: Path, device) -> dict:
     settings = {"model": args.model, "head": args.head, "loss": args.loss, "images": args.overfit_images,
                 "threshold": args.overfit_threshold, "max_steps": args.overfit_steps, "lr": args.overfit_lr,
                 "seed": args.seed, "preprocess": train.preprocess_config(args).cache_settings(),
-                "splits": str(Path(args.splits).resolve())}
+                "splits": str(Path(args.splits).resolve()), "data": data_digest(args),
+                "pretrained": args.pretrained, "weights": args.weights, "dropout": args.dropout}
     path = out / "overfit.json"
     if path.exists():
         previous = json.loads(path.read_text())
@@ -180,7 +186,9 @@ def run_overfit_check(args, out: Path, cache_dir: Path, device) -> dict:
     print(f"overfit check: {min(args.overfit_images, len(train_set))} training images, up to "
           f"{args.overfit_steps} steps, target MAE < {args.overfit_threshold:g}")
     result = overfit_check(args.model, train_set, args.overfit_images, args.overfit_threshold, args.overfit_steps,
-                           args.overfit_lr, args.head, args.loss, args.seed, device)
+                           args.overfit_lr, args.head, args.loss, args.seed, device,
+                           build={"pretrained": args.pretrained, "weights_file": args.weights,
+                                  "dropout": args.dropout})
     result["settings"] = settings
     write_json(path, result)
     plot_overfit(result, out / "overfit.png")
@@ -195,10 +203,22 @@ def run_overfit_check(args, out: Path, cache_dir: Path, device) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Trials: one train.py run each, one CSV row each
 
+def data_digest(args) -> str:
+    """Hash of what a trial learns from and is judged on: train.csv, val.csv and crop.json (not test.csv), and
+    the teacher table's bytes. A split made again by eda.py, or new teachers, gives new trials, never the rows
+    of the old ones; where the folder is written (relative or absolute) does not matter."""
+    digest = hashlib.sha1()
+    for path in [Path(args.splits) / name for name in ("train.csv", "val.csv", "crop.json")] + (
+            [Path(args.teacher)] if args.teacher and train.teacher_is_table(args.teacher) else []):
+        digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    return digest.hexdigest()
+
+
 def settings_hash(args) -> str:
-    """Hash of the recipe settings that change a trial's result besides the key columns."""
+    """Hash of the recipe settings that change a trial's result besides the key columns, and of its data."""
     settings = {k: getattr(args, k) for k, default in train.recipe_defaults().items()
-                if k != "model" and (k in ALWAYS_HASHED or getattr(args, k) != default)}
+                if k not in ("model", "teacher") and (k in ALWAYS_HASHED or getattr(args, k) != default)}
+    settings["data"] = data_digest(args)  # the teacher's table among it, by content
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -464,6 +484,18 @@ def check_args(args):
     for name in ("train.csv", "val.csv"):  # test.csv is not looked at here: only the final run reads it
         if not (splits / name).is_file():
             raise DataError(f"{splits / name} not found (eda.py writes OUT/splits/train.csv and val.csv)")
+    # what train.py would refuse only after the overfit check built the cache, named now, as the tuner's flags
+    runs = [(epochs, lr, "a trial", f"--epochs-per-trial {args.epochs_per_trial}")
+            for epochs in [args.epochs_per_trial] for lr in args.lrs]
+    if not args.skip_final:
+        runs.append((args.final_epochs, args.lrs[0], "the final run", f"--final-epochs {args.final_epochs}"))
+    for epochs, lr, which, flag in runs:
+        trial = train.get_args_parser().parse_args(trial_argv(args, lr, 0.0, epochs, Path(args.out_dir), "cache"))
+        try:
+            train.check_settings(trial)
+        except DataError as exc:
+            raise DataError(f"{exc} (in {which}, {flag})") from None
+    train.refuse_output_in_data(Path(args.out_dir), splits)
 
 
 def main(args):

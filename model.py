@@ -89,8 +89,15 @@ def _resnet(name, outputs, pretrained=False, weights_file=None):
     else:
         net = builder(weights=weights)
     if weights_file:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # text, a pickle of code, a cut-short download: one line, not a traceback
+            raise RuntimeError(f"--weights {weights_file} is not a torch weights file ({type(exc).__name__}); pass "
+                               f"torchvision's {name} ImageNet .pth") from None
         state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise RuntimeError(f"--weights {weights_file} holds a {type(state).__name__}, not a dict of {name} "
+                               "weights; pass torchvision's ImageNet .pth")
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet head is replaced
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("fc.")]:

@@ -170,3 +170,35 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     assert not list(tmp_path.glob("model*"))
+
+
+def test_a_failed_check_keeps_the_previous_export_and_a_killed_runs_staging_goes(run_dir, tmp_path, monkeypatch):
+    export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
+                                "--format", "pt2"))
+    before = (tmp_path / "model.pt2").read_bytes()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = tmp_path / f".staging.{gone.pid}"  # what a run killed before its check left
+    left.mkdir()
+    (left / "model.pt2").write_bytes(b"unchecked")
+
+    def off_by_a_year(wrapper, path, example, tolerance=1e-4):
+        raise RuntimeError(f"{path} differs from the eager model by 1.00e+00 (> {tolerance})")
+    monkeypatch.setattr(export_mobile, "check_mobile_parity", off_by_a_year)
+    with pytest.raises(RuntimeError, match="differs from the eager model"):
+        export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
+                                    "--format", "pt2"))
+    assert (tmp_path / "model.pt2").read_bytes() == before  # the checked export of the run before stays
+    assert not list(tmp_path.glob(".staging.*"))
+
+
+def test_counts_are_checked_as_usage_errors_and_no_export_goes_among_the_images(run_dir, tmp_path):
+    for flag in ("--runs", "--threads", "--calibration-images"):
+        proc = subprocess.run([sys.executable, str(REPO / "export_mobile.py"), "--checkpoint", str(run_dir / "best.pt"),
+                               flag, "0"], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 2 and flag in proc.stderr and "at least 1" in proc.stderr, proc.stderr
+    splits = checkpoints.load_checkpoint(run_dir / "best.pt")["config"]["splits"]
+    among = Path(splits).parent.parent / "data" / "30" / "mobile"  # make_splits' faces: root/data/<age>
+    with pytest.raises(cli.DataError, match="holds"):
+        export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", among, "--no-bench"))
+    assert not among.exists()

@@ -115,6 +115,12 @@ def test_resnet_pretrained_offline_says_what_to_do(monkeypatch, tmp_path):
     model = build_model("resnet18", weights_file=tmp_path / "r18.pth")
     assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
     assert model.backbone.fc.out_features == 1
+    # a file that is no weights dict: one line naming --weights, not an UnpicklingError or AttributeError
+    (tmp_path / "text.pth").write_text("not weights")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    for bad, words in (("text.pth", "is not a torch weights file"), ("tensor.pth", "holds a Tensor")):
+        with pytest.raises(RuntimeError, match=f"--weights .*{bad}.*{words}"):
+            build_model("resnet18", weights_file=tmp_path / bad)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -120,7 +120,7 @@ def search(demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     splits = root / "splits"
     splits.mkdir()
-    for name in ("train.csv", "val.csv"):  # test.csv left behind on purpose
+    for name in ("train.csv", "val.csv", "crop.json"):  # test.csv left behind on purpose
         shutil.copy(demo["splits"] / name, splits / name)
     argv = SEARCH + ["--splits", str(splits), "--cache-dir", str(demo["cache"]), "--out-dir", str(root / "run"),
                      "--skip-final"]
@@ -206,6 +206,36 @@ def test_final_run_trains_the_best_pair_with_test_metrics(search, demo, tmp_path
     assert best["final"]["test"]["n"] > 0
     saved = ht.json.loads((run / "best_params.json").read_text())
     assert saved["final"]["test"]["mae"] == pytest.approx(best["final"]["test"]["mae"])
+
+
+def test_a_split_made_again_gives_new_trials_wherever_the_folder_is_named(demo, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(demo["splits"], copy)
+    parse = lambda splits: ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", "o"])
+    assert ht.settings_hash(parse(copy)) == ht.settings_hash(parse(demo["splits"]))  # same contents
+    lines = (copy / "val.csv").read_text().splitlines(keepends=True)
+    (copy / "val.csv").write_text("".join(lines[:-1]))  # eda.py run again: another validation split
+    assert ht.settings_hash(parse(copy)) != ht.settings_hash(parse(demo["splits"]))
+
+
+@pytest.mark.parametrize("flags, words", [(["--image-size", "8"], "--image-size must be between 16"),
+                                          (["--warmup-epochs", "2"], "--epochs-per-trial 1"),
+                                          (["--final-epochs", "1", "--warmup-epochs", "1.5"], "the final run")])
+def test_settings_no_trial_could_run_are_one_line_before_anything_is_written(demo, tmp_path, flags, words):
+    out = tmp_path / "r"
+    argv = [a for a in SEARCH if a != "--skip-overfit"] + ["--splits", str(demo["splits"]), "--out-dir", str(out)]
+    if "--final-epochs" in flags:  # trials of 2 epochs can warm up 1.5; the final run of 1 cannot
+        argv[argv.index("--epochs-per-trial") + 1] = "2"
+    with pytest.raises(DataError, match=words):
+        ht.main(ht.get_args_parser().parse_args(argv + flags))
+    assert not out.exists()  # refused before the overfit check built anything
+
+
+def test_an_out_dir_among_the_images_is_refused_before_anything_is_written(demo):
+    out = demo["root"] / "data" / "30" / "search"
+    with pytest.raises(DataError, match="holds the data set's images"):
+        ht.main(ht.get_args_parser().parse_args(SEARCH + ["--splits", str(demo["splits"]), "--out-dir", str(out)]))
+    assert not out.exists()
 
 
 def test_missing_val_split_is_a_data_error(demo, tmp_path):
