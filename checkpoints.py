@@ -95,7 +95,10 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             "tta_zoom": list(parse_zooms(config.get("tta_zoom", ""))),  # inference.py averages these views too
             "data": describe_training_data(config),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
-            "val_mae": best.get("export_val_mae", best.get("best_val_mae")), "test_mae": (test_metrics or {}).get("mae"),
+            "val_mae": best.get("export_val_mae", best.get("best_val_mae")),
+            # the same faces through the export as it is (map included: in-sample where one is kept)
+            "val_mae_views": best.get("export_val_mae_views", best.get("export_val_mae", best.get("best_val_mae"))),
+            "test_mae": (test_metrics or {}).get("mae"),
             "interval": best.get("interval"),  # conformal calibration (functions.fit_interval); None before it existed
             # functions.fit_age_map, applied to the graph's output by inference.py (np.interp(age, x, y));
             # None where train.py --age-map did not keep one

@@ -80,3 +80,21 @@ def test_inference_reports_ages_through_the_models_map(tmp_path):
 def test_unusable_age_maps_are_refused(age_map, tmp_path):
     with pytest.raises(DataError, match="unusable age map"):
         checkpoints.check_metadata(tmp_path / "m.onnx", {"preprocess": {"image_size": 64}, "age_map": age_map})
+
+
+def test_an_export_with_a_kept_map_records_the_cross_fitted_validation_mae(monkeypatch):
+    import argparse
+    import torch
+    import train
+    pred, true = pulled_to_the_middle()
+    monkeypatch.setattr(train, "make_loader", lambda *a, **k: None)
+    monkeypatch.setattr(train, "predict_loader", lambda *a, **k: (pred, true))
+    best = {"config": {}}
+    cfg = argparse.Namespace(mean=[0.0] * 3, std=[1.0] * 3)
+    judgement = train.calibrate(argparse.Namespace(age_map="auto"), torch.nn.Linear(1, 1), cfg, None, best)
+    in_sample = np.mean(np.abs(apply_age_map(pred, best["age_map"]) - true))
+    assert best["export_val_mae"] == judgement["val_mae_after"] > in_sample  # the honest figure, not the fitted one
+    assert best["export_val_mae_views"] == pytest.approx(in_sample)  # what the export gives on these faces
+    metadata = checkpoints.export_metadata(argparse.Namespace(to_dict=lambda: {}), {
+        **best, "model_name": "m", "head": "distribution", "min_age": 1, "max_age": 90, "crop": {"kind": "box"}})
+    assert metadata["val_mae"] == judgement["val_mae_after"] and metadata["val_mae_views"] == pytest.approx(in_sample)

@@ -238,13 +238,18 @@ def test_ship_zooms_refuses_splits_the_model_was_not_validated_on(shipped_run, t
     shipped.parent.mkdir()
     shutil.copy(shipped_run / "F" / "m" / "model.onnx", shipped.with_suffix(".onnx"))
     metadata = inference.AgeEstimator(shipped.with_suffix(".onnx"), whole_image=True, threads=1).metadata
-    rewrite_export_metadata(shipped.with_suffix(".onnx"), dict(metadata, val_mae=metadata["val_mae"] + 1.0))
+    rewrite_export_metadata(shipped.with_suffix(".onnx"), dict(metadata, val_mae=metadata["val_mae"] + 1.0,
+                                                               val_mae_views=metadata["val_mae_views"] + 1.0))
     (shipped.parent / "README.md").write_text("Written by `python benchmark.py --ship F/m` from results\n")
     monkeypatch.setattr(benchmark, "SHIPPED", shipped)
     args = benchmark.get_args_parser().parse_args(["--ship-zooms", "--out", str(tmp_path / "r.json")])
     with pytest.raises(benchmark.DataError, match="no FG-NET figure for the shipped F/m"):
         benchmark.ship_zooms(args, shipped_run, {"protocols": {"F": {"m": {}}}}, tmp_path / "r.json")
     with pytest.raises(benchmark.DataError, match="these are not its splits"):
+        benchmark.ship_zooms(args, shipped_run, {"protocols": {"F": {"m": {}}}, "cross": {"FGNET": {"F/m": {}}}},
+                             tmp_path / "r.json")
+    rewrite_export_metadata(shipped.with_suffix(".onnx"), dict(metadata, age_map={"x": [0, 100], "y": [0, 100]}))
+    with pytest.raises(benchmark.DataError, match="age map fitted on the validation split"):
         benchmark.ship_zooms(args, shipped_run, {"protocols": {"F": {"m": {}}}, "cross": {"FGNET": {"F/m": {}}}},
                              tmp_path / "r.json")
 
@@ -298,7 +303,7 @@ def test_choose_zooms_keeps_the_validation_best_set_for_the_test_split_and_the_e
     own = np.mean(np.abs(estimator.predict_inputs(np.asarray(val.images)) - val.ages.numpy()))
     # the export records its own validation figure (the kept set's), not the image alone's that chose the epoch
     assert estimator.metadata["val_mae"] == pytest.approx(choice["val_mae"][choice["chosen"]], abs=1e-6)
-    assert estimator.metadata["val_mae"] == pytest.approx(own, abs=2e-3)
+    assert estimator.metadata["val_mae"] == estimator.metadata["val_mae_views"] == pytest.approx(own, abs=2e-3)
 
 
 def test_choose_zooms_and_tta_zoom_together_are_one_line_error(tmp_path):
