@@ -1127,7 +1127,8 @@ def load_split_dataset(split_csv, cfg: PreprocessConfig, cache_dir=None, workers
     return CustomDataset(records, cfg, np.asarray(images) if not ok.all() else images)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, pin_memory: bool = False):
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, pin_memory: bool = False,
+                drop_last: bool = False):
     """Batches in the main process (the cache makes a batch one array slice; workers would only add start-up).
 
     pin_memory: page-locked batches, so CUDA copies with non_blocking=True overlap compute (CUDA only).
@@ -1135,4 +1136,4 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        collate_fn=collate, generator=generator, drop_last=False, pin_memory=pin_memory)
+        collate_fn=collate, generator=generator, drop_last=drop_last, pin_memory=pin_memory)

@@ -38,11 +38,14 @@ def folder_lock(folder, what="train.py"):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and process_alive(pid):
-                raise DataError(f"{folder} is in use by another {what} (PID {pid}); wait for it or choose "
+                text = lock.read_text().strip()
+                age = time.time() - lock.stat().st_mtime
+            except OSError:  # released meanwhile: try again
+                continue
+            pid = int(text) if text.isdigit() else 0
+            # an empty lock seconds old is one another run has created and not yet written its PID into
+            if (pid and pid != os.getpid() and process_alive(pid)) or (not text and age < 5):
+                raise DataError(f"{folder} is in use by another {what} (PID {pid or '?'}); wait for it or choose "
                                 f"another --out-dir") from None
             print(f"note: {lock} was left by a process that is gone (PID {pid or '?'}); taking it over")
             lock.unlink(missing_ok=True)
@@ -50,10 +53,16 @@ def folder_lock(folder, what="train.py"):
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
         break
+    else:  # taken over twice by others in between: someone else holds it now
+        raise DataError(f"{folder} is in use by another {what}; wait for it or choose another --out-dir")
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        try:
+            if lock.read_text().strip() == str(os.getpid()):  # never another run's lock
+                lock.unlink()
+        except OSError:
+            pass
 
 
 def same_or_inside(path, folder) -> bool:
@@ -579,9 +588,11 @@ def plot_learning_curves(history: list, path):
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
-    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    # not one quantity: training minimises the point loss plus, for the distribution head, the KL to the label's
+    # (and a teacher's) distribution, on augmented faces; validation scores the point loss alone
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train objective (augmented)")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val point loss")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss (compare the MAE panel across splits)")
     ax1.legend()
     ax2.plot(epochs, [h["train_mae"] for h in history], "o-", label="train MAE (augmented)")
     ax2.plot(epochs, [h["val_mae"] for h in history], "o-", label="val MAE")

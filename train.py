@@ -101,7 +101,9 @@ def add_recipe_args(parser):
                    help="one output, or softmax over ages with expected value (label distribution)")
     g.add_argument("--pretrained", action="store_true", help="ResNet: start from torchvision ImageNet weights")
     g.add_argument("--weights", default=None, help="ResNet: local ImageNet weights file (offline --pretrained)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout before the fully connected layers")
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout before the fully connected layers (0: the model's own, i.e. none, or 0.3 for "
+                        "simplecnn_bn)")
     g.add_argument("--batch-size", type=int, default=64,
                    help="images per step per process: under torchrun the global batch is --batch-size x "
                         "processes (the learning rate is not rescaled; raise --lr yourself if wanted)")
@@ -208,13 +210,21 @@ def check_numbers(args):
              ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
              ("--choose-zooms", not (args.choose_zooms and args.tta_zoom), "not given with --tta-zoom (it chooses them)"),
              ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
+             ("--dropout", 0 <= args.dropout < 1, "a share between 0 and 1 (0: the model's own)"),
              ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)"),
              ("--teacher-online", not args.teacher_online or bool(args.teacher) and not teacher_is_table(args.teacher),
               "used with --teacher checkpoints (best.pt), which it runs on every batch; a teacher.npz holds clean "
               "faces only")]
     for flag, ok, rule in rules:
         if not ok:
-            raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
+            raise DataError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))} "
+                            "(see train.py --help)")
+
+
+def eval_batch(args) -> int:
+    """Images per forward pass when predicting without gradients: 4x the training batch (no activations
+    are kept), at most 256; a --batch-size lowered to fit memory lowers it too."""
+    return max(1, min(256, 4 * args.batch_size))
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
@@ -339,27 +349,23 @@ def split_digest(splits) -> str:
 def split_faces_digest(splits) -> str:
     """Which faces (by content hash) are in train, val and test: unlike split_digest, the same on a
     machine where the data set lies elsewhere, so a teacher trained there can be checked here."""
-    import csv
     import hashlib
     digest = hashlib.sha256()
     for name in ("train.csv", "val.csv", "test.csv"):
         path, keys = Path(splits) / name, ["-"]
         if path.is_file():  # a missing or broken split is reported by load_data, with advice
-            with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-                keys = sorted(face_key(row) for row in csv.DictReader(f))
+            keys = sorted(face_key(row) for row in split_csv_rows(path))
         digest.update(("\n".join([name, *keys]) + "\n").encode())
     return digest.hexdigest()
 
 
 def data_folders(splits) -> set:
     """The folders holding the split's images, and for a folder-per-age layout their parent."""
-    import csv
     parents = set()
     for name in ("train.csv", "val.csv", "test.csv"):
         path = Path(splits) / name
         if path.is_file():
-            with open(path, newline="", encoding="utf-8", errors="replace") as f:
-                parents.update(Path(row["path"]).resolve().parent for row in csv.DictReader(f) if row.get("path"))
+            parents.update(Path(row["path"]).resolve().parent for row in split_csv_rows(path) if row.get("path"))
     grand = {p.parent for p in parents}
     return parents | (grand if len(grand) == 1 and len(parents) > 1 else set())
 
@@ -415,15 +421,22 @@ class WithTeacher:
 
 
 def face_key(row) -> str:
-    """A split row's face identity: eda.py's content hash, the file name where a CSV lacks it."""
-    return row.get("hash") or Path(row.get("path") or "").name
+    """A split row's face identity: eda.py's content hash, the file's full path where a CSV lacks it (a name
+    alone would join 20/img001.jpg and 21/img001.jpg)."""
+    return row.get("hash") or str(Path(row.get("path") or "").resolve())
+
+
+def split_csv_rows(path) -> list:
+    """A split CSV's rows with the header read as read_split reads it (a spreadsheet's byte-order mark,
+    Path/AGE in any case): every check of the split sees the rows training sees."""
+    import csv
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [{k.strip().lower(): (v or "") for k, v in row.items() if k} for row in csv.DictReader(f)]
 
 
 def split_hashes(split_csv) -> dict:
     """path -> face_key of every row of a split CSV."""
-    import csv
-    with open(split_csv, newline="", encoding="utf-8-sig") as f:
-        return {row["path"]: face_key(row) for row in csv.DictReader(f)}
+    return {row["path"]: face_key(row) for row in split_csv_rows(split_csv) if row.get("path")}
 
 
 def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
@@ -536,7 +549,7 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
             csv_path = Path(args.splits) / f"{split}.csv"
             data = load_split_dataset(csv_path, cfg, cache_dir, args.workers, not args.no_progress, print)
             probs, grid = predict_distributions(
-                model, make_loader(data, 256, shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
+                model, make_loader(data, eval_batch(args), shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
                 ages=np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1),
                 **test_time_views(checkpoint["config"]))
             table.append(({hashes[split][p]: i for i, p in enumerate(data.paths)}, grid, probs))
@@ -665,7 +678,8 @@ def build_model_for(args, checkpoint, train_ages, device):
 
 def make_train_loader(args, train_set, dist_ctx, pin_memory):
     """(loader of an epoch, steps per epoch). Under torchrun each rank reads a disjoint 1/world share
-    of one permutation (padded by at most world-1 repeats)."""
+    of one permutation (padded by at most world-1 repeats). A last batch of one image is left out of the
+    epoch: BatchNorm cannot train on one image (a ResNet's 1 x 1 map at 32 px stops the run)."""
     if not dist_ctx.active:
         weights = balanced_weights(train_set.ages) if args.balance else None
 
@@ -674,18 +688,22 @@ def make_train_loader(args, train_set, dist_ctx, pin_memory):
             sampler = None if weights is None else torch.utils.data.WeightedRandomSampler(
                 weights, len(weights), replacement=True, generator=torch.Generator().manual_seed(seed))
             return make_loader(train_set, args.batch_size, shuffle=True, pin_memory=pin_memory, seed=seed,
-                               sampler=sampler)
-        return loader, math.ceil(len(train_set) / args.batch_size)
+                               sampler=sampler, drop_last=lonely)
+        lonely = len(train_set) % args.batch_size == 1 and len(train_set) > 1
+        return loader, len(train_set) // args.batch_size if lonely else math.ceil(len(train_set) / args.batch_size)
     if args.balance:
         raise DataError("--balance is not available under torchrun yet; train in one process or drop --balance")
     from torch.utils.data.distributed import DistributedSampler
     # the sampler permutes with seed + epoch, i.e. epoch_seeds()["shuffle"]
     sampler = DistributedSampler(train_set, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=args.seed * 1000)
 
+    lonely = len(sampler) % args.batch_size == 1 and len(sampler) > 1
+
     def loader(epoch):
         sampler.set_epoch(epoch)
-        return make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler, pin_memory=pin_memory)
-    return loader, math.ceil(len(sampler) / args.batch_size)
+        return make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler, pin_memory=pin_memory,
+                           drop_last=lonely)
+    return loader, len(sampler) // args.batch_size if lonely else math.ceil(len(sampler) / args.batch_size)
 
 
 def balanced_weights(ages, width: int = 10) -> torch.Tensor:
@@ -737,8 +755,9 @@ def train_run(args, dist_ctx: Distributed):
         net = forwarding_ddp(net, device_ids=[device.index] if device.type == "cuda" else None)
     logger = EpochLogger(args, out, start_epoch, val_set, dist_ctx.is_main)
     # every rank predicts a disjoint shard of val; the gathered predictions give the one-process figures
-    validate = lambda: evaluate_sharded(evaluated, val_set, mean, std, loss_kind=args.loss, device=device,
-                                        **test_time_views(vars(args)), dist_ctx=dist_ctx, pin_memory=pin)
+    validate = lambda: evaluate_sharded(evaluated, val_set, mean, std, batch_size=eval_batch(args),
+                                        loss_kind=args.loss, device=device, **test_time_views(vars(args)),
+                                        dist_ctx=dist_ctx, pin_memory=pin)
     for epoch in range(start_epoch, args.epochs + 1):
         seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
         torch.manual_seed(seeds["torch"])
@@ -750,6 +769,8 @@ def train_run(args, dist_ctx: Distributed):
                 label_sigma=args.label_sigma, mixup=args.mixup, online_teacher=online_teacher)
         if dist_ctx.active:
             broadcast_buffers(model)  # BatchNorm statistics of rank 0, the ones it saves
+            if ema is not None:  # its buffers average each rank's own statistics: rank 0's are the ones saved
+                broadcast_buffers(ema.module)
         train_metrics = reduce_train_metrics(train_metrics, dist_ctx)  # summed over ranks
         val_metrics = validate()
         if not math.isfinite(val_metrics["mae"]):  # diverged: this epoch's weights are saved nowhere
@@ -894,7 +915,7 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
     best = load_checkpoint(out / "best.pt")
     model.load_state_dict(best["model_state"])
     if args.choose_zooms and not (args.no_test and args.no_export):  # a search trial compares epochs only
-        summary["zooms"] = choose_zooms(model, cfg, val_set, best)
+        summary["zooms"] = choose_zooms(model, cfg, val_set, best, eval_batch(args))
     summary["age_map"] = calibrate(args, model, cfg, val_set, best)
     save_checkpoint(out / "best.pt", best)
     median = float(np.median(np.asarray(train_set.ages, dtype=np.float64)))
@@ -914,13 +935,13 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
         print(line)
 
 
-def choose_zooms(model, cfg, val_set, best) -> dict:
+def choose_zooms(model, cfg, val_set, best, batch_size=256) -> dict:
     """--choose-zooms: the set of ZOOM_CANDIDATES with the lowest validation MAE for the best epoch's weights (the
     run's flip setting kept) goes into best's config, which the calibration, the test split and the exports read.
     Returns (and keeps in best) {"val_mae": {set: MAE}, "chosen": set} ("none": the image alone)."""
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
-    loader, predictions = make_loader(val_set, 256, shuffle=False), {}
+    loader, predictions = make_loader(val_set, batch_size, shuffle=False), {}
     for zooms in ZOOM_CANDIDATES:
         predictions[zooms or "none"], true = predict_loader(model, loader, mean, std, device=device,
                                                             **test_time_views({**best["config"], "tta_zoom": zooms}))
@@ -937,7 +958,7 @@ def calibrate(args, model, cfg, val_set, best) -> dict | None:
     map where --age-map auto keeps one, and the interval calibration. Returns the map's judgement."""
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
-    pred, true = predict_loader(model, make_loader(val_set, 256, shuffle=False), mean, std, device=device,
+    pred, true = predict_loader(model, make_loader(val_set, eval_batch(args), shuffle=False), mean, std, device=device,
                                 **test_time_views(best["config"]))
     age_map, best["interval"], judgement = calibrate_ages(pred, true, args.age_map)
     best.pop("age_map", None)  # a --resume of a finished run decides again
@@ -948,7 +969,7 @@ def calibrate(args, model, cfg, val_set, best) -> dict | None:
     # faces, so its honest figure is the cross-fitted one; the in-sample one only checks that a split is this
     # model's (benchmark.py --ship-zooms)
     best["export_val_mae_views"] = float(np.mean(np.abs(apply_age_map(pred, age_map) - true)))
-    best["export_val_mae"] = judgement["val_mae_after"] if age_map else best["export_val_mae_views"]
+    best["export_val_mae"] = judgement["val_mae_after"] if age_map and judgement else best["export_val_mae_views"]
     if judgement and "reason" in judgement:
         print(f"age map: none ({judgement['reason']})")
     elif judgement:
@@ -986,7 +1007,7 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     device = next(model.parameters()).device
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     views = test_time_views(best["config"])  # the run's, or those --choose-zooms kept
-    metrics = evaluate(model, make_loader(test_set, 256, shuffle=False), mean, std, loss_kind=args.loss,
+    metrics = evaluate(model, make_loader(test_set, eval_batch(args), shuffle=False), mean, std, loss_kind=args.loss,
                        device=device, **views)
     if best.get("age_map"):  # the ages the exports report
         metrics = metrics_of_predictions(apply_age_map(metrics["pred"], best["age_map"]), metrics["true"], args.loss)

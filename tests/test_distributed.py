@@ -1,6 +1,7 @@
 """train.py under torchrun: two CPU processes (gloo) on a tiny generated set.
 
-One 2-process run (simplecnn_bn, so BatchNorm statistics must be kept in step across ranks) is shared by
+One 2-process run (simplecnn_bn with --ema, so BatchNorm statistics, the live ones and the averaged ones, must
+be kept in step across ranks) is shared by
 the checks: one set of outputs, both shards trained, and the reported validation MAE equal to what one
 process computes for the saved weights. A second launch is stopped after epoch 1 and resumed.
 """
@@ -26,6 +27,8 @@ FAST = ["--image-size", "64", "--no-denoise", "--no-progress", "--threads", "1",
 # --lr 0.01 makes the model depend on its BatchNorm statistics enough that ranks evaluating with their own
 # (unsynchronised) statistics would move the reported val MAE by ~2e-2, far above the 1e-4 checked below
 EPOCHS = "3"
+# the run is bf16 and keeps an average of its weights: the EMA's BatchNorm buffers must be rank 0's too
+EXTRA = ["--amp", "--ema", "0.9"]
 SLOW_FIXTURES = {"ddp_run"}  # a 2-process training run: the tests that use it are marked slow (conftest)
 
 
@@ -49,7 +52,7 @@ def ddp_splits(splits):
 def ddp_run(ddp_splits, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_run")
     out, cache = root / "run", root / "cache"
-    proc = subprocess.run(torchrun_cmd(ddp_splits, out, cache, "--amp"), cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run(torchrun_cmd(ddp_splits, out, cache, *EXTRA), cwd=REPO, capture_output=True, text=True,
                           timeout=150, env=run_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, cache, proc
@@ -131,7 +134,7 @@ def test_reported_val_mae_equals_single_process_evaluate(ddp_run, ddp_splits, wh
 def test_resume_under_torchrun_repeats_the_uninterrupted_run(ddp_run, ddp_splits, tmp_path):
     reference = json.loads((ddp_run[0] / "history.json").read_text())
     out = tmp_path / "stopped"
-    cmd = torchrun_cmd(ddp_splits, out, ddp_run[1], "--amp", "--no-test", "--no-export", "--no-tensorboard")  # as ddp_run
+    cmd = torchrun_cmd(ddp_splits, out, ddp_run[1], *EXTRA, "--no-test", "--no-export", "--no-tensorboard")  # as ddp_run
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=run_env())
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (out / "last.pt").exists():

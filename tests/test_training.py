@@ -528,3 +528,26 @@ def test_amp_autocasts_the_training_step_only_where_bf16_is_native(splits, tmp_p
     # the checkpoint stays float32 either way: evaluation and exports never see bf16
     ckpt = checkpoints.load_checkpoint(tmp_path / "best.pt")
     assert all(v.dtype == torch.float32 for v in ckpt["model_state"].values() if v.is_floating_point())
+
+
+def test_a_lock_being_written_counts_as_held_and_a_run_never_removes_another_runs_lock(tmp_path):
+    import os
+    (tmp_path / ".lock").write_text("")  # created by another run an instant ago, its PID not yet in it
+    with pytest.raises(custom_dataset.DataError, match="in use by another"):
+        with functions.folder_lock(tmp_path, "train.py"):
+            pass
+    (tmp_path / ".lock").unlink()
+    with functions.folder_lock(tmp_path, "train.py"):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+        (tmp_path / ".lock").write_text("999999999\n")  # taken over meanwhile (ours thought gone)
+    assert (tmp_path / ".lock").read_text() == "999999999\n"  # left to its owner
+
+
+def test_a_last_training_batch_of_one_image_is_left_out_and_the_schedule_counts_it_so():
+    import argparse
+    images = [(torch.zeros(3, 4, 4), torch.tensor(30.0)) for _ in range(66)]
+    ctx = argparse.Namespace(active=False)
+    for n, batches in ((65, [64]), (66, [64, 2]), (64, [64])):
+        args = argparse.Namespace(seed=0, balance=False, batch_size=64)
+        loader, steps = train.make_train_loader(args, images[:n], ctx, False)
+        assert [len(b[0]) for b in loader(1)] == batches and steps == len(batches)
