@@ -551,3 +551,18 @@ def test_a_last_training_batch_of_one_image_is_left_out_and_the_schedule_counts_
         args = argparse.Namespace(seed=0, balance=False, batch_size=64)
         loader, steps = train.make_train_loader(args, images[:n], ctx, False)
         assert [len(b[0]) for b in loader(1)] == batches and steps == len(batches)
+
+
+def test_split_checks_read_a_spreadsheets_csv_as_training_does(tmp_path):
+    data = tmp_path / "data"
+    for age in ("20", "21"):
+        (data / age).mkdir(parents=True)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    rows = f"Path,Age\n{data / '20' / 'img001.jpg'},20\n{data / '21' / 'img001.jpg'},21\n"
+    (splits / "train.csv").write_text("\ufeff" + rows, encoding="utf-8")  # Excel: a byte-order mark, Path/Age
+    assert train.data_folders(splits) >= {data.resolve() / "20", data.resolve() / "21"}
+    with pytest.raises(custom_dataset.DataError, match="holds the data set's images"):
+        train.refuse_output_in_data(data / "20" / "run", splits)
+    keys = train.split_hashes(splits / "train.csv")  # no hash column: one face per file, not per name
+    assert len(set(keys.values())) == 2
