@@ -91,7 +91,7 @@ def test_an_export_with_a_kept_map_records_the_cross_fitted_validation_mae(monke
     monkeypatch.setattr(train, "predict_loader", lambda *a, **k: (pred, true))
     best = {"config": {}}
     cfg = argparse.Namespace(mean=[0.0] * 3, std=[1.0] * 3)
-    judgement = train.calibrate(argparse.Namespace(age_map="auto"), torch.nn.Linear(1, 1), cfg, None, best)
+    judgement = train.calibrate(argparse.Namespace(age_map="auto", batch_size=64), torch.nn.Linear(1, 1), cfg, None, best)
     in_sample = np.mean(np.abs(apply_age_map(pred, best["age_map"]) - true))
     assert best["export_val_mae"] == judgement["val_mae_after"] > in_sample  # the honest figure, not the fitted one
     assert best["export_val_mae_views"] == pytest.approx(in_sample)  # what the export gives on these faces

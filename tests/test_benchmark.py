@@ -591,6 +591,7 @@ def test_a_benchmark_run_killed_before_its_end_goes_on_and_any_other_is_trained_
     assert not benchmark.goes_on(run, same)
 
 
+@pytest.mark.slow
 def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path, monkeypatch):
     import shutil
     from conftest import eda_main

@@ -347,6 +347,7 @@ def test_an_unreadable_csv_beside_the_images_is_passed_over_and_one_given_is_one
         discover_labels(notes)
 
 
+@pytest.mark.slow
 def test_a_copy_left_out_by_the_age_filter_still_drops_its_conflicting_twin(tmp_path, run_eda):
     import shutil
     data = tmp_path / "data"

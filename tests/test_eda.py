@@ -145,6 +145,7 @@ def test_out_dir_among_a_csvs_images_outside_its_folder_is_refused(tmp_path, run
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [f"{k}.png" for k in sorted(range(12), key=str)]
 
 
+@pytest.mark.slow
 def test_a_split_folder_left_by_an_earlier_run_with_the_same_pid_does_not_block_the_next(eda_run, run_eda):
     import os
     data, out, report, _ = eda_run
