@@ -346,8 +346,8 @@ def test_the_jit_latency_target_is_judged_on_every_run_of_the_chosen_architectur
     runs = {"chosen": model(3.9, 0.8, 144), "twin": model(4.0, 1.3, 144),
             "other_size": model(4.1, 1.6, 128), "other_width": model(4.1, 1.7, 144, params=500_000)}
     assert row(runs).endswith("— not settled: 1 of 2 measurements of this architecture inside it (0.80–1.30 ms) |")
-    assert benchmark.latency_per_face(runs, "chosen").startswith("0.80–1.30 ms per face (2 runs")
-    assert benchmark.latency_per_face(runs, "other_size") == "1.60 ms per face"
+    assert benchmark.latency_per_face(runs, "chosen").startswith("0.80–1.30 ms per forward pass (2 runs")
+    assert benchmark.latency_per_face(runs, "other_size") == "1.60 ms per forward pass"
     runs["twin"]["latency_b1_ms"] = 0.95  # the other shapes' slower figures do not count
     assert row(runs).endswith("≤ 1 ms — reached |")
     runs["chosen"]["latency_b1_ms"] = runs["twin"]["latency_b1_ms"] = 1.2
@@ -559,16 +559,24 @@ def test_a_rerun_goes_beside_the_recorded_final_into_its_own_folder(tmp_path, mo
 
 def test_the_target_counts_only_finals_trained_within_the_hour_and_names_a_better_slower_one():
     def entry(val, test, minutes, params=700_000):
-        return {"best_val_mae": val, "test_mae": test, "train_minutes": minutes, "params": params}
+        return {"best_val_mae": val, "test_mae": test, "train_minutes": minutes - 5,
+                "wall_minutes_incl_eval_export": minutes, "params": params}
     models = {"slow": entry(4.80, 4.55, 85.2), "within": entry(4.85, 4.66, 41.8), "worse": entry(4.90, 4.50, 30.0),
               "big": entry(4.70, 4.40, 20.0, params=2_000_000)}
     [line] = benchmark.target_line("F", models)
-    assert "`within` (42 min), has test 4.66 — not reached" in line
-    assert "`slow` has a lower validation MAE (4.800, test 4.55) but took 85 min, so it does not count" in line
+    assert "`within` (41.8 min), has test 4.660 — not reached" in line
+    assert "`slow` has a lower validation MAE (4.800, test 4.550) but took 85.2 min, so it does not count" in line
     assert "big" not in line and "`worse`" not in line
-    models["within"]["train_minutes"] = 61  # over the hour too: the next on validation is the choice
-    assert "`worse` (30 min), has test 4.50 — reached" in benchmark.target_line("F", models)[0]
+    models["within"]["wall_minutes_incl_eval_export"] = 62  # its whole run is over the hour, its epochs are not
+    assert "`worse` (30.0 min), has test 4.500 — reached" in benchmark.target_line("F", models)[0]
     assert benchmark.target_line("F", {"big": models["big"]}) == []
+    # the verdict and the figure it prints agree to the digit
+    assert "has test 4.600 — reached" in benchmark.target_line("F", {"m": entry(4.0, 4.6004, 30.0)})[0]
+    assert "has test 4.601 — not reached" in benchmark.target_line("F", {"m": entry(4.0, 4.6006, 30.0)})[0]
+    # a kept age map: the export's (cross-fitted) validation figure chooses, not the network's
+    models = {"mapped": {**entry(4.80, 4.50, 30.0), "age_map": {"keep": True, "val_mae_after": 4.95}},
+              "plain": entry(4.90, 4.70, 30.0)}
+    assert "`plain`" in benchmark.target_line("F", models)[0]
 
 
 @pytest.mark.slow
@@ -617,3 +625,25 @@ def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path,
     (line,) = benchmark.data_check_lines(results)
     assert "the conflicting-duplicates rule" in line and "(0 → 1 groups)" in line
     assert not list(work.glob(".data_check_*"))  # the temporary split is gone; the runs' split is as it was
+
+
+def test_the_readings_say_only_what_the_records_show():
+    # tuned_light: "confirmed" only where it lost beyond the noise
+    assert "confirmed it" in benchmark.light_check({"tuned_light": {"val_mae": 4.434}}, 4.205)
+    assert "within the noise" in benchmark.light_check({"tuned_light": {"val_mae": 4.23}}, 4.205)
+    assert "did not confirm" in benchmark.light_check({"tuned_light": {"val_mae": 4.10}}, 4.205)
+    # the validation figure of the export: a kept map's cross-fitted one, else the kept zooms', else the epoch's
+    entry = {"best_val_mae": 4.834}
+    assert benchmark.exported_val_mae(entry) == 4.834
+    entry["zoom_choice"] = {"chosen": "0.95", "val_mae": {"none": 4.834, "0.95": 4.80}}
+    assert benchmark.exported_val_mae(entry) == 4.80
+    entry["age_map"] = {"keep": True, "val_mae_after": 4.877}
+    assert benchmark.exported_val_mae(entry) == 4.877
+    # a re-run on a split another eda.py made is not set beside the recorded test figure as "the same"
+    recorded = {"best_val_mae": 3.975, "best_epoch": 69, "test_mae": 3.951, "split_faces_digest": "a"}
+    results = {"protocols": {"S": {"m": recorded}}, "reruns": {"S/m": [
+        {"date": "d", "best_val_mae": 4.0, "best_epoch": 50, "test_mae": 4.1, "split_faces_digest": "b"}]}}
+    (line,) = benchmark.rerun_lines(results)
+    assert "another split" in line and "not comparable" in line and "the same split" not in line
+    results["reruns"]["S/m"][0]["split_faces_digest"] = "a"
+    assert "the same split" in benchmark.rerun_lines(results)[0]
