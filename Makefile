@@ -1,4 +1,4 @@
-# Two commands: `make demo` (set up, then run every stage on generated faces) and `make test` (the full suite,
+# Two commands: `make demo` (set up, then explore, train, tune and annotate generated faces) and `make test` (the full suite,
 # as CI runs it); `make test-fast` leaves out the tests marked slow (pytest.ini) for a quick check while editing.
 PYTHON_SYSTEM ?= python3
 VENV := .venv

@@ -50,7 +50,7 @@ def get_args_parser():
     p.add_argument("--limit", type=int, default=300, help="pasted scenes (default: %(default)s)")
     p.add_argument("--fgnet-limit", type=int, default=1002, help="FG-NET photos (default: %(default)s)")
     p.add_argument("--mmod-limit", type=int, default=60, help="scenes and photos for mmod (default: %(default)s)")
-    p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (d) (default: %(default)s)")
+    p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (e) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample and scene seed (default: %(default)s)")
     p.add_argument("--model", default=None, help="also time the whole chain with this model.onnx (auto detector)")
     p.add_argument("--zoom-cost", action="store_true",

@@ -34,7 +34,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if "%(default)" in text or not action.option_strings or hidden:
+        if "%(default)" in text or "(default:" in text or not action.option_strings or hidden:
             return text
         return text + " (default: %(default)s)"
 

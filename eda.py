@@ -1,6 +1,6 @@
 """Explore a labelled face folder and write the seeded 80:10:10 split, stratified by age.
 
-    python eda.py --data-dir DATA --out-dir OUT [--min-age 20] [--max-age 50] [--seed 42]
+    python eda.py --data-dir DATA --out-dir OUT [--min-age 20] [--max-age 50] [--seed 42] [--align]
 
 Byte-identical files are merged before the split, so one photo never lands in two splits. A CSV
 with a subject, person or identity column (FG-NET's labels.csv has `subject`) is split by person:
@@ -8,7 +8,8 @@ all photos of one person go to the same split. Without such a column (folders pe
 names) the split is per image, and photos of one person may fall in several splits; the report
 and the summary say so.
 
-Writes OUT/labels.csv, OUT/data_report.json, OUT/splits/{train,val,test}.csv,
+Writes OUT/labels.csv, OUT/data_report.json, OUT/splits/{train,val,test}.csv and crop.json (how the faces
+were cut),
 OUT/pics/sample_images.png, OUT/figs/age_distribution.png, OUT/figs/train_test_valid_age_distri.png,
 each atomically. The CSVs carry `subject`, `gender` and `race` where the data gives them (UTKFace
 names; a CSV's own columns); data_report.json counts those groups per split. The data folder is

@@ -1,7 +1,8 @@
 """Search the learning rate and weight decay on the validation split, then train the winner once.
 
     python hyperparameter_tunning.py --splits OUT/splits --model simplecnn --out-dir RUN \\
-        [--lrs 1e-4,3e-4,1e-3] [--weight-decays 0,1e-4,1e-3] [--epochs-per-trial 3] [--subset-fraction 0.5]
+        [--lrs 1e-4,3e-4,1e-3 (default: 5 log-spaced from 1e-4 to 3e-3)] [--weight-decays 0,1e-4,1e-3]
+        [--epochs-per-trial 3] [--subset-fraction 0.5]
 
 1. Overfit check: a few training images (--overfit-images) must be memorised, full batch, without
    augmentation, to an MAE below --overfit-threshold within --overfit-steps; if not, the pipeline or

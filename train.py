@@ -5,7 +5,7 @@
 
 Writes into RUN: config.json (every setting, versions, git commit, split hashes), best.pt and last.pt
 (atomic, self-describing), TensorBoard events (tensorboard --logdir RUN), learning_curves.png,
-history.json, metrics.json and pred_vs_true.png (test split, best epoch, with the median baseline),
+history.json, metrics.json, pred_vs_true.png and groups.png (test split, best epoch, with the median baseline),
 model.jit and model.onnx.
 """
 from __future__ import annotations
