@@ -289,7 +289,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         # transparent pixels become black, the same rule for every file
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -924,9 +924,18 @@ def _preprocess_or_none(args):
         return None, "undecodable"
 
 
+# Raise it with any change to to_rgb, preprocess_rgb or filter_input: the cached pixels of every split are then
+# made again, so training never reads pixels that inference.py, which calls the new code, would not make.
+PREPROCESS_VERSION = 2
+
+
 def cache_key(paths, cfg: PreprocessConfig) -> str:
-    """Hash of the settings and of every file's path, size and modification time."""
-    h = hashlib.sha256(json.dumps(cfg.cache_settings(), sort_keys=True).encode())
+    """Hash of the settings, the preprocessing code's version (and OpenCV's and Pillow's, which decode,
+    resize and denoise), and of every file's path, size and modification time."""
+    import PIL
+    import cv2
+    code = {"version": PREPROCESS_VERSION, "opencv": cv2.__version__, "pillow": PIL.__version__}
+    h = hashlib.sha256(json.dumps([cfg.cache_settings(), code], sort_keys=True).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -958,12 +967,13 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             if meta.get("key") == key and meta.get("n") == len(paths) == len(meta["ok"]) \
                     and images.shape == (len(paths), size, size, 3):
                 return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
-        except (ValueError, OSError, KeyError, TypeError):  # truncated by a full disk or a crash: rebuilt
+        except (ValueError, OSError, KeyError, TypeError, EOFError):  # cut short (a full disk, a crash): rebuilt
             print(f"note: the cache {array_path.name} is damaged; rebuilding it")
     superseded = superseded_caches(cache_dir, name, cfg, paths, meta_path)
     if superseded:
-        print(f"note: files of {name or 'the images'} changed (size or modification time) since they were "
-              f"cached; preprocessing them again, and the old cache goes once the new one is written")
+        print(f"note: files of {name or 'the images'} (size or modification time), or the preprocessing code, "
+              f"changed since they were cached; preprocessing them again, and the old cache goes once the new "
+              f"one is written")
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: Counter = Counter()
@@ -985,13 +995,18 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     try:
         with open(tmp_array, "wb") as f:
             np.save(f, images)
-        tmp_meta.write_text(meta)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash then leaves the old name or a whole file
+        with open(tmp_meta, "w") as f:
+            f.write(meta)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp_array, array_path)
         os.replace(tmp_meta, meta_path)
     except OSError as exc:
         tmp_array.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DataError(f"no space left on the device holding {cache_dir} (the cache needs about "
                             f"{images.nbytes / 1e6:.0f} MB); free some space or pass --cache-dir on another disk") from None
         raise

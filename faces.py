@@ -29,6 +29,7 @@ import importlib.util
 import json
 import math
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -71,6 +72,7 @@ FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run 
 MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once costs 4x (seconds more)
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
+CHIP_VERSION = 2  # raise it with any change to detection or cutting: eda.py --align then cuts its chips anew
 
 
 @dataclasses.dataclass
@@ -82,6 +84,8 @@ class Face:
     source: str
     landmarks: np.ndarray | None = None
     chip: np.ndarray | None = None
+    rect: tuple | None = None  # the detector's box as it came, which may reach past the photo's edge: the
+    # landmarks are found in it (UTKFace's chips were made that way); `box` is it clipped to the photo
 
 
 def check_crop(crop) -> dict:
@@ -161,21 +165,34 @@ def model_file(name: str) -> str:
 
 
 _CACHE = {}
+_CACHE_LOCK = threading.Lock()
+_PER_THREAD = threading.local()
 
 
 def _load(key, make):
-    """Each model file is read once per process (the 68-point model is 100 MB)."""
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
+    """Each model file is read once per process (the 68-point model is 100 MB); the shape predictors are
+    shared by every thread (their prediction only reads the model)."""
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = make()
+        return _CACHE[key]
+
+
+def _per_thread(key, make):
+    """One object per thread: dlib's detectors keep the image they scan inside themselves and release the
+    GIL, and OpenCV's CLAHE and cascade keep state too, so two threads sharing one crash the process."""
+    cache = _PER_THREAD.__dict__
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def hog_detector():
-    return _load("hog", lambda: _dlib().get_frontal_face_detector())
+    return _per_thread("hog", lambda: _dlib().get_frontal_face_detector())
 
 
 def mmod_detector():
-    return _load("mmod", lambda: _dlib().cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat")))
+    return _per_thread("mmod", lambda: _dlib().cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat")))
 
 
 def shape_predictor(points: int):
@@ -190,11 +207,29 @@ def haar_detector():
         if cascade.empty():
             raise DataError(f"cannot load the Haar cascade {path}; reinstall opencv-python-headless==4.14.0.94")
         return cascade
-    return _load("haar", make)
+    return _per_thread("haar", make)
 
 
 # ----------------------------------------------------------------------------------------------
 # Boxes
+
+def _three_channels(image) -> np.ndarray:
+    """An H x W gray array as H x W x 3 (the detectors, the landmarks and the chip take RGB)."""
+    image = np.asarray(image)
+    return np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2)) if image.ndim == 2 else image
+
+
+def clip_box(box, width, height) -> tuple:
+    """(x, y, w, h) cut to the photo [0, width] x [0, height] (an empty box stays at the edge)."""
+    x, y, w, h = box
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _area(box) -> float:
+    return box[2] * box[3]
+
 
 def iou(a, b) -> float:
     """Intersection over union of two (x, y, w, h) boxes; 0 when either is empty."""
@@ -254,7 +289,9 @@ def haar_faces(gray, min_neighbors: int = HAAR_MIN_NEIGHBORS, min_face: int = 24
     found, _, weights = haar_detector().detectMultiScale3(
         gray, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_face, min_face),
         maxSize=(max_face, max_face), outputRejectLevels=True)
-    return [(tuple(float(v) for v in b), float(s)) for b, s in zip(found, np.ravel(weights))]
+    # OpenCV's parallel scan returns them in a varying order; the cascade keeps the first that HOG confirms
+    return sorted(((tuple(float(v) for v in b), float(s)) for b, s in zip(found, np.ravel(weights))),
+                  key=lambda item: (-item[1], item[0]))
 
 
 def mmod_faces(rgb, upsample: int = MMOD_UPSAMPLE):
@@ -284,14 +321,14 @@ def verify_with_hog(gray, box):
 def _haar_thread():
     """One worker thread per process that runs the cascade's Haar passes, so Haar (OpenCV) works while
     HOG (dlib) runs in the caller's thread: both release the GIL, and on two cores the first pass costs
-    about the larger of the two instead of their sum. One thread, so the shared Haar classifier is never
-    used by two threads at once; keyed by process, since a forked child has no thread behind a pool."""
+    about the larger of the two instead of their sum. Shared by every caller thread (their Haar passes
+    queue there); keyed by process, since a forked child has no thread behind a pool."""
     from concurrent.futures import ThreadPoolExecutor
     return _load(("haar_thread", os.getpid()), lambda: ThreadPoolExecutor(1, thread_name_prefix="haar"))
 
 
 def _clahe():
-    return _load("clahe", lambda: cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)))
+    return _per_thread("clahe", lambda: cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)))
 
 
 def _rotation(shape, degrees):
@@ -331,6 +368,7 @@ class FacePipeline:
     # -- detection --------------------------------------------------------------------------
     def detect(self, rgb) -> list[Face]:
         """Face boxes (with landmarks where a rotated pass found them) in photo pixels, strongest first."""
+        rgb = _three_channels(rgb)
         height, width = rgb.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
         small = rgb if scale == 1.0 else cv2.resize(
@@ -355,6 +393,8 @@ class FacePipeline:
             faces.append(face)
         keep = non_max_suppression([f.box for f in faces], [f.score for f in faces])
         faces = [faces[i] for i in keep if min(faces[i].box[2:]) >= self.min_face]
+        for face in faces:  # reported inside the photo (HOG's box may reach past an edge); cut from the raw one
+            face.rect, face.box = face.box, clip_box(face.box, width, height)
         return faces
 
     def _cascade(self, gray):
@@ -425,19 +465,21 @@ class FacePipeline:
     # -- landmarks and chips ----------------------------------------------------------------
     def faces(self, rgb) -> list[Face]:
         """Every face in the photo with its chip, largest first."""
+        rgb = _three_channels(rgb)
         faces = self.detect(rgb)
         for face in faces:
             self.cut(rgb, face)
-        faces.sort(key=lambda f: -f.box[2] * f.box[3])
+        faces.sort(key=lambda f: -_area(f.rect if f.rect is not None else f.box))
         return faces
 
     def cut(self, rgb, face: Face) -> Face:
         """Fill face.landmarks (if not yet there) and face.chip, following the crop recipe."""
+        rect = face.rect if face.rect is not None else face.box
         if self.crop["kind"] == "box":
-            face.chip = crop_face(rgb, face.box, self.crop["margin"])
+            face.chip = crop_face(rgb, rect, self.crop["margin"])
             return face
         if face.landmarks is None:
-            shape = shape_predictor(self.points)(rgb, _box_to_rect(face.box))
+            shape = shape_predictor(self.points)(rgb, _box_to_rect(rect))
             face.landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
         face.chip = chip_from_landmarks(rgb, face.landmarks, self.crop)
         return face
@@ -499,8 +541,11 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
     (counted as "no_face"). With several faces the largest is taken as the labelled person."""
     import hashlib
     from custom_dataset import load_rgb
+    dlib = _dlib()
     pipeline = FacePipeline(crop, detector)
-    key = hashlib.sha256(json.dumps([pipeline.crop, detector], sort_keys=True).encode()).hexdigest()[:12]
+    # a chip (or a "no face" marker) is the work of this code and these libraries: another version cuts anew
+    code = {"version": CHIP_VERSION, "dlib": dlib.__version__, "opencv": cv2.__version__}
+    key = hashlib.sha256(json.dumps([pipeline.crop, detector, code], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(chips_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     stats = {"chipped": 0, "no_face": 0, "several_faces_largest_used": 0, "from_cache": 0}

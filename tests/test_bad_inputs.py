@@ -235,3 +235,29 @@ def test_read_only_data_folder(corpus, eda_cli, tmp_path):
         assert snapshot(tree) == before  # nothing created or modified in the data folder
     finally:
         set_writable(tree, True)
+
+
+def test_a_cache_file_cut_to_nothing_is_rebuilt_and_a_code_change_rebuilds_too(tmp_path, monkeypatch):
+    import custom_dataset
+    from custom_dataset import PreprocessConfig, build_cache
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(path)
+    cfg = PreprocessConfig(image_size=32, denoise=False, deblur=False)
+    build_cache([str(path)], cfg, tmp_path / "cache", workers=1, progress=False, name="train")
+    (array,) = (tmp_path / "cache").glob("train_*.npy")
+    array.write_bytes(b"")  # a crash right after the rename, before the data reached the disk
+    images, ok, _ = build_cache([str(path)], cfg, tmp_path / "cache", workers=1, progress=False, name="train")
+    assert ok.all() and images.shape == (1, 32, 32, 3) and images[0].mean() == pytest.approx(120, abs=1)
+    monkeypatch.setattr(custom_dataset, "PREPROCESS_VERSION", custom_dataset.PREPROCESS_VERSION + 1)
+    build_cache([str(path)], cfg, tmp_path / "cache", workers=1, progress=False, name="train")
+    assert [p for p in (tmp_path / "cache").glob("train_*.npy")] != [array]  # made anew; the old one is gone
+    assert len(list((tmp_path / "cache").glob("train_*.npy"))) == 1
+
+
+@pytest.mark.parametrize("mode, colour", [("L", 7), ("RGB", (7, 8, 9))])
+def test_a_colour_marked_transparent_becomes_black_in_gray_and_rgb_pngs(tmp_path, mode, colour):
+    pixels = np.full((20, 20) if mode == "L" else (20, 20, 3), 200, np.uint8)
+    pixels[0, 0] = colour
+    Image.fromarray(pixels, mode).save(tmp_path / "t.png", transparency=colour)
+    rgb = load_rgb(tmp_path / "t.png")
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[5, 5].tolist() == [200, 200, 200]

@@ -223,3 +223,61 @@ def test_the_cascades_haar_passes_run_in_one_worker_thread_while_hog_runs_in_the
     haar = {t for n, t in threads if n == "haar_faces"}
     assert len([n for n, _ in threads if n == "haar_faces"]) == 2 and len(haar) == 1
     assert haar.pop().name.startswith("haar") and {t for n, t in threads if n == "hog_faces"} == {threading.current_thread()}
+
+
+@pytest.mark.slow
+def test_threads_each_detecting_get_what_one_thread_gets_and_do_not_crash(utkface_chips, paste_face):
+    import subprocess
+    import sys
+    from conftest import REPO
+    # in a process of its own: a detector shared by threads crashes the interpreter (heap corruption)
+    code = f"""
+import sys, numpy as np
+sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
+from concurrent.futures import ThreadPoolExecutor
+import faces
+from conftest import paste
+from custom_dataset import load_rgb
+chips = [load_rgb(p) for p in {[str(p) for p in sorted((REPO.parent / 'shared' / 'data' / 'UTKFace').iterdir())[::2900][:4]]!r}]
+scenes = [paste(c, 120 + 20 * i, at=(0.45, 0.5), seed=i)[0] for i, c in enumerate(chips)]
+alone = [[f.box for f in faces.FacePipeline().faces(s)] for s in scenes]
+def work(k):
+    pipe = faces.FacePipeline()
+    return [[f.box for f in pipe.faces(s)] for s in scenes for _ in range(3)][::3]
+with ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(work, range(4)))
+assert all(r == alone for r in results), (alone, results)
+print("same", sum(len(a) for a in alone))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and proc.stdout.startswith("same"), proc.stdout + proc.stderr[-2000:]
+
+
+def test_a_box_past_the_photos_edge_is_reported_inside_it_and_cut_from_the_detectors_own(utkface_chips):
+    chip = utkface_chips[0]
+    cut_off = np.ascontiguousarray(chip[:, 40:])  # the face runs off the left edge
+    found = faces.FacePipeline(detector="hog").faces(cut_off)
+    assert found, "HOG finds the cut-off face"
+    x, y, w, h = found[0].box
+    height, width = cut_off.shape[:2]
+    assert x >= 0 and y >= 0 and x + w <= width + 1e-9 and y + h <= height + 1e-9
+    assert found[0].rect != found[0].box and found[0].rect[0] < 0  # the raw one reaches past the edge
+    gray = faces.FacePipeline(detector="hog").faces(cv2.cvtColor(cut_off, cv2.COLOR_RGB2GRAY))  # 2-D input
+    assert [f.box for f in gray] and gray[0].chip.shape == (200, 200, 3)
+
+
+def test_haar_proposals_come_in_one_order():
+    rng = np.random.default_rng(0)
+    gray = np.clip(rng.normal(120, 30, (240, 320)), 0, 255).astype(np.uint8)
+    cv2.circle(gray, (160, 120), 60, 200, -1)
+    found = faces.haar_faces(gray, min_neighbors=0)
+    assert found == sorted(found, key=lambda item: (-item[1], item[0]))
+
+
+def test_chips_are_cut_anew_by_another_version_of_the_code(monkeypatch, tmp_path):
+    records = [{"path": str(tmp_path / "none.png"), "age": 30, "hash": "h"}]
+    cv2.imwrite(records[0]["path"], np.full((120, 160, 3), 90, np.uint8))
+    faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    monkeypatch.setattr(faces, "CHIP_VERSION", faces.CHIP_VERSION + 1)
+    _, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert stats["from_cache"] == 0 and len(list((tmp_path / "chips").iterdir())) == 2
