@@ -605,10 +605,10 @@ def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path,
     from conftest import eda_main
     import demo_data
     data = tmp_path / "data"
-    demo_data.generate_dataset(data, min_age=18, max_age=30, per_age=6, size=32, seed=3)
-    monkeypatch.setitem(benchmark.PROTOCOLS, "S", ["--min-age", "20", "--max-age", "30"])
+    demo_data.generate_dataset(data, min_age=18, max_age=25, per_age=3, size=32, seed=3)
+    monkeypatch.setitem(benchmark.PROTOCOLS, "S", ["--min-age", "20", "--max-age", "25"])
     work, out = tmp_path / "work", tmp_path / "results.json"
-    eda_main(data, work / "S", "--seed", "42", "--min-age", "20", "--max-age", "30")
+    eda_main(data, work / "S", "--seed", "42", "--min-age", "20", "--max-age", "25")
     out.write_text(json.dumps({"data": {"S": {"duplicates": {"conflict_groups_dropped": 0}}}}))
     argv = ["--data-check", "--protocols", "S", "--data-dir", str(data), "--work-dir", str(work), "--out", str(out)]
     benchmark.main(benchmark.get_args_parser().parse_args(argv))
