@@ -229,7 +229,7 @@ def test_the_cascades_haar_passes_run_in_one_worker_thread_while_hog_runs_in_the
 def test_threads_each_detecting_get_what_one_thread_gets_and_do_not_crash(utkface_chips, paste_face):
     import subprocess
     import sys
-    from conftest import REPO
+    from conftest import REPO, SHARED_DATA
     # in a process of its own: a detector shared by threads crashes the interpreter (heap corruption)
     code = f"""
 import sys, numpy as np
@@ -238,7 +238,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faces
 from conftest import paste
 from custom_dataset import load_rgb
-chips = [load_rgb(p) for p in {[str(p) for p in sorted((REPO.parent / 'shared' / 'data' / 'UTKFace').iterdir())[::2900][:4]]!r}]
+chips = [load_rgb(p) for p in {[str(p) for p in sorted((SHARED_DATA / 'UTKFace').iterdir())[::2900][:4]]!r}]
 scenes = [paste(c, 120 + 20 * i, at=(0.45, 0.5), seed=i)[0] for i, c in enumerate(chips)]
 alone = [[f.box for f in faces.FacePipeline().faces(s)] for s in scenes]
 def work(k):
