@@ -221,7 +221,7 @@ def fit_chip5_template(files):
         padded = cv2.copyMakeBorder(rgb, CHIP_PAD, CHIP_PAD, CHIP_PAD, CHIP_PAD, cv2.BORDER_REPLICATE)
         found = pipe.detect(padded)
         if found:
-            shape = faces.shape_predictor(5)(padded, faces._box_to_rect(found[0].box))
+            shape = faces.shape_predictor(5)(padded, faces._box_to_rect(found[0].rect))
             points.append([[p.x - CHIP_PAD, p.y - CHIP_PAD] for p in shape.parts()])
     return np.round(np.mean(points, axis=0), 2).tolist(), len(points)
 
@@ -308,10 +308,10 @@ def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit):
 def checked_detectors(args):
     if min(args.fgnet_limit, args.chip_limit) < 0:
         raise DataError("--fgnet-limit and --chip-limit must not be negative (0 leaves that part out)")
-    if min(args.limit, args.mmod_limit) < 1:  # every detector's figures are rates over its scenes
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    if args.limit < 1 or ("mmod" in detectors and args.mmod_limit < 1):  # figures are rates over the scenes
         raise DataError(f"--limit and --mmod-limit must be at least 1, got {args.limit} and {args.mmod_limit} "
                         "(to leave mmod out, leave it out of --detectors)")
-    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     unknown = [d for d in detectors if d not in faces.DETECTORS]
     if unknown:
         raise DataError(f"unknown detector(s) {', '.join(unknown)}; choose from {', '.join(faces.DETECTORS)}")

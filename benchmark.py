@@ -1462,7 +1462,8 @@ def finals_lines(protocols, reruns=()):
 def run_minutes(entry) -> float:
     """The minutes a final's train.py run took: every epoch with its validation, the teacher table, the test
     split and the exports (the training passes alone where an old record lacks the whole)."""
-    return entry.get("wall_minutes_incl_eval_export", entry["train_minutes"])
+    # a run resumed after a kill times only its last part on the clock; its epochs are all in train_minutes
+    return max(entry.get("wall_minutes_incl_eval_export", 0.0), entry["train_minutes"])
 
 
 def target_line(protocol, models):
@@ -2099,7 +2100,7 @@ def headline_block(sources) -> str:
         teachers = teachers_minutes(protocols["S"], r)
         digest = r.get("split_faces_digest")  # a re-run on another split has other test faces: not set beside it
         again = [x["test_mae"] for x in results.get("reruns", {}).get(f"S/{s_best}", []) if "test_mae" in x
-                 and (digest is None or x.get("split_faces_digest") in (None, digest))]
+                 and x.get("split_faces_digest") == digest]
         rows.append(f"| best on ages 20–50 (Protocol S, `{s_best}`, chosen on validation) | test MAE "
                     f"{r['test_mae']:.2f}" + (f" ({', '.join(f'{t:.2f}' for t in again)} when trained again)"
                                              if again else "")
@@ -2418,6 +2419,7 @@ def run_data_check(args, protocols):
             "same_split": today == before, "faces_only_before": len(before.keys() - today.keys()),
             "faces_only_today": len(today.keys() - before.keys()),
             "faces_in_another_split": sum(today[h] != before[h] for h in common),
+            "split_faces_digest": train.split_faces_digest(used),  # the split it was set beside
             "command": f"python benchmark.py --data-check --protocols {protocol}"}
         print(f"{protocol}: " + json.dumps(results["data_check"][protocol]))
         save_results(out_path, results)
@@ -2428,6 +2430,9 @@ def data_check_lines(results) -> list:
     lines = []
     for protocol, c in results.get("data_check", {}).items():
         recorded = results.get("data", {}).get(protocol, {})
+        if None not in (recorded.get("split_faces_digest"), c.get("split_faces_digest")) and \
+                recorded["split_faces_digest"] != c["split_faces_digest"]:
+            continue  # a check of a split the recorded runs no longer use
         if c["same_split"]:
             lines.append(f"- Protocol {protocol}: today's `eda.py` makes the very split its runs used (checked "
                          f"{c['date']}, `{c['command']}`).")
@@ -2515,16 +2520,21 @@ def rerun_lines(results) -> list:
             test = f", test {recorded['test_mae']:.2f} → **{r['test_mae']:.2f}**" if "test_mae" in r else ""
             # the split is made again by the day's eda.py: "the same" only where it is known to be
             digests = (recorded.get("split_faces_digest"), r.get("split_faces_digest"))
-            other = None not in digests and digests[0] != digests[1]
-            split = "another split (today's eda.py made a different one)" if other else "split"
+            if digests[0] == digests[1]:  # both known and equal, or both older records (the split of those days)
+                split, reading = "the same split", ("The same command does not give the same weights on another "
+                                                    "day, so a difference of this size between two finals is not "
+                                                    "evidence.")
+            elif None in digests:
+                split, reading = ("a split made again by that day's eda.py", "It is not known to be the recorded "
+                                  "split, so the two test figures may be of different faces.")
+            else:
+                split, reading = ("another split (that day's eda.py made a different one)",
+                                  "Different test faces: the two test figures are not comparable.")
             lines.append(f"- **Re-run** `{name}`, Protocol {protocol}, on {r['date']} (`python benchmark.py --rerun "
-                         f"--protocols {protocol} --models {name}`; the same recipe and seed, "
-                         f"{'the same ' + split if not other else split}, today's code and "
-                         f"machine): {teachers}validation {recorded['best_val_mae']:.3f} → {r['best_val_mae']:.3f} "
-                         f"(best epoch {recorded['best_epoch']} → {r['best_epoch']}){test}. "
-                         + ("Different test faces: the two test figures are not comparable." if other else
-                            "The same command does not give the same weights on another day, so a difference of "
-                            "this size between two finals is not evidence."))
+                         f"--protocols {protocol} --models {name}`; the same recipe and seed, {split}, today's code "
+                         f"and machine): {teachers}validation {recorded['best_val_mae']:.3f} → "
+                         f"{r['best_val_mae']:.3f} (best epoch {recorded['best_epoch']} → {r['best_epoch']}){test}. "
+                         + reading)
     return lines
 
 

@@ -399,7 +399,7 @@ def main(args):
     if splits and Path(splits).is_dir():  # exports among the images would come back as faces
         from train import refuse_output_in_data
         refuse_output_in_data(out, splits)
-    refuse = labelled_folder_above(out)
+    refuse = labelled_folder_above(out) if args.out_dir else None  # the run's own folder is train.py's choice
     if refuse is not None:
         raise DataError(f"--out-dir {out} is inside {refuse}, which holds a labelled face data set; write outside it")
     if out.is_dir():

@@ -209,9 +209,13 @@ def data_digest(args) -> str:
     the teacher table's bytes. A split made again by eda.py, or new teachers, gives new trials, never the rows
     of the old ones; where the folder is written (relative or absolute) does not matter."""
     digest = hashlib.sha1()
+    from_checkpoints = getattr(args, "teacher_sources_digest", None)
     for path in [Path(args.splits) / name for name in ("train.csv", "val.csv", "crop.json")] + (
-            [Path(args.teacher)] if args.teacher and train.teacher_is_table(args.teacher) else []):
+            [Path(args.teacher)] if args.teacher and train.teacher_is_table(args.teacher) and not from_checkpoints
+            else []):
         digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    if from_checkpoints:
+        digest.update(b"teachers\0" + from_checkpoints.encode())
     return digest.hexdigest()
 
 
@@ -464,7 +468,13 @@ def with_teacher_table(args, out: Path, cache_dir: Path):
     if not args.teacher or train.teacher_is_table(args.teacher):
         return args
     train.write_teacher_table(args, cache_dir, out / "teacher.npz")
-    return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz")})
+    # the trials' key holds the checkpoints' bytes, not the table predicted from them again on every restart
+    # (whose last digits may move with the device or threads)
+    sources = hashlib.sha1()
+    for source in train.teacher_sources(args.teacher):
+        sources.update(Path(source).read_bytes())
+    return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz"),
+                                 "teacher_sources_digest": sources.hexdigest()})
 
 
 def check_args(args):
@@ -495,7 +505,8 @@ def check_args(args):
         try:
             train.check_settings(trial)
         except DataError as exc:
-            raise DataError(f"{exc} (in {which}, {flag})") from None
+            text = str(exc).replace(" (see train.py --help)", " (see hyperparameter_tunning.py --help)")
+            raise DataError(text + (f" (in {which}, {flag})" if "epochs" in text else "")) from None
     train.refuse_output_in_data(Path(args.out_dir), splits)
 
 

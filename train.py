@@ -421,9 +421,10 @@ class WithTeacher:
 
 
 def face_key(row) -> str:
-    """A split row's face identity: eda.py's content hash, the file's full path where a CSV lacks it (a name
-    alone would join 20/img001.jpg and 21/img001.jpg)."""
-    return row.get("hash") or str(Path(row.get("path") or "").resolve())
+    """A split row's face identity: eda.py's content hash, the path as the CSV writes it where it lacks one
+    (unique within the split, unlike the name alone: 20/img001.jpg, 21/img001.jpg; portable where the CSV's
+    paths are relative)."""
+    return row.get("hash") or (row.get("path") or "")
 
 
 def split_csv_rows(path) -> list:

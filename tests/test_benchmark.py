@@ -647,3 +647,25 @@ def test_the_readings_say_only_what_the_records_show():
     assert "another split" in line and "not comparable" in line and "the same split" not in line
     results["reruns"]["S/m"][0]["split_faces_digest"] = "a"
     assert "the same split" in benchmark.rerun_lines(results)[0]
+
+
+def test_a_resumed_final_counts_all_its_epochs_and_old_checks_and_unknown_splits_are_said_so():
+    resumed = {"best_val_mae": 4.8, "test_mae": 4.5, "train_minutes": 95.0, "wall_minutes_incl_eval_export": 12.0,
+               "params": 700_000}
+    assert benchmark.target_line("F", {"resumed": resumed}) == []  # 95 min of epochs: over the hour
+    recorded = {"best_val_mae": 3.975, "best_epoch": 69, "test_mae": 3.951}  # recorded before digests existed
+    results = {"protocols": {"S": {"m": recorded}}, "reruns": {"S/m": [
+        {"date": "d", "best_val_mae": 4.0, "best_epoch": 50, "test_mae": 4.1, "split_faces_digest": "b"}]}}
+    (line,) = benchmark.rerun_lines(results)
+    assert "not known to be the recorded split" in line and "the same split" not in line
+    check = {"same_split": True, "date": "d", "command": "c", "split_faces_digest": "old"}
+    assert benchmark.data_check_lines({"data": {"S": {"split_faces_digest": "old"}}, "data_check": {"S": check}})
+    assert benchmark.data_check_lines({"data": {"S": {"split_faces_digest": "new"}}, "data_check": {"S": check}}) == []
+
+
+def test_the_mmod_limit_matters_only_where_mmod_runs():
+    import bench_detection
+    parse = lambda *a: bench_detection.get_args_parser().parse_args(list(a))
+    assert bench_detection.checked_detectors(parse("--detectors", "hog,haar", "--mmod-limit", "0")) == ["hog", "haar"]
+    with pytest.raises(DataError, match="--mmod-limit must be at least 1"):
+        bench_detection.checked_detectors(parse("--detectors", "hog,mmod", "--mmod-limit", "0"))

@@ -231,6 +231,14 @@ def test_settings_no_trial_could_run_are_one_line_before_anything_is_written(dem
     assert not out.exists()  # refused before the overfit check built anything
 
 
+def test_a_setting_error_names_the_tuners_help_and_the_run_only_where_the_epochs_matter(demo, tmp_path):
+    argv = SEARCH + ["--splits", str(demo["splits"]), "--out-dir", str(tmp_path / "r"), "--dropout", "1.5"]
+    with pytest.raises(DataError) as error:
+        ht.main(ht.get_args_parser().parse_args(argv))
+    assert "--dropout must be" in str(error.value) and "hyperparameter_tunning.py --help" in str(error.value)
+    assert "in a trial" not in str(error.value)
+
+
 def test_an_out_dir_among_the_images_is_refused_before_anything_is_written(demo):
     out = demo["root"] / "data" / "30" / "search"
     with pytest.raises(DataError, match="holds the data set's images"):
