@@ -2384,13 +2384,9 @@ def goes_on(run_dir, args) -> bool:
 
 
 def split_faces(splits) -> dict:
-    """{content hash: split name} of a split folder's three CSVs (eda.py writes each face's hash)."""
-    import csv
-    faces = {}
-    for name in ("train", "val", "test"):
-        with open(Path(splits) / f"{name}.csv", newline="", encoding="utf-8") as f:
-            faces.update({row["hash"]: name for row in csv.DictReader(f)})
-    return faces
+    """{face key (eda.py's content hash): split name} of a split folder's three CSVs."""
+    return {train.face_key(row): name for name in ("train", "val", "test")
+            for row in train.split_csv_rows(Path(splits) / f"{name}.csv")}
 
 
 def run_data_check(args, protocols):

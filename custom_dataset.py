@@ -1039,12 +1039,18 @@ def superseded_caches(cache_dir, name, cfg: PreprocessConfig, paths, current_met
     return stale
 
 
-def remove_orphans(folder):
-    """Temporary files left by a cache build that was killed (its process is gone)."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+def remove_orphans(folder, pattern: str = ".*.tmp"):
+    """What a killed process left in folder: entries matching pattern (files, or staging folders) whose name
+    carries the PID as its last all-digit dotted field (.x.npy.123.tmp, .clip_age.123.tmp.mp4, .staging.123),
+    that process being gone. A live process's are kept."""
+    import shutil
+    for left in Path(folder).glob(pattern):
+        pid = next((field for field in reversed(left.name.split(".")) if field.isdigit()), None)
+        if pid is not None and not process_alive(int(pid)):
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_dataset import DataError, labelled_folder_above, load_split_dataset, process_alive, remove_orphans
+from custom_dataset import DataError, labelled_folder_above, load_split_dataset, remove_orphans
 from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
 from cli import ArgumentParser, lazy_import, run_cli
 from functions import atomic_write, time_runs
@@ -117,11 +117,8 @@ def at_least(low: int):
 def staging_folder(out: Path) -> Path:
     """out/.staging.<PID>/: exports are written and checked here before they replace the old files; a killed
     run's folder is removed by the next."""
-    import shutil
-    for left in out.glob(".staging.*"):
-        pid = left.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(left, ignore_errors=True)
+    if out.is_dir():
+        remove_orphans(out, ".staging.*")
     folder = out / f".staging.{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -213,7 +213,7 @@ def haar_detector():
 # ----------------------------------------------------------------------------------------------
 # Boxes
 
-def _three_channels(image) -> np.ndarray:
+def three_channels(image) -> np.ndarray:
     """An H x W gray array as H x W x 3 (the detectors, the landmarks and the chip take RGB)."""
     image = np.asarray(image)
     return np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2)) if image.ndim == 2 else image
@@ -368,7 +368,7 @@ class FacePipeline:
     # -- detection --------------------------------------------------------------------------
     def detect(self, rgb) -> list[Face]:
         """Face boxes (with landmarks where a rotated pass found them) in photo pixels, strongest first."""
-        rgb = _three_channels(rgb)
+        rgb = three_channels(rgb)
         height, width = rgb.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
         small = rgb if scale == 1.0 else cv2.resize(
@@ -465,7 +465,7 @@ class FacePipeline:
     # -- landmarks and chips ----------------------------------------------------------------
     def faces(self, rgb) -> list[Face]:
         """Every face in the photo with its chip, largest first."""
-        rgb = _three_channels(rgb)
+        rgb = three_channels(rgb)
         faces = self.detect(rgb)
         for face in faces:
             self.cut(rgb, face)

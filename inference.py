@@ -53,7 +53,7 @@ from PIL import Image
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
-                            load_rgb, parse_zooms, preprocess_rgb, process_alive, to_rgb, write_csv, write_image,
+                            load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image,
                             zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from cli import ArgumentParser, run_cli
@@ -379,7 +379,7 @@ def as_rgb(image) -> np.ndarray:
     if array.dtype != np.uint8:
         raise DataError(f"images must be uint8 arrays, got {array.dtype}")
     if array.ndim == 2:
-        return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2))
+        return face_pipeline.three_channels(array)
     if array.ndim == 3 and array.shape[2] == 4:  # transparent pixels become black, as in files
         return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(array), "RGBA")))
     if array.ndim == 3 and array.shape[2] == 3:
@@ -867,10 +867,8 @@ class _VideoFile:
     def __init__(self, output, fps):
         self.output, self.fps, self.writer = Path(output), fps, None
         suffix = self.output.suffix or ".mp4"  # OpenCV picks the container by it
-        for left in self.output.parent.glob(f".{glob.escape(self.output.stem)}.*.tmp{suffix}"):
-            pid = left.name[len(self.output.stem) + 2:-len(f".tmp{suffix}")]
-            if pid.isdigit() and not process_alive(int(pid)):  # a killed run's
-                left.unlink(missing_ok=True)
+        if self.output.parent.is_dir():  # a killed run's temporary video
+            remove_orphans(self.output.parent, f".{glob.escape(self.output.stem)}.*.tmp{suffix}")
         self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp{suffix}")
 
     def write(self, rgb):
