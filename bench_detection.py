@@ -25,12 +25,12 @@ import statistics
 import time
 from pathlib import Path
 
+from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
 import cv2
 import numpy as np
 
 import faces
 from custom_dataset import DataError, UTKFACE_NAME, load_rgb
-from cli import ArgumentParser, run_cli
 from functions import atomic_write, same_or_inside
 CANVAS_W, CANVAS_H = 640, 480
 FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height

@@ -23,6 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cli import ArgumentParser, lazy_import, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
 import eda
@@ -31,7 +32,6 @@ from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTK
                             PreprocessConfig, build_cache, make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, rewrite_export_metadata,
                          save_checkpoint)
-from cli import ArgumentParser, lazy_import, run_cli
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
                        keep_freed_memory, lowers_worst_decade, lowest_mae_zoom_set, test_time_views, time_runs,
                        worst_of_table)

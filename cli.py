@@ -2,12 +2,34 @@
 one-line usage errors, every default in --help, and expected failures as one line with exit code 2."""
 import argparse
 import importlib
+import os
 import sys
 import types
 
 # The names --model accepts everywhere; model.build_model builds each. Kept here, not in model.py,
 # because a parser must list them without importing torch.
 MODEL_NAMES = ("simplecnn", "simplecnn_bn", "simplecnn_deep", "simplecnn_gap", "resnet18", "resnet34", "resnet50")
+
+
+# pip's name for each import name that differs from it
+PACKAGE_OF = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "dlib": "dlib-bin",
+              "face_recognition_models": "face-recognition-models"}
+
+
+def _missing_package_hook(kind, exc, tb, previous_hook=sys.excepthook):
+    """A missing requirement fails at a script's first imports, before run_cli can catch anything: one line
+    that names the package and the install command, not an ImportError's traceback. Scripts import cli before
+    any third-party package so that this hook is in place first."""
+    if not issubclass(kind, ModuleNotFoundError) or not exc.name:
+        return previous_hook(kind, exc, tb)
+    name = exc.name.split(".")[0]
+    print(f"error: the package {PACKAGE_OF.get(name, name)} is missing from this Python ({sys.executable}); "
+          f"install the project's requirements: pip install -r requirements.txt", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(2)
+
+
+sys.excepthook = _missing_package_hook
 
 
 class LazyModule(types.ModuleType):

@@ -25,10 +25,10 @@ random generator, so it is byte-identical whatever else is generated.
 
 import os
 
+from cli import ArgumentParser  # first: cli._missing_package_hook
 import cv2
 import numpy as np
 
-from cli import ArgumentParser
 from custom_dataset import write_image
 
 JPEG_QUALITY = 92

@@ -22,13 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
 from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, drop_conflicts_outside_filter,
                             load_rgb, scan_images, share_like_a_new_file, source_subject_column, stratified_split,
                             write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
-from cli import ArgumentParser, run_cli
 from functions import atomic_write, pyplot, same_or_inside
 SPLITS = ("train", "val", "test")
 MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
@@ -203,7 +203,8 @@ def face_crop(args, layout, records, out_dir, progress):
     start = time.perf_counter()
     chipped, stats = chip_dataset(records, out_dir / "chips", CROPS[args.align_crop], args.detector, progress)
     print(f"aligned: {stats['chipped']} faces cut ({stats['from_cache']} from the cache), {stats['no_face']} photos "
-          f"without a face dropped, {stats['several_faces_largest_used']} with several faces (largest used)")
+          f"without a face dropped, {stats['several_faces_largest_used']} with several faces (largest used)"
+          + (f", {stats['unreadable_file']} unreadable now (skipped; read again next run)" if stats["unreadable_file"] else ""))
     if not chipped:
         raise DataError(f"--align found no face in any of the {len(records)} images of {args.data_dir}")
     stats = {**stats, "seconds": round(time.perf_counter() - start, 1), "records": chipped}
@@ -276,6 +277,8 @@ def main(args):
     if align_stats:
         kept = align_stats.pop("records")
         skipped["no_face"] += align_stats["no_face"]
+        if align_stats["unreadable_file"]:
+            skipped["unreadable_file"] += align_stats["unreadable_file"]
     if len(kept) < MIN_IMAGES:
         raise DataError(f"only {len(kept)} usable unique images in {data_dir}; the 80:10:10 split needs at least "
                         f"{MIN_IMAGES}, so that validation and test get at least one image each")

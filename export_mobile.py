@@ -32,11 +32,11 @@ import statistics
 import warnings
 from pathlib import Path
 
+from cli import ArgumentParser, lazy_import, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
 from custom_dataset import DataError, labelled_folder_above, load_split_dataset, remove_orphans
 from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
-from cli import ArgumentParser, lazy_import, run_cli
 from functions import atomic_write, time_runs
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it

@@ -548,7 +548,7 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
     key = hashlib.sha256(json.dumps([pipeline.crop, detector, code], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(chips_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
-    stats = {"chipped": 0, "no_face": 0, "several_faces_largest_used": 0, "from_cache": 0}
+    stats = {"chipped": 0, "no_face": 0, "several_faces_largest_used": 0, "from_cache": 0, "unreadable_file": 0}
     kept = []
     items = records
     if progress:
@@ -556,17 +556,25 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
         items = tqdm(records, desc="aligning faces", unit="img")
     for rec in items:
         chip_path, none_path = folder / f"{rec['hash']}.png", folder / f"{rec['hash']}.none"
+        several_path = folder / f"{rec['hash']}.several"  # kept so that a cached run reports the same counts
         if chip_path.is_file() or none_path.is_file():
             stats["from_cache"] += 1
         else:
-            found = pipeline.faces(load_rgb(rec["path"]))
+            try:
+                rgb = load_rgb(rec["path"])
+            except OSError:  # perhaps a passing fault: nothing is cached, so the next run tries it again
+                stats["unreadable_file"] += 1
+                continue
+            found = pipeline.faces(rgb)
             if not found:
                 none_path.touch()
             else:
-                stats["several_faces_largest_used"] += len(found) > 1
+                if len(found) > 1:
+                    several_path.touch()
                 write_image(chip_path, found[0].chip)
         if chip_path.is_file():
             stats["chipped"] += 1
+            stats["several_faces_largest_used"] += several_path.is_file()
             kept.append({**rec, "source": rec["path"], "path": str(chip_path.resolve())})
         else:
             stats["no_face"] += 1

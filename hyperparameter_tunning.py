@@ -31,12 +31,12 @@ import shlex
 import time
 from pathlib import Path
 
+from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
 import train
 from custom_dataset import DataError, channel_stats, load_split_dataset
 from checkpoints import load_checkpoint
-from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
 from functions import NonFiniteLossError, atomic_write, configure_threads, evaluate, pyplot, set_seed, train_one_epoch
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it

@@ -46,6 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
 import cv2
 import numpy as np
 from PIL import Image
@@ -56,7 +57,6 @@ from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_n
                             load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image,
                             zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
-from cli import ArgumentParser, run_cli
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)

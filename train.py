@@ -21,12 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
 from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
                             make_loader, parse_zooms)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli
 from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
                        apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,

@@ -254,6 +254,38 @@ def test_a_cache_file_cut_to_nothing_is_rebuilt_and_a_code_change_rebuilds_too(t
     assert len(list((tmp_path / "cache").glob("train_*.npy"))) == 1
 
 
+def test_a_file_that_cannot_be_read_for_now_is_not_cached_as_undecodable(tmp_path, monkeypatch, capsys):
+    import pathlib
+    from custom_dataset import PreprocessConfig, build_cache
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((40, 40, 3), 60 + 60 * i, np.uint8)).save(paths[-1])
+    cfg = PreprocessConfig(image_size=32, denoise=False, deblur=False)
+    real_open, real_read = Image.open, pathlib.Path.read_bytes
+    def failing_open(fp, *a, **k):  # a network share's hiccup on the second file
+        if str(fp) == str(paths[1]):
+            raise OSError(5, "Input/output error")
+        return real_open(fp, *a, **k)
+    def failing_read(self):
+        if str(self) == str(paths[1]):
+            raise OSError(5, "Input/output error")
+        return real_read(self)
+    monkeypatch.setattr(Image, "open", failing_open)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", failing_read)
+    images, ok, skipped = build_cache(list(map(str, paths)), cfg, tmp_path / "cache", workers=1, progress=False)
+    assert ok.tolist() == [True, False] and skipped == {"unreadable_file": 1}
+    assert "could not be read" in capsys.readouterr().out and not list((tmp_path / "cache").glob("*.npy"))
+    monkeypatch.setattr(Image, "open", real_open)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", real_read)
+    images, ok, skipped = build_cache(list(map(str, paths)), cfg, tmp_path / "cache", workers=1, progress=False)
+    assert ok.all() and not skipped and images[1].mean() == pytest.approx(120, abs=1)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    (text := tmp_path / "text.png").write_bytes(b"no image at all")  # a file that reads but does not decode
+    _, ok, skipped = build_cache([str(text)], cfg, tmp_path / "cache2", workers=1, progress=False)
+    assert skipped == {"undecodable": 1} and len(list((tmp_path / "cache2").glob("*.npy"))) == 1
+
+
 @pytest.mark.parametrize("mode, colour", [("L", 7), ("RGB", (7, 8, 9))])
 def test_a_colour_marked_transparent_becomes_black_in_gray_and_rgb_pngs(tmp_path, mode, colour):
     pixels = np.full((20, 20) if mode == "L" else (20, 20, 3), 200, np.uint8)

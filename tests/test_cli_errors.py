@@ -22,6 +22,17 @@ def test_usage_errors_are_one_line(script, argv, words):
     assert_one_line_error(run_script(script, *argv), *words)
 
 
+@pytest.mark.parametrize("script, hidden, package", [
+    ("inference.py", "cv2", "opencv-python-headless"), ("eda.py", "numpy", "numpy"),
+    ("bench_detection.py", "cv2", "opencv-python-headless"), ("export_mobile.py", "numpy", "numpy"),
+])
+def test_a_missing_requirement_is_one_line_naming_the_package(script, hidden, package):
+    """Each script imports cli before any third-party package, so even an import at its top is one line."""
+    code = (f"import sys, runpy; sys.modules[{hidden!r}] = None; sys.argv = [{script!r}, '--help']; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    assert_one_line_error(run_script("-c", code), f"the package {package} is missing", "pip install -r requirements.txt")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flag, value, rule", [
     ("--batch-size", "0", "--batch-size must be at least 1"),

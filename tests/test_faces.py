@@ -154,6 +154,23 @@ def test_chip_dataset_counts_photos_without_a_face_and_reuses_its_cache(utkface_
     assert all(cv2.imread(r["path"]).shape == (200, 200, 3) for r in kept)
     again, stats2 = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
     assert stats2["from_cache"] == 4 and [r["path"] for r in again] == [r["path"] for r in kept]
+    assert stats2["several_faces_largest_used"] == stats["several_faces_largest_used"] == 0
+
+
+def test_chip_dataset_remembers_several_faces_and_retries_an_unreadable_photo(utkface_chips, paste_face, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    scene, _ = paste_face(utkface_chips[0], 170, at=(0.3, 0.5), seed=0)
+    second, _ = paste_face(utkface_chips[1], 120, at=(0.78, 0.4), seed=1)
+    scene[:, 400:] = second[:, 400:]  # two faces: the larger one is the labelled person
+    cv2.imwrite(str(photos / "two.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+    records = [{"path": str(photos / "two.png"), "age": 30, "hash": "htwo"},
+               {"path": str(photos / "gone_for_now.png"), "age": 40, "hash": "hgone"}]
+    kept, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert (stats["chipped"], stats["several_faces_largest_used"], stats["unreadable_file"]) == (1, 1, 1)
+    cv2.imwrite(str(photos / "gone_for_now.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))  # readable again
+    again, stats2 = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert (stats2["from_cache"], stats2["chipped"], stats2["several_faces_largest_used"]) == (1, 2, 2)
 
 
 @pytest.mark.parametrize("crop", [faces.UTKFACE_CROP, faces.BOX_CROP])
