@@ -25,7 +25,7 @@ random generator, so it is byte-identical whatever else is generated.
 
 import os
 
-from cli import ArgumentParser  # first: cli._missing_package_hook
+from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
 import cv2
 import numpy as np
 
@@ -399,6 +399,7 @@ def get_args_parser():
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (at least 32)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed: the same seed, age and index always give the same image")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -420,5 +421,4 @@ def main(args, parser=None):
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    main(parser.parse_args(), parser)
+    run_cli(main, get_args_parser())

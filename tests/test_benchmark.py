@@ -453,13 +453,22 @@ def test_the_filter_table_lists_every_filter_with_its_signed_errors_under_50():
     assert benchmark.cross_filter_lines({}) == []
 
 
-def test_cross_filters_scores_the_found_faces_under_every_filter(tmp_path):
+def test_cross_filters_scores_the_found_faces_under_every_filter(tmp_path, monkeypatch):
+    import inference
     from conftest import constant_model
     model = constant_model(tmp_path / "model.onnx", age=30.0, min_age=0, max_age=100)
     rng = np.random.default_rng(0)
     found = [(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), age) for age in (22.0, 24.0, 45.0)]
+    given = []  # what the model was given under each filter: a constant model's ages cannot show it
+    real_predict = inference.AgeEstimator.predict_inputs
+    monkeypatch.setattr(inference.AgeEstimator, "predict_inputs",
+                        lambda self, inputs: given.append(inputs.copy()) or real_predict(self, inputs))
     figures = benchmark.cross_filters(model, found)
     assert list(figures) == list(benchmark.chip_filters())
+    estimator = inference.AgeEstimator(model, whole_image=True)
+    for inputs, apply in zip(given, benchmark.chip_filters().values(), strict=True):
+        assert np.array_equal(inputs, estimator.model_inputs([apply(chip) for chip, _ in found]))
+    assert len({inputs.tobytes() for inputs in given}) == len(given)  # each filter changed the faces otherwise
     for f in figures.values():  # a constant 30 years: errors +8, +6, -15
         assert f["n"] == 3 and f["mae"] == pytest.approx(29 / 3, abs=1e-3)
         assert f["mean_error_per_decade"] == {"20-29": 7.0, "40-49": -15.0}

@@ -185,7 +185,7 @@ def test_the_online_teacher_sees_the_augmented_and_mixed_batch_and_sets_the_targ
         return torch.full((len(batch),), 33.0), functions.gaussian_targets(torch.full((len(batch),), 33.0),
                                                                             model.age_grid)
     augment = custom_dataset.AugmentConfig()
-    functions.train_one_epoch(model, [(images, ages)], torch.optim.SGD(model.parameters(), lr=0.0),
+    epoch = functions.train_one_epoch(model, [(images, ages)], torch.optim.SGD(model.parameters(), lr=0.0),
                               mean=torch.zeros(3), std=torch.full((3,), 255.0), loss_kind="mse", augment=augment,
                               generator=torch.Generator().manual_seed(5), progress=False, mixup=0.2,
                               teacher_weight=1.0, online_teacher=constant_teacher)
@@ -200,6 +200,10 @@ def test_the_online_teacher_sees_the_augmented_and_mixed_batch_and_sets_the_targ
     other_labels, _ = functions.age_loss(model, outputs, ages + 7, "mse", teacher=constant_teacher(expected),
                                          teacher_weight=1.0)
     assert torch.allclose(towards_teacher, other_labels)
+    # and that is the loss the epoch trained on (lr 0, no dropout: the same outputs), not the labels' loss
+    labels_only, _ = functions.age_loss(model, outputs, ages, "mse")
+    assert epoch["loss"] == pytest.approx(towards_teacher.item(), rel=1e-4)
+    assert abs(labels_only.item() - towards_teacher.item()) > 1e-2 * towards_teacher.item()
 
 
 @pytest.mark.parametrize("extra, words", [([], ["--teacher-online", "--teacher checkpoints"]),

@@ -112,6 +112,30 @@ def test_two_process_training_uses_both_shards(ddp_run, ddp_splits):
         assert h["train_images"] == 2 * per_rank and h["train_images"] - n_train in (0, 1)
 
 
+def test_each_rank_reads_its_own_share_of_one_permutation():
+    """What the run above cannot see from its counts: rank 1 reads other images than rank 0, and the
+    two shares together cover every training image (one repeat pads an odd count)."""
+    import argparse
+    import train
+
+    class Numbered(torch.utils.data.Dataset):  # image i is filled with i, so a batch names its images
+        def __len__(self):
+            return 37
+
+        def __getitem__(self, i):
+            return torch.full((3, 2, 2), i, dtype=torch.uint8), torch.tensor(float(i))
+    args = argparse.Namespace(balance=False, seed=0, batch_size=8)
+    seen = {}
+    for rank in (0, 1):
+        loader, steps = train.make_train_loader(args, Numbered(), argparse.Namespace(active=True, world_size=2,
+                                                                                   rank=rank), False)
+        seen[rank] = [int(age) for _, ages in loader(1) for age in ages]
+        assert len(seen[rank]) == 19 and steps == 3
+    assert set(seen[0]) | set(seen[1]) == set(range(37)) and len(set(seen[0]) & set(seen[1])) <= 1
+    again = train.make_train_loader(args, Numbered(), argparse.Namespace(active=True, world_size=2, rank=0), False)[0]
+    assert [int(a) for _, ages in again(2) for a in ages] != seen[0]  # another epoch, another permutation
+
+
 @pytest.mark.parametrize("which", ["best.pt", "last.pt"])
 def test_reported_val_mae_equals_single_process_evaluate(ddp_run, ddp_splits, which):
     out, cache, _ = ddp_run

@@ -176,6 +176,8 @@ def test_a_failed_check_keeps_the_previous_export_and_a_killed_runs_staging_goes
     export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
                                 "--format", "pt2"))
     before = (tmp_path / "model.pt2").read_bytes()
+    # the same checkpoint exports to the same bytes: the file's identity shows that it was not written again
+    identity = (tmp_path / "model.pt2").stat().st_ino, (tmp_path / "model.pt2").stat().st_mtime_ns
     gone = subprocess.Popen(["true"])
     gone.wait()
     left = tmp_path / f".staging.{gone.pid}"  # what a run killed before its check left
@@ -189,6 +191,7 @@ def test_a_failed_check_keeps_the_previous_export_and_a_killed_runs_staging_goes
         export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
                                     "--format", "pt2"))
     assert (tmp_path / "model.pt2").read_bytes() == before  # the checked export of the run before stays
+    assert ((tmp_path / "model.pt2").stat().st_ino, (tmp_path / "model.pt2").stat().st_mtime_ns) == identity
     assert not list(tmp_path.glob(".staging.*"))
 
 

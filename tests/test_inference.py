@@ -10,7 +10,7 @@ import torch
 import demo_data
 import faces as face_pipeline
 import inference
-from conftest import assert_one_line_error, detectable_faces, run_script, scene, write_rgb
+from conftest import assert_one_line_error, constant_model, detectable_faces, run_script, scene, write_rgb
 from custom_dataset import DataError
 
 torch.set_num_threads(1)  # the machine is shared; these models are tiny
@@ -339,6 +339,24 @@ def test_real_face_in_a_photo_reaches_the_model_as_its_training_chip(onnx_path, 
     assert np.abs(seen - as_trained).mean() < 4
     square = preprocess_rgb(face_pipeline.crop_face(photo, found[0].box, 0.0), estimator.cfg)[inner, inner]
     assert np.abs(square.astype(float) - as_trained).mean() > 2 * np.abs(seen - as_trained).mean()
+
+
+def test_inference_feeds_the_model_the_very_pixels_training_cached_for_a_denoising_model(tmp_path):
+    """Denoise and deblur on (every other inference test's model has them off): the pixels inference gives
+    the model are byte for byte those of the training cache, so no filter is skipped or done twice."""
+    from custom_dataset import PreprocessConfig, build_cache, load_rgb
+    cfg = PreprocessConfig(image_size=32, denoise=True, deblur=True)
+    rng = np.random.default_rng(3)
+    gradient = np.linspace(40, 200, 70)[None, :, None]
+    photo = write_rgb(tmp_path / "photos" / "a.png",
+                      np.clip(gradient + rng.normal(0, 25, (50, 70, 3)), 0, 255).astype(np.uint8))
+    estimator = inference.AgeEstimator(constant_model(tmp_path / "m.onnx", preprocess=cfg), whole_image=True)
+    _, inputs, _ = estimator.estimate(load_rgb(photo))
+    cached, ok, _ = build_cache([str(photo)], cfg, tmp_path / "cache", workers=1, progress=False)
+    assert ok.all() and np.array_equal(inputs[0], cached[0])
+    plain = build_cache([str(photo)], PreprocessConfig(image_size=32, denoise=False, deblur=False),
+                        tmp_path / "cache", workers=1, progress=False)[0]
+    assert np.abs(inputs[0].astype(int) - plain[0]).mean() > 1  # the filters did change the pixels
 
 
 def _cli(*argv):

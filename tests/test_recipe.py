@@ -13,7 +13,10 @@ def test_recipe_argv_reproduces_every_recipe_setting():
         "--image-size", "96", "--denoise", "--denoise-strength", "7.5", "--augment", "photo", "--model", "resnet18",
         "--head", "regression", "--pretrained", "--weights", "w.pth", "--dropout", "0.25", "--batch-size", "32",
         "--loss", "huber", "--schedule", "constant", "--warmup-epochs", "0.5", "--no-tta-flip",
-        "--teacher", "a/best.pt,b/best.pt", "--teacher-weight", "0.3"])
+        "--teacher", "a/best.pt,b/best.pt", "--teacher-weight", "0.3", "--deblur", "--erase", "0.2", "--mixup", "0.3",
+        "--balance", "--ema", "0.99", "--label-sigma", "3", "--tta-zoom", "0.95,0.9", "--teacher-online"])
+    # every setting away from its default: one that recipe_argv dropped would otherwise come back as the default
+    assert [k for k, default in train.recipe_defaults().items() if getattr(args, k) == default] == []
     again = train.get_args_parser().parse_args(REQUIRED + train.recipe_argv(args))
     for key in train.recipe_keys():
         assert getattr(again, key) == getattr(args, key), key

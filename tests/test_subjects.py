@@ -67,7 +67,8 @@ def test_subject_split_follows_the_age_mix():
     assert_person_disjoint(parts)
     overall = np.mean([r["age"] for r in records])
     for part in parts:
-        assert abs(np.mean([r["age"] for r in part]) - overall) < 6
+        # the split gives at most 1.8 years here; balancing the sizes alone (no age strata) gives 6.0
+        assert abs(np.mean([r["age"] for r in part]) - overall) < 3
 
 
 def test_blank_subject_is_a_person_of_its_own_and_too_few_people_is_refused():
