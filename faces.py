@@ -72,7 +72,7 @@ FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run 
 MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once costs 4x (seconds more)
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
-CHIP_VERSION = 2  # raise it with any change to detection or cutting: eda.py --align then cuts its chips anew
+CHIP_VERSION = 3  # raise it with any change to detection or cutting: eda.py --align then cuts its chips anew
 
 
 @dataclasses.dataclass
@@ -383,7 +383,7 @@ class FacePipeline:
         elif self.detector == "mmod":
             found = [(b, s, "mmod") for b, s in mmod_faces(small)]
         else:
-            found = self._cascade(gray)
+            found = self._cascade(gray, shrunk=scale < 1.0)
         faces = []
         for item in found:
             box, score, source = item[:3]
@@ -397,7 +397,7 @@ class FacePipeline:
             face.rect, face.box = face.box, clip_box(face.box, width, height)
         return faces
 
-    def _cascade(self, gray):
+    def _cascade(self, gray, shrunk=False):
         # faces under HOG's ~80 px window: Haar proposes on a shrunk copy (in its thread, while HOG runs
         # here), HOG checks each proposal
         shrink = min(1.0, 24 / HAAR_MIN_FACE)
@@ -407,6 +407,11 @@ class FacePipeline:
         found = [(b, s, "hog") for b, s in hog_faces(gray)]
         proposals = [_scaled(b, shrink) for b, _ in haar.result()]
         self._add_checked(gray, proposals, found, "haar+hog")
+        if found and shrunk:
+            # a large photo (a group, a crowd) shrunk for detection: its other faces may now be under the first
+            # pass's 40 px, and one close-up face must not hide them (it did: 1 face of 6 in a 6000 px photo)
+            small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MIN_FACE)
+            self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
         if found:
             return found
         # nothing found: dark or washed-out faces (more contrast), tiny faces, faces filling the frame (a
