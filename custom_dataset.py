@@ -40,8 +40,14 @@ torch = lazy_import("torch")  # imported on first use: eda and ONNX inference ne
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
+# Pillow's own guard (89 Mpx: a warning, twice that: an error) set to ours, so one rule and one message hold
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MAX_FILE_BYTES = 300_000_000    # a 100 Mpx photo is far smaller as a JPEG or PNG
 UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; the rest is irregular
+# the whole of UTKFace's own naming (age_gender_race_date): what marks a folder as a UTKFace-style data set for
+# the output checks, where "1_beach.jpg" or a scan "001_0.png" must not
+UTKFACE_FULL_NAME = re.compile(r"^(\d+)_[01]_[0-4]_\d")
+ANNOTATED_SUFFIX = "_age"  # inference.py's annotated copies, <name>_age.<ext>: outputs, never data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,9 +309,15 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
     max_side (for previews only): shrink so that the longer side is at most max_side; JPEGs are
     then decoded at reduced scale, which is much faster for very large photos.
     """
-    with Image.open(path) as img:
+    try:
+        with warnings.catch_warnings():  # the size is checked just below, with one message for every size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:  # over twice the limit: Pillow refuses before we can look
+        raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)") from None
+    with img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise DataError(f"image too large: {path}")
+            raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)")
         if max_side is None:
             return np.asarray(to_rgb(img))
         if img.format == "JPEG":
@@ -317,8 +329,8 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
 
 def labelled_folder_above(path) -> Path | None:
     """The first folder at or above path that eda.py would read labelled faces from: one holding
-    folders named by age, or UTKFace-named images. Outputs written there would come back as training
-    faces on the next eda.py run."""
+    folders named by age, or images named as UTKFace names its files (inference.py's own annotated
+    copies aside). Outputs written there would come back as training faces on the next eda.py run."""
     for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
         try:
             entries = list(itertools.islice(folder.iterdir(), 500))
@@ -326,8 +338,8 @@ def labelled_folder_above(path) -> Path | None:
             continue
         ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120]
         # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
-        if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_NAME.match(p.name)) and int(m.group(1)) <= 120
-                                 for p in entries):
+        if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name)) and int(m.group(1)) <= 120
+                                 and not p.stem.endswith(ANNOTATED_SUFFIX) for p in entries):
             return folder
     return None
 
@@ -561,8 +573,9 @@ def atomic_write(path, write):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the PID in the name lets remove_orphans() clear what a killed process left behind
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
+    # the PID in the name lets remove_orphans() clear what a killed process left behind; the name is cut short so
+    # that a legal name near the 255-byte limit still has a legal temporary name
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=f".{os.getpid()}.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -53,9 +53,9 @@ from PIL import Image
 
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
-from custom_dataset import (IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name, labelled_folder_above,
-                            load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image,
-                            zoom_batch)
+from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name,
+                            labelled_folder_above, load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb,
+                            write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
 REPO = Path(__file__).resolve().parent
@@ -65,7 +65,7 @@ FORWARD_BATCH = 256  # images per forward call: every test-time view of many fac
 
 # Outputs (the rule is in the module docstring)
 OUTPUT_ROOT = "inference_outputs"   # default output folder: ./inference_outputs/<input name>
-OUTPUT_SUFFIX = "_age"              # annotated copies: <name>_age.<ext>; --input-dir skips such names
+OUTPUT_SUFFIX = ANNOTATED_SUFFIX    # annotated copies: <name>_age.<ext>; --input-dir skips such names
 CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "age_low", "age_high",
               "outside_training_range", "face_found"]
 
@@ -370,9 +370,18 @@ def _csv_flag(value) -> str:
 
 
 def as_rgb(image) -> np.ndarray:
-    """HxWx3 uint8 RGB from a path, a PIL image or an array (gray and RGBA are converted)."""
+    """HxWx3 uint8 RGB from a path, a PIL image or an array (gray and RGBA are converted), at least
+    MIN_IMAGE_SIDE pixels a side as files must be."""
     if isinstance(image, (str, os.PathLike)):
         return _read_image(image)
+    rgb = _array_rgb(image)
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+        raise DataError(f"an image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to hold a face "
+                        f"(at least {MIN_IMAGE_SIDE} px a side)")
+    return rgb
+
+
+def _array_rgb(image) -> np.ndarray:
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL: EXIF rotation, alpha, 16 bit as for files
         return np.asarray(to_rgb(image))
     array = np.asarray(image)
@@ -402,13 +411,14 @@ def annotate(rgb, boxes, labels, flags=None):
             side = min(height, width)
             _label(out, labels[0], 0, 0, max(0.4, side / 500), max(1, round(side / 250)), (230, 60, 60), inside=True)
         return out
-    for box, text, flag in zip(boxes, labels, flags or [False] * len(boxes)):
+    drawn = []
+    for box, flag in zip(boxes, flags or [False] * len(boxes)):
         x, y, w, h = (int(round(v)) for v in box)
-        side = max(w, h)
-        thickness = max(1, round(side / 60))
-        colour = RANGE_COLOUR if flag else FACE_COLOUR
+        thickness, colour = max(1, round(max(w, h) / 60)), RANGE_COLOUR if flag else FACE_COLOUR
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
-        _label(out, text, x, y, max(0.35, side / 170), thickness, colour, box_height=h)
+        drawn.append((x, y, w, h, thickness, colour))
+    for (x, y, w, h, thickness, colour), text in zip(drawn, labels):  # after every box: none covers a label
+        _label(out, text, x, y, max(0.35, max(w, h) / 170), thickness, colour, box_height=h)
     return out
 
 
@@ -544,9 +554,19 @@ def annotated_name(path, stem=None) -> str:
 
 def output_stems(paths) -> dict:
     """{path: the stem of its outputs}: its own stem, or its whole name where another input has the same stem
-    (any case: photo.jpg and photo.png, a.JPG and a.jpg), so that no output overwrites another's."""
+    (any case: photo.jpg and photo.png, a.JPG and a.jpg), and a number after it where even that is taken
+    (a.jpg beside a.jpg.jpg), so that no output overwrites another's."""
     shared = Counter(Path(p).stem.lower() for p in paths)
-    return {p: Path(p).name if shared[Path(p).stem.lower()] > 1 else Path(p).stem for p in paths}
+    stems, taken = {}, set()
+    for p in paths:
+        stem = candidate = Path(p).name if shared[Path(p).stem.lower()] > 1 else Path(p).stem
+        copy = 1
+        while candidate.lower() in taken:
+            copy += 1
+            candidate = f"{stem}~{copy}"
+        stems[p] = candidate
+        taken.add(candidate.lower())
+    return stems
 
 
 def plan_outputs(args) -> Outputs:
@@ -798,13 +818,14 @@ def _folder_images(in_dir):
 
 
 def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
-    """One image of --input-dir; False (and a warning) where it cannot be read."""
+    """One image of --input-dir; False (and a warning) where it cannot be read or its outputs cannot be
+    written (a name too long for the file system, say): one image never costs the run its predictions.csv."""
     try:
         rgb = _read_image(path)
+        recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
     except DataError as exc:
         print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
         return False
-    recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
     return True
 
 
@@ -821,7 +842,7 @@ def run_folder(args, estimator, json_stream=None):
     written = recorder.finish()
     seconds = time.perf_counter() - start
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}"
+        print(f"warning: skipped {len(skipped)} file(s) that could not be read or annotated: {', '.join(skipped[:5])}"
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     counts = recorder.counts
     print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "
@@ -859,6 +880,20 @@ def open_video(video):
         cap.release()
         raise DataError(f"cannot open {source} as a video; pass an .mp4/.avi file OpenCV can decode")
     return cap, source.name, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+
+
+MAX_FPS = 240.0  # above it a stream's rate is its time base (90000 in MPEG-TS), which the mp4 writer refuses
+
+
+def frame_rate(reported) -> float:
+    """The rate the annotated video is written at: the stream's own, or 25 where it reports none or no
+    believable one (said once)."""
+    if reported and np.isfinite(reported) and 0 < reported <= MAX_FPS:
+        return float(reported)
+    if reported:
+        print(f"note: the video reports {reported:g} frames/s, not a frame rate; writing at 25 frames/s",
+              file=sys.stderr)
+    return 25.0
 
 
 class _VideoFile:
@@ -938,8 +973,7 @@ def run_video(args, estimator, json_stream=None):
         outputs = plan_outputs(args)
         output = _prepare_output(outputs.annotated, kind="video")
         recorder = Recorder(outputs.folder, args.json, json_stream, csv_file=False)
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        video = _VideoFile(output, fps if fps and np.isfinite(fps) and fps > 0 else 25.0)
+        video = _VideoFile(output, frame_rate(cap.get(cv2.CAP_PROP_FPS)))
         start = time.perf_counter()
         try:
             frames, tracker = _annotate_frames(cap, estimator, video, recorder, args, name, total or 0)

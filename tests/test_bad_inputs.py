@@ -254,6 +254,21 @@ def test_a_cache_file_cut_to_nothing_is_rebuilt_and_a_code_change_rebuilds_too(t
     assert len(list((tmp_path / "cache").glob("train_*.npy"))) == 1
 
 
+@pytest.mark.slow
+def test_one_size_limit_for_every_image_whatever_pillows_own(tmp_path, recwarn):
+    """100 million pixels, the project's rule: Pillow's own guard (89 Mpx a warning, 179 Mpx an error) made a
+    95 Mpx photo unusable and a 250 Mpx one "undecodable", with a raw warning on the way."""
+    from custom_dataset import DataError, check_image, load_rgb
+    sizes = {95: (10000, 9500), 150: (15000, 10000), 250: (25000, 10000)}
+    for megapixels, size in sizes.items():  # 1-bit: a few MB decoded
+        Image.new("1", size).save(tmp_path / f"{megapixels}.png")
+    assert [check_image(tmp_path / f"{m}.png")["reason"] for m in sizes] == [None, "too_large", "too_large"]
+    for megapixels in (150, 250):
+        with pytest.raises(DataError, match="image too large"):
+            load_rgb(tmp_path / f"{megapixels}.png")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
 def test_a_file_that_cannot_be_read_for_now_is_not_cached_as_undecodable(tmp_path, monkeypatch, capsys):
     import pathlib
     from custom_dataset import PreprocessConfig, build_cache

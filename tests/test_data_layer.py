@@ -377,3 +377,15 @@ def test_labelled_folder_above_counts_age_0_and_not_a_phones_file_names(tmp_path
     assert labelled_folder_above(ages / "out") == ages
     write_jpeg(phone / "34_1_0_20170116.jpg", seed=1)
     assert labelled_folder_above(phone / "annotated") == phone
+
+
+def test_numbered_photos_and_this_tools_own_outputs_are_no_labelled_data_set(tmp_path):
+    """Scans named 001.jpg annotate to 001_age.jpg, and a second run into the same folder was refused; so
+    was a folder of 1_beach.jpg, 2_party.jpg. UTKFace's own naming (age_gender_race_date) still marks one."""
+    from custom_dataset import labelled_folder_above
+    photos = tmp_path / "photos"
+    for k, name in enumerate(("1_beach.jpg", "2_party.jpg", "001_age.jpg", "34_1_0_20170116_age.jpg")):
+        write_jpeg(photos / name, seed=k)
+    assert labelled_folder_above(photos / "out") is None
+    write_jpeg(photos / "35_0_3_20170117.jpg.chip.jpg", seed=9)
+    assert labelled_folder_above(photos / "out") == photos

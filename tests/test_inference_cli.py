@@ -208,12 +208,56 @@ def test_inputs_sharing_a_stem_keep_apart_outputs(model, faces, tmp_path):
     result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
                        "--save-crops", str(tmp_path / "crops"), "--whole-image"])
     assert result["images"] == 5 and result["faces"] == 5
+    # a.JPG and a.jpg differ in case alone, so on a case-blind file system (macOS, Windows) too: a number parts them
     assert sorted(p.name for p in (tmp_path / "crops").iterdir()) == [
-        "a.JPG_0.png", "a.jpg_0.png", "b_0.png", "photo.jpg_0.png", "photo.png_0.png"]
+        "a.JPG_0.png", "a.jpg~2_0.png", "b_0.png", "photo.jpg_0.png", "photo.png_0.png"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "a.JPG_age.jpg", "a.jpg_age.jpg", "b_age.png", "photo.jpg_age.jpg", "photo.png_age.png", "predictions.csv"]
+        "a.JPG_age.jpg", "a.jpg~2_age.jpg", "b_age.png", "photo.jpg_age.jpg", "photo.png_age.png", "predictions.csv"]
     assert inference.output_stems([Path("x/b.png"), Path("x/B.jpg"), Path("x/c.png")]) == {
         Path("x/b.png"): "b.png", Path("x/B.jpg"): "B.jpg", Path("x/c.png"): "c"}  # any case: one stem
+    # a.jpg and a.png take their names, which a.jpg.jpg's stem is too: a number keeps it apart
+    assert inference.output_stems([Path("a.jpg"), Path("a.png"), Path("a.jpg.jpg"), Path("a.jpg~2.png")]) == {
+        Path("a.jpg"): "a.jpg", Path("a.png"): "a.png", Path("a.jpg.jpg"): "a.jpg~2", Path("a.jpg~2.png"): "a.jpg~2~2"}
+
+
+def test_an_image_whose_outputs_cannot_be_written_is_skipped_and_the_rest_are_kept(model, faces, tmp_path, capsys):
+    in_dir = tmp_path / "in"
+    long_name = "家" * 83 + ".png"  # 253 bytes, a legal name; NAME_age.png is not (257)
+    for name in ("a.png", "家族写真" * 19 + ".png", long_name):
+        write_rgb(in_dir / name, scene(faces[:1]))
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--whole-image"])
+    assert result["images"] == 2 and result["skipped"] == 1
+    assert f"skipping {long_name}" in capsys.readouterr().err
+    assert sorted(r["file"] for r in read_csv(tmp_path / "out" / "predictions.csv")) == sorted(
+        ["a.png", "家族写真" * 19 + ".png"])  # 228 bytes: written, although its temporary name once was not
+
+
+def test_a_tiny_or_empty_array_is_one_error_as_a_tiny_file_is():
+    from PIL import Image
+    for image in (np.zeros((0, 0, 3), np.uint8), np.zeros((10, 40, 3), np.uint8), Image.new("RGB", (40, 12))):
+        with pytest.raises(DataError, match="too small to hold a face"):
+            inference.as_rgb(image)
+    assert inference.as_rgb(np.zeros((16, 16), np.uint8)).shape == (16, 16, 3)
+
+
+def test_a_video_rate_that_is_a_time_base_is_written_at_25_frames_a_second(capsys):
+    assert [inference.frame_rate(r) for r in (30.0, 59.94, 0.0, float("nan"), 90000.0)] == [30.0, 59.94, 25.0,
+                                                                                            25.0, 25.0]
+    assert capsys.readouterr().err.count("not a frame rate") == 2  # nan and 90000; 0 is "none reported"
+
+
+def test_a_later_box_is_drawn_under_an_earlier_faces_label():
+    blank = np.full((400, 400, 3), 120, np.uint8)
+    first, second = (100, 200, 60, 60), (130, 150, 200, 200)  # the second's left side runs through the first's label
+    alone = inference.annotate(blank, [first], ["Age: 34"])
+    label = (alone != blank).any(-1)
+    label[200:] = False  # the first face's label band, above its box
+    ys, xs = np.nonzero(label)
+    assert (inference.annotate(blank, [second], ["Age: 50"])[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            != blank[0, 0]).any()  # the second box does cross it
+    both = inference.annotate(blank, [first, second], ["Age: 34", "Age: 50"])
+    np.testing.assert_array_equal(both[label], alone[label])
 
 
 def test_pil_images_and_rgba_arrays_are_decoded_as_files_are(tmp_path):
