@@ -37,7 +37,8 @@ from cli import DataError, lazy_import  # DataError re-exported: one class for e
 
 torch = lazy_import("torch")  # imported on first use: eda and ONNX inference never need it
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# what Pillow decodes (a GIF: its first frame); HEIC needs a plug-in, so it is not among them
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
 # Pillow's own guard (89 Mpx: a warning, twice that: an error) set to ours, so one rule and one message hold

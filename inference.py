@@ -67,7 +67,7 @@ FORWARD_BATCH = 256  # images per forward call: every test-time view of many fac
 OUTPUT_ROOT = "inference_outputs"   # default output folder: ./inference_outputs/<input name>
 OUTPUT_SUFFIX = ANNOTATED_SUFFIX    # annotated copies: <name>_age.<ext>; --input-dir skips such names
 CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "age_low", "age_high",
-              "outside_training_range", "face_found"]
+              "outside_training_range", "face_found", "faces_dropped"]  # dropped: by --min-face / --min-score
 
 # Out-of-range rule. A prediction is flagged outside_training_range when it lies within RANGE_MARGIN years
 # of either end of the model's training ages (metadata min_age/max_age) or beyond them:
@@ -329,12 +329,15 @@ class ImageResult:
         return sum(bool(f["outside_training_range"]) for f in self.faces)
 
     def csv_rows(self) -> list[dict]:
+        # faces_dropped on every row: "no face" and "faces, all too small or unsure" read apart
         if not self.faces:
-            return [{**{k: "" for k in CSV_FIELDS}, "file": self.file, "face_found": "false"}]
+            return [{**{k: "" for k in CSV_FIELDS}, "file": self.file, "face_found": "false",
+                     "faces_dropped": len(self.dropped)}]
         return [{"file": self.file, "face_index": k, **dict(zip("xywh", f["box"])), "score": f"{f['score']:.3f}",
                  "detector": f["detector"], "age": f"{f['age']:.2f}",
                  **{k: f"{f[k]:.2f}" if k in f and np.isfinite(f[k]) else "" for k in ("age_low", "age_high")},
-                 "outside_training_range": _csv_flag(f["outside_training_range"]), "face_found": "true"}
+                 "outside_training_range": _csv_flag(f["outside_training_range"]), "face_found": "true",
+                 "faces_dropped": len(self.dropped)}
                 for k, f in enumerate(self.faces)]
 
     def to_json(self) -> dict:
@@ -811,7 +814,9 @@ def _folder_images(in_dir):
         print(f"skipping {len(earlier)} file(s) named *{OUTPUT_SUFFIX}.<ext>: annotated copies written by this tool "
               "(rename them to include them)")
     if others:
-        print(f"ignored {len(others)} file(s) without an image extension")
+        kinds = sorted({p.suffix.lower() or "no extension" for p in others})
+        print(f"ignored {len(others)} file(s) of other types ({', '.join(kinds[:6])}{', ...' if len(kinds) > 6 else ''}"
+              f"; images: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {in_dir}")
     return images, odd

@@ -100,7 +100,7 @@ def test_no_face_says_so_and_guesses_nothing(onnx_path, tmp_path, capsys):
     assert result["boxes"] == [] and result["ages"] == []
     assert result["rows"] == [{"file": "noise.png", "face_index": "", "x": "", "y": "", "w": "", "h": "", "score": "",
                                "detector": "", "age": "", "age_low": "", "age_high": "", "outside_training_range": "",
-                               "face_found": "false"}]
+                               "face_found": "false", "faces_dropped": 0}]
     annotated = cv2.imread(str(tmp_path / "o.png"))
     assert annotated.shape == (150, 200, 3) and not np.array_equal(annotated, cv2.imread(str(src)))  # says so
 

@@ -323,7 +323,9 @@ def test_min_face_and_min_score_drop_and_count(model, faces, tmp_path, capsys):
     out = capsys.readouterr().out
     assert result["boxes"] == [] and result["min_face"] == 2
     assert "2 faces dropped by --min-face 400" in out and "no face found (2 dropped" in out
-    assert read_csv(tmp_path / "b" / "predictions.csv")[0]["face_found"] == "false"
+    row = read_csv(tmp_path / "b" / "predictions.csv")[0]
+    assert (row["face_found"], row["faces_dropped"]) == ("false", "2")  # not a photo without a face
+    assert [r["faces_dropped"] for r in read_csv(tmp_path / "a" / "predictions.csv")] == ["0", "0"]
     saved = json.loads((tmp_path / "b" / "predictions.json").read_text())[0]
     assert saved["faces"] == [] and [d["reason"] for d in saved["dropped"]] == ["min_face", "min_face"]
     result = run_main(["--model", str(model), "--image", str(src), "--output-dir", str(tmp_path / "c"),
@@ -399,3 +401,18 @@ def test_device_cuda_without_cuda_is_one_error(model):
         pytest.skip("this ONNX Runtime has CUDA")
     with pytest.raises(DataError, match="--device cuda"):
         inference.AgeEstimator(model, device="cuda")
+
+
+def test_a_folder_reads_gif_and_jfif_and_names_the_types_it_ignores(model, faces, tmp_path, capsys):
+    from PIL import Image
+    in_dir = tmp_path / "in"
+    write_rgb(in_dir / "a.png", scene(faces[:1]))
+    Image.open(in_dir / "a.png").save(in_dir / "b.gif")
+    Image.open(in_dir / "a.png").save(in_dir / "c.jfif", "JPEG")
+    (in_dir / "a.png").unlink()
+    (in_dir / "d.heic").write_bytes(b"not decodable without a plug-in")
+    (in_dir / "notes.txt").write_text("x")
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--whole-image"])
+    assert result["images"] == 2 and result["faces"] == 2
+    assert "ignored 2 file(s) of other types (.heic, .txt;" in capsys.readouterr().out
