@@ -409,7 +409,7 @@ def cross_dataset(model_path, data_dir, detector=None, crop=None, faces_out=None
     import faces
     import inference
     from custom_dataset import discover_labels, load_rgb
-    estimator = inference.AgeEstimator(model_path, detector or faces.DEFAULT_DETECTOR)
+    estimator = inference.AgeEstimator(model_path, detector)  # None: the model's own (its crop's, else auto)
     if zooms is not None:
         estimator.tta_zoom = zooms
     if crop is not None:

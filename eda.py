@@ -208,7 +208,9 @@ def face_crop(args, layout, records, out_dir, progress):
     if not chipped:
         raise DataError(f"--align found no face in any of the {len(records)} images of {args.data_dir}")
     stats = {**stats, "seconds": round(time.perf_counter() - start, 1), "records": chipped}
-    return stats["crop"], f"faces cut by eda.py --align ({args.align_crop}, {args.detector} detector)", stats
+    # the detector travels with the recipe: inference.py then finds faces as these chips were found
+    return ({**stats["crop"], "detector": args.detector},
+            f"faces cut by eda.py --align ({args.align_crop}, {args.detector} detector)", stats)
 
 
 def usable_images(records, skipped, workers, progress):

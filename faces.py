@@ -100,16 +100,21 @@ def check_crop(crop) -> dict:
     size, landmarks = crop.get("size"), crop.get("landmarks")
     if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 1024:
         raise DataError(f"crop size {size!r} must be a whole number of pixels in 16..1024")
+    # the detector eda.py --align cut the training chips with (the landmarks start from its box): inference's default
+    detector = crop.get("detector")
+    if detector is not None and detector not in DETECTORS:
+        raise DataError(f"crop detector {detector!r}: use one of {', '.join(DETECTORS)}")
+    cut_by = {} if detector is None else {"detector": detector}
     if landmarks == 68:
         padding = crop.get("padding")
         if not isinstance(padding, (int, float)) or not 0 <= padding <= 2:
             raise DataError(f"crop padding {padding!r} must be a number in 0..2")
-        return {"kind": "chip", "landmarks": 68, "size": size, "padding": float(padding)}
+        return {"kind": "chip", "landmarks": 68, "size": size, "padding": float(padding), **cut_by}
     if landmarks == 5:
         template = np.asarray(crop.get("template", []), dtype=np.float64)
         if template.shape != (5, 2) or not np.isfinite(template).all():
             raise DataError("a 5-point crop needs a template of 5 (x, y) points")
-        return {"kind": "chip", "landmarks": 5, "size": size, "template": template.round(2).tolist()}
+        return {"kind": "chip", "landmarks": 5, "size": size, "template": template.round(2).tolist(), **cut_by}
     raise DataError(f"crop landmarks {landmarks!r}: use 68 or 5")
 
 
@@ -134,7 +139,8 @@ def describe_crop(crop) -> str:
     if crop["kind"] == "box":
         return f"square around the detector box, margin {crop['margin']:g}"
     extra = f", padding {crop['padding']:g}" if crop["landmarks"] == 68 else ", UTKFace-fitted template"
-    return f"aligned {crop['size']} px chip from {crop['landmarks']} landmarks{extra}"
+    cut_by = f" (training chips cut after the {crop['detector']} detector)" if crop.get("detector") else ""
+    return f"aligned {crop['size']} px chip from {crop['landmarks']} landmarks{extra}{cut_by}"
 
 
 # ----------------------------------------------------------------------------------------------

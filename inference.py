@@ -20,7 +20,8 @@ Where the outputs go (one rule for --image, --input-dir and --video):
   * --input-dir never reads this tool's outputs: files named *_age.<image extension> are skipped (and
     counted), and a folder inside an inference_outputs folder is refused as input.
 
-Each face goes through faces.FacePipeline: detected (--detector, default the HOG/Haar cascade), its
+Each face goes through faces.FacePipeline: detected (--detector; default the detector the model's training
+chips were cut after, where eda.py --align recorded one, else the HOG/Haar cascade), its
 landmarks found, and cut out exactly as the model's training faces were cut (the crop recipe is in the
 model's metadata: UTKFace-trained models get UTKFace's own dlib chip). The chip goes through
 custom_dataset.preprocess_rgb, the very function training used, and all faces of an image are
@@ -106,8 +107,10 @@ def get_args_parser():
                    help="drop faces whose box is narrower or shorter than PIXELS, counted in the summary; 0 = off")
     p.add_argument("--min-score", type=float, default=None,
                    help="drop faces whose detector score is below this (scores are in the CSV; default: off)")
-    p.add_argument("--detector", choices=DETECTORS, default=face_pipeline.DEFAULT_DETECTOR,
-                   help="face detector (RESULTS.md, 'Face detection', compares them)")
+    p.add_argument("--detector", choices=DETECTORS, default=None,
+                   help="face detector (RESULTS.md, 'Face detection', compares them); default: the one the model's "
+                        f"training chips were cut with where eda.py --align recorded it, else "
+                        f"{face_pipeline.DEFAULT_DETECTOR}")
     p.add_argument("--interval-level", type=float, default=0.9,
                    help="coverage of the age interval (age_low, age_high) of models that carry a calibration")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
@@ -158,7 +161,7 @@ class AgeEstimator:
     detections before the model sees them; device is "cpu" or "cuda".
     """
 
-    def __init__(self, model=DEFAULT_MODEL, detector=face_pipeline.DEFAULT_DETECTOR, whole_image=False,
+    def __init__(self, model=DEFAULT_MODEL, detector=None, whole_image=False,
                  threads=None, *, min_face=0, min_score=None, device="cpu", interval_level=0.9):
         path = Path(model)
         if not path.is_file():
@@ -184,7 +187,12 @@ class AgeEstimator:
         self._interval_bands = None if self.interval is None else interval_bands(self.interval, interval_level)
         self.min_face, self.min_score = int(min_face), min_score
         self.whole_image = whole_image
-        self.pipeline = None if whole_image else FacePipeline(self.crop, detector)
+        cut_by = self.crop.get("detector")  # the detector the training chips were cut after (eda.py --align)
+        self.detector_note = "" if whole_image or detector in (None, cut_by) or cut_by is None else (
+            f"note: the model's training chips were cut after the {cut_by} detector's boxes, and its landmarks "
+            f"start from them: --detector {detector} may cut these faces a little otherwise")
+        self.pipeline = None if whole_image else FacePipeline(self.crop, detector or cut_by or
+                                                              face_pipeline.DEFAULT_DETECTOR)
 
     def describe(self) -> str:
         """What is loaded, in two lines: model and face recipe; the training ages and data."""
@@ -1039,6 +1047,8 @@ def main(args):
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
                                  min_score=args.min_score, device=args.device, interval_level=args.interval_level)
         print(estimator.describe())
+        if estimator.detector_note:
+            print(estimator.detector_note, file=sys.stderr)
         mode = run_image if args.image else run_folder if args.input_dir else run_video
         return mode(args, estimator, json_stream)
 

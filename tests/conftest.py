@@ -206,7 +206,7 @@ def write_rgb(path, rgb):
 
 
 def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests", interval=None,
-                   age_map=None, preprocess=None):
+                   age_map=None, preprocess=None, crop=None):
     """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
     None leaves the key out, as older models do; preprocess: a PreprocessConfig of 32 px, default plain)."""
     import onnx
@@ -227,7 +227,7 @@ def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     metadata = {"format_version": 1, "model_name": "constant", "head": "regression", "min_age": min_age,
-                "max_age": max_age, "crop": dict(face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
+                "max_age": max_age, "crop": dict(crop or face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
                 "interval": interval, "age_map": age_map,
                 "preprocess": (preprocess or PreprocessConfig(image_size=size, denoise=False, deblur=False)).to_dict()}
     metadata = {k: v for k, v in metadata.items() if v is not None}

@@ -39,11 +39,12 @@ def test_align_trains_on_chips_and_inference_cuts_the_same_chip(utkface_chips, p
     out = tmp_path / "out"
     report = run_eda(data, out, "--align")
     assert report["skipped"].get("no_face") == 1 and report["align"]["chipped"] == 12
-    assert report["crop"] == faces.UTKFACE_CROP
+    cut = {**faces.UTKFACE_CROP, "detector": "auto"}  # the recipe names the detector the chips were cut after
+    assert report["crop"] == cut
     rows = (out / "splits" / "train.csv").read_text().splitlines()
     assert rows[0] == "path,age,hash,source"
     assert all(str(out / "chips") in r and str(data) in r for r in rows[1:])
-    assert faces.read_split_crop(out / "splits") == faces.UTKFACE_CROP
+    assert faces.read_split_crop(out / "splits") == cut
     again = run_eda(data, tmp_path / "out", "--align")
     assert again["align"]["from_cache"] == 13 and again["splits"] == report["splits"]
 
@@ -53,7 +54,7 @@ def test_align_trains_on_chips_and_inference_cuts_the_same_chip(utkface_chips, p
                    cwd=REPO, check=True, capture_output=True, timeout=300)
     import onnx
     props = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
-    assert json.loads(props["metadata.json"])["crop"] == faces.UTKFACE_CROP
+    assert json.loads(props["metadata.json"])["crop"] == cut
 
     photo = data / "26" / "1.jpg"
     crops = tmp_path / "crops"
@@ -61,7 +62,7 @@ def test_align_trains_on_chips_and_inference_cuts_the_same_chip(utkface_chips, p
                            "--output", tmp_path / "annotated.jpg", "--save-crops", crops, "--threads", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "aligned 200 px chip from 68 landmarks" in proc.stdout
+    assert "auto detector, aligned 200 px chip from 68 landmarks" in proc.stdout
     seen = cv2.imread(str(crops / "1_0.png"))
     trained = cv2.resize(cv2.imread(next(r.split(",")[0] for r in (out / "labels.csv").read_text().splitlines()[1:]
                                          if r.endswith(str(photo)))), (64, 64), interpolation=cv2.INTER_AREA)

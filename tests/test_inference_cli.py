@@ -416,3 +416,17 @@ def test_a_folder_reads_gif_and_jfif_and_names_the_types_it_ignores(model, faces
                        "--whole-image"])
     assert result["images"] == 2 and result["faces"] == 2
     assert "ignored 2 file(s) of other types (.heic, .txt;" in capsys.readouterr().out
+
+
+def test_the_detector_the_training_chips_were_cut_after_is_the_default(tmp_path, capsys):
+    import faces as face_pipeline
+    recorded = constant_model(tmp_path / "haar.onnx", crop={**face_pipeline.UTKFACE_CROP, "detector": "haar"})
+    estimator = inference.AgeEstimator(recorded)
+    assert estimator.pipeline.detector == "haar" and not estimator.detector_note
+    assert "haar detector" in estimator.describe() and "cut after the haar detector" in estimator.describe()
+    chosen = inference.AgeEstimator(recorded, "hog")
+    assert chosen.pipeline.detector == "hog" and "--detector hog may cut these faces" in chosen.detector_note
+    plain = inference.AgeEstimator(constant_model(tmp_path / "plain.onnx", crop=face_pipeline.UTKFACE_CROP))
+    assert plain.pipeline.detector == face_pipeline.DEFAULT_DETECTOR and not plain.detector_note
+    with pytest.raises(DataError, match="crop detector 'yolo'"):
+        face_pipeline.check_crop({**face_pipeline.UTKFACE_CROP, "detector": "yolo"})
