@@ -397,8 +397,9 @@ class FacePipeline:
             if len(item) > 3 and item[3] is not None:  # landmarks found on a rotated copy (detection pixels)
                 face.landmarks = item[3] / scale
             faces.append(face)
-        keep = non_max_suppression([f.box for f in faces], [f.score for f in faces])
-        faces = [faces[i] for i in keep if min(faces[i].box[2:]) >= self.min_face]
+        # too small first: a box of no use must not suppress a usable one it overlaps
+        faces = [f for f in faces if min(f.box[2:]) >= self.min_face]
+        faces = [faces[i] for i in non_max_suppression([f.box for f in faces], [f.score for f in faces])]
         for face in faces:  # reported inside the photo (HOG's box may reach past an edge); cut from the raw one
             face.rect, face.box = face.box, clip_box(face.box, width, height)
         return faces

@@ -326,3 +326,11 @@ def test_chips_are_cut_anew_by_another_version_of_the_code(monkeypatch, tmp_path
     monkeypatch.setattr(faces, "CHIP_VERSION", faces.CHIP_VERSION + 1)
     _, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
     assert stats["from_cache"] == 0 and len(list((tmp_path / "chips").iterdir())) == 2
+
+
+def test_a_box_too_small_to_keep_does_not_suppress_the_face_around_it(monkeypatch):
+    """Too small is decided first: a strong 8 px box inside a face's box made non-max suppression drop the
+    face, and then the size rule dropped the 8 px box: no face at all."""
+    monkeypatch.setattr(faces, "hog_faces", lambda gray, *a, **k: [((100, 100, 8, 8), 2.0), ((80, 80, 60, 60), 1.0)])
+    found = faces.FacePipeline(faces.BOX_CROP, "hog").detect(np.full((240, 320, 3), 100, np.uint8))
+    assert [tuple(f.box) for f in found] == [(80, 80, 60, 60)]
