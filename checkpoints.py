@@ -220,7 +220,7 @@ def check_export_parity(wrapper, jit_path, onnx_path, example, tolerance=1e-4) -
     diffs = {}
     for name, path in (("torchscript", jit_path), ("onnx", onnx_path)):
         if path:
-            forward, _ = read_export(path)
+            forward, _ = read_export(path, trust_code=True)  # the files this process has just written
             diffs[name] = float(np.abs(np.asarray(forward(example.numpy())).reshape(eager.shape) - eager).max())
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
@@ -249,17 +249,25 @@ def export_best(model, cfg, best, out, val_set, test_metrics=None):
 DEVICES = ("cpu", "cuda")
 
 
-def read_export(path, threads=None, device="cpu"):
-    """(forward, metadata) of a model.onnx or a trusted model.jit, run on device ("cpu" or "cuda").
-    forward maps float32 N x 3 x S x S (numpy) to ages."""
+# The one place a model.jit is loaded from without being vouched for: the models this repository ships
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+
+
+def read_export(path, threads=None, device="cpu", trust_code=False):
+    """(forward, metadata) of a model.onnx or a model.jit, run on device ("cpu" or "cuda"). forward maps
+    float32 N x 3 x S x S (numpy) to ages. A model.jit is a program (TorchScript runs code from the file): it
+    is loaded from the shipped models/ or where the caller vouches for it (trust_code, --trust-model)."""
     path = Path(path)
     if device not in DEVICES:
         raise DataError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     if path.suffix == ".onnx":
         return onnx_forward(path, threads, device)
     if path.suffix == ".jit":
+        if not (trust_code or path.resolve().parent == SHIPPED_MODELS):
+            raise DataError(f"{path} is TorchScript, which runs code from the file: pass the model.onnx beside it "
+                            "(ONNX Runtime runs no Python), or --trust-model if you made it or trust its source")
         return torchscript_forward(path, threads, device)
-    raise DataError(f"{path}: pass a model.onnx (or a trusted model.jit) written by train.py")
+    raise DataError(f"{path}: pass a model.onnx (or a model.jit you trust) written by train.py")
 
 
 def onnx_forward(path, threads=None, device="cpu"):

@@ -723,6 +723,9 @@ def preprocess_file(path, cfg: PreprocessConfig) -> np.ndarray:
     return preprocess_rgb(load_rgb(path), cfg)
 
 
+MAX_TTA_ZOOMS = 4  # each zoom is one more forward pass per face; a model file's metadata may not ask for thousands
+
+
 def parse_zooms(text) -> tuple:
     """"0.95,0.9" -> (0.95, 0.9): train.py --tta-zoom, as configs and exports store it ("" or a list)."""
     if text is None:
@@ -730,6 +733,8 @@ def parse_zooms(text) -> tuple:
     if not isinstance(text, (str, list, tuple)):
         raise ValueError(f"test-time zooms are a list or comma-separated text, not {type(text).__name__}")
     items = text.split(",") if isinstance(text, str) else list(text)
+    if len([item for item in items if not (isinstance(item, str) and not item.strip())]) > MAX_TTA_ZOOMS:
+        raise ValueError(f"at most {MAX_TTA_ZOOMS} test-time zooms, got {len(items)}")
     zooms = []
     for item in items:
         if isinstance(item, str) and not item.strip():

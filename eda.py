@@ -29,7 +29,7 @@ from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labe
                             load_rgb, scan_images, share_like_a_new_file, source_subject_column, stratified_split,
                             write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
-from functions import atomic_write, pyplot, same_or_inside
+from functions import atomic_write, folder_lock, pyplot, same_or_inside
 SPLITS = ("train", "val", "test")
 MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
 NO_SUBJECT_NOTE = ("no subject, person or identity column: the split is per image, so photos of one person "
@@ -265,6 +265,12 @@ def main(args):
     outside_filter = []  # records --min-age/--max-age left out: a copy of a kept file there is a conflict
     records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age, outside_filter)
     refuse_output_among_images(out_dir, records)
+    with folder_lock(out_dir, "eda.py"):  # a second eda.py into OUT would mix its split and report with ours
+        return split_and_write(args, data_dir, out_dir, records, skipped, layout, outside_filter, start)
+
+
+def split_and_write(args, data_dir, out_dir, records, skipped, layout, outside_filter, start):
+    """Check, deduplicate, (align,) split and write the discovered records: main's work under OUT's lock."""
     found = len(records) + sum(skipped.values())
     # progress bars only on a terminal: in a log or a pipe they would bury the one-line error
     progress = not args.no_progress and sys.stderr.isatty()

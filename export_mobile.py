@@ -381,6 +381,8 @@ def load_val(checkpoint: dict, cfg, args):
     if not (splits / "val.csv").is_file():
         raise DataError(f"--quantize needs the validation split: {splits / 'val.csv'} not found; pass --splits")
     cache_dir = Path(args.cache_dir or config.get("cache_dir") or splits.parent / "cache")
+    from train import refuse_output_in_data
+    refuse_output_in_data(cache_dir, splits, "--cache-dir (or the run's)")  # the cache may be written: never there
     return load_split_dataset(splits / "val.csv", cfg, cache_dir, workers=1, progress=False)
 
 

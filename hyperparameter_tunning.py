@@ -26,7 +26,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import shlex
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli  # first: cli.
 import numpy as np
 
 import train
-from custom_dataset import DataError, channel_stats, load_split_dataset
+from custom_dataset import DataError, channel_stats, load_split_dataset, write_csv
 from checkpoints import load_checkpoint
 from functions import NonFiniteLossError, atomic_write, configure_threads, evaluate, pyplot, set_seed, train_one_epoch
 
@@ -254,6 +253,8 @@ def read_rows(path: Path) -> list:
             raise DataError(f"{path} has columns {reader.fieldnames}, not {list(COLUMNS)}; "
                             "it was written by another version of this script: use a new --out-dir")
         for row in reader:
+            if None in row or None in row.values():  # fields missing or run together: a line cut short
+                continue
             try:
                 for k in ("lr", "weight_decay", "train_mae", "val_mae", "val_cs5", "seconds", "subset_fraction"):
                     row[k] = float(row[k])
@@ -265,22 +266,15 @@ def read_rows(path: Path) -> list:
 
 
 def append_row(path: Path, row: dict):
-    """Append one row (header first if the file is new), flushed to disk before returning."""
-    new = not path.exists() or path.stat().st_size == 0
-    if not new:
+    """Add one row: the whole CSV (tens of rows) written again atomically, so that a kill leaves the old file
+    or the new one, never a row cut short that reads as a finished trial."""
+    rows = []
+    if path.exists() and path.stat().st_size:
         read_rows(path)  # refuses a CSV with other columns
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            newline_missing = f.read(1) != b"\n"
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        if not new and newline_missing:  # a crash mid-write left a partial line: start a fresh one
-            f.write("\n")
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
+        with open(path, newline="", encoding="utf-8") as f:
+            # a row cut short by a crash of an older version (read_rows skips it too) goes
+            rows = [r for r in csv.DictReader(f) if None not in r and None not in r.values()]
+    write_csv(path, rows + [row], COLUMNS)
 
 
 def trial_argv(args, lr, weight_decay, epochs, run_dir, cache_dir, final=False) -> list:
@@ -508,6 +502,8 @@ def check_args(args):
             text = str(exc).replace(" (see train.py --help)", " (see hyperparameter_tunning.py --help)")
             raise DataError(text + (f" (in {which}, {flag})" if "epochs" in text else "")) from None
     train.refuse_output_in_data(Path(args.out_dir), splits)
+    if args.cache_dir:
+        train.refuse_output_in_data(Path(args.cache_dir), splits, "--cache-dir")
 
 
 def main(args):

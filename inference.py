@@ -33,7 +33,7 @@ Models that carry an interval calibration (train.py writes one) give each age an
 --interval-level (age_low, age_high; drawn as "Age: 34 (29-40)"; in video it follows the smoothed age).
 
 model.onnx (ONNX Runtime runs no Python code) is the format for models from elsewhere; model.jit is
-TorchScript, a program: load it only from a source you trust.
+TorchScript, a program: it is loaded only with --trust-model (or from the shipped models/ folder).
 """
 from __future__ import annotations
 
@@ -91,7 +91,10 @@ MAX_MISSED = 10           # a track survives this many frames without a matching
 def get_args_parser():
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", default=str(DEFAULT_MODEL),
-                   help="model.onnx (or a trusted model.jit) written by train.py (default: the shipped %(default)s)")
+                   help="model.onnx (or a model.jit with --trust-model) written by train.py (default: the shipped "
+                        "%(default)s)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="load a --model .jit: TorchScript runs code from the file, so only one you made or trust")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="one image to annotate")
     src.add_argument("--input-dir", help="folder of images to annotate (not recursive; skips *_age.* outputs)")
@@ -148,6 +151,13 @@ def outside_training_range(age, age_range, margin=RANGE_MARGIN) -> bool | None:
     return bool(age <= age_range[0] + margin or age >= age_range[1] - margin)
 
 
+def shown(text, limit=200) -> str:
+    """Text from a model file's metadata as it may reach a terminal: printable characters only (no escape
+    sequence that clears the screen or fakes a line), at most `limit` of them."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 class AgeEstimator:
     """Load a model once, then estimate ages of faces in photos.
 
@@ -162,7 +172,7 @@ class AgeEstimator:
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=None, whole_image=False,
-                 threads=None, *, min_face=0, min_score=None, device="cpu", interval_level=0.9):
+                 threads=None, *, min_face=0, min_score=None, device="cpu", interval_level=0.9, trust_code=False):
         path = Path(model)
         if not path.is_file():
             hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
@@ -173,7 +183,7 @@ class AgeEstimator:
             raise DataError(f"--min-score must be a finite number, got {min_score}")
         if not 0 < interval_level < 1:
             raise DataError(f"--interval-level must be between 0 and 1 (e.g. 0.9), got {interval_level}")
-        self._forward, self.metadata = read_export(path, threads, device)
+        self._forward, self.metadata = read_export(path, threads, device, trust_code)
         self.path, self.device = path, device
         self.cfg, self.crop = check_metadata(path, self.metadata)
         try:
@@ -201,17 +211,17 @@ class AgeEstimator:
         ages = "training ages: not recorded in this model" if self.age_range is None else \
             f"training ages {self.age_range[0]:g}-{self.age_range[1]:g}"
         data = self.metadata.get("data")
-        data = f"training data: {data}" if isinstance(data, str) and data.strip() else \
+        data = f"training data: {shown(data)}" if isinstance(data, str) and data.strip() else \
             "training data: not recorded in this model"
         interval = "no age interval (the model carries no calibration)" if self.interval is None else \
-            f"age interval at {self.interval_level:.0%} ({self.interval['method']})"
+            f"age interval at {self.interval_level:.0%} ({shown(self.interval['method'])})"
         if self.metadata.get("age_map"):
-            interval += f"; ages corrected by an {self.metadata['age_map'].get('method', 'age map')}"
+            interval += f"; ages corrected by an {shown(self.metadata['age_map'].get('method', 'age map'))}"
         views = (1 + len(self.tta_zoom)) * (2 if self.metadata.get("tta_flip") else 1)
         averaged = "" if views == 1 else f", mean of {views} views per face (" + " and ".join(
             (["mirror"] if self.metadata.get("tta_flip") else [])
             + ([f"centred {', '.join(f'{z:.0%}' for z in self.tta_zoom)} crops"] if self.tta_zoom else [])) + ")"
-        return (f"model {self.path.name}: {self.metadata.get('model_name', '?')}, {self.cfg.image_size} px"
+        return (f"model {self.path.name}: {shown(self.metadata.get('model_name', '?'))}, {self.cfg.image_size} px"
                 f"{averaged}, {self.device}; faces: {how}\n{ages}; {data}\n{interval}")
 
     def intervals(self, ages) -> list:
@@ -1045,7 +1055,8 @@ def main(args):
     json_stream = sys.stdout if args.json == "-" else None  # --json -: stdout is for the JSON lines alone
     with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
-                                 min_score=args.min_score, device=args.device, interval_level=args.interval_level)
+                                 min_score=args.min_score, device=args.device, interval_level=args.interval_level,
+                                 trust_code=args.trust_model)
         print(estimator.describe())
         if estimator.detector_note:
             print(estimator.detector_note, file=sys.stderr)

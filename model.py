@@ -81,7 +81,10 @@ def _resnet(name, outputs, pretrained=False, weights_file=None):
     if pretrained and not weights_file:
         enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
         try:
-            net = builder(weights=enum)
+            # read as data: torchvision's own call would unpickle whatever lies in the download cache
+            # ($TORCH_HOME, perhaps shared), where the hash is checked only at download time
+            net = builder(weights=None)
+            net.load_state_dict(enum.get_state_dict(progress=True, check_hash=True, weights_only=True))
         except Exception as exc:  # offline, proxy, corrupt download: one clear line, not a traceback
             raise RuntimeError(
                 f"could not download ImageNet weights for {name} ({type(exc).__name__}); with no network, "

@@ -274,6 +274,8 @@ def main(args):
     exports; the process group is closed on every exit, errors included."""
     check_settings(args)  # before torch loads (setup_distributed): a typo is answered at once, not in 3 s
     refuse_output_in_data(args.out_dir, args.splits)
+    if args.cache_dir:
+        refuse_output_in_data(args.cache_dir, args.splits, "--cache-dir")
     dist_ctx = setup_distributed(args)
     try:
         if not dist_ctx.active:
@@ -370,11 +372,11 @@ def data_folders(splits) -> set:
     return parents | (grand if len(grand) == 1 and len(parents) > 1 else set())
 
 
-def refuse_output_in_data(out_dir, splits):
-    """Outputs inside the data set would be read as faces by the next eda.py run."""
+def refuse_output_in_data(out_dir, splits, what="--out-dir"):
+    """Outputs inside the data set would be read as faces by the next eda.py run (the data set is only read)."""
     for folder in data_folders(splits):
         if same_or_inside(out_dir, folder):
-            raise DataError(f"--out-dir {out_dir} is inside {folder}, which holds the data set's images; "
+            raise DataError(f"{what} {out_dir} is inside {folder}, which holds the data set's images; "
                             "choose a folder outside the data set")
 
 

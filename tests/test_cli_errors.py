@@ -71,6 +71,13 @@ def test_a_second_run_into_a_busy_folder_stops_and_a_dead_runs_lock_is_taken_ove
         (run / ".lock").write_text(f"{busy.pid}\n")
         assert_one_line_error(run_script(*train), f"in use by another train.py (PID {busy.pid})")
         assert not (run / "last.pt").exists()
+        # eda.py too: two splits written into one OUT would mix, the one's labels.csv beside the other's splits
+        (tmp_path / "out" / ".lock").write_text(f"{busy.pid}\n")
+        before = (tmp_path / "out" / "splits" / "train.csv").read_bytes()
+        assert_one_line_error(run_script("eda.py", "--data-dir", demo_dir, "--out-dir", tmp_path / "out", "--seed", "7",
+                                         "--no-progress"), f"in use by another eda.py (PID {busy.pid})")
+        assert (tmp_path / "out" / "splits" / "train.csv").read_bytes() == before
+        (tmp_path / "out" / ".lock").unlink()
     finally:
         busy.kill()
         busy.wait()
@@ -86,6 +93,12 @@ def test_training_output_inside_the_data_set_is_refused(demo_dir, run_eda, tmp_p
         proc = run_script("train.py", "--splits", tmp_path / "out" / "splits", "--out-dir", inside, "--threads", "1")
         assert_one_line_error(proc, "holds the data set's images")
         assert not inside.exists()
+    cache = demo_dir / "25" / "cache"  # a cache is an output too: hundreds of MB among the images
+    for script, extra in (("train.py", []), ("hyperparameter_tunning.py", ["--model", "simplecnn"])):
+        proc = run_script(script, "--splits", tmp_path / "out" / "splits", "--out-dir", tmp_path / "run",
+                          "--cache-dir", cache, "--threads", "1", *extra)
+        assert_one_line_error(proc, "--cache-dir", "holds the data set's images")
+        assert not cache.exists()
 
 
 @pytest.mark.slow

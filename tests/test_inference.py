@@ -162,7 +162,7 @@ def test_input_dir_writes_csv_and_skips_corrupt(model_path, faces, tmp_path, cap
     (in_dir / "d_corrupt.jpg").write_bytes(b"not an image at all")
     (in_dir / "notes.txt").write_text("ignored")
     result = run_main(["--model", str(model_path), "--input-dir", str(in_dir), "--output-dir", str(out_dir),
-                       "--detector", "haar"])
+                       "--detector", "haar", "--trust-model"])
     captured = capsys.readouterr()
     assert "warning: skipping d_corrupt.jpg" in captured.err
     assert "images/s" in captured.out
@@ -304,7 +304,7 @@ def test_api_takes_paths_pil_images_and_arrays(onnx_path, faces, tmp_path):
 def test_onnx_and_torchscript_give_the_same_ages(model_path, onnx_path):
     inputs = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     from_onnx = inference.AgeEstimator(onnx_path, whole_image=True).predict_inputs(inputs)
-    from_jit = inference.AgeEstimator(model_path, whole_image=True).predict_inputs(inputs)
+    from_jit = inference.AgeEstimator(model_path, whole_image=True, trust_code=True).predict_inputs(inputs)
     np.testing.assert_allclose(from_onnx, from_jit, atol=1e-4, rtol=0)
     assert from_onnx.shape == (5,)
 
@@ -381,7 +381,7 @@ def test_cli_text_file_as_model(tmp_path):
     photo = _a_photo(tmp_path)
     text = tmp_path / "model.jit"
     text.write_text("this is not a model\n")
-    assert_one_line_error(_cli("--model", str(text), "--image", photo), "not a TorchScript model")
+    assert_one_line_error(_cli("--model", str(text), "--image", photo, "--trust-model"), "not a TorchScript model")
     text = tmp_path / "model.onnx"
     text.write_text("this is not a model\n")
     assert_one_line_error(_cli("--model", str(text), "--image", photo), "not an ONNX model")
@@ -454,3 +454,15 @@ def test_outputs_inside_a_labelled_data_set_are_refused(onnx_path, faces, tmp_pa
         with pytest.raises(DataError, match="holds a labelled face data set"):
             run_main(["--model", str(onnx_path), *argv])
     assert sorted(p.name for p in data.rglob("*")) == ["25", "26"]
+
+
+def test_a_torchscript_model_runs_only_where_it_is_vouched_for(model_path, onnx_path, tmp_path):
+    """A model.jit is a program: refused without --trust-model (the ONNX file beside it named instead), loaded
+    with it, and loaded from the shipped models/ folder alone without it."""
+    from checkpoints import SHIPPED_MODELS, read_export
+    proc = _cli("--model", str(model_path), "--image", _a_photo(tmp_path))
+    assert_one_line_error(proc, "is TorchScript, which runs code from the file", "--trust-model", "model.onnx")
+    with pytest.raises(DataError, match="runs code from the file"):
+        inference.AgeEstimator(model_path)
+    assert read_export(model_path, trust_code=True)[1] == read_export(onnx_path)[1]
+    assert read_export(next(SHIPPED_MODELS.glob("*.jit")))[1]["model_name"]

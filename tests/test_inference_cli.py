@@ -430,3 +430,10 @@ def test_the_detector_the_training_chips_were_cut_after_is_the_default(tmp_path,
     assert plain.pipeline.detector == face_pipeline.DEFAULT_DETECTOR and not plain.detector_note
     with pytest.raises(DataError, match="crop detector 'yolo'"):
         face_pipeline.check_crop({**face_pipeline.UTKFACE_CROP, "detector": "yolo"})
+
+
+def test_text_from_a_model_file_reaches_the_terminal_printable_only(tmp_path):
+    path = constant_model(tmp_path / "m.onnx", data="\x1b[2J\x1b]0;owned\x07faces\nfake line " + "x" * 500)
+    described = inference.AgeEstimator(path, whole_image=True).describe()
+    assert "\x1b" not in described and "\x07" not in described and "fake line" in described
+    assert len(described.splitlines()) == 3 and len(described.splitlines()[1]) < 260

@@ -109,6 +109,16 @@ def test_resnet_pretrained_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     with pytest.raises(RuntimeError, match="--weights FILE"):
         build_model("resnet18", pretrained=True)
+    # with a network, the downloaded (or cached) file is read as data, its hash checked
+    import torchvision.models._api as weights_api
+    asked = {}
+
+    def cached_weights(url, *a, **k):
+        asked.update(k, url=url)
+        return torchvision.models.resnet18(weights=None).state_dict()
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", cached_weights)
+    build_model("resnet18", pretrained=True)
+    assert asked["weights_only"] is True and asked["check_hash"] is True and "resnet18" in asked["url"]
     # a local ImageNet-format file is accepted instead, its 1000-class head replaced
     state = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(state, tmp_path / "r18.pth")

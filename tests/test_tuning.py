@@ -181,6 +181,13 @@ def test_rerun_skips_finished_trials(search, tmp_path, monkeypatch):
     ht.main(ht.get_args_parser().parse_args(argv))
     assert len(calls) == 1
     assert len(rows(run / "grid_search.csv")) == 4
+    # a last row cut short inside its text columns (an older version appended in place): not taken as a whole row
+    rows_before = rows(run / "grid_search.csv")
+    (run / "grid_search.csv").write_text("".join(lines[:-1]) + lines[-1].rstrip("\r\n")[:-30])
+    ht.main(ht.get_args_parser().parse_args(argv))
+    whole = rows(run / "grid_search.csv")
+    assert len(whole) == 4 and whole[-1]["trial"] == rows_before[-1]["trial"] and whole[-1]["source"]
+    assert len(calls) == 2  # that trial run again, not taken as finished
 
 
 @pytest.mark.slow
