@@ -75,6 +75,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_cli(main, parser):
     """Parse, run, and turn expected failures into one line on stderr with exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # a console or log that cannot show a file's name: escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args()
     try:
         return main(args)

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -64,9 +65,20 @@ def _parse_age(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _csv_encoding(path: Path) -> str:
+    """utf-8-sig (a spreadsheet's byte-order mark would otherwise hide the first column name), or cp1252 for a
+    file that is not UTF-8: what Excel on Windows saves, whose accented paths would otherwise not be found."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES)
+    try:
+        data.decode("utf-8-sig")
+        return "utf-8-sig"
+    except UnicodeDecodeError:
+        return "cp1252"
+
+
 def _csv_header(path: Path) -> list[str]:
-    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the first column name
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    with open(path, newline="", encoding=_csv_encoding(path), errors="replace") as f:
         try:
             return [h.strip().lower() for h in next(csv.reader(f), [])]
         except csv.Error as exc:  # e.g. a first field over csv's 128 KiB limit
@@ -81,18 +93,29 @@ def _find_csv(data_dir: Path) -> Path | None:
                             "or such a CSV as --data-dir")
         return data_dir
     if data_dir.is_dir():
+        found = []
         for candidate in sorted(data_dir.glob("*.csv")):
             try:
                 header = _csv_header(candidate)
-            except DataError:  # some other CSV beside the images (notes, exports): not the labels
+            except (DataError, OSError):  # another CSV (notes, exports), a folder or a broken link: not the labels
                 continue
             if "path" in header and "age" in header:
-                return candidate
+                found.append(candidate)
+        if len(found) > 1:  # the first alone would hide the others' labels (train/val/test.csv: only test.csv)
+            raise DataError(f"{data_dir} holds {len(found)} CSVs with path,age columns ({', '.join(p.name for p in found)}); "
+                            "pass the one that labels the faces as --data-dir, or merge them into one")
+        return found[0] if found else None
     return None
 
 
-def _walk_files(root: Path):
-    """Sorted recursive listing that survives symlink loops and unreadable folders.
+# folders a file manager, a NAS or an archive tool adds beside photos, holding thumbnails or copies of them:
+# read as faces they would put one photo in two splits (resized copies are no byte-identical duplicates)
+SYSTEM_FOLDERS = {"@eaDir", "__MACOSX", "#recycle", "$RECYCLE.BIN", "System Volume Information", "Thumbs"}
+
+
+def _walk_files(root: Path, pruned: list | None = None):
+    """Sorted recursive listing that survives symlink loops and unreadable folders; hidden folders (.name)
+    and SYSTEM_FOLDERS are left out, and appended to `pruned` where given.
 
     Yields file paths, and the path of every folder link that points back at the folder holding
     it or at any folder above it (a symlink loop; also a link to the data root, which would
@@ -117,7 +140,10 @@ def _walk_files(root: Path):
             target = os.path.realpath(os.path.join(dirpath, name))
             if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
                 loops.append(name)
-        dirnames[:] = sorted(n for n in dirnames if n not in loops)
+        system = [n for n in dirnames if n.startswith(".") or n in SYSTEM_FOLDERS]
+        if pruned is not None:
+            pruned.extend(Path(dirpath) / n for n in system)
+        dirnames[:] = sorted(n for n in dirnames if n not in loops and n not in system)
         for name in sorted(filenames + loops):
             yield Path(dirpath) / name
 
@@ -133,7 +159,7 @@ def _utf8_name(path) -> bool:
 
 def _csv_rows(path, f):
     """csv.DictReader rows; a malformed CSV (e.g. a field over csv's 128 KiB limit) is one DataError."""
-    reader = csv.DictReader(f)
+    reader = csv.DictReader(f, strict=True)  # a quote left open would otherwise swallow every row after it
     try:
         yield from reader
     except csv.Error as exc:
@@ -156,14 +182,23 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
     skipped: Counter = Counter()
     csv_path = _find_csv(data_dir)
     if csv_path is not None:
-        layout, records = "csv", _discover_csv(csv_path, skipped)
+        listed = set()
+        layout, records = "csv", _discover_csv(csv_path, skipped, listed)
+        if data_dir.is_dir():  # the CSV labels the folder's faces: those it does not list are counted, not lost
+            unlisted = sum(_is_image_name(p) and os.path.abspath(p) not in listed for p in _walk_files(data_dir))
+            if unlisted:
+                skipped["image_not_in_csv"] += unlisted
     else:
         age_dirs = [p for p in sorted(data_dir.iterdir()) if p.is_dir()] if data_dir.is_dir() else []
         flat_images = [p for p in sorted(data_dir.iterdir()) if p.is_file() and _is_image_name(p)]
-        if any(_parse_age(p.name) is not None for p in age_dirs):
+        if any(_parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120 for p in age_dirs):
             layout, records = "folder_per_age", _discover_folder_per_age(age_dirs, flat_images, skipped)
         elif any(UTKFACE_NAME.match(p.name) for p in flat_images):
             layout, records = "utkface", _discover_utkface(flat_images, skipped)
+            # the UTKFace layout is one flat folder: files below it are not read, but counted
+            below = sum(_is_image_name(f) for d in age_dirs for f in _walk_files(d))
+            if below:
+                skipped["image_in_subfolder"] += below
         else:
             raise DataError(
                 f"no labelled images found in {data_dir}: expected folders named by age (DIR/25/*.jpg), "
@@ -171,7 +206,8 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
     return _filter_records(records, skipped, min_age, max_age, outside_filter), skipped, layout
 
 
-SUBJECT_COLUMNS = ("subject", "person", "identity")  # first one present names the person (CSV layout)
+# the first one present names the person (CSV layout)
+SUBJECT_COLUMNS = ("subject", "person", "identity", "subject_id", "person_id", "identity_id", "celeb_id")
 GROUP_COLUMNS = ("gender", "race")  # optional groups, kept as text, for per-group reports
 UTKFACE_GENDERS = {"0": "male", "1": "female"}
 UTKFACE_RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
@@ -194,25 +230,45 @@ def source_subject_column(data_dir) -> str | None:
     return subject_column(_csv_header(csv_path)) if csv_path is not None else None
 
 
-def _discover_csv(csv_path: Path, skipped: Counter) -> list[dict]:
-    """CSV layout: path,age columns (paths relative to the CSV), optional subject and group columns."""
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name over the file system's limit, a folder not to be entered
+        return False
+
+
+def _csv_row_file(csv_path: Path, rel: str) -> Path | None:
+    """The file a CSV row names, or None: relative to the CSV's folder (the folder a linked CSV points into
+    too), with Windows separators read as well."""
+    if not rel:
+        return None
+    names = [rel] + ([rel.replace("\\", "/")] if "\\" in rel else [])  # written on Windows: imgs\a.jpg
+    folders = [csv_path.parent] + ([csv_path.resolve().parent] if csv_path.is_symlink() else [])
+    for name in names:
+        for path in ([Path(name)] if os.path.isabs(name) else [folder / name for folder in folders]):
+            if _is_file(path):
+                return path
+    return None
+
+
+def _discover_csv(csv_path: Path, skipped: Counter, listed: set | None = None) -> list[dict]:
+    """CSV layout: path,age columns (paths relative to the CSV), optional subject and group columns.
+    listed: receives the absolute path of every file a row names, its age usable or not."""
     header = _csv_header(csv_path)
     subject = subject_column(header)
     groups = [c for c in GROUP_COLUMNS if c in header]
     records = []
-    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    with open(csv_path, newline="", encoding=_csv_encoding(csv_path), errors="replace") as f:
         for row in _csv_rows(csv_path, f):
             row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
+            path = _csv_row_file(csv_path, row.get("path", "").strip())
+            if path is not None and listed is not None:
+                listed.add(os.path.abspath(path))
             age = _parse_age(row.get("age", ""))
             if age is None:
                 skipped["bad_age_label"] += 1
                 continue
-            rel = row.get("path", "").strip()
-            path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
-            if "\\" in rel and not path.is_file():  # written on Windows: imgs\a.jpg
-                rel = rel.replace("\\", "/")
-                path = (csv_path.parent / rel) if not os.path.isabs(rel) else Path(rel)
-            if not rel or not path.is_file():
+            if path is None:
                 skipped["missing_file"] += 1
                 continue
             rec = {"path": str(path.absolute()), "age": age}
@@ -230,10 +286,13 @@ def _discover_folder_per_age(age_dirs: list[Path], flat_images: list[Path], skip
     records = []
     for folder in age_dirs:
         age = _parse_age(folder.name)
-        files = list(_walk_files(folder))
+        pruned = []
+        files = list(_walk_files(folder, pruned))
         if age is None:
             skipped["folder_not_an_age"] += len(files) or 1
             continue
+        if pruned:
+            skipped["system_folder"] += len(pruned)
         for path in files:
             if path.is_dir():
                 skipped["symlink_loop"] += 1
@@ -243,6 +302,13 @@ def _discover_folder_per_age(age_dirs: list[Path], flat_images: list[Path], skip
                 skipped["not_an_image_name"] += 1
             else:
                 records.append({"path": str(path.absolute()), "age": age})
+    # numbered batch folders of UTKFace files (1/, 2/ ...) are no ages: their names say otherwise
+    named = [(r, m) for r in records if (m := UTKFACE_FULL_NAME.match(Path(r["path"]).name))]
+    if len(named) > len(records) / 2 and sum(int(m.group(1)) != r["age"] for r, m in named) > len(named) / 2:
+        r, _ = next((r, m) for r, m in named if int(m.group(1)) != r["age"])
+        raise DataError(f"the files in the numbered folders carry UTKFace names with other ages (e.g. {r['path']}, "
+                        f"in folder {r['age']}): folders are read as ages, so put the files in one folder (the "
+                        "UTKFace layout) or list them in a CSV with path,age columns")
     return records
 
 
@@ -287,7 +353,10 @@ def _filter_records(records, skipped: Counter, min_age, max_age, outside_filter=
 def to_rgb(img: Image.Image) -> Image.Image:
     """The one decoding rule for files and PIL images alike: EXIF rotation applied, 16-bit and float gray
     scaled to 8 bits, transparent pixels black, RGB."""
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block (Pillow raises SyntaxError, among others): the pixels as stored
+        pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255); one fixed scale, so
         # that two nearly equal images never come out far apart
@@ -445,6 +514,12 @@ def scan_images(records, workers: int = 2, progress: bool = True):
 # ----------------------------------------------------------------------------------------------
 # Duplicates and the split
 
+def path_order(record) -> str:
+    """The key records are sorted by before the seeded split: the path with its accents composed (NFC), so
+    that a copy whose file names macOS or a zip stored decomposed (NFD) splits exactly as the original."""
+    return unicodedata.normalize("NFC", record["path"])
+
+
 def deduplicate(records):
     """Byte-identical files share a hash: keep one per group if the ages agree, drop the group if not.
 
@@ -460,9 +535,9 @@ def deduplicate(records):
             stats["conflict_groups_dropped"] += 1
             stats["conflict_files_dropped"] += len(group)
             continue
-        kept.append(min(group, key=lambda r: r["path"]))  # deterministic representative
+        kept.append(min(group, key=path_order))  # deterministic representative
         stats["duplicate_files_removed"] += len(group) - 1
-    kept.sort(key=lambda r: r["path"])
+    kept.sort(key=path_order)
     return kept, {k: stats.get(k, 0) for k in
                   ("duplicate_files_removed", "conflict_groups_dropped", "conflict_files_dropped")}
 
@@ -500,7 +575,7 @@ def stratified_split(records, seed: int = 42, fractions=(0.8, 0.1, 0.1), group_k
     """
     if not math.isclose(sum(fractions), 1.0):
         raise ValueError("split fractions must sum to 1")
-    records = sorted(records, key=lambda r: r["path"])  # independent of discovery order
+    records = sorted(records, key=path_order)  # independent of discovery order
     if group_key is not None:
         return group_split(records, group_key, seed, fractions)
     bins = stratification_bins([r["age"] for r in records])
@@ -515,7 +590,7 @@ def stratified_split(records, seed: int = 42, fractions=(0.8, 0.1, 0.1), group_k
         for i, idx in enumerate(order):
             target = 0 if i < n_train else (1 if i < n_train + n_val else 2)
             splits[target].append(members[idx])
-    return tuple(sorted(s, key=lambda r: r["path"]) for s in splits)
+    return tuple(sorted(s, key=path_order) for s in splits)
 
 
 def split_groups(records, group_key: str) -> dict:
@@ -523,7 +598,7 @@ def split_groups(records, group_key: str) -> dict:
     groups: dict = {}
     for i, rec in enumerate(records):
         value = str(rec.get(group_key) or "").strip()
-        groups.setdefault(value or "\0" + rec["path"], []).append(i)
+        groups.setdefault(unicodedata.normalize("NFC", value) or "\0" + path_order(rec), []).append(i)
     return groups
 
 
@@ -533,7 +608,7 @@ def group_split(records, group_key: str, seed: int = 42, fractions=(0.8, 0.1, 0.
     where it best fills the missing share of that split's size and of each age stratum (squared
     shortfall relative to the target). Raises DataError with fewer than three groups.
     """
-    records = sorted(records, key=lambda r: r["path"])
+    records = sorted(records, key=path_order)
     groups = split_groups(records, group_key)
     if len(groups) < 3:
         raise DataError(f"only {len(groups)} distinct {group_key} value(s): a split that keeps each person in "
@@ -562,7 +637,7 @@ def group_split(records, group_key: str, seed: int = 42, fractions=(0.8, 0.1, 0.
             g = min(members[donor], key=lambda g: (len(groups[keys[g]]), keys[g]))
             members[donor].remove(g)
             members[s].append(g)
-    return tuple(sorted((records[i] for g in m for i in groups[keys[g]]), key=lambda r: r["path"])
+    return tuple(sorted((records[i] for g in m for i in groups[keys[g]]), key=path_order)
                  for m in members)
 
 

@@ -232,6 +232,8 @@ def check_paths(args):
         raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
     if args.min_age is not None and args.max_age is not None and args.min_age > args.max_age:
         raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
+    if args.seed < 0:  # numpy's seeds are 0 or more: said now, not after the scan
+        raise DataError(f"--seed must be 0 or more, got {args.seed}")
     return data_dir, out_dir
 
 

@@ -1,9 +1,10 @@
 """Usage mistakes end in one line on stderr and exit code 2, whichever script is called."""
 import subprocess
+import sys
 
 import pytest
 
-from conftest import assert_one_line_error, run_script
+from conftest import REPO, assert_one_line_error, run_script
 
 
 @pytest.mark.slow
@@ -222,3 +223,21 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
     proc = run_script("-c", probe)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_console_that_cannot_show_a_name_gets_it_escaped_not_an_error(tmp_path):
+    """A Windows log file (cp1252) or an ASCII console: the outputs were written, then printing their folder's
+    name failed the run with a codec error."""
+    import os
+    out = tmp_path / "数据"
+    proc = subprocess.run([sys.executable, "demo_data.py", "--out-dir", str(out), "--min-age", "20", "--max-age", "20",
+                           "--per-age", "1", "--size", "32"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\\u6570\\u636e" in proc.stdout and (out / "20").is_dir()
+
+
+def test_a_negative_seed_is_one_line_before_the_scan(demo_dir, tmp_path):
+    assert_one_line_error(run_script("eda.py", "--data-dir", demo_dir, "--out-dir", tmp_path / "o", "--seed", "-1"),
+                          "--seed must be 0 or more")
+    assert not (tmp_path / "o").exists()

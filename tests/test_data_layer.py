@@ -389,3 +389,99 @@ def test_numbered_photos_and_this_tools_own_outputs_are_no_labelled_data_set(tmp
     assert labelled_folder_above(photos / "out") is None
     write_jpeg(photos / "35_0_3_20170117.jpg.chip.jpg", seed=9)
     assert labelled_folder_above(photos / "out") == photos
+
+
+# ---------------------------------------------------------------------------------------------- odd data sets
+
+def test_thumbnail_and_hidden_folders_in_age_folders_are_no_faces(tmp_path):
+    """A NAS (@eaDir), macOS (__MACOSX) or a viewer (.thumbnails) keeps resized copies beside the photos: read as
+    faces they put one photo in two splits, and as copies that are not byte-identical, no duplicate check sees it."""
+    for age in ("20", "21"):
+        write_jpeg(tmp_path / age / "IMG_0.jpg", seed=int(age))
+        write_jpeg(tmp_path / age / "@eaDir" / "IMG_0.jpg" / "SYNOPHOTO_THUMB_M.jpg", seed=100 + int(age))
+    write_jpeg(tmp_path / "20" / ".thumbnails" / "IMG_0.jpg", seed=7)
+    write_jpeg(tmp_path / "21" / "__MACOSX" / "._IMG_0.jpg", seed=8)
+    records, skipped, layout = discover_labels(tmp_path)
+    assert layout == "folder_per_age" and sorted(Path(r["path"]).parent.name for r in records) == ["20", "21"]
+    assert skipped["system_folder"] == 4
+
+
+def test_numbered_batch_folders_of_utkface_files_are_refused_not_read_as_ages(tmp_path):
+    for batch in ("1", "2", "3"):
+        for k in range(3):
+            write_jpeg(tmp_path / "H" / batch / f"{20 + k}_0_0_2017011{batch}{k}.jpg.chip.jpg", seed=k)
+    with pytest.raises(DataError, match="UTKFace names with other ages"):
+        discover_labels(tmp_path / "H")
+    flat = tmp_path / "G"  # a flat UTKFace folder with one stray year folder: still the UTKFace layout
+    for k in range(4):
+        write_jpeg(flat / f"{30 + k}_1_2_2017011{k}.jpg.chip.jpg", seed=k)
+    write_jpeg(flat / "2019" / "holiday.jpg", seed=9)
+    records, skipped, layout = discover_labels(flat)
+    assert layout == "utkface" and len(records) == 4 and skipped["image_in_subfolder"] == 1
+
+
+def test_several_label_csvs_are_refused_and_images_a_csv_does_not_list_are_counted(tmp_path):
+    for k in range(4):
+        write_jpeg(tmp_path / "imgs" / f"{k}.jpg", seed=k)
+    (tmp_path / "labels.csv").write_text("path,age\nimgs/0.jpg,20\nimgs/1.jpg,30\n")
+    records, skipped, layout = discover_labels(tmp_path)
+    assert layout == "csv" and len(records) == 2 and skipped["image_not_in_csv"] == 2
+    (tmp_path / "test.csv").write_text("path,age\nimgs/2.jpg,40\n")  # eda's own split files, say
+    with pytest.raises(DataError, match=r"2 CSVs with path,age columns \(labels.csv, test.csv\)"):
+        discover_labels(tmp_path)
+    assert len(discover_labels(tmp_path / "labels.csv")[0]) == 2  # the one to use, named
+
+
+def test_a_quote_left_open_in_a_csv_is_an_error_not_the_rest_of_the_file_gone(tmp_path):
+    for k in range(6):
+        write_jpeg(tmp_path / f"{k}.jpg", seed=k)
+    notes = ['"best shot' if k == 2 else "ok" for k in range(6)]  # row 2's quote is never closed
+    rows = [f"{k}.jpg,{20 + k},{notes[k]}" for k in range(6)]
+    (tmp_path / "labels.csv").write_text("path,age,note\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="labels.csv is not a readable CSV"):
+        discover_labels(tmp_path)
+
+
+def test_an_excel_csv_in_windows_encoding_finds_its_accented_files(tmp_path):
+    names = ["José_0.png", "Chloé_1.png", "Zoë_2.png"]
+    for k, name in enumerate(names):
+        write_jpeg(tmp_path / name, seed=k)
+    text = "path,age\r\n" + "".join(f"{n},{25 + k}\r\n" for k, n in enumerate(names))
+    (tmp_path / "labels.csv").write_bytes(text.encode("cp1252"))
+    records, skipped, _ = discover_labels(tmp_path)
+    assert sorted(Path(r["path"]).name for r in records) == sorted(names) and not skipped
+
+
+def test_odd_entries_beside_and_in_a_csv_are_passed_over_or_counted(tmp_path):
+    write_jpeg(tmp_path / "a.jpg", seed=0)
+    (tmp_path / "export.csv").mkdir()  # a folder named like a CSV
+    (tmp_path / "gone.csv").symlink_to(tmp_path / "nowhere.csv")  # a broken link
+    (tmp_path / "labels.csv").write_text("path,age\na.jpg,20\n" + "x" * 300 + ".jpg,30\n")  # a name over 255
+    records, skipped, _ = discover_labels(tmp_path)
+    assert len(records) == 1 and skipped["missing_file"] == 1
+    linked = tmp_path / "elsewhere"
+    linked.mkdir()
+    (linked / "labels.csv").symlink_to(tmp_path / "labels.csv")  # rows relative to the file it points to
+    assert [Path(r["path"]).name for r in discover_labels(linked / "labels.csv")[0]] == ["a.jpg"]
+
+
+def test_a_damaged_exif_block_leaves_the_pixels_as_stored():
+    import io
+    from custom_dataset import load_rgb, to_rgb
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", exif=b"Exif\x00\x00garbagegarbage")
+    buffer.seek(0)
+    with Image.open(buffer) as img:
+        np.testing.assert_array_equal(np.asarray(to_rgb(img)), pixels)
+
+
+def test_names_composed_or_decomposed_split_alike():
+    import unicodedata
+    from custom_dataset import stratified_split
+    names = [f"{w}_{k}.jpg" for k in range(30) for w in ("José", "Josf", "Zoë")]
+    def split(form):
+        records = [{"path": unicodedata.normalize(form, f"/d/{n}"), "age": 20 + k % 7, "hash": n}
+                   for k, n in enumerate(names)]
+        return [[r["hash"] for r in part] for part in stratified_split(records, seed=3)]
+    assert split("NFC") == split("NFD")
