@@ -67,8 +67,8 @@ def test_single_image_two_faces_one_forward_pass(onnx_path, faces, tmp_path, cap
     calls, tta = [], []
     real_load = inference.read_export
 
-    def counting_load(path, threads=None, device="cpu"):
-        forward, metadata = real_load(path, threads, device)
+    def counting_load(path, threads=None, device="cpu", trust_code=False):
+        forward, metadata = real_load(path, threads, device, trust_code)
         tta.append(bool(metadata.get("tta_flip")))
 
         def counted(x):

@@ -83,8 +83,8 @@ def test_inference_averages_the_views_evaluation_averages(tiny_model, tmp_path, 
     real_read = inference.read_export
     calls = []
 
-    def torch_forward(path, threads=None, device="cpu"):
-        _, metadata = real_read(path, threads, device)
+    def torch_forward(path, threads=None, device="cpu", trust_code=False):
+        _, metadata = real_read(path, threads, device, trust_code)
         metadata.update(tta_flip=True, tta_zoom=[0.8, 0.9])  # as checkpoints.export_metadata writes them
 
         def forward(x):
