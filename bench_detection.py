@@ -146,7 +146,7 @@ def faceless_figures(pipe, backgrounds):
 def end_to_end_ms(model, scenes, threads):
     """Median ms per 640 x 480 scene through inference.AgeEstimator: detect, align, preprocess, predict."""
     import inference
-    estimator = inference.AgeEstimator(model, threads=threads)
+    estimator = inference.AgeEstimator(model, faces.DEFAULT_DETECTOR, threads=threads)
     estimator.estimate(scenes[0][0])  # warm-up: first-call allocations
     ms = []
     for scene, _ in scenes:
@@ -164,7 +164,7 @@ def zoom_cost_ms(model, scenes, threads) -> dict:
     the run touches both alike). Medians per photo and the median of the paired differences."""
     import datetime
     import inference
-    estimator = inference.AgeEstimator(model, threads=threads)
+    estimator = inference.AgeEstimator(model, faces.DEFAULT_DETECTOR, threads=threads)
     zooms = estimator.tta_zoom
     if not zooms:
         raise DataError(f"{model} has no test-time zooms in its metadata; there is nothing to cost")

@@ -18,18 +18,22 @@ PACKAGE_OF = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scik
 
 def _missing_package_hook(kind, exc, tb, previous_hook=sys.excepthook):
     """A missing requirement fails at a script's first imports, before run_cli can catch anything: one line
-    that names the package and the install command, not an ImportError's traceback. Scripts import cli before
-    any third-party package so that this hook is in place first."""
-    if not issubclass(kind, ModuleNotFoundError) or not exc.name:
+    that names the package and the install command, not an ImportError's traceback (--debug shows it). Scripts
+    import cli before any third-party package so that this hook is in place first."""
+    if not issubclass(kind, ModuleNotFoundError) or not exc.name or "--debug" in sys.argv:
         return previous_hook(kind, exc, tb)
     name = exc.name.split(".")[0]
+    sys.stdout.flush()
     print(f"error: the package {PACKAGE_OF.get(name, name)} is missing from this Python ({sys.executable}); "
           f"install the project's requirements: pip install -r requirements.txt", file=sys.stderr)
     sys.stderr.flush()
     os._exit(2)
 
 
-sys.excepthook = _missing_package_hook
+# only where one of this project's scripts is running: a program of the user's that imports inference keeps its own
+_MAIN_FILE = getattr(sys.modules.get("__main__"), "__file__", None)
+if _MAIN_FILE and os.path.dirname(os.path.abspath(_MAIN_FILE)) == os.path.dirname(os.path.abspath(__file__)):
+    sys.excepthook = _missing_package_hook
 
 
 class LazyModule(types.ModuleType):

@@ -74,7 +74,8 @@ def _csv_encoding(path: Path) -> str:
         data.decode("utf-8-sig")
         return "utf-8-sig"
     except UnicodeDecodeError:
-        return "cp1252"
+        # UTF-8 with one stray byte (a note pasted from elsewhere) stays UTF-8, its other accents intact
+        return "utf-8-sig" if re.search(rb"[\xc2-\xf4][\x80-\xbf]", data) else "cp1252"
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -159,9 +160,14 @@ def _utf8_name(path) -> bool:
 
 def _csv_rows(path, f):
     """csv.DictReader rows; a malformed CSV (e.g. a field over csv's 128 KiB limit) is one DataError."""
-    reader = csv.DictReader(f, strict=True)  # a quote left open would otherwise swallow every row after it
+    reader = csv.DictReader(f)
     try:
-        yield from reader
+        for row in reader:
+            # a quote left open swallows every row after it into one field: said, not a file's rows lost in silence
+            if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in row.values()):
+                raise DataError(f"{path}: the row ending on line {reader.line_num} runs over several lines (a quote "
+                                "left open?); fix the CSV")
+            yield row
     except csv.Error as exc:
         raise DataError(f"{path} is not a readable CSV (line {reader.line_num}: {exc}); check the file") from None
 
@@ -170,7 +176,7 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
     """Find labelled images under data_dir.
 
     Returns (records, skipped, layout): records is a list of {"path": absolute path, "age": int}
-    dicts, plus "subject" (text; a CSV with a subject, person or identity column) and "gender",
+    dicts, plus "subject" (text; a CSV with a SUBJECT_COLUMNS column, e.g. subject or person_id) and "gender",
     "race" (text, "" where unknown; UTKFace names, or a CSV with such columns) where the layout
     gives them; skipped a Counter of reasons; layout one of "folder_per_age", "utkface", "csv".
     Raises DataError when the folder matches none of the three layouts. outside_filter (a list): receives
@@ -224,7 +230,7 @@ def subject_column(columns) -> str | None:
 
 
 def source_subject_column(data_dir) -> str | None:
-    """The CSV column (subject, person or identity) that discover_labels reads as "subject", or None."""
+    """The CSV column (one of SUBJECT_COLUMNS) that discover_labels reads as "subject", or None."""
     data_dir = Path(data_dir)
     csv_path = _find_csv(data_dir) if data_dir.exists() else None
     return subject_column(_csv_header(csv_path)) if csv_path is not None else None
@@ -300,6 +306,8 @@ def _discover_folder_per_age(age_dirs: list[Path], flat_images: list[Path], skip
                 skipped["not_a_file"] += 1
             elif not _is_image_name(path):
                 skipped["not_an_image_name"] += 1
+            elif path.stem.endswith(ANNOTATED_SUFFIX):  # inference.py's annotated copy of a face: no new face
+                skipped["annotated_copy"] += 1
             else:
                 records.append({"path": str(path.absolute()), "age": age})
     # numbered batch folders of UTKFace files (1/, 2/ ...) are no ages: their names say otherwise
@@ -326,6 +334,8 @@ def _discover_utkface(flat_images: list[Path], skipped: Counter) -> list[dict]:
         m = UTKFACE_NAME.match(path.name)
         if m is None:
             skipped["name_without_age"] += 1
+        elif path.stem.endswith(ANNOTATED_SUFFIX):  # 25_anna_age.jpg: inference.py's copy of 25_anna.jpg
+            skipped["annotated_copy"] += 1
         else:
             records.append({"path": str(path.absolute()), "age": int(m.group(1)), **utkface_groups(path.name)})
     return records
@@ -398,9 +408,10 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
 
 
 def labelled_folder_above(path) -> Path | None:
-    """The first folder at or above path that eda.py would read labelled faces from: one holding
-    folders named by age, or images named as UTKFace names its files (inference.py's own annotated
-    copies aside). Outputs written there would come back as training faces on the next eda.py run."""
+    """The first folder at or above path that holds a labelled face data set: folders named by age, or images
+    named as UTKFace names its files (inference.py's own annotated copies aside). Outputs written there would
+    come back as training faces on the next eda.py run. A folder of loosely numbered photos (1_beach.jpg) is
+    none: eda.py would read it, but passes over the annotated copies (NAME_age.jpg) written there."""
     for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
         try:
             entries = list(itertools.islice(folder.iterdir(), 500))
@@ -1015,11 +1026,8 @@ def _preprocess_or_none(args):
     except FileNotFoundError:
         return None, "missing_file"
     except Exception:
-        try:  # a file that cannot be read now (a network share's hiccup) is no undecodable file
-            Path(path).read_bytes()
-        except OSError:
-            return None, "unreadable_file"
-        return None, "undecodable"
+        # a file that cannot be read now (a network share's hiccup) is no undecodable file
+        return None, "undecodable" if _readable(path) else "unreadable_file"
 
 
 # Raise it with any change to to_rgb, preprocess_rgb or filter_input: the cached pixels of every split are then
@@ -1064,7 +1072,10 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             images = np.load(array_path, mmap_mode="r")
             if meta.get("key") == key and meta.get("n") == len(paths) == len(meta["ok"]) \
                     and images.shape == (len(paths), size, size, 3):
-                return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
+                if not any(_readable(paths[i]) for i in meta.get("retry", [])):
+                    return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
+                print(f"note: files of {name or 'the images'} that could not be read before can be now; "
+                      "preprocessing again")
         except (ValueError, OSError, KeyError, TypeError, EOFError):  # cut short (a full disk, a crash): rebuilt
             print(f"note: the cache {array_path.name} is damaged; rebuilding it")
     superseded = superseded_caches(cache_dir, name, cfg, paths, meta_path)
@@ -1075,22 +1086,22 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: Counter = Counter()
+    retry: list = []  # indices of files that could not be read (not: did not decode)
     jobs = [(p, cfg.to_dict()) for p in paths]
     desc = f"preprocessing {name or 'images'} (once, cached)"
     if workers > 1 and len(paths) > 256:
         with worker_pool(workers) as pool:
             results = pool.imap(_preprocess_or_none, jobs, chunksize=16)
             for i, (img, reason) in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not progress)):
-                _store(images, ok, skipped, i, img, reason)
+                _store(images, ok, skipped, i, img, reason, retry)
     else:
         for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress)):
-            _store(images, ok, skipped, i, *_preprocess_or_none(job))
-    if skipped["unreadable_file"]:  # perhaps a passing fault: these files are tried again on the next run
-        print(f"note: {skipped['unreadable_file']} files of {name or 'the images'} could not be read; they are "
-              f"skipped in this run and the cache is not written, so the next run reads them again")
-        return images, ok, skipped
+            _store(images, ok, skipped, i, *_preprocess_or_none(job), retry)
+    if retry:  # perhaps a passing fault: cached as skipped (every rank of a torchrun sees the same), tried again
+        print(f"note: {len(retry)} files of {name or 'the images'} could not be read; they are skipped, and the "
+              f"next run preprocesses again if they can be read by then")
     # write then rename, so an interrupted build never leaves a cache that looks complete
-    meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped),
+    meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped), "retry": retry,
                        "settings": cfg.cache_settings(), "paths": paths_digest(paths)})
     tmp_array = cache_dir / f".{array_path.name}.{os.getpid()}.tmp"
     tmp_meta = cache_dir / f".{meta_path.name}.{os.getpid()}.tmp"
@@ -1165,9 +1176,19 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _store(images, ok, skipped, i, img, reason):
+def _readable(path) -> bool:
+    try:
+        Path(path).read_bytes()
+        return True
+    except OSError:
+        return False
+
+
+def _store(images, ok, skipped, i, img, reason, retry):
     if img is None:
         skipped[reason] += 1
+        if reason == "unreadable_file":
+            retry.append(i)
     else:
         images[i] = img
         ok[i] = True

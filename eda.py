@@ -3,7 +3,8 @@
     python eda.py --data-dir DATA --out-dir OUT [--min-age 20] [--max-age 50] [--seed 42] [--align]
 
 Byte-identical files are merged before the split, so one photo never lands in two splits. A CSV
-with a subject, person or identity column (FG-NET's labels.csv has `subject`) is split by person:
+with a person column (subject, person, identity, subject_id, person_id, identity_id or celeb_id;
+FG-NET's labels.csv has `subject`) is split by person:
 all photos of one person go to the same split. Without such a column (folders per age, UTKFace
 names) the split is per image, and photos of one person may fall in several splits; the report
 and the summary say so.
@@ -15,6 +16,7 @@ each atomically. The CSVs carry `subject`, `gender` and `race` where the data gi
 names; a CSV's own columns); data_report.json counts those groups per split. The data folder is
 only read.
 """
+import contextlib
 import json
 import os
 import sys
@@ -32,8 +34,8 @@ from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, ch
 from functions import atomic_write, folder_lock, pyplot, same_or_inside
 SPLITS = ("train", "val", "test")
 MIN_IMAGES = 10  # age strata hold at least 10 images (stratification_bins), so 10 % of each is >= 1 image
-NO_SUBJECT_NOTE = ("no subject, person or identity column: the split is per image, so photos of one person "
-                   "may fall in several splits")
+NO_SUBJECT_NOTE = ("no person column (subject, person, identity, subject_id, person_id, identity_id, celeb_id): "
+                   "the split is per image, so photos of one person may fall in several splits")
 
 
 def get_args_parser():
@@ -267,8 +269,15 @@ def main(args):
     outside_filter = []  # records --min-age/--max-age left out: a copy of a kept file there is a conflict
     records, skipped, layout = discover_labels(data_dir, args.min_age, args.max_age, outside_filter)
     refuse_output_among_images(out_dir, records)
-    with folder_lock(out_dir, "eda.py"):  # a second eda.py into OUT would mix its split and report with ours
-        return split_and_write(args, data_dir, out_dir, records, skipped, layout, outside_filter, start)
+    existed = out_dir.exists()
+    try:
+        with folder_lock(out_dir, "eda.py"):  # a second eda.py into OUT would mix its split and report with ours
+            return split_and_write(args, data_dir, out_dir, records, skipped, layout, outside_filter, start)
+    except BaseException:
+        if not existed:  # a first run that failed (too few images, say) leaves no empty OUT behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
 
 def split_and_write(args, data_dir, out_dir, records, skipped, layout, outside_filter, start):

@@ -38,6 +38,7 @@ TorchScript, a program: it is loaded only with --trust-model (or from the shippe
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -688,13 +689,19 @@ def _prepare_dir(path, what):
     return path
 
 
+class OutputFailed(DataError):
+    """An output that cannot be written for a reason every later output shares (a full or read-only disk)."""
+
+
 def _write_image(path, rgb):
     try:
         write_image(path, rgb)
     except ValueError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:
-        raise DataError(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
+        # a name too long is this image's problem alone; anything else (no space, no permission) is every image's
+        kind = DataError if exc.errno == errno.ENAMETOOLONG else OutputFailed
+        raise kind(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 
 
 def _interval_text(low, high, number) -> str:
@@ -841,11 +848,14 @@ def _folder_images(in_dir):
 
 
 def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
-    """One image of --input-dir; False (and a warning) where it cannot be read or its outputs cannot be
-    written (a name too long for the file system, say): one image never costs the run its predictions.csv."""
+    """One image of --input-dir; False (and a warning) where it cannot be read or its outputs' names are too
+    long for the file system: one such image never costs the run its predictions.csv. A full or read-only
+    disk stops the run (every image would fail)."""
     try:
         rgb = _read_image(path)
         recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
+    except OutputFailed:
+        raise
     except DataError as exc:
         print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
         return False
@@ -905,7 +915,7 @@ def open_video(video):
     return cap, source.name, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
 
 
-MAX_FPS = 240.0  # above it a stream's rate is its time base (90000 in MPEG-TS), which the mp4 writer refuses
+MAX_FPS = 1000.0  # above it a stream's rate is its time base (90000 in MPEG-TS; the mp4 writer refuses 65536 up)
 
 
 def frame_rate(reported) -> float:

@@ -290,10 +290,14 @@ def test_a_file_that_cannot_be_read_for_now_is_not_cached_as_undecodable(tmp_pat
     monkeypatch.setattr(pathlib.Path, "read_bytes", failing_read)
     images, ok, skipped = build_cache(list(map(str, paths)), cfg, tmp_path / "cache", workers=1, progress=False)
     assert ok.tolist() == [True, False] and skipped == {"unreadable_file": 1}
-    assert "could not be read" in capsys.readouterr().out and not list((tmp_path / "cache").glob("*.npy"))
+    assert "could not be read" in capsys.readouterr().out
+    # cached as skipped (every torchrun rank reads the same mask), and reused while the file stays unreadable
+    again, ok_again, _ = build_cache(list(map(str, paths)), cfg, tmp_path / "cache", workers=1, progress=False)
+    assert ok_again.tolist() == [True, False] and "preprocessing again" not in capsys.readouterr().out
     monkeypatch.setattr(Image, "open", real_open)
     monkeypatch.setattr(pathlib.Path, "read_bytes", real_read)
     images, ok, skipped = build_cache(list(map(str, paths)), cfg, tmp_path / "cache", workers=1, progress=False)
+    assert "preprocessing again" in capsys.readouterr().out  # readable now: made again, not "undecodable" for good
     assert ok.all() and not skipped and images[1].mean() == pytest.approx(120, abs=1)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     (text := tmp_path / "text.png").write_bytes(b"no image at all")  # a file that reads but does not decode

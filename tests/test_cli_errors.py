@@ -34,6 +34,14 @@ def test_a_missing_requirement_is_one_line_naming_the_package(script, hidden, pa
     assert_one_line_error(run_script("-c", code), f"the package {package} is missing", "pip install -r requirements.txt")
 
 
+def test_a_users_own_program_keeps_its_own_import_errors(tmp_path):
+    """The hook is the scripts' alone: a program that imports inference sees its own ImportError as Python shows it."""
+    program = tmp_path / "mine.py"
+    program.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport inference\nimport not_a_package_here\n")
+    proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ModuleNotFoundError" in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flag, value, rule", [
     ("--batch-size", "0", "--batch-size must be at least 1"),
@@ -57,7 +65,7 @@ def test_too_few_images_for_a_split_is_one_clear_line(demo_dir, tmp_path):
         shutil.copy(path, small / path.parent.name / path.name)
     proc = run_script("eda.py", "--data-dir", small, "--out-dir", tmp_path / "out", "--no-progress")
     assert_one_line_error(proc, "only 5 usable unique images", "needs at least 10")
-    assert not (tmp_path / "out" / "splits").exists()
+    assert not (tmp_path / "out").exists()  # not even an empty folder (or its lock) is left
 
 
 @pytest.mark.slow

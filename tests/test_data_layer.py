@@ -389,6 +389,13 @@ def test_numbered_photos_and_this_tools_own_outputs_are_no_labelled_data_set(tmp
     assert labelled_folder_above(photos / "out") is None
     write_jpeg(photos / "35_0_3_20170117.jpg.chip.jpg", seed=9)
     assert labelled_folder_above(photos / "out") == photos
+    # and eda.py passes over annotated copies written among loosely named faces, in either layout
+    records, skipped, _ = discover_labels(photos)
+    assert "1_beach_age.jpg" not in {Path(r["path"]).name for r in records} and skipped["annotated_copy"] == 2
+    write_jpeg(tmp_path / "ages" / "25" / "anna.jpg", seed=1)
+    write_jpeg(tmp_path / "ages" / "25" / "anna_age.jpg", seed=2)
+    records, skipped, _ = discover_labels(tmp_path / "ages")
+    assert [Path(r["path"]).name for r in records] == ["anna.jpg"] and skipped["annotated_copy"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- odd data sets
@@ -438,8 +445,11 @@ def test_a_quote_left_open_in_a_csv_is_an_error_not_the_rest_of_the_file_gone(tm
     notes = ['"best shot' if k == 2 else "ok" for k in range(6)]  # row 2's quote is never closed
     rows = [f"{k}.jpg,{20 + k},{notes[k]}" for k in range(6)]
     (tmp_path / "labels.csv").write_text("path,age,note\n" + "\n".join(rows) + "\n")
-    with pytest.raises(DataError, match="labels.csv is not a readable CSV"):
+    with pytest.raises(DataError, match="labels.csv: the row ending on line 7 runs over several lines"):
         discover_labels(tmp_path)
+    # a space after a closing quote, which csv's strict mode refuses, still reads
+    (tmp_path / "labels.csv").write_text('path,age\n"0.jpg" ,20\n1.jpg,21\n')
+    assert len(discover_labels(tmp_path)[0]) == 2
 
 
 def test_an_excel_csv_in_windows_encoding_finds_its_accented_files(tmp_path):
@@ -450,6 +460,11 @@ def test_an_excel_csv_in_windows_encoding_finds_its_accented_files(tmp_path):
     (tmp_path / "labels.csv").write_bytes(text.encode("cp1252"))
     records, skipped, _ = discover_labels(tmp_path)
     assert sorted(Path(r["path"]).name for r in records) == sorted(names) and not skipped
+    # UTF-8 with one stray Windows byte in a note: still UTF-8, its accented paths found
+    text = "path,age,note\n" + "".join(f"{n},{25 + k},ok\n" for k, n in enumerate(names))
+    (tmp_path / "labels.csv").write_bytes(text.encode("utf-8") + "x,30,caf\xe9\n".encode("cp1252"))
+    records, skipped, _ = discover_labels(tmp_path)
+    assert len(records) == 3 and skipped == {"missing_file": 1}
 
 
 def test_odd_entries_beside_and_in_a_csv_are_passed_over_or_counted(tmp_path):

@@ -233,6 +233,20 @@ def test_an_image_whose_outputs_cannot_be_written_is_skipped_and_the_rest_are_ke
         ["a.png", "家族写真" * 19 + ".png"])  # 228 bytes: written, although its temporary name once was not
 
 
+def test_a_full_disk_stops_a_folder_run_instead_of_skipping_every_image(model, faces, tmp_path, monkeypatch):
+    import custom_dataset
+    in_dir = tmp_path / "in"
+    for name in ("a.png", "b.png"):
+        write_rgb(in_dir / name, scene(faces[:1]))
+
+    def full(path, write):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(custom_dataset, "atomic_write", full)
+    with pytest.raises(DataError, match="No space left on device"):
+        run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                  "--whole-image"])
+
+
 def test_a_tiny_or_empty_array_is_one_error_as_a_tiny_file_is():
     from PIL import Image
     for image in (np.zeros((0, 0, 3), np.uint8), np.zeros((10, 40, 3), np.uint8), Image.new("RGB", (40, 12))):
@@ -242,8 +256,8 @@ def test_a_tiny_or_empty_array_is_one_error_as_a_tiny_file_is():
 
 
 def test_a_video_rate_that_is_a_time_base_is_written_at_25_frames_a_second(capsys):
-    assert [inference.frame_rate(r) for r in (30.0, 59.94, 0.0, float("nan"), 90000.0)] == [30.0, 59.94, 25.0,
-                                                                                            25.0, 25.0]
+    assert [inference.frame_rate(r) for r in (30.0, 59.94, 480.0, 0.0, float("nan"), 90000.0)] == [
+        30.0, 59.94, 480.0, 25.0, 25.0, 25.0]  # 480: a high-speed camera's own rate
     assert capsys.readouterr().err.count("not a frame rate") == 2  # nan and 90000; 0 is "none reported"
 
 
