@@ -718,6 +718,7 @@ def balanced_weights(ages, width: int = 10) -> torch.Tensor:
 
 def train_run(args, dist_ctx: Distributed):
     start_time = time.perf_counter()
+    session = int(time.time())  # marks this process's epochs in history: a run resumed on another day adds up
     out, device = open_run_folder(args, dist_ctx), dist_ctx.device
     use_amp = amp_in_effect(args, device)
     configure_threads(args.threads)
@@ -761,7 +762,9 @@ def train_run(args, dist_ctx: Distributed):
     validate = lambda: evaluate_sharded(evaluated, val_set, mean, std, batch_size=eval_batch(args),
                                         loss_kind=args.loss, device=device, **test_time_views(vars(args)),
                                         dist_ctx=dist_ctx, pin_memory=pin)
+    setup_seconds = time.perf_counter() - start_time  # caches, teachers' table: paid again by every session
     for epoch in range(start_epoch, args.epochs + 1):
+        epoch_start = time.perf_counter()
         seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
         torch.manual_seed(seeds["torch"])
         with explain_divergence(out, epoch):
@@ -780,6 +783,9 @@ def train_run(args, dist_ctx: Distributed):
             raise NonFiniteLossError(f"validation MAE became {val_metrics['mae']} at epoch {epoch}; lower --lr "
                                      f"({kept_note(out, epoch)})")
         history.append(history_row(epoch, train_metrics, val_metrics, optimizer.param_groups[0]["lr"]))
+        # the clock of the epoch with its validation, and of this session's set-up on its first epoch
+        history[-1].update(wall_seconds=round(time.perf_counter() - epoch_start, 2), session=session,
+                           **({"setup_seconds": round(setup_seconds, 2)} if epoch == start_epoch else {}))
         improved, best_val = val_metrics["mae"] < best_val, min(best_val, val_metrics["mae"])
         logger.epoch(history[-1], val_metrics["pred"], improved)
         if dist_ctx.is_main:  # rank 0 alone writes; the others wait at the barrier

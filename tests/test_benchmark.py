@@ -678,3 +678,39 @@ def test_the_mmod_limit_matters_only_where_mmod_runs():
     assert bench_detection.checked_detectors(parse("--detectors", "hog,haar", "--mmod-limit", "0")) == ["hog", "haar"]
     with pytest.raises(DataError, match="--mmod-limit must be at least 1"):
         bench_detection.checked_detectors(parse("--detectors", "hog,mmod", "--mmod-limit", "0"))
+
+
+def test_a_resumed_final_counts_the_clock_of_its_earlier_sessions():
+    history = [{"epoch_seconds": 50, "wall_seconds": 60, "session": 1, "setup_seconds": 30},
+               {"epoch_seconds": 50, "wall_seconds": 61, "session": 1},
+               {"epoch_seconds": 52, "wall_seconds": 62, "session": 2, "setup_seconds": 20}]
+    assert benchmark.earlier_sessions_seconds(history) == 60 + 30 + 61  # the last session is benchmark's own clock
+    assert benchmark.earlier_sessions_seconds(history[:2]) == 0  # one session
+    # epochs recorded before the clock was kept count their training pass
+    assert benchmark.earlier_sessions_seconds([{"epoch_seconds": 40}, {"epoch_seconds": 41, "wall_seconds": 50,
+                                                                        "session": 5}]) == 40
+    entry = {"wall_minutes_incl_eval_export": 10.0, "earlier_sessions_minutes": 2.5, "train_minutes": 11.0}
+    assert benchmark.run_minutes(entry) == 12.5
+    assert benchmark.run_minutes({k: v for k, v in entry.items() if k != "earlier_sessions_minutes"}) == 11.0
+
+
+def test_the_crop_cost_sentence_names_the_larger_cost_from_its_figures():
+    def sentence(gap_same_light, gap):
+        results = {"crop_consistency": [{"model": "F/m", "gap_same_light": gap_same_light, "gap": gap}]}
+        return [line for line in benchmark.cross_reading(results, None) if "crop costs" in line][0]
+    assert sentence(0.72, 1.08).endswith("(light adds +0.36); detection and alignment costs more.")
+    assert sentence(0.10, 0.90).endswith("(light adds +0.80); light costs more.")
+
+
+def test_batch_64_throughput_is_judged_on_every_run_of_the_chosen_architecture():
+    def model(val, b64):
+        return {"best_val_mae": val, "train_images_per_s": 400.0, "latency_b1_ms": 0.5, "images_per_s_b64": b64,
+                "params": 700_000, "command": "python train.py --splits s --out-dir o --image-size 144"}
+
+    def row(runs):
+        return [line for line in benchmark.speed_table({"protocols": {"S": runs}}) if "batch-64" in line][0]
+    runs = {"chosen": model(3.9, 1465.0), "twin": model(4.0, 850.0)}
+    assert row(runs).endswith("— not settled: 1 of 2 measurements of this architecture inside it "
+                              "(850–1,465 images/s) |")
+    runs["twin"]["images_per_s_b64"] = 1200.0
+    assert row(runs).endswith("— reached |")

@@ -342,6 +342,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(full_run, splits, tmp_pat
     for a, b in zip(reference, resumed):
         assert b["val_mae"] == pytest.approx(a["val_mae"], abs=1e-4)
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+    # two sessions, each epoch on the clock with its validation and each session's set-up on its first epoch
+    assert len({h["session"] for h in resumed}) == 2 and resumed[0]["session"] != resumed[killed_at]["session"]
+    assert [("setup_seconds" in h) for h in resumed] == [k in (0, killed_at) for k in range(3)]
+    assert all(h["wall_seconds"] >= h["epoch_seconds"] for h in resumed)
 
 
 @pytest.mark.slow
