@@ -135,6 +135,10 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # training did not match the recorded run's on another day's machine; the paired check is --zoom-probe
     "simplecnn_distilled_144px_80ep_zoom": ["--epochs", "80", "--image-size", "144", "--amp", "--tta-zoom", "0.95,0.9",
                                             "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_144px_80ep (Protocol S's validation choice) with one change: its test-time zooms chosen on
+    # validation once after training (--choose-zooms), as gen2_144px_70ep_cz does on F; for S's new split
+    "simplecnn_distilled_144px_80ep_cz": ["--epochs", "80", "--image-size", "144", "--amp", "--choose-zooms",
+                                          "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -1178,6 +1182,9 @@ MODEL_NOTES = {
     "simplecnn_distilled_144px_80ep_zoom": "`simplecnn_distilled_144px_80ep` whose every prediction (validation, "
                                            "test, exports) is the mean over the face and its centred 95 % and 90 % "
                                            "crops, each also mirrored (`--tta-zoom 0.95,0.9`): six views instead of two",
+    "simplecnn_distilled_144px_80ep_cz": "`simplecnn_distilled_144px_80ep` whose test-time zooms are chosen on "
+                                         "validation after training (`--choose-zooms`: none, 97.5 %, 95 %, 90 % or "
+                                         "95 % and 90 %), the test split then read once with them",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
