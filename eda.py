@@ -41,8 +41,9 @@ NO_SUBJECT_NOTE = ("no person column (subject, person, identity, subject_id, per
 def get_args_parser():
     p = ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", required=True,
-                   help="folder per age, UTKFace folder, or CSV with path,age (optional subject|person|identity, "
-                        "gender, race columns; a subject column makes the split keep each person in one split)")
+                   help="folder per age, UTKFace folder, or CSV with path,age (optional person column: subject, "
+                        "person, identity, subject_id, person_id, identity_id or celeb_id, which makes the split keep "
+                        "each person in one split; gender, race columns)")
     p.add_argument("--out-dir", required=True, help="where labels, report, splits and figures go")
     p.add_argument("--min-age", type=int, default=None, help="drop images younger than this")
     p.add_argument("--max-age", type=int, default=None, help="drop images older than this")
@@ -52,7 +53,8 @@ def get_args_parser():
                         "cache the chips under OUT/chips and train on them (UTKFace files are chips already)")
     p.add_argument("--align-crop", choices=("utkface", "utkface5"), default="utkface",
                    help="--align: UTKFace's 68-landmark chip, or the 5-landmark one for commercial use (README)")
-    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="--align: face detector")
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="--align: face detector, recorded in crop.json: "
+                   "inference.py's default for the models trained on this split")
     p.add_argument("--workers", type=int, default=2, help="processes that check images")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

@@ -11,8 +11,9 @@ and eda.py --align rebuild it from the model file or the split alone.
 
 Detectors (all ship their weights inside pip packages; nothing is downloaded at run time):
     auto    the default cascade: HOG on the photo and, in a second thread meanwhile, Haar proposals;
-            those HOG missed (small faces) each checked by HOG on an enlarged patch; only where
-            nothing was found at all, passes on a contrast-equalised copy, cheapest first, each only
+            those HOG missed (small faces) each checked by HOG on an enlarged patch (in a photo shrunk
+            for detection, over 1024 px, smaller proposals too, so that a close-up face hides no group);
+            only where nothing was found at all, passes on a contrast-equalised copy, cheapest first, each only
             if the ones before found nothing: HOG at a lower threshold on the photo (dark, low-contrast
             faces: the commonest miss), smaller Haar proposals (checked by HOG at its own threshold),
             HOG at the lower threshold on a border-padded copy (faces filling the frame) and on copies
@@ -63,7 +64,8 @@ HAAR_MIN_NEIGHBORS = 3     # Haar only proposes: HOG confirms, so recall matters
 HAAR_MIN_FACE = 40         # smallest face Haar proposes in the first pass (detection pixels): it runs on the
                            # photo shrunk so that this is its 24 px window, a quarter of the full-size cost
 HAAR_MAX_FACE = 110        # ... and the largest: bigger faces are HOG's
-HAAR_SMALLEST = 20         # the fallback pass (nothing found at all) looks down to this size at full size
+HAAR_SMALLEST = 20         # the small-face pass (nothing found at all, or a photo shrunk for detection) looks down
+                           # to this size
 VERIFY_FACE_SIDE = 120     # a Haar proposal's patch is scaled so the face is this big for HOG to check it
 PAD_FRACTION = 0.25        # fallback: replicated border (share of the longer side) for faces filling the frame
 ROTATIONS = (-25.0, 25.0)  # fallback: tilted copies for heads leaning further than HOG's ~15 degrees

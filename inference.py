@@ -12,7 +12,8 @@ Where the outputs go (one rule for --image, --input-dir and --video):
   * in it: <name>_age.<ext> per image (the annotated copy; .mp4 for a video), predictions.csv (images),
     predictions.json with --json; --output FILE (--image/--video) names the annotated file itself, and
     the CSV/JSON go beside it: an explicit file is the user's choice of place (it may not be the input);
-    two images of --input-dir with one stem (photo.jpg, photo.png) name their outputs by their whole name;
+    two images of --input-dir with one stem (photo.jpg, photo.png) name their outputs by their whole name
+    (then ~2, ~3 where that is taken too);
   * --output-dir and --save-crops are never the input's folder or inside it (for --image and --video that
     is the file's folder); the default folder may be (run from the photo's folder), as --input-dir never
     reads it; no output goes inside a labelled face data set: such a run stops with one line of advice
@@ -629,7 +630,7 @@ def refuse_inside_data(path, what):
     folder = labelled_folder_above(path)
     if folder is not None:
         raise DataError(f"{what} {path} is inside {folder}, which holds a labelled face data set: the next "
-                        "eda.py run would take the annotated copies as faces; write outside it")
+                        "eda.py run would take files written there as faces; write outside it")
 
 
 def _crops_dir(args):

@@ -121,7 +121,7 @@ def add_recipe_args(parser):
     g.add_argument("--tta-zoom", type=zoom_list, default=None,
                    help="test-time zooms also averaged: comma-separated shares of the side kept around the centre "
                         "and resized back, e.g. 0.95,0.9 (each is flipped too with --tta-flip; validation, test, "
-                        "exports); none: the image alone")
+                        "exports; at most 4); none: the image alone")
     g.add_argument("--teacher", default=None,
                    help="distillation: comma-separated best.pt of runs on the same splits (averaged: an ensemble), "
                         "or a teacher.npz that such a run wrote; the student also learns their age distributions")
