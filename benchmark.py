@@ -1772,10 +1772,6 @@ def architecture_figures(runs, chosen, key="latency_b1_ms") -> list:
     return [runs[chosen][key]] + [m[key] for n, m in runs.items() if n != chosen and shape(m) == shape(runs[chosen])]
 
 
-def architecture_latencies(runs, chosen) -> list:
-    return architecture_figures(runs, chosen, "latency_b1_ms")
-
-
 def speed_verdict(runs, chosen, key, inside_target, unit) -> str:
     """A speed target judged on every run of the chosen one's architecture (same weights count and input size):
     the same network measured on other days differs by more than the margin to a target, so one measurement
@@ -1795,7 +1791,7 @@ def latency_verdict(runs, chosen) -> str:
 
 def latency_per_face(runs, chosen) -> str:
     """The chosen run's jit batch-1 latency, as the range over its architecture's runs where there are more."""
-    same = architecture_latencies(runs, chosen)
+    same = architecture_figures(runs, chosen)
     if len(same) == 1:
         return f"{same[0]:.2f} ms per forward pass"
     return f"{min(same):.2f}–{max(same):.2f} ms per forward pass ({len(same)} runs of this network, each timed once)"

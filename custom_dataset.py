@@ -52,6 +52,11 @@ UTKFACE_FULL_NAME = re.compile(r"^(\d+)_[01]_[0-4]_\d")
 ANNOTATED_SUFFIX = "_age"  # inference.py's annotated copies, <name>_age.<ext>: outputs, never data
 
 
+def is_annotated_copy(path) -> bool:
+    """An image inference.py wrote (NAME_age.jpg): read by no stage as a face or an input."""
+    return Path(path).stem.endswith(ANNOTATED_SUFFIX)
+
+
 # ----------------------------------------------------------------------------------------------
 # Label discovery
 
@@ -306,7 +311,7 @@ def _discover_folder_per_age(age_dirs: list[Path], flat_images: list[Path], skip
                 skipped["not_a_file"] += 1
             elif not _is_image_name(path):
                 skipped["not_an_image_name"] += 1
-            elif path.stem.endswith(ANNOTATED_SUFFIX):  # inference.py's annotated copy of a face: no new face
+            elif is_annotated_copy(path):  # inference.py's annotated copy of a face: no new face
                 skipped["annotated_copy"] += 1
             else:
                 records.append({"path": str(path.absolute()), "age": age})
@@ -334,7 +339,7 @@ def _discover_utkface(flat_images: list[Path], skipped: Counter) -> list[dict]:
         m = UTKFACE_NAME.match(path.name)
         if m is None:
             skipped["name_without_age"] += 1
-        elif path.stem.endswith(ANNOTATED_SUFFIX):  # 25_anna_age.jpg: inference.py's copy of 25_anna.jpg
+        elif is_annotated_copy(path):  # 25_anna_age.jpg: inference.py's copy of 25_anna.jpg
             skipped["annotated_copy"] += 1
         else:
             records.append({"path": str(path.absolute()), "age": int(m.group(1)), **utkface_groups(path.name)})
@@ -420,7 +425,7 @@ def labelled_folder_above(path) -> Path | None:
         ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120]
         # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
         if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name)) and int(m.group(1)) <= 120
-                                 and not p.stem.endswith(ANNOTATED_SUFFIX) for p in entries):
+                                 and not is_annotated_copy(p) for p in entries):
             return folder
     return None
 

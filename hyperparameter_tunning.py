@@ -253,7 +253,7 @@ def read_rows(path: Path) -> list:
             raise DataError(f"{path} has columns {reader.fieldnames}, not {list(COLUMNS)}; "
                             "it was written by another version of this script: use a new --out-dir")
         for row in reader:
-            if None in row or None in row.values():  # fields missing or run together: a line cut short
+            if not whole_row(row):
                 continue
             try:
                 for k in ("lr", "weight_decay", "train_mae", "val_mae", "val_cs5", "seconds", "subset_fraction"):
@@ -265,6 +265,11 @@ def read_rows(path: Path) -> list:
     return rows
 
 
+def whole_row(row: dict) -> bool:
+    """False for a csv.DictReader row cut short (fields missing) or run into the next line (fields over)."""
+    return None not in row and None not in row.values()
+
+
 def append_row(path: Path, row: dict):
     """Add one row: the whole CSV (tens of rows) written again atomically, so that a kill leaves the old file
     or the new one, never a row cut short that reads as a finished trial."""
@@ -273,7 +278,7 @@ def append_row(path: Path, row: dict):
         read_rows(path)  # refuses a CSV with other columns
         with open(path, newline="", encoding="utf-8") as f:
             # a row cut short by a crash of an older version (read_rows skips it too) goes
-            rows = [r for r in csv.DictReader(f) if None not in r and None not in r.values()]
+            rows = [r for r in csv.DictReader(f) if whole_row(r)]
     write_csv(path, rows + [row], COLUMNS)
 
 

@@ -57,7 +57,7 @@ from PIL import Image
 import faces as face_pipeline
 from checkpoints import DEVICES, check_metadata, read_export
 from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name,
-                            labelled_folder_above, load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb,
+                            is_annotated_copy, labelled_folder_above, load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb,
                             write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
@@ -397,9 +397,13 @@ def as_rgb(image) -> np.ndarray:
     MIN_IMAGE_SIDE pixels a side as files must be."""
     if isinstance(image, (str, os.PathLike)):
         return _read_image(image)
-    rgb = _array_rgb(image)
+    return big_enough(_array_rgb(image), "an image array")
+
+
+def big_enough(rgb, name) -> np.ndarray:
+    """rgb, or DataError where it is under MIN_IMAGE_SIDE a side: the rule training images meet too."""
     if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
-        raise DataError(f"an image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to hold a face "
+        raise DataError(f"{name} is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
                         f"(at least {MIN_IMAGE_SIDE} px a side)")
     return rgb
 
@@ -658,10 +662,7 @@ def _read_image(path):
         raise
     except Exception as exc:
         raise DataError(f"cannot read {path} as an image ({type(exc).__name__}); pass a JPEG/PNG/... file") from None
-    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:  # the same rule as for training images
-        raise DataError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold a face "
-                        f"(at least {MIN_IMAGE_SIDE} px a side)")
-    return rgb
+    return big_enough(rgb, path)
 
 
 def _prepare_output(path, kind="image"):
@@ -736,7 +737,7 @@ def _list_images(folder):
     odd = [p for p in files if not _utf8_name(p.name)]  # predictions.csv is UTF-8: they could not be listed
     files = [p for p in files if p not in odd]
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    earlier = [p for p in images if p.stem.endswith(OUTPUT_SUFFIX)]
+    earlier = [p for p in images if is_annotated_copy(p)]
     return ([p for p in images if p not in earlier], [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS],
             odd, earlier)
 
