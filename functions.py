@@ -323,10 +323,15 @@ def worst_of_table(table: dict, min_faces=WORST_DECADE_MIN_FACES):
     return name, judged[name]["mae"]
 
 
+def worst_decade_rule_failures(mae_before, mae_after, worst_before, worst_after, noise=MAE_NOISE) -> list:
+    """The conditions of the age-extremes experiments' keep rule that fail, in words (empty: it is met):
+    the worst decade's MAE must go down and the overall MAE must not rise by more than the noise."""
+    return [why for why, failed in ((f"the overall MAE rises by more than {noise:g}", mae_after > mae_before + noise),
+                                    ("the worst decade does not improve", not worst_after < worst_before)) if failed]
+
+
 def lowers_worst_decade(mae_before, mae_after, worst_before, worst_after, noise=MAE_NOISE) -> bool:
-    """The keep rule of the age-extremes experiments: the worst decade's MAE goes down and the overall
-    MAE does not rise by more than the noise."""
-    return bool(worst_after < worst_before and mae_after <= mae_before + noise)
+    return not worst_decade_rule_failures(mae_before, mae_after, worst_before, worst_after, noise)
 
 
 def fit_age_map(pred, true) -> dict:

@@ -7,7 +7,8 @@ import checkpoints
 import inference
 from conftest import constant_model
 from custom_dataset import DataError
-from functions import apply_age_map, calibrate_ages, fit_age_map, lowers_worst_decade, worst_decade
+from functions import (apply_age_map, calibrate_ages, fit_age_map, lowers_worst_decade, worst_decade,
+                       worst_decade_rule_failures)
 
 
 def pulled_to_the_middle(n=2000, seed=0):
@@ -44,6 +45,14 @@ def test_keep_rule_golden_values():
     assert lowers_worst_decade(4.00, 4.05, 8.0, 7.9)          # +0.05 is within the noise
     assert not lowers_worst_decade(4.00, 4.06, 8.0, 7.9)      # beyond it
     assert not lowers_worst_decade(4.00, 3.90, 8.0, 8.0)      # the worst decade must improve
+
+
+def test_worst_decade_rule_names_each_failed_condition():
+    assert worst_decade_rule_failures(4.00, 4.05, 8.0, 7.9) == []
+    assert worst_decade_rule_failures(4.00, 4.06, 8.0, 7.9) == ["the overall MAE rises by more than 0.05"]
+    assert worst_decade_rule_failures(4.00, 3.90, 8.0, 8.0) == ["the worst decade does not improve"]
+    assert worst_decade_rule_failures(4.00, 4.20, 8.0, 8.5) == ["the overall MAE rises by more than 0.05",
+                                                                "the worst decade does not improve"]
 
 
 def test_a_pulled_model_keeps_its_map_and_the_interval_is_fitted_on_unseen_residuals():

@@ -185,6 +185,21 @@ def test_bias_section_reports_interval_groups_and_isotonic():
     assert benchmark.bias_section({"results": {"protocols": {"F": {"m": {}}}}}) == []
 
 
+def test_bias_section_gives_the_balanced_sampling_verdict_with_its_reason():
+    measured = {"F": {"m": {"interval": {"level": 0.9, "coverage": 0.9, "mean_width": 12.0,
+                                     "coverage_per_decade": {"20-29": {"coverage": 0.9, "n": 10}}}}}}
+
+    def verdict(base_val, bal_val, base_worst, bal_worst):
+        runs = {"base_rerun": {"val_mae": base_val, "val_worst_decade": ["80-89", base_worst]},
+                "balanced": {"val_mae": bal_val, "val_worst_decade": ["80-89", bal_worst], "epochs": 10}}
+        line, = [x for x in benchmark.bias_section({"results": {"protocols": measured, "ablations": runs}})
+                 if x.startswith("Age-balanced")]
+        return line.rsplit(": ", 1)[1]
+    assert verdict(5.0, 5.04, 12.0, 11.0) == "kept (it meets the rule)."
+    assert verdict(5.0, 5.2, 12.0, 11.0) == "not kept (the overall MAE rises by more than 0.05)."
+    assert verdict(5.0, 4.9, 12.0, 12.0) == "not kept (the worst decade does not improve)."
+
+
 @pytest.mark.slow
 def test_calibrating_a_run_with_a_kept_age_map_measures_the_mapped_ages_and_keeps_its_interval(
         splits, tmp_path, monkeypatch):
