@@ -1026,13 +1026,21 @@ def _preprocess_or_none(args):
     path, cfg_dict = args
     import cv2
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
+    cfg = PreprocessConfig.from_dict(cfg_dict)
     try:
-        return preprocess_file(path, PreprocessConfig.from_dict(cfg_dict)), None
+        return preprocess_file(path, cfg), None
     except FileNotFoundError:
         return None, "missing_file"
     except Exception:
-        # a file that cannot be read now (a network share's hiccup) is no undecodable file
-        return None, "undecodable" if _readable(path) else "unreadable_file"
+        pass
+    # a file that cannot be read now (a network share's hiccup) is no undecodable file; one whose hiccup has
+    # passed by now is tried once more, so a passing fault is not cached as a broken image
+    if not _readable(path):
+        return None, "unreadable_file"
+    try:
+        return preprocess_file(path, cfg), None
+    except Exception:
+        return None, "undecodable"
 
 
 # Raise it with any change to to_rgb, preprocess_rgb or filter_input: the cached pixels of every split are then

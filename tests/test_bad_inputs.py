@@ -305,6 +305,22 @@ def test_a_file_that_cannot_be_read_for_now_is_not_cached_as_undecodable(tmp_pat
     assert skipped == {"undecodable": 1} and len(list((tmp_path / "cache2").glob("*.npy"))) == 1
 
 
+def test_a_read_fault_that_passes_at_once_gives_the_image_not_an_undecodable_mark(tmp_path, monkeypatch):
+    from custom_dataset import PreprocessConfig, build_cache
+    path = tmp_path / "0.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(path)
+    real_open, faults = Image.open, [1]
+    def open_failing_once(fp, *a, **k):  # one hiccup, gone by the next read
+        if faults:
+            faults.pop()
+            raise OSError(5, "Input/output error")
+        return real_open(fp, *a, **k)
+    monkeypatch.setattr(Image, "open", open_failing_once)
+    images, ok, skipped = build_cache([str(path)], PreprocessConfig(image_size=32, denoise=False, deblur=False),
+                                      tmp_path / "cache", workers=1, progress=False)
+    assert not faults and ok.tolist() == [True] and not skipped and images[0].mean() == pytest.approx(90, abs=1)
+
+
 @pytest.mark.parametrize("mode, colour", [("L", 7), ("RGB", (7, 8, 9))])
 def test_a_colour_marked_transparent_becomes_black_in_gray_and_rgb_pngs(tmp_path, mode, colour):
     pixels = np.full((20, 20) if mode == "L" else (20, 20, 3), 200, np.uint8)
