@@ -463,15 +463,18 @@ def final_should_resume(run_dir: Path, argv: list) -> bool:
 
 def with_teacher_table(args, out: Path, cache_dir: Path):
     """--teacher checkpoints: their table is predicted once into OUT/teacher.npz and every trial (and the
-    final run) reads that file, instead of each trial running the teachers again."""
+    final run) reads that file, instead of each trial running the teachers again. With --teacher-online the
+    trials run the checkpoints themselves, on every augmented batch, so no table is made."""
     if not args.teacher or train.teacher_is_table(args.teacher):
         return args
-    train.write_teacher_table(args, cache_dir, out / "teacher.npz")
     # the trials' key holds the checkpoints' bytes, not the table predicted from them again on every restart
     # (whose last digits may move with the device or threads)
     sources = hashlib.sha1()
     for source in train.teacher_sources(args.teacher):
         sources.update(Path(source).read_bytes())
+    if args.teacher_online:
+        return argparse.Namespace(**{**vars(args), "teacher_sources_digest": sources.hexdigest()})
+    train.write_teacher_table(args, cache_dir, out / "teacher.npz")
     return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz"),
                                  "teacher_sources_digest": sources.hexdigest()})
 

@@ -278,3 +278,18 @@ def test_a_search_with_teachers_predicts_them_once_for_all_trials(demo, tmp_path
     assert predicted == [[str(teacher / "best.pt")]] and calls  # the teachers ran once, before the trials
     table = tmp_path / "run" / "teacher.npz"
     assert table.is_file() and all(args.teacher == str(table) for args in calls)
+
+
+def test_a_search_with_online_teachers_passes_the_checkpoints_to_every_trial(tmp_path):
+    teacher = tmp_path / "best.pt"
+    teacher.write_bytes(b"checkpoint bytes")  # only hashed here: the trials load it
+    (splits := tmp_path / "splits").mkdir()
+    args = ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path / "run"),
+                                                     "--teacher", str(teacher), "--teacher-online"])
+    ready = ht.with_teacher_table(args, tmp_path, tmp_path / "cache")
+    assert ready.teacher == str(teacher) and not (tmp_path / "teacher.npz").exists()
+    trial = train.get_args_parser().parse_args(ht.trial_argv(ready, 1e-3, 0.0, 1, tmp_path / "t", "cache"))
+    train.check_settings(trial)  # train.py refused --teacher TABLE with --teacher-online, after the overfit check
+    assert trial.teacher == str(teacher) and trial.teacher_online
+    teacher.write_bytes(b"other checkpoint")  # other teachers: other trials
+    assert ht.settings_hash(ht.with_teacher_table(args, tmp_path, tmp_path / "cache")) != ht.settings_hash(ready)
