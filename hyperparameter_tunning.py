@@ -10,7 +10,8 @@
 2. Learning-rate sweep at --sweep-weight-decay: one short train.py run per lr. RUN/lr_sweep.csv/.png.
 3. Weight-decay grid: the --top-lrs best lrs x --weight-decays. RUN/grid_search.csv/.png.
 4. Final run: the best (lr, weight decay) by validation MAE, --final-epochs, test metrics and exports,
-   into RUN/final; RUN/best_params.json. --skip-final stops after the grid.
+   into RUN/final; RUN/best_params.json, with the final run's train.py command (final_command). --skip-final
+   stops after the grid; final_command is then the command to train the chosen pair with.
 
 Every trial is a train.py run in RUN/trials/<name> (no test split, no export, no TensorBoard) on the
 shared preprocessing cache, logged to TensorBoard's HParams view (RUN/tb_hparams). A CSV row is
@@ -289,8 +290,7 @@ def trial_argv(args, lr, weight_decay, epochs, run_dir, cache_dir, final=False) 
             "--epochs", str(epochs), "--lr", repr(float(lr)), "--weight-decay", repr(float(weight_decay)),
             "--device", args.device, "--cache-workers", str(args.workers)]
     if not final:
-        argv += ["--subset-fraction", repr(args.subset_fraction), "--no-test", "--no-export", "--no-tensorboard",
-                 "--resume"]
+        argv += ["--subset-fraction", repr(args.subset_fraction), "--no-test", "--no-export", "--no-tensorboard"]
     flags = {"--no-progress": args.no_progress, "--debug": args.debug}
     argv += [flag for flag, on in flags.items() if on]
     if args.threads:
@@ -335,6 +335,8 @@ class Search:
         name = trial_name(key)
         run_dir = self.out / "trials" / name
         argv = trial_argv(self.args, lr, weight_decay, self.args.epochs_per_trial, run_dir, self.cache_dir)
+        if should_resume(run_dir, argv):  # a search cut short goes on where the trial was
+            argv.append("--resume")
         print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: training {self.args.epochs_per_trial} epoch(s) "
               f"-> {run_dir}")
         start = time.perf_counter()
@@ -447,16 +449,20 @@ def write_json(path, data):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def final_should_resume(run_dir: Path, argv: list) -> bool:
-    """Resume the final run only when its last.pt was written with the same training settings."""
+def should_resume(run_dir: Path, argv: list) -> bool:
+    """Resume a trial or the final run (cut short by a kill) only when its last.pt was written with the same
+    training settings, on the same split: a split made again by eda.py is searched again, and a run begun on
+    the old one starts afresh (train.py --resume would refuse it)."""
     last = run_dir / "last.pt"
     if not last.exists():
         return False
     try:
-        saved = load_checkpoint(last)["config"]
+        saved = load_checkpoint(last)
     except DataError:
         return False
-    return not train.changed_settings(saved, train.get_args_parser().parse_args(argv))
+    final = train.get_args_parser().parse_args(argv)
+    return (not train.changed_settings(saved["config"], final)
+            and saved.get("split_digest") == train.split_digest(final.splits))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,12 +564,16 @@ def main(args):
             "augment": args.augment, "image_size": args.image_size,
             "overfit_check": None if overfit is None else {k: overfit[k] for k in ("passed", "steps", "final_mae")},
             "trials_trained_this_run": search.trained, "final": None}
-    if not args.skip_final:
-        run_dir = out / "final"
-        argv = trial_argv(args, chosen["lr"], chosen["weight_decay"], args.final_epochs, run_dir, cache_dir, final=True)
-        if final_should_resume(run_dir, argv):
+    run_dir = out / "final"
+    argv = trial_argv(args, chosen["lr"], chosen["weight_decay"], args.final_epochs, run_dir, cache_dir, final=True)
+    # the whole recipe the trials measured, also after --skip-final: the fields above alone leave out the
+    # preprocessing, schedule, teachers ... that train.py's defaults would otherwise fill in
+    best["final_command"] = "python train.py " + shlex.join(argv)
+    if args.skip_final:
+        print(f"--skip-final: train the chosen pair with: {best['final_command']}")
+    else:
+        if should_resume(run_dir, argv):
             argv.append("--resume")
-        best["final_command"] = "python train.py " + shlex.join(argv)
         print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")
         best["final"] = train.main(train.get_args_parser().parse_args(argv))
     write_json(out / "best_params.json", best)

@@ -2,6 +2,7 @@
 trial, resuming without retraining, and a search that never opens the test split."""
 
 import csv
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -143,6 +144,10 @@ def test_search_never_reads_the_test_split(search):
     assert search["opened"] and set(search["opened"]) <= {"train.csv", "val.csv"}
     assert all(args.no_test and args.no_export and args.no_tensorboard for args in search["calls"])
     assert search["best"]["final"] is None
+    # what the trials measured, for the user to train: the recipe flags too, not only the chosen pair
+    final = train.get_args_parser().parse_args(shlex.split(search["best"]["final_command"])[2:])
+    assert final.image_size == IMAGE_SIZE != 128 and final.batch_size == 32 and final.lr == search["best"]["lr"]
+    assert not final.no_test and final.epochs == ht.get_args_parser().parse_args(search["argv"]).final_epochs
 
 
 def test_one_csv_row_per_trial_and_pairs_reused(search):
@@ -179,7 +184,7 @@ def test_rerun_skips_finished_trials(search, tmp_path, monkeypatch):
     lines = before["grid_search.csv"].splitlines(keepends=True)
     (run / "grid_search.csv").write_text("".join(lines[:-1]))
     ht.main(ht.get_args_parser().parse_args(argv))
-    assert len(calls) == 1
+    assert len(calls) == 1 and calls[0].resume  # from its last.pt: same settings, same split
     assert len(rows(run / "grid_search.csv")) == 4
     # a last row cut short inside its text columns (an older version appended in place): not taken as a whole row
     rows_before = rows(run / "grid_search.csv")
@@ -293,3 +298,18 @@ def test_a_search_with_online_teachers_passes_the_checkpoints_to_every_trial(tmp
     assert trial.teacher == str(teacher) and trial.teacher_online
     teacher.write_bytes(b"other checkpoint")  # other teachers: other trials
     assert ht.settings_hash(ht.with_teacher_table(args, tmp_path, tmp_path / "cache")) != ht.settings_hash(ready)
+
+
+def test_a_trial_or_the_final_run_is_resumed_only_on_the_split_it_started_with(tmp_path, monkeypatch):
+    (splits := tmp_path / "splits").mkdir()
+    for name in ("train.csv", "val.csv", "test.csv"):
+        (splits / name).write_text("path,age\n")
+    args = ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path)])
+    argv = ht.trial_argv(args, 1e-3, 0.0, 3, tmp_path / "final", "cache", final=True)
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "last.pt").touch()
+    saved = {"config": vars(train.get_args_parser().parse_args(argv)), "split_digest": train.split_digest(splits)}
+    monkeypatch.setattr(ht, "load_checkpoint", lambda path: saved)
+    assert ht.should_resume(tmp_path / "final", argv)
+    (splits / "test.csv").write_text("path,age\na.jpg,30\n")  # eda.py made the split again
+    assert not ht.should_resume(tmp_path / "final", argv)  # train.py --resume would refuse the new split
