@@ -13,14 +13,16 @@ ages (N,) out, normalisation inside) and writes into the run folder:
   "metadata.json", dynamic batch 1-4096) when executorch is not installed or the lowering fails;
   the reason is printed in one line.
 - model_int8.pte with --quantize: int8 static post-training quantization (PT2E, XNNPACKQuantizer,
-  per-channel weights) calibrated on the first --calibration-images validation images; its val MAE is
-  printed next to the float model's.
+  per-channel weights) calibrated on --calibration-images validation images spread evenly over the split;
+  its val MAE is printed next to the float model's.
 - mobile_exports.json: size and CPU batch-1 latency (median and p90 of --runs runs after warm-up, with
   --threads threads for torch, onnxruntime and the ExecuTorch threadpool alike) of the files this run
   wrote, and of the folder's model.onnx (train.py's, for comparison), also printed as a table.
 
 Every float export is written into a staging folder, compared with the eager model there (max |export -
 eager| <= 1e-4) and only then moved over the previous one, so a failed check or a kill keeps the old file.
+Once the new export stands, this script's files in the folder that are older than the checkpoint (the other
+format, an int8 file, their report: exports of weights since replaced) are removed, and named.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def get_args_parser():
                    help="auto: model.pte, or model.pt2 if ExecuTorch is unavailable; pte: fail instead; pt2: only .pt2")
     p.add_argument("--quantize", action="store_true", help="also write model_int8.pte (int8 PTQ, needs the val split)")
     p.add_argument("--calibration-images", type=at_least(1), default=64,
-                   help="validation images used to calibrate int8")
+                   help="validation images used to calibrate int8, spread evenly over the split")
     p.add_argument("--splits", default=None, help="folder with val.csv (default: the checkpoint's config)")
     p.add_argument("--cache-dir", default=None,
                    help="preprocessing cache (default: the checkpoint's, or SPLITS/../cache)")
@@ -125,12 +127,35 @@ def staging_folder(out: Path) -> Path:
 
 
 def publish(staged: Path, out: Path) -> Path:
-    """Move a checked export (and its .json sidecar, first) from the staging folder over the old one."""
+    """Move a checked export (and its .json sidecar) from the staging folder over the old one. The old sidecar
+    goes first and the new one comes last, so a kill at any moment never pairs a model with another's
+    sidecar (the metadata is inside the model too)."""
     sidecar = staged.with_name(staged.name + ".json")
+    (out / sidecar.name).unlink(missing_ok=True)
+    os.replace(staged, out / staged.name)
     if sidecar.exists():
         os.replace(sidecar, out / sidecar.name)
-    os.replace(staged, out / staged.name)
     return out / staged.name
+
+
+# what this script writes into a folder; an older checkpoint's ones are removed once a new export stands
+MOBILE_OUTPUTS = ("model.pte", "model.pte.json", "model.pt2", "model_int8.pte", "model_int8.pte.json",
+                  "mobile_exports.json")
+
+
+def remove_superseded(out: Path, written: set, checkpoint_mtime: float) -> list:
+    """This script's outputs in out that this run did not write and that are older than the checkpoint:
+    exports of weights since replaced (another format, an int8 file, their report), which an app or
+    inference.py would otherwise take for this checkpoint's. Returns the names removed."""
+    removed = []
+    for name in MOBILE_OUTPUTS:
+        path = out / name
+        if name not in written and path.is_file() and path.stat().st_mtime < checkpoint_mtime:
+            path.unlink()
+            removed.append(name)
+    if removed:
+        print(f"removed {', '.join(removed)} from {out}: exported from an older checkpoint")
+    return removed
 
 
 def _metadata_tensor(metadata: dict) -> torch.Tensor:
@@ -435,9 +460,13 @@ def main(args):
 
     if args.quantize:
         result["int8"] = quantize_step(wrapper, example, val_set, out, metadata, args.calibration_images)
+    int8 = result.get("int8", {}).get("file")
+    ours = {written.name, written.name + ".json"} | ({int8, int8 + ".json"} if int8 else set())
+    remove_superseded(out, ours | ({"mobile_exports.json"} if not args.no_bench else set()),
+                      checkpoint_path.stat().st_mtime)
 
     if not args.no_bench:
-        mine = {written.name, "model.onnx"} | ({result["int8"]["file"]} if result.get("int8", {}).get("file") else set())
+        mine = {name for name in ours if not name.endswith(".json")} | {"model.onnx"}
         table = benchmark_folder(out, image_size, args.threads, args.runs, args.warmup,
                                  reference_mtime=checkpoint_path.stat().st_mtime, only=mine)
         result["latency"] = table
@@ -457,7 +486,8 @@ def quantize_step(wrapper, example, val_set, out, metadata, calibration_images: 
         print(f"--quantize skipped: the XNNPACK PT2E quantizer is not available here ({type(exc).__name__}: {exc})")
         return {"skipped": str(exc)}
     images, ages = val_set.batch(range(len(val_set)))
-    calibration = images[:max(1, calibration_images)]
+    # spread over the split, which eda.py writes sorted by path: its first faces are often all of one age
+    calibration = images[np.unique(np.linspace(0, len(images) - 1, max(1, calibration_images)).round().astype(int))]
     try:
         path = quantize_executorch(wrapper, example, calibration, out / "model_int8.pte", metadata)
     except Exception as exc:  # the float export stands; the table still gets written

@@ -5,6 +5,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,41 @@ def test_counts_are_checked_as_usage_errors_and_no_export_goes_among_the_images(
     with pytest.raises(cli.DataError, match="holds"):
         export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", among, "--no-bench"))
     assert not among.exists()
+
+
+def test_exports_of_an_older_checkpoint_go_and_this_ones_stay(run_dir, tmp_path, capsys):
+    import os
+    import time
+    old = {name: tmp_path / name for name in ("model.pte", "model.pte.json", "model_int8.pte", "mobile_exports.json")}
+    for path in old.values():
+        path.write_bytes(b"exported from the weights before")
+        os.utime(path, (time.time() - 3600,) * 2)  # before the checkpoint was written
+    same_checkpoint = tmp_path / "model.onnx"  # train.py's, never this script's to remove
+    same_checkpoint.write_bytes(b"onnx")
+    os.utime(same_checkpoint, (time.time() - 3600,) * 2)
+    os.utime(run_dir / "best.pt", (time.time() - 60,) * 2)
+    export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
+                                "--format", "pt2"))
+    assert not any(path.exists() for path in old.values()) and same_checkpoint.is_file()
+    assert "removed model.pte, model.pte.json, model_int8.pte, mobile_exports.json" in capsys.readouterr().out
+    # the .pt2 of this checkpoint is newer than it: another export of the same weights keeps it
+    export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
+                                "--format", "pt2"))
+    assert (tmp_path / "model.pt2").is_file() and "removed" not in capsys.readouterr().out
+
+
+def test_int8_calibration_images_are_spread_over_the_split(run_dir, monkeypatch):
+    need_executorch()
+    checkpoint = checkpoints.load_checkpoint(run_dir / "best.pt")
+    wrapper, cfg, size = export_mobile.rebuild(checkpoint)
+    val = export_mobile.load_val(checkpoint, cfg, cli_args("--checkpoint", "x"))
+    images, n = val.batch(range(len(val)))[0], len(val)
+    seen = []
+
+    def calibrate_and_stop(wrapper, example, calibration, *args):
+        seen.append(calibration)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(export_mobile, "quantize_executorch", calibrate_and_stop)
+    export_mobile.quantize_step(wrapper, images[:1], val, Path("."), {}, 3)
+    # the split is sorted by path (by age, for UTKFace names): the first, middle and last faces, not the first 3
+    assert n > 3 and torch.equal(seen[0], images[[0, int(np.round((n - 1) / 2)), n - 1]])
