@@ -102,8 +102,8 @@ def add_recipe_args(parser):
     g.add_argument("--pretrained", action="store_true", help="ResNet: start from torchvision ImageNet weights")
     g.add_argument("--weights", default=None, help="ResNet: local ImageNet weights file (offline --pretrained)")
     g.add_argument("--dropout", type=float, default=0.0,
-                   help="dropout before the fully connected layers (0: the model's own, i.e. none, or 0.3 for "
-                        "simplecnn_bn)")
+                   help="SimpleCNNs: dropout before the fully connected layers (0: the model's own, i.e. none, or "
+                        "0.3 for simplecnn_bn)")
     g.add_argument("--batch-size", type=int, default=64,
                    help="images per step per process: under torchrun the global batch is --batch-size x "
                         "processes (the learning rate is not rescaled; raise --lr yourself if wanted)")
@@ -211,6 +211,10 @@ def check_numbers(args):
              ("--choose-zooms", not (args.choose_zooms and args.tta_zoom), "not given with --tta-zoom (it chooses them)"),
              ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
              ("--dropout", 0 <= args.dropout < 1, "a share between 0 and 1 (0: the model's own)"),
+             ("--dropout", args.dropout == 0 or args.model.startswith("simplecnn"),
+              "0 with a ResNet, which has no dropout layer"),
+             ("--pretrained", not args.pretrained or not args.model.startswith("simplecnn"),
+              "left out with a SimpleCNN: ImageNet weights exist for the ResNets only"),
              ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)"),
              ("--teacher-online", not args.teacher_online or bool(args.teacher) and not teacher_is_table(args.teacher),
               "used with --teacher checkpoints (best.pt), which it runs on every batch; a teacher.npz holds clean "

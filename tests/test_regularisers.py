@@ -102,6 +102,17 @@ def test_an_impossible_regulariser_setting_is_named(flag, value):
         train.check_numbers(args)
 
 
+@pytest.mark.parametrize("flags, words", [(["--model", "resnet18", "--dropout", "0.3"], "--dropout must be 0 with a ResNet"),
+                                          (["--model", "simplecnn", "--pretrained"], "--pretrained must be left out")])
+def test_a_setting_the_model_has_no_use_for_is_named(flags, words):
+    args = train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o", *flags])
+    with pytest.raises(custom_dataset.DataError, match=words):
+        train.check_numbers(args)
+    train.check_numbers(train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o", "--model",
+                                                            "simplecnn" if "--dropout" in flags else "resnet18",
+                                                            *flags[2:]]))  # the other family takes it
+
+
 @pytest.mark.slow
 def test_a_run_with_every_regulariser_trains_repeatably_and_records_them(splits, tmp_path):
     extra = ("--epochs", "1", "--mixup", "0.2", "--erase", "0.5", "--label-sigma", "3")
