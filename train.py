@@ -28,6 +28,7 @@ from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_
                             make_loader, parse_zooms)
 from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
+                       gaussian_targets,
                        apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
                        plot_groups, plot_learning_curves, plot_pred_vs_true, predict_distributions, predict_loader,
@@ -468,6 +469,18 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
     return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs.astype(np.float32))
 
 
+def teacher_age_grid(checkpoint) -> np.ndarray:
+    """The integer ages a teacher's distribution is given on: its head's own, or for a regression head, its
+    age range widened by 3 label sigmas each side, so that the Gaussian spread around a predicted age keeps
+    that age as its mean, also at the ends of the range (cut at the range, it was pulled inwards by over a
+    year). What falls outside the student's ages goes to its nearest end (onto_student_ages)."""
+    low, high = checkpoint["min_age"], checkpoint["max_age"]
+    if checkpoint.get("head", "regression") != "distribution":
+        pad = math.ceil(3 * LABEL_SIGMA)
+        low, high = low - pad, high + pad
+    return np.arange(low, high + 1)
+
+
 def onto_student_ages(teacher_ages, min_age, max_age) -> np.ndarray:
     """0/1 matrix (teacher's ages x min_age..max_age) that moves a teacher's distribution onto the student's
     ages: a probability outside them goes to the nearest end (a table's and an online teacher's alike)."""
@@ -496,7 +509,7 @@ class OnlineTeachers:
             if theirs != student:  # a teacher whose faces were denoised or sharpened would see other pixels
                 raise DataError(f"--teacher-online: {source} preprocesses faces otherwise ({theirs}) than this run "
                                 f"({student}); train the teacher with this run's preprocessing, or drop --teacher-online")
-            grid = np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1)
+            grid = teacher_age_grid(checkpoint)
             to_student = torch.from_numpy(onto_student_ages(grid, min_age, max_age))
             grid = torch.from_numpy(grid.astype(np.float32))
             model = model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
@@ -511,7 +524,10 @@ class OnlineTeachers:
             for model, size, mean, std, grid, to_student in self.teachers:
                 x = images if images.shape[-1] == size else torch.nn.functional.interpolate(
                     images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                p = torch.softmax(model(_prepare(x, mean, std, self.device)).float(), 1)
+                outputs = model(_prepare(x, mean, std, self.device)).float()
+                # a regression teacher's age as the Gaussian a table holds for it (predict_distributions)
+                p = torch.softmax(outputs, 1) if model.head == "distribution" else gaussian_targets(
+                    model.ages_from_outputs(outputs), grid)
                 ages, probs = ages + p @ grid, probs + p @ to_student
         return ages / len(self.teachers), probs / len(self.teachers)
 
@@ -557,7 +573,7 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
             data = load_split_dataset(csv_path, cfg, cache_dir, args.workers, not args.no_progress, print)
             probs, grid = predict_distributions(
                 model, make_loader(data, eval_batch(args), shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
-                ages=np.arange(checkpoint["min_age"], checkpoint["max_age"] + 1),
+                ages=teacher_age_grid(checkpoint),
                 **test_time_views(checkpoint["config"]))
             table.append(({hashes[split][p]: i for i, p in enumerate(data.paths)}, grid, probs))
             if split == "val":

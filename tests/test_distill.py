@@ -206,6 +206,34 @@ def test_the_online_teacher_sees_the_augmented_and_mixed_batch_and_sets_the_targ
     assert abs(labels_only.item() - towards_teacher.item()) > 1e-2 * towards_teacher.item()
 
 
+def test_a_regression_teachers_gaussian_keeps_its_age_as_the_mean_at_the_ends_of_its_range():
+    grid = train.teacher_age_grid({"min_age": 20, "max_age": 50, "head": "regression"})
+    assert list(train.teacher_age_grid({"min_age": 20, "max_age": 50, "head": "distribution"})) == list(range(20, 51))
+    at_the_ends = torch.tensor([20.0, 50.0])
+    widened = functions.gaussian_targets(at_the_ends, torch.as_tensor(grid, dtype=torch.float32))
+    cut = functions.gaussian_targets(at_the_ends, torch.arange(20.0, 51.0))
+    assert torch.allclose(widened @ torch.as_tensor(grid, dtype=torch.float32), at_the_ends, atol=0.01)
+    assert (cut @ torch.arange(20.0, 51.0) - at_the_ends).abs().min() > 1  # the range alone pulls them inwards
+
+
+def test_an_online_regression_teacher_gives_its_own_ages(splits, teacher, tmp_path):
+    checkpoint = checkpoints.load_checkpoint(teacher)
+    regression = build_model("simplecnn", head="regression", min_age=checkpoint["min_age"],
+                             max_age=checkpoint["max_age"], image_size=64)
+    regression.init_output_bias(33.0)
+    checkpoint.update(head="regression", model_state=regression.state_dict())
+    checkpoints.save_checkpoint(tmp_path / "regression.pt", checkpoint)
+    model, cfg = checkpoints.model_from_checkpoint(checkpoint)
+    data = custom_dataset.load_split_dataset(splits / "train.csv", cfg, splits.parent / "cache", progress=False)
+    images = data.batch(list(range(8)))[0].float()
+    ages, probs = train.OnlineTeachers([str(tmp_path / "regression.pt")], train_args(splits, "unused"), 20, 50,
+                                       torch.device("cpu"), False)(images)
+    with torch.no_grad():
+        own = model.eval().predict(functions._prepare(images, torch.tensor(cfg.mean), torch.tensor(cfg.std), "cpu"))
+    assert probs.shape == (8, 31) and torch.allclose(probs.sum(1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(ages, own, atol=0.01)
+
+
 @pytest.mark.parametrize("extra, words", [([], ["--teacher-online", "--teacher checkpoints"]),
                                           (["--teacher", "t.npz"], ["--teacher-online", "teacher.npz"])])
 def test_an_online_teacher_needs_checkpoints(extra, words):
