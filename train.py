@@ -770,6 +770,7 @@ def train_run(args, dist_ctx: Distributed):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch), args.schedule))
     history, best_val, start_epoch = resume_state(checkpoint, model, optimizer, scheduler, out / "last.pt")
+    best_val = min(best_val, orphan_best_val(out / "best.pt", start_epoch))
     ema = weight_average(model, args.ema, checkpoint)
     evaluated = ema.module if ema else model  # the weights validation judges and checkpoints keep
     net = models.AutocastModel(model, device.type) if use_amp else model  # what the training step runs
@@ -927,6 +928,16 @@ class EpochLogger:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def orphan_best_val(best_path: Path, start_epoch: int) -> float:
+    """The validation MAE of a best.pt written for an epoch that last.pt does not hold yet (a kill between
+    the two saves; save_epoch writes best.pt first), else inf. The resumed run must beat it: a re-run of
+    that epoch is not always bit-identical (other threads, a GPU), and a worse epoch would replace it."""
+    if start_epoch == 1 or not best_path.exists():
+        return float("inf")
+    best = load_checkpoint(best_path)
+    return best["best_val_mae"] if best.get("epoch", 0) >= start_epoch else float("inf")
 
 
 def save_epoch(out, checkpoint, improved, history):

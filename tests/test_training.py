@@ -587,3 +587,13 @@ def test_split_checks_read_a_spreadsheets_csv_as_training_does(tmp_path):
         train.refuse_output_in_data(data / "20" / "run", splits)
     keys = train.split_hashes(splits / "train.csv")  # no hash column: one face per file, not per name
     assert len(set(keys.values())) == 2
+
+
+def test_a_best_pt_ahead_of_last_pt_is_the_figure_a_resumed_run_must_beat(tmp_path):
+    # killed between the two saves of epoch 4: best.pt holds epoch 4 (val 4.0), last.pt epoch 3
+    checkpoints.save_checkpoint(tmp_path / "best.pt", {"model_state": {}, "epoch": 4, "best_val_mae": 4.0})
+    assert train.orphan_best_val(tmp_path / "best.pt", start_epoch=4) == 4.0
+    # best.pt of an epoch last.pt holds: last.pt's own best figure stands
+    assert train.orphan_best_val(tmp_path / "best.pt", start_epoch=5) == float("inf")
+    assert train.orphan_best_val(tmp_path / "none.pt", start_epoch=4) == float("inf")
+    assert train.orphan_best_val(tmp_path / "best.pt", start_epoch=1) == float("inf")  # a fresh run
