@@ -788,6 +788,7 @@ def train_run(args, dist_ctx: Distributed):
         epoch_start = time.perf_counter()
         seeds = epoch_seeds(args.seed, epoch, dist_ctx.rank)
         torch.manual_seed(seeds["torch"])
+        epoch_lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's: after it, the schedule has moved on
         with explain_divergence(out, epoch):
             train_metrics = train_one_epoch(
                 net, train_loader(epoch), optimizer, mean=mean, std=std, loss_kind=args.loss, scheduler=scheduler,
@@ -803,7 +804,7 @@ def train_run(args, dist_ctx: Distributed):
         if not math.isfinite(val_metrics["mae"]):  # diverged: this epoch's weights are saved nowhere
             raise NonFiniteLossError(f"validation MAE became {val_metrics['mae']} at epoch {epoch}; lower --lr "
                                      f"({kept_note(out, epoch)})")
-        history.append(history_row(epoch, train_metrics, val_metrics, optimizer.param_groups[0]["lr"]))
+        history.append(history_row(epoch, train_metrics, val_metrics, epoch_lr))
         # the clock of the epoch with its validation, and of this session's set-up on its first epoch
         history[-1].update(wall_seconds=round(time.perf_counter() - epoch_start, 2), session=session,
                            **({"setup_seconds": round(setup_seconds, 2)} if epoch == start_epoch else {}))

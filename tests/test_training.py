@@ -238,6 +238,12 @@ def test_training_writes_every_output(full_run, splits):
     assert ckpt["preprocess"]["denoise"] is False and len(ckpt["preprocess"]["mean"]) == 3
     history = json.loads((out / "history.json").read_text())
     assert ckpt["best_val_mae"] == pytest.approx(min(h["val_mae"] for h in history))
+    # each epoch's lr is its first step's: a warm-up epoch starts low, the last cosine epoch is not at 0
+    last = checkpoints.load_checkpoint(out / "last.pt")
+    args, steps = train_args(splits, out, "--epochs", "3"), last["scheduler_state"]["last_epoch"] // 3
+    factor = train.lr_lambda(3 * steps, int(args.warmup_epochs * steps), args.schedule)
+    assert [h["lr"] for h in history] == pytest.approx([args.lr * factor(e * steps) for e in range(3)])
+    assert history[0]["lr"] < history[1]["lr"] and history[-1]["lr"] > 0
 
 
 def test_closing_lines_warn_when_the_median_baseline_wins(tmp_path):
