@@ -513,7 +513,8 @@ def check_args(args):
         try:
             train.check_settings(trial)
         except DataError as exc:
-            text = str(exc).replace(" (see train.py --help)", " (see hyperparameter_tunning.py --help)")
+            text = str(exc).replace(" (see train.py --help)", " (see hyperparameter_tunning.py --help)").replace(
+                "; or pass --no-test", "; or pass --skip-final")
             raise DataError(text + (f" (in {which}, {flag})" if "epochs" in text else "")) from None
     train.refuse_output_in_data(Path(args.out_dir), splits)
     if args.cache_dir:

@@ -637,6 +637,10 @@ def check_settings(args):
     check_numbers(args)
     if not Path(args.splits).is_dir():
         raise DataError(SPLITS_NOT_FOUND.format(splits=args.splits))
+    for name in ("train.csv", "val.csv") + (() if args.no_test else ("test.csv",)):  # now, not after the training
+        if not (Path(args.splits) / name).is_file():
+            raise DataError(f"{Path(args.splits) / name} not found (eda.py writes train.csv, val.csv and test.csv into "
+                            f"OUT/splits{'' if name != 'test.csv' else '; or pass --no-test'})")
     for source in teacher_sources(args.teacher or ""):
         if not Path(source).is_file():
             raise DataError(f"--teacher {source} not found; pass the best.pt of a finished run on these splits, "
@@ -954,6 +958,8 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
     if history:  # a run killed after its last last.pt is completed by --resume here
         write_history(history, out)
     best = load_checkpoint(out / "best.pt")
+    if args.data_description:  # given now (a --resume session), it describes the exports made now
+        best["config"]["data_description"] = args.data_description
     model.load_state_dict(best["model_state"])
     if args.choose_zooms and not (args.no_test and args.no_export):  # a search trial compares epochs only
         summary["zooms"] = choose_zooms(model, cfg, val_set, best, eval_batch(args))

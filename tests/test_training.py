@@ -441,10 +441,13 @@ def test_resume_of_a_finished_run_completes_its_outputs(splits, tmp_path):
     assert run_script(*cmd).returncode == 0
     (out / "history.json").unlink()
     (out / "metrics.json").unlink()
-    done = run_script(*cmd, "--resume")
+    done = run_script(*cmd, "--resume", "--data-description", "my own faces")
     assert done.returncode == 0, done.stderr
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
+    # a description given to the session that exports is the one the exports carry
+    best = checkpoints.load_checkpoint(out / "best.pt")
+    assert checkpoints.export_metadata(checkpoints.model_from_checkpoint(best)[1], best)["data"] == "my own faces"
 
 
 @pytest.mark.slow
@@ -603,3 +606,15 @@ def test_a_best_pt_ahead_of_last_pt_is_the_figure_a_resumed_run_must_beat(tmp_pa
     assert train.orphan_best_val(tmp_path / "best.pt", start_epoch=5) == float("inf")
     assert train.orphan_best_val(tmp_path / "none.pt", start_epoch=4) == float("inf")
     assert train.orphan_best_val(tmp_path / "best.pt", start_epoch=1) == float("inf")  # a fresh run
+
+
+def test_a_missing_split_file_is_named_before_training(tmp_path):
+    (splits := tmp_path / "splits").mkdir()
+    for name in ("train.csv", "val.csv"):
+        (splits / name).write_text("path,age\n")
+    with pytest.raises(custom_dataset.DataError, match=r"test\.csv not found .*or pass --no-test"):
+        train.check_settings(train_args(splits, tmp_path / "run"))
+    train.check_settings(train_args(splits, tmp_path / "run", "--no-test"))  # a trial needs no test split
+    (splits / "val.csv").unlink()
+    with pytest.raises(custom_dataset.DataError, match=r"val\.csv not found"):
+        train.check_settings(train_args(splits, tmp_path / "run", "--no-test"))

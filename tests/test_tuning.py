@@ -289,6 +289,8 @@ def test_a_search_with_online_teachers_passes_the_checkpoints_to_every_trial(tmp
     teacher = tmp_path / "best.pt"
     teacher.write_bytes(b"checkpoint bytes")  # only hashed here: the trials load it
     (splits := tmp_path / "splits").mkdir()
+    for name in ("train.csv", "val.csv"):
+        (splits / name).write_text("path,age\n")
     args = ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path / "run"),
                                                      "--teacher", str(teacher), "--teacher-online"])
     ready = ht.with_teacher_table(args, tmp_path, tmp_path / "cache")
