@@ -475,14 +475,12 @@ def with_teacher_table(args, out: Path, cache_dir: Path):
         return args
     # the trials' key holds the checkpoints' bytes, not the table predicted from them again on every restart
     # (whose last digits may move with the device or threads)
-    sources = hashlib.sha1()
-    for source in train.teacher_sources(args.teacher):
-        sources.update(Path(source).read_bytes())
+    sources = train.teachers_digest(args.teacher)
     if args.teacher_online:
-        return argparse.Namespace(**{**vars(args), "teacher_sources_digest": sources.hexdigest()})
-    train.write_teacher_table(args, cache_dir, out / "teacher.npz")
-    return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz"),
-                                 "teacher_sources_digest": sources.hexdigest()})
+        return argparse.Namespace(**{**vars(args), "teacher_sources_digest": sources})
+    if train.kept_teacher_table(out / "teacher.npz", args.teacher, train.split_faces_digest(args.splits)) is None:
+        train.write_teacher_table(args, cache_dir, out / "teacher.npz")
+    return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz"), "teacher_sources_digest": sources})
 
 
 def check_args(args):

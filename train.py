@@ -447,15 +447,21 @@ def split_hashes(split_csv) -> dict:
     return {row["path"]: face_key(row) for row in split_csv_rows(split_csv) if row.get("path")}
 
 
-def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None):
+def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None, keep=True):
     """(teacher's expected age, its distribution on min_age..max_age) per face of train_set, as tensors.
     Checkpoints are predicted here (flip-averaged as each was validated) and the table is written to
-    OUT/teacher.npz, which later students take as --teacher without the teachers' forward passes."""
+    OUT/teacher.npz (if keep), which later students take as --teacher without the teachers' forward passes,
+    and which a later session of this run reads instead of predicting again, while the checkpoints' bytes
+    are the same."""
     faces = split_faces_digest(args.splits)
     if teacher_is_table(args.teacher):
         table = read_teacher_file(args.teacher, faces)
+    elif out is not None and (kept := kept_teacher_table(out / "teacher.npz", args.teacher, faces)) is not None:
+        table = kept  # a --resume session learns from the very targets the run began with
+        print(f"teachers: their table {out / 'teacher.npz'} was predicted from these checkpoints; read, not "
+              f"predicted again (val MAE {float(table['val_mae']):.3f})")
     else:
-        table = write_teacher_table(args, cache_dir, out / "teacher.npz" if out is not None else None)
+        table = write_teacher_table(args, cache_dir, out / "teacher.npz" if out is not None and keep else None)
     row_of = {h: i for i, h in enumerate(table["hash"].tolist())}
     hashes = split_hashes(Path(args.splits) / "train.csv")
     rows = [row_of.get(hashes.get(path)) for path in train_set.paths]
@@ -546,9 +552,29 @@ def teacher_is_table(teacher: str) -> bool:
     return bool(tables)
 
 
+def teachers_digest(teacher: str) -> str:
+    """Hash of the bytes of --teacher's checkpoints: the table predicted from them is known by it."""
+    import hashlib
+    digest = hashlib.sha1()
+    for source in teacher_sources(teacher):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
+
+
+def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | None:
+    """The run's own teacher.npz when it was predicted from these very checkpoints for these splits, else
+    None (predicted again: the teachers' faces run through them take minutes)."""
+    try:
+        table = read_teacher_file(path, faces_digest)
+    except DataError:
+        return None
+    return table if str(table.get("teachers_digest", "")) == teachers_digest(teacher) else None
+
+
 def write_teacher_table(args, cache_dir, path=None) -> dict:
     """The table of --teacher's checkpoints (predict_teachers), written atomically to path if given."""
     table = predict_teachers(teacher_sources(args.teacher), args, cache_dir, split_faces_digest(args.splits))
+    table["teachers_digest"] = np.asarray(teachers_digest(args.teacher))
     if path is not None:
         atomic_write(path, lambda f: np.savez(f, **table))
     return table
@@ -758,11 +784,12 @@ def train_run(args, dist_ctx: Distributed):
         cfg.mean, cfg.std = channel_stats(train_set.images)
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
-    # every rank predicts the same table; rank 0 keeps it as RUN/teacher.npz. An online run keeps it too: it
+    # rank 0 predicts the table (or finds it kept from these teachers) and keeps it as RUN/teacher.npz; the
+    # other ranks read it, or predict the same where RUN is not on their disk. An online run keeps it too: it
     # checks the teachers' split and records their validation MAE, though its batches never carry it
     if args.teacher:
-        targets = dist_ctx.in_turn(lambda: teacher_targets(args, train_set, cache_dir, min_age, max_age,
-                                                           out if dist_ctx.is_main else None))
+        targets = dist_ctx.in_turn(lambda: teacher_targets(args, train_set, cache_dir, min_age, max_age, out,
+                                                           keep=dist_ctx.is_main))
     print(describe_run(args, model, train_set, val_set, dist_ctx))
     if dist_ctx.is_main:
         write_config(args, out, dist_ctx)

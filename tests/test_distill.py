@@ -120,6 +120,25 @@ def test_a_student_learns_from_the_teacher_and_its_table_replays_exactly(splits,
 
 
 @pytest.mark.slow
+def test_a_later_session_reads_the_runs_table_while_the_teachers_are_the_same(splits, teacher, tmp_path, monkeypatch):
+    data = custom_dataset.load_split_dataset(splits / "train.csv", custom_dataset.PreprocessConfig(image_size=64),
+                                             splits.parent / "cache", progress=False)
+    args = train_args(splits, tmp_path, "--teacher", str(teacher))
+    predicted, real_predict = [], train.predict_teachers
+    monkeypatch.setattr(train, "predict_teachers", lambda *a: predicted.append(1) or real_predict(*a))
+    first = train.teacher_targets(args, data, splits.parent / "cache", 20, 50, tmp_path)
+    again = train.teacher_targets(args, data, splits.parent / "cache", 20, 50, tmp_path)
+    assert len(predicted) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
+    copy = tmp_path / "copy.pt"  # other bytes (a teacher trained on): predicted again
+    checkpoint = checkpoints.load_checkpoint(teacher)
+    checkpoint["note"] = "trained on"
+    checkpoints.save_checkpoint(copy, checkpoint)
+    train.teacher_targets(train_args(splits, tmp_path, "--teacher", str(copy)), data, splits.parent / "cache", 20, 50,
+                          tmp_path)
+    assert len(predicted) == 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["other_split", "table_of_other_split", "table_missing_faces", "not_a_table"])
 def test_a_teacher_that_does_not_fit_the_split_is_a_one_line_error(case, splits, teacher, tmp_path):
     if case == "other_split":
