@@ -779,10 +779,17 @@ class PreprocessConfig:
         return cls(**d)
 
     def cache_settings(self) -> dict:
-        """The settings that change the cached uint8 pixels (not mean/std, applied later)."""
+        """The settings that change the cached uint8 pixels (not mean/std, applied later). The strength of a
+        filter that is off changes nothing: it reads as its default, so the same pixels keep one cache."""
         d = self.to_dict()
         d.pop("mean"), d.pop("std")
+        for switch, setting in (("denoise", "denoise_strength"), ("deblur", "deblur_amount")):
+            if not d[switch]:
+                d[setting] = PREPROCESS_DEFAULTS[setting]
         return d
+
+
+PREPROCESS_DEFAULTS = PreprocessConfig().to_dict()
 
 
 def preprocess_rgb(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

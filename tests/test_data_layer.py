@@ -500,3 +500,12 @@ def test_names_composed_or_decomposed_split_alike():
                    for k, n in enumerate(names)]
         return [[r["hash"] for r in part] for part in stratified_split(records, seed=3)]
     assert split("NFC") == split("NFD")
+
+
+def test_the_strength_of_a_filter_that_is_off_does_not_key_another_cache():
+    from custom_dataset import PreprocessConfig, cache_key
+    plain = PreprocessConfig(denoise=False, deblur=False)
+    assert cache_key(["a.png"], plain) == cache_key(["a.png"], PreprocessConfig(denoise=False, denoise_strength=10,
+                                                                                deblur=False, deblur_amount=0.9))
+    assert cache_key(["a.png"], PreprocessConfig(denoise_strength=10)) != cache_key(["a.png"], PreprocessConfig())
+    assert cache_key(["a.png"], PreprocessConfig(deblur_amount=0.9)) != cache_key(["a.png"], PreprocessConfig())
