@@ -372,14 +372,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a damaged EXIF block (Pillow raises SyntaxError, among others): the pixels as stored
         pass
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255); one fixed scale, so
-        # that two nearly equal images never come out far apart
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255); float gray: 0-1 (if
+        # nothing is above 1) or 0-255. One fixed scale, so two nearly equal images never come out far apart
         arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr / 257.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        scale = (1 / 255 if np.nanmax(arr, initial=0) <= 1 else 1.0) if img.mode == "F" else 257.0
+        gray = np.clip(np.nan_to_num(arr / scale) + 0.5, 0, 255).astype(np.uint8)
+        transparent = img.info.get("transparency")  # a tRNS gray value, lost with the mode: applied here
+        if isinstance(transparent, (int, float)) and img.mode != "F":
+            gray[arr == transparent] = 0
+        img = Image.fromarray(gray, "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         # transparent pixels become black, the same rule for every file
         rgba = img.convert("RGBA")
@@ -1052,7 +1054,7 @@ def _preprocess_or_none(args):
 
 # Raise it with any change to to_rgb, preprocess_rgb or filter_input: the cached pixels of every split are then
 # made again, so training never reads pixels that inference.py, which calls the new code, would not make.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 
 
 def cache_key(paths, cfg: PreprocessConfig) -> str:

@@ -191,6 +191,13 @@ def test_16_bit_gray_has_one_scale_whatever_its_brightest_pixel(tmp_path, top):
     assert load_rgb(path)[0, 0, 0] == round(top / 257)  # 1, 1, 16: nearly equal images stay nearly equal
 
 
+@pytest.mark.parametrize("stored, expected", [(0.8, 204), (100.4, 100), (1.0, 255), (300.0, 255)])
+def test_float_gray_is_read_as_0_to_1_or_0_to_255_and_rounded(stored, expected):
+    from custom_dataset import to_rgb
+    rgb = np.asarray(to_rgb(Image.fromarray(np.full((8, 8), stored, np.float32), "F")))
+    assert rgb.shape == (8, 8, 3) and (rgb == expected).all()  # 0.8 was black: cut to 0, not scaled
+
+
 def test_exif_orientation_is_applied(corpus):
     path = corpus_path(corpus, "exif6.jpg")
     with Image.open(path) as img:
@@ -321,10 +328,11 @@ def test_a_read_fault_that_passes_at_once_gives_the_image_not_an_undecodable_mar
     assert not faults and ok.tolist() == [True] and not skipped and images[0].mean() == pytest.approx(90, abs=1)
 
 
-@pytest.mark.parametrize("mode, colour", [("L", 7), ("RGB", (7, 8, 9))])
+@pytest.mark.parametrize("mode, colour", [("L", 7), ("RGB", (7, 8, 9)), ("I;16", 7 * 257)])
 def test_a_colour_marked_transparent_becomes_black_in_gray_and_rgb_pngs(tmp_path, mode, colour):
-    pixels = np.full((20, 20) if mode == "L" else (20, 20, 3), 200, np.uint8)
+    depth = np.uint16 if mode == "I;16" else np.uint8
+    pixels = np.full((20, 20) if mode != "RGB" else (20, 20, 3), 200 * (257 if mode == "I;16" else 1), depth)
     pixels[0, 0] = colour
-    Image.fromarray(pixels, mode).save(tmp_path / "t.png", transparency=colour)
+    Image.fromarray(pixels, None if mode == "I;16" else mode).save(tmp_path / "t.png", transparency=colour)
     rgb = load_rgb(tmp_path / "t.png")
     assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[5, 5].tolist() == [200, 200, 200]
