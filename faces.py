@@ -255,10 +255,14 @@ def non_max_suppression(boxes, scores, iou_threshold=NMS_IOU) -> list[int]:
     iou_threshold, or lying mostly (70 %) inside it, is the same face."""
     keep = []
     for i in sorted(range(len(boxes)), key=lambda i: (-scores[i], i)):
-        if all(iou(boxes[i], boxes[k]) <= iou_threshold and _inside(boxes[i], boxes[k]) <= 0.7
-               and _inside(boxes[k], boxes[i]) <= 0.7 for k in keep):
+        if not any(same_face(boxes[i], boxes[k], iou_threshold) for k in keep):
             keep.append(i)
     return keep
+
+
+def same_face(a, b, iou_threshold=NMS_IOU) -> bool:
+    """Two boxes of one face: overlapping by more than iou_threshold, or one lying mostly inside the other."""
+    return iou(a, b) > iou_threshold or _inside(a, b) > 0.7 or _inside(b, a) > 0.7
 
 
 def _inside(small, big) -> float:
@@ -376,6 +380,13 @@ class FacePipeline:
     # -- detection --------------------------------------------------------------------------
     def detect(self, rgb) -> list[Face]:
         """Face boxes (with landmarks where a rotated pass found them) in photo pixels, strongest first."""
+        return self.detect_filtered(rgb)[0]
+
+    def detect_filtered(self, rgb, reject=None) -> tuple[list[Face], list[tuple[Face, str]]]:
+        """(faces, [(face, reason)]): detect's faces, with reject(face) -> reason or None (a caller's size or
+        score filter) applied before duplicate boxes are removed, so that a box the caller would drop never
+        suppresses a face it overlaps. Rejected faces are reported once each, and not where they are part
+        of a kept face."""
         rgb = three_channels(rgb)
         height, width = rgb.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
@@ -401,10 +412,15 @@ class FacePipeline:
             faces.append(face)
         # too small first: a box of no use must not suppress a usable one it overlaps
         faces = [f for f in faces if min(f.box[2:]) >= self.min_face]
+        reasons = [reject(f) if reject else None for f in faces]
+        rejected = [(f, r) for f, r in zip(faces, reasons) if r]
+        faces = [f for f, r in zip(faces, reasons) if not r]
         faces = [faces[i] for i in non_max_suppression([f.box for f in faces], [f.score for f in faces])]
-        for face in faces:  # reported inside the photo (HOG's box may reach past an edge); cut from the raw one
-            face.rect, face.box = face.box, clip_box(face.box, width, height)
-        return faces
+        rejected = [rejected[i] for i in non_max_suppression([f.box for f, _ in rejected], [f.score for f, _ in rejected])]
+        rejected = [(f, r) for f, r in rejected if not any(same_face(f.box, k.box) for k in faces)]
+        for face in faces + [f for f, _ in rejected]:  # reported inside the photo (HOG's box may reach past an
+            face.rect, face.box = face.box, clip_box(face.box, width, height)  # edge); cut from the raw one
+        return faces, rejected
 
     def _cascade(self, gray, shrunk=False):
         # faces under HOG's ~80 px window: Haar proposes on a shrunk copy (in its thread, while HOG runs

@@ -266,7 +266,8 @@ class AgeEstimator:
         return out[:, 0].reshape(len(views), len(x)).mean(axis=0)
 
     def drop_reason(self, face: Face) -> str | None:
-        """"min_face" or "min_score" where a filter drops the face, else None."""
+        """"min_face" or "min_score" where a filter drops the face, else None. The detector applies it before
+        it removes duplicate boxes (FacePipeline.detect_filtered), to the box as detected."""
         if self.min_face and min(face.box[2], face.box[3]) < self.min_face:
             return "min_face"
         if self.min_score is not None and face.score < self.min_score:
@@ -278,17 +279,13 @@ class AgeEstimator:
         Dropped faces are never cut out nor shown to the model."""
         if self.whole_image:
             height, width = rgb.shape[:2]
-            found = [Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)]
-        else:
-            found = sorted(self.pipeline.detect(rgb), key=lambda f: -f.box[2] * f.box[3])
-        kept, dropped = [], []
-        for face in found:
+            face = Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)
             reason = self.drop_reason(face)
-            if reason:
-                dropped.append((face, reason))
-            else:
-                kept.append(face if self.whole_image else self.pipeline.cut(rgb, face))
-        return kept, dropped
+            return ([], [(face, reason)]) if reason else ([face], [])
+        found, dropped = self.pipeline.detect_filtered(rgb, self.drop_reason)
+        found.sort(key=lambda f: -f.box[2] * f.box[3])
+        dropped.sort(key=lambda d: -d[0].box[2] * d[0].box[3])
+        return [self.pipeline.cut(rgb, face) for face in found], dropped
 
     def find_faces(self, rgb) -> list[Face]:
         """Kept faces of one HxWx3 RGB image with their chips; the whole image is one face with --whole-image."""

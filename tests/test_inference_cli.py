@@ -327,6 +327,20 @@ def test_an_age_map_without_its_method_name_is_described(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Filters and the training-range flag
 
+def test_a_box_min_face_drops_does_not_suppress_the_face_around_it(model, monkeypatch):
+    """--min-face is applied before duplicate boxes go: a strong 20 px box inside a 60 px face made the face
+    a duplicate, and --min-face 40 then dropped the 20 px box: no face at all."""
+    import faces as face_pipeline
+    monkeypatch.setattr(face_pipeline, "hog_faces", lambda gray, *a, **k: [((100, 100, 20, 20), 2.0),
+                                                                          ((80, 80, 60, 60), 1.0),
+                                                                          ((200, 20, 20, 20), 1.5)])
+    estimator = inference.AgeEstimator(model, detector="hog", min_face=40)
+    kept, dropped = estimator.detect(np.full((240, 320, 3), 100, np.uint8))
+    assert [tuple(f.box) for f in kept] == [(80, 80, 60, 60)]
+    # a small face elsewhere is dropped and counted; the small box inside the kept face is part of it
+    assert [(tuple(f.box), reason) for f, reason in dropped] == [((200, 20, 20, 20), "min_face")]
+
+
 def test_min_face_and_min_score_drop_and_count(model, faces, tmp_path, capsys):
     src = write_rgb(tmp_path / "in" / "two.jpg", scene(faces))
     kept = run_main(["--model", str(model), "--image", str(src), "--output-dir", str(tmp_path / "a"), "--min-face", "100"])
