@@ -11,8 +11,9 @@ Measured per detector of faces.DETECTORS (data read in place, never written):
       centre and the box is 40-140 % of the chip's side (HOG's box is about 0.93 of a UTKFace chip); every
       other box is a false box.
   (b) FG-NET: the full scanned photos (one person each, a few with more): share of photos with at
-      least one face, boxes per photo.
-  (c) the same backgrounds without a face: false boxes per image (what the fallback passes invent).
+      least one box (its position is not checked: FG-NET has no face boxes here), boxes per photo.
+  (c) as many other random backgrounds of the same kind, without a face and at normal brightness (no
+      gain): false boxes per image (what the fallback passes invent).
   (d) ms per photo: detection alone, and with --model the whole chain (detect, landmarks, chip,
       preprocess, predict) through inference.AgeEstimator on the 640 x 480 scenes.
   (e) crop fidelity: UTKFace files re-chipped from a border-padded copy with faces.UTKFACE_CROP and
