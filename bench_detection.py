@@ -145,16 +145,18 @@ def faceless_figures(pipe, backgrounds):
 
 
 def end_to_end_ms(model, scenes, threads):
-    """Median ms per 640 x 480 scene through inference.AgeEstimator: detect, align, preprocess, predict."""
+    """Median ms per 640 x 480 scene through inference.AgeEstimator: detect, align, preprocess, predict. The
+    detector is the one inference.py chooses for the model (its chips' detector, else the default)."""
     import inference
-    estimator = inference.AgeEstimator(model, faces.DEFAULT_DETECTOR, threads=threads)
+    estimator = inference.AgeEstimator(model, None, threads=threads)
     estimator.estimate(scenes[0][0])  # warm-up: first-call allocations
     ms = []
     for scene, _ in scenes:
         t0 = time.perf_counter()
         estimator.estimate(scene)
         ms.append(1000 * (time.perf_counter() - t0))
-    return {"model": str(model), "tta_zoom": list(estimator.tta_zoom), "n": len(ms),
+    return {"model": str(model), "detector": estimator.pipeline.detector, "tta_zoom": list(estimator.tta_zoom),
+            "n": len(ms),
             "ms_per_photo_median": statistics.median(ms),
             "ms_per_photo_mean": float(np.mean(ms)), "ms_per_photo_p90": float(np.percentile(ms, 90))}
 
@@ -165,7 +167,7 @@ def zoom_cost_ms(model, scenes, threads) -> dict:
     the run touches both alike). Medians per photo and the median of the paired differences."""
     import datetime
     import inference
-    estimator = inference.AgeEstimator(model, faces.DEFAULT_DETECTOR, threads=threads)
+    estimator = inference.AgeEstimator(model, None, threads=threads)  # inference.py's choice for this model
     zooms = estimator.tta_zoom
     if not zooms:
         raise DataError(f"{model} has no test-time zooms in its metadata; there is nothing to cost")
@@ -267,7 +269,8 @@ def command(result) -> str:
     defaults = get_args_parser().parse_args([])
     detectors = result["detectors"]
     values = {"--detectors": ",".join(detectors),
-              "--limit": max((d["scenes"]["n"] for d in detectors.values()), default=defaults.limit),
+              "--limit": result["scenes"].get("limit") or max((d["scenes"]["n"] for d in detectors.values()),
+                                                              default=defaults.limit),
               "--fgnet-limit": max((d["fgnet"]["n"] for d in detectors.values() if "fgnet" in d),
                                    default=defaults.fgnet_limit),
               "--mmod-limit": detectors["mmod"]["scenes"]["n"] if "mmod" in detectors else defaults.mmod_limit,
@@ -343,7 +346,7 @@ def main(args):
         if fgnet_dir.is_dir() else []
     photos = [load_rgb(p) for p in fgnet]
     result = {"scenes": {"canvas": [CANVAS_W, CANVAS_H], "face_fraction_of_height": list(FACE_FRACTION),
-                         "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed},
+                         "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed, "limit": args.limit},
               "fgnet_dir": str(fgnet_dir) if photos else None,
               "detectors": compare_detectors(detectors, scenes, backgrounds, photos, args.mmod_limit)}
     if args.model:

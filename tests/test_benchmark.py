@@ -9,6 +9,7 @@ import pytest
 
 import benchmark
 import train
+from conftest import constant_model
 from custom_dataset import DataError
 
 
@@ -693,6 +694,22 @@ def test_the_mmod_limit_matters_only_where_mmod_runs():
     assert bench_detection.checked_detectors(parse("--detectors", "hog,haar", "--mmod-limit", "0")) == ["hog", "haar"]
     with pytest.raises(DataError, match="--mmod-limit must be at least 1"):
         bench_detection.checked_detectors(parse("--detectors", "hog,mmod", "--mmod-limit", "0"))
+
+
+def test_the_detection_command_gives_the_limit_the_run_was_given():
+    import bench_detection
+    result = {"scenes": {"seed": 0, "limit": 500}, "detectors": {"auto": {"scenes": {"n": 230}}}}  # 230 UTKFace files
+    assert "--limit 500" in bench_detection.command(result)
+    del result["scenes"]["limit"]  # a detection.json written before the limit was kept
+    assert "--limit 230" in bench_detection.command(result)
+
+
+def test_end_to_end_times_the_detector_inference_chooses_for_the_model(tmp_path):
+    import bench_detection
+    import faces as face_pipeline
+    model = constant_model(tmp_path / "m.onnx", crop={**face_pipeline.UTKFACE_CROP, "detector": "haar"})  # --align --detector haar
+    scenes = [(np.full((120, 160, 3), 90, np.uint8), [])] * 2
+    assert bench_detection.end_to_end_ms(model, scenes, threads=1)["detector"] == "haar"
 
 
 def test_a_resumed_final_counts_the_clock_of_its_earlier_sessions():
