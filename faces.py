@@ -74,7 +74,8 @@ FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run 
 MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once costs 4x (seconds more)
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
-CHIP_VERSION = 3  # raise it with any change to detection or cutting: eda.py --align then cuts its chips anew
+MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
+CHIP_VERSION = 4  # raise it with any change to detection or cutting: eda.py --align then cuts its chips anew
 
 
 @dataclasses.dataclass
@@ -410,8 +411,9 @@ class FacePipeline:
             if len(item) > 3 and item[3] is not None:  # landmarks found on a rotated copy (detection pixels)
                 face.landmarks = item[3] / scale
             faces.append(face)
-        # too small first: a box of no use must not suppress a usable one it overlaps
-        faces = [f for f in faces if min(f.box[2:]) >= self.min_face]
+        # too small (or mostly beyond the photo's edge) first: a box of no use must not suppress a usable one
+        faces = [f for f in faces if min(f.box[2:]) >= self.min_face
+                 and _inside(f.box, (0, 0, width, height)) >= MIN_SHARE_INSIDE]
         reasons = [reject(f) if reject else None for f in faces]
         rejected = [(f, r) for f, r in zip(faces, reasons) if r]
         faces = [f for f, r in zip(faces, reasons) if not r]

@@ -328,6 +328,12 @@ def test_chips_are_cut_anew_by_another_version_of_the_code(monkeypatch, tmp_path
     assert stats["from_cache"] == 0 and len(list((tmp_path / "chips").iterdir())) == 2
 
 
+def test_a_box_mostly_beyond_the_photos_edge_is_dropped_and_a_face_cut_by_the_edge_kept(monkeypatch):
+    monkeypatch.setattr(faces, "hog_faces", lambda gray, *a, **k: [((-55, 10, 60, 60), 2.0), ((280, 100, 60, 60), 1.0)])
+    found = faces.FacePipeline(faces.BOX_CROP, "hog").detect(np.full((240, 320, 3), 100, np.uint8))
+    assert [tuple(f.box) for f in found] == [(280, 100, 40, 60)]  # two thirds inside: kept, clipped for reporting
+
+
 def test_a_box_too_small_to_keep_does_not_suppress_the_face_around_it(monkeypatch):
     """Too small is decided first: a strong 8 px box inside a face's box made non-max suppression drop the
     face, and then the size rule dropped the 8 px box: no face at all."""
