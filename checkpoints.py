@@ -95,6 +95,7 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             "tta_zoom": list(parse_zooms(config.get("tta_zoom", ""))),  # inference.py averages these views too
             "data": describe_training_data(config),
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
+            "weights": weights_digest(best["model_state"]),  # which weights: export_mobile tells its files apart by it
             "val_mae": best.get("export_val_mae", best.get("best_val_mae")),
             # the same faces through the export as it is (map included: in-sample where one is kept)
             "val_mae_views": best.get("export_val_mae_views", best.get("export_val_mae", best.get("best_val_mae"))),
@@ -103,6 +104,18 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             # functions.fit_age_map, applied to the graph's output by inference.py (np.interp(age, x, y));
             # None where train.py --age-map did not keep one
             "age_map": best.get("age_map")}
+
+
+def weights_digest(state_dict) -> str:
+    """Hash of a model's weights (names, types, shapes, bytes): the same for every copy or re-save of one
+    checkpoint, whatever its file's bytes or modification time."""
+    import hashlib
+    digest = hashlib.sha1()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def describe_training_data(config: dict) -> str | None:

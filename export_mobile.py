@@ -21,8 +21,8 @@ ages (N,) out, normalisation inside) and writes into the run folder:
 
 Every float export is written into a staging folder, compared with the eager model there (max |export -
 eager| <= 1e-4) and only then moved over the previous one, so a failed check or a kill keeps the old file.
-Once the new export stands, this script's files in the folder that are older than the checkpoint (the other
-format, an int8 file, their report: exports of weights since replaced) are removed, and named.
+Once the new export stands, this script's files in the folder that record other weights than the checkpoint's
+(the other format, an int8 file, their report: exports of weights since replaced) are removed, and named.
 """
 from __future__ import annotations
 
@@ -138,23 +138,49 @@ def publish(staged: Path, out: Path) -> Path:
     return out / staged.name
 
 
-# what this script writes into a folder; an older checkpoint's ones are removed once a new export stands
-MOBILE_OUTPUTS = ("model.pte", "model.pte.json", "model.pt2", "model_int8.pte", "model_int8.pte.json",
-                  "mobile_exports.json")
+# what this script writes into a folder; another checkpoint's are removed once a new export stands
+MOBILE_OUTPUTS = ("model.pte", "model.pt2", "model_int8.pte", "mobile_exports.json")
 
 
-def remove_superseded(out: Path, written: set, checkpoint_mtime: float) -> list:
-    """This script's outputs in out that this run did not write and that are older than the checkpoint:
-    exports of weights since replaced (another format, an int8 file, their report), which an app or
-    inference.py would otherwise take for this checkpoint's. Returns the names removed."""
-    removed = []
+def recorded_weights(path: Path) -> str | None:
+    """The weights digest (checkpoints.weights_digest) an output of this script records: a .pte's in its .json
+    sidecar, a .pt2's in its archive's metadata (read as a zip entry: nothing of it runs), the report's in
+    itself. None where it records none (an export older than the digest) or cannot be read."""
+    import zipfile
+    try:
+        if path.suffix == ".pt2":
+            with zipfile.ZipFile(path) as archive:
+                entry = next(n for n in archive.namelist() if n.endswith("extra/metadata.json"))
+                data = json.loads(archive.read(entry))
+        else:
+            data = json.loads((path if path.suffix == ".json" else path.with_name(path.name + ".json")).read_text())
+        return data.get("weights") if isinstance(data, dict) else None
+    except (OSError, ValueError, StopIteration, zipfile.BadZipFile):
+        return None
+
+
+def remove_superseded(out: Path, written: set, weights: str) -> list:
+    """This script's outputs in out that this run did not write and that record other weights than the
+    checkpoint's (another format, an int8 file or their report, of weights since replaced), which an app or
+    inference.py would otherwise take for this checkpoint's: removed and named. Outputs recording no
+    weights are named only. Returns the names removed."""
+    removed, unknown = [], []
     for name in MOBILE_OUTPUTS:
         path = out / name
-        if name not in written and path.is_file() and path.stat().st_mtime < checkpoint_mtime:
+        if name in written or not path.is_file():
+            continue
+        recorded = recorded_weights(path)
+        if recorded is None:
+            unknown.append(name)
+        elif recorded != weights:
             path.unlink()
+            path.with_name(name + ".json").unlink(missing_ok=True)  # a .pte's sidecar
             removed.append(name)
     if removed:
-        print(f"removed {', '.join(removed)} from {out}: exported from an older checkpoint")
+        print(f"removed {', '.join(removed)} from {out}: exported from other weights than this checkpoint's")
+    if unknown:
+        print(f"note: {', '.join(unknown)} in {out} do not record their weights (older exports): remove them if "
+              "they are not this checkpoint's")
     return removed
 
 
@@ -432,7 +458,7 @@ def main(args):
     metadata = metadata_for(checkpoint, cfg, checkpoint_path)
     val_set = load_val(checkpoint, cfg, args) if args.quantize else None  # fail before any export
     example = torch.rand(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)) * 255
-    result = {"checkpoint": str(checkpoint_path), "exports": {}}
+    result = {"checkpoint": str(checkpoint_path), "weights": metadata["weights"], "exports": {}}
 
     import shutil
     staging = staging_folder(out)
@@ -462,8 +488,7 @@ def main(args):
         result["int8"] = quantize_step(wrapper, example, val_set, out, metadata, args.calibration_images)
     int8 = result.get("int8", {}).get("file")
     ours = {written.name, written.name + ".json"} | ({int8, int8 + ".json"} if int8 else set())
-    remove_superseded(out, ours | ({"mobile_exports.json"} if not args.no_bench else set()),
-                      checkpoint_path.stat().st_mtime)
+    remove_superseded(out, ours | ({"mobile_exports.json"} if not args.no_bench else set()), metadata["weights"])
 
     if not args.no_bench:
         mine = {name for name in ours if not name.endswith(".json")} | {"model.onnx"}

@@ -208,25 +208,30 @@ def test_counts_are_checked_as_usage_errors_and_no_export_goes_among_the_images(
     assert not among.exists()
 
 
-def test_exports_of_an_older_checkpoint_go_and_this_ones_stay(run_dir, tmp_path, capsys):
+def test_exports_of_other_weights_go_and_this_checkpoints_stay_whatever_their_dates(run_dir, tmp_path, capsys):
     import os
     import time
-    old = {name: tmp_path / name for name in ("model.pte", "model.pte.json", "model_int8.pte", "mobile_exports.json")}
-    for path in old.values():
-        path.write_bytes(b"exported from the weights before")
-        os.utime(path, (time.time() - 3600,) * 2)  # before the checkpoint was written
-    same_checkpoint = tmp_path / "model.onnx"  # train.py's, never this script's to remove
-    same_checkpoint.write_bytes(b"onnx")
-    os.utime(same_checkpoint, (time.time() - 3600,) * 2)
-    os.utime(run_dir / "best.pt", (time.time() - 60,) * 2)
+    mine = checkpoints.weights_digest(checkpoints.load_checkpoint(run_dir / "best.pt")["model_state"])
+    recorded = {"model.pte": "other weights", "model_int8.pte": mine, "mobile_exports.json": "other weights"}
+    for name, weights in recorded.items():
+        sidecar = tmp_path / (name if name.endswith(".json") else name + ".json")
+        sidecar.write_text(json.dumps({"weights": weights}))
+        if not name.endswith(".json"):
+            (tmp_path / name).write_bytes(b"an export")
+    for path in tmp_path.iterdir():  # dates say nothing: a copied checkpoint is newer than its exports
+        os.utime(path, (time.time() + 3600,) * 2)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")  # train.py's, never this script's to remove
     export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
                                 "--format", "pt2"))
-    assert not any(path.exists() for path in old.values()) and same_checkpoint.is_file()
-    assert "removed model.pte, model.pte.json, model_int8.pte, mobile_exports.json" in capsys.readouterr().out
-    # the .pt2 of this checkpoint is newer than it: another export of the same weights keeps it
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["model.onnx", "model.pt2", "model_int8.pte", "model_int8.pte.json"], left
+    out = capsys.readouterr().out
+    assert "removed model.pte, mobile_exports.json" in out and "note:" not in out
+    assert export_mobile.recorded_weights(tmp_path / "model.pt2") == mine  # read from the archive, nothing run
+    (tmp_path / "model.pte").write_bytes(b"an export from before weights were recorded")
     export_mobile.main(cli_args("--checkpoint", run_dir / "best.pt", "--out-dir", tmp_path, "--no-bench",
                                 "--format", "pt2"))
-    assert (tmp_path / "model.pt2").is_file() and "removed" not in capsys.readouterr().out
+    assert (tmp_path / "model.pte").is_file() and "note: model.pte" in capsys.readouterr().out
 
 
 def test_int8_calibration_images_are_spread_over_the_split(run_dir, monkeypatch):
