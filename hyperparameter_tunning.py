@@ -337,6 +337,7 @@ class Search:
         argv = trial_argv(self.args, lr, weight_decay, self.args.epochs_per_trial, run_dir, self.cache_dir)
         if should_resume(run_dir, argv):  # a search cut short goes on where the trial was
             argv.append("--resume")
+        place_teacher_table(self.args, self.out, run_dir)
         print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: training {self.args.epochs_per_trial} epoch(s) "
               f"-> {run_dir}")
         start = time.perf_counter()
@@ -470,17 +471,27 @@ def should_resume(run_dir: Path, argv: list) -> bool:
 def with_teacher_table(args, out: Path, cache_dir: Path):
     """--teacher checkpoints: their table is predicted once into OUT/teacher.npz and every trial (and the
     final run) reads that file, instead of each trial running the teachers again. With --teacher-online the
-    trials run the checkpoints themselves, on every augmented batch, so no table is made."""
+    trials run the checkpoints themselves, on every augmented batch; the table (which checks the teachers'
+    split) is still predicted once, and placed in each run's folder (place_teacher_table), where train.py
+    finds it made from these checkpoints and reads it."""
     if not args.teacher or train.teacher_is_table(args.teacher):
         return args
+    if train.kept_teacher_table(out / "teacher.npz", args.teacher, train.split_faces_digest(args.splits)) is None:
+        train.write_teacher_table(args, cache_dir, out / "teacher.npz")
     # the trials' key holds the checkpoints' bytes, not the table predicted from them again on every restart
     # (whose last digits may move with the device or threads)
     sources = train.teachers_digest(args.teacher)
     if args.teacher_online:
         return argparse.Namespace(**{**vars(args), "teacher_sources_digest": sources})
-    if train.kept_teacher_table(out / "teacher.npz", args.teacher, train.split_faces_digest(args.splits)) is None:
-        train.write_teacher_table(args, cache_dir, out / "teacher.npz")
     return argparse.Namespace(**{**vars(args), "teacher": str(out / "teacher.npz"), "teacher_sources_digest": sources})
+
+
+def place_teacher_table(args, out: Path, run_dir: Path):
+    """--teacher-online: OUT/teacher.npz copied into a run's folder (unless there), for train.py to read."""
+    table = out / "teacher.npz"
+    if args.teacher and args.teacher_online and table.is_file() and not (run_dir / "teacher.npz").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "teacher.npz", lambda f: f.write(table.read_bytes()))
 
 
 def check_args(args):
@@ -573,6 +584,7 @@ def main(args):
     else:
         if should_resume(run_dir, argv):
             argv.append("--resume")
+        place_teacher_table(args, out, run_dir)
         print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")
         best["final"] = train.main(train.get_args_parser().parse_args(argv))
     write_json(out / "best_params.json", best)

@@ -267,7 +267,8 @@ def test_missing_val_split_is_a_data_error(demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_with_teachers_predicts_them_once_for_all_trials(demo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("online", [False, True])
+def test_a_search_with_teachers_predicts_them_once_for_all_trials(demo, tmp_path, monkeypatch, online):
     teacher = tmp_path / "teacher"
     train.main(train.get_args_parser().parse_args(
         ["--splits", str(demo["splits"]), "--cache-dir", str(demo["cache"]), "--out-dir", str(teacher),
@@ -278,26 +279,33 @@ def test_a_search_with_teachers_predicts_them_once_for_all_trials(demo, tmp_path
     calls = count_train_calls(monkeypatch)
     argv = [a if a != "1e-3,3e-3" else "1e-3" for a in SEARCH] + [
         "--weight-decays", "0", "--top-lrs", "1", "--splits", str(demo["splits"]), "--cache-dir", str(demo["cache"]),
-        "--out-dir", str(tmp_path / "run"), "--skip-final", "--teacher", str(teacher / "best.pt")]
+        "--out-dir", str(tmp_path / "run"), "--skip-final", "--teacher", str(teacher / "best.pt")] + (
+        ["--teacher-online"] if online else [])
     ht.main(ht.get_args_parser().parse_args(argv))
-    assert predicted == [[str(teacher / "best.pt")]] and calls  # the teachers ran once, before the trials
+    assert predicted == [[str(teacher / "best.pt")]] and calls  # the teachers' table once, before the trials
     table = tmp_path / "run" / "teacher.npz"
-    assert table.is_file() and all(args.teacher == str(table) for args in calls)
+    # online: every trial runs the checkpoints on its batches, and reads the table (the split check) kept for them
+    assert table.is_file() and all(args.teacher == str(teacher / "best.pt" if online else table) for args in calls)
 
 
-def test_a_search_with_online_teachers_passes_the_checkpoints_to_every_trial(tmp_path):
+def test_a_search_with_online_teachers_passes_the_checkpoints_to_every_trial(tmp_path, monkeypatch):
     teacher = tmp_path / "best.pt"
     teacher.write_bytes(b"checkpoint bytes")  # only hashed here: the trials load it
     (splits := tmp_path / "splits").mkdir()
     for name in ("train.csv", "val.csv"):
         (splits / name).write_text("path,age\n")
+    tables = []
+    monkeypatch.setattr(train, "write_teacher_table", lambda args, cache, path: tables.append(path) or
+                        path.write_bytes(b"the table"))
     args = ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path / "run"),
                                                      "--teacher", str(teacher), "--teacher-online"])
     ready = ht.with_teacher_table(args, tmp_path, tmp_path / "cache")
-    assert ready.teacher == str(teacher) and not (tmp_path / "teacher.npz").exists()
+    assert ready.teacher == str(teacher) and tables == [tmp_path / "teacher.npz"]
     trial = train.get_args_parser().parse_args(ht.trial_argv(ready, 1e-3, 0.0, 1, tmp_path / "t", "cache"))
     train.check_settings(trial)  # train.py refused --teacher TABLE with --teacher-online, after the overfit check
     assert trial.teacher == str(teacher) and trial.teacher_online
+    ht.place_teacher_table(ready, tmp_path, tmp_path / "t")  # the trial finds the table made from its teachers
+    assert (tmp_path / "t" / "teacher.npz").read_bytes() == b"the table"
     teacher.write_bytes(b"other checkpoint")  # other teachers: other trials
     assert ht.settings_hash(ht.with_teacher_table(args, tmp_path, tmp_path / "cache")) != ht.settings_hash(ready)
 
