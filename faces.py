@@ -414,7 +414,9 @@ class FacePipeline:
         # too small (or mostly beyond the photo's edge) first: a box of no use must not suppress a usable one
         faces = [f for f in faces if min(f.box[2:]) >= self.min_face
                  and _inside(f.box, (0, 0, width, height)) >= MIN_SHARE_INSIDE]
-        reasons = [reject(f) if reject else None for f in faces]
+        # judged on the box as it is reported (inside the photo), as the caller's filters say
+        reasons = [reject(dataclasses.replace(f, box=clip_box(f.box, width, height))) if reject else None
+                   for f in faces]
         rejected = [(f, r) for f, r in zip(faces, reasons) if r]
         faces = [f for f, r in zip(faces, reasons) if not r]
         faces = [faces[i] for i in non_max_suppression([f.box for f in faces], [f.score for f in faces])]

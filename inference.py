@@ -267,7 +267,7 @@ class AgeEstimator:
 
     def drop_reason(self, face: Face) -> str | None:
         """"min_face" or "min_score" where a filter drops the face, else None. The detector applies it before
-        it removes duplicate boxes (FacePipeline.detect_filtered), to the box as detected."""
+        it removes duplicate boxes (FacePipeline.detect_filtered), to the box as reported (inside the photo)."""
         if self.min_face and min(face.box[2], face.box[3]) < self.min_face:
             return "min_face"
         if self.min_score is not None and face.score < self.min_score:

@@ -339,6 +339,10 @@ def test_a_box_min_face_drops_does_not_suppress_the_face_around_it(model, monkey
     assert [tuple(f.box) for f in kept] == [(80, 80, 60, 60)]
     # a small face elsewhere is dropped and counted; the small box inside the kept face is part of it
     assert [(tuple(f.box), reason) for f, reason in dropped] == [((200, 20, 20, 20), "min_face")]
+    # judged on the box as reported: 60 px tall but 30 px inside the photo is narrower than 40
+    monkeypatch.setattr(face_pipeline, "hog_faces", lambda gray, *a, **k: [((-30, 80, 60, 60), 1.0)])
+    kept, dropped = estimator.detect(np.full((240, 320, 3), 100, np.uint8))
+    assert kept == [] and [(tuple(f.box), reason) for f, reason in dropped] == [((0, 80, 30, 60), "min_face")]
 
 
 def test_min_face_and_min_score_drop_and_count(model, faces, tmp_path, capsys):
