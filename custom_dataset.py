@@ -373,10 +373,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     except Exception:  # a damaged EXIF block (Pillow raises SyntaxError, among others): the pixels as stored
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255); float gray: 0-1 (if
-        # nothing is above 1) or 0-255. One fixed scale, so two nearly equal images never come out far apart
+        # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255), one fixed scale, so two
+        # nearly equal images never come out far apart. Float gray: 0-1 where nearly all of it is (a few
+        # pixels overshooting after a resampling, or an inf, do not make it 0-255), else 0-255
         arr = np.asarray(img, dtype=np.float64)
-        scale = (1 / 255 if np.nanmax(arr, initial=0) <= 1 else 1.0) if img.mode == "F" else 257.0
+        finite = arr[np.isfinite(arr)]
+        unit = finite.size == 0 or np.percentile(finite, 99.9) <= 1.05
+        scale = (1 / 255 if unit else 1.0) if img.mode == "F" else 257.0
         gray = np.clip(np.nan_to_num(arr / scale) + 0.5, 0, 255).astype(np.uint8)
         transparent = img.info.get("transparency")  # a tRNS gray value, lost with the mode: applied here
         if isinstance(transparent, (int, float)) and img.mode != "F":

@@ -198,6 +198,14 @@ def test_float_gray_is_read_as_0_to_1_or_0_to_255_and_rounded(stored, expected):
     assert rgb.shape == (8, 8, 3) and (rgb == expected).all()  # 0.8 was black: cut to 0, not scaled
 
 
+def test_a_few_float_pixels_above_1_leave_a_0_to_1_image_0_to_1():
+    from custom_dataset import to_rgb
+    pixels = np.full((40, 40), 0.8, np.float32)
+    pixels[0, 0], pixels[0, 1] = 1.02, np.inf  # a resampling's overshoot, a stray inf
+    rgb = np.asarray(to_rgb(Image.fromarray(pixels, "F")))
+    assert rgb[5, 5, 0] == 204 and rgb[0, 0, 0] == 255 and rgb[0, 1, 0] == 255
+
+
 def test_exif_orientation_is_applied(corpus):
     path = corpus_path(corpus, "exif6.jpg")
     with Image.open(path) as img:
