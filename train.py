@@ -330,13 +330,22 @@ def recipe_argv(args) -> list:
 RESUME_CHECKED = ("splits", "subset_fraction", "epochs", "lr", "weight_decay", "seed")
 
 
+def ineffective_as_default(key, value, config: dict):
+    """A setting the model had no use for (--dropout of a ResNet, --pretrained of a SimpleCNN), which runs
+    started before check_numbers refused it recorded, read as its default: such a run resumes without it."""
+    simple = str(config.get("model", "")).startswith("simplecnn")
+    if (key == "dropout" and not simple) or (key == "pretrained" and simple):
+        return get_args_parser().get_default(key)
+    return value
+
+
 def changed_settings(saved: dict, args) -> list:
     """(name, saved value, new value) of every training setting that differs from a checkpoint's."""
     changed = []
     for key in sorted(RESUME_CHECKED + recipe_keys()):
         if key not in saved or not hasattr(args, key):  # older checkpoints lack newer settings
             continue
-        old, new = saved[key], getattr(args, key)
+        old, new = ineffective_as_default(key, saved[key], saved), getattr(args, key)
         same = Path(old).resolve() == Path(new).resolve() if key == "splits" else old == new
         if not same:
             changed.append((key, old, new))

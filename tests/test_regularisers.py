@@ -111,6 +111,10 @@ def test_a_setting_the_model_has_no_use_for_is_named(flags, words):
     train.check_numbers(train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o", "--model",
                                                             "simplecnn" if "--dropout" in flags else "resnet18",
                                                             *flags[2:]]))  # the other family takes it
+    # a run started before the refusal, which recorded the setting, resumes without it
+    saved = vars(train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o", *flags]))
+    assert train.changed_settings(saved, train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o",
+                                                                             *flags[:2]])) == []
 
 
 @pytest.mark.slow
