@@ -179,7 +179,8 @@ def zoom_cost_ms(model, scenes, threads) -> dict:
             t0 = time.perf_counter()
             estimator.estimate(scene)
             ms[key].append(1000 * (time.perf_counter() - t0))
-    return {"model": str(model), "zooms": list(zooms), "n": len(scenes), "date": datetime.date.today().isoformat(),
+    return {"model": str(model), "detector": estimator.pipeline.detector, "zooms": list(zooms), "n": len(scenes),
+            "date": datetime.date.today().isoformat(),
             "ms_per_photo_median_with": statistics.median(ms["with"]),
             "ms_per_photo_median_without": statistics.median(ms["without"]),
             "paired_difference_median_ms": float(np.median(np.subtract(ms["with"], ms["without"])))}

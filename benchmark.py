@@ -1998,7 +1998,7 @@ def detection_section(sources):
              "and misses tilted ones; `mmod` (dlib's CNN) finds the most but costs seconds per photo on a CPU."]
     e2e = detection.get("end_to_end")
     if e2e:
-        lines.append(f"- **End to end** (`auto`, detect → landmarks → chip → preprocess → `{e2e['model']}`, ONNX "
+        lines.append(f"- **End to end** (`{e2e.get('detector', 'auto')}`, detect → landmarks → chip → preprocess → `{e2e['model']}`, ONNX "
                      f"Runtime) on the {e2e['n']} scenes: median {e2e['ms_per_photo_median']:.1f} ms per photo, mean "
                      f"{e2e['ms_per_photo_mean']:.1f}, 90th percentile {e2e['ms_per_photo_p90']:.1f}; target "
                      f"{TARGETS['end_to_end_ms']} ms: median "
