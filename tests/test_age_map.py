@@ -105,5 +105,6 @@ def test_an_export_with_a_kept_map_records_the_cross_fitted_validation_mae(monke
     assert best["export_val_mae"] == judgement["val_mae_after"] > in_sample  # the honest figure, not the fitted one
     assert best["export_val_mae_views"] == pytest.approx(in_sample)  # what the export gives on these faces
     metadata = checkpoints.export_metadata(argparse.Namespace(to_dict=lambda: {}), {
-        **best, "model_name": "m", "head": "distribution", "min_age": 1, "max_age": 90, "crop": {"kind": "box"}})
+        **best, "model_name": "m", "head": "distribution", "min_age": 1, "max_age": 90, "crop": {"kind": "box"},
+        "model_state": torch.nn.Linear(1, 1).state_dict()})
     assert metadata["val_mae"] == judgement["val_mae_after"] and metadata["val_mae_views"] == pytest.approx(in_sample)
