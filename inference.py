@@ -68,7 +68,6 @@ FORWARD_BATCH = 256  # images per forward call: every test-time view of many fac
 
 # Outputs (the rule is in the module docstring)
 OUTPUT_ROOT = "inference_outputs"   # default output folder: ./inference_outputs/<input name>
-OUTPUT_SUFFIX = ANNOTATED_SUFFIX    # annotated copies: <name>_age.<ext>; --input-dir skips such names
 CSV_FIELDS = ["file", "face_index", "x", "y", "w", "h", "score", "detector", "age", "age_low", "age_high",
               "outside_training_range", "face_found", "faces_dropped"]  # dropped: by --min-face / --min-score
 
@@ -104,7 +103,7 @@ def get_args_parser():
     p.add_argument("--output-dir", help=f"folder for every output (default: ./{OUTPUT_ROOT}/<input name> in the "
                    "current folder; never the input's folder or inside it)")
     p.add_argument("--output", help="--image/--video: the annotated file itself, an explicit override (default: "
-                   f"OUTPUT_DIR/<input name>{OUTPUT_SUFFIX}.<ext>); predictions.csv/.json go beside it")
+                   f"OUTPUT_DIR/<input name>{ANNOTATED_SUFFIX}.<ext>); predictions.csv/.json go beside it")
     p.add_argument("--json", nargs="?", const=True, metavar="-",
                    help="also write predictions.json (one object per image) into the output folder; "
                         "'--json -' prints them as JSON lines on stdout instead, every message on stderr")
@@ -573,7 +572,7 @@ def _annotated_ext(suffix) -> str:
 def annotated_name(path, stem=None) -> str:
     """photo.png -> photo_age.png: the name of an annotated copy (--input-dir skips such names)."""
     path = Path(path)
-    return f"{stem or path.stem}{OUTPUT_SUFFIX}{_annotated_ext(path.suffix)}"
+    return f"{stem or path.stem}{ANNOTATED_SUFFIX}{_annotated_ext(path.suffix)}"
 
 
 def output_stems(paths) -> dict:
@@ -605,7 +604,7 @@ def plan_outputs(args) -> Outputs:
     else:
         folder = Path(args.output_dir) if args.output_dir else Path(OUTPUT_ROOT) / input_name(args)
         what = "--output-dir" if args.output_dir else "the default output folder"
-        name = f"{input_name(args)}{OUTPUT_SUFFIX}"
+        name = f"{input_name(args)}{ANNOTATED_SUFFIX}"
         annotated = None if args.input_dir else folder / (name + (".mp4" if args.video else _annotated_ext(Path(args.image).suffix)))
     refuse_inside_data(folder, what)
     # an explicit --output FILE is the user's choice of place (the input itself excepted); the default folder
@@ -835,7 +834,7 @@ def _folder_images(in_dir):
         print(f"warning: skipping {len(odd)} file(s) whose names are not UTF-8 (rename them to include them)",
               file=sys.stderr)
     if earlier:
-        print(f"skipping {len(earlier)} file(s) named *{OUTPUT_SUFFIX}.<ext>: annotated copies written by this tool "
+        print(f"skipping {len(earlier)} file(s) named *{ANNOTATED_SUFFIX}.<ext>: annotated copies written by this tool "
               "(rename them to include them)")
     if others:
         kinds = sorted({p.suffix.lower() or "no extension" for p in others})
