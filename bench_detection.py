@@ -15,7 +15,8 @@ Measured per detector of faces.DETECTORS (data read in place, never written):
   (c) as many other random backgrounds of the same kind, without a face and at normal brightness (no
       gain): false boxes per image (what the fallback passes invent).
   (d) ms per photo: detection alone, and with --model the whole chain (detect, landmarks, chip,
-      preprocess, predict) through inference.AgeEstimator on the 640 x 480 scenes.
+      preprocess, predict) through inference.AgeEstimator on the 640 x 480 scenes, with the detector
+      inference.py picks for the model.
   (e) crop fidelity: UTKFace files re-chipped from a border-padded copy with faces.UTKFACE_CROP and
       UTKFACE_CROP5; mean absolute difference to the file (0-255).
 mmod costs seconds per photo, so --mmod-limit caps its sample.
@@ -53,7 +54,9 @@ def get_args_parser():
     p.add_argument("--mmod-limit", type=int, default=60, help="scenes and photos for mmod (default: %(default)s)")
     p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (e) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample and scene seed (default: %(default)s)")
-    p.add_argument("--model", default=None, help="also time the whole chain with this model.onnx (auto detector)")
+    p.add_argument("--model", default=None,
+                   help="also time the whole chain with this model.onnx (with the detector inference.py picks for "
+                        "it: its training chips', else auto)")
     p.add_argument("--zoom-cost", action="store_true",
                    help="only time --model's whole chain with and without its test-time zooms on the scenes (paired) "
                         "and add the figures to --out's end_to_end record; the detectors are not run again")
@@ -237,7 +240,7 @@ CROP_LICENCES = {"utkface": "68-point model trained on iBUG 300-W: non-commercia
 def detector_table(result) -> str:
     """The detector comparison as a Markdown table, from a result of main()."""
     lines = ["| detector | scenes: faces found | false boxes per scene | faceless scenes: false boxes | "
-             "FG-NET: photos with a face | FG-NET: boxes per photo | ms per 640×480 scene (median) |",
+             "FG-NET: photos with a face box | FG-NET: boxes per photo | ms per 640×480 scene (median) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in result["detectors"].items():
         fg = r.get("fgnet")
@@ -290,7 +293,7 @@ def print_detector(name, entry):
     print(f"{name:7s} scenes: found {scenes['detection_rate']:.1%}, {scenes['false_boxes_per_image']:.3f} false "
           f"boxes/image, {scenes['ms_per_photo']:.1f} ms/photo (n={scenes['n']}); no face: "
           f"{faceless['false_boxes_per_image']:.3f} false boxes/image"
-          + (f" | FG-NET: {fg['photos_with_a_face']:.1%} of photos with a face, {fg['boxes_per_photo']:.2f} "
+          + (f" | FG-NET: {fg['photos_with_a_face']:.1%} of photos with a face box, {fg['boxes_per_photo']:.2f} "
              f"boxes/photo, {fg['ms_per_photo']:.1f} ms/photo (n={fg['n']})" if fg else ""), flush=True)
 
 

@@ -148,14 +148,19 @@ def recorded_weights(path: Path) -> str | None:
     itself. None where it records none (an export older than the digest) or cannot be read."""
     import zipfile
     try:
-        if path.suffix == ".pt2":
+        if path.suffix == ".onnx":  # train.py's export: its metadata_props (a protobuf read, nothing runs)
+            import onnx
+            entries = [p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+                       if p.key == "metadata.json"]
+            data = json.loads(entries[0]) if entries else None
+        elif path.suffix == ".pt2":
             with zipfile.ZipFile(path) as archive:
                 entry = next(n for n in archive.namelist() if n.endswith("extra/metadata.json"))
                 data = json.loads(archive.read(entry))
         else:
             data = json.loads((path if path.suffix == ".json" else path.with_name(path.name + ".json")).read_text())
         return data.get("weights") if isinstance(data, dict) else None
-    except (OSError, ValueError, StopIteration, zipfile.BadZipFile):
+    except Exception:  # unreadable, not an export of ours (onnx raises its own DecodeError): records nothing
         return None
 
 
@@ -365,10 +370,10 @@ def _runner(path, threads: int):
 
 
 def benchmark_folder(folder, image_size: int, threads: int = 1, runs: int = 200, warmup: int = 20,
-                     reference_mtime: float | None = None, only=None) -> dict:
+                     weights: str | None = None, only=None) -> dict:
     """Size and batch-1 latency of the exports in folder (BENCH_FILES order), limited to the names in
     `only`: loading a .pt2 or .jit runs code, so a file this run did not write is never loaded (ONNX
-    runs no Python). A file older than reference_mtime (the checkpoint) is marked stale."""
+    runs no Python). A file recording other weights than `weights` (the checkpoint's digest) is marked stale."""
     folder = Path(folder)
     x = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 255
     previous = torch.get_num_threads()
@@ -384,7 +389,7 @@ def benchmark_folder(folder, image_size: int, threads: int = 1, runs: int = 200,
                 continue
             row = {"file": name, "format": FORMATS[path.suffix] + (" int8" if "int8" in name else ""),
                    "size_bytes": path.stat().st_size,
-                   "stale": bool(reference_mtime is not None and path.stat().st_mtime < reference_mtime)}
+                   "stale": weights is not None and recorded_weights(path) not in (None, weights)}
             try:
                 times = time_runs(_runner(path, threads), x, runs, warmup)
                 row["latency_ms_median"] = 1000 * statistics.median(times)
@@ -408,7 +413,7 @@ def format_table(table: dict) -> str:
     for row in table["rows"]:
         median = "-" if row["latency_ms_median"] is None else f"{row['latency_ms_median']:.3f}"
         p90 = "-" if row["latency_ms_p90"] is None else f"{row['latency_ms_p90']:.3f}"
-        note = "  (older than the checkpoint)" if row["stale"] else ""
+        note = "  (records other weights than the checkpoint)" if row["stale"] else ""
         note += f"  ({row['error']})" if row.get("error") else ""
         lines.append(f"{row['file']:<16} {row['format']:<24} {row['size_bytes'] / 1024:>7.0f} KB "
                      f"{median:>10} {p90:>8}{note}")
@@ -493,7 +498,7 @@ def main(args):
     if not args.no_bench:
         mine = {name for name in ours if not name.endswith(".json")} | {"model.onnx"}
         table = benchmark_folder(out, image_size, args.threads, args.runs, args.warmup,
-                                 reference_mtime=checkpoint_path.stat().st_mtime, only=mine)
+                                 weights=metadata["weights"], only=mine)
         result["latency"] = table
         print(format_table(table))
         text = json.dumps(result, indent=1) + "\n"

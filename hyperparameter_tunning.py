@@ -16,8 +16,9 @@
 Every trial is a train.py run in RUN/trials/<name> (no test split, no export, no TensorBoard) on the
 shared preprocessing cache, logged to TensorBoard's HParams view (RUN/tb_hparams). A CSV row is
 appended and flushed as each trial finishes; running the same command again skips trials already in
-a CSV (and a trial cut short resumes from its last.pt); a trial's key holds its recipe and the contents of
-train.csv, val.csv and the teacher table, so a split made again is searched again. Selection reads
+a CSV (and a trial cut short resumes from its last.pt, if that has the same settings and split); a trial's
+key holds its recipe and the contents of train.csv, val.csv and the teachers (a teacher.npz's bytes, or the
+checkpoints'), so a split made again is searched again. Selection reads
 validation metrics only: no trial predicts or scores a test face (test.csv's bytes only go into each
 trial's split fingerprint, and its folders into the check that no output lands among the images); only
 the final run evaluates on it, once.
@@ -66,7 +67,7 @@ def get_args_parser():
     p = ArgumentParser(description=__doc__)
     g = p.add_argument_group("data (passed to every trial)")
     g.add_argument("--splits", required=True, help="folder with train.csv and val.csv from eda.py "
-                   "(test.csv is read by the final run only)")
+                   "(test.csv is read by the final run only, and must exist unless --skip-final)")
     g.add_argument("--cache-dir", default=None, help="preprocessing cache shared by all trials (default: SPLITS/../cache)")
     train.add_recipe_args(p)  # the recipe of every trial and of the final run, as train.py defines it
     g = p.add_argument_group("search budget")
@@ -80,7 +81,9 @@ def get_args_parser():
     g.add_argument("--subset-fraction", type=float, default=0.5,
                    help="share of the training split each trial trains on (the final run uses all)")
     g.add_argument("--final-epochs", type=int, default=20, help="epochs of the final run")
-    g.add_argument("--skip-final", action="store_true", help="stop after the grid (no final run, no test split)")
+    g.add_argument("--skip-final", action="store_true",
+                   help="stop after the grid (no final run, no test split; best_params.json's final_command trains "
+                        "the chosen pair)")
     g = p.add_argument_group("overfit check")
     g.add_argument("--overfit-images", type=int, default=64, help="training images to memorise")
     g.add_argument("--overfit-threshold", type=float, default=1.0, help="training MAE (years) to reach")
@@ -509,7 +512,7 @@ def check_args(args):
     if not 0 < args.subset_fraction <= 1:
         raise DataError(f"--subset-fraction must be in (0, 1], got {args.subset_fraction}")
     splits = Path(args.splits)
-    for name in ("train.csv", "val.csv"):  # test.csv is not looked at here: only the final run reads it
+    for name in ("train.csv", "val.csv"):  # test.csv: the final run's alone; check_settings below names it
         if not (splits / name).is_file():
             raise DataError(f"{splits / name} not found (eda.py writes OUT/splits/train.csv and val.csv)")
     # what train.py would refuse only after the overfit check built the cache, named now, as the tuner's flags

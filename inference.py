@@ -108,7 +108,8 @@ def get_args_parser():
                    help="also write predictions.json (one object per image) into the output folder; "
                         "'--json -' prints them as JSON lines on stdout instead, every message on stderr")
     p.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
-                   help="drop faces whose box is narrower or shorter than PIXELS, counted in the summary; 0 = off")
+                   help="drop faces whose box is narrower or shorter than PIXELS, counted in the summary, before "
+                        "overlapping boxes are merged (a dropped box never hides a face); 0 = off")
     p.add_argument("--min-score", type=float, default=None,
                    help="drop faces whose detector score is below this (scores are in the CSV; default: off)")
     p.add_argument("--detector", choices=DETECTORS, default=None,

@@ -100,10 +100,10 @@ def add_recipe_args(parser):
     g.add_argument("--model", default="simplecnn", help=f"one of {', '.join(MODEL_NAMES)}")
     g.add_argument("--head", choices=("regression", "distribution"), default="distribution",
                    help="one output, or softmax over ages with expected value (label distribution)")
-    g.add_argument("--pretrained", action="store_true", help="ResNet: start from torchvision ImageNet weights")
+    g.add_argument("--pretrained", action="store_true", help="ResNets only: start from torchvision ImageNet weights")
     g.add_argument("--weights", default=None, help="ResNet: local ImageNet weights file (offline --pretrained)")
     g.add_argument("--dropout", type=float, default=0.0,
-                   help="SimpleCNNs: dropout before the fully connected layers (0: the model's own, i.e. none, or "
+                   help="SimpleCNNs only: dropout before the fully connected layers (0: the model's own, i.e. none, or "
                         "0.3 for simplecnn_bn)")
     g.add_argument("--batch-size", type=int, default=64,
                    help="images per step per process: under torchrun the global batch is --batch-size x "
@@ -148,7 +148,8 @@ def get_args_parser():
     g.add_argument("--cache-dir", default=None, help="preprocessing cache (default: SPLITS/../cache)")
     g.add_argument("--data-description", default=None,
                    help="one line on the training data, stored in every export and printed by inference.py "
-                        "(default: made from eda.py's data_report.json)")
+                        "(default: made from eda.py's data_report.json; given with --resume, it describes the "
+                        "exports made then)")
     g.add_argument("--subset-fraction", type=float, default=1.0,
                    help="train on a seeded random share of the training split (quick searches)")
     add_recipe_args(p)
@@ -159,7 +160,8 @@ def get_args_parser():
     g.add_argument("--seed", type=int, default=42, help="seeds weights, shuffling and augmentation")
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", required=True, help="run folder: checkpoints, logs, figures, exports")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (with --teacher checkpoints, "
+                   "OUT/teacher.npz is read back while their files are unchanged)")
     g.add_argument("--device", default="auto",
                    help="auto, cpu or cuda (under torchrun, auto and cuda mean cuda:LOCAL_RANK)")
     g.add_argument("--amp", action="store_true",

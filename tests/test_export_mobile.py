@@ -98,6 +98,9 @@ def test_table_lists_size_and_latency_of_the_exports_this_run_wrote(run_dir, exp
         assert row["size_bytes"] == (run_dir / row["file"]).stat().st_size
         assert 0 < row["latency_ms_median"] <= row["latency_ms_p90"], row
         assert row["stale"] is False
+    # train.py's model.onnx records the weights it was exported from: the checkpoint's (stale otherwise)
+    mine = checkpoints.weights_digest(checkpoints.load_checkpoint(run_dir / "best.pt")["model_state"])
+    assert export_mobile.recorded_weights(run_dir / "model.onnx") == mine
 
 
 def test_files_planted_in_the_output_folder_are_never_loaded(run_dir, tmp_path, monkeypatch):
