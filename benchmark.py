@@ -30,8 +30,8 @@ import eda
 import train
 from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset, DataError,
                             PreprocessConfig, build_cache, make_loader, read_split)
-from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, rewrite_export_metadata,
-                         save_checkpoint)
+from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
+                         rewrite_export_metadata, save_checkpoint)
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
                        keep_freed_memory, lowest_mae_zoom_set, test_time_views, time_runs,
                        worst_decade_rule_failures, worst_of_table)
@@ -934,13 +934,11 @@ def ship(args, work, results):
     cross = results.get("cross", {}).get("FGNET", {}).get(f"{protocol}/{name}")
     if cross is None:
         raise DataError(f"no FG-NET figure for {args.ship} in {args.out}; run benchmark.py --cross first")
-    import onnx
     data = results["data"][protocol]
     reexport_for_shipping(run_dir, f"UTKFace aligned & cropped faces (Zhang, Song, Qi, CVPR 2017), Protocol {protocol}: "
                                    f"{data['splits']['train']:,} training images, ages {data['age']['min']}-"
                                    f"{data['age']['max']}; non-commercial research use only")
-    props = {p.key: p.value for p in onnx.load(str(run_dir / "model.onnx")).metadata_props}
-    metadata = json.loads(props["metadata.json"])
+    metadata = onnx_metadata(run_dir / "model.onnx")
     for suffix in (".onnx", ".jit"):
         target = SHIPPED.with_suffix(suffix)
         blob = (run_dir / f"model{suffix}").read_bytes()

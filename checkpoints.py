@@ -203,6 +203,15 @@ def export_onnx(wrapper, example, path, metadata: dict):
     return path
 
 
+def onnx_metadata(path) -> dict | None:
+    """The metadata an ONNX export records (its "metadata.json" prop) read as protobuf, nothing of it run;
+    None where it records none. Raises what onnx raises for a file that is not ONNX."""
+    import onnx
+    entries = [p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+               if p.key == "metadata.json"]
+    return json.loads(entries[0]) if entries else None
+
+
 def rewrite_export_metadata(path, metadata: dict):
     """An export (model.onnx or model.jit) written again with other metadata and the same weights, atomically:
     for settings chosen after export (benchmark.py --ship-zooms). The .jit is a program, so only a trusted

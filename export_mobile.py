@@ -38,7 +38,7 @@ from cli import ArgumentParser, lazy_import, run_cli  # first: cli._missing_pack
 import numpy as np
 
 from custom_dataset import DataError, labelled_folder_above, load_split_dataset, remove_orphans
-from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint
+from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint, onnx_metadata
 from functions import atomic_write, time_runs
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
@@ -148,11 +148,8 @@ def recorded_weights(path: Path) -> str | None:
     itself. None where it records none (an export older than the digest) or cannot be read."""
     import zipfile
     try:
-        if path.suffix == ".onnx":  # train.py's export: its metadata_props (a protobuf read, nothing runs)
-            import onnx
-            entries = [p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-                       if p.key == "metadata.json"]
-            data = json.loads(entries[0]) if entries else None
+        if path.suffix == ".onnx":  # train.py's export
+            data = onnx_metadata(path)
         elif path.suffix == ".pt2":
             with zipfile.ZipFile(path) as archive:
                 entry = next(n for n in archive.namelist() if n.endswith("extra/metadata.json"))

@@ -252,3 +252,17 @@ def test_int8_calibration_images_are_spread_over_the_split(run_dir, monkeypatch)
     export_mobile.quantize_step(wrapper, images[:1], val, Path("."), {}, 3)
     # the split is sorted by path (by age, for UTKFace names): the first, middle and last faces, not the first 3
     assert n > 3 and torch.equal(seen[0], images[[0, int(np.round((n - 1) / 2)), n - 1]])
+
+
+def test_onnx_metadata_is_read_without_running_the_file_and_none_where_absent(tmp_path):
+    import onnx
+    from conftest import constant_model
+    path = constant_model(tmp_path / "m" / "model.onnx", age=33.0)
+    assert checkpoints.onnx_metadata(path)["model_name"] == "constant"
+    assert export_mobile.recorded_weights(path) is None  # a metadata without "weights": an export older than it
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(path))
+    assert checkpoints.onnx_metadata(path) is None
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    assert export_mobile.recorded_weights(tmp_path / "junk.onnx") is None
