@@ -2533,6 +2533,15 @@ def run_rerun(args, protocols, models):
             print(json.dumps(record, indent=1))
 
 
+def recorded_split_digest(results, protocol, entry):
+    """The faces digest of the split a recorded run used: its own record's; for runs recorded before runs kept
+    one, while their protocol's data record keeps none either, the split --data-check compared (the one under
+    WORK then, which those runs used); else None (not known)."""
+    if entry.get("split_faces_digest") or results.get("data", {}).get(protocol, {}).get("split_faces_digest"):
+        return entry.get("split_faces_digest")
+    return results.get("data_check", {}).get(protocol, {}).get("split_faces_digest")
+
+
 def rerun_lines(results) -> list:
     """Each re-run of a final beside the run as recorded: how far the same command lands on another day."""
     lines = []
@@ -2546,7 +2555,7 @@ def rerun_lines(results) -> list:
                         if "teacher_val_mae" in r and "teacher_val_mae" in recorded else "")
             test = f", test {recorded['test_mae']:.2f} → **{r['test_mae']:.2f}**" if "test_mae" in r else ""
             # the split is made again by the day's eda.py: "the same" only where it is known to be
-            digests = (recorded.get("split_faces_digest"), r.get("split_faces_digest"))
+            digests = (recorded_split_digest(results, protocol, recorded), r.get("split_faces_digest"))
             if digests[0] == digests[1]:  # both known and equal, or both older records (the split of those days)
                 split, reading = "the same split", ("The same command does not give the same weights on another "
                                                     "day, so a difference of this size between two finals is not "

@@ -683,6 +683,12 @@ def test_a_resumed_final_counts_all_its_epochs_and_old_checks_and_unknown_splits
         {"date": "d", "best_val_mae": 4.0, "best_epoch": 50, "test_mae": 4.1, "split_faces_digest": "b"}]}}
     (line,) = benchmark.rerun_lines(results)
     assert "not known to be the recorded split" in line and "the same split" not in line
+    # ... unless --data-check recorded the split those runs used (their protocol's record keeps no digest)
+    results["data_check"] = {"S": {"split_faces_digest": "a"}}
+    (line,) = benchmark.rerun_lines(results)
+    assert "another split" in line and "not comparable" in line
+    results["data"] = {"S": {"split_faces_digest": "c"}}  # a later record: it says nothing of the older runs
+    assert "not known to be the recorded split" in benchmark.rerun_lines(results)[0]
     check = {"same_split": True, "date": "d", "command": "c", "split_faces_digest": "old"}
     assert benchmark.data_check_lines({"data": {"S": {"split_faces_digest": "old"}}, "data_check": {"S": check}})
     assert benchmark.data_check_lines({"data": {"S": {"split_faces_digest": "new"}}, "data_check": {"S": check}}) == []
