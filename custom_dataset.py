@@ -365,6 +365,13 @@ def _filter_records(records, skipped: Counter, min_age, max_age, outside_filter=
 # ----------------------------------------------------------------------------------------------
 # Decoding: every image becomes 8-bit RGB the same way, whatever its mode or EXIF orientation
 
+def float_gray_scale(arr) -> float:
+    """The divisor that brings a float gray image onto 0-255: 1/255 where nearly all of it lies in 0-1 (a few
+    pixels overshooting after a resampling, or an inf, do not make it 0-255), else 1."""
+    finite = arr[np.isfinite(arr)]
+    return 1 / 255 if finite.size == 0 or np.percentile(finite, 99.9) <= 1.05 else 1.0
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """The one decoding rule for files and PIL images alike: EXIF rotation applied, 16-bit and float gray
     scaled to 8 bits, transparent pixels black, RGB."""
@@ -374,12 +381,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255), one fixed scale, so two
-        # nearly equal images never come out far apart. Float gray: 0-1 where nearly all of it is (a few
-        # pixels overshooting after a resampling, or an inf, do not make it 0-255), else 0-255
+        # nearly equal images never come out far apart. Float gray: 0-1 or 0-255 (float_gray_scale)
         arr = np.asarray(img, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        unit = finite.size == 0 or np.percentile(finite, 99.9) <= 1.05
-        scale = (1 / 255 if unit else 1.0) if img.mode == "F" else 257.0
+        scale = float_gray_scale(arr) if img.mode == "F" else 257.0
         gray = np.clip(np.nan_to_num(arr / scale) + 0.5, 0, 255).astype(np.uint8)
         transparent = img.info.get("transparency")  # a tRNS gray value, lost with the mode: applied here
         if isinstance(transparent, (int, float)) and img.mode != "F":

@@ -191,6 +191,14 @@ def test_16_bit_gray_has_one_scale_whatever_its_brightest_pixel(tmp_path, top):
     assert load_rgb(path)[0, 0, 0] == round(top / 257)  # 1, 1, 16: nearly equal images stay nearly equal
 
 
+def test_16_bit_gray_is_not_searched_for_a_float_scale(tmp_path, monkeypatch):
+    import custom_dataset
+    monkeypatch.setattr(custom_dataset, "float_gray_scale", lambda arr: pytest.fail("a 16-bit scale is fixed"))
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 20), 2570, np.uint16)).save(path)
+    assert load_rgb(path)[0, 0, 0] == 10
+
+
 @pytest.mark.parametrize("stored, expected", [(0.8, 204), (100.4, 100), (1.0, 255), (300.0, 255)])
 def test_float_gray_is_read_as_0_to_1_or_0_to_255_and_rounded(stored, expected):
     from custom_dataset import to_rgb
