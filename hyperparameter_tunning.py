@@ -28,6 +28,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shlex
 import time
 from pathlib import Path
@@ -490,11 +491,16 @@ def with_teacher_table(args, out: Path, cache_dir: Path):
 
 
 def place_teacher_table(args, out: Path, run_dir: Path):
-    """--teacher-online: OUT/teacher.npz copied into a run's folder (unless there), for train.py to read."""
+    """--teacher-online: OUT/teacher.npz placed in a run's folder (unless there), for train.py to read: a hard
+    link, so trials share its bytes (train.py only ever replaces the file, by rename, never writes into it); a
+    copy where the file system has no hard links."""
     table = out / "teacher.npz"
     if args.teacher and args.teacher_online and table.is_file() and not (run_dir / "teacher.npz").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "teacher.npz", lambda f: f.write(table.read_bytes()))
+        try:
+            os.link(table, run_dir / "teacher.npz")
+        except OSError:
+            atomic_write(run_dir / "teacher.npz", lambda f: f.write(table.read_bytes()))
 
 
 def check_args(args):

@@ -306,6 +306,10 @@ def test_a_search_with_online_teachers_passes_the_checkpoints_to_every_trial(tmp
     assert trial.teacher == str(teacher) and trial.teacher_online
     ht.place_teacher_table(ready, tmp_path, tmp_path / "t")  # the trial finds the table made from its teachers
     assert (tmp_path / "t" / "teacher.npz").read_bytes() == b"the table"
+    assert (tmp_path / "t" / "teacher.npz").stat().st_ino == (tmp_path / "teacher.npz").stat().st_ino  # shared
+    monkeypatch.setattr(ht.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    ht.place_teacher_table(ready, tmp_path, tmp_path / "t2")
+    assert (tmp_path / "t2" / "teacher.npz").read_bytes() == b"the table"
     teacher.write_bytes(b"other checkpoint")  # other teachers: other trials
     assert ht.settings_hash(ht.with_teacher_table(args, tmp_path, tmp_path / "cache")) != ht.settings_hash(ready)
 
