@@ -608,6 +608,34 @@ def test_a_best_pt_ahead_of_last_pt_is_the_figure_a_resumed_run_must_beat(tmp_pa
     assert train.orphan_best_val(tmp_path / "best.pt", start_epoch=1) == float("inf")  # a fresh run
 
 
+def test_a_resumed_run_keeps_the_best_pt_its_killed_session_wrote_before_last_pt(splits, tmp_path, monkeypatch):
+    out, scripted, session = tmp_path / "run", [5.0, 3.0], {"resumed": False}  # val MAE of epochs 1 and 2
+    real_evaluate, real_save = train.evaluate_sharded, train.save_epoch
+
+    def scripted_evaluate(*args, **kwargs):
+        metrics = real_evaluate(*args, **kwargs)
+        return {**metrics, "mae": scripted.pop(0)} if scripted else metrics
+
+    class Killed(Exception):
+        pass
+
+    def killed_between_the_saves(out_dir, checkpoint, improved, history):
+        if checkpoint["epoch"] == 2 and not session["resumed"]:
+            train.save_checkpoint(out_dir / "best.pt", checkpoint)  # best.pt written, last.pt still epoch 1
+            raise Killed
+        real_save(out_dir, checkpoint, improved, history)
+    monkeypatch.setattr(train, "evaluate_sharded", scripted_evaluate)
+    monkeypatch.setattr(train, "save_epoch", killed_between_the_saves)
+    flags = ["--epochs", "2", "--no-export", "--no-test", "--no-tensorboard"]
+    with pytest.raises(Killed):
+        train.main(train_args(splits, out, *flags))
+    session["resumed"], scripted[:] = True, [4.0]  # the re-run of epoch 2 lands worse than its first run
+    train.main(train_args(splits, out, *flags, "--resume"))
+    best = checkpoints.load_checkpoint(out / "best.pt")
+    assert best["epoch"] == 2 and best["best_val_mae"] == 3.0  # not replaced by the worse re-run (4.0 < 5.0)
+    assert checkpoints.load_checkpoint(out / "last.pt")["best_val_mae"] == 3.0
+
+
 def test_a_missing_split_file_is_named_before_training(tmp_path):
     (splits := tmp_path / "splits").mkdir()
     for name in ("train.csv", "val.csv"):
