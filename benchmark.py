@@ -1304,7 +1304,7 @@ def data_section(sources):
         lines += ["", "Each split made again by today's code:", "", *check]
     lines += ["", "Made by (each run by `python benchmark.py --protocols P`):", ""]
     lines += code_block(["python " + shlex.join(["eda.py", *eda_argv(defaults.data_dir, defaults.work_dir, p)])
-                         for p in data])
+                         for p in data if p in PROTOCOLS])
     if report:
         lines += ["", f"Protocol S's `data_report.json` (copied to `{EDA_REPORT}`): {report['found']:,} files found, "
                   f"{report['skipped'].get('outside_min_max_age', 0):,} outside "
@@ -1323,6 +1323,16 @@ def model_commands(results):
     return out
 
 
+def earlier_split_note(protocols) -> list:
+    """What the rows of a protocol's earlier split are (retire_earlier_split)."""
+    earlier = [k for p in PROTOCOLS for k in earlier_splits(protocols, p)]
+    if not earlier:
+        return []
+    return [f"Rows of {', '.join(f'**{k}**' for k in earlier)} were trained and tested on the split their protocol "
+            "had until that day (Data): other test faces than today's split, so they are compared and chosen among "
+            "only among themselves, and the targets are judged on today's split.", ""]
+
+
 def models_section(sources):
     results = sources["results"]
     protocols = results.get("protocols", {})
@@ -1333,6 +1343,7 @@ def models_section(sources):
              "(its exact command below). **Protocol S**: ages 20–50 (the seed data set's range); **Protocol F**: "
              "all ages. train img/s and train min are as recorded during each run: they depend on the code of "
              "the day and on what else ran on the machine (Speed has the controlled figures).", "",
+             *earlier_split_note(protocols),
              table(results), "", *details("The train.py command of each row (from bench/results.json)",
                                           model_commands(results)), "",
              "The models (each is `MODEL_BASE` in `benchmark.py` with the flags shown):", ""]
@@ -1442,7 +1453,7 @@ def ablation_reading(runs, long_runs=None, tuned_val=None):
 
 
 def finals_lines(protocols, reruns=()):
-    s = protocols.get("S", {})
+    s = protocols.get(first_split(protocols, "S", "simplecnn_tuned"), {})  # the finals of the ablations' split
     lines = []
     if "simplecnn_seed" in s and "simplecnn_dldl" in s:
         a, b = s["simplecnn_seed"], s["simplecnn_dldl"]
@@ -1563,7 +1574,7 @@ def experiments_section(sources):
     lines += ["", ablation_table(results), "",
               *details("The train.py command of each run (from bench/results.json)",
                        [c for n, r in runs.items() if "command" in r for c in (f"# {n}", r["command"])]), ""]
-    tuned_val = results.get("protocols", {}).get("S", {}).get("simplecnn_tuned", {}).get("best_val_mae")
+    tuned_val = first_split_run(results.get("protocols", {}), "S", "simplecnn_tuned").get("best_val_mae")
     return (lines + ablation_reading(runs, results.get("long_ablations"), tuned_val) + [""]
             + finals_lines(results.get("protocols", {}), rerun_lines(results)) + long_ablation_lines(results)
             + zoom_probe_lines(results))
@@ -1618,7 +1629,7 @@ def long_ablation_lines(results) -> list:
     """The levers judged at 40 epochs or longer, each against the validation MAE of the run it changed one
     setting of: simplecnn_tuned (a longer schedule is itself one change) or its LONG_ABLATION_BASES entry."""
     runs = results.get("long_ablations", {})
-    tuned = results.get("protocols", {}).get("S", {}).get("simplecnn_tuned", {}).get("best_val_mae")
+    tuned = first_split_run(results.get("protocols", {}), "S", "simplecnn_tuned").get("best_val_mae")
     if not runs or tuned is None:
         return []
     bases = {n: LONG_ABLATION_BASES.get(n, "simplecnn_tuned") for n in runs}
@@ -1793,7 +1804,7 @@ def latency_per_face(runs, chosen) -> str:
 
 
 def speed_table(results):
-    speed, s = results.get("speed"), results.get("protocols", {}).get("S", {})
+    speed, s = results.get("speed"), latest_runs(results.get("protocols", {}), "S")  # speed needs no split
     chosen = chosen_on_validation(s)
     lines = ["| what | measured | target |", "|---|---|---|"]
     if speed:
@@ -2438,6 +2449,7 @@ def run_data_check(args, protocols):
         with tempfile.TemporaryDirectory(prefix=f".data_check_{protocol}_", dir=work) as tmp:
             report = eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, tmp, protocol)))
             today = split_faces(Path(tmp) / protocol / "splits")
+            today_digest = train.split_faces_digest(Path(tmp) / protocol / "splits")
         before = split_faces(used)
         common = today.keys() & before.keys()
         results.setdefault("data_check", {})[protocol] = {
@@ -2447,6 +2459,7 @@ def run_data_check(args, protocols):
             "faces_only_today": len(today.keys() - before.keys()),
             "faces_in_another_split": sum(today[h] != before[h] for h in common),
             "split_faces_digest": train.split_faces_digest(used),  # the split it was set beside
+            "today_split_faces_digest": today_digest,  # the split today's eda.py makes, for later re-runs
             "command": f"python benchmark.py --data-check --protocols {protocol}"}
         print(f"{protocol}: " + json.dumps(results["data_check"][protocol]))
         save_results(out_path, results)
@@ -2479,11 +2492,70 @@ def data_check_lines(results) -> list:
     return lines
 
 
+def retire_earlier_split(results, protocol, digest, date) -> str | None:
+    """Where eda.py has made another split of a protocol than its recorded runs used, those runs, their data
+    record, their --data-check and their re-runs move under a label of their own ("S (earlier split, to DATE)"),
+    so the protocol's own key holds runs of one split: no table sets test figures of other faces side by side
+    as one protocol, and no validation choice or target verdict spans two splits. Returns the label, or None
+    (the same split, nothing recorded, or a split that is not known)."""
+    models = results.get("protocols", {}).get(protocol)
+    data = results.get("data", {}).get(protocol, {})
+    check = results.get("data_check", {}).get(protocol, {})
+    before = data.get("split_faces_digest") or check.get("split_faces_digest")
+    # runs recorded before splits had digests: --data-check said whether today's eda.py makes their split
+    other = before != digest if before is not None else check.get("same_split") is False
+    if not models or not other:
+        return None
+    label = f"{protocol} (earlier split, to {date})"
+    if label in results["protocols"]:  # a second new split the same day
+        label = f"{protocol} (earlier split, to {date}, {(before or 'no digest')[:9]})"
+
+    def renamed(mapping, value):  # the label takes the protocol's place: its rows stay where they were
+        return {k2: v2 for k, v in mapping.items()
+                for k2, v2 in (((protocol, {}), (label, value)) if k == protocol else ((k, v),))}
+    results["protocols"] = renamed(results["protocols"], models)
+    results["data"] = renamed(results.get("data", {}), {**data, **({"split_faces_digest": before} if before else {})})
+    if check and check.get("split_faces_digest") == before:  # the check of that split
+        results["data_check"] = {(label if k == protocol else k): v for k, v in results["data_check"].items()}
+    for key in [k for k in results.get("reruns", {}) if k.split("/", 1)[0] == protocol]:
+        results["reruns"][f"{label}/{key.split('/', 1)[1]}"] = results["reruns"].pop(key)
+    return label
+
+
+def earlier_splits(protocols, protocol) -> list:
+    """The keys of a protocol's earlier splits (retire_earlier_split), oldest first."""
+    return sorted((k for k in protocols if k.startswith(f"{protocol} (earlier split, to ")),
+                  key=lambda k: (k.split("to ", 1)[1][:10], len(k)))  # by date; a day's second has a suffix
+
+
+def first_split(protocols, protocol, name) -> str:
+    """The key of the first split of a protocol that holds run `name` (its earlier splits, oldest first, then
+    its own key; that key where none does): the ablations record no split, and were all trained on Protocol S's
+    first one, beside the finals they led to."""
+    return next((k for k in [*earlier_splits(protocols, protocol), protocol] if name in protocols.get(k, {})),
+                protocol)
+
+
+def latest_runs(protocols, protocol) -> dict:
+    """A protocol's runs on its own split, or, while it has none yet, on its latest earlier split."""
+    earlier = earlier_splits(protocols, protocol)
+    return protocols.get(protocol) or (protocols[earlier[-1]] if earlier else {})
+
+
+def first_split_run(protocols, protocol, name) -> dict:
+    """Run `name` of first_split (an empty record where no split holds it)."""
+    return protocols.get(first_split(protocols, protocol, name), {}).get(name, {})
+
+
 def run_protocol(args, protocol, models, results, out_path):
     """One protocol of the full benchmark: split by eda.py, loader speed (S), train each model."""
     work = Path(args.work_dir)
     report = eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, work, protocol)))
     splits = work / protocol / "splits"
+    label = retire_earlier_split(results, protocol, train.split_faces_digest(splits), datetime.date.today().isoformat())
+    if label:
+        print(f"note: today's eda.py made another Protocol {protocol} split than its recorded runs used; they are "
+              f"kept as \"{label}\" in {out_path}, and Protocol {protocol} starts afresh on today's split")
     results["protocols"].setdefault(protocol, {})
     results.setdefault("data", {})[protocol] = {k: report[k] for k in ("used", "splits", "duplicates", "age")}
     results["data"][protocol]["test_mae_of_train_median"] = median_baseline(splits)
@@ -2537,9 +2609,27 @@ def recorded_split_digest(results, protocol, entry):
     """The faces digest of the split a recorded run used: its own record's; for runs recorded before runs kept
     one, while their protocol's data record keeps none either, the split --data-check compared (the one under
     WORK then, which those runs used); else None (not known)."""
-    if entry.get("split_faces_digest") or results.get("data", {}).get(protocol, {}).get("split_faces_digest"):
-        return entry.get("split_faces_digest")
-    return results.get("data_check", {}).get(protocol, {}).get("split_faces_digest")
+    return entry.get("split_faces_digest") or check_of_recorded_runs(results, protocol).get("split_faces_digest")
+
+
+def check_of_recorded_runs(results, protocol):
+    """The --data-check that speaks for a protocol's recorded runs: none where their data record keeps a digest
+    (a check then names the split it compared, and that may be an older one)."""
+    if results.get("data", {}).get(protocol, {}).get("split_faces_digest"):
+        return {}
+    return results.get("data_check", {}).get(protocol, {})
+
+
+def rerun_after_a_failed_check(results, protocol, rerun) -> bool:
+    """Whether a re-run used a split that --data-check found to differ from the one the recorded runs used:
+    the very split the check made (where both record digests), else one made by that day's eda.py no earlier
+    than the check (a re-run on the check's day counts as after it)."""
+    check = check_of_recorded_runs(results, protocol)
+    if check.get("same_split") is not False:
+        return False
+    if check.get("today_split_faces_digest") and rerun.get("split_faces_digest"):
+        return rerun["split_faces_digest"] == check["today_split_faces_digest"]
+    return rerun.get("date", "") >= check.get("date", "9999")
 
 
 def rerun_lines(results) -> list:
@@ -2556,6 +2646,8 @@ def rerun_lines(results) -> list:
             test = f", test {recorded['test_mae']:.2f} → **{r['test_mae']:.2f}**" if "test_mae" in r else ""
             # the split is made again by the day's eda.py: "the same" only where it is known to be
             digests = (recorded_split_digest(results, protocol, recorded), r.get("split_faces_digest"))
+            if digests[0] is None and rerun_after_a_failed_check(results, protocol, r):
+                digests = ("the recorded runs' split", digests[1])  # not today's eda.py's: known to differ
             if digests[0] == digests[1]:  # both known and equal, or both older records (the split of those days)
                 split, reading = "the same split", ("The same command does not give the same weights on another "
                                                     "day, so a difference of this size between two finals is not "
@@ -2567,8 +2659,8 @@ def rerun_lines(results) -> list:
                 split, reading = ("another split (that day's eda.py made a different one)",
                                   "Different test faces: the two test figures are not comparable.")
             lines.append(f"- **Re-run** `{name}`, Protocol {protocol}, on {r['date']} (`python benchmark.py --rerun "
-                         f"--protocols {protocol} --models {name}`; the same recipe and seed, {split}, today's code "
-                         f"and machine): {teachers}validation {recorded['best_val_mae']:.3f} → "
+                         f"--protocols {protocol.split()[0]} --models {name}`; the same recipe and seed, {split}, "
+                         f"today's code and machine): {teachers}validation {recorded['best_val_mae']:.3f} → "
                          f"{r['best_val_mae']:.3f} (best epoch {recorded['best_epoch']} → {r['best_epoch']}){test}. "
                          + reading)
     return lines

@@ -752,3 +752,63 @@ def test_batch_64_throughput_is_judged_on_every_run_of_the_chosen_architecture()
                               "(850–1,465 images/s) |")
     runs["twin"]["images_per_s_b64"] = 1200.0
     assert row(runs).endswith("— reached |")
+
+
+def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afresh(tmp_path, monkeypatch):
+    import datetime
+    report = {"used": 10, "splits": {"train": 8, "val": 1, "test": 1}, "duplicates": {}, "age": {"min": 20, "max": 50}}
+    digest = {"now": "new"}
+    monkeypatch.setattr(benchmark.eda, "main", lambda eda_args: report)
+    monkeypatch.setattr(benchmark, "median_baseline", lambda splits: 6.0)
+    monkeypatch.setattr(benchmark.train, "split_faces_digest", lambda splits: digest["now"])
+    monkeypatch.setattr(benchmark, "run_model", lambda protocol, name, *a, **k: {"test_mae": 4.0, "trained": name})
+    monkeypatch.setattr(benchmark, "model_args", lambda name: [])
+    args = benchmark.get_args_parser().parse_args(["--out", str(tmp_path / "r.json"), "--work-dir", str(tmp_path),
+                                                   "--no-speed"])
+    old = {"test_mae": 3.95}
+    results = {"protocols": {"S": {"a": old}, "F": {"f": {"test_mae": 4.7}}},
+               "data": {"S": {"used": 12}, "F": {"used": 20}},  # recorded before splits had digests
+               "data_check": {"S": {"same_split": False, "date": "d"}, "F": {"same_split": True, "date": "d"}},
+               "reruns": {"S/a": [{"test_mae": 4.0}], "F/f": [{"test_mae": 4.8}]}}
+    benchmark.run_protocol(args, "S", ["b"], results, tmp_path / "r.json")
+    label = f"S (earlier split, to {datetime.date.today().isoformat()})"
+    assert list(results["protocols"]) == ["S", label, "F"]  # the earlier rows stay where they were
+    assert results["protocols"]["S"] == {"b": {"test_mae": 4.0, "trained": "b"}}
+    assert results["protocols"][label] == {"a": old}
+    assert results["data"][label] == {"used": 12} and results["data"]["S"]["split_faces_digest"] == "new"
+    assert set(results["data_check"]) == {label, "F"} and set(results["reruns"]) == {f"{label}/a", "F/f"}
+    benchmark.run_protocol(args, "S", ["c"], results, tmp_path / "r.json")  # the same split again: nothing moves
+    assert list(results["protocols"]) == ["S", label, "F"] and set(results["protocols"]["S"]) == {"b", "c"}
+    digest["now"] = "newer"  # another change of the split the same day: a label of its own
+    benchmark.run_protocol(args, "S", ["d"], results, tmp_path / "r.json")
+    second = f"S (earlier split, to {datetime.date.today().isoformat()}, new)"
+    assert list(results["protocols"]) == ["S", second, label, "F"] and set(results["protocols"][second]) == {"b", "c"}
+    assert results["data"][second]["split_faces_digest"] == "new"
+    # the ablations record no split: they were trained beside the first split's finals
+    protocols = {"S": {"simplecnn_tuned": {"v": 3}}, second: {"simplecnn_tuned": {"v": 2}},
+                 label: {"simplecnn_tuned": {"v": 1}}}
+    assert benchmark.first_split_run(protocols, "S", "simplecnn_tuned") == {"v": 1}
+    assert benchmark.latest_runs({"S": {}, second: {"x": 1}, label: {"y": 1}}, "S") == {"x": 1}
+    assert benchmark.latest_runs({"S": {"z": 1}, label: {"y": 1}}, "S") == {"z": 1}
+
+
+def test_runs_whose_split_is_not_known_stay_where_they_are():
+    results = {"protocols": {"S": {"a": {}}}, "data": {"S": {"used": 12}}}
+    assert benchmark.retire_earlier_split(results, "S", "new", "2026-12-03") is None  # no digest, no check
+    results["data_check"] = {"S": {"same_split": True}}
+    assert benchmark.retire_earlier_split(results, "S", "new", "2026-12-03") is None
+    assert list(results["protocols"]) == ["S"]
+
+
+def test_a_rerun_on_the_split_a_failed_check_made_is_called_another_split():
+    recorded = {"best_val_mae": 4.1, "best_epoch": 50, "test_mae": 4.0}
+    rerun = {"date": "2026-12-04", "best_val_mae": 4.2, "best_epoch": 40, "test_mae": 4.1, "split_faces_digest": "b"}
+    check = {"same_split": False, "date": "2026-12-03", "split_faces_digest": "a", "today_split_faces_digest": "b"}
+    results = {"protocols": {"S": {"m": recorded}}, "data": {"S": {}}, "data_check": {"S": check},
+               "reruns": {"S/m": [rerun]}}
+    assert "another split" in benchmark.rerun_lines(results)[0]
+    del check["split_faces_digest"]  # a check from before checks kept digests: the dates decide
+    assert "another split" in benchmark.rerun_lines(results)[0]
+    rerun["date"] = "2026-12-02"
+    rerun["split_faces_digest"] = "c"  # neither the check's split nor after it
+    assert "not known to be the recorded split" in benchmark.rerun_lines(results)[0]
