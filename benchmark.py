@@ -139,6 +139,10 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # validation once after training (--choose-zooms), as gen2_144px_70ep_cz does on F; for S's new split
     "simplecnn_distilled_144px_80ep_cz": ["--epochs", "80", "--image-size", "144", "--amp", "--choose-zooms",
                                           "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_144px_80ep_cz cut to what trains within the hour on a 2-core CPU without bf16 (2026-12-03:
+    # about 70 s per 128 px epoch there, against 20 s at 144 px with bf16 on the machine of the earlier runs)
+    "simplecnn_distilled_40ep_cz": ["--epochs", "40", "--amp", "--choose-zooms",
+                                    "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -1183,6 +1187,8 @@ MODEL_NOTES = {
     "simplecnn_distilled_144px_80ep_cz": "`simplecnn_distilled_144px_80ep` whose test-time zooms are chosen on "
                                          "validation after training (`--choose-zooms`: none, 97.5 %, 95 %, 90 % or "
                                          "95 % and 90 %), the test split then read once with them",
+    "simplecnn_distilled_40ep_cz": "`simplecnn_distilled_144px_80ep_cz` at 128 px and 40 epochs, to train within "
+                                   "the hour on a CPU without bf16 (`--amp` is then ignored)",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }
