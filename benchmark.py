@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import time
@@ -140,7 +141,8 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     "simplecnn_distilled_144px_80ep_cz": ["--epochs", "80", "--image-size", "144", "--amp", "--choose-zooms",
                                           "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_distilled_144px_80ep_cz cut to what trains within the hour on a 2-core CPU without bf16 (2026-12-03:
-    # about 70 s per 128 px epoch there, against 20 s at 144 px with bf16 on the machine of the earlier runs)
+    # about 70 s per 128 px epoch there, against 20 s at 144 px with bf16 on the machine of the earlier runs); the
+    # hour is the student's, its teacher trained first on the same split (train.py refuses another split's)
     "simplecnn_distilled_40ep_cz": ["--epochs", "40", "--amp", "--choose-zooms",
                                     "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
@@ -943,6 +945,8 @@ def ship(args, work, results):
                                    f"{data['splits']['train']:,} training images, ages {data['age']['min']}-"
                                    f"{data['age']['max']}; non-commercial research use only")
     metadata = onnx_metadata(run_dir / "model.onnx")
+    if metadata is None:
+        raise DataError(f"{run_dir / 'model.onnx'} has no preprocessing metadata; export it with train.py")
     for suffix in (".onnx", ".jit"):
         target = SHIPPED.with_suffix(suffix)
         blob = (run_dir / f"model{suffix}").read_bytes()
@@ -1335,8 +1339,8 @@ def earlier_split_note(protocols) -> list:
     if not earlier:
         return []
     return [f"Rows of {', '.join(f'**{k}**' for k in earlier)} were trained and tested on the split their protocol "
-            "had until that day (Data): other test faces than today's split, so they are compared and chosen among "
-            "only among themselves, and the targets are judged on today's split.", ""]
+            "had until that day (Data): other test faces than today's split, so they are compared and chosen "
+            "among themselves only, and the accuracy targets are judged on today's split.", ""]
 
 
 def models_section(sources):
@@ -2369,13 +2373,28 @@ def run_zoom_probe(args, protocols):
     save_results(out_path, results)
 
 
+def why_not_here(results, work, protocol, name) -> str | None:
+    """Why WORK/P/NAME is not the recorded run of P's split that --calibrate and --refresh-exports may rewrite
+    and record: no best.pt, no record of it, or a record of another split than the one under WORK/P; None where
+    it is."""
+    entry = results.get("protocols", {}).get(protocol, {}).get(name)
+    if not (work / protocol / name / "best.pt").is_file():
+        return f"no best.pt under {work / protocol / name}"
+    if entry is None:
+        return f"no record of it on Protocol {protocol}'s split"
+    recorded = entry.get("split_faces_digest")
+    if recorded is not None and recorded != train.split_faces_digest(work / protocol / "splits"):
+        return f"its record is of another split than {work / protocol / 'splits'}"
+    return None
+
+
 def run_calibrate(args, protocols, models):
     """--calibrate"""
     out_path, work = results_path(args), Path(args.work_dir)
     results = load_results(out_path)
     for protocol in protocols:
         for name in models:
-            if not (work / protocol / name / "best.pt").is_file():
+            if why_not_here(results, work, protocol, name):  # --calibrate rewrites best.pt: never another split's
                 continue
             figures = calibrate_run(protocol, name, work)
             results["protocols"][protocol][name].update(figures)
@@ -2390,10 +2409,11 @@ def run_refresh(args, protocols, models):
     skipped = []
     for protocol in protocols:
         for name in models:  # a run not trained here is named and passed over, not the end of the refresh
-            if not (work / protocol / name / "best.pt").is_file() or name not in results["protocols"].get(protocol, {}):
+            why = why_not_here(results, work, protocol, name)
+            if why:
                 skipped.append(f"{protocol}/{name}")
-                print(f"skipped {protocol}/{name}: no best.pt under {work / protocol / name} or no record of it "
-                      f"(train it with python benchmark.py --protocols {protocol} --models {name})", flush=True)
+                print(f"skipped {protocol}/{name}: {why} (train it with python benchmark.py --protocols {protocol} "
+                      f"--models {name})", flush=True)
                 continue
             print(protocol, name, json.dumps(refresh_exports(protocol, name, work, results)))
             save_results(out_path, results)
@@ -2449,13 +2469,14 @@ def run_data_check(args, protocols):
             raise DataError(f"no Protocol {protocol} split in {used} to compare with; run `python benchmark.py "
                             f"--protocols {protocol}` first")
         recorded = results.get("data", {}).get(protocol, {}).get("split_faces_digest")
-        if recorded is not None and train.split_faces_digest(used) != recorded:
-            raise DataError(f"{used} is not the split the recorded Protocol {protocol} runs used (another eda.py run "
-                            "rewrote it); there is nothing to compare today's split with")
+        earlier = results.get("data_check", {}).get(protocol, {})
+        if recorded is not None and train.split_faces_digest(used) != recorded or \
+                recorded is None and earlier.get("same_split") is False:  # a --rerun's eda.py may have rewritten it
+            raise DataError(f"{used} is not known to be the split the recorded Protocol {protocol} runs used (another "
+                            "eda.py run rewrote it); there is nothing to compare today's split with")
         with tempfile.TemporaryDirectory(prefix=f".data_check_{protocol}_", dir=work) as tmp:
             report = eda.main(eda.get_args_parser().parse_args(eda_argv(args.data_dir, tmp, protocol)))
             today = split_faces(Path(tmp) / protocol / "splits")
-            today_digest = train.split_faces_digest(Path(tmp) / protocol / "splits")
         before = split_faces(used)
         common = today.keys() & before.keys()
         results.setdefault("data_check", {})[protocol] = {
@@ -2465,7 +2486,6 @@ def run_data_check(args, protocols):
             "faces_only_today": len(today.keys() - before.keys()),
             "faces_in_another_split": sum(today[h] != before[h] for h in common),
             "split_faces_digest": train.split_faces_digest(used),  # the split it was set beside
-            "today_split_faces_digest": today_digest,  # the split today's eda.py makes, for later re-runs
             "command": f"python benchmark.py --data-check --protocols {protocol}"}
         print(f"{protocol}: " + json.dumps(results["data_check"][protocol]))
         save_results(out_path, results)
@@ -2498,12 +2518,26 @@ def data_check_lines(results) -> list:
     return lines
 
 
+EARLIER_SPLIT = re.compile(r"^(?P<protocol>\S+) \(earlier split, to (?P<date>\d{4}-\d\d-\d\d)(?:, #(?P<n>\d+))?\)$")
+
+
+def earlier_split_label(protocol, date, n=1) -> str:
+    """The key a protocol's runs of an earlier split are kept under; n counts the splits retired that day."""
+    return f"{protocol} (earlier split, to {date}" + (f", #{n})" if n > 1 else ")")
+
+
+def protocol_of(key) -> str:
+    """The protocol of a results key: itself, or the protocol of an earlier-split label."""
+    match = EARLIER_SPLIT.match(key)
+    return match["protocol"] if match else key
+
+
 def retire_earlier_split(results, protocol, digest, date) -> str | None:
-    """Where eda.py has made another split of a protocol than its recorded runs used, those runs, their data
-    record, their --data-check and their re-runs move under a label of their own ("S (earlier split, to DATE)"),
-    so the protocol's own key holds runs of one split: no table sets test figures of other faces side by side
-    as one protocol, and no validation choice or target verdict spans two splits. Returns the label, or None
-    (the same split, nothing recorded, or a split that is not known)."""
+    """Where eda.py has made another split of a protocol than its recorded runs used, those runs and every record
+    made on that split (data, --data-check, re-runs, zoom probes, FG-NET figures) move under a label of their own
+    ("S (earlier split, to DATE)"), so the protocol's own key holds runs of one split: no table sets test figures
+    of other faces side by side as one protocol, and no validation choice or target verdict spans two splits.
+    Returns the label, or None (the same split, nothing recorded, or a split that is not known)."""
     models = results.get("protocols", {}).get(protocol)
     data = results.get("data", {}).get(protocol, {})
     check = results.get("data_check", {}).get(protocol, {})
@@ -2512,26 +2546,38 @@ def retire_earlier_split(results, protocol, digest, date) -> str | None:
     other = before != digest if before is not None else check.get("same_split") is False
     if not models or not other:
         return None
-    label = f"{protocol} (earlier split, to {date})"
-    if label in results["protocols"]:  # a second new split the same day
-        label = f"{protocol} (earlier split, to {date}, {(before or 'no digest')[:9]})"
-
-    def renamed(mapping, value):  # the label takes the protocol's place: its rows stay where they were
-        return {k2: v2 for k, v in mapping.items()
-                for k2, v2 in (((protocol, {}), (label, value)) if k == protocol else ((k, v),))}
-    results["protocols"] = renamed(results["protocols"], models)
-    results["data"] = renamed(results.get("data", {}), {**data, **({"split_faces_digest": before} if before else {})})
-    if check and check.get("split_faces_digest") == before:  # the check of that split
-        results["data_check"] = {(label if k == protocol else k): v for k, v in results["data_check"].items()}
-    for key in [k for k in results.get("reruns", {}) if k.split("/", 1)[0] == protocol]:
-        results["reruns"][f"{label}/{key.split('/', 1)[1]}"] = results["reruns"].pop(key)
+    n = 1
+    while earlier_split_label(protocol, date, n) in results["protocols"]:
+        n += 1
+    label = earlier_split_label(protocol, date, n)
+    results["protocols"] = renamed_key(results["protocols"], protocol, label, keep_old=True)
+    if protocol in results.get("data", {}):  # run_protocol writes today's record in the place kept
+        results["data"] = renamed_key(results["data"], protocol, label, keep_old=True)
+    if check and check.get("split_faces_digest") == data.get("split_faces_digest"):  # the check of that split
+        results["data_check"] = renamed_key(results["data_check"], protocol, label)
+    for records, sep in (("reruns", "/"), ("zoom_probe", ":"), ("cross", None)):
+        for table_ in ([results.get(records, {})] if sep else results.get(records, {}).values()):
+            for key in [k for k in table_ if k.startswith(f"{protocol}{sep or '/'}")]:
+                table_[label + key[len(protocol):]] = table_.pop(key)
     return label
+
+
+def renamed_key(mapping, old, new, keep_old=False) -> dict:
+    """mapping with key old renamed new in its place; keep_old: old stays just before it, emptied (the
+    protocol's rows on today's split come first)."""
+    out = {}
+    for k, v in mapping.items():
+        if k == old and keep_old:
+            out[old] = {}
+        out[new if k == old else k] = v
+    return out
 
 
 def earlier_splits(protocols, protocol) -> list:
     """The keys of a protocol's earlier splits (retire_earlier_split), oldest first."""
-    return sorted((k for k in protocols if k.startswith(f"{protocol} (earlier split, to ")),
-                  key=lambda k: (k.split("to ", 1)[1][:10], len(k)))  # by date; a day's second has a suffix
+    keys = [(m["date"], int(m["n"] or 1), k) for k in protocols if (m := EARLIER_SPLIT.match(k)) and
+            m["protocol"] == protocol]
+    return [k for *_, k in sorted(keys)]
 
 
 def first_split(protocols, protocol, name) -> str:
@@ -2627,15 +2673,11 @@ def check_of_recorded_runs(results, protocol):
 
 
 def rerun_after_a_failed_check(results, protocol, rerun) -> bool:
-    """Whether a re-run used a split that --data-check found to differ from the one the recorded runs used:
-    the very split the check made (where both record digests), else one made by that day's eda.py no earlier
-    than the check (a re-run on the check's day counts as after it)."""
+    """For a check that names no split (older records): whether a re-run came no earlier than a check that
+    found today's eda.py to make another split than the recorded runs used (a re-run on the check's day counts
+    as after it), so its split is not theirs where it kept a digest, and not known to be where it kept none."""
     check = check_of_recorded_runs(results, protocol)
-    if check.get("same_split") is not False:
-        return False
-    if check.get("today_split_faces_digest") and rerun.get("split_faces_digest"):
-        return rerun["split_faces_digest"] == check["today_split_faces_digest"]
-    return rerun.get("date", "") >= check.get("date", "9999")
+    return check.get("same_split") is False and rerun.get("date", "") >= check.get("date", "9999")
 
 
 def rerun_lines(results) -> list:
@@ -2653,7 +2695,7 @@ def rerun_lines(results) -> list:
             # the split is made again by the day's eda.py: "the same" only where it is known to be
             digests = (recorded_split_digest(results, protocol, recorded), r.get("split_faces_digest"))
             if digests[0] is None and rerun_after_a_failed_check(results, protocol, r):
-                digests = ("the recorded runs' split", digests[1])  # not today's eda.py's: known to differ
+                digests = ("the recorded runs' split", digests[1])  # not that day's eda.py's split
             if digests[0] == digests[1]:  # both known and equal, or both older records (the split of those days)
                 split, reading = "the same split", ("The same command does not give the same weights on another "
                                                     "day, so a difference of this size between two finals is not "
@@ -2665,7 +2707,7 @@ def rerun_lines(results) -> list:
                 split, reading = ("another split (that day's eda.py made a different one)",
                                   "Different test faces: the two test figures are not comparable.")
             lines.append(f"- **Re-run** `{name}`, Protocol {protocol}, on {r['date']} (`python benchmark.py --rerun "
-                         f"--protocols {protocol.split()[0]} --models {name}`; the same recipe and seed, {split}, "
+                         f"--protocols {protocol_of(protocol)} --models {name}`; the same recipe and seed, {split}, "
                          f"today's code and machine): {teachers}validation {recorded['best_val_mae']:.3f} → "
                          f"{r['best_val_mae']:.3f} (best epoch {recorded['best_epoch']} → {r['best_epoch']}){test}. "
                          + reading)

@@ -650,6 +650,9 @@ def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path,
     (line,) = benchmark.data_check_lines(results)
     assert "the conflicting-duplicates rule" in line and "(0 → 1 groups)" in line
     assert not list(work.glob(".data_check_*"))  # the temporary split is gone; the runs' split is as it was
+    # the runs' split kept no digest and today's differs: a later eda.py run (--rerun) may have rewritten WORK/S
+    with pytest.raises(DataError, match="not known to be the split the recorded Protocol S runs used"):
+        benchmark.main(benchmark.get_args_parser().parse_args(argv))
 
 
 def test_the_readings_say_only_what_the_records_show():
@@ -769,7 +772,8 @@ def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afres
     results = {"protocols": {"S": {"a": old}, "F": {"f": {"test_mae": 4.7}}},
                "data": {"S": {"used": 12}, "F": {"used": 20}},  # recorded before splits had digests
                "data_check": {"S": {"same_split": False, "date": "d"}, "F": {"same_split": True, "date": "d"}},
-               "reruns": {"S/a": [{"test_mae": 4.0}], "F/f": [{"test_mae": 4.8}]}}
+               "reruns": {"S/a": [{"test_mae": 4.0}], "F/f": [{"test_mae": 4.8}]},
+               "zoom_probe": {"S:bench/work/S/a/model.onnx": {}}, "cross": {"FGNET": {"S/a": {}, "F/f": {}}}}
     benchmark.run_protocol(args, "S", ["b"], results, tmp_path / "r.json")
     label = f"S (earlier split, to {datetime.date.today().isoformat()})"
     assert list(results["protocols"]) == ["S", label, "F"]  # the earlier rows stay where they were
@@ -777,17 +781,23 @@ def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afres
     assert results["protocols"][label] == {"a": old}
     assert results["data"][label] == {"used": 12} and results["data"]["S"]["split_faces_digest"] == "new"
     assert set(results["data_check"]) == {label, "F"} and set(results["reruns"]) == {f"{label}/a", "F/f"}
+    assert set(results["zoom_probe"]) == {f"{label}:bench/work/S/a/model.onnx"}
+    assert set(results["cross"]["FGNET"]) == {f"{label}/a", "F/f"}
+    assert list(results["data"]) == ["S", label, "F"]
     benchmark.run_protocol(args, "S", ["c"], results, tmp_path / "r.json")  # the same split again: nothing moves
     assert list(results["protocols"]) == ["S", label, "F"] and set(results["protocols"]["S"]) == {"b", "c"}
     digest["now"] = "newer"  # another change of the split the same day: a label of its own
     benchmark.run_protocol(args, "S", ["d"], results, tmp_path / "r.json")
-    second = f"S (earlier split, to {datetime.date.today().isoformat()}, new)"
+    second = f"S (earlier split, to {datetime.date.today().isoformat()}, #2)"
     assert list(results["protocols"]) == ["S", second, label, "F"] and set(results["protocols"][second]) == {"b", "c"}
     assert results["data"][second]["split_faces_digest"] == "new"
     # the ablations record no split: they were trained beside the first split's finals
     protocols = {"S": {"simplecnn_tuned": {"v": 3}}, second: {"simplecnn_tuned": {"v": 2}},
                  label: {"simplecnn_tuned": {"v": 1}}}
     assert benchmark.first_split_run(protocols, "S", "simplecnn_tuned") == {"v": 1}
+    assert benchmark.earlier_splits({**protocols, label.replace(")", ", #3)"): {}}, "S") == \
+        [label, second, label.replace(")", ", #3)")]
+    assert benchmark.protocol_of(second) == "S" and benchmark.protocol_of("F") == "F"
     assert benchmark.latest_runs({"S": {}, second: {"x": 1}, label: {"y": 1}}, "S") == {"x": 1}
     assert benchmark.latest_runs({"S": {"z": 1}, label: {"y": 1}}, "S") == {"z": 1}
 
@@ -803,12 +813,36 @@ def test_runs_whose_split_is_not_known_stay_where_they_are():
 def test_a_rerun_on_the_split_a_failed_check_made_is_called_another_split():
     recorded = {"best_val_mae": 4.1, "best_epoch": 50, "test_mae": 4.0}
     rerun = {"date": "2026-12-04", "best_val_mae": 4.2, "best_epoch": 40, "test_mae": 4.1, "split_faces_digest": "b"}
-    check = {"same_split": False, "date": "2026-12-03", "split_faces_digest": "a", "today_split_faces_digest": "b"}
+    check = {"same_split": False, "date": "2026-12-03"}  # a check from before checks named their split
     results = {"protocols": {"S": {"m": recorded}}, "data": {"S": {}}, "data_check": {"S": check},
                "reruns": {"S/m": [rerun]}}
-    assert "another split" in benchmark.rerun_lines(results)[0]
-    del check["split_faces_digest"]  # a check from before checks kept digests: the dates decide
-    assert "another split" in benchmark.rerun_lines(results)[0]
-    rerun["date"] = "2026-12-02"
-    rerun["split_faces_digest"] = "c"  # neither the check's split nor after it
+    assert "another split" in benchmark.rerun_lines(results)[0]  # made after the check: the dates decide
+    rerun["date"] = "2026-12-02"  # made before the check
     assert "not known to be the recorded split" in benchmark.rerun_lines(results)[0]
+    rerun["date"] = "2026-12-04"
+    del rerun["split_faces_digest"]  # a re-run that kept no digest is not known to be any split
+    assert "not known to be the recorded split" in benchmark.rerun_lines(results)[0]
+    check["split_faces_digest"] = rerun["split_faces_digest"] = "a"  # a check that names the recorded split
+    assert "the same split" in benchmark.rerun_lines(results)[0]
+    rerun["split_faces_digest"] = "b"
+    assert "another split" in benchmark.rerun_lines(results)[0]
+
+
+def test_results_md_keeps_an_earlier_splits_runs_apart_from_todays():
+    args = benchmark.get_args_parser().parse_args(["--table"])
+    sources = benchmark.load_sources(args)
+    results = sources["results"]
+    label = next(iter(benchmark.earlier_splits(results.get("protocols", {}), "S")), None)
+    if label is None:  # bench/results.json from before Protocol S's split changed: retire it here
+        if "simplecnn_tuned" not in results.get("protocols", {}).get("S", {}):
+            pytest.skip("bench/results.json holds no Protocol S runs")
+        results.setdefault("data_check", {})["S"] = {**results["data_check"].get("S", {}), "same_split": False,
+                                                     "date": "2026-12-03"}
+        results["data"]["S"].pop("split_faces_digest", None)
+        label = benchmark.retire_earlier_split(results, "S", "a split of today", "2099-01-01")
+        results["data"]["S"] = results["data"][label]
+    moved = next(iter(results["protocols"][label]))
+    text = benchmark.results_markdown(sources)
+    assert f"| {label} | {moved} |" in text and f"Rows of **{label}**" in text
+    assert f"Target for Protocol {label}" not in text  # targets are judged on today's split only
+    assert "- **Final** `simplecnn_tuned`" in text  # the ablations' finals are read from the first split
