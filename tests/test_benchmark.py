@@ -9,7 +9,7 @@ import pytest
 
 import benchmark
 import train
-from conftest import constant_model
+from conftest import REPO, constant_model
 from custom_dataset import DataError
 
 
@@ -846,3 +846,15 @@ def test_results_md_keeps_an_earlier_splits_runs_apart_from_todays():
     assert f"| {label} | {moved} |" in text and f"Rows of **{label}**" in text
     assert f"Target for Protocol {label}" not in text  # targets are judged on today's split only
     assert "- **Final** `simplecnn_tuned`" in text  # the ablations' finals are read from the first split
+
+
+def test_the_speed_table_lists_other_runs_only_where_there_are_others():
+    recorded = json.loads((REPO / "bench" / "results.json").read_text())["protocols"]["F"]
+    first, second = list(recorded.items())[:2]
+    alone = "\n".join(benchmark.speed_table({"protocols": {"S": dict([first])}}))
+    assert f"(`{first[0]}`) |" in alone and ";  |" not in alone
+    runs = dict([first, second])
+    both = "\n".join(benchmark.speed_table({"protocols": {"S": runs}}))
+    chosen = benchmark.chosen_on_validation(runs)
+    other = next(n for n in runs if n != chosen)
+    assert f"(`{chosen}`); {other} " in both
