@@ -872,11 +872,29 @@ def run_ablation(name, splits, work, quick=False):
             "val_worst_decade": list(worst_of_table(best["metrics"]["val"]["mae_per_bin"])),
             "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
             "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 2),
+            "split_faces_digest": train.split_faces_digest(splits),  # a lever is judged on its reference's split
             "command": "python train.py " + shlex.join(argv)}
 
 
+def on_the_base_split(runs) -> dict:
+    """The 10-epoch ablations trained on the split of their base (records without a digest were all trained on
+    Protocol S's first split, as was a base without one)."""
+    base = runs.get("base", {}).get("split_faces_digest")
+    return {n: r for n, r in runs.items() if r.get("split_faces_digest") == base}
+
+
+def tuned_on_split(protocols, digest) -> dict:
+    """simplecnn_tuned's record on the split with this faces digest, the reference of the long ablations; for
+    None (records from before ablations kept a digest) on Protocol S's first split, where those were trained;
+    {} where that split has none."""
+    if digest is None:
+        return protocols.get(first_split(protocols, "S", "simplecnn_tuned"), {}).get("simplecnn_tuned", {})
+    return next((runs["simplecnn_tuned"] for key, runs in protocols.items() if protocol_of(key) == "S"
+                 and runs.get("simplecnn_tuned", {}).get("split_faces_digest") == digest), {})
+
+
 def ablation_table(results) -> str:
-    runs = results.get("ablations", {})
+    runs = on_the_base_split(results.get("ablations", {}))
     if not runs:
         return ""
     base = runs.get("base", {}).get("val_mae")
@@ -1423,10 +1441,11 @@ def shipped_section(sources):
                                  if zoomed else []))
 
 
-def light_check(long_runs, tuned_val) -> str:
+def light_check(long_runs, protocols) -> str:
     """What the 40-epoch flips-only run (tuned_light) says of keeping the default augmentation."""
     light = (long_runs or {}).get("tuned_light")
-    if light is None or tuned_val is None:
+    tuned_val = tuned_on_split(protocols, light.get("split_faces_digest")).get("best_val_mae") if light else None
+    if tuned_val is None:
         return "a 40-epoch flips-only run is the open check."
     verdict = ("confirmed it" if light["val_mae"] > tuned_val + MAE_NOISE else
                "did not confirm it" if light["val_mae"] < tuned_val - MAE_NOISE else "left it within the noise")
@@ -1434,8 +1453,9 @@ def light_check(long_runs, tuned_val) -> str:
             f"{tuned_val:.3f}).")
 
 
-def ablation_reading(runs, long_runs=None, tuned_val=None):
-    """The generated "how to read it" of the experiments table (tuned_val: simplecnn_tuned's validation MAE)."""
+def ablation_reading(runs, long_runs=None, protocols=None):
+    """The generated "how to read it" of the experiments table (runs on the base's split; long_runs and
+    protocols: for the 40-epoch flips-only check against simplecnn_tuned)."""
     base = runs["base"]["val_mae"]
     delta = {n: r["val_mae"] - base for n, r in runs.items() if n != "base"}
     noise = abs(delta.get("base_seed_2", 0.0))
@@ -1459,7 +1479,7 @@ def ablation_reading(runs, long_runs=None, tuned_val=None):
             "off; the 96 px input as a separate final, because it changes the model's size and speed. Light "
             "augmentation was not kept: 10-epoch runs favour levers that pay off early, and with flips only the "
             "training MAE falls below validation sooner (each run's `history.json`); "
-            + light_check(long_runs, tuned_val)]
+            + light_check(long_runs, protocols or {})]
 
 
 def finals_lines(protocols, reruns=()):
@@ -1571,9 +1591,10 @@ def distillation_lines(protocols) -> list:
 
 def experiments_section(sources):
     results = sources["results"]
-    runs = results.get("ablations", {})
+    runs = on_the_base_split(results.get("ablations", {}))
     if "base" not in runs:
         return []
+    elsewhere = [n for n in results["ablations"] if n not in runs]
     base_args = train.get_args_parser().parse_args(["--splits", "s", "--out-dir", "o", *ABLATION_BASE])
     lines = ["## Experiments", "",
              f"One lever at a time on Protocol S: a **base** recipe ({runs['base']['change']}, batch "
@@ -1584,8 +1605,10 @@ def experiments_section(sources):
     lines += ["", ablation_table(results), "",
               *details("The train.py command of each run (from bench/results.json)",
                        [c for n, r in runs.items() if "command" in r for c in (f"# {n}", r["command"])]), ""]
-    tuned_val = first_split_run(results.get("protocols", {}), "S", "simplecnn_tuned").get("best_val_mae")
-    return (lines + ablation_reading(runs, results.get("long_ablations"), tuned_val) + [""]
+    if elsewhere:
+        lines += [f"Recorded on another split than the base, so not in the table: "
+                  f"{', '.join(f'`{n}`' for n in elsewhere)}.", ""]
+    return (lines + ablation_reading(runs, results.get("long_ablations"), results.get("protocols", {})) + [""]
             + finals_lines(results.get("protocols", {}), rerun_lines(results)) + long_ablation_lines(results)
             + zoom_probe_lines(results))
 
@@ -1639,18 +1662,27 @@ def long_ablation_lines(results) -> list:
     """The levers judged at 40 epochs or longer, each against the validation MAE of the run it changed one
     setting of: simplecnn_tuned (a longer schedule is itself one change) or its LONG_ABLATION_BASES entry."""
     runs = results.get("long_ablations", {})
-    tuned = first_split_run(results.get("protocols", {}), "S", "simplecnn_tuned").get("best_val_mae")
-    if not runs or tuned is None:
-        return []
+    protocols = results.get("protocols", {})
     bases = {n: LONG_ABLATION_BASES.get(n, "simplecnn_tuned") for n in runs}
-    reference = {n: tuned if b == "simplecnn_tuned" else runs[b]["val_mae"] for n, b in bases.items()
-                 if b == "simplecnn_tuned" or b in runs}
+
+    def reference_of(name):  # the changed run's validation MAE on this run's split; None where it has none there
+        digest, base = runs[name].get("split_faces_digest"), bases[name]
+        if base == "simplecnn_tuned":
+            return tuned_on_split(protocols, digest).get("best_val_mae")
+        same = base in runs and runs[base].get("split_faces_digest") == digest
+        return runs[base]["val_mae"] if same else None
+    reference = {n: v for n in runs if (v := reference_of(n)) is not None}
+    tuned = sorted({reference[n] for n in reference if bases[n] == "simplecnn_tuned"})
+    if not tuned:
+        return []
     unjudged = [f"`{n}` (`{bases[n]}`)" for n in runs if n not in reference]
     runs = {n: r for n, r in runs.items() if n in reference}
     lines = ["", "### Levers at 40 epochs and longer", "",
              "One change to a recipe, judged on validation against the best validation MAE of that recipe without "
-             f"it (same seed and split): `simplecnn_tuned` (40 epochs, {tuned:.3f}) or the run named in the "
-             f"table. A lever counts where it wins by more than the run-to-run noise ({MAE_NOISE}).", ""]
+             f"it (same seed and split): `simplecnn_tuned` (40 epochs, "
+             + (f"{tuned[0]:.3f}" if len(tuned) == 1 else f"on each run's split: {' or '.join(f'{t:.3f}' for t in tuned)}")
+             + f") or the run named in the table. A lever counts where it wins by more than the "
+             f"run-to-run noise ({MAE_NOISE}).", ""]
     lines += code_block([f"python benchmark.py --ablations {','.join(runs)}"])
     lines += ["", "| experiment (one change) | changed run | val MAE | vs changed run | without flip-TTA | "
               "best epoch | train min |", "|---|---|---|---|---|---|---|"]
@@ -1670,7 +1702,8 @@ def long_ablation_lines(results) -> list:
         lines += ["", f"The same recipe again with another seed: {listing(reruns)}. A lever is only as sure as its "
                       "margin over this spread."]
     if unjudged:
-        lines += ["", f"Recorded but not judged, their changed run has no record: {', '.join(unjudged)}."]
+        lines += ["", f"Recorded but not judged, their changed run has no record on their split: "
+                      f"{', '.join(unjudged)}."]
     for name, bf16 in runs.items():  # each bf16 run against a float32 run of the same recipe (recipe_of)
         if not recorded_args(bf16).amp:
             continue
@@ -1740,7 +1773,8 @@ def bias_section(sources):
                           f"decade {iso['test_worst_decade_before'][0]} {iso['test_worst_decade_before'][1]:.2f} → "
                           f"{iso['test_worst_decade_after'][0]} {iso['test_worst_decade_after'][1]:.2f}."]
     runs = results.get("ablations", {})
-    if "balanced" in runs and "val_worst_decade" in runs.get("base_rerun", {}):
+    if "balanced" in runs and "val_worst_decade" in runs.get("base_rerun", {}) and \
+            runs["balanced"].get("split_faces_digest") == runs["base_rerun"].get("split_faces_digest"):
         base, bal = runs["base_rerun"], runs["balanced"]  # both trained by the same code
         failures = worst_decade_rule_failures(base["val_mae"], bal["val_mae"], base["val_worst_decade"][1],
                                               bal["val_worst_decade"][1])
@@ -2251,6 +2285,11 @@ def run_ablations(args):
     splits = work / "S" / "splits"
     if not (splits / "train.csv").is_file():
         raise DataError(f"no Protocol S splits in {splits}; run `python benchmark.py --protocols S` first")
+    digest = train.split_faces_digest(splits)
+    for name in names:
+        missing = missing_reference(results, name, names, digest)
+        if missing:
+            raise DataError(f"--ablations {name}: {missing}")
     for name in names:
         family = "ablations" if name in ABLATIONS else "long_ablations"
         print(f"== ablation {name}: {(ABLATIONS | LONG_ABLATIONS)[name][0]}", flush=True)
@@ -2258,6 +2297,28 @@ def run_ablations(args):
         print(json.dumps(results[family][name]), flush=True)
         save_results(out_path, results)
     print(ablation_table(results))
+
+
+def missing_reference(results, name, names, digest) -> str | None:
+    """What an ablation would be judged against and lacks on the split under WORK (faces digest `digest`), with
+    the command that trains it; None where its reference is there or is trained first in the same call (names).
+    Records from before ablations kept a digest are of Protocol S's first split, today's until it changed."""
+    retired = bool(earlier_splits(results.get("protocols", {}), "S"))
+
+    def here(record):
+        return record.get("split_faces_digest") == digest if record.get("split_faces_digest") else not retired
+    if name in ABLATIONS:
+        reference, record = "base", results.get("ablations", {}).get("base")
+    else:
+        reference = LONG_ABLATION_BASES.get(name, "simplecnn_tuned")
+        record = (results.get("protocols", {}).get("S", {}) if reference == "simplecnn_tuned"
+                  else results.get("long_ablations", {})).get(reference)
+    if name == "base" or reference in names[:names.index(name)] or (record is not None and here(record)):
+        return None
+    train_it = ("python benchmark.py --protocols S --models simplecnn_tuned" if reference == "simplecnn_tuned"
+                else f"python benchmark.py --ablations {reference}")
+    return (f"it is judged against {reference}, which has no run on the Protocol S split under WORK "
+            f"(it is not recorded, or was trained on an earlier split); train it first: {train_it}")
 
 
 def zoom_predictions(estimator, dataset, label) -> dict:
@@ -2374,17 +2435,17 @@ def run_zoom_probe(args, protocols):
     save_results(out_path, results)
 
 
-def why_not_here(results, work, protocol, name) -> str | None:
+def why_not_here(results, work, protocol, name, split_digest) -> str | None:
     """Why WORK/P/NAME is not the recorded run of P's split that --calibrate and --refresh-exports may rewrite
-    and record: no best.pt, no record of it, or a record of another split than the one under WORK/P; None where
-    it is."""
+    and record: no best.pt, no record of it, or a record of another split than the one under WORK/P (whose
+    split_faces_digest is split_digest); None where it is."""
     entry = results.get("protocols", {}).get(protocol, {}).get(name)
     if not (work / protocol / name / "best.pt").is_file():
         return f"no best.pt under {work / protocol / name}"
     if entry is None:
         return f"no record of it on Protocol {protocol}'s split"
     recorded = entry.get("split_faces_digest")
-    if recorded is not None and recorded != train.split_faces_digest(work / protocol / "splits"):
+    if recorded is not None and recorded != split_digest:
         return f"its record is of another split than {work / protocol / 'splits'}"
     return None
 
@@ -2394,8 +2455,9 @@ def run_calibrate(args, protocols, models):
     out_path, work = results_path(args), Path(args.work_dir)
     results = load_results(out_path)
     for protocol in protocols:
+        split_digest = train.split_faces_digest(work / protocol / "splits")
         for name in models:
-            if why_not_here(results, work, protocol, name):  # --calibrate rewrites best.pt: never another split's
+            if why_not_here(results, work, protocol, name, split_digest):  # it rewrites best.pt: never another split's
                 continue
             figures = calibrate_run(protocol, name, work)
             results["protocols"][protocol][name].update(figures)
@@ -2409,8 +2471,9 @@ def run_refresh(args, protocols, models):
     results = load_results(out_path)
     skipped = []
     for protocol in protocols:
+        split_digest = train.split_faces_digest(work / protocol / "splits")
         for name in models:  # a run not trained here is named and passed over, not the end of the refresh
-            why = why_not_here(results, work, protocol, name)
+            why = why_not_here(results, work, protocol, name, split_digest)
             if why:
                 skipped.append(f"{protocol}/{name}")
                 print(f"skipped {protocol}/{name}: {why} (train it with python benchmark.py --protocols {protocol} "
@@ -2556,11 +2619,17 @@ def retire_earlier_split(results, protocol, digest, date) -> str | None:
         results["data"] = renamed_key(results["data"], protocol, label, keep_old=True)
     if check and check.get("split_faces_digest") == data.get("split_faces_digest"):  # the check of that split
         results["data_check"] = renamed_key(results["data_check"], protocol, label)
-    for records, sep in (("reruns", "/"), ("zoom_probe", ":"), ("cross", None)):
-        for table_ in ([results.get(records, {})] if sep else results.get(records, {}).values()):
-            for key in [k for k in table_ if k.startswith(f"{protocol}{sep or '/'}")]:
-                table_[label + key[len(protocol):]] = table_.pop(key)
+    relabel(results.get("reruns", {}), f"{protocol}/", label)
+    relabel(results.get("zoom_probe", {}), f"{protocol}:", label)
+    for figures in results.get("cross", {}).values():  # one table per data set, keyed "P/NAME"
+        relabel(figures, f"{protocol}/", label)
     return label
+
+
+def relabel(records, prefix, label):
+    """Records keyed "P/..." or "P:..." (prefix) moved, in place, to the same key under label."""
+    for key in [k for k in records if k.startswith(prefix)]:
+        records[label + key[len(prefix) - 1:]] = records.pop(key)
 
 
 def renamed_key(mapping, old, new, keep_old=False) -> dict:
@@ -2593,11 +2662,6 @@ def latest_runs(protocols, protocol) -> dict:
     """A protocol's runs on its own split, or, while it has none yet, on its latest earlier split."""
     earlier = earlier_splits(protocols, protocol)
     return protocols.get(protocol) or (protocols[earlier[-1]] if earlier else {})
-
-
-def first_split_run(protocols, protocol, name) -> dict:
-    """Run `name` of first_split (an empty record where no split holds it)."""
-    return protocols.get(first_split(protocols, protocol, name), {}).get(name, {})
 
 
 def run_protocol(args, protocol, models, results, out_path):
@@ -2658,27 +2722,19 @@ def run_rerun(args, protocols, models):
             print(json.dumps(record, indent=1))
 
 
-def recorded_split_digest(results, protocol, entry):
-    """The faces digest of the split a recorded run used: its own record's; for runs recorded before runs kept
-    one, while their protocol's data record keeps none either, the split --data-check compared (the one under
-    WORK then, which those runs used); else None (not known)."""
-    return entry.get("split_faces_digest") or check_of_recorded_runs(results, protocol).get("split_faces_digest")
-
-
-def check_of_recorded_runs(results, protocol):
-    """The --data-check that speaks for a protocol's recorded runs: none where their data record keeps a digest
-    (a check then names the split it compared, and that may be an older one)."""
-    if results.get("data", {}).get(protocol, {}).get("split_faces_digest"):
-        return {}
-    return results.get("data_check", {}).get(protocol, {})
-
-
-def rerun_after_a_failed_check(results, protocol, rerun) -> bool:
-    """For a check that names no split (older records): whether a re-run came no earlier than a check that
-    found today's eda.py to make another split than the recorded runs used (a re-run on the check's day counts
-    as after it), so its split is not theirs where it kept a digest, and not known to be where it kept none."""
-    check = check_of_recorded_runs(results, protocol)
-    return check.get("same_split") is False and rerun.get("date", "") >= check.get("date", "9999")
+def split_digests(results, protocol, recorded, rerun) -> tuple:
+    """The faces digests of the splits a recorded run and its re-run used, for rerun_lines to compare; None where
+    not known. Runs recorded before runs kept a digest, while their protocol's data record keeps none either,
+    are spoken for by --data-check: the split it compared (the one under WORK then, which they used), and where
+    it found today's eda.py to make another split, a re-run from that day on (the check's day counts) is not
+    on theirs."""
+    data = results.get("data", {}).get(protocol, {})
+    # where the data record keeps a digest, a check names the split it compared, and that may be an older one
+    check = {} if data.get("split_faces_digest") else results.get("data_check", {}).get(protocol, {})
+    digest = recorded.get("split_faces_digest") or check.get("split_faces_digest")
+    if digest is None and check.get("same_split") is False and rerun.get("date", "") >= check.get("date", "9999"):
+        digest = "the recorded runs' split"  # not that day's eda.py's split
+    return digest, rerun.get("split_faces_digest")
 
 
 def rerun_lines(results) -> list:
@@ -2694,9 +2750,7 @@ def rerun_lines(results) -> list:
                         if "teacher_val_mae" in r and "teacher_val_mae" in recorded else "")
             test = f", test {recorded['test_mae']:.2f} → **{r['test_mae']:.2f}**" if "test_mae" in r else ""
             # the split is made again by the day's eda.py: "the same" only where it is known to be
-            digests = (recorded_split_digest(results, protocol, recorded), r.get("split_faces_digest"))
-            if digests[0] is None and rerun_after_a_failed_check(results, protocol, r):
-                digests = ("the recorded runs' split", digests[1])  # not that day's eda.py's split
+            digests = split_digests(results, protocol, recorded, r)
             if digests[0] == digests[1]:  # both known and equal, or both older records (the split of those days)
                 split, reading = "the same split", ("The same command does not give the same weights on another "
                                                     "day, so a difference of this size between two finals is not "

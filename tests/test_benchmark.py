@@ -657,9 +657,10 @@ def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path,
 
 def test_the_readings_say_only_what_the_records_show():
     # tuned_light: "confirmed" only where it lost beyond the noise
-    assert "confirmed it" in benchmark.light_check({"tuned_light": {"val_mae": 4.434}}, 4.205)
-    assert "within the noise" in benchmark.light_check({"tuned_light": {"val_mae": 4.23}}, 4.205)
-    assert "did not confirm" in benchmark.light_check({"tuned_light": {"val_mae": 4.10}}, 4.205)
+    tuned = {"S": {"simplecnn_tuned": {"best_val_mae": 4.205}}}
+    assert "confirmed it" in benchmark.light_check({"tuned_light": {"val_mae": 4.434}}, tuned)
+    assert "within the noise" in benchmark.light_check({"tuned_light": {"val_mae": 4.23}}, tuned)
+    assert "did not confirm" in benchmark.light_check({"tuned_light": {"val_mae": 4.10}}, tuned)
     # the validation figure of the export: a kept map's cross-fitted one, else the kept zooms', else the epoch's
     entry = {"best_val_mae": 4.834}
     assert benchmark.exported_val_mae(entry) == 4.834
@@ -794,7 +795,7 @@ def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afres
     # the ablations record no split: they were trained beside the first split's finals
     protocols = {"S": {"simplecnn_tuned": {"v": 3}}, second: {"simplecnn_tuned": {"v": 2}},
                  label: {"simplecnn_tuned": {"v": 1}}}
-    assert benchmark.first_split_run(protocols, "S", "simplecnn_tuned") == {"v": 1}
+    assert benchmark.first_split(protocols, "S", "simplecnn_tuned") == label
     assert benchmark.earlier_splits({**protocols, label.replace(")", ", #3)"): {}}, "S") == \
         [label, second, label.replace(")", ", #3)")]
     assert benchmark.protocol_of(second) == "S" and benchmark.protocol_of("F") == "F"
@@ -829,23 +830,23 @@ def test_a_rerun_on_the_split_a_failed_check_made_is_called_another_split():
 
 
 def test_results_md_keeps_an_earlier_splits_runs_apart_from_todays():
-    args = benchmark.get_args_parser().parse_args(["--table"])
-    sources = benchmark.load_sources(args)
-    results = sources["results"]
-    label = next(iter(benchmark.earlier_splits(results.get("protocols", {}), "S")), None)
-    if label is None:  # bench/results.json from before Protocol S's split changed: retire it here
-        if "simplecnn_tuned" not in results.get("protocols", {}).get("S", {}):
-            pytest.skip("bench/results.json holds no Protocol S runs")
-        results.setdefault("data_check", {})["S"] = {**results["data_check"].get("S", {}), "same_split": False,
-                                                     "date": "2026-12-03"}
-        results["data"]["S"].pop("split_faces_digest", None)
-        label = benchmark.retire_earlier_split(results, "S", "a split of today", "2099-01-01")
-        results["data"]["S"] = results["data"][label]
-    moved = next(iter(results["protocols"][label]))
+    def run(test_mae, val_mae):
+        return {"test_mae": test_mae, "best_val_mae": val_mae, "best_epoch": 9, "test_cs5": 0.6, "params": 629_332,
+                "train_minutes": 30.0, "epochs": 10, "train_images_per_s": 200.0, "latency_b1_ms": 1.5,
+                "images_per_s_b64": 900.0, "test_mae_per_decade": {"20-29": 3.0},
+                "command": "python train.py --splits s --out-dir o --epochs 10"}
+    label = "S (earlier split, to 2026-12-03)"
+    protocols = {"S": {"simplecnn_today": run(4.1, 4.2)},
+                 label: {"simplecnn_tuned": run(4.0, 4.1), "simplecnn_old": run(4.3, 4.4)}}
+    sources = {"results": {"protocols": protocols}, "detection": None, "mobile": None, "eda_report": None,
+               "search": {"lr_sweep": None, "grid": None, "best": None}, "shipped": None}
     text = benchmark.results_markdown(sources)
-    assert f"| {label} | {moved} |" in text and f"Rows of **{label}**" in text
+    assert f"| {label} | simplecnn_old |" in text and f"Rows of **{label}**" in text
+    assert "| S | simplecnn_today |" in text
+    assert "Protocol S, chosen on validation: `simplecnn_today`" in text  # the earlier split's better run is not
     assert f"Target for Protocol {label}" not in text  # targets are judged on today's split only
-    assert "- **Final** `simplecnn_tuned`" in text  # the ablations' finals are read from the first split
+    # the ablations record no split: their finals are read from the first split that holds simplecnn_tuned
+    assert "- **Final** `simplecnn_tuned`" in "\n".join(benchmark.finals_lines(protocols))
 
 
 def test_the_speed_table_lists_other_runs_only_where_there_are_others():
@@ -858,3 +859,36 @@ def test_the_speed_table_lists_other_runs_only_where_there_are_others():
     chosen = benchmark.chosen_on_validation(runs)
     other = next(n for n in runs if n != chosen)
     assert f"(`{chosen}`); {other} " in both
+
+
+def test_ablations_are_judged_only_against_a_reference_on_their_own_split():
+    label = "S (earlier split, to 2026-12-03)"
+    first = {"best_val_mae": 4.2}  # before digests: Protocol S's first split
+    protocols = {"S": {"simplecnn_tuned": {"best_val_mae": 4.0, "split_faces_digest": "new"}},
+                 label: {"simplecnn_tuned": first}}
+    assert benchmark.tuned_on_split(protocols, None) is first
+    assert benchmark.tuned_on_split(protocols, "new")["best_val_mae"] == 4.0
+    assert benchmark.tuned_on_split(protocols, "other") == {}
+
+    def lever(val_mae, digest=None):
+        return {"change": "one change", "val_mae": val_mae, "val_mae_no_tta": val_mae, "best_epoch": 9,
+                "epochs": 40, "train_minutes": 20.0,
+                "command": "python train.py --splits s --out-dir o", **({"split_faces_digest": digest} if digest else {})}
+    results = {"protocols": protocols, "long_ablations": {"old_lever": lever(4.1), "new_lever": lever(3.9, "new"),
+                                                          "stray": lever(3.0, "other")}}
+    text = "\n".join(benchmark.long_ablation_lines(results))
+    assert "| old_lever: one change | simplecnn_tuned | 4.100 | -0.100 |" in text  # against 4.2, its split's
+    assert "| new_lever: one change | simplecnn_tuned | 3.900 | -0.100 |" in text  # against 4.0
+    assert "| stray:" not in text and "no record on their split: `stray`" in text
+    # the 10-epoch table: a lever trained on another split than its base is named, not compared
+    ablations = {"base": lever(4.5), "batch_32": lever(4.4), "moved": lever(1.0, "new")}
+    assert set(benchmark.on_the_base_split(ablations)) == {"base", "batch_32"}
+    # at run time: a reference on an earlier split is refused with the command that trains it again
+    results = {"protocols": protocols, "ablations": {"base": lever(4.5)}, "long_ablations": {}}
+    assert "python benchmark.py --ablations base" in benchmark.missing_reference(results, "batch_32", ["batch_32"],
+                                                                                 "new")
+    assert benchmark.missing_reference(results, "batch_32", ["base", "batch_32"], "new") is None
+    assert benchmark.missing_reference(results, "tuned_light", ["tuned_light"], "new") is None
+    assert "--models simplecnn_tuned" in benchmark.missing_reference(results, "tuned_light", ["tuned_light"], "x")
+    del protocols[label]  # no split retired yet: records without a digest are of today's split
+    assert benchmark.missing_reference(results, "batch_32", ["batch_32"], "new") is None
