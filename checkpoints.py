@@ -301,6 +301,8 @@ def onnx_forward(path, threads=None, device="cpu"):
             raise DataError("--device cuda: this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu "
                             "for your CUDA version); use --device cpu")
         providers.insert(0, "CUDAExecutionProvider")
+    if path.is_file() and not os.access(path, os.R_OK):  # ONNX Runtime would call it "not an ONNX model"
+        raise DataError(f"cannot read {path}: permission denied; check its permissions")
     try:
         options = ort.SessionOptions()
         if threads:
@@ -317,8 +319,20 @@ def onnx_forward(path, threads=None, device="cpu"):
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise DataError("--device cuda: ONNX Runtime could not start CUDA (driver or CUDA libraries missing); "
                         "use --device cpu")
-    name = session.get_inputs()[0].name
-    return (lambda x: session.run(None, {name: x})[0]), json.loads(props["metadata.json"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+        raise DataError(f"{path} takes {', '.join(i.type for i in inputs) or 'no input'}, not one float32 image "
+                        "batch; pass the model.onnx written by train.py")
+    name = inputs[0].name
+
+    def forward(x):
+        try:
+            return session.run(None, {name: x})[0]
+        except Exception as exc:  # ONNX Runtime's own errors are no RuntimeError: one line, not a traceback
+            detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{path} failed on a batch of shape {tuple(x.shape)} ({detail}); pass a model.onnx "
+                            "written by train.py, whose metadata gives its input size") from None
+    return forward, json.loads(props["metadata.json"])
 
 
 def torchscript_forward(path, threads=None, device="cpu"):

@@ -88,6 +88,9 @@ def run_cli(main, parser):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `--json - | head -1`: the reader has what it wanted; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit's flush
+        sys.exit(141)
     except (DataError, ValueError, RuntimeError, OSError) as exc:  # NonFiniteLossError is a RuntimeError
         if getattr(args, "debug", False):
             raise

@@ -434,9 +434,31 @@ def labelled_folder_above(path) -> Path | None:
         ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120]
         # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
         if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name)) and int(m.group(1)) <= 120
-                                 and not is_annotated_copy(p) for p in entries):
+                                 and not is_annotated_copy(p) for p in entries) or labels_faces_inside(folder):
             return folder
     return None
+
+
+def labels_faces_inside(folder) -> bool:
+    """Whether a folder holds a path,age CSV that names files by relative path (the CSV layout: the folder is
+    the data set, and a file written there is counted by the next eda.py run); eda.py's own labels.csv names
+    the faces by absolute path, elsewhere, so its output folder is none."""
+    try:
+        found = _find_csv(folder)
+    except DataError:  # several label CSVs: a data set all the same
+        return True
+    except OSError:
+        return False
+    if found is None:
+        return False
+    try:
+        with open(found, newline="", encoding=_csv_encoding(found), errors="replace") as f:
+            rows = itertools.islice(_csv_rows(found, f), 20)
+            paths = [r.get("path", "").strip() for r in ({k.strip().lower(): v or "" for k, v in row.items() if k}
+                                                         for row in rows)]
+    except (DataError, OSError, csv.Error):
+        return True  # a labels CSV we cannot read through: err on the side of the data
+    return any(p and not os.path.isabs(p) and not re.match(r"^[A-Za-z]:[\\/]", p) for p in paths)
 
 
 def content_hash(data: bytes) -> str:

@@ -515,15 +515,21 @@ def quantize_step(wrapper, example, val_set, out, metadata, calibration_images: 
     images, ages = val_set.batch(range(len(val_set)))
     # spread over the split, which eda.py writes sorted by path: its first faces are often all of one age
     calibration = images[np.unique(np.linspace(0, len(images) - 1, max(1, calibration_images)).round().astype(int))]
+    import shutil
+    staging = staging_folder(out)  # as the float export: the model and its sidecar replace the old pair together
     try:
-        path = quantize_executorch(wrapper, example, calibration, out / "model_int8.pte", metadata)
-    except Exception as exc:  # the float export stands; the table still gets written
-        reason = _one_line(exc)
-        print(f"--quantize failed, model_int8.pte not written ({reason})")
-        return {"skipped": reason}
-    run, _ = load_executorch(path)
+        try:
+            staged = quantize_executorch(wrapper, example, calibration, staging / "model_int8.pte", metadata)
+        except Exception as exc:  # the float export stands; the table still gets written
+            reason = _one_line(exc)
+            print(f"--quantize failed, model_int8.pte not written ({reason})")
+            return {"skipped": reason}
+        run, _ = load_executorch(staged)
+        int8_pred = predict_batches(run, images)
+        path = publish(staged, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     float_pred = predict_batches(wrapper, images)
-    int8_pred = predict_batches(run, images)
     true = ages.numpy()
     float_mae = float(np.abs(float_pred - true).mean())
     int8_mae = float(np.abs(int8_pred - true).mean())

@@ -66,8 +66,35 @@ def folder_lock(folder, what="train.py"):
 
 
 def same_or_inside(path, folder) -> bool:
+    """Whether path is folder or below it: by name, and where they exist by identity (device, inode), as a
+    case-insensitive disk (an SD card, macOS, Windows) names one folder two ways: Photos/x inside photos."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
+    if path == folder or folder in path.parents:
+        return True
+    try:
+        target = folder.stat()
+    except OSError:
+        return False
+    for above in [path, *path.parents]:
+        try:
+            found = above.stat()
+        except OSError:  # not made yet: its parent may be the folder
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def same_file(a, b) -> bool:
+    """Whether two names are one file: the same resolved path, or, where both exist, the same file on disk
+    (IMG_1.JPG and img_1.jpg on a case-insensitive disk)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def set_seed(seed: int):

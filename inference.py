@@ -60,7 +60,8 @@ from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, 
                             is_annotated_copy, labelled_folder_above, load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb,
                             write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
-from functions import apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_or_inside
+from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
+                       same_or_inside)
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
@@ -263,6 +264,9 @@ class AgeEstimator:
         if out.shape[1] != 1:
             raise DataError(f"{self.path} returns {out.shape[1]} numbers per image, not one age; "
                             "pass a model exported by train.py")
+        if not np.isfinite(out).all():  # no "Age: nan" drawn, no NaN in the JSON
+            raise DataError(f"{self.path} returned {out[~np.isfinite(out)][0]} as an age; the model is broken or "
+                            "not one exported by train.py")
         return out[:, 0].reshape(len(views), len(x)).mean(axis=0)
 
     def drop_reason(self, face: Face) -> str | None:
@@ -599,7 +603,7 @@ def plan_outputs(args) -> Outputs:
     if args.output:
         annotated, what = Path(args.output), "--output"
         source = None if args.input_dir or is_camera(args.video) else Path(args.image or args.video)
-        if source is not None and annotated.resolve() == source.resolve():
+        if source is not None and same_file(annotated, source):
             raise DataError(f"--output {annotated} is the input file; choose another name (the input is never overwritten)")
         folder = annotated.parent
     else:
@@ -657,6 +661,8 @@ def _read_image(path):
         rgb = load_rgb(path)
     except DataError:
         raise
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied; check its permissions") from None
     except Exception as exc:
         raise DataError(f"cannot read {path} as an image ({type(exc).__name__}); pass a JPEG/PNG/... file") from None
     return big_enough(rgb, path)
@@ -858,6 +864,9 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
     except DataError as exc:
         print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
         return False
+    except (MemoryError, RuntimeError, ValueError, cv2.error) as exc:  # this photo's (a huge one, a detector's)
+        print(f"warning: skipping {path.name}: {type(exc).__name__}: {str(exc).strip()[:200]}", file=sys.stderr)
+        return False
     return True
 
 
@@ -946,13 +955,31 @@ class _VideoFile:
                 raise DataError(f"cannot write the video {self.output}; use an .mp4 name in a writable folder")
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
-    def close(self, keep):
+    def close(self, keep, frames=0):  # frames: how many were written, for the message
         if self.writer is not None:
             self.writer.release()
         if keep and self.writer is not None:
+            if not self.readable():
+                self.tmp.unlink(missing_ok=True)
+                raise OutputFailed(f"cannot write the video {self.output}: the {frames} frames written do not read "
+                                   "back (a full disk?); check the output folder")
             os.replace(self.tmp, self.output)
         else:
             self.tmp.unlink(missing_ok=True)
+
+    def readable(self) -> bool:
+        """Whether the temporary video, once on disk (a crash then leaves the old video or a whole one), reads
+        back with a frame: VideoWriter reports no error, and a full disk leaves an mp4 without its index."""
+        try:
+            with open(self.tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError:
+            return False
+        cap = cv2.VideoCapture(str(self.tmp))
+        try:
+            return cap.isOpened() and cap.read()[0]
+        finally:
+            cap.release()
 
 
 def _progress(total, args):
@@ -963,10 +990,23 @@ def _progress(total, args):
     return tqdm(total=min(total, args.max_frames or total), unit="frame", file=sys.stderr, leave=False)
 
 
-def _annotate_frame(estimator, tracker, rgb, index, name, fps, video) -> ImageResult:
+def frame_seconds(cap, index, fps, camera_start=None) -> float:
+    """When a frame was shown, in seconds from the start: the decoder's timestamp of the frame just read,
+    right for variable frame rates too (phones record them); index / fps where the stream gives none (0
+    past the first frame); for a camera, the seconds since it opened (its reported rate is often not what
+    it delivers)."""
+    if camera_start is not None:
+        return time.perf_counter() - camera_start
+    msec = cap.get(cv2.CAP_PROP_POS_MSEC)
+    if index > 0 and not (np.isfinite(msec) and msec > 0):
+        return index / fps
+    return max(float(msec), 0.0) / 1000 if np.isfinite(msec) else 0.0
+
+
+def _annotate_frame(estimator, tracker, rgb, index, name, seconds, video) -> ImageResult:
     """One frame: faces found, ages smoothed per track, the frame written (unannotated without a face)."""
     result = estimator.analyse(rgb, name)
-    result.extra = {"frame": index, "time": round(index / fps, 3)}
+    result.extra = {"frame": index, "time": round(seconds, 3)}
     ids, shown = tracker.update([f["box"] for f in result.faces], [f["age"] for f in result.faces])
     for face, track, age in zip(result.faces, ids, shown):
         face["track"], face["age_smoothed"] = track, round(age, 2)
@@ -979,13 +1019,15 @@ def _annotate_frame(estimator, tracker, rgb, index, name, fps, video) -> ImageRe
 def _annotate_frames(cap, estimator, video, recorder, args, name, total):
     """Every frame of the capture (up to --max-frames; a camera until Ctrl-C) -> (frames, tracker)."""
     tracker, bar, frames = Tracker(alpha=args.alpha), _progress(total, args), 0
+    camera_start = time.perf_counter() if is_camera(args.video) else None
     try:
         while not args.max_frames or frames < args.max_frames:
             ok, bgr = cap.read()
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            recorder.add(_annotate_frame(estimator, tracker, rgb, frames, name, video.fps, video))
+            seconds = frame_seconds(cap, frames, video.fps, camera_start)
+            recorder.add(_annotate_frame(estimator, tracker, rgb, frames, name, seconds, video))
             frames += 1
             if bar is not None:
                 bar.update()
@@ -1012,7 +1054,7 @@ def run_video(args, estimator, json_stream=None):
         except BaseException:
             video.close(keep=False)
             raise
-        video.close(keep=frames > 0)
+        video.close(keep=frames > 0, frames=frames)
     finally:
         cap.release()
     if frames == 0:

@@ -237,7 +237,7 @@ def test_exports_of_other_weights_go_and_this_checkpoints_stay_whatever_their_da
     assert (tmp_path / "model.pte").is_file() and "note: model.pte" in capsys.readouterr().out
 
 
-def test_int8_calibration_images_are_spread_over_the_split(run_dir, monkeypatch):
+def test_int8_calibration_images_are_spread_over_the_split(run_dir, monkeypatch, tmp_path):
     need_executorch()
     checkpoint = checkpoints.load_checkpoint(run_dir / "best.pt")
     wrapper, cfg, size = export_mobile.rebuild(checkpoint)
@@ -249,7 +249,8 @@ def test_int8_calibration_images_are_spread_over_the_split(run_dir, monkeypatch)
         seen.append(calibration)
         raise RuntimeError("stop here")
     monkeypatch.setattr(export_mobile, "quantize_executorch", calibrate_and_stop)
-    export_mobile.quantize_step(wrapper, images[:1], val, Path("."), {}, 3)
+    export_mobile.quantize_step(wrapper, images[:1], val, tmp_path, {}, 3)
+    assert list(tmp_path.iterdir()) == []  # nothing left of the failed int8 export, not even its staging folder
     # the split is sorted by path (by age, for UTKFace names): the first, middle and last faces, not the first 3
     assert n > 3 and torch.equal(seen[0], images[[0, int(np.round((n - 1) / 2)), n - 1]])
 

@@ -6,8 +6,11 @@ every face and carries the metadata train.py writes, with a training range chose
 """
 import csv
 import json
+import os
 import re
+import time
 from pathlib import Path
+from shlex import quote as shlex_quote
 
 import cv2
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 
 import inference
 from conftest import REPO, assert_one_line_error, constant_model, detectable_faces, run_script, scene, write_rgb
-from custom_dataset import DataError
+from custom_dataset import DataError, labels_faces_inside
 
 cv2.setNumThreads(1)
 
@@ -306,6 +309,20 @@ def test_an_interval_without_an_upper_bound_is_null_in_json_and_empty_in_the_csv
     assert inference._labels([65.0], [False], [(50.0, float("inf"))]) == ["Age: 65 (>50)"]
 
 
+def test_a_frame_time_is_the_decoders_timestamp_where_there_is_one():
+    class Capture:  # a variable-rate stream: frame 3 shown at 0.412 s, not 3 / 25
+        def __init__(self, msec):
+            self.msec = msec
+
+        def get(self, prop):
+            assert prop == cv2.CAP_PROP_POS_MSEC
+            return self.msec
+    assert inference.frame_seconds(Capture(412.0), 3, 25.0) == pytest.approx(0.412)
+    assert inference.frame_seconds(Capture(0.0), 3, 25.0) == pytest.approx(0.12)  # no timestamp: index / rate
+    assert inference.frame_seconds(Capture(float("nan")), 0, 25.0) == 0.0
+    assert 0 <= inference.frame_seconds(Capture(412.0), 3, 25.0, camera_start=time.perf_counter()) < 1
+
+
 def test_a_video_face_is_flagged_by_the_age_it_shows(model, faces):
     estimator = inference.AgeEstimator(model, detector="haar", threads=1)  # always 30, trained on 20-40
     rgb = scene(faces[:1])
@@ -314,7 +331,7 @@ def test_a_video_face_is_flagged_by_the_age_it_shows(model, faces):
     tracker.update([box], [10.0])  # the track so far: 10 years; 0.3 * 30 + 0.7 * 10 = 16 is shown
     written = []
     video = type("Video", (), {"fps": 10.0, "write": lambda self, frame: written.append(frame)})()
-    result = inference._annotate_frame(estimator, tracker, rgb, 1, "f", 10.0, video)
+    result = inference._annotate_frame(estimator, tracker, rgb, 1, "f", 0.1, video)
     assert result.faces[0]["outside_training_range"] is False and result.faces[0]["age_smoothed"] == 16.0
     assert (np.abs(written[0].astype(int) - ORANGE).sum(axis=2) == 0).any()  # drawn in orange: "16?"
 
@@ -411,6 +428,7 @@ def test_video_json_frames_and_default_output(model, faces, tmp_path, monkeypatc
     assert result["frames"] == 4 and result["output"] == str(Path("inference_outputs") / "clip" / "clip_age.mp4")
     frames = json.loads((tmp_path / "inference_outputs" / "clip" / "predictions.json").read_text())
     assert [f["frame"] for f in frames] == [0, 1, 2, 3]
+    assert [f["time"] for f in frames] == [0.0, 0.1, 0.2, 0.3]  # the decoder's time of the frame just read
     assert sum(len(f["faces"]) for f in frames) >= 3  # the face was found, so the next line checks something
     assert all(face["track"] == 1 and face["age_smoothed"] == 30.0 for f in frames for face in f["faces"])
     assert "frame" in capsys.readouterr().err  # the progress bar
@@ -469,3 +487,118 @@ def test_text_from_a_model_file_reaches_the_terminal_printable_only(tmp_path):
     described = inference.AgeEstimator(path, whole_image=True).describe()
     assert "\x1b" not in described and "\x07" not in described and "fake line" in described
     assert len(described.splitlines()) == 3 and len(described.splitlines()[1]) < 260
+
+
+# ----------------------------------------------------------------------------------------------
+# Foreign and broken models, broken pipes, a video that does not read back
+
+def test_a_model_whose_graph_refuses_its_own_input_size_is_one_line(tmp_path, faces):
+    from custom_dataset import PreprocessConfig
+    wrong = constant_model(tmp_path / "wrong.onnx", preprocess=PreprocessConfig(image_size=48, denoise=False,
+                                                                                deblur=False))  # the graph takes 32
+    write_rgb(tmp_path / "in" / "face.png", faces[0])
+    proc = run_script("inference.py", "--model", wrong, "--image", tmp_path / "in" / "face.png", "--whole-image",
+                      "--output-dir", tmp_path / "out", "--threads", "1")
+    assert_one_line_error(proc, "wrong.onnx failed on a batch of shape (1, 3, 48, 48)")
+
+
+def test_a_model_that_returns_no_finite_age_is_refused_and_a_folder_run_keeps_the_rest(tmp_path, faces, capsys):
+    broken = constant_model(tmp_path / "nan.onnx", age=float("nan"))
+    estimator = inference.AgeEstimator(broken, whole_image=True, threads=1)
+    with pytest.raises(DataError, match="returned nan as an age"):
+        estimator.analyse(faces[0], "face")
+    in_dir = tmp_path / "in"
+    write_rgb(in_dir / "a.png", faces[0])
+    result = run_main(["--model", str(broken), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--whole-image"])
+    assert result["skipped"] == 1 and "skipping a.png" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_on_one_photo_skips_it_and_keeps_the_others(model, faces, tmp_path, monkeypatch, capsys):
+    in_dir = tmp_path / "in"
+    for name in ("a.png", "b.png"):
+        write_rgb(in_dir / name, faces[0])
+    real = inference.AgeEstimator.analyse
+
+    def fails_on_b(self, rgb, name=""):
+        if str(name).endswith("b.png"):
+            raise MemoryError("a 90-megapixel panorama")
+        return real(self, rgb, name)
+    monkeypatch.setattr(inference.AgeEstimator, "analyse", fails_on_b)
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                       "--whole-image"])
+    assert result["images"] == 1 and result["skipped"] == 1
+    assert "skipping b.png: MemoryError" in capsys.readouterr().err
+    assert [r["file"] for r in read_csv(tmp_path / "out" / "predictions.csv")] == ["a.png"]
+
+
+def test_json_lines_into_a_pipe_closed_early_stop_quietly(model, faces, tmp_path):
+    import subprocess
+    import sys
+    in_dir = tmp_path / "in"
+    for k in range(3):
+        write_rgb(in_dir / f"{k}.png", faces[0])
+    command = (f"{shlex_quote(sys.executable)} inference.py --model {shlex_quote(str(model))} --input-dir "
+               f"{shlex_quote(str(in_dir))} --output-dir {shlex_quote(str(tmp_path / 'out'))} --whole-image --json - "
+               "--threads 1 | head -c 0")
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert "Broken pipe" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141), proc.stderr
+
+
+def test_an_output_that_is_the_input_under_another_name_is_refused(model, faces, tmp_path, monkeypatch):
+    import functions
+    in_dir = photos(tmp_path / "photos", faces)
+    os.link(in_dir / "two.jpg", tmp_path / "TWO.jpg")  # one file, two names, as IMG_1.JPG and img_1.jpg on an SD card
+    with pytest.raises(DataError, match="is the input file"):
+        run_main(["--model", str(model), "--image", str(in_dir / "two.jpg"), "--output", str(tmp_path / "TWO.jpg")])
+    # a folder named another way than its path (a case-blind disk): found by identity, not by name
+    (tmp_path / "Photos").symlink_to(in_dir)
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: Path(os.path.abspath(self)))  # names only
+    assert functions.same_or_inside(tmp_path / "Photos" / "new" / "x", in_dir)
+    assert not functions.same_or_inside(tmp_path / "elsewhere", in_dir)
+    with pytest.raises(DataError, match="inside it"):
+        run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "Photos" / "a")])
+
+
+def test_an_output_folder_inside_a_csv_data_set_is_refused(model, faces, tmp_path):
+    data = tmp_path / "data"
+    write_rgb(data / "imgs" / "a.png", faces[0])
+    (data / "labels.csv").write_text("path,age\nimgs/a.png,30\n")
+    with pytest.raises(DataError, match="holds a labelled face data set"):
+        run_main(["--model", str(model), "--image", str(data / "imgs" / "a.png"), "--output-dir",
+                  str(data / "annotated")])
+    # eda.py's own output folder names its faces by absolute path, elsewhere: outputs may go there
+    out = tmp_path / "eda_out"
+    out.mkdir()
+    (out / "labels.csv").write_text(f"path,age,hash\n{data / 'imgs' / 'a.png'},30,x\n")
+    assert labels_faces_inside(data) and not labels_faces_inside(out)
+
+
+def test_a_video_that_does_not_read_back_is_not_put_in_place(tmp_path, monkeypatch):
+    video = inference._VideoFile(tmp_path / "clip_age.mp4", 10.0)
+    video.write(np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr(inference._VideoFile, "readable", lambda self: False)  # a disk that filled up
+    with pytest.raises(DataError, match="do not read back"):
+        video.close(keep=True, frames=1)
+    assert list(tmp_path.iterdir()) == []
+    video = inference._VideoFile(tmp_path / "clip_age.mp4", 10.0)
+    video.write(np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.undo()
+    video.close(keep=True, frames=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip_age.mp4"]
+
+
+def test_a_file_without_read_permission_says_so(model, faces, tmp_path, monkeypatch):
+    import checkpoints
+    photo = write_rgb(tmp_path / "in" / "a.png", faces[0])
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(inference, "load_rgb", denied)
+    with pytest.raises(DataError, match="a.png: permission denied"):
+        inference._read_image(photo)
+    monkeypatch.setattr(checkpoints.os, "access", lambda path, mode: False)  # as for a user without the right
+    with pytest.raises(DataError, match="model.onnx: permission denied"):
+        checkpoints.onnx_forward(model)
