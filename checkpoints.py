@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import lazy_import
-from custom_dataset import DataError, PreprocessConfig, parse_zooms
+from custom_dataset import DataError, PreprocessConfig, parse_zooms, remove_orphans
 from faces import BOX_CROP, check_crop, read_split_crop
 from functions import atomic_write, rng_state
 
@@ -257,9 +257,20 @@ def export_best(model, cfg, best, out, val_set, test_metrics=None):
     wrapper = ExportedAgeModel(eager, cfg.mean, cfg.std).eval()
     example = val_set.batch(range(min(8, len(val_set))))[0].float()
     metadata = export_metadata(cfg, best, test_metrics)
-    jit_path = export_torchscript(wrapper, example, out / "model.jit", metadata)
-    onnx_path = export_onnx(wrapper, example, out / "model.onnx", metadata)
-    diffs = check_export_parity(wrapper, jit_path, onnx_path, example)
+    # written under temporary names and checked before they replace the last good pair: an export that
+    # fails the check never reaches inference.py
+    remove_orphans(out, ".model.*.tmp.*")  # a killed export's
+    staged = {name: out / f".model.{os.getpid()}.tmp{Path(name).suffix}" for name in ("model.jit", "model.onnx")}
+    try:
+        export_torchscript(wrapper, example, staged["model.jit"], metadata)
+        export_onnx(wrapper, example, staged["model.onnx"], metadata)
+        diffs = check_export_parity(wrapper, staged["model.jit"], staged["model.onnx"], example)
+        for name, path in staged.items():
+            os.replace(path, out / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+    jit_path, onnx_path = out / "model.jit", out / "model.onnx"
     print(f"exported {jit_path} and {onnx_path} (max |export - eager|: "
           + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
     return {"torchscript": str(jit_path), "onnx": str(onnx_path), "max_abs_diff": diffs}

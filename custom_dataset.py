@@ -563,8 +563,10 @@ def scan_images(records, workers: int = 2, progress: bool = True):
 
 def path_order(record) -> str:
     """The key records are sorted by before the seeded split: the path with its accents composed (NFC), so
-    that a copy whose file names macOS or a zip stored decomposed (NFD) splits exactly as the original."""
-    return unicodedata.normalize("NFC", record["path"])
+    that a copy whose file names macOS or a zip stored decomposed (NFD) splits exactly as the original, and
+    with "/" between folders, so that Windows ("\\" sorts after the digits, "/" before them: p1/ and p10/
+    change places) splits as Linux and macOS do."""
+    return unicodedata.normalize("NFC", record["path"].replace(os.sep, "/"))
 
 
 def deduplicate(records):

@@ -208,7 +208,9 @@ def face_crop(args, layout, records, out_dir, progress):
     chipped, stats = chip_dataset(records, out_dir / "chips", CROPS[args.align_crop], args.detector, progress)
     print(f"aligned: {stats['chipped']} faces cut ({stats['from_cache']} from the cache), {stats['no_face']} photos "
           f"without a face dropped, {stats['several_faces_largest_used']} with several faces (largest used)"
-          + (f", {stats['unreadable_file']} unreadable now (skipped; read again next run)" if stats["unreadable_file"] else ""))
+          + (f", {stats['unreadable_file']} unreadable now (skipped; read again next run)" if stats["unreadable_file"] else "")
+          + (f", {stats['align_failed']} on which finding the face failed (skipped; tried again next run)"
+             if stats["align_failed"] else ""))
     if not chipped:
         raise DataError(f"--align found no face in any of the {len(records)} images of {args.data_dir}")
     stats = {**stats, "seconds": round(time.perf_counter() - start, 1), "records": chipped}

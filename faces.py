@@ -582,7 +582,8 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
     key = hashlib.sha256(json.dumps([pipeline.crop, detector, code], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(chips_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
-    stats = {"chipped": 0, "no_face": 0, "several_faces_largest_used": 0, "from_cache": 0, "unreadable_file": 0}
+    stats = {"chipped": 0, "no_face": 0, "several_faces_largest_used": 0, "from_cache": 0, "unreadable_file": 0,
+             "align_failed": 0}
     kept = []
     items = records
     if progress:
@@ -599,7 +600,11 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
             except OSError:  # perhaps a passing fault: nothing is cached, so the next run tries it again
                 stats["unreadable_file"] += 1
                 continue
-            found = pipeline.faces(rgb)
+            try:
+                found = pipeline.faces(rgb)
+            except (MemoryError, RuntimeError, ValueError, cv2.error):  # this photo's alone (a huge one, dlib's or
+                stats["align_failed"] += 1                              # OpenCV's error): not cached, tried again
+                continue
             if not found:
                 none_path.touch()
             else:

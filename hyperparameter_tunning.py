@@ -302,12 +302,21 @@ def trial_argv(args, lr, weight_decay, epochs, run_dir, cache_dir, final=False) 
     return argv
 
 
+def same_split_as_the_search(args, data):
+    """Stops where the split (or teacher table) the search started on has been replaced, by an eda.py run into
+    the same folder meanwhile: trials of two splits are never ranked together, nor the final trained on
+    settings chosen on another split's validation faces."""
+    if data_digest(args) != data:
+        raise DataError(f"the split under {args.splits} changed while the search ran (eda.py run again?); trials "
+                        "of two splits are not compared: run the search again")
+
+
 class Search:
     """Runs trials, skipping those already in a CSV, and logs each new one to the HParams view."""
 
     def __init__(self, args, out: Path, cache_dir: Path):
         self.args, self.out, self.cache_dir = args, out, cache_dir
-        self.settings = settings_hash(args)
+        self.settings, self.data = settings_hash(args), data_digest(args)
         self.csvs = {"lr_sweep": out / "lr_sweep.csv", "grid_search": out / "grid_search.csv"}
         self.trained = 0
         self._writer = None
@@ -325,6 +334,7 @@ class Search:
         return None, None
 
     def run(self, stage: str, lr: float, weight_decay: float, label: str) -> dict:
+        same_split_as_the_search(self.args, self.data)
         key = self.key(lr, weight_decay)
         found_in, row = self.find(key, stage)
         if found_in == stage:
@@ -552,6 +562,7 @@ def main(args):
     overfit = None if args.skip_overfit else run_overfit_check(args, out, cache_dir, device)
 
     search = Search(args, out, cache_dir)
+    data = search.data
     try:
         sweep = [search.run("lr_sweep", lr, args.sweep_weight_decay, f"lr sweep {i}/{len(args.lrs)}")
                  for i, lr in enumerate(args.lrs, 1)]
@@ -593,6 +604,7 @@ def main(args):
     else:
         if should_resume(run_dir, argv):
             argv.append("--resume")
+        same_split_as_the_search(args, data)
         place_teacher_table(args, out, run_dir)
         print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")
         best["final"] = train.main(train.get_args_parser().parse_args(argv))

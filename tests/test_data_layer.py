@@ -502,6 +502,21 @@ def test_names_composed_or_decomposed_split_alike():
     assert split("NFC") == split("NFD")
 
 
+def test_a_data_set_splits_alike_under_windows_separators(monkeypatch):
+    import custom_dataset
+    from custom_dataset import stratified_split
+    names = [f"p{person}/{k}.jpg" for person in (1, 2, 10, 11, 100) for k in range(12)]
+
+    def split(sep):
+        monkeypatch.setattr(custom_dataset.os, "sep", sep)
+        records = [{"path": "C:" + sep + "d" + sep + n.replace("/", sep), "age": 20 + k % 7, "hash": n}
+                   for k, n in enumerate(names)]
+        return [[r["hash"] for r in part] for part in stratified_split(records, seed=3)]
+    # "\\" sorts after the digits and "/" before them: p1/ and p10/ would change places
+    assert sorted(["p1\\x", "p10\\x"]) == ["p10\\x", "p1\\x"] and sorted(["p1/x", "p10/x"]) == ["p1/x", "p10/x"]
+    assert split("\\") == split("/")
+
+
 def test_the_strength_of_a_filter_that_is_off_does_not_key_another_cache():
     from custom_dataset import PreprocessConfig, cache_key
     plain = PreprocessConfig(denoise=False, deblur=False)

@@ -340,3 +340,27 @@ def test_a_box_too_small_to_keep_does_not_suppress_the_face_around_it(monkeypatc
     monkeypatch.setattr(faces, "hog_faces", lambda gray, *a, **k: [((100, 100, 8, 8), 2.0), ((80, 80, 60, 60), 1.0)])
     found = faces.FacePipeline(faces.BOX_CROP, "hog").detect(np.full((240, 320, 3), 100, np.uint8))
     assert [tuple(f.box) for f in found] == [(80, 80, 60, 60)]
+
+
+def test_chip_dataset_skips_and_counts_a_photo_the_detector_fails_on(utkface_chips, paste_face, tmp_path,
+                                                                    monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    records = []
+    for i in range(2):
+        scene, _ = paste_face(utkface_chips[i], 170, at=(0.4, 0.5), seed=i)
+        cv2.imwrite(str(photos / f"{i}.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+        records.append({"path": str(photos / f"{i}.png"), "age": 30, "hash": f"h{i}"})
+    real, calls = faces.FacePipeline.faces, []
+
+    def fails_first(self, rgb, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("a 90-megapixel panorama")
+        return real(self, rgb, *args, **kwargs)
+    monkeypatch.setattr(faces.FacePipeline, "faces", fails_first)
+    kept, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert (stats["align_failed"], stats["chipped"], len(kept)) == (1, 1, 1)
+    monkeypatch.undo()  # not cached as faceless: the next run tries it again
+    again, stats2 = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert (stats2["align_failed"], stats2["chipped"], stats2["from_cache"]) == (0, 2, 1)

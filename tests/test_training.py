@@ -1,6 +1,7 @@
 """Model, metrics, checkpoints, resume after SIGKILL, NaN handling, exports and train.py errors."""
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,6 +282,32 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(onnx_out - eager).max() <= 1e-4
+
+
+def test_exports_that_fail_the_parity_check_never_replace_the_last_good_pair(full_run, splits, tmp_path,
+                                                                              monkeypatch):
+    out, _ = full_run
+    ckpt = checkpoints.load_checkpoint(out / "best.pt")
+    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
+    model, _ = checkpoints.model_from_checkpoint(ckpt)
+    val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.jit", "model.onnx"):
+        (run / name).write_bytes(b"the last good export")
+    (run / ".model.999999999.tmp.onnx").write_bytes(b"a killed export's")
+
+    def differs(*args, **kwargs):
+        raise RuntimeError("export differs from the eager model by more than 0.0001: {'onnx': 0.5}")
+    monkeypatch.setattr(checkpoints, "check_export_parity", differs)
+    with pytest.raises(RuntimeError, match="export differs"):
+        checkpoints.export_best(model, cfg, ckpt, run, val)
+    assert sorted(p.name for p in run.iterdir()) == ["model.jit", "model.onnx"]
+    assert all((run / name).read_bytes() == b"the last good export" for name in ("model.jit", "model.onnx"))
+    monkeypatch.undo()
+    checkpoints.export_best(model, cfg, ckpt, run, val)
+    assert sorted(p.name for p in run.iterdir()) == ["model.jit", "model.onnx"]
+    assert checkpoints.read_export(run / "model.onnx")[1]["weights"] == checkpoints.weights_digest(ckpt["model_state"])
 
 
 def test_preprocessing_cache_is_reused_and_invalidated(splits, tmp_path):
@@ -646,3 +673,18 @@ def test_a_missing_split_file_is_named_before_training(tmp_path):
     (splits / "val.csv").unlink()
     with pytest.raises(custom_dataset.DataError, match=r"val\.csv not found"):
         train.check_settings(train_args(splits, tmp_path / "run", "--no-test"))
+
+
+def test_a_split_replaced_while_training_is_not_tested(splits, tmp_path, monkeypatch):
+    own = tmp_path / "splits"
+    shutil.copytree(splits, own)
+    real = train.save_epoch
+
+    def eda_meanwhile(out, checkpoint, improved, history):  # eda.py run again into the same folder
+        real(out, checkpoint, improved, history)
+        rows = (own / "test.csv").read_text().splitlines()
+        (own / "test.csv").write_text("\n".join(rows[:-1]) + "\n")
+    monkeypatch.setattr(train, "save_epoch", eda_meanwhile)
+    with pytest.raises(custom_dataset.DataError, match="changed while this run trained"):
+        train.main(train_args(own, tmp_path / "run", "--epochs", "1", "--no-export"))
+    assert (tmp_path / "run" / "best.pt").is_file() and not (tmp_path / "run" / "metrics.json").exists()

@@ -327,3 +327,18 @@ def test_a_trial_or_the_final_run_is_resumed_only_on_the_split_it_started_with(t
     assert ht.should_resume(tmp_path / "final", argv)
     (splits / "test.csv").write_text("path,age\na.jpg,30\n")  # eda.py made the split again
     assert not ht.should_resume(tmp_path / "final", argv)  # train.py --resume would refuse the new split
+
+
+def test_a_search_stops_where_its_split_was_replaced_meanwhile(tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for name in ("train.csv", "val.csv", "crop.json"):
+        (splits / name).write_text(f"{name}\n")
+    args = ht.get_args_parser().parse_args(["--splits", str(splits), "--out-dir", str(tmp_path / "out")])
+    data = ht.data_digest(args)
+    ht.same_split_as_the_search(args, data)  # unchanged: goes on
+    (splits / "test.csv").write_text("another test split\n")  # trials never read it: still the same search
+    ht.same_split_as_the_search(args, data)
+    (splits / "val.csv").write_text("other faces\n")
+    with pytest.raises(DataError, match="changed while the search ran"):
+        ht.same_split_as_the_search(args, data)
