@@ -754,7 +754,8 @@ def read_split(path) -> list[dict]:
     """Read a split CSV (columns path, age at least) with a clear error for anything else.
 
     Rows are {"path", "age"}, plus "subject", "gender", "race" (text) where the CSV has those
-    columns; any other column is ignored, so older CSVs and newer ones read the same way.
+    columns, and "hash" (the file's content hash, which the cache checks) except for aligned chips; any
+    other column is ignored, so older CSVs and newer ones read the same way.
     """
     path = Path(path)
     if not path.is_file():
@@ -778,6 +779,9 @@ def _read_split(path) -> list[dict]:
             if age is None:
                 raise DataError(f"{path}: age {row.get('age')!r} is not an integer (row {len(rows) + 2})")
             extra = {c: (row.get(c) or "").strip() for c in SPLIT_TEXT_COLUMNS if c in columns}
+            # the file's content hash when eda.py split it; an aligned chip's is its source photo's, not its own
+            if "hash" in columns and "source" not in columns and (row.get("hash") or "").strip():
+                extra["hash"] = row["hash"].strip()
             rows.append({"path": row["path"], "age": age, **extra})
     if not rows:
         raise DataError(f"{path} has no rows; rerun eda.py on a folder with images")
@@ -1063,11 +1067,14 @@ def altered_copies(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
 # Cache: each image decoded and denoised once per setting
 
 def _preprocess_or_none(args):
-    path, cfg_dict = args
+    path, cfg_dict, *expected_hash = args
     import cv2
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
     cfg = PreprocessConfig.from_dict(cfg_dict)
     try:
+        if expected_hash and expected_hash[0] and content_hash(Path(path).read_bytes()) != expected_hash[0]:
+            # other pixels under the split's name (a re-export, a re-crop): the duplicate check never saw them
+            return None, "changed_since_split"
         return preprocess_file(path, cfg), None
     except FileNotFoundError:
         return None, "missing_file"
@@ -1104,12 +1111,14 @@ def cache_key(paths, cfg: PreprocessConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progress: bool = True, name: str = ""):
+def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progress: bool = True, name: str = "",
+                hashes=None):
     """Preprocess every path once and store one uint8 array, or reuse it if the key matches.
 
     Returns (images N x S x S x 3 uint8 memory-mapped, ok mask (N,) bool, skipped Counter).
     Files that vanished or broke since the split was made are masked out and counted; the caller
-    warns and skips them.
+    warns and skips them. hashes: each file's content hash when it was split (None or "" where not
+    known), so that a file whose bytes changed since is skipped too ("changed_since_split").
     """
     from tqdm import tqdm
     cache_dir = Path(cache_dir)
@@ -1125,10 +1134,11 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             images = np.load(array_path, mmap_mode="r")
             if meta.get("key") == key and meta.get("n") == len(paths) == len(meta["ok"]) \
                     and images.shape == (len(paths), size, size, 3):
-                if not any(_readable(paths[i]) for i in meta.get("retry", [])):
+                resplit = hashes and any(hashes[int(i)] != h for i, h in meta.get("changed", {}).items())
+                if not resplit and not any(_readable(paths[i]) for i in meta.get("retry", [])):
                     return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
-                print(f"note: files of {name or 'the images'} that could not be read before can be now; "
-                      "preprocessing again")
+                print(f"note: files of {name or 'the images'} that " + ("changed since an earlier split are split "
+                      "anew" if resplit else "could not be read before can be now") + "; preprocessing again")
         except (ValueError, OSError, KeyError, TypeError, EOFError):  # cut short (a full disk, a crash): rebuilt
             print(f"note: the cache {array_path.name} is damaged; rebuilding it")
     superseded = superseded_caches(cache_dir, name, cfg, paths, meta_path)
@@ -1140,21 +1150,26 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     ok = np.zeros(len(paths), dtype=bool)
     skipped: Counter = Counter()
     retry: list = []  # indices of files that could not be read (not: did not decode)
-    jobs = [(p, cfg.to_dict()) for p in paths]
+    changed: list = []  # indices of files whose bytes are not the ones the split was made of
+    jobs = [(p, cfg.to_dict(), h) for p, h in zip(paths, hashes or [None] * len(paths))]
     desc = f"preprocessing {name or 'images'} (once, cached)"
     if workers > 1 and len(paths) > 256:
         with worker_pool(workers) as pool:
             results = pool.imap(_preprocess_or_none, jobs, chunksize=16)
             for i, (img, reason) in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not progress)):
-                _store(images, ok, skipped, i, img, reason, retry)
+                _store(images, ok, skipped, i, img, reason, retry, changed)
     else:
         for i, job in enumerate(tqdm(jobs, desc=desc, disable=not progress)):
-            _store(images, ok, skipped, i, *_preprocess_or_none(job), retry)
+            _store(images, ok, skipped, i, *_preprocess_or_none(job), retry, changed)
     if retry:  # perhaps a passing fault: cached as skipped (every rank of a torchrun sees the same), tried again
         print(f"note: {len(retry)} files of {name or 'the images'} could not be read; they are skipped, and the "
               f"next run preprocesses again if they can be read by then")
+    if changed:
+        print(f"note: {len(changed)} files of {name or 'the images'} are not the files the split was made of (their "
+              "content changed since eda.py); they are skipped until eda.py splits them again")
     # write then rename, so an interrupted build never leaves a cache that looks complete
     meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped), "retry": retry,
+                       "changed": {str(i): hashes[i] for i in changed},  # a new split's hashes rebuild the cache
                        "settings": cfg.cache_settings(), "paths": paths_digest(paths)})
     tmp_array = cache_dir / f".{array_path.name}.{os.getpid()}.tmp"
     tmp_meta = cache_dir / f".{meta_path.name}.{os.getpid()}.tmp"
@@ -1237,11 +1252,13 @@ def _readable(path) -> bool:
         return False
 
 
-def _store(images, ok, skipped, i, img, reason, retry):
+def _store(images, ok, skipped, i, img, reason, retry, changed):
     if img is None:
         skipped[reason] += 1
         if reason == "unreadable_file":
             retry.append(i)
+        elif reason == "changed_since_split":
+            changed.append(i)
     else:
         images[i] = img
         ok[i] = True
@@ -1311,11 +1328,12 @@ def load_split_dataset(split_csv, cfg: PreprocessConfig, cache_dir=None, workers
     name = Path(split_csv).stem
     if cache_dir is None:
         return CustomDataset(records, cfg)
-    images, ok, skipped = build_cache([r["path"] for r in records], cfg, cache_dir, workers, progress, name)
+    images, ok, skipped = build_cache([r["path"] for r in records], cfg, cache_dir, workers, progress, name,
+                                      [r.get("hash") for r in records])
     if not ok.all():
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
         log(f"warning: {name}: skipping {int((~ok).sum())} of {len(records)} images that can no longer be "
-            f"read ({reasons}); rerun eda.py to refresh the splits")
+            f"read or changed since the split ({reasons}); rerun eda.py to refresh the splits")
         keep = np.flatnonzero(ok)
         records = [records[i] for i in keep]
         images = images[keep] if len(keep) else images[:0]

@@ -90,7 +90,8 @@ def test_labels_and_split_csvs_carry_groups(utk_run):
         columns, rows = read_rows(out / "splits" / f"{s}.csv")
         assert columns == ["path", "age", "hash", "gender", "race"] and rows
         assert read_split(out / "splits" / f"{s}.csv") == [
-            {"path": r["path"], "age": int(r["age"]), "gender": r["gender"], "race": r["race"]} for r in rows]
+            {"path": r["path"], "age": int(r["age"]), "gender": r["gender"], "race": r["race"], "hash": r["hash"]}
+            for r in rows]
 
 
 def test_report_counts_groups_per_split(utk_run):
@@ -125,7 +126,7 @@ def test_folder_per_age_has_no_group_columns(tmp_path, monkeypatch, run_eda):
 def test_read_split_tolerates_old_and_extra_columns(tmp_path):
     old = tmp_path / "old.csv"
     old.write_text("path,age,hash\n/a.jpg,30,h1\n")
-    assert read_split(old) == [{"path": "/a.jpg", "age": 30}]
+    assert read_split(old) == [{"path": "/a.jpg", "age": 30, "hash": "h1"}]
     new = tmp_path / "new.csv"
     new.write_text("path,age,hash,subject,gender,race,source,something_else\n/a.jpg,30,h1,007,,Asian,/s.jpg,x\n")
     assert read_split(new) == [{"path": "/a.jpg", "age": 30, "subject": "007", "gender": "", "race": "Asian"}]
