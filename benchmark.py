@@ -876,25 +876,33 @@ def run_ablation(name, splits, work, quick=False):
             "command": "python train.py " + shlex.join(argv)}
 
 
-def on_the_base_split(runs) -> dict:
-    """The 10-epoch ablations trained on the split of their base (records without a digest were all trained on
-    Protocol S's first split, as was a base without one)."""
+def same_split(a, b, results) -> bool:
+    """Whether two Protocol S records' faces digests (None: a record from before records kept one) name one
+    split. Such a record was trained on the first split: by its recorded digest where there is one, else as
+    long as no split has been retired (retire_earlier_split), one split is all there has been."""
+    earlier = earlier_splits(results.get("protocols", {}), "S")
+    first = results.get("data", {}).get((earlier or ["S"])[0], {}).get("split_faces_digest")
+    a, b = a or first, b or first
+    return a == b if a is not None and b is not None else (a == b or not earlier)
+
+
+def on_the_base_split(results) -> dict:
+    """The 10-epoch ablations trained on the split of their base."""
+    runs = results.get("ablations", {})
     base = runs.get("base", {}).get("split_faces_digest")
-    return {n: r for n, r in runs.items() if r.get("split_faces_digest") == base}
+    return {n: r for n, r in runs.items() if same_split(r.get("split_faces_digest"), base, results)}
 
 
-def tuned_on_split(protocols, digest) -> dict:
-    """simplecnn_tuned's record on the split with this faces digest, the reference of the long ablations; for
-    None (records from before ablations kept a digest) on Protocol S's first split, where those were trained;
-    {} where that split has none."""
-    if digest is None:
-        return protocols.get(first_split(protocols, "S", "simplecnn_tuned"), {}).get("simplecnn_tuned", {})
-    return next((runs["simplecnn_tuned"] for key, runs in protocols.items() if protocol_of(key) == "S"
-                 and runs.get("simplecnn_tuned", {}).get("split_faces_digest") == digest), {})
+def tuned_on_split(results, digest) -> dict:
+    """simplecnn_tuned's record on the split of this faces digest (same_split), the reference of the long
+    ablations; {} where that split has none."""
+    return next((runs["simplecnn_tuned"] for key, runs in results.get("protocols", {}).items()
+                 if protocol_of(key) == "S" and "simplecnn_tuned" in runs
+                 and same_split(runs["simplecnn_tuned"].get("split_faces_digest"), digest, results)), {})
 
 
 def ablation_table(results) -> str:
-    runs = on_the_base_split(results.get("ablations", {}))
+    runs = on_the_base_split(results)
     if not runs:
         return ""
     base = runs.get("base", {}).get("val_mae")
@@ -1441,10 +1449,10 @@ def shipped_section(sources):
                                  if zoomed else []))
 
 
-def light_check(long_runs, protocols) -> str:
+def light_check(results) -> str:
     """What the 40-epoch flips-only run (tuned_light) says of keeping the default augmentation."""
-    light = (long_runs or {}).get("tuned_light")
-    tuned_val = tuned_on_split(protocols, light.get("split_faces_digest")).get("best_val_mae") if light else None
+    light = results.get("long_ablations", {}).get("tuned_light")
+    tuned_val = tuned_on_split(results, light.get("split_faces_digest")).get("best_val_mae") if light else None
     if tuned_val is None:
         return "a 40-epoch flips-only run is the open check."
     verdict = ("confirmed it" if light["val_mae"] > tuned_val + MAE_NOISE else
@@ -1453,9 +1461,9 @@ def light_check(long_runs, protocols) -> str:
             f"{tuned_val:.3f}).")
 
 
-def ablation_reading(runs, long_runs=None, protocols=None):
-    """The generated "how to read it" of the experiments table (runs on the base's split; long_runs and
-    protocols: for the 40-epoch flips-only check against simplecnn_tuned)."""
+def ablation_reading(runs, results):
+    """The generated "how to read it" of the experiments table (runs on the base's split; results: for the
+    40-epoch flips-only check against simplecnn_tuned)."""
     base = runs["base"]["val_mae"]
     delta = {n: r["val_mae"] - base for n, r in runs.items() if n != "base"}
     noise = abs(delta.get("base_seed_2", 0.0))
@@ -1479,7 +1487,7 @@ def ablation_reading(runs, long_runs=None, protocols=None):
             "off; the 96 px input as a separate final, because it changes the model's size and speed. Light "
             "augmentation was not kept: 10-epoch runs favour levers that pay off early, and with flips only the "
             "training MAE falls below validation sooner (each run's `history.json`); "
-            + light_check(long_runs, protocols or {})]
+            + light_check(results)]
 
 
 def finals_lines(protocols, reruns=()):
@@ -1591,7 +1599,7 @@ def distillation_lines(protocols) -> list:
 
 def experiments_section(sources):
     results = sources["results"]
-    runs = on_the_base_split(results.get("ablations", {}))
+    runs = on_the_base_split(results)
     if "base" not in runs:
         return []
     elsewhere = [n for n in results["ablations"] if n not in runs]
@@ -1608,7 +1616,7 @@ def experiments_section(sources):
     if elsewhere:
         lines += [f"Recorded on another split than the base, so not in the table: "
                   f"{', '.join(f'`{n}`' for n in elsewhere)}.", ""]
-    return (lines + ablation_reading(runs, results.get("long_ablations"), results.get("protocols", {})) + [""]
+    return (lines + ablation_reading(runs, results) + [""]
             + finals_lines(results.get("protocols", {}), rerun_lines(results)) + long_ablation_lines(results)
             + zoom_probe_lines(results))
 
@@ -1662,27 +1670,26 @@ def long_ablation_lines(results) -> list:
     """The levers judged at 40 epochs or longer, each against the validation MAE of the run it changed one
     setting of: simplecnn_tuned (a longer schedule is itself one change) or its LONG_ABLATION_BASES entry."""
     runs = results.get("long_ablations", {})
-    protocols = results.get("protocols", {})
+    if not runs:
+        return []
     bases = {n: LONG_ABLATION_BASES.get(n, "simplecnn_tuned") for n in runs}
 
     def reference_of(name):  # the changed run's validation MAE on this run's split; None where it has none there
         digest, base = runs[name].get("split_faces_digest"), bases[name]
         if base == "simplecnn_tuned":
-            return tuned_on_split(protocols, digest).get("best_val_mae")
-        same = base in runs and runs[base].get("split_faces_digest") == digest
+            return tuned_on_split(results, digest).get("best_val_mae")
+        same = base in runs and same_split(runs[base].get("split_faces_digest"), digest, results)
         return runs[base]["val_mae"] if same else None
     reference = {n: v for n in runs if (v := reference_of(n)) is not None}
     tuned = sorted({reference[n] for n in reference if bases[n] == "simplecnn_tuned"})
-    if not tuned:
-        return []
     unjudged = [f"`{n}` (`{bases[n]}`)" for n in runs if n not in reference]
     runs = {n: r for n, r in runs.items() if n in reference}
+    tuned_text = (f"{tuned[0]:.3f}" if len(tuned) == 1 else
+                  f"on each run's split: {' or '.join(f'{t:.3f}' for t in tuned)}" if tuned else "no run on their split")
     lines = ["", "### Levers at 40 epochs and longer", "",
              "One change to a recipe, judged on validation against the best validation MAE of that recipe without "
-             f"it (same seed and split): `simplecnn_tuned` (40 epochs, "
-             + (f"{tuned[0]:.3f}" if len(tuned) == 1 else f"on each run's split: {' or '.join(f'{t:.3f}' for t in tuned)}")
-             + f") or the run named in the table. A lever counts where it wins by more than the "
-             f"run-to-run noise ({MAE_NOISE}).", ""]
+             f"it (same seed and split): `simplecnn_tuned` (40 epochs, {tuned_text}) or the run named in the table. "
+             f"A lever counts where it wins by more than the run-to-run noise ({MAE_NOISE}).", ""]
     lines += code_block([f"python benchmark.py --ablations {','.join(runs)}"])
     lines += ["", "| experiment (one change) | changed run | val MAE | vs changed run | without flip-TTA | "
               "best epoch | train min |", "|---|---|---|---|---|---|---|"]
@@ -2301,19 +2308,15 @@ def run_ablations(args):
 
 def missing_reference(results, name, names, digest) -> str | None:
     """What an ablation would be judged against and lacks on the split under WORK (faces digest `digest`), with
-    the command that trains it; None where its reference is there or is trained first in the same call (names).
-    Records from before ablations kept a digest are of Protocol S's first split, today's until it changed."""
-    retired = bool(earlier_splits(results.get("protocols", {}), "S"))
-
-    def here(record):
-        return record.get("split_faces_digest") == digest if record.get("split_faces_digest") else not retired
+    the command that trains it; None where its reference is there or is trained first in the same call (names)."""
     if name in ABLATIONS:
         reference, record = "base", results.get("ablations", {}).get("base")
     else:
         reference = LONG_ABLATION_BASES.get(name, "simplecnn_tuned")
         record = (results.get("protocols", {}).get("S", {}) if reference == "simplecnn_tuned"
                   else results.get("long_ablations", {})).get(reference)
-    if name == "base" or reference in names[:names.index(name)] or (record is not None and here(record)):
+    if name == "base" or reference in names[:names.index(name)] or (
+            record is not None and same_split(record.get("split_faces_digest"), digest, results)):
         return None
     train_it = ("python benchmark.py --protocols S --models simplecnn_tuned" if reference == "simplecnn_tuned"
                 else f"python benchmark.py --ablations {reference}")

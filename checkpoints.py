@@ -27,6 +27,11 @@ torch = lazy_import("torch")  # imported on first use: inference of an ONNX mode
 FORMAT_VERSION = 1  # of checkpoints and export metadata; readers refuse newer files with advice
 
 
+class ModelFailed(DataError):
+    """The model, not the photo, failed (it refuses its input, returns no finite age): every photo would fail
+    the same way, so a folder run stops instead of skipping each one."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -259,14 +264,15 @@ def export_best(model, cfg, best, out, val_set, test_metrics=None):
     metadata = export_metadata(cfg, best, test_metrics)
     # written under temporary names and checked before they replace the last good pair: an export that
     # fails the check never reaches inference.py
-    remove_orphans(out, ".model.*.tmp.*")  # a killed export's
+    remove_orphans(out, ".model.*.tmp.*")  # a killed export's, and atomic_write's own beside them
+    remove_orphans(out, "..model.*.tmp")
     staged = {name: out / f".model.{os.getpid()}.tmp{Path(name).suffix}" for name in ("model.jit", "model.onnx")}
     try:
         export_torchscript(wrapper, example, staged["model.jit"], metadata)
         export_onnx(wrapper, example, staged["model.onnx"], metadata)
         diffs = check_export_parity(wrapper, staged["model.jit"], staged["model.onnx"], example)
-        for name, path in staged.items():
-            os.replace(path, out / name)
+        for name, path in staged.items():  # two renames: a kill between them leaves a new jit beside the
+            os.replace(path, out / name)     # old onnx, both checked exports (their metadata tells them apart)
     finally:
         for path in staged.values():
             path.unlink(missing_ok=True)
@@ -341,8 +347,8 @@ def onnx_forward(path, threads=None, device="cpu"):
             return session.run(None, {name: x})[0]
         except Exception as exc:  # ONNX Runtime's own errors are no RuntimeError: one line, not a traceback
             detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{path} failed on a batch of shape {tuple(x.shape)} ({detail}); pass a model.onnx "
-                            "written by train.py, whose metadata gives its input size") from None
+            raise ModelFailed(f"{path} failed on a batch of shape {tuple(x.shape)} ({detail}); a model.onnx written "
+                              "by train.py runs on the input size its metadata gives") from None
     return forward, json.loads(props["metadata.json"])
 
 

@@ -49,6 +49,10 @@ def lazy_import(name: str) -> types.ModuleType:
     return sys.modules.get(name) or LazyModule(name)
 
 
+class ReaderGone(Exception):
+    """The reader of stdout closed it (`--json - | head`): the run stops quietly, as Unix tools do."""
+
+
 class DataError(Exception):
     """A problem with the user's input that a one-line message explains (no traceback)."""
 
@@ -88,7 +92,7 @@ def run_cli(main, parser):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # `--json - | head -1`: the reader has what it wanted; stop quietly, as Unix tools do
+    except ReaderGone:  # `--json - | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit's flush
         sys.exit(141)
     except (DataError, ValueError, RuntimeError, OSError) as exc:  # NonFiniteLossError is a RuntimeError

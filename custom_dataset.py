@@ -99,19 +99,25 @@ def _find_csv(data_dir: Path) -> Path | None:
                             "or such a CSV as --data-dir")
         return data_dir
     if data_dir.is_dir():
-        found = []
-        for candidate in sorted(data_dir.glob("*.csv")):
-            try:
-                header = _csv_header(candidate)
-            except (DataError, OSError):  # another CSV (notes, exports), a folder or a broken link: not the labels
-                continue
-            if "path" in header and "age" in header:
-                found.append(candidate)
+        found = _label_csvs(data_dir)
         if len(found) > 1:  # the first alone would hide the others' labels (train/val/test.csv: only test.csv)
             raise DataError(f"{data_dir} holds {len(found)} CSVs with path,age columns ({', '.join(p.name for p in found)}); "
                             "pass the one that labels the faces as --data-dir, or merge them into one")
         return found[0] if found else None
     return None
+
+
+def _label_csvs(folder: Path) -> list[Path]:
+    """The CSVs of a folder with path,age columns."""
+    found = []
+    for candidate in sorted(folder.glob("*.csv")):
+        try:
+            header = _csv_header(candidate)
+        except (DataError, OSError):  # another CSV (notes, exports), a folder or a broken link: not the labels
+            continue
+        if "path" in header and "age" in header:
+            found.append(candidate)
+    return found
 
 
 # folders a file manager, a NAS or an archive tool adds beside photos, holding thumbnails or copies of them:
@@ -444,16 +450,15 @@ def labels_faces_inside(folder) -> bool:
     the data set, and a file written there is counted by the next eda.py run); eda.py's own labels.csv names
     the faces by absolute path, elsewhere, so its output folder is none."""
     try:
-        found = _find_csv(folder)
-    except DataError:  # several label CSVs: a data set all the same
-        return True
-    except OSError:
+        return any(_names_files_by_relative_path(p) for p in _label_csvs(Path(folder)))
+    except OSError:  # a folder not to be listed
         return False
-    if found is None:
-        return False
+
+
+def _names_files_by_relative_path(csv_path) -> bool:
     try:
-        with open(found, newline="", encoding=_csv_encoding(found), errors="replace") as f:
-            rows = itertools.islice(_csv_rows(found, f), 20)
+        with open(csv_path, newline="", encoding=_csv_encoding(csv_path), errors="replace") as f:
+            rows = itertools.islice(_csv_rows(csv_path, f), 20)
             paths = [r.get("path", "").strip() for r in ({k.strip().lower(): v or "" for k, v in row.items() if k}
                                                          for row in rows)]
     except (DataError, OSError, csv.Error):

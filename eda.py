@@ -212,7 +212,8 @@ def face_crop(args, layout, records, out_dir, progress):
           + (f", {stats['align_failed']} on which finding the face failed (skipped; tried again next run)"
              if stats["align_failed"] else ""))
     if not chipped:
-        raise DataError(f"--align found no face in any of the {len(records)} images of {args.data_dir}")
+        failed = f" (on {stats['align_failed']} of them finding the face failed)" if stats["align_failed"] else ""
+        raise DataError(f"--align found no face in any of the {len(records)} images of {args.data_dir}{failed}")
     stats = {**stats, "seconds": round(time.perf_counter() - start, 1), "records": chipped}
     # the detector travels with the recipe: inference.py then finds faces as these chips were found
     return ({**stats["crop"], "detector": args.detector},
@@ -300,8 +301,9 @@ def split_and_write(args, data_dir, out_dir, records, skipped, layout, outside_f
     if align_stats:
         kept = align_stats.pop("records")
         skipped["no_face"] += align_stats["no_face"]
-        if align_stats["unreadable_file"]:
-            skipped["unreadable_file"] += align_stats["unreadable_file"]
+        for reason in ("unreadable_file", "align_failed"):  # passing faults: tried again by the next run
+            if align_stats[reason]:
+                skipped[reason] += align_stats[reason]
     if len(kept) < MIN_IMAGES:
         raise DataError(f"only {len(kept)} usable unique images in {data_dir}; the 80:10:10 split needs at least "
                         f"{MIN_IMAGES}, so that validation and test get at least one image each")

@@ -75,6 +75,8 @@ def same_or_inside(path, folder) -> bool:
         target = folder.stat()
     except OSError:
         return False
+    if not target.st_ino:  # some network and FUSE mounts report no inode: every folder would match
+        return False
     for above in [path, *path.parents]:
         try:
             found = above.stat()

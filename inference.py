@@ -49,13 +49,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
+from cli import ArgumentParser, ReaderGone, run_cli  # first: cli._missing_package_hook
 import cv2
 import numpy as np
 from PIL import Image
 
 import faces as face_pipeline
-from checkpoints import DEVICES, check_metadata, read_export
+from checkpoints import DEVICES, ModelFailed, check_metadata, read_export
 from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name,
                             is_annotated_copy, labelled_folder_above, load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb,
                             write_csv, write_image, zoom_batch)
@@ -265,7 +265,7 @@ class AgeEstimator:
             raise DataError(f"{self.path} returns {out.shape[1]} numbers per image, not one age; "
                             "pass a model exported by train.py")
         if not np.isfinite(out).all():  # no "Age: nan" drawn, no NaN in the JSON
-            raise DataError(f"{self.path} returned {out[~np.isfinite(out)][0]} as an age; the model is broken or "
+            raise ModelFailed(f"{self.path} returned {out[~np.isfinite(out)][0]} as an age; the model is broken or "
                             "not one exported by train.py")
         return out[:, 0].reshape(len(views), len(x)).mean(axis=0)
 
@@ -634,8 +634,8 @@ def refuse_inside_input(path, args, what):
 def refuse_inside_data(path, what):
     folder = labelled_folder_above(path)
     if folder is not None:
-        raise DataError(f"{what} {path} is inside {folder}, which holds a labelled face data set: the next "
-                        "eda.py run would take files written there as faces; write outside it")
+        raise DataError(f"{what} {path} is inside {folder}, which holds a labelled face data set: outputs never go "
+                        "into one (the next eda.py run would read or count files written there); write outside it")
 
 
 def _crops_dir(args):
@@ -765,7 +765,10 @@ class Recorder:
         if self.csv_file:
             self.rows += result.csv_rows()
         if self.json_mode == "-":
-            print(json.dumps(result.to_json()), file=self.stream, flush=True)
+            try:
+                print(json.dumps(result.to_json()), file=self.stream, flush=True)
+            except BrokenPipeError:
+                raise ReaderGone() from None
         elif self.json_mode:
             self.objects.append(result.to_json())
 
@@ -859,7 +862,7 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
     try:
         rgb = _read_image(path)
         recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
-    except OutputFailed:
+    except (OutputFailed, ModelFailed):
         raise
     except DataError as exc:
         print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)

@@ -864,6 +864,10 @@ def train_run(args, dist_ctx: Distributed):
                "train_seconds": round(time.perf_counter() - start_time, 1),
                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
                "params": models.count_parameters(model)}
+    if not args.no_test and split_digest(args.splits) != digest:  # every rank: none waits for a rank 0 that stopped
+        raise DataError(f"the split under {args.splits} changed while this run trained (eda.py run again?); "
+                        f"its test.csv may hold faces this model trained on, so it is not read. {out / 'best.pt'} "
+                        "is kept; train again on the new split")
     if dist_ctx.is_main:  # rank 0 alone tests and exports the best epoch; the others wait at the barrier
         finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger)
     logger.close()
@@ -1008,11 +1012,6 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
                            "val_mae": float(np.mean(np.abs(np.asarray(val_set.ages, dtype=np.float64) - median)))}
     figures = {"val/mae": best["best_val_mae"]}
     if not args.no_test:
-        now = split_digest(args.splits)
-        if best.get("split_digest", now) != now:  # eda.py run again into the same folder while this run trained
-            raise DataError(f"the split under {args.splits} changed while this run trained (eda.py run again?); "
-                            f"its test.csv may hold faces this model trained on, so it is not read. {out / 'best.pt'} "
-                            "is kept; train again on the new split")
         summary["test"] = test_best(args, model, cfg, cache_dir, best, out, median, summary["age_map"])
         figures.update({"test/mae": summary["test"]["mae"], "test/cs5": summary["test"]["cs5"]})
         logger.scalars({f"test_groups/{name}/{label}/{key}": value[key]

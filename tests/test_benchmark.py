@@ -657,10 +657,12 @@ def test_the_data_check_sets_todays_split_beside_the_one_the_runs_used(tmp_path,
 
 def test_the_readings_say_only_what_the_records_show():
     # tuned_light: "confirmed" only where it lost beyond the noise
-    tuned = {"S": {"simplecnn_tuned": {"best_val_mae": 4.205}}}
-    assert "confirmed it" in benchmark.light_check({"tuned_light": {"val_mae": 4.434}}, tuned)
-    assert "within the noise" in benchmark.light_check({"tuned_light": {"val_mae": 4.23}}, tuned)
-    assert "did not confirm" in benchmark.light_check({"tuned_light": {"val_mae": 4.10}}, tuned)
+    def light(val_mae):
+        return benchmark.light_check({"protocols": {"S": {"simplecnn_tuned": {"best_val_mae": 4.205}}},
+                                      "long_ablations": {"tuned_light": {"val_mae": val_mae}}})
+    assert "confirmed it" in light(4.434)
+    assert "within the noise" in light(4.23)
+    assert "did not confirm" in light(4.10)
     # the validation figure of the export: a kept map's cross-fitted one, else the kept zooms', else the epoch's
     entry = {"best_val_mae": 4.834}
     assert benchmark.exported_val_mae(entry) == 4.834
@@ -866,9 +868,10 @@ def test_ablations_are_judged_only_against_a_reference_on_their_own_split():
     first = {"best_val_mae": 4.2}  # before digests: Protocol S's first split
     protocols = {"S": {"simplecnn_tuned": {"best_val_mae": 4.0, "split_faces_digest": "new"}},
                  label: {"simplecnn_tuned": first}}
-    assert benchmark.tuned_on_split(protocols, None) is first
-    assert benchmark.tuned_on_split(protocols, "new")["best_val_mae"] == 4.0
-    assert benchmark.tuned_on_split(protocols, "other") == {}
+    split = {"protocols": protocols}
+    assert benchmark.tuned_on_split(split, None) is first
+    assert benchmark.tuned_on_split(split, "new")["best_val_mae"] == 4.0
+    assert benchmark.tuned_on_split(split, "other") == {}
 
     def lever(val_mae, digest=None):
         return {"change": "one change", "val_mae": val_mae, "val_mae_no_tta": val_mae, "best_epoch": 9,
@@ -882,7 +885,7 @@ def test_ablations_are_judged_only_against_a_reference_on_their_own_split():
     assert "| stray:" not in text and "no record on their split: `stray`" in text
     # the 10-epoch table: a lever trained on another split than its base is named, not compared
     ablations = {"base": lever(4.5), "batch_32": lever(4.4), "moved": lever(1.0, "new")}
-    assert set(benchmark.on_the_base_split(ablations)) == {"base", "batch_32"}
+    assert set(benchmark.on_the_base_split({"protocols": protocols, "ablations": ablations})) == {"base", "batch_32"}
     # at run time: a reference on an earlier split is refused with the command that trains it again
     results = {"protocols": protocols, "ablations": {"base": lever(4.5)}, "long_ablations": {}}
     assert "python benchmark.py --ablations base" in benchmark.missing_reference(results, "batch_32", ["batch_32"],
@@ -892,3 +895,8 @@ def test_ablations_are_judged_only_against_a_reference_on_their_own_split():
     assert "--models simplecnn_tuned" in benchmark.missing_reference(results, "tuned_light", ["tuned_light"], "x")
     del protocols[label]  # no split retired yet: records without a digest are of today's split
     assert benchmark.missing_reference(results, "batch_32", ["batch_32"], "new") is None
+    assert set(benchmark.on_the_base_split({"protocols": protocols, "ablations": ablations})) == set(ablations)
+    # where the first split's digest is recorded, a record without one is of that split, retired or not
+    results["data"] = {"S": {"split_faces_digest": "first"}}
+    assert benchmark.missing_reference(results, "batch_32", ["batch_32"], "new") is not None
+    assert benchmark.missing_reference(results, "batch_32", ["batch_32"], "first") is None
