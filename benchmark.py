@@ -649,7 +649,7 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
             "isotonic": isotonic_experiment(val, test),
             **({} if val[3] is None else {"interval_methods": interval_experiment(
                 (val[0], val[1], val[3]), (test[0], test[1], test[3]), level)}),
-            **altered_val_maes(best, model, cfg),
+            **altered_val_maes(best, model, cfg, views=trained_views(best)),
             "calibrate_command": f"python benchmark.py --calibrate --protocols {protocol} --models {name}"}
 
 
@@ -663,8 +663,16 @@ def refresh_exports(protocol, name, work, results):
     entry.update({"latency_b1_ms": round(latency, 3), "images_per_s_b64": round(b64, 1),
                   "model_jit_bytes": (run_dir / "model.jit").stat().st_size,
                   "model_onnx_bytes": (run_dir / "model.onnx").stat().st_size,
-                  **altered_val_maes(best, model, cfg, val)})
+                  **altered_val_maes(best, model, cfg, val, views=trained_views(best))})
     return entry
+
+
+def trained_views(best) -> dict:
+    """The test-time views a run's best_val_mae was measured with, for its gray, scanned and grained figures:
+    a --choose-zooms run's zooms were chosen after training, on the colour faces, and would lend the altered
+    figures a gain the colour figure lacks (run_model measures them as trained too)."""
+    config = best["config"]
+    return test_time_views({**config, "tta_zoom": ""} if best.get("zoom_choice") else config)
 
 
 def probe_train_step(batch, channels_last, image_size, steps=12, seed_order=False, amp=False):
@@ -1122,12 +1130,16 @@ def cross_table(results) -> str:
     """FG-NET through inference.py's pipeline, and the crop-consistency checks, as Markdown tables."""
     import faces
     rows = results.get("cross", {}).get("FGNET", {})
-    lines = ["| model | detector, crop | FG-NET MAE | CS@5 | photos with a face box | MAE per decade (0-9, 10-19, ...) "
-             "| signed error per decade (+: too old) |", "|---|---|---|---|---|---|---|"]
+    # one column order for every row, by name: a row without a decade shows "-" there instead of shifting the rest
+    order = sorted({d for r in rows.values() for d in r["mae_per_decade"]}, key=lambda d: int(d.split("-")[0]))
+    lines = [f"| model | detector, crop | FG-NET MAE | CS@5 | photos with a face box | MAE per decade "
+             f"({', '.join(order)}) | signed error per decade (+: too old) |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         crop = faces.describe_crop(faces.check_crop(r["crop"]))
-        decades = ", ".join(f"{v:.1f}" for v in r["mae_per_decade"].values())
-        signed = ", ".join(f"{v:+.1f}" for v in r.get("mean_error_per_decade", {}).values()) or "not measured"
+        decades = ", ".join(f"{r['mae_per_decade'][d]:.1f}" if d in r["mae_per_decade"] else "-" for d in order)
+        signed_of = r.get("mean_error_per_decade", {})
+        signed = (", ".join(f"{signed_of[d]:+.1f}" if d in signed_of else "-" for d in order) if signed_of
+                  else "not measured")
         lines.append(f"| {name} | {r['detector']}, {crop} | {r['mae']:.2f} | {r['cs5']:.1%} | "
                      f"{r['faces_found']:.1%} of {r['photos']} | {decades} | {signed} |")
     checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c]
@@ -2093,8 +2105,19 @@ def mobile_section(sources):
     if q:
         lines += ["", f"int8 costs {q['val_mae_int8'] - q['val_mae_float']:+.3f} years of validation MAE "
                   f"({q['val_mae_float']:.3f} → {q['val_mae_int8']:.3f}, n = {q['val_n']:,}; largest per-image "
-                  f"difference {q['max_abs_diff_vs_float']:.2f} years; {q['calibration_images']} calibration images)."]
+                  f"difference {q['max_abs_diff_vs_float']:.2f} years; {q['calibration_images']} calibration images). "
+                  "Both figures are one view per face (no flip averaging): they set int8 against float, not against "
+                  "the validation MAE of the tables above." + mobile_provenance(mobile)]
     return lines
+
+
+def mobile_provenance(mobile) -> str:
+    """A record older than export_mobile's weights digest cannot tell whether the run it names was trained again
+    since (RESULTS.md is made from the records alone, never from the runs under WORK)."""
+    if "weights" in mobile:
+        return f" Weights `{mobile['weights'][:12]}` (the digest in each export's metadata)."
+    return (" This record keeps no weights digest: the run it names may have been trained again since, and the "
+            "command would then measure other weights.")
 
 
 def search_section(sources):

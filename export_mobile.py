@@ -433,6 +433,11 @@ def load_val(checkpoint: dict, cfg, args):
     splits = Path(args.splits or config.get("splits") or "")
     if not (splits / "val.csv").is_file():
         raise DataError(f"--quantize needs the validation split: {splits / 'val.csv'} not found; pass --splits")
+    from train import split_faces_digest
+    if checkpoint.get("split_faces") and split_faces_digest(splits) != checkpoint["split_faces"]:
+        # another split's validation faces may be this model's training faces: its MAE there says nothing
+        raise DataError(f"--quantize: {splits} is not the split {checkpoint.get('model_name', 'the model')} was "
+                        "trained on (eda.py made another since?); pass that split with --splits")
     cache_dir = Path(args.cache_dir or config.get("cache_dir") or splits.parent / "cache")
     from train import refuse_output_in_data
     refuse_output_in_data(cache_dir, splits, "--cache-dir (or the run's)")  # the cache may be written: never there

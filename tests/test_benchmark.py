@@ -900,3 +900,28 @@ def test_ablations_are_judged_only_against_a_reference_on_their_own_split():
     results["data"] = {"S": {"split_faces_digest": "first"}}
     assert benchmark.missing_reference(results, "batch_32", ["batch_32"], "new") is not None
     assert benchmark.missing_reference(results, "batch_32", ["batch_32"], "first") is None
+
+
+def test_altered_figures_of_a_chosen_zoom_run_are_measured_as_it_trained():
+    chosen = {"config": {"tta_flip": True, "tta_zoom": "0.95,0.9"}, "zoom_choice": {"chosen": "0.95,0.9"}}
+    assert benchmark.trained_views(chosen) == {"tta_flip": True, "tta_zoom": ()}  # as its best_val_mae
+    trained_with = {"config": {"tta_flip": True, "tta_zoom": "0.95"}}  # zooms given to train.py: its own views
+    assert benchmark.trained_views(trained_with) == {"tta_flip": True, "tta_zoom": (0.95,)}
+
+
+def test_the_int8_write_up_says_what_its_record_cannot_tell():
+    record = {"checkpoint": "bench/work/S/x/best.pt"}
+    assert "keeps no weights digest" in benchmark.mobile_provenance(record)
+    assert benchmark.mobile_provenance({**record, "weights": "0123456789abcdef"}) == (
+        " Weights `0123456789ab` (the digest in each export's metadata).")
+
+
+def test_fgnet_decades_keep_their_columns_where_a_row_lacks_one():
+    row = {"crop": {"kind": "box", "margin": 0.0}, "detector": "haar", "mae": 6.0, "cs5": 0.5, "faces_found": 0.9,
+           "photos": 10}
+    results = {"cross": {"FGNET": {
+        "a": {**row, "mae_per_decade": {"0-9": 1.0, "10-19": 2.0, "20-29": 3.0}},
+        "b": {**row, "mae_per_decade": {"0-9": 4.0, "20-29": 6.0}, "mean_error_per_decade": {"20-29": -1.0}}}}}
+    text = benchmark.cross_table(results)
+    assert "MAE per decade (0-9, 10-19, 20-29)" in text
+    assert "| 4.0, -, 6.0 | -, -, -1.0 |" in text and "| 1.0, 2.0, 3.0 | not measured |" in text

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -162,17 +163,25 @@ def test_a_checkpoint_without_its_config_still_exports(run_dir, tmp_path):
     assert metadata["crop"] == {"kind": "box", "margin": 0.0} and metadata["tta_flip"] is False
 
 
-@pytest.mark.parametrize("case", ["missing", "wrong_file", "no_val_split"])
+@pytest.mark.parametrize("case", ["missing", "wrong_file", "no_val_split", "another_split"])
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, monkeypatch, capsys, case):
+    if case == "another_split":  # eda.py run again since: other validation faces, perhaps this model's training ones
+        other = tmp_path / "other_splits"
+        shutil.copytree(checkpoints.load_checkpoint(run_dir / "best.pt")["config"]["splits"], other)
+        rows = (other / "val.csv").read_text().splitlines()
+        (other / "val.csv").write_text("\n".join(rows[:-1]) + "\n")
     args = {"missing": ["--checkpoint", tmp_path / "nope.pt"],
             "wrong_file": ["--checkpoint", run_dir / "model.onnx"],
-            "no_val_split": ["--checkpoint", run_dir / "best.pt", "--quantize", "--splits", tmp_path]}[case]
+            "no_val_split": ["--checkpoint", run_dir / "best.pt", "--quantize", "--splits", tmp_path],
+            "another_split": ["--checkpoint", run_dir / "best.pt", "--quantize", "--splits",
+                              tmp_path / "other_splits"]}[case]
     monkeypatch.setattr(sys, "argv", ["export_mobile.py", *map(str, args), "--out-dir", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
         cli.run_cli(export_mobile.main, export_mobile.get_args_parser())
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
+    assert case != "another_split" or "is not the split" in err, err
     assert not list(tmp_path.glob("model*"))
 
 
