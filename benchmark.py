@@ -632,15 +632,18 @@ def calibrate_run(protocol, name, work, level=0.9) -> dict:
     the isotonic experiment (the age map train.py --age-map auto keeps where it passes). The map is
     judged and reported, not added to an existing run: its metrics.json and exports stay the network's own.
     A run whose map train.py kept reports mapped ages: its interval is fitted around them as train.py fits it."""
-    from functions import apply_age_map, calibrate_ages, fit_interval, group_metrics, interval_metrics
+    from functions import apply_age_map, fit_interval, group_metrics, interval_metrics, judge_age_map
     run_dir = work / protocol / name
     best, model, cfg = load_best(run_dir)
     splits, tta = best["config"]["splits"], test_time_views(best["config"])
     val = split_predictions(model, cfg, splits, "val", tta)
     test = split_predictions(model, cfg, splits, "test", tta)
     age_map = best.get("age_map")
-    # with a kept map, train.py fits the interval on the cross-fitted mapped ages (calibrate_ages)
-    best["interval"] = calibrate_ages(val[0], val[1], "auto")[1] if age_map else fit_interval(val[0], val[1])
+    # with a kept map, train.py fits the interval on the cross-fitted mapped ages (calibrate_ages); the map is
+    # kept as train.py decided, not judged again here (another batch size's predictions could tip the rule)
+    # (a split too small to judge a map has no cross-fitted ages; train.py keeps no map there)
+    best["interval"] = fit_interval(judge_age_map(val[0], val[1]).get("crossed", val[0]) if age_map else val[0],
+                                    val[1])
     save_checkpoint(run_dir / "best.pt", best)  # travels into the run's next export (--ship, --refresh-exports)
     reported = apply_age_map(test[0], age_map)
     return {"interval": rounded(interval_metrics(reported, test[1], best["interval"], level)),

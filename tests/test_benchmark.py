@@ -208,8 +208,13 @@ def test_calibrating_a_run_with_a_kept_age_map_measures_the_mapped_ages_and_keep
     from custom_dataset import read_split
     # a map that answers 33 for every age stands in for a kept isotonic map (real ones need more faces)
     constant = {"method": "test map", "x": [0.0, 200.0], "y": [33.0, 33.0]}
-    real = train.calibrate_ages
-    monkeypatch.setattr(train, "calibrate_ages", lambda pred, true, age_map: (constant, *real(pred, true, "off")[1:]))
+    import functions
+    # cross-fitted ages of a map that a judge, asked again, would not keep: train.py's decision stands
+    monkeypatch.setattr(functions, "judge_age_map", lambda pred, true, **kw: {"keep": False,
+                                                                              "crossed": np.asarray(pred) + 2.0})
+    # as train.py with a kept map: the interval fitted on the cross-fitted ages
+    monkeypatch.setattr(train, "calibrate_ages", lambda pred, true, age_map: (
+        constant, functions.fit_interval(functions.judge_age_map(pred, true)["crossed"], true), None))
     run = tmp_path / "S" / "mapped"
     train.main(train.get_args_parser().parse_args(
         ["--splits", str(splits), "--out-dir", str(run), "--image-size", "64", "--no-progress", "--threads", "1",
