@@ -562,7 +562,6 @@ def main(args):
     overfit = None if args.skip_overfit else run_overfit_check(args, out, cache_dir, device)
 
     search = Search(args, out, cache_dir)
-    data = search.data
     try:
         sweep = [search.run("lr_sweep", lr, args.sweep_weight_decay, f"lr sweep {i}/{len(args.lrs)}")
                  for i, lr in enumerate(args.lrs, 1)]
@@ -604,7 +603,7 @@ def main(args):
     else:
         if should_resume(run_dir, argv):
             argv.append("--resume")
-        same_split_as_the_search(args, data)
+        same_split_as_the_search(args, search.data)
         place_teacher_table(args, out, run_dir)
         print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")
         best["final"] = train.main(train.get_args_parser().parse_args(argv))
