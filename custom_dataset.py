@@ -1077,9 +1077,12 @@ def _preprocess_or_none(args):
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
     cfg = PreprocessConfig.from_dict(cfg_dict)
     try:
-        if expected_hash and expected_hash[0] and content_hash(Path(path).read_bytes()) != expected_hash[0]:
-            # other pixels under the split's name (a re-export, a re-crop): the duplicate check never saw them
-            return None, "changed_since_split"
+        if expected_hash and expected_hash[0]:
+            data = Path(path).read_bytes()  # hashed and decoded from one read
+            if content_hash(data) != expected_hash[0]:
+                # other pixels under the split's name (a re-export, a re-crop): the duplicate check never saw them
+                return None, "changed_since_split"
+            return preprocess_rgb(load_rgb(io.BytesIO(data)), cfg), None
         return preprocess_file(path, cfg), None
     except FileNotFoundError:
         return None, "missing_file"

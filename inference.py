@@ -882,7 +882,16 @@ def run_folder(args, estimator, json_stream=None):
     recorder = Recorder(out_dir, args.json, json_stream)
     start = time.perf_counter()
     stems = output_stems(images)
-    skipped = [p.name for p in images if not _annotate_file(estimator, p, out_dir, crops, recorder, stems[p])]
+    skipped = []
+    try:
+        for path in images:
+            if not _annotate_file(estimator, path, out_dir, crops, recorder, stems[path]):
+                skipped.append(path.name)
+    except KeyboardInterrupt:  # hours of annotated images are not left without their predictions
+        written = recorder.finish()
+        print(f"interrupted after {recorder.counts['images']} of {len(images)} images; their predictions -> "
+              f"{', '.join(written.values()) or 'stdout'}", file=sys.stderr)
+        raise
     written = recorder.finish()
     seconds = time.perf_counter() - start
     if skipped:

@@ -527,7 +527,7 @@ def test_the_strength_of_a_filter_that_is_off_does_not_key_another_cache():
 
 
 def test_a_file_whose_bytes_changed_since_the_split_is_skipped_until_split_again(tmp_path):
-    from custom_dataset import PreprocessConfig, content_hash, load_split_dataset, read_split
+    from custom_dataset import PreprocessConfig, content_hash, load_split_dataset, preprocess_file, read_split
     faces = tmp_path / "faces"
     rows = []
     for k in range(3):
@@ -545,6 +545,8 @@ def test_a_file_whose_bytes_changed_since_the_split_is_skipped_until_split_again
     write_csv(tmp_path / "s" / "train.csv", rows, ["path", "age", "hash"])
     data = load_split_dataset(tmp_path / "s" / "train.csv", cfg, tmp_path / "cache", workers=1, progress=False)
     assert data.ages.tolist() == [20, 21, 22]
+    # hashed and decoded from one read: the same pixels as decoding the file
+    assert all(np.array_equal(data.images[k], preprocess_file(rows[k]["path"], cfg)) for k in range(3))
     # an aligned set's hash is its source photo's, not the chip's: not checked
     write_csv(tmp_path / "a" / "train.csv", [{**r, "hash": "source", "source": "x"} for r in rows],
               ["path", "age", "hash", "source"])

@@ -250,6 +250,26 @@ def test_a_full_disk_stops_a_folder_run_instead_of_skipping_every_image(model, f
                   "--whole-image"])
 
 
+def test_ctrl_c_in_a_folder_run_keeps_the_predictions_of_the_images_already_annotated(model, faces, tmp_path,
+                                                                                        monkeypatch, capsys):
+    in_dir = tmp_path / "in"
+    for name in ("a.png", "b.png", "c.png"):
+        write_rgb(in_dir / name, scene(faces[:1]))
+    real = inference.process_image
+
+    def stop_at_b(estimator, path, *rest, **kwargs):
+        if Path(path).name == "b.png":
+            raise KeyboardInterrupt
+        return real(estimator, path, *rest, **kwargs)
+    monkeypatch.setattr(inference, "process_image", stop_at_b)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                  "--whole-image", "--json"])
+    assert [r["file"] for r in read_csv(tmp_path / "out" / "predictions.csv")] == ["a.png"]
+    assert [o["file"] for o in json.loads((tmp_path / "out" / "predictions.json").read_text())] == ["a.png"]
+    assert "interrupted after 1 of 3 images" in capsys.readouterr().err
+
+
 def test_a_tiny_or_empty_array_is_one_error_as_a_tiny_file_is():
     from PIL import Image
     for image in (np.zeros((0, 0, 3), np.uint8), np.zeros((10, 40, 3), np.uint8), Image.new("RGB", (40, 12))):
