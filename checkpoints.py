@@ -9,7 +9,6 @@ with export_metadata() embedded, so inference rebuilds the input from the file a
 """
 import copy
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import lazy_import
-from custom_dataset import DataError, PreprocessConfig, parse_zooms, remove_orphans
+from custom_dataset import DataError, PreprocessConfig, parse_zooms, plain_number, remove_orphans
 from faces import BOX_CROP, check_crop, read_split_crop
 from functions import atomic_write, rng_state
 
@@ -139,17 +138,33 @@ def describe_training_data(config: dict) -> str | None:
 
 def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:
     """export_metadata of a saved checkpoint; test MAE from RUN/metrics.json when it describes this
-    checkpoint's epoch."""
+    checkpoint (test_figures_describe)."""
     test = None
     metrics = Path(checkpoint_path).parent / "metrics.json"
     if metrics.is_file():
         try:
             saved = json.loads(metrics.read_text())
-            if saved.get("best_epoch") == checkpoint.get("epoch"):
+            if isinstance(saved, dict) and test_figures_describe(saved, checkpoint):
                 test = saved
         except (ValueError, OSError):
             pass
     return export_metadata(cfg, checkpoint, test)
+
+
+def test_figures_describe(saved: dict, checkpoint: dict) -> bool:
+    """Whether a run's metrics.json measured this checkpoint: the same weights through the same age map and
+    test-time views. The last.pt of a run whose last epoch was its best has the weights but neither the map
+    nor the zooms chosen after training. A metrics.json from before it kept a digest: by the epoch."""
+    if "weights" not in saved:
+        return saved.get("best_epoch") == checkpoint.get("epoch")
+    config = checkpoint.get("config") or {}
+    try:
+        zooms = list(parse_zooms(config.get("tta_zoom", "")))
+    except ValueError:
+        return False
+    return (saved["weights"] == weights_digest(checkpoint["model_state"])
+            and saved.get("age_map_applied") == checkpoint.get("age_map")
+            and saved.get("tta_zoom", []) == zooms and bool(saved.get("tta_flip")) == bool(config.get("tta_flip")))
 
 
 def export_torchscript(wrapper, example, path, metadata: dict):
@@ -188,7 +203,7 @@ def load_torchscript(path, optimize: bool = True, map_location="cpu"):
     module = module.eval()
     if optimize:
         module = torch.jit.optimize_for_inference(module)
-    return module, json.loads(extra["metadata.json"])
+    return module, parse_metadata(path, extra["metadata.json"])
 
 
 def export_onnx(wrapper, example, path, metadata: dict):
@@ -214,7 +229,7 @@ def onnx_metadata(path) -> dict | None:
     import onnx
     entries = [p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
                if p.key == "metadata.json"]
-    return json.loads(entries[0]) if entries else None
+    return parse_metadata(path, entries[0]) if entries else None
 
 
 def rewrite_export_metadata(path, metadata: dict):
@@ -349,7 +364,7 @@ def onnx_forward(path, threads=None, device="cpu"):
             detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
             raise ModelFailed(f"{path} failed on a batch of shape {tuple(x.shape)} ({detail}); a model.onnx written "
                               "by train.py runs on the input size its metadata gives") from None
-    return forward, json.loads(props["metadata.json"])
+    return forward, parse_metadata(path, props["metadata.json"])
 
 
 def torchscript_forward(path, threads=None, device="cpu"):
@@ -373,7 +388,7 @@ def age_map_is_usable(age_map) -> bool:
     x, y = (age_map.get("x"), age_map.get("y")) if isinstance(age_map, dict) else (None, None)
     if not isinstance(x, list) or not isinstance(y, list) or len(x) != len(y) or not x:
         return False
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in x + y):
+    if not all(map(plain_number, x + y)):
         return False
     return all(a < b for a, b in zip(x, x[1:])) and all(a <= b for a, b in zip(y, y[1:]))
 
@@ -385,17 +400,35 @@ def interval_is_usable(interval) -> bool:
     if not isinstance(bands, list) or not bands or not isinstance(interval.get("method"), str):
         return False
     starts = [b.get("from") if isinstance(b, dict) else "bad" for b in bands]
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in starts[1:])
+    numbers = all(map(plain_number, starts[1:]))  # NaN would pass sorted() and pick the wrong band
     if starts[0] is not None or not numbers or starts[1:] != sorted(starts[1:]):
         return False
     for band in bands:
         errors = band.get("errors")
-        if not isinstance(errors, list) or not errors or not all(
-                isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in errors):
+        if not isinstance(errors, list) or not errors or not all(map(plain_number, errors)):
             return False
         if errors != sorted(errors):
             return False
     return True
+
+
+def shown(text, limit=200) -> str:
+    """Text from a model file's metadata as it may reach a terminal: printable characters only (no escape
+    sequence that clears the screen or fakes a line), at most `limit` of them."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def parse_metadata(path, text) -> dict:
+    """The "metadata.json" a model file carries, as a dict; DataError naming the file where it is not JSON
+    (or is nested deeper than the parser goes) or not an object."""
+    try:
+        metadata = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"{path} has unreadable metadata ({type(exc).__name__}); re-export it with train.py") from None
+    if not isinstance(metadata, dict):
+        raise DataError(f"{path} has metadata that is no JSON object; re-export it with train.py")
+    return metadata
 
 
 def check_metadata(path, metadata):
@@ -413,6 +446,13 @@ def check_metadata(path, metadata):
     size = cfg.image_size
     if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 1024:
         raise DataError(f"{path} has an unusable image_size {size!r} in its metadata; re-export it with train.py")
+    if not isinstance(metadata.get("tta_flip", False), bool):  # "no" as text would mirror every face
+        raise DataError(f"{path} has an unusable tta_flip {shown(repr(metadata['tta_flip']), 40)} in its metadata (true or "
+                        "false); re-export it with train.py")
+    for key in ("min_age", "max_age"):
+        if metadata.get(key) is not None and not plain_number(metadata[key]):
+            raise DataError(f"{path} has an unusable {key} {shown(repr(metadata[key]), 40)} in its metadata; re-export it "
+                            "with train.py")
     interval = metadata.get("interval")
     if interval is not None and not interval_is_usable(interval):
         raise DataError(f"{path} has an unusable age-interval calibration in its metadata; re-export it with train.py")

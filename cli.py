@@ -100,3 +100,18 @@ def run_cli(main, parser):
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError:
+        if getattr(args, "debug", False):
+            raise
+        print("error: out of memory; a smaller photo, batch size or image size needs less (--debug shows where)",
+              file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        # cv2.error (an image OpenCV cannot resize, encode or denoise) is no RuntimeError; its message is
+        # several lines of C++ source, of which the last says what was wrong
+        if type(exc).__module__ != "cv2" or getattr(args, "debug", False):
+            raise
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        print(f"error: OpenCV failed ({lines[-1][:200] if lines else type(exc).__name__}); --debug shows where",
+              file=sys.stderr)
+        sys.exit(2)

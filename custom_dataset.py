@@ -49,6 +49,7 @@ UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; t
 # the whole of UTKFace's own naming (age_gender_race_date): what marks a folder as a UTKFace-style data set for
 # the output checks, where "1_beach.jpg" or a scan "001_0.png" must not
 UTKFACE_FULL_NAME = re.compile(r"^(\d+)_[01]_[0-4]_\d")
+MAX_LABEL_AGE = 120  # 0 is a valid newborn label; above 120 is a typo
 ANNOTATED_SUFFIX = "_age"  # inference.py's annotated copies, <name>_age.<ext>: outputs, never data
 
 
@@ -66,7 +67,7 @@ def _is_image_name(path: Path) -> bool:
 
 def _parse_age(text: str) -> int | None:
     """A whole number of years: "25", or "25.0" as pandas writes a column with a gap; "25.5", "nan": None."""
-    match = re.fullmatch(r"(-?\d+)(?:\.0*)?", text.strip())
+    match = re.fullmatch(r"(-?\d{1,6})(?:\.0*)?", text.strip())  # 5000 digits: no age (int() would raise)
     return int(match.group(1)) if match else None
 
 
@@ -110,7 +111,11 @@ def _find_csv(data_dir: Path) -> Path | None:
 def _label_csvs(folder: Path) -> list[Path]:
     """The CSVs of a folder with path,age columns."""
     found = []
-    for candidate in sorted(folder.glob("*.csv")):
+    try:  # labels.CSV (an Excel export) too: a CSV passed by name is taken whatever its suffix's case
+        candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".csv")
+    except OSError:
+        return found
+    for candidate in candidates:
         try:
             header = _csv_header(candidate)
         except (DataError, OSError):  # another CSV (notes, exports), a folder or a broken link: not the labels
@@ -123,6 +128,15 @@ def _label_csvs(folder: Path) -> list[Path]:
 # folders a file manager, a NAS or an archive tool adds beside photos, holding thumbnails or copies of them:
 # read as faces they would put one photo in two splits (resized copies are no byte-identical duplicates)
 SYSTEM_FOLDERS = {"@eaDir", "__MACOSX", "#recycle", "$RECYCLE.BIN", "System Volume Information", "Thumbs"}
+
+
+def _system_folder(name) -> bool:
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def _count_files(folders) -> int:
+    """The files under these folders (links not followed): what the report counts as left out, file by file."""
+    return sum(len(files) for folder in folders for _, _, files in os.walk(folder))
 
 
 def _walk_files(root: Path, pruned: list | None = None):
@@ -152,7 +166,7 @@ def _walk_files(root: Path, pruned: list | None = None):
             target = os.path.realpath(os.path.join(dirpath, name))
             if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
                 loops.append(name)
-        system = [n for n in dirnames if n.startswith(".") or n in SYSTEM_FOLDERS]
+        system = [n for n in dirnames if _system_folder(n)]
         if pruned is not None:
             pruned.extend(Path(dirpath) / n for n in system)
         dirnames[:] = sorted(n for n in dirnames if n not in loops and n not in system)
@@ -206,9 +220,13 @@ def discover_labels(data_dir, min_age: int | None = None, max_age: int | None = 
             if unlisted:
                 skipped["image_not_in_csv"] += unlisted
     else:
-        age_dirs = [p for p in sorted(data_dir.iterdir()) if p.is_dir()] if data_dir.is_dir() else []
+        folders = [p for p in sorted(data_dir.iterdir()) if p.is_dir()] if data_dir.is_dir() else []
+        system = [p for p in folders if _system_folder(p.name)]  # .git, @eaDir beside the age folders
+        if system:
+            skipped["system_folder"] += _count_files(system)
+        age_dirs = [p for p in folders if p not in system]
         flat_images = [p for p in sorted(data_dir.iterdir()) if p.is_file() and _is_image_name(p)]
-        if any(_parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120 for p in age_dirs):
+        if any(_parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= MAX_LABEL_AGE for p in age_dirs):
             layout, records = "folder_per_age", _discover_folder_per_age(age_dirs, flat_images, skipped)
         elif any(UTKFACE_NAME.match(p.name) for p in flat_images):
             layout, records = "utkface", _discover_utkface(flat_images, skipped)
@@ -306,10 +324,10 @@ def _discover_folder_per_age(age_dirs: list[Path], flat_images: list[Path], skip
         pruned = []
         files = list(_walk_files(folder, pruned))
         if age is None:
-            skipped["folder_not_an_age"] += len(files) or 1
+            skipped["folder_not_an_age"] += len(files)
             continue
         if pruned:
-            skipped["system_folder"] += len(pruned)
+            skipped["system_folder"] += _count_files(pruned)
         for path in files:
             if path.is_dir():
                 skipped["symlink_loop"] += 1
@@ -357,7 +375,7 @@ def _filter_records(records, skipped: Counter, min_age, max_age, outside_filter=
     for rec in records:
         if not _utf8_name(rec["path"]):  # the CSVs are UTF-8: such a name cannot be written or read back
             skipped["name_not_utf8"] += 1
-        elif not 0 <= rec["age"] <= 120:  # 0 is a valid newborn label; above 120 is a typo
+        elif not 0 <= rec["age"] <= MAX_LABEL_AGE:
             skipped["age_out_of_range"] += 1
         elif (min_age is not None and rec["age"] < min_age) or (max_age is not None and rec["age"] > max_age):
             skipped["outside_min_max_age"] += 1
@@ -437,10 +455,12 @@ def labelled_folder_above(path) -> Path | None:
             entries = list(itertools.islice(folder.iterdir(), 500))
         except OSError:  # not there yet, or not readable
             continue
-        ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= 120]
+        ages = [p for p in entries
+                if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= MAX_LABEL_AGE]
         # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
-        if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name)) and int(m.group(1)) <= 120
-                                 and not is_annotated_copy(p) for p in entries) or labels_faces_inside(folder):
+        if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name))
+                                 and int(m.group(1)) <= MAX_LABEL_AGE and not is_annotated_copy(p) for p in entries) \
+                or labels_faces_inside(folder):
             return folder
     return None
 
@@ -724,12 +744,19 @@ def write_image(path, rgb, params=()):
     written atomically. ValueError when OpenCV cannot encode that suffix."""
     import cv2
     path = Path(path)
+    if not path.suffix or not cv2.haveImageWriter("x" + path.suffix):
+        raise ValueError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
+    height, width = rgb.shape[:2]
+    if path.suffix.lower() in (".jpg", ".jpeg", ".jpe") and max(width, height) > 65500:  # asked first: OpenCV
+        # would log its own error on the way
+        raise ValueError(f"cannot encode a {width}x{height} image as {path.suffix} ({path}): JPEG takes at most "
+                         "65500 pixels a side; use .png")
     try:
         ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), list(params))
     except cv2.error:
         ok = False
-    if not ok:
-        raise ValueError(f"cannot encode {path} (unsupported type {path.suffix!r}); use .jpg or .png")
+    if not ok:  # a type that has a writer, but not for this image
+        raise ValueError(f"cannot encode a {width}x{height} image as {path.suffix} ({path}); try .png")
     atomic_write(path, lambda f: f.write(data.tobytes()))
 
 
@@ -781,8 +808,9 @@ def _read_split(path) -> list[dict]:
         for row in reader:
             row = {k.strip().lower(): v for k, v in row.items() if k}
             age = _parse_age(row.get("age") or "")
-            if age is None:
-                raise DataError(f"{path}: age {row.get('age')!r} is not an integer (row {len(rows) + 2})")
+            if age is None or not 0 <= age <= MAX_LABEL_AGE:  # a hand-edited split: eda.py never writes one
+                raise DataError(f"{path}: age {str(row.get('age'))[:20]!r} is not a whole number of years in "
+                                f"0..{MAX_LABEL_AGE} (row {len(rows) + 2})")
             extra = {c: (row.get(c) or "").strip() for c in SPLIT_TEXT_COLUMNS if c in columns}
             # the file's content hash when eda.py split it; an aligned chip's is its source photo's, not its own
             if "hash" in columns and "source" not in columns and (row.get("hash") or "").strip():
@@ -795,6 +823,20 @@ def _read_split(path) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------
 # Preprocessing: the single definition used by training, evaluation, export metadata and inference
+
+MAX_DENOISE_STRENGTH = 100  # non-local means' h: at 100 a face is a smooth blur already
+
+
+def plain_number(value, largest=1e6) -> bool:
+    """A JSON number as this project writes one: int or float (not bool), finite, within +-largest. A file
+    from elsewhere may hold Infinity or a 400-digit whole number (on which math.isfinite raises)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= largest
+    except OverflowError:
+        return False
+
 
 @dataclasses.dataclass
 class PreprocessConfig:
@@ -813,11 +855,25 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessConfig":
+        """From a stored dict: a checkpoint's config, or a model file's metadata, which may come from anywhere.
+        ValueError naming a setting of the wrong type or out of range ("false" as text would switch a filter
+        on, a text strength would fail at the first photo)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in fields}
+        for key in ("denoise", "deblur"):
+            if key in d and not isinstance(d[key], bool):
+                raise ValueError(f"{key} must be true or false, got {repr(d[key])[:40]}")
+        for key, low, high in (("denoise_strength", 0, MAX_DENOISE_STRENGTH), ("deblur_amount", 0, 10)):
+            if key in d and not (plain_number(d[key]) and low < d[key] <= high):
+                raise ValueError(f"{key} must be a number in ({low}, {high}], got {repr(d[key])[:40]}")
         for key in ("mean", "std"):
             if key in d:
-                d[key] = tuple(float(v) for v in d[key])
+                values = d[key]
+                if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(plain_number, values)):
+                    raise ValueError(f"{key} must be 3 numbers (one per colour channel), got {repr(values)[:60]}")
+                d[key] = tuple(float(v) for v in values)
+        if "std" in d and min(d["std"]) <= 0:
+            raise ValueError(f"std must be positive, got {list(d['std'])}")
         return cls(**d)
 
     def cache_settings(self) -> dict:
@@ -880,9 +936,11 @@ def parse_zooms(text) -> tuple:
         if isinstance(item, str) and not item.strip():
             continue
         try:
+            if isinstance(item, bool):
+                raise TypeError
             zoom = float(item)
-        except ValueError:
-            raise ValueError(f"test-time zoom {item!r} is not a number; give fractions of the side such as "
+        except (ValueError, TypeError, OverflowError):  # a model file's metadata: null, a list, 10**400
+            raise ValueError(f"test-time zoom {repr(item)[:40]} is not a number; give fractions of the side such as "
                              "0.95,0.9") from None
         if not 0.5 <= zoom < 1.0:
             raise ValueError(f"test-time zoom {zoom:g} is outside [0.5, 1): it is the share of the side kept "
@@ -1076,24 +1134,28 @@ def _preprocess_or_none(args):
     import cv2
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
     cfg = PreprocessConfig.from_dict(cfg_dict)
+    expected = expected_hash[0] if expected_hash else None
+
+    def attempt():
+        if not expected:
+            return preprocess_file(path, cfg), None
+        data = Path(path).read_bytes()  # hashed and decoded from one read
+        if content_hash(data) != expected:
+            # other pixels under the split's name (a re-export, a re-crop): the duplicate check never saw them
+            return None, "changed_since_split"
+        return preprocess_rgb(load_rgb(io.BytesIO(data)), cfg), None
     try:
-        if expected_hash and expected_hash[0]:
-            data = Path(path).read_bytes()  # hashed and decoded from one read
-            if content_hash(data) != expected_hash[0]:
-                # other pixels under the split's name (a re-export, a re-crop): the duplicate check never saw them
-                return None, "changed_since_split"
-            return preprocess_rgb(load_rgb(io.BytesIO(data)), cfg), None
-        return preprocess_file(path, cfg), None
+        return attempt()
     except FileNotFoundError:
         return None, "missing_file"
     except Exception:
         pass
     # a file that cannot be read now (a network share's hiccup) is no undecodable file; one whose hiccup has
-    # passed by now is tried once more, so a passing fault is not cached as a broken image
+    # passed by now is tried once more (its bytes checked again), so a passing fault is not cached as broken
     if not _readable(path):
         return None, "unreadable_file"
     try:
-        return preprocess_file(path, cfg), None
+        return attempt()
     except Exception:
         return None, "undecodable"
 
@@ -1142,7 +1204,9 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             images = np.load(array_path, mmap_mode="r")
             if meta.get("key") == key and meta.get("n") == len(paths) == len(meta["ok"]) \
                     and images.shape == (len(paths), size, size, 3):
-                resplit = hashes and any(hashes[int(i)] != h for i, h in meta.get("changed", {}).items())
+                # a new split's hashes: the bytes may have changed under the same size and time (exiftool -P)
+                resplit = hashes and (meta["hashes"] != hashes_digest(hashes) if meta.get("hashes") else
+                                      any(hashes[int(i)] != h for i, h in meta.get("changed", {}).items()))
                 if not resplit and not any(_readable(paths[i]) for i in meta.get("retry", [])):
                     return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
                 print(f"note: files of {name or 'the images'} that " + ("changed since an earlier split are split "
@@ -1178,7 +1242,7 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
     # write then rename, so an interrupted build never leaves a cache that looks complete
     meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped), "retry": retry,
                        "changed": {str(i): hashes[i] for i in changed},  # a new split's hashes rebuild the cache
-                       "settings": cfg.cache_settings(), "paths": paths_digest(paths)})
+                       "hashes": hashes_digest(hashes), "settings": cfg.cache_settings(), "paths": paths_digest(paths)})
     tmp_array = cache_dir / f".{array_path.name}.{os.getpid()}.tmp"
     tmp_meta = cache_dir / f".{meta_path.name}.{os.getpid()}.tmp"
     try:
@@ -1204,6 +1268,12 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             with contextlib.suppress(OSError):  # e.g. still mapped by another process on Windows
                 path.unlink()
     return np.load(array_path, mmap_mode="r"), ok, skipped
+
+
+def hashes_digest(hashes) -> str | None:
+    """Hash of the split's content hashes of its files (None without them): a cache built for other bytes is
+    not this split's, whatever the files' sizes and dates say."""
+    return hashlib.sha256("\n".join(h or "" for h in hashes).encode()).hexdigest()[:20] if hashes else None
 
 
 def paths_digest(paths) -> str:

@@ -196,11 +196,20 @@ def write_split_folder(folder, parts, columns, crop, crop_note):
 
 def face_crop(args, layout, records, out_dir, progress):
     """(crop recipe, why, align stats with the chipped records or None) for this data set."""
-    if layout == "utkface":
-        note = "UTKFace files are dlib face chips already (68 landmarks, 200 px, padding 0.2): used as they are"
+    # UTKFace's aligned set is named *.jpg.chip.jpg, in any layout; its in-the-wild set (the same names without
+    # ".chip") and photos named 25_beach.jpg are whole photos: a chip recipe there would feed inference's tight
+    # chips to a model that learnt whole photos
+    chips = sum(Path(r["path"]).name.lower().endswith(".chip.jpg") for r in records)
+    if chips * 2 > len(records):
+        note = ("UTKFace files are dlib face chips already (68 landmarks, 200 px, padding 0.2): used as they are"
+                + (f"; {len(records) - chips} file(s) not named *.chip.jpg among them are taken as chips too"
+                   if chips < len(records) else ""))
         if args.align:
             print("--align: " + note + ", not re-chipped")
         return dict(UTKFACE_CROP), note, None
+    if layout == "utkface":
+        print("note: these UTKFace-style names do not end in .chip.jpg: read as whole photos, not UTKFace's "
+              "aligned chips" + ("" if args.align else " (eda.py --align cuts aligned chips from them)"))
     if not args.align:
         return dict(BOX_CROP), ("images used as they are; inference crops a square around the detector's box "
                                 "(eda.py --align cuts aligned chips instead)"), None

@@ -114,7 +114,10 @@ def check_crop(crop) -> dict:
             raise DataError(f"crop padding {padding!r} must be a number in 0..2")
         return {"kind": "chip", "landmarks": 68, "size": size, "padding": float(padding), **cut_by}
     if landmarks == 5:
-        template = np.asarray(crop.get("template", []), dtype=np.float64)
+        try:
+            template = np.asarray(crop.get("template", []), dtype=np.float64)
+        except (ValueError, TypeError, OverflowError):  # ragged, text, or a 400-digit number in a file from elsewhere
+            template = np.zeros(0)
         if template.shape != (5, 2) or not np.isfinite(template).all():
             raise DataError("a 5-point crop needs a template of 5 (x, y) points")
         return {"kind": "chip", "landmarks": 5, "size": size, "template": template.round(2).tolist(), **cut_by}
@@ -503,7 +506,8 @@ class FacePipeline:
         faces = self.detect(rgb)
         for face in faces:
             self.cut(rgb, face)
-        faces.sort(key=lambda f: -_area(f.rect if f.rect is not None else f.box))
+        faces.sort(key=lambda f: -_area(f.box))  # the box inside the photo, as inference.py ranks them: the
+        # largest face eda.py --align labels is the one inference takes for the main face
         return faces
 
     def cut(self, rgb, face: Face) -> Face:

@@ -7,6 +7,11 @@ import random
 import time
 from pathlib import Path
 
+try:
+    import fcntl  # flock; Windows has none
+except ImportError:
+    fcntl = None
+
 import numpy as np
 
 from cli import lazy_import
@@ -29,32 +34,12 @@ class NonFiniteLossError(RuntimeError):
 def folder_lock(folder, what="train.py"):
     """Hold FOLDER/.lock (holding this PID) while the block runs, so that a second run into the same
     folder stops with one line instead of mixing its outputs in. A lock whose process is gone (killed)
-    is taken over with a note."""
+    is taken over with a note. Where the system has flock (not Windows) the file is flock'ed too: two runs
+    that both find a dead run's lock cannot both take it over."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                text = lock.read_text().strip()
-                age = time.time() - lock.stat().st_mtime
-            except OSError:  # released meanwhile: try again
-                continue
-            pid = int(text) if text.isdigit() else 0
-            # an empty lock seconds old is one another run has created and not yet written its PID into
-            if (pid and pid != os.getpid() and process_alive(pid)) or (not text and age < 5):
-                raise DataError(f"{folder} is in use by another {what} (PID {pid or '?'}); wait for it or choose "
-                                f"another --out-dir") from None
-            print(f"note: {lock} was left by a process that is gone (PID {pid or '?'}); taking it over")
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        break
-    else:  # taken over twice by others in between: someone else holds it now
-        raise DataError(f"{folder} is in use by another {what}; wait for it or choose another --out-dir")
+    held = _take_lock(lock, folder, what)
     try:
         yield
     finally:
@@ -63,6 +48,72 @@ def folder_lock(folder, what="train.py"):
                 lock.unlink()
         except OSError:
             pass
+        if held is not None:
+            os.close(held)  # the flock goes with it, after the file: a run that opened it meanwhile tries again
+
+
+def _take_lock(lock: Path, folder, what):
+    """Create or take over the lock; the open descriptor holding its flock (None without flock)."""
+    busy = f"{folder} is in use by another {what}"
+    for _ in range(3):
+        try:
+            fd, created = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
+        except FileExistsError:
+            try:
+                fd, created = os.open(lock, os.O_RDWR), False
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise DataError(f"{busy} (PID {_lock_pid(fd) or '?'}); wait for it or choose another "
+                                    "--out-dir") from None
+                if os.fstat(fd).st_ino != _inode(lock):  # released and removed between our open and our flock
+                    os.close(fd)
+                    continue
+            if not created:
+                text = _lock_text(fd)
+                pid = int(text) if text.isdigit() else 0
+                # an empty lock seconds old is one another run has created and not yet written its PID into
+                if (pid and pid != os.getpid() and process_alive(pid)) or (
+                        not text and time.time() - os.fstat(fd).st_mtime < 5):
+                    raise DataError(f"{busy} (PID {pid or '?'}); wait for it or choose another --out-dir")
+                print(f"note: {lock} was left by a process that is gone (PID {pid or '?'}); taking it over")
+                if fcntl is None:  # no flock to hold it by: made anew, so that a second taker's O_EXCL fails
+                    os.close(fd)
+                    lock.unlink(missing_ok=True)
+                    continue
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        if fcntl is None:
+            os.close(fd)
+            return None
+        return fd
+    raise DataError(f"{busy}; wait for it or choose another --out-dir")  # taken over by others in between
+
+
+def _lock_text(fd) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 64).decode("utf-8", "replace").strip()
+
+
+def _lock_pid(fd) -> int:
+    text = _lock_text(fd)
+    return int(text) if text.isdigit() else 0
+
+
+def _inode(path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def same_or_inside(path, folder) -> bool:

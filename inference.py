@@ -55,10 +55,10 @@ import numpy as np
 from PIL import Image
 
 import faces as face_pipeline
-from checkpoints import DEVICES, ModelFailed, check_metadata, read_export
+from checkpoints import DEVICES, ModelFailed, check_metadata, read_export, shown
 from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name,
-                            is_annotated_copy, labelled_folder_above, load_rgb, parse_zooms, preprocess_rgb, remove_orphans, to_rgb,
-                            write_csv, write_image, zoom_batch)
+                            is_annotated_copy, labelled_folder_above, load_rgb, parse_zooms, plain_number,
+                            preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
                        same_or_inside)
@@ -142,8 +142,7 @@ def get_args_parser():
 def training_range(metadata) -> tuple[float, float] | None:
     """(min_age, max_age) the model was trained on, from its metadata; None where not recorded."""
     low, high = metadata.get("min_age"), metadata.get("max_age")
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high))
-    return (float(low), float(high)) if numbers and low <= high else None
+    return (float(low), float(high)) if plain_number(low) and plain_number(high) and low <= high else None
 
 
 def outside_training_range(age, age_range, margin=RANGE_MARGIN) -> bool | None:
@@ -152,13 +151,6 @@ def outside_training_range(age, age_range, margin=RANGE_MARGIN) -> bool | None:
     if age_range is None:
         return None
     return bool(age <= age_range[0] + margin or age >= age_range[1] - margin)
-
-
-def shown(text, limit=200) -> str:
-    """Text from a model file's metadata as it may reach a terminal: printable characters only (no escape
-    sequence that clears the screen or fakes a line), at most `limit` of them."""
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class AgeEstimator:
@@ -281,6 +273,7 @@ class AgeEstimator:
     def detect(self, rgb) -> tuple[list[Face], list[tuple[Face, str]]]:
         """(kept faces with their chips, largest first; [(dropped face, reason)]) of one RGB image.
         Dropped faces are never cut out nor shown to the model."""
+        rgb = _array_rgb(rgb)  # a caller's gray, RGBA or mirrored (non-contiguous) frame: the chips must be RGB too
         if self.whole_image:
             height, width = rgb.shape[:2]
             face = Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)

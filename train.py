@@ -24,9 +24,10 @@ from pathlib import Path
 from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
-from custom_dataset import (AugmentConfig, DataError, PreprocessConfig, channel_stats, load_split_dataset,
-                            make_loader, parse_zooms)
-from checkpoints import export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from custom_dataset import (MAX_DENOISE_STRENGTH, AugmentConfig, DataError, PreprocessConfig, channel_stats,
+                            load_split_dataset, make_loader, parse_zooms)
+from checkpoints import (export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint,
+                         weights_digest)
 from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
                        gaussian_targets,
                        apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
@@ -210,6 +211,8 @@ def check_numbers(args):
              ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)"),
              ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)"),
              ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)"),
+             ("--denoise-strength", 0 < args.denoise_strength <= MAX_DENOISE_STRENGTH,
+              f"a number in (0, {MAX_DENOISE_STRENGTH}]"),
              ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
              ("--choose-zooms", not (args.choose_zooms and args.tta_zoom), "not given with --tta-zoom (it chooses them)"),
              ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
@@ -1107,7 +1110,8 @@ def test_best(args, model, cfg, cache_dir, best, out, median, age_map_judgement)
     interval = interval_metrics(metrics["pred"], metrics["true"], best["interval"], args.interval_level)
     plot_groups(groups, out / "groups.png", title=f"{args.model}, test, best epoch {best['epoch']}: error per group")
     result = {**public(metrics), "groups": groups, "interval": interval, "age_map": age_map_judgement,
-              "best_epoch": best["epoch"],
+              "best_epoch": best["epoch"], "weights": weights_digest(best["model_state"]),
+              "age_map_applied": best.get("age_map"),  # export_mobile tells the checkpoint these figures are of
               "model": args.model, "head": args.head,
               "tta_flip": views["tta_flip"], "tta_zoom": list(views["tta_zoom"]), "zoom_choice": best.get("zoom_choice"),
               "baseline": {"rule": "predict the training median for every face", "age": median, "mae": baseline_mae},

@@ -108,3 +108,29 @@ def test_an_export_with_a_kept_map_records_the_cross_fitted_validation_mae(monke
         **best, "model_name": "m", "head": "distribution", "min_age": 1, "max_age": 90, "crop": {"kind": "box"},
         "model_state": torch.nn.Linear(1, 1).state_dict()})
     assert metadata["val_mae"] == judgement["val_mae_after"] and metadata["val_mae_views"] == pytest.approx(in_sample)
+
+
+def test_an_export_of_last_pt_does_not_claim_the_test_mae_measured_through_best_pts_map(tmp_path):
+    """A run whose last epoch was its best: last.pt has best.pt's weights, but not the age map (nor the zooms
+    chosen after training) its metrics.json's test MAE was measured through."""
+    import json
+
+    import torch
+    from custom_dataset import PreprocessConfig
+    state = {"w": torch.arange(4.0)}
+    age_map = {"method": "isotonic", "x": [1.0, 80.0], "y": [2.0, 78.0]}
+    common = {"model_state": state, "epoch": 7, "model_name": "simplecnn", "head": "regression", "min_age": 1,
+              "max_age": 80, "crop": {"kind": "box", "margin": 0.0}}
+    best = {**common, "age_map": age_map, "config": {"tta_flip": True, "tta_zoom": "0.9"}}
+    last = {**common, "config": {"tta_flip": True, "tta_zoom": ""}}
+    saved = {"mae": 4.4, "best_epoch": 7, "weights": checkpoints.weights_digest(state), "age_map_applied": age_map,
+             "tta_flip": True, "tta_zoom": [0.9]}
+    (tmp_path / "metrics.json").write_text(json.dumps(saved))
+    cfg = PreprocessConfig()
+    assert checkpoints.metadata_for(best, cfg, tmp_path / "best.pt")["test_mae"] == 4.4
+    assert checkpoints.metadata_for(last, cfg, tmp_path / "last.pt")["test_mae"] is None
+    other = {**best, "model_state": {"w": torch.zeros(4)}}  # another run's weights under the same epoch
+    assert checkpoints.metadata_for(other, cfg, tmp_path / "best.pt")["test_mae"] is None
+    old = {k: v for k, v in saved.items() if k not in ("weights", "age_map_applied")}  # before the digest: by epoch
+    (tmp_path / "metrics.json").write_text(json.dumps(old))
+    assert checkpoints.metadata_for(best, cfg, tmp_path / "best.pt")["test_mae"] == 4.4

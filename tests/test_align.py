@@ -28,6 +28,24 @@ def test_utkface_and_plain_folders_record_their_crop(demo_dir, run_eda, tmp_path
     assert faces.read_split_crop(tmp_path / "utk_out" / "splits") == faces.UTKFACE_CROP
 
 
+def test_the_crop_recipe_follows_the_files_not_the_layout(demo_dir, run_eda, tmp_path, capsys):
+    """UTKFace's in-the-wild photos carry its names without ".chip": whole photos, cut by the detector at
+    inference, not chips; its aligned chips sorted into folders by age are chips all the same."""
+    demo = sorted(demo_dir.rglob("*.jpg"))[:12]
+    wild, by_age = tmp_path / "wild", tmp_path / "by_age"
+    for i, path in enumerate(demo):
+        wild.mkdir(exist_ok=True)
+        (wild / f"{path.parent.name}_0_0_2017010{i:02d}.jpg").write_bytes(path.read_bytes())
+        (by_age / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (by_age / path.parent.name / f"{path.parent.name}_0_0_2017010{i:02d}.jpg.chip.jpg").write_bytes(
+            path.read_bytes())
+    report = run_eda(wild, tmp_path / "wild_out")
+    assert report["layout"] == "utkface" and report["crop"] == faces.BOX_CROP
+    assert "do not end in .chip.jpg" in capsys.readouterr().out
+    report = run_eda(by_age, tmp_path / "by_age_out", "--align")
+    assert report["layout"] == "folder_per_age" and report["crop"] == faces.UTKFACE_CROP and report["align"] is None
+
+
 def test_align_trains_on_chips_and_inference_cuts_the_same_chip(utkface_chips, paste_face, run_eda, tmp_path):
     data = tmp_path / "photos"
     for i, chip in enumerate(utkface_chips[:6] * 2):

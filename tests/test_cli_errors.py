@@ -249,3 +249,30 @@ def test_a_negative_seed_is_one_line_before_the_scan(demo_dir, tmp_path):
     assert_one_line_error(run_script("eda.py", "--data-dir", demo_dir, "--out-dir", tmp_path / "o", "--seed", "-1"),
                           "--seed must be 0 or more")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("failure, words", [
+    ("opencv", ["OpenCV failed", "--debug"]),  # cv2.error is no RuntimeError: it was a C++ traceback
+    ("memory", ["out of memory"]),
+    ("other", None),  # a bug stays a traceback: it must be seen
+])
+def test_opencv_and_memory_failures_are_one_line(failure, words, monkeypatch, capsys):
+    import cv2
+    import numpy as np
+
+    import cli
+
+    def main(args):
+        if failure == "opencv":
+            cv2.resize(np.zeros((0, 0, 3), np.uint8), (10, 10))
+        raise MemoryError() if failure == "memory" else KeyError("a bug")
+    monkeypatch.setattr(sys, "argv", ["x.py"])
+    if words is None:
+        with pytest.raises(KeyError):
+            cli.run_cli(main, cli.ArgumentParser())
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(main, cli.ArgumentParser())
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert all(word in err for word in words), err

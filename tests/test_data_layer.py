@@ -1,5 +1,6 @@
 """Label discovery (three layouts), age filters, de-duplication and the stratified split."""
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -71,16 +72,17 @@ def test_utkface_layout(tmp_path):
     assert skipped == Counter({"name_without_age": 1})
 
 
-@pytest.mark.parametrize("bom", [False, True], ids=["plain", "utf8-bom"])
-def test_csv_layout_paths_relative_to_csv(tmp_path, bom):
+@pytest.mark.parametrize("bom, name", [(False, "labels.csv"), (True, "labels.csv"), (False, "LABELS.CSV")],
+                         ids=["plain", "utf8-bom", "upper-case-suffix"])
+def test_csv_layout_paths_relative_to_csv(tmp_path, bom, name):
     data = tmp_path / "data"
     rows = [("img/a.jpg", 31), ("img/sub/b b.jpg", 45), ("c.jpg", 2)]
     for i, (rel, _) in enumerate(rows):
         write_jpeg(data / rel, seed=i)
     text = "Path,Age,comment\n" + "".join(f"{rel},{age},x\n" for rel, age in rows)
-    (data / "labels.csv").write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    (data / name).write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
     expected = sorted((str((data / rel).absolute()), age) for rel, age in rows)
-    for target in (data, data / "labels.csv"):  # the folder or the CSV itself
+    for target in (data, data / name):  # the folder or the CSV itself
         records, skipped, layout = discover_labels(target)
         assert layout == "csv"
         assert as_pairs(records) == expected
@@ -248,6 +250,10 @@ def test_write_csv_read_split_round_trip(tmp_path):
     assert not list((tmp_path / "s").glob("*.tmp"))
     with pytest.raises(DataError):
         read_split(tmp_path / "s" / "missing.csv")
+    for age in (-5, 500):  # a hand-edited split: eda.py keeps 0..120
+        write_csv(tmp_path / "s" / "edited.csv", [{"path": "/d/a.jpg", "age": age}], ["path", "age"])
+        with pytest.raises(DataError, match=f"age '{age}' is not a whole number of years in 0..120 \\(row 2\\)"):
+            read_split(tmp_path / "s" / "edited.csv")
 
 
 def test_grayscale_augmentation_turns_the_chosen_share_gray():
@@ -320,12 +326,13 @@ def test_altered_copies_read_a_read_only_cache_without_warning():
 
 def test_csv_ages_written_as_whole_floats_are_read_and_others_are_not(tmp_path):
     data = tmp_path / "data"
-    for i in range(4):
+    for i in range(5):
         write_jpeg(data / f"{i}.jpg", seed=i)
-    # pandas writes 25.0 where the column has a gap; 25.5 and nan are no whole age
-    (data / "labels.csv").write_text("path,age\n0.jpg,25.0\n1.jpg,7\n2.jpg,25.5\n3.jpg,nan\n")
+    # pandas writes 25.0 where the column has a gap; 25.5 and nan are no whole age; nor are 5000 digits, on
+    # which int() raises (Python's limit) and stopped the whole scan
+    (data / "labels.csv").write_text("path,age\n0.jpg,25.0\n1.jpg,7\n2.jpg,25.5\n3.jpg,nan\n4.jpg," + "9" * 5000 + "\n")
     records, skipped, _ = discover_labels(data)
-    assert sorted(r["age"] for r in records) == [7, 25] and skipped == Counter(bad_age_label=2)
+    assert sorted(r["age"] for r in records) == [7, 25] and skipped == Counter(bad_age_label=3)
 
 
 def test_csv_paths_written_on_windows_are_found(tmp_path):
@@ -408,9 +415,14 @@ def test_thumbnail_and_hidden_folders_in_age_folders_are_no_faces(tmp_path):
         write_jpeg(tmp_path / age / "@eaDir" / "IMG_0.jpg" / "SYNOPHOTO_THUMB_M.jpg", seed=100 + int(age))
     write_jpeg(tmp_path / "20" / ".thumbnails" / "IMG_0.jpg", seed=7)
     write_jpeg(tmp_path / "21" / "__MACOSX" / "._IMG_0.jpg", seed=8)
+    write_jpeg(tmp_path / "20" / "@eaDir" / "IMG_0.jpg" / "SYNOPHOTO_THUMB_S.jpg", seed=9)
+    for name in ("HEAD", "config", "objects/ab/cdef"):  # beside the age folders: not walked as a folder named ".git"
+        (tmp_path / ".git" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / ".git" / name).write_text("x")
+    (tmp_path / "empty").mkdir()
     records, skipped, layout = discover_labels(tmp_path)
     assert layout == "folder_per_age" and sorted(Path(r["path"]).parent.name for r in records) == ["20", "21"]
-    assert skipped["system_folder"] == 4
+    assert skipped == Counter(system_folder=5 + 3)  # files, not folders; the empty folder holds none
 
 
 def test_numbered_batch_folders_of_utkface_files_are_refused_not_read_as_ages(tmp_path):
@@ -524,6 +536,31 @@ def test_the_strength_of_a_filter_that_is_off_does_not_key_another_cache():
                                                                                 deblur=False, deblur_amount=0.9))
     assert cache_key(["a.png"], PreprocessConfig(denoise_strength=10)) != cache_key(["a.png"], PreprocessConfig())
     assert cache_key(["a.png"], PreprocessConfig(deblur_amount=0.9)) != cache_key(["a.png"], PreprocessConfig())
+
+
+def test_bytes_changed_under_the_same_size_and_time_are_preprocessed_again_once_split_again(tmp_path):
+    """exiftool -P rewrites a file and keeps its date: the cache key (path, size, time) cannot see it, the
+    new split's content hashes do."""
+    from custom_dataset import PreprocessConfig, content_hash, load_split_dataset
+    path = tmp_path / "faces" / "0.bmp"  # uncompressed: other pixels, the same size
+    path.parent.mkdir()
+    rows = []
+    for k in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 + 100 * k, np.uint8)).save(tmp_path / "faces" / f"{k}.bmp")
+        rows.append({"path": str(tmp_path / "faces" / f"{k}.bmp"), "age": 20 + k,
+                     "hash": content_hash((tmp_path / "faces" / f"{k}.bmp").read_bytes())})
+    write_csv(tmp_path / "s" / "train.csv", rows, ["path", "age", "hash"])
+    cfg = PreprocessConfig(image_size=32, denoise=False, deblur=False)
+    before = load_split_dataset(tmp_path / "s" / "train.csv", cfg, tmp_path / "cache", workers=1, progress=False)
+    assert before.images[0].max() == 60
+    stat = path.stat()
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    rows[0]["hash"] = content_hash(path.read_bytes())  # eda.py run again
+    write_csv(tmp_path / "s" / "train.csv", rows, ["path", "age", "hash"])
+    after = load_split_dataset(tmp_path / "s" / "train.csv", cfg, tmp_path / "cache", workers=1, progress=False)
+    assert after.ages.tolist() == [20, 21] and after.images[0].min() == 200
 
 
 def test_a_file_whose_bytes_changed_since_the_split_is_skipped_until_split_again(tmp_path):

@@ -276,3 +276,14 @@ def test_onnx_metadata_is_read_without_running_the_file_and_none_where_absent(tm
     assert checkpoints.onnx_metadata(path) is None
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
     assert export_mobile.recorded_weights(tmp_path / "junk.onnx") is None
+
+
+def test_an_export_of_the_runs_tested_weights_carries_their_test_mae(run_dir):
+    from custom_dataset import PreprocessConfig
+    test_mae = json.loads((run_dir / "metrics.json").read_text())["mae"]
+    mapped = checkpoints.load_checkpoint(run_dir / "best.pt").get("age_map")
+    # one epoch: last.pt holds the tested weights; without a map kept it is what was tested
+    for name, expected in (("best.pt", test_mae), ("last.pt", None if mapped else test_mae)):
+        checkpoint = checkpoints.load_checkpoint(run_dir / name)
+        cfg = PreprocessConfig.from_dict(checkpoint["preprocess"])
+        assert checkpoints.metadata_for(checkpoint, cfg, run_dir / name)["test_mae"] == expected

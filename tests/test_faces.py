@@ -334,6 +334,14 @@ def test_a_box_mostly_beyond_the_photos_edge_is_dropped_and_a_face_cut_by_the_ed
     assert [tuple(f.box) for f in found] == [(280, 100, 40, 60)]  # two thirds inside: kept, clipped for reporting
 
 
+def test_the_largest_face_is_ranked_by_its_part_inside_the_photo_as_inference_ranks_it(monkeypatch):
+    """eda.py --align labels the largest face with the photo's age, and inference.py reports the largest
+    first: both by the box inside the photo, not by a detector box reaching past the edge."""
+    monkeypatch.setattr(faces, "hog_faces", lambda gray, *a, **k: [((-40, 10, 100, 100), 2.0), ((150, 50, 90, 90), 1.0)])
+    found = faces.FacePipeline(faces.BOX_CROP, "hog").faces(np.full((240, 320, 3), 100, np.uint8))
+    assert [tuple(f.box) for f in found] == [(150, 50, 90, 90), (0, 10, 60, 100)]
+
+
 def test_a_box_too_small_to_keep_does_not_suppress_the_face_around_it(monkeypatch):
     """Too small is decided first: a strong 8 px box inside a face's box made non-max suppression drop the
     face, and then the size rule dropped the 8 px box: no face at all."""

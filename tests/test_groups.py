@@ -158,4 +158,6 @@ def test_write_image_round_trips_and_refuses_an_unknown_type(tmp_path):
     assert np.abs(load_rgb(tmp_path / "b.jpg").astype(int) - rgb).max() <= 3
     with pytest.raises(ValueError, match="unsupported type '.xyz'"):
         write_image(tmp_path / "c.xyz", rgb)
+    with pytest.raises(ValueError, match="70000x2 image as .jpg .*65500 pixels a side; use .png"):
+        write_image(tmp_path / "pano.jpg", np.zeros((2, 70000, 3), np.uint8))  # a type JPEG has, a size it has not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg"]  # nothing half-written left

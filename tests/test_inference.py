@@ -1,5 +1,6 @@
 """Tests of inference.py: single image, folder, video, tracking helpers and one-line errors."""
 import csv
+import json
 import re
 
 import cv2
@@ -438,6 +439,54 @@ def test_unusable_image_size_in_the_metadata_is_one_error(onnx_path, tmp_path, s
     onnx.save(proto, str(bad))
     with pytest.raises(DataError, match="image_size"):
         inference.AgeEstimator(bad, whole_image=True)
+
+
+HUGE = "1" + "0" * 400  # a whole number json reads exactly, and math.isfinite cannot take
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["preprocess"].update(denoise="false"), "denoise must be true or false"),  # text: would switch it on
+    (lambda m: m["preprocess"].update(deblur_amount="0.5"), "deblur_amount"),  # failed at the first photo
+    (lambda m: m["preprocess"].update(deblur_amount=float("nan")), "deblur_amount"),
+    (lambda m: m["preprocess"].update(std=[0, 0, 0]), "std must be positive"),
+    (lambda m: m["preprocess"].update(mean=[0.5]), "mean must be 3 numbers"),
+    (lambda m: m.update(tta_flip="no"), "tta_flip"),  # text: would mirror every face
+    (lambda m: m.update(tta_zoom=[None]), "tta_zoom"),
+    (lambda m: m.update(tta_zoom=["HUGE"]), "tta_zoom"),
+    (lambda m: m.update(min_age="HUGE"), "min_age"),
+    (lambda m: m.update(age_map={"x": [1, "HUGE"], "y": [1, 2]}), "age map"),
+    (lambda m: m.update(interval={"method": "split conformal", "bands": [{"from": None, "errors": [1.0]},
+                                                                         {"from": float("nan"), "errors": [2.0]}]}),
+     "age-interval"),
+    (lambda m: m.update(crop={"kind": "chip", "landmarks": 5, "size": 64, "template": [[1, 2], [3]]}), "template"),
+])
+def test_a_model_file_with_metadata_of_the_wrong_kind_is_one_error(tmp_path, edit, message):
+    """A model from elsewhere is read, never trusted: each of these once gave a traceback, a silent
+    mistake (a filter switched on, every face mirrored), or an interval from the wrong band."""
+    import onnx
+    path = constant_model(tmp_path / "model.onnx")
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == "metadata.json")
+    metadata = json.loads(entry.value)
+    edit(metadata)
+    entry.value = json.dumps(metadata).replace('"HUGE"', HUGE)
+    onnx.save(proto, str(path))
+    with pytest.raises(DataError, match=message) as caught:
+        inference.AgeEstimator(path, whole_image=True)
+    assert len(str(caught.value)) < 400  # the 400 digits are not echoed
+
+
+@pytest.mark.parametrize("text, message", [("{", "unreadable metadata"), ("[" * 100000, "unreadable metadata"),
+                                           ("[1]", "no JSON object")])
+def test_model_metadata_that_is_no_json_object_is_one_error_naming_the_file(tmp_path, text, message):
+    import onnx
+    path = constant_model(tmp_path / "model.onnx")
+    proto = onnx.load(str(path))
+    next(p for p in proto.metadata_props if p.key == "metadata.json").value = text
+    onnx.save(proto, str(path))
+    with pytest.raises(DataError, match=message) as caught:
+        inference.AgeEstimator(path, whole_image=True)
+    assert str(path) in str(caught.value)
 
 
 def test_outputs_inside_a_labelled_data_set_are_refused(onnx_path, faces, tmp_path):

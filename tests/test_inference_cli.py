@@ -270,6 +270,16 @@ def test_ctrl_c_in_a_folder_run_keeps_the_predictions_of_the_images_already_anno
     assert "interrupted after 1 of 3 images" in capsys.readouterr().err
 
 
+def test_a_gray_or_mirrored_frame_gets_the_same_faces_and_ages_as_its_rgb_copy(model, faces):
+    estimator = inference.AgeEstimator(model, detector="haar", threads=1)
+    rgb = scene(faces[:1])
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    for image, same in ((gray, np.repeat(gray[..., None], 3, 2)), (rgb[:, ::-1], np.ascontiguousarray(rgb[:, ::-1]))):
+        got = estimator.analyse(image).faces  # the API's own entry, without predict()'s as_rgb
+        want = estimator.analyse(same).faces
+        assert len(got) == 1 and got == want
+
+
 def test_a_tiny_or_empty_array_is_one_error_as_a_tiny_file_is():
     from PIL import Image
     for image in (np.zeros((0, 0, 3), np.uint8), np.zeros((10, 40, 3), np.uint8), Image.new("RGB", (40, 12))):

@@ -600,6 +600,20 @@ def test_a_lock_being_written_counts_as_held_and_a_run_never_removes_another_run
     assert (tmp_path / ".lock").read_text() == "999999999\n"  # left to its owner
 
 
+def test_a_lock_taken_over_from_a_dead_run_is_held_against_a_second_taker(tmp_path):
+    """Two runs that both read a dead run's PID: the first takes the lock over, and the second, which read the
+    same dead PID an instant before, must not take it again (it once removed the first one's fresh lock)."""
+    import fcntl  # noqa: F401 (the flock this relies on; Windows has none)
+    (tmp_path / ".lock").write_text("999999999\n")
+    with functions.folder_lock(tmp_path, "train.py"):
+        (tmp_path / ".lock").write_text("999999999\n")  # what the second taker reads: the dead PID still
+        with pytest.raises(custom_dataset.DataError, match="in use by another train.py"):
+            with functions.folder_lock(tmp_path, "train.py"):
+                pass
+    with functions.folder_lock(tmp_path, "train.py"):  # released: free again
+        pass
+
+
 def test_a_last_training_batch_of_one_image_is_left_out_and_the_schedule_counts_it_so():
     import argparse
     images = [(torch.zeros(3, 4, 4), torch.tensor(30.0)) for _ in range(66)]
