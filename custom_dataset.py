@@ -1414,10 +1414,30 @@ def load_split_dataset(split_csv, cfg: PreprocessConfig, cache_dir=None, workers
             f"read or changed since the split ({reasons}); rerun eda.py to refresh the splits")
         keep = np.flatnonzero(ok)
         records = [records[i] for i in keep]
-        images = images[keep] if len(keep) else images[:0]
+        images = KeptRows(images, keep)
     if not records:
         raise DataError(f"no readable images left in {split_csv}; rerun eda.py")
-    return CustomDataset(records, cfg, np.asarray(images) if not ok.all() else images)
+    return CustomDataset(records, cfg, images)
+
+
+class KeptRows:
+    """The rows of a cache whose files were not skipped, read through their indices: the cache stays a memory
+    map, where images[keep] would copy the whole split into memory (in every torchrun rank) for one file gone.
+    Indexed, sliced, measured (len, shape) and turned into an array (np.asarray) as the cache is."""
+
+    def __init__(self, images, rows):
+        self.base, self.rows = images, np.asarray(rows, dtype=np.int64)
+        self.shape, self.dtype = (len(self.rows),) + tuple(images.shape[1:]), images.dtype
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        return self.base[self.rows[key]]
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.base[self.rows]
+        return array if dtype is None else array.astype(dtype)
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, sampler=None, pin_memory: bool = False,

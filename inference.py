@@ -1081,6 +1081,8 @@ def check_flags(args):
     if args.json not in (None, True, "-"):
         raise DataError(f"--json takes no value (predictions.json in the output folder) or '-' (JSON lines on "
                         f"stdout), got {args.json!r}")
+    if args.whole_image and args.min_score is not None:  # the whole image's score is a fixed 1.0
+        raise DataError("--min-score filters the detector's faces; --whole-image uses no detector")
     if args.save_crops and args.video:
         raise DataError("--save-crops is for --image and --input-dir")
     if args.video is not None and not 0 < args.alpha <= 1:

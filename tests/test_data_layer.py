@@ -578,6 +578,11 @@ def test_a_file_whose_bytes_changed_since_the_split_is_skipped_until_split_again
     data = load_split_dataset(tmp_path / "s" / "train.csv", cfg, tmp_path / "cache", workers=1, progress=False,
                               log=warnings_.append)
     assert data.ages.tolist() == [20, 22] and "changed_since_split: 1" in warnings_[0]
+    # the skipped file's row is left out by index: the rest still read from the cache's memory map, not copied
+    assert isinstance(data.images.base, np.memmap) and len(data.images) == 2 and data.images.shape == (2, 32, 32, 3)
+    assert [int(data.images[k].max()) for k in range(2)] == [0, 120] == [int(x.max()) for x in np.asarray(data.images)]
+    assert data.batch([1, 0])[0][:, 0, 0, 0].tolist() == [120, 0]
+    assert data.subset([1]).images.shape == (1, 32, 32, 3)
     rows[1]["hash"] = content_hash((faces / "1.png").read_bytes())  # eda.py run again: the new bytes are split
     write_csv(tmp_path / "s" / "train.csv", rows, ["path", "age", "hash"])
     data = load_split_dataset(tmp_path / "s" / "train.csv", cfg, tmp_path / "cache", workers=1, progress=False)

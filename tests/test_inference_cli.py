@@ -411,6 +411,9 @@ def test_min_face_and_min_score_drop_and_count(model, faces, tmp_path, capsys):
                        "--min-score", "1e9"])
     assert result["boxes"] == [] and result["min_score"] == 2
     assert "2 faces dropped by --min-score 1e+09" in capsys.readouterr().out
+    with pytest.raises(DataError, match="--whole-image uses no detector"):  # it would drop every image
+        run_main(["--model", str(model), "--image", str(src), "--output-dir", str(tmp_path / "d"), "--whole-image",
+                  "--min-score", "1.5"])
 
 
 def test_outside_training_range_rule():
