@@ -40,7 +40,7 @@ from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CAN
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 PROTOCOLS = {"S": ["--min-age", "20", "--max-age", "50"], "F": []}
 # Every benchmark model is MODEL_BASE with its own overrides (with_overrides). MODEL_BASE is train.py's
-# default recipe spelled out, so that a changed default cannot change a benchmark figure.
+# default recipe spelled out (at 40 epochs, not its 20), so that a changed default cannot change a benchmark figure.
 MODEL_BASE = ["--model", "simplecnn", "--head", "distribution", "--loss", "mse", "--epochs", "40", "--lr", "1e-3",
               "--augment", "default", "--tta-flip", "--no-denoise", "--no-deblur"]
 # the teachers of F's second generation (gen2 and the film-grain run); the third generation adds those two
@@ -1170,7 +1170,7 @@ MODEL_NOTES = {
                       "brightness/contrast), warm-up + cosine, flip-TTA, the seed's denoise and deblur",
     "simplecnn_bn_dldl": "`simplecnn_dldl` with BatchNorm after each conv and dropout 0.3",
     "simplecnn_tuned": "the experiments' base plus the levers that won on validation (MSE on the expected age, "
-                       "denoise and deblur off), 40 epochs: `train.py`'s defaults",
+                       "denoise and deblur off): `train.py`'s defaults, at 40 epochs",
     "simplecnn_tuned_96px": "`simplecnn_tuned` at 96 px input",
     "simplecnn_tuned_60ep": "`simplecnn_tuned` trained 60 epochs (the lever `tuned_60_epochs` won on validation)",
     "simplecnn_photo": "`simplecnn_tuned` with 20 % of the training images turned gray (`--augment photo`: "
