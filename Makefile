@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) demo_data.py --out-dir $(OUT)/data --min-age 20 --max-age 50 --per-age 24
 	$(PY) eda.py --data-dir $(OUT)/data --out-dir $(OUT)
-	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run \
+	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run --overwrite \
 		--data-description "synthetic demo faces (demo_data.py), ages 20-50"
 	$(PY) hyperparameter_tunning.py --splits $(OUT)/splits --model simplecnn --out-dir $(OUT)/search \
 		--lrs 3e-4,1e-3,3e-3 --weight-decays 0,1e-3 --epochs-per-trial 2 --subset-fraction 0.5 --skip-final

@@ -501,6 +501,7 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
             "--no-progress"]
     args = train.get_args_parser().parse_args(argv)
     args.resume = args.resume or goes_on(run_dir, args)  # not in the recorded command: the recipe's own
+    args.overwrite = not args.resume  # a finished run, or one of other settings, is trained again from epoch 1
     start = time.perf_counter()
     summary = train.main(args)
     wall = time.perf_counter() - start
@@ -865,6 +866,7 @@ def run_ablation(name, splits, work, quick=False):
     if quick:
         argv = with_overrides(argv, ["--epochs", "2", "--subset-fraction", "0.1"])
     args = train.get_args_parser().parse_args(argv)
+    args.overwrite = True  # an ablation asked for again is trained again
     train.main(args)
     best, model, cfg = load_best(run_dir)
     val = load_split_dataset(Path(splits) / "val.csv", cfg, Path(splits).parent / "cache", progress=False)

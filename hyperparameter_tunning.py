@@ -39,7 +39,8 @@ import numpy as np
 import train
 from custom_dataset import DataError, channel_stats, load_split_dataset, write_csv
 from checkpoints import load_checkpoint
-from functions import NonFiniteLossError, atomic_write, configure_threads, evaluate, pyplot, set_seed, train_one_epoch
+from functions import (NonFiniteLossError, atomic_write, configure_threads, evaluate, folder_lock, pyplot, set_seed,
+                       train_one_epoch)
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
 models = lazy_import("model")
@@ -349,8 +350,8 @@ class Search:
         name = trial_name(key)
         run_dir = self.out / "trials" / name
         argv = trial_argv(self.args, lr, weight_decay, self.args.epochs_per_trial, run_dir, self.cache_dir)
-        if should_resume(run_dir, argv):  # a search cut short goes on where the trial was
-            argv.append("--resume")
+        # a search cut short goes on where the trial was; a trial of other settings or another split starts afresh
+        argv.append("--resume" if should_resume(run_dir, argv) else "--overwrite")
         place_teacher_table(self.args, self.out, run_dir)
         print(f"[{label}] lr {lr:.3g} wd {weight_decay:.3g}: training {self.args.epochs_per_trial} epoch(s) "
               f"-> {run_dir}")
@@ -551,6 +552,12 @@ def check_args(args):
 
 def main(args):
     check_args(args)
+    # a second search into OUT would interleave its rows with ours and both would write best_params.json
+    with folder_lock(args.out_dir, "hyperparameter_tunning.py"):
+        return search_and_train(args)
+
+
+def search_and_train(args):
     configure_threads(args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -601,8 +608,7 @@ def main(args):
     if args.skip_final:
         print(f"--skip-final: train the chosen pair with: {best['final_command']}")
     else:
-        if should_resume(run_dir, argv):
-            argv.append("--resume")
+        argv.append("--resume" if should_resume(run_dir, argv) else "--overwrite")
         same_split_as_the_search(args, search.data)
         place_teacher_table(args, out, run_dir)
         print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")

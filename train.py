@@ -163,6 +163,9 @@ def get_args_parser():
     g.add_argument("--out-dir", required=True, help="run folder: checkpoints, logs, figures, exports")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (with --teacher checkpoints, "
                    "OUT/teacher.npz is read back while their files are unchanged)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out-dir that holds an earlier run, removing its checkpoints, exports, "
+                        "metrics, figures and TensorBoard logs first (without it or --resume such a folder is refused)")
     g.add_argument("--device", default="auto",
                    help="auto, cpu or cuda (under torchrun, auto and cuda mean cuda:LOCAL_RANK)")
     g.add_argument("--amp", action="store_true",
@@ -213,6 +216,7 @@ def check_numbers(args):
              ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)"),
              ("--denoise-strength", 0 < args.denoise_strength <= MAX_DENOISE_STRENGTH,
               f"a number in (0, {MAX_DENOISE_STRENGTH}]"),
+             ("--overwrite", not (args.overwrite and args.resume), "left out with --resume (which continues the run)"),
              ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
              ("--choose-zooms", not (args.choose_zooms and args.tta_zoom), "not given with --tta-zoom (it chooses them)"),
              ("--erase", 0 <= args.erase <= 1, "a share between 0 and 1"),
@@ -283,6 +287,7 @@ def main(args):
     """Train in this process, or as one rank of a torchrun launch. Only rank 0 prints, writes and
     exports; the process group is closed on every exit, errors included."""
     check_settings(args)  # before torch loads (setup_distributed): a typo is answered at once, not in 3 s
+    refuse_earlier_run(args)
     refuse_output_in_data(args.out_dir, args.splits)
     if args.cache_dir:
         refuse_output_in_data(args.cache_dir, args.splits, "--cache-dir")
@@ -690,12 +695,36 @@ def check_settings(args):
                         "is on this machine, or leave --weights out")
 
 
+# what a run writes into its folder, besides the lock and teacher.npz (kept: it is checked against its teachers)
+RUN_FILES = ("best.pt", "last.pt", "history.json", "config.json", "metrics.json", "learning_curves.png",
+             "pred_vs_true.png", "groups.png", "model.onnx", "model.jit")
+
+
+def refuse_earlier_run(args):
+    """A second run into a run's folder, unless it goes on (--resume) or replaces it (--overwrite): its best.pt
+    would be replaced after one epoch, and its exports, metrics and TensorBoard curves left beside the new run's."""
+    if args.resume or args.overwrite:
+        return
+    out = Path(args.out_dir)
+    found = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    if found:
+        raise DataError(f"--out-dir {out} holds an earlier run ({', '.join(found)}); pass --resume to continue it, "
+                        "--overwrite to start afresh in its place, or another --out-dir")
+
+
 def open_run_folder(args, dist_ctx) -> Path:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dist_ctx.is_main:
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing; never a valid file
             stale.unlink()
+        if args.overwrite:  # under the folder's lock: no other run is writing these
+            gone = [p for p in [*(out / name for name in RUN_FILES), *out.glob("events.out.tfevents.*")]
+                    if p.is_file()]
+            for path in gone:
+                path.unlink()
+            if gone:
+                print(f"--overwrite: removed the earlier run's {len(gone)} files from {out}")
     return out
 
 

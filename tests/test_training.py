@@ -702,3 +702,24 @@ def test_a_split_replaced_while_training_is_not_tested(splits, tmp_path, monkeyp
     with pytest.raises(custom_dataset.DataError, match="changed while this run trained"):
         train.main(train_args(own, tmp_path / "run", "--epochs", "1", "--no-export"))
     assert (tmp_path / "run" / "best.pt").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_runs_folder_is_refused_unless_it_resumes_or_overwrites(splits, tmp_path, capsys):
+    """Started afresh there, it replaced the earlier best.pt after one epoch and left the earlier exports and
+    TensorBoard curves beside its own; --overwrite removes them first."""
+    out = tmp_path / "run"
+    train.main(train_args(splits, out, "--epochs", "1", "--no-test"))
+    assert (out / "best.pt").is_file() and (out / "model.onnx").is_file() and list(out.glob("events.out.tfevents.*"))
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(custom_dataset.DataError, match="holds an earlier run .*--resume.*--overwrite"):
+        train.main(train_args(splits, out, "--epochs", "1", "--seed", "7"))
+    assert (out / "best.pt").read_bytes() == before
+    with pytest.raises(custom_dataset.DataError, match="--overwrite must be left out with --resume"):
+        train.main(train_args(splits, out, "--epochs", "1", "--resume", "--overwrite"))
+    capsys.readouterr()
+    train.main(train_args(splits, out, "--epochs", "1", "--seed", "7", "--overwrite", "--no-export",
+                          "--no-tensorboard", "--no-test"))
+    assert "--overwrite: removed the earlier run's" in capsys.readouterr().out
+    assert not (out / "model.onnx").exists() and not list(out.glob("events.out.tfevents.*"))  # none left stale
+    assert checkpoints.load_checkpoint(out / "best.pt")["config"]["seed"] == 7

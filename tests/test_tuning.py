@@ -258,6 +258,16 @@ def test_an_out_dir_among_the_images_is_refused_before_anything_is_written(demo)
     assert not out.exists()
 
 
+def test_a_second_search_into_a_busy_out_dir_stops_before_any_trial(demo, tmp_path):
+    """Both would rewrite the trials' CSVs (rows lost) and best_params.json."""
+    import functions
+    out = tmp_path / "r"
+    with functions.folder_lock(out, "hyperparameter_tunning.py"):
+        with pytest.raises(DataError, match="in use by another hyperparameter_tunning.py"):
+            ht.main(ht.get_args_parser().parse_args(SEARCH + ["--splits", str(demo["splits"]), "--out-dir", str(out)]))
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_missing_val_split_is_a_data_error(demo, tmp_path):
     splits = tmp_path / "splits"
     splits.mkdir()
