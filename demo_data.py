@@ -23,13 +23,17 @@ random generator, so it is byte-identical whatever else is generated.
     python demo_data.py --out-dir outputs/demo/data --min-age 20 --max-age 50 --per-age 20
 """
 
+import contextlib
+import json
 import os
+import re
+from pathlib import Path
 
 from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
 import cv2
 import numpy as np
 
-from custom_dataset import write_image
+from custom_dataset import DataError, atomic_write, write_image
 
 JPEG_QUALITY = 92
 
@@ -388,6 +392,35 @@ def generate_dataset(out_dir, min_age=20, max_age=50, per_age=20, size=128, seed
     return count
 
 
+MANIFEST = "demo_data.json"  # the files the last run wrote: a smaller next run removes the rest, nothing else
+DEMO_NAME = re.compile(r"(\d+)/\1_\d{4}\.jpg")
+
+
+def planned_files(min_age, max_age, per_age) -> list[str]:
+    """The relative paths generate_dataset writes."""
+    return [f"{age}/{age}_{index:04d}.jpg" for age in range(min_age, max_age + 1) for index in range(per_age)]
+
+
+def write_manifest(out, files, settings):
+    text = json.dumps({**settings, "files": sorted(files)}, indent=1) + "\n"
+    atomic_write(Path(out) / MANIFEST, lambda f: f.write(text.encode()))
+
+
+def earlier_files(out) -> set:
+    """The files an earlier run wrote into OUT (its manifest); DataError where OUT holds files of another kind
+    (a real data set, the repository): the drawn faces would be mixed into them."""
+    out = Path(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return set()
+    try:
+        files = set(json.loads((out / MANIFEST).read_text())["files"])
+        # only names this script writes: an edited manifest cannot point the clean-up anywhere else
+        return {name for name in files if isinstance(name, str) and DEMO_NAME.fullmatch(name)}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"--out-dir {out} already holds files that demo_data.py did not write (a data set?); "
+                        "choose a new or empty folder") from None
+
+
 def get_args_parser():
     parser = ArgumentParser(
         description="Write a synthetic age-labelled face data set (OUT/<age>/<age>_<i>.jpg).")
@@ -413,8 +446,20 @@ def main(args, parser=None):
         parser.error(f"--size must be at least 32, got {args.size}")
     if args.seed < 0:
         parser.error(f"--seed must be non-negative, got {args.seed}")
+    # one run's faces alone: an earlier run's with another range or count would be read as more faces
+    earlier = earlier_files(args.out_dir)
+    planned = planned_files(args.min_age, args.max_age, args.per_age)
+    settings = {k: getattr(args, k) for k in ("min_age", "max_age", "per_age", "size", "seed")}
+    os.makedirs(args.out_dir, exist_ok=True)
+    write_manifest(args.out_dir, earlier | set(planned), settings)  # a kill midway leaves every file listed
     count = generate_dataset(args.out_dir, args.min_age, args.max_age, args.per_age,
                              args.size, args.seed)
+    for name in sorted(earlier - set(planned)):
+        path = Path(args.out_dir) / name
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # an age folder left empty
+            path.parent.rmdir()
+    write_manifest(args.out_dir, planned, settings)
     print(f"wrote {count} images of ages {args.min_age}-{args.max_age} "
           f"({args.size}x{args.size}, seed {args.seed}) to {args.out_dir}")
     return count

@@ -9,6 +9,7 @@ from PIL import Image
 
 import demo_data
 from conftest import run_script
+from custom_dataset import DataError
 
 # Big enough for a stable ridge fit, small enough to generate in a couple of seconds.
 SIGNAL_AGES = (20, 50)
@@ -148,7 +149,7 @@ def test_cli_writes_and_summarises(tmp_path, capsys):
     assert demo_data.main(args) == 4
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "4" in out[0] and str(tmp_path) in out[0]
-    assert len(_files(tmp_path)) == 4
+    assert len(_files(tmp_path)) == 4 + 1  # and the manifest
 
 
 @pytest.mark.parametrize("argv", [["--min-age", "50", "--max-age", "20"], ["--per-age", "0"]])
@@ -186,3 +187,22 @@ def test_no_single_pixel_gives_the_age(two_seeds):
         for x in (size // 5, size // 2, 4 * size // 5):
             assert abs(_corr(gray[:, y, x], ages)) < 0.5, (y, x)
     assert abs(_corr(gray.mean(axis=(1, 2)), ages)) < 0.5
+
+
+def test_a_smaller_second_run_leaves_only_its_own_faces_and_a_data_set_is_refused(tmp_path, capsys):
+    """Faces of an earlier run with another range or count would be read by eda.py as more faces."""
+    parser = demo_data.get_args_parser()
+
+    def run(*argv):
+        return demo_data.main(parser.parse_args(["--out-dir", str(tmp_path / "demo"), "--size", "48", *argv]))
+    run("--min-age", "40", "--max-age", "42", "--per-age", "3")
+    run("--min-age", "40", "--max-age", "41", "--per-age", "2", "--seed", "1")
+    assert _files(tmp_path / "demo") == ["40/40_0000.jpg", "40/40_0001.jpg", "41/41_0000.jpg", "41/41_0001.jpg",
+                                         "demo_data.json"]
+    assert not (tmp_path / "demo" / "42").exists()
+    data = tmp_path / "real"
+    (data / "25").mkdir(parents=True)
+    (data / "25" / "25_0000.jpg").write_bytes(b"a real face")
+    with pytest.raises(DataError, match="did not write"):
+        demo_data.main(parser.parse_args(["--out-dir", str(data), "--per-age", "1", "--min-age", "25", "--max-age", "25"]))
+    assert (data / "25" / "25_0000.jpg").read_bytes() == b"a real face"
