@@ -363,6 +363,8 @@ class Search:
             print(f"[{label}] diverged: {exc}")
             status, summary = "diverged", {}
         self.trained += 1
+        # a split replaced while this trial read it: its figures are not this search's, and are not kept
+        same_split_as_the_search(self.args, self.data)
         best = {"train_mae": math.nan, "val_mae": math.nan, "val_cs5": math.nan}
         history_path = run_dir / "history.json"
         if status == "ok" and history_path.exists():

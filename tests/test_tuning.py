@@ -352,3 +352,24 @@ def test_a_search_stops_where_its_split_was_replaced_meanwhile(tmp_path):
     (splits / "val.csv").write_text("other faces\n")
     with pytest.raises(DataError, match="changed while the search ran"):
         ht.same_split_as_the_search(args, data)
+
+
+def test_a_split_replaced_while_a_trial_read_it_keeps_no_row(demo, tmp_path, monkeypatch):
+    """The check before each trial cannot see an eda.py run during it (the last trial of a --skip-final search
+    had no later check at all): its figures would be ranked as this search's."""
+    splits = tmp_path / "splits"
+    shutil.copytree(demo["splits"], splits)
+    args = ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path / "out")])
+    search = ht.Search(args, tmp_path / "out", tmp_path / "cache")
+
+    def eda_meanwhile(train_args):
+        (splits / "val.csv").write_text((splits / "val.csv").read_text() + (splits / "train.csv").read_text()
+                                        .splitlines()[1] + "\n")
+        return {}
+    monkeypatch.setattr(train, "main", eda_meanwhile)
+    try:
+        with pytest.raises(DataError, match="changed while the search ran"):
+            search.run("lr_sweep", 1e-3, 0.0, "lr sweep 1/1")
+    finally:
+        search.close()
+    assert not (tmp_path / "out" / "lr_sweep.csv").exists()
