@@ -819,6 +819,10 @@ def train_run(args, dist_ctx: Distributed):
     digest = split_digest(args.splits)  # read once: every checkpoint records the split this run started with
     faces_digest = split_faces_digest(args.splits)  # the same, portable: what a distillation student checks
     checkpoint = restore(args, out / "last.pt", dist_ctx, digest)
+    if checkpoint is not None and checkpoint.get("bf16", use_amp) != use_amp:  # no record before it was kept
+        was, now = (("bf16 (--amp)", "float32") if checkpoint["bf16"] else ("float32", "bf16 (--amp)"))
+        raise DataError(f"--resume: {out / 'last.pt'} was trained in {was} and this run would go on in {now}, which "
+                        f"an uninterrupted run never does; resume with{'' if checkpoint['bf16'] else 'out'} --amp")
     crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
     # rank 0 builds the cache while the others wait; then they read it
     train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, preprocess_config(args)))
@@ -890,6 +894,7 @@ def train_run(args, dist_ctx: Distributed):
                                     metrics={"train": train_metrics, "val": public(val_metrics)},
                                     history=history, best_val_mae=best_val, world_size=dist_ctx.world_size,
                                     ema=ema)
+            state["bf16"] = use_amp  # what the steps ran in (--amp where it pays): a resumed run must run the same
             save_epoch(out, state, improved, history)
         dist_ctx.barrier()
     summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,

@@ -492,6 +492,12 @@ def test_resume_refuses_changed_settings_and_a_changed_split(splits, tmp_path):
     assert "--augment was 'default', now 'none'" in line and "--lr was 0.001, now 0.05" in line
     assert "--tta-flip was True, now False" in line and "--threads" not in line and len(line.splitlines()) == 1
     run_in_process([a if a != str(own) else str(own) + "/" for a in cmd] + ["--resume"])  # the same folder
+    # bf16 where --amp pays: last.pt says float32, and a resumed run in bf16 would equal no uninterrupted one
+    assert checkpoints.load_checkpoint(out / "last.pt")["bf16"] is False
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "amp_in_effect", lambda args, device: True)
+        with pytest.raises(custom_dataset.DataError, match="trained in float32 and this run would go on in bf16"):
+            run_in_process(cmd + ["--resume", "--amp"])
     rows = (own / "val.csv").read_text().splitlines()
     (own / "val.csv").write_text("\n".join(rows[:-1]) + "\n")  # eda.py re-run: another split
     with pytest.raises(custom_dataset.DataError, match="changed since"):
