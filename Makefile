@@ -17,6 +17,8 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 demo: setup
+	@# faces of a version without demo_data.json: demo_data.py refuses a folder it cannot tell is its own
+	@[ -e $(OUT)/data ] && [ ! -f $(OUT)/data/demo_data.json ] && rm -rf $(OUT)/data || true
 	$(PY) demo_data.py --out-dir $(OUT)/data --min-age 20 --max-age 50 --per-age 24
 	$(PY) eda.py --data-dir $(OUT)/data --out-dir $(OUT)
 	$(PY) train.py --splits $(OUT)/splits --model simplecnn --epochs $(DEMO_EPOCHS) --out-dir $(OUT)/run --overwrite \

@@ -2539,7 +2539,7 @@ def goes_on(run_dir, args) -> bool:
         print(f"note: {last} does not load ({type(exc).__name__}); training from epoch 1")
         return False
     if train.changed_settings(saved.get("config", {}), args) or saved.get("split_digest") != \
-            train.split_digest(args.splits):
+            train.split_digest(args.splits) or train.precision_changed(saved, args):
         print(f"note: {last} is of other settings or another split; training from epoch 1")
         return False
     print(f"{run_dir} holds this run, stopped at epoch {saved['epoch']}: it goes on from there")

@@ -135,8 +135,9 @@ def _system_folder(name) -> bool:
 
 
 def _count_files(folders) -> int:
-    """The files under these folders (links not followed): what the report counts as left out, file by file."""
-    return sum(len(files) for folder in folders for _, _, files in os.walk(folder))
+    """The images under these folders (links not followed): what the report counts as left out (a .git or .dvc
+    tree's objects are no faces)."""
+    return sum(_is_image_name(Path(name)) for folder in folders for _, _, files in os.walk(folder) for name in files)
 
 
 def _walk_files(root: Path, pruned: list | None = None):
@@ -863,8 +864,13 @@ class PreprocessConfig:
         for key in ("denoise", "deblur"):
             if key in d and not isinstance(d[key], bool):
                 raise ValueError(f"{key} must be true or false, got {repr(d[key])[:40]}")
-        for key, low, high in (("denoise_strength", 0, MAX_DENOISE_STRENGTH), ("deblur_amount", 0, 10)):
-            if key in d and not (plain_number(d[key]) and low < d[key] <= high):
+        for switch, key, low, high in (("denoise", "denoise_strength", 0, MAX_DENOISE_STRENGTH),
+                                       ("deblur", "deblur_amount", 0, 10)):
+            if key not in d or plain_number(d[key]) and low < d[key] <= high:
+                continue
+            if not d.get(switch, cls.__dataclass_fields__[switch].default):  # a filter that is off never used it
+                del d[key]  # (train.py once stored any --denoise-strength with --no-denoise)
+            else:
                 raise ValueError(f"{key} must be a number in ({low}, {high}], got {repr(d[key])[:40]}")
         for key in ("mean", "std"):
             if key in d:
@@ -1204,9 +1210,9 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
             images = np.load(array_path, mmap_mode="r")
             if meta.get("key") == key and meta.get("n") == len(paths) == len(meta["ok"]) \
                     and images.shape == (len(paths), size, size, 3):
-                # a new split's hashes: the bytes may have changed under the same size and time (exiftool -P)
-                resplit = hashes and (meta["hashes"] != hashes_digest(hashes) if meta.get("hashes") else
-                                      any(hashes[int(i)] != h for i, h in meta.get("changed", {}).items()))
+                # a new split's hashes: the bytes may have changed under the same size and time (exiftool -P);
+                # a cache from before the digest was kept is built once more, as it cannot tell
+                resplit = bool(hashes) and meta.get("hashes") != hashes_digest(hashes)
                 if not resplit and not any(_readable(paths[i]) for i in meta.get("retry", [])):
                     return images, np.array(meta["ok"], dtype=bool), Counter(meta["skipped"])
                 print(f"note: files of {name or 'the images'} that " + ("changed since an earlier split are split "
@@ -1241,7 +1247,6 @@ def build_cache(paths, cfg: PreprocessConfig, cache_dir, workers: int = 2, progr
               "content changed since eda.py); they are skipped until eda.py splits them again")
     # write then rename, so an interrupted build never leaves a cache that looks complete
     meta = json.dumps({"key": key, "n": len(paths), "ok": ok.tolist(), "skipped": dict(skipped), "retry": retry,
-                       "changed": {str(i): hashes[i] for i in changed},  # a new split's hashes rebuild the cache
                        "hashes": hashes_digest(hashes), "settings": cfg.cache_settings(), "paths": paths_digest(paths)})
     tmp_array = cache_dir / f".{array_path.name}.{os.getpid()}.tmp"
     tmp_meta = cache_dir / f".{meta_path.name}.{os.getpid()}.tmp"

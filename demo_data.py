@@ -394,6 +394,7 @@ def generate_dataset(out_dir, min_age=20, max_age=50, per_age=20, size=128, seed
 
 MANIFEST = "demo_data.json"  # the files the last run wrote: a smaller next run removes the rest, nothing else
 DEMO_NAME = re.compile(r"(\d+)/\1_\d{4}\.jpg")
+FILE_MANAGER_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 def planned_files(min_age, max_age, per_age) -> list[str]:
@@ -417,8 +418,13 @@ def earlier_files(out) -> set:
         # only names this script writes: an edited manifest cannot point the clean-up anywhere else
         return {name for name in files if isinstance(name, str) and DEMO_NAME.fullmatch(name)}
     except (OSError, ValueError, KeyError, TypeError):
-        raise DataError(f"--out-dir {out} already holds files that demo_data.py did not write (a data set?); "
-                        "choose a new or empty folder") from None
+        pass
+    # names alone cannot tell our faces from a data set named the same way (25/25_0000.jpg): without the
+    # manifest only a folder with nothing but a file manager's files is taken
+    if all(p.name in FILE_MANAGER_FILES for p in out.rglob("*") if p.is_file()):
+        return set()
+    raise DataError(f"--out-dir {out} already holds files that demo_data.py did not write (a data set, or faces of "
+                    "a version without demo_data.json); choose a new or empty folder")
 
 
 def get_args_parser():

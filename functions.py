@@ -1,6 +1,7 @@
 """Plain step functions shared by every stage: seeding, losses, one training epoch, evaluation,
 plots, distributed helpers and the folder lock (cli.py holds the command-line rules)."""
 import contextlib
+import errno
 import math
 import os
 import random
@@ -52,9 +53,14 @@ def folder_lock(folder, what="train.py"):
             os.close(held)  # the flock goes with it, after the file: a run that opened it meanwhile tries again
 
 
+# flock's answers on a file system that has no locks (NFS without lockd, Lustre without -o flock, some FUSE mounts)
+NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
+
+
 def _take_lock(lock: Path, folder, what):
     """Create or take over the lock; the open descriptor holding its flock (None without flock)."""
     busy = f"{folder} is in use by another {what}"
+    use_flock = fcntl is not None
     for _ in range(3):
         try:
             fd, created = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
@@ -64,24 +70,30 @@ def _take_lock(lock: Path, folder, what):
             except FileNotFoundError:  # released meanwhile: try again
                 continue
         try:
-            if fcntl is not None:
+            # an empty lock seconds old is one another run has created and not yet locked and written its PID
+            # into; asked before our flock, which would otherwise keep its creator out
+            if not created and not _lock_text(fd) and time.time() - os.fstat(fd).st_mtime < 5:
+                raise DataError(f"{busy} (PID ?); wait for it or choose another --out-dir")
+            if use_flock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise DataError(f"{busy} (PID {_lock_pid(fd) or '?'}); wait for it or choose another "
                                     "--out-dir") from None
-                if os.fstat(fd).st_ino != _inode(lock):  # released and removed between our open and our flock
-                    os.close(fd)
-                    continue
+                except OSError as exc:
+                    if exc.errno not in NO_FLOCK:
+                        raise
+                    use_flock = False  # the PID in the file alone, as on Windows
+                else:
+                    if os.fstat(fd).st_ino != _inode(lock):  # released and removed between our open and flock
+                        os.close(fd)
+                        continue
             if not created:
-                text = _lock_text(fd)
-                pid = int(text) if text.isdigit() else 0
-                # an empty lock seconds old is one another run has created and not yet written its PID into
-                if (pid and pid != os.getpid() and process_alive(pid)) or (
-                        not text and time.time() - os.fstat(fd).st_mtime < 5):
-                    raise DataError(f"{busy} (PID {pid or '?'}); wait for it or choose another --out-dir")
+                pid = _lock_pid(fd)
+                if pid and pid != os.getpid() and process_alive(pid):
+                    raise DataError(f"{busy} (PID {pid}); wait for it or choose another --out-dir")
                 print(f"note: {lock} was left by a process that is gone (PID {pid or '?'}); taking it over")
-                if fcntl is None:  # no flock to hold it by: made anew, so that a second taker's O_EXCL fails
+                if not use_flock:  # no flock to hold it by: made anew, so that a second taker's O_EXCL fails
                     os.close(fd)
                     lock.unlink(missing_ok=True)
                     continue
@@ -92,7 +104,7 @@ def _take_lock(lock: Path, folder, what):
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        if fcntl is None:
+        if not use_flock:
             os.close(fd)
             return None
         return fd

@@ -479,7 +479,7 @@ def should_resume(run_dir: Path, argv: list) -> bool:
     except DataError:
         return False
     final = train.get_args_parser().parse_args(argv)
-    return (not train.changed_settings(saved["config"], final)
+    return (not train.changed_settings(saved["config"], final) and not train.precision_changed(saved, final)
             and saved.get("split_digest") == train.split_digest(final.splits))
 
 

@@ -882,7 +882,7 @@ def run_folder(args, estimator, json_stream=None):
                 skipped.append(path.name)
     except KeyboardInterrupt:  # hours of annotated images are not left without their predictions
         written = recorder.finish()
-        print(f"interrupted after {recorder.counts['images']} of {len(images)} images; their predictions -> "
+        print(f"interrupted after {recorder.counts['images'] + len(skipped)} of {len(images)} images; the predictions -> "
               f"{', '.join(written.values()) or 'stdout'}", file=sys.stderr)
         raise
     written = recorder.finish()

@@ -214,7 +214,7 @@ def check_numbers(args):
              ("--interval-level", 0 < args.interval_level < 1, "between 0 and 1 (e.g. 0.9)"),
              ("--ema", 0 <= args.ema < 1, "0 (off) or a decay below 1 (e.g. 0.999)"),
              ("--teacher-weight", 0 <= args.teacher_weight <= 1, "between 0 (labels only) and 1 (teacher only)"),
-             ("--denoise-strength", 0 < args.denoise_strength <= MAX_DENOISE_STRENGTH,
+             ("--denoise-strength", not args.denoise or 0 < args.denoise_strength <= MAX_DENOISE_STRENGTH,
               f"a number in (0, {MAX_DENOISE_STRENGTH}]"),
              ("--overwrite", not (args.overwrite and args.resume), "left out with --resume (which continues the run)"),
              ("--label-sigma", math.isfinite(args.label_sigma) and args.label_sigma > 0, "a positive number of years"),
@@ -700,6 +700,14 @@ RUN_FILES = ("best.pt", "last.pt", "history.json", "config.json", "metrics.json"
              "pred_vs_true.png", "groups.png", "model.onnx", "model.jit")
 
 
+def precision_changed(checkpoint: dict, args) -> bool:
+    """Whether a checkpoint's steps ran in another precision (bf16 or float32) than this run's would: a
+    benchmark or a search then trains afresh where train.py --resume would refuse."""
+    if "bf16" not in checkpoint or checkpoint.get("epoch", 0) >= args.epochs:
+        return False
+    return checkpoint["bf16"] != bool(args.amp and models.bf16_autocast_pays(resolve_device(args.device).type))
+
+
 def refuse_earlier_run(args):
     """A second run into a run's folder, unless it goes on (--resume) or replaces it (--overwrite): its best.pt
     would be replaced after one epoch, and its exports, metrics and TensorBoard curves left beside the new run's."""
@@ -819,7 +827,8 @@ def train_run(args, dist_ctx: Distributed):
     digest = split_digest(args.splits)  # read once: every checkpoint records the split this run started with
     faces_digest = split_faces_digest(args.splits)  # the same, portable: what a distillation student checks
     checkpoint = restore(args, out / "last.pt", dist_ctx, digest)
-    if checkpoint is not None and checkpoint.get("bf16", use_amp) != use_amp:  # no record before it was kept
+    # no record before it was kept; a finished run only rewrites its outputs
+    if checkpoint is not None and checkpoint.get("bf16", use_amp) != use_amp and checkpoint["epoch"] < args.epochs:
         was, now = (("bf16 (--amp)", "float32") if checkpoint["bf16"] else ("float32", "bf16 (--amp)"))
         raise DataError(f"--resume: {out / 'last.pt'} was trained in {was} and this run would go on in {now}, which "
                         f"an uninterrupted run never does; resume with{'' if checkpoint['bf16'] else 'out'} --amp")

@@ -416,13 +416,20 @@ def test_thumbnail_and_hidden_folders_in_age_folders_are_no_faces(tmp_path):
     write_jpeg(tmp_path / "20" / ".thumbnails" / "IMG_0.jpg", seed=7)
     write_jpeg(tmp_path / "21" / "__MACOSX" / "._IMG_0.jpg", seed=8)
     write_jpeg(tmp_path / "20" / "@eaDir" / "IMG_0.jpg" / "SYNOPHOTO_THUMB_S.jpg", seed=9)
-    for name in ("HEAD", "config", "objects/ab/cdef"):  # beside the age folders: not walked as a folder named ".git"
-        (tmp_path / ".git" / name).parent.mkdir(parents=True, exist_ok=True)
+    for name in ("HEAD", "config", "objects/ab/cdef", "annex/objects/face.jpg"):  # beside the age folders: not
+        (tmp_path / ".git" / name).parent.mkdir(parents=True, exist_ok=True)  # read as a folder named ".git"
         (tmp_path / ".git" / name).write_text("x")
     (tmp_path / "empty").mkdir()
     records, skipped, layout = discover_labels(tmp_path)
     assert layout == "folder_per_age" and sorted(Path(r["path"]).parent.name for r in records) == ["20", "21"]
-    assert skipped == Counter(system_folder=5 + 3)  # files, not folders; the empty folder holds none
+    assert skipped == Counter(system_folder=5 + 1)  # images, not folders; the empty folder holds none
+
+
+def test_a_filter_that_is_off_ignores_the_strength_it_stored():
+    from custom_dataset import PreprocessConfig
+    assert PreprocessConfig.from_dict({"denoise": False, "denoise_strength": 0}).denoise_strength == 5.0
+    with pytest.raises(ValueError, match="denoise_strength must be a number in"):
+        PreprocessConfig.from_dict({"denoise": True, "denoise_strength": 0})
 
 
 def test_numbered_batch_folders_of_utkface_files_are_refused_not_read_as_ages(tmp_path):

@@ -200,7 +200,11 @@ def test_a_smaller_second_run_leaves_only_its_own_faces_and_a_data_set_is_refuse
     assert _files(tmp_path / "demo") == ["40/40_0000.jpg", "40/40_0001.jpg", "41/41_0000.jpg", "41/41_0001.jpg",
                                          "demo_data.json"]
     assert not (tmp_path / "demo" / "42").exists()
-    data = tmp_path / "real"
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / ".DS_Store").write_bytes(b"x")  # a file manager's file alone: still an empty folder
+    demo_data.main(parser.parse_args(["--out-dir", str(tmp_path / "fresh"), "--size", "48", "--min-age", "40",
+                                      "--max-age", "40", "--per-age", "1"]))
+    data = tmp_path / "real"  # named as this script names its faces: still refused without the manifest
     (data / "25").mkdir(parents=True)
     (data / "25" / "25_0000.jpg").write_bytes(b"a real face")
     with pytest.raises(DataError, match="did not write"):

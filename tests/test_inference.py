@@ -446,8 +446,8 @@ HUGE = "1" + "0" * 400  # a whole number json reads exactly, and math.isfinite c
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["preprocess"].update(denoise="false"), "denoise must be true or false"),  # text: would switch it on
-    (lambda m: m["preprocess"].update(deblur_amount="0.5"), "deblur_amount"),  # failed at the first photo
-    (lambda m: m["preprocess"].update(deblur_amount=float("nan")), "deblur_amount"),
+    (lambda m: m["preprocess"].update(deblur=True, deblur_amount="0.5"), "deblur_amount"),  # failed at a photo
+    (lambda m: m["preprocess"].update(deblur=True, deblur_amount=float("nan")), "deblur_amount"),
     (lambda m: m["preprocess"].update(std=[0, 0, 0]), "std must be positive"),
     (lambda m: m["preprocess"].update(mean=[0.5]), "mean must be 3 numbers"),
     (lambda m: m.update(tta_flip="no"), "tta_flip"),  # text: would mirror every face

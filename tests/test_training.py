@@ -493,7 +493,10 @@ def test_resume_refuses_changed_settings_and_a_changed_split(splits, tmp_path):
     assert "--tta-flip was True, now False" in line and "--threads" not in line and len(line.splitlines()) == 1
     run_in_process([a if a != str(own) else str(own) + "/" for a in cmd] + ["--resume"])  # the same folder
     # bf16 where --amp pays: last.pt says float32, and a resumed run in bf16 would equal no uninterrupted one
-    assert checkpoints.load_checkpoint(out / "last.pt")["bf16"] is False
+    last = checkpoints.load_checkpoint(out / "last.pt")
+    assert last["bf16"] is False
+    checkpoints.save_checkpoint(out / "last.pt", {**last, "epoch": 1})  # killed before its end (a finished run
+    # only rewrites its outputs, in whatever precision)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "amp_in_effect", lambda args, device: True)
         with pytest.raises(custom_dataset.DataError, match="trained in float32 and this run would go on in bf16"):
@@ -609,7 +612,7 @@ def test_a_lock_being_written_counts_as_held_and_a_run_never_removes_another_run
 def test_a_lock_taken_over_from_a_dead_run_is_held_against_a_second_taker(tmp_path):
     """Two runs that both read a dead run's PID: the first takes the lock over, and the second, which read the
     same dead PID an instant before, must not take it again (it once removed the first one's fresh lock)."""
-    import fcntl  # noqa: F401 (the flock this relies on; Windows has none)
+    pytest.importorskip("fcntl", reason="the flock this relies on; Windows has none")
     (tmp_path / ".lock").write_text("999999999\n")
     with functions.folder_lock(tmp_path, "train.py"):
         (tmp_path / ".lock").write_text("999999999\n")  # what the second taker reads: the dead PID still
@@ -618,6 +621,22 @@ def test_a_lock_taken_over_from_a_dead_run_is_held_against_a_second_taker(tmp_pa
                 pass
     with functions.folder_lock(tmp_path, "train.py"):  # released: free again
         pass
+
+
+def test_a_file_system_without_flock_keeps_the_pid_rule_instead_of_stopping_every_run(tmp_path, monkeypatch):
+    import errno
+    import os
+    import types
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # NFS without lockd
+    monkeypatch.setattr(functions, "fcntl", types.SimpleNamespace(flock=no_locks, LOCK_EX=2, LOCK_NB=4))
+    with functions.folder_lock(tmp_path, "train.py"):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+    (tmp_path / ".lock").write_text("999999999\n")  # a dead run's: taken over by the PID rule
+    with functions.folder_lock(tmp_path, "train.py"):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
 
 
 def test_a_last_training_batch_of_one_image_is_left_out_and_the_schedule_counts_it_so():

@@ -261,6 +261,7 @@ def test_an_out_dir_among_the_images_is_refused_before_anything_is_written(demo)
 def test_a_second_search_into_a_busy_out_dir_stops_before_any_trial(demo, tmp_path):
     """Both would rewrite the trials' CSVs (rows lost) and best_params.json."""
     import functions
+    pytest.importorskip("fcntl", reason="a lock this process holds refuses it only through flock")
     out = tmp_path / "r"
     with functions.folder_lock(out, "hyperparameter_tunning.py"):
         with pytest.raises(DataError, match="in use by another hyperparameter_tunning.py"):
