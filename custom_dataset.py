@@ -1032,38 +1032,40 @@ class AugmentConfig:
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random flips, rotation/shift/scale and brightness/contrast on a float NCHW batch (0-255)."""
-    n = x.shape[0]
+    """Random flips, rotation/shift/scale and brightness/contrast on a float NCHW batch (0-255). The draws come
+    from the CPU generator wherever x lies, so a batch on a GPU is augmented there (a GPU machine's CPU
+    cores, augmenting for it, were its bottleneck) with the very draws a CPU run makes."""
+    n, device = x.shape[0], x.device
 
     def uniform(low, high):
         return torch.rand(n, generator=generator) * (high - low) + low
 
     if cfg.flip:
         flip = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = torch.where(flip.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
     if cfg.max_rotate or cfg.max_shift or cfg.max_scale:
         angle = uniform(-cfg.max_rotate, cfg.max_rotate) * math.pi / 180
         scale = uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
         tx, ty = uniform(-cfg.max_shift, cfg.max_shift) * 2, uniform(-cfg.max_shift, cfg.max_shift) * 2
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-        grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        grid = torch.nn.functional.affine_grid(theta.to(device, x.dtype), list(x.shape), align_corners=False)
         x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if cfg.brightness or cfg.contrast:
-        b = uniform(1 - cfg.brightness, 1 + cfg.brightness).view(-1, 1, 1, 1)
-        c = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(-1, 1, 1, 1)
+        b = uniform(1 - cfg.brightness, 1 + cfg.brightness).view(-1, 1, 1, 1).to(device)
+        c = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(-1, 1, 1, 1).to(device)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * c + mean) * b
         x = x.clamp(0, 255)
     if cfg.grayscale:
         gray = torch.rand(n, generator=generator) < cfg.grayscale
-        luma = (x * torch.tensor(GRAY_WEIGHTS, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = torch.where(gray.view(-1, 1, 1, 1), luma.expand_as(x), x)
+        luma = (x * torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = torch.where(gray.view(-1, 1, 1, 1).to(device), luma.expand_as(x), x)
     if cfg.grain:
         x = add_film_grain(x, cfg.grain, generator)
     if cfg.degrade:
         hit, factor, sigma = torch.rand(n, generator=generator) < cfg.degrade, uniform(*SCAN_SCALE), uniform(0.0, SCAN_GRAIN)
-        grain = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        grain = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device)
         side, out = x.shape[-2:], x.clone()
         for i in hit.nonzero().flatten().tolist():  # each image its own resolution
             small_side = [max(8, round(v * float(factor[i]))) for v in side]
@@ -1087,7 +1089,7 @@ def add_film_grain(x: torch.Tensor, share: float, generator=None) -> torch.Tenso
     out = x.clone()
     for i in hit.nonzero().flatten().tolist():  # each image its own blob size
         coarse = torch.randn(1, 1, max(4, round(h / float(blob[i]))), max(4, round(w / float(blob[i]))),
-                             generator=generator, dtype=x.dtype)
+                             generator=generator, dtype=x.dtype).to(x.device)
         grain = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0]
         out[i] = x[i] + grain / grain.std().clamp_min(1e-6) * sigma[i]
     return out.clamp(0, 255)
@@ -1109,7 +1111,7 @@ def erase_rectangles(x: torch.Tensor, share: float, generator=None) -> torch.Ten
     inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
               & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)) & hit.view(-1, 1, 1))
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 255
-    return torch.where(inside.unsqueeze(1), noise, x)
+    return torch.where(inside.unsqueeze(1).to(x.device), noise.to(x.device), x)
 
 
 ALTERATIONS = {  # whole validation sets altered as some real photos are: how a model copes, on no test set

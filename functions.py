@@ -508,7 +508,7 @@ def train_one_epoch(model, loader, optimizer, *, mean, std, loss_kind="l1", sche
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
     for batch_index, (images, ages, *teacher) in enumerate(bar):
-        images = images.float()
+        images = images.to(device, non_blocking=True).float()  # augmented where the model runs (augment_batch)
         if augment is not None:
             images = augment_batch(images, augment, generator)
         mix = mixup_partners(ages, mixup, generator) if mixup > 0 else None

@@ -605,6 +605,7 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
     tables = {"train": [], "val": []}
     hashes = {split: split_hashes(Path(args.splits) / f"{split}.csv") for split in tables}  # read once
     val_ages = {}
+    device = resolve_device(args.device)  # a GPU's minutes instead of the CPU's for a large teacher
     for source in sources:
         checkpoint = load_checkpoint(source)
         if checkpoint.get("split_faces", faces_digest) != faces_digest or (
@@ -612,13 +613,14 @@ def predict_teachers(sources, args, cache_dir, faces_digest) -> dict:
             raise DataError(f"--teacher {source} was trained on other splits than {args.splits}: its weights may "
                             "have seen this run's validation or test faces; train the teacher on these splits")
         model, cfg = model_from_checkpoint(checkpoint)
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(device, memory_format=torch.channels_last)
         for split, table in tables.items():
             csv_path = Path(args.splits) / f"{split}.csv"
             data = load_split_dataset(csv_path, cfg, cache_dir, args.workers, not args.no_progress, print)
             probs, grid = predict_distributions(
-                model, make_loader(data, eval_batch(args), shuffle=False), torch.tensor(cfg.mean), torch.tensor(cfg.std),
-                ages=teacher_age_grid(checkpoint),
+                model, make_loader(data, eval_batch(args), shuffle=False), torch.tensor(cfg.mean, device=device),
+                torch.tensor(cfg.std, device=device),
+                ages=teacher_age_grid(checkpoint), device=device,
                 **test_time_views(checkpoint["config"]))
             table.append(({hashes[split][p]: i for i, p in enumerate(data.paths)}, grid, probs))
             if split == "val":

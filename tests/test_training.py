@@ -155,6 +155,16 @@ def test_augmentation_off_is_the_identity_and_training_augmentation_is_seeded():
     assert torch.equal(a, b) and not torch.equal(a, x)
 
 
+@pytest.mark.parametrize("preset", sorted(train.AUGMENTATIONS))
+def test_augmentation_runs_where_the_batch_lies(preset):
+    # train_one_epoch augments on the model's device (a GPU machine's CPU cores were its bottleneck); the "meta"
+    # device stands in for a GPU: any CPU tensor mixed into its batch raises, as on CUDA
+    import dataclasses
+    cfg = dataclasses.replace(train.AUGMENTATIONS[preset], erase=0.5, degrade=0.5, grain=0.5, grayscale=0.5)
+    out = custom_dataset.augment_batch(torch.zeros(6, 3, 16, 16, device="meta"), cfg, torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == (6, 3, 16, 16)
+
+
 def test_scan_degradation_blurs_and_grains_only_the_drawn_share():
     torch.manual_seed(0)
     board = ((torch.arange(64).view(1, -1) + torch.arange(64).view(-1, 1)) % 2 * 200.0 + 20).expand(3, 64, 64)
