@@ -12,6 +12,8 @@ test split read once, by the best epoch). Figures are merged into bench/results.
 or one model can be rerun without losing the others. Run it with nothing else on the machine: two
 torch processes on two cores slow each other several-fold.
 """
+import contextlib
+import copy
 import dataclasses
 import datetime
 import functools
@@ -508,6 +510,7 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
     test = summary["test"]
     history = json.loads((run_dir / "history.json").read_text())
     latency, b64 = jit_speed(run_dir / "model.jit", args.image_size)
+    best = load_checkpoint(run_dir / "best.pt")
     return {
         "test_mae": round(test["mae"], 3), "test_rmse": round(test["rmse"], 3), "test_cs5": round(test["cs5"], 4),
         "test_mae_per_decade": {k: round(v["mae"], 2) for k, v in test["mae_per_bin"].items()},
@@ -528,6 +531,8 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         **({"age_map": rounded(test["age_map"])} if test.get("age_map") else {}),
         **({"zoom_choice": rounded(test["zoom_choice"])} if test.get("zoom_choice") else {}),
         "split_faces_digest": train.split_faces_digest(splits),  # which faces each split held
+        # the precision the steps ran in: --amp is ignored on a CPU without bf16, so the command cannot tell
+        **({"bf16": bool(best["bf16"])} if "bf16" in best else {}),
         **({"teacher_val_mae": teacher_val_mae(run_dir / "teacher.npz")} if args.teacher else {}),
         "command": "python train.py " + shlex.join(argv),
     }
@@ -1110,14 +1115,75 @@ def reexport_for_shipping(run_dir, description):
     reexport(run_dir, best)
 
 
+# results.json as this process last read or wrote it, per file: save_results writes only what changed since
+_SAVED = {}
+_UNSET = object()
+
+
 def load_results(path):
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else {"protocols": {}}
+    results = json.loads(path.read_text()) if path.exists() else {"protocols": {}}
+    _SAVED[str(path.resolve())] = copy.deepcopy(results)
+    return results
+
+
+def merged_changes(base, mine, theirs):
+    """theirs (the file now) with this process's changes since base applied, key by key in nested objects: a
+    benchmark that ran for hours does not write back the records another process saved meanwhile."""
+    if not (isinstance(base, dict) and isinstance(mine, dict) and isinstance(theirs, dict)):
+        return theirs if mine == base else mine
+    out = dict(theirs)
+    for key in set(base) | set(mine):
+        old, new = base.get(key, _UNSET), mine.get(key, _UNSET)
+        if new == old:
+            continue
+        if new is _UNSET:
+            out.pop(key, None)
+        elif isinstance(new, dict) and isinstance(out.get(key), dict):
+            out[key] = merged_changes(old if isinstance(old, dict) else {}, new, out[key])
+        else:
+            out[key] = new
+    return out
 
 
 def save_results(path, results):
-    text = json.dumps(results, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    """Write this process's changes into results.json, re-read under a lock (atomic, like every output)."""
+    path = Path(path)
+    key = str(path.resolve())
+    with results_lock(path):
+        theirs = json.loads(path.read_text()) if path.exists() else {"protocols": {}}
+        merged = merged_changes(_SAVED.get(key, {}), results, theirs)
+        text = json.dumps(merged, indent=2) + "\n"
+        atomic_write(path, lambda f: f.write(text.encode()))
+    _SAVED[key] = copy.deepcopy(results)
+
+
+@contextlib.contextmanager
+def results_lock(path: Path):
+    """flock on PATH.lock beside the results (none where the system has no flock: one writer then)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (NFS without lockd)
+            pass
+        yield
+
+
+def forget_figures_of(results, key: str):
+    """Drop the figures measured on a run's earlier weights (FG-NET, its filters and crop checks), keyed
+    "P/NAME": a retrained run must not sit beside figures its new weights never made. The shipped model's
+    own figures stay: they describe the files in models/."""
+    for section in ("cross", "cross_filters"):
+        for rows in results.get(section, {}).values():
+            for row in [k for k in rows if k == key or k.startswith(key + " (")]:
+                del rows[row]
+    if "crop_consistency" in results:
+        results["crop_consistency"] = [r for r in results["crop_consistency"] if r.get("model") != key]
 
 
 def table(results) -> str:
@@ -1405,6 +1471,10 @@ def models_section(sources):
         flags = f"`{shlex.join(MODELS[name])}`" if MODELS[name] else "`MODEL_BASE` itself"
         teachers = "; ".join(f"validation MAE of the teachers' mean distribution {protocols[p][name]['teacher_val_mae']:.3f} "
                              f"(Protocol {p})" for p in ran if "teacher_val_mae" in protocols[p][name])
+        float32 = [p for p in ran if "--amp" in MODELS[name] and protocols[p][name].get("bf16") is False]
+        if float32:
+            teachers += ("; " if teachers else "") + "its recorded run ran in float32 (`--amp` is ignored on a CPU " \
+                f"without bf16; Protocol {', '.join(float32)})"
         lines.append(f"- `{name}`: {MODEL_NOTES.get(name, '')}; {flags}"
                      + ("" if ran else " (no result yet)") + (f"; {teachers}" if teachers else "") + ".")
     data = results.get("data", {})
@@ -2539,8 +2609,9 @@ def goes_on(run_dir, args) -> bool:
         print(f"note: {last} does not load ({type(exc).__name__}); training from epoch 1")
         return False
     if train.changed_settings(saved.get("config", {}), args) or saved.get("split_digest") != \
-            train.split_digest(args.splits) or train.precision_changed(saved, args):
-        print(f"note: {last} is of other settings or another split; training from epoch 1")
+            train.split_digest(args.splits) or train.precision_changed(saved, args) or \
+            train.teachers_changed(run_dir, args.teacher):
+        print(f"note: {last} is of other settings, split, precision or teachers; training from epoch 1")
         return False
     print(f"{run_dir} holds this run, stopped at epoch {saved['epoch']}: it goes on from there")
     return True
@@ -2714,6 +2785,7 @@ def run_protocol(args, protocol, models, results, out_path):
         save_results(out_path, results)
     for name in models:
         print(f"== protocol {protocol}, {name}")
+        forget_figures_of(results, f"{protocol}/{name}")
         results["protocols"][protocol][name] = run_model(protocol, name, model_args(name), splits, work,
                                                          args.epochs, args.quick)
         print(json.dumps(results["protocols"][protocol][name], indent=1))

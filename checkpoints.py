@@ -378,8 +378,14 @@ def torchscript_forward(path, threads=None, device="cpu"):
         module, metadata = load_torchscript(path, optimize=device == "cpu", map_location=device)
 
     def forward(x):
-        with torch.no_grad():
-            return module(torch.from_numpy(x).to(device)).cpu().numpy()
+        try:
+            with torch.no_grad():
+                return module(torch.from_numpy(x).to(device)).cpu().numpy()
+        except RuntimeError as exc:  # TorchScript's errors quote its code over many lines: the last one says what
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            raise ModelFailed(f"{path} failed on a batch of shape {tuple(x.shape)} ("
+                              f"{lines[-1][:200] if lines else type(exc).__name__}); a model.jit written by train.py "
+                              "runs on the input size its metadata gives") from None
     return forward, metadata
 
 

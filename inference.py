@@ -252,10 +252,11 @@ class AgeEstimator:
         if self.metadata.get("tta_flip"):
             views = [v for view in views for v in (view, view[..., ::-1])]
         batch = np.ascontiguousarray(np.concatenate(views)) if len(views) > 1 else x
-        out = np.asarray(self._forward(batch), dtype=np.float64).reshape(len(batch), -1)
-        if out.shape[1] != 1:
-            raise DataError(f"{self.path} returns {out.shape[1]} numbers per image, not one age; "
-                            "pass a model exported by train.py")
+        out = np.asarray(self._forward(batch), dtype=np.float64)
+        if out.size % len(batch) or out.size // len(batch) != 1:  # the model's fault: a folder run stops
+            raise ModelFailed(f"{self.path} returns {out.size / len(batch):g} numbers per image, not one age; "
+                              "pass a model exported by train.py")
+        out = out.reshape(len(batch), 1)
         if not np.isfinite(out).all():  # no "Age: nan" drawn, no NaN in the JSON
             raise ModelFailed(f"{self.path} returned {out[~np.isfinite(out)][0]} as an age; the model is broken or "
                             "not one exported by train.py")
@@ -798,8 +799,11 @@ def process_image(estimator, path, rgb, output, crops_dir=None, stem=None) -> Im
     _write_image(output, result.draw(rgb))  # drawn after cutting: no box in a chip
     if crops_dir and result.faces:
         _save_crops(crops_dir, stem or Path(path).stem, result.inputs)
-    for line in result.lines():
-        print(line)
+    try:
+        for line in result.lines():
+            print(line)
+    except BrokenPipeError:  # `inference.py --input-dir photos | head`: the run stops, its predictions written
+        raise ReaderGone(result) from None  # this photo's annotated copy is written: its row too
     return result
 
 
@@ -855,6 +859,10 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
     try:
         rgb = _read_image(path)
         recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
+    except ReaderGone as gone:
+        if gone.args:
+            recorder.add(gone.args[0])
+        raise
     except (OutputFailed, ModelFailed):
         raise
     except DataError as exc:
@@ -880,9 +888,10 @@ def run_folder(args, estimator, json_stream=None):
         for path in images:
             if not _annotate_file(estimator, path, out_dir, crops, recorder, stems[path]):
                 skipped.append(path.name)
-    except KeyboardInterrupt:  # hours of annotated images are not left without their predictions
+    except (KeyboardInterrupt, ReaderGone) as stop:  # hours of annotated images keep their predictions
         written = recorder.finish()
-        print(f"interrupted after {recorder.counts['images'] + len(skipped)} of {len(images)} images; the predictions -> "
+        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stdout closed"
+        print(f"{why} after {recorder.counts['images'] + len(skipped)} of {len(images)} images; the predictions -> "
               f"{', '.join(written.values()) or 'stdout'}", file=sys.stderr)
         raise
     written = recorder.finish()
@@ -891,8 +900,13 @@ def run_folder(args, estimator, json_stream=None):
         print(f"warning: skipped {len(skipped)} file(s) that could not be read or annotated: {', '.join(skipped[:5])}"
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     counts = recorder.counts
-    print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "
-          f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")
+    if images and not counts["images"]:
+        raise DataError(f"none of the {len(images)} images in {in_dir} could be annotated (warnings above)")
+    try:
+        print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "
+              f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")
+    except BrokenPipeError:
+        raise ReaderGone() from None
     return {**counts, "skipped": len(skipped) + len(odd), "seconds": seconds, "output_dir": str(out_dir), **written}
 
 

@@ -590,6 +590,19 @@ def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | No
     return table if str(table.get("teachers_digest", "")) == teachers_digest(teacher) else None
 
 
+def teachers_changed(out_dir, teacher) -> bool:
+    """Whether --teacher's checkpoints are not those OUT/teacher.npz was predicted from (a teacher retrained
+    since the run began): resumed, its later epochs would learn from another teacher than its first."""
+    if not teacher or teacher_is_table(teacher) or not (Path(out_dir) / "teacher.npz").is_file():
+        return False
+    try:
+        with np.load(Path(out_dir) / "teacher.npz", allow_pickle=False) as f:
+            kept = str(f["teachers_digest"]) if "teachers_digest" in f.files else None
+    except (OSError, ValueError):
+        return False  # an unreadable table is predicted again (teacher_targets), as before
+    return kept is not None and kept != teachers_digest(teacher)
+
+
 def write_teacher_table(args, cache_dir, path=None) -> dict:
     """The table of --teacher's checkpoints (predict_teachers), written atomically to path if given."""
     table = predict_teachers(teacher_sources(args.teacher), args, cache_dir, split_faces_digest(args.splits))
@@ -699,7 +712,9 @@ def check_settings(args):
 
 # what a run writes into its folder, besides the lock and teacher.npz (kept: it is checked against its teachers)
 RUN_FILES = ("best.pt", "last.pt", "history.json", "config.json", "metrics.json", "learning_curves.png",
-             "pred_vs_true.png", "groups.png", "model.onnx", "model.jit")
+             "pred_vs_true.png", "groups.png", "model.onnx", "model.jit",
+             # export_mobile.py's, with their sidecars: the earlier weights' phone models must not outlive them
+             "model.pte", "model.pte.json", "model.pt2", "model_int8.pte", "model_int8.pte.json", "mobile_exports.json")
 
 
 def precision_changed(checkpoint: dict, args) -> bool:
@@ -767,6 +782,10 @@ def restore(args, resume_from: Path, dist_ctx, digest: str):
     if checkpoint.get("split_digest", digest) != digest:
         raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
                         "re-run?); resuming would mix two splits: start a new --out-dir")
+    if checkpoint.get("epoch", 0) < args.epochs and teachers_changed(args.out_dir, args.teacher):
+        raise DataError(f"--resume: the --teacher checkpoints changed since {resume_from}'s run began (its "
+                        "teacher.npz was predicted from others); its later epochs would learn from another teacher: "
+                        "pass --overwrite to start afresh")
     if checkpoint.get("world_size", 1) != dist_ctx.world_size:
         print(f"warning: --resume: {resume_from} was written by {checkpoint.get('world_size', 1)} processes, now "
               f"{dist_ctx.world_size}; the global batch and schedule differ from the interrupted run")

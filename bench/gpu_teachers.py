@@ -15,10 +15,12 @@ original in a "source" column: the cache then does not compare the re-encoded by
     # here: copy the tables to bench/work/<P>/gpu_teachers/; a student takes one as --teacher FILE.npz
 
 Measured on an H200 (2026-12-04, 6 minutes, the four teachers at once, torch 2.11, bf16): Protocol S at 2,200-3,100
-img/s (3.8 s per ResNet-18 epoch), Protocol F's photo_scan augmentation at 1,200-1,300 img/s (14-16 s per epoch: its
-per-image resampling loop). S: ResNet-18 best val MAE 4.226 (epoch 37 of 74 run; it overfits after), ResNet-34 4.181
+img/s (3.8 s per ResNet-18 epoch), Protocol F's photo_scan augmentation at 1,200-1,300 img/s (14-16 s per epoch:
+its per-image resampling loop and its noise, drawn on the CPU). S: ResNet-18 best val MAE 4.226 (epoch 37 of 74 run; it overfits after), ResNet-34 4.181
 (epoch 48 of 52 run), their mean 4.125, against 4.163 for the CPU teacher simplecnn_tuned_60ep_amp's table. F
-stopped at epoch 19-21 of 70 (val 5.39 / 5.62): too few for a teacher; it needs two such calls or a faster degrade.
+stopped at epoch 19-21 of 70 (val 5.39 / 5.62), high on its cosine schedule: too few for a teacher. The runs stay
+on the machine (a ResNet's last.pt is over what a call returns), so F needs --epochs that fit one call (about 20)
+or a faster degradation, not a second call.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from custom_dataset import content_hash, load_rgb  # noqa: E402  (the repository's root, not bench/)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = ROOT / ".gpu"
@@ -66,16 +71,23 @@ def pack(args):
                 writer = csv.DictWriter(f, ["path", "age", "hash", "source"], extrasaction="ignore")
                 writer.writeheader()
                 for row in rows:
+                    if not row.get("hash"):
+                        raise SystemExit(f"{src / split}.csv has a row without eda.py's content hash; rerun eda.py")
                     faces[row["hash"]] = row["path"]
                     writer.writerow({**row, "path": str(FACES_THERE / f"{row['hash']}.webp"),
                                      "source": Path(row["path"]).name})
     blobs, names = [], sorted(faces)
     for digest in names:  # one array of bytes: a tar's 512-byte headers would add a third to 2 KB files
-        image = cv2.resize(cv2.imread(faces[digest], cv2.IMREAD_COLOR), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        data = Path(faces[digest]).read_bytes()
+        if content_hash(data) != digest:  # the GPU side cannot check (its files are re-encoded): check here
+            raise SystemExit(f"{faces[digest]} changed since eda.py split it; rerun benchmark.py (it re-splits)")
+        image = cv2.cvtColor(load_rgb(io.BytesIO(data)), cv2.COLOR_RGB2BGR)  # decoded as training decodes it
+        image = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
         blobs.append(cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, QUALITY])[1].ravel())
     ends = np.cumsum([len(b) for b in blobs])
     np.savez(PACK / "faces.npz", names=np.asarray(names), ends=ends, data=np.concatenate(blobs))
-    print(f"packed {len(faces)} faces into {PACK / 'faces.npz'} ({(PACK / 'faces.npz').stat().st_size / 1e6:.1f} MB)")
+    size = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file()) / 2 ** 20
+    print(f"packed {len(faces)} faces into {PACK} ({size:.1f} MiB; a device call carries 64 MiB with the code)")
 
 
 def splits_of(protocol, smoke=False) -> Path:
@@ -93,13 +105,16 @@ def splits_of(protocol, smoke=False) -> Path:
 
 def train(args):
     out = Path(args.out)
+    for stale in (Path("/tmp/gpu_runs"), Path("/tmp/gpu_tables")):  # a warm machine's earlier call
+        shutil.rmtree(stale, ignore_errors=True)
     FACES_THERE.mkdir(exist_ok=True)
     with np.load(PACK / "faces.npz") as f:
         names, ends, data = f["names"], f["ends"], f["data"]
     for name, start, end in zip(names, np.concatenate([[0], ends[:-1]]), ends):
         (FACES_THERE / f"{name}.webp").write_bytes(data[start:end].tobytes())
     start = time.time()
-    workers = max(1, (os.cpu_count() or 4) // sum(len(t) for t in TEACHERS.values()))
+    cores = len(os.sched_getaffinity(0))
+    workers = max(1, cores // sum(len(t) for t in TEACHERS.values()))
     jobs = []
     for protocol, teachers in TEACHERS.items():
         for name, extra in teachers:
@@ -112,18 +127,18 @@ def train(args):
                 cmd += ["--epochs", "1", "--no-test", "--device", "cpu", "--threads", "1"]
             log = open(out / f"{protocol}_{name}.log", "w")
             print(" ".join(cmd), file=log, flush=True)
-            jobs.append((protocol, name, run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                               cwd=ROOT, start_new_session=True)))
+            jobs.append((protocol, name, run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
     deadline = start + args.minutes * 60
-    while any(p.poll() is None for *_, p in jobs) and time.time() < deadline:
-        time.sleep(5)
-    for protocol, name, run, p in jobs:
-        if p.poll() is None:
-            p.terminate()  # its best.pt so far still teaches; the log says at which epoch it stopped
-            print(f"{protocol}/{name}: stopped at the deadline", flush=True)
-        p.wait()
+    try:
+        while any(p.poll() is None for *_, p in jobs) and time.time() < deadline:
+            time.sleep(5)
+    finally:  # also when this script is stopped: no trainer outlives it, holding the GPU and its run folder
+        for protocol, name, run, p in jobs:
+            if p.poll() is None:
+                p.terminate()  # its best.pt so far still teaches; the log says at which epoch it stopped
+                print(f"{protocol}/{name}: stopped at the deadline", flush=True)
+            p.wait()
     print(f"training took {time.time() - start:.0f} s", flush=True)
-    sys.path.insert(0, str(ROOT))
     import train as train_script
     for protocol, teachers in TEACHERS.items():
         sources = [str(Path("/tmp/gpu_runs") / protocol / name / "best.pt") for name, _ in teachers]
@@ -135,7 +150,7 @@ def train(args):
             targs = train_script.get_args_parser().parse_args(
                 ["--splits", str(splits_of(protocol, args.smoke)), "--teacher", ",".join(chosen), "--no-progress",
                  "--out-dir", "/tmp/gpu_tables",
-                 "--workers", str(os.cpu_count() or 4)])
+                 "--workers", str(cores)])
             try:  # one table's failure (a teacher stopped before its first epoch) keeps the others
                 train_script.write_teacher_table(targs, Path(f"/tmp/gpu_cache/{protocol}_{teachers[0][0]}"),
                                                  out / f"{protocol}_{tag}.npz")

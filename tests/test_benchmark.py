@@ -930,3 +930,55 @@ def test_fgnet_decades_keep_their_columns_where_a_row_lacks_one():
     text = benchmark.cross_table(results)
     assert "MAE per decade (0-9, 10-19, 20-29)" in text
     assert "| 4.0, -, 6.0 | -, -, -1.0 |" in text and "| 1.0, 2.0, 3.0 | not measured |" in text
+
+
+def test_merged_changes_applies_only_this_process_changes():
+    base = {"protocols": {"F": {"a": {"mae": 5}}}, "date": "d1"}
+    mine = {"protocols": {"F": {"a": {"mae": 4}}}, "date": "d2"}  # retrained a, new date
+    theirs = {"protocols": {"F": {"a": {"mae": 5}, "b": {"mae": 6}}, "S": {}}, "date": "d1", "cross": {"x": 1}}
+    assert benchmark.merged_changes(base, mine, theirs) == {
+        "protocols": {"F": {"a": {"mae": 4}, "b": {"mae": 6}}, "S": {}}, "date": "d2", "cross": {"x": 1}}
+    # a key this process deleted goes; one it never touched stays as the file has it now
+    assert benchmark.merged_changes({"k": 1, "j": 2}, {"j": 2}, {"k": 1, "j": 3}) == {"j": 3}
+
+
+def test_two_benchmark_processes_keep_each_others_records(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"protocols": {"F": {}}}))
+    first = benchmark.load_results(path)  # a chain that loaded hours ago ...
+    second = json.loads(path.read_text())
+    second["cross"] = {"FGNET": {"F/a": {"mae": 6.0}}}
+    path.write_text(json.dumps(second))  # ... while another process recorded an FG-NET figure
+    first["protocols"]["F"]["b"] = {"test_mae": 4.5}
+    benchmark.save_results(path, first)
+    saved = json.loads(path.read_text())
+    assert saved["cross"] == {"FGNET": {"F/a": {"mae": 6.0}}} and saved["protocols"]["F"] == {"b": {"test_mae": 4.5}}
+    first["protocols"]["F"]["c"] = {"test_mae": 4.4}  # a later save of the same process writes its new change only
+    benchmark.save_results(path, first)
+    assert set(json.loads(path.read_text())["protocols"]["F"]) == {"b", "c"}
+
+
+def test_a_retrained_run_forgets_its_earlier_weights_figures():
+    results = {"cross": {"FGNET": {"F/a": {}, "F/a (Haar box crop)": {}, "F/a_60ep": {}}},
+               "cross_filters": {"FGNET": {"F/a": {}}},
+               "crop_consistency": [{"model": "F/a"}, {"model": "F/b"}]}
+    benchmark.forget_figures_of(results, "F/a")
+    assert results == {"cross": {"FGNET": {"F/a_60ep": {}}}, "cross_filters": {"FGNET": {}},
+                       "crop_consistency": [{"model": "F/b"}]}
+
+
+def test_a_run_that_ignored_amp_is_said_to_have_run_in_float32():
+    def run(**extra):
+        return {"test_mae": 4.8, "best_val_mae": 4.9, "best_epoch": 99, "test_cs5": 0.6, "params": 629_332,
+                "train_minutes": 200.0, "epochs": 100, "train_images_per_s": 170.0, "latency_b1_ms": 1.5,
+                "images_per_s_b64": 900.0, "test_mae_per_decade": {"20-29": 3.0},
+                "command": "python train.py --splits s --out-dir o --epochs 100 --amp", **extra}
+    sources = {"results": {"protocols": {"F": {"simplecnn_photo_scan_100ep": run(bf16=False),
+                                               "simplecnn_photo_scan_60ep": run()}}},
+               "detection": None, "mobile": None, "eda_report": None,
+               "search": {"lr_sweep": None, "grid": None, "best": None}, "shipped": None}
+    lines = {line.split(":")[0]: line for line in benchmark.models_section(sources) if line.startswith("- `")}
+    assert "ran in float32" in lines["- `simplecnn_photo_scan_100ep`"]
+    assert "ran in float32" not in lines["- `simplecnn_photo_scan_60ep`"]  # no --amp in its recipe, no record
+    sources["results"]["protocols"]["F"]["simplecnn_photo_scan_100ep"]["bf16"] = True
+    assert "ran in float32" not in "\n".join(benchmark.models_section(sources))

@@ -275,3 +275,21 @@ def test_an_online_student_trains_otherwise_than_the_table_student(splits, teach
     config = checkpoints.load_checkpoint(tmp_path / "online" / "last.pt")["config"]
     assert config["teacher_online"] is True and (tmp_path / "online" / "teacher.npz").is_file()
     assert not same_weights(student_weights(tmp_path / "table"), student_weights(tmp_path / "online"))
+
+
+def test_a_resumed_student_refuses_teachers_retrained_since_it_began(tmp_path):
+    teacher = tmp_path / "best.pt"
+    teacher.write_bytes(b"teacher weights, first training")
+    out = tmp_path / "run"
+    out.mkdir()
+    np.savez(out / "teacher.npz", teachers_digest=np.asarray(train.teachers_digest(str(teacher))))
+    assert not train.teachers_changed(out, str(teacher))
+    teacher.write_bytes(b"teacher weights, trained again")
+    assert train.teachers_changed(out, str(teacher))
+    assert not train.teachers_changed(tmp_path / "elsewhere", str(teacher))  # no table kept: nothing to compare
+    args = train.get_args_parser().parse_args(["--splits", str(tmp_path), "--out-dir", str(out), "--teacher",
+                                               str(teacher), "--epochs", "5", "--resume"])
+    checkpoint = {"config": vars(args).copy(), "epoch": 2, "split_digest": "d", "model_state": {}}
+    torch.save(checkpoint, out / "last.pt")
+    with pytest.raises(custom_dataset.DataError, match="teacher"):
+        train.restore(args, out / "last.pt", functions.Distributed(), "d")

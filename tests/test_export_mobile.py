@@ -85,6 +85,9 @@ def test_int8_pte_is_smaller_and_close_to_float(run_dir, exported):
     assert abs(int8["val_mae_int8"] - int8["val_mae_float"]) < 1.0
     _, metadata = export_mobile.load_executorch(run_dir / "model_int8.pte")
     assert metadata["export"]["dtype"] == "int8"
+    # the float model's figures are not stated as the int8 model's (its own val MAE: mobile_exports.json)
+    assert metadata["test_mae"] is None and metadata["val_mae"] is None and metadata["val_mae_views"] is None
+    assert json.loads((run_dir / "model_int8.pte.json").read_text())["test_mae"] is None
 
 
 def test_table_lists_size_and_latency_of_the_exports_this_run_wrote(run_dir, exported):

@@ -646,3 +646,52 @@ def test_a_file_without_read_permission_says_so(model, faces, tmp_path, monkeypa
     monkeypatch.setattr(checkpoints.os, "access", lambda path, mode: False)  # as for a user without the right
     with pytest.raises(DataError, match="model.onnx: permission denied"):
         checkpoints.onnx_forward(model)
+
+
+def test_a_model_with_several_outputs_per_face_stops_a_folder_run_instead_of_skipping_each_photo(
+        tmp_path, faces, monkeypatch, capsys):
+    onnx_path = constant_model(tmp_path / "m.onnx")
+    in_dir = tmp_path / "in"
+    for name in ("a.png", "b.png"):
+        write_rgb(in_dir / name, faces[0])
+    real = inference.read_export
+    monkeypatch.setattr(inference, "read_export", lambda *a, **k: (
+        lambda x: np.zeros((len(x), 116), np.float32), real(*a, **k)[1]))  # a graph of 116 logits per face
+    with pytest.raises(DataError, match="116 numbers per image"):
+        run_main(["--model", str(onnx_path), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                  "--whole-image"])
+    assert "skipping" not in capsys.readouterr().err
+
+
+def test_a_folder_run_where_no_image_could_be_annotated_fails(tmp_path):
+    onnx_path = constant_model(tmp_path / "m.onnx")
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (in_dir / name).write_bytes(b"not an image at all")
+    proc = run_script("inference.py", "--model", onnx_path, "--input-dir", in_dir, "--output-dir", tmp_path / "out",
+                      "--threads", "1")
+    assert proc.returncode == 2 and "none of the 2 images" in proc.stderr
+
+
+def test_a_reader_that_closes_stdout_early_still_gets_the_predictions_written(tmp_path, faces):
+    onnx_path = constant_model(tmp_path / "m.onnx")
+    import os
+    import subprocess
+    import sys
+    in_dir = tmp_path / "in"
+    for i in range(6):
+        write_rgb(in_dir / f"{i}.png", faces[i % len(faces)])
+    out = tmp_path / "out"
+    # unbuffered: each line reaches the pipe at once, as a long run's do once its buffer fills (`| head -1`)
+    proc = subprocess.Popen([sys.executable, "inference.py", "--model", str(onnx_path), "--input-dir", str(in_dir),
+                             "--output-dir", str(out), "--whole-image", "--threads", "1"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "stdout closed after" in err and "Traceback" not in err
+    rows = (out / "predictions.csv").read_text().splitlines()
+    annotated = [p for p in out.iterdir() if p.suffix == ".png"]
+    assert 1 <= len(annotated) < 6 and len(rows) == 1 + len(annotated)  # each annotated copy has its row

@@ -753,8 +753,10 @@ def test_a_second_run_into_a_runs_folder_is_refused_unless_it_resumes_or_overwri
     with pytest.raises(custom_dataset.DataError, match="--overwrite must be left out with --resume"):
         train.main(train_args(splits, out, "--epochs", "1", "--resume", "--overwrite"))
     capsys.readouterr()
+    (out / "model.pte").write_bytes(b"export_mobile.py's phone model of the earlier weights")
     train.main(train_args(splits, out, "--epochs", "1", "--seed", "7", "--overwrite", "--no-export",
                           "--no-tensorboard", "--no-test"))
     assert "--overwrite: removed the earlier run's" in capsys.readouterr().out
     assert not (out / "model.onnx").exists() and not list(out.glob("events.out.tfevents.*"))  # none left stale
+    assert not (out / "model.pte").exists()
     assert checkpoints.load_checkpoint(out / "best.pt")["config"]["seed"] == 7
