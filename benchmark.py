@@ -933,7 +933,18 @@ def ablation_table(results) -> str:
     return "\n".join(lines)
 
 
+def unfinished(run_dir) -> str | None:
+    """Why a run folder holds no finished run to measure (None where it does): a run still training, or one
+    killed, has a best.pt of some epoch whose figures must not go into the finished run's record."""
+    if not (Path(run_dir) / "metrics.json").is_file():
+        return f"{run_dir} holds no finished run (no metrics.json: still training, killed, or never trained)"
+    return None
+
+
 def check_crops(args, work, protocol, name, results, out_path):
+    if why := unfinished(work / protocol / name):
+        print(f"--crop-check skipped: {why}")
+        return
     fresh = {"model": f"{protocol}/{name}", **crop_consistency(work / protocol / name, work / protocol / "splits",
                                                                 args.crop_check)}
     # other models' checks are kept; a repeated (model, images) check is replaced
@@ -950,6 +961,9 @@ def check_cross(args, work, results, out_path):
     for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             run_dir = work / protocol / name
+            if why := unfinished(run_dir):
+                print(f"--cross skipped {protocol}/{name}: {why}")
+                continue
             variants = {f"{protocol}/{name}": {}}
             if args.cross_compare:
                 variants[f"{protocol}/{name} (Haar box crop)"] = {"detector": "haar", "crop": faces.BOX_CROP}
@@ -1740,15 +1754,17 @@ def shipped_zooms_lines(results) -> list:
     zoomed = results.get("shipped_zooms")
     if not zoomed:
         return []
-    protocol, name = zoomed["run"].split("/")
-    plain_test = results["protocols"][protocol][name]["test_mae"]
-    plain_fgnet = results["cross"]["FGNET"][zoomed["run"]]["mae"]
+    protocol, name = zoomed["run"].rsplit("/", 1)  # "F (earlier split, to DATE)/NAME" too
+    # the run's own figures for the face alone, where still recorded (a retrained run's FG-NET row is dropped)
+    plain_test = results["protocols"].get(protocol, {}).get(name, {}).get("test_mae")
+    plain_fgnet = results.get("cross", {}).get("FGNET", {}).get(zoomed["run"], {}).get("mae")
+    plain_test, plain_fgnet = (f"{v:.2f}" if v is not None else "not recorded" for v in (plain_test, plain_fgnet))
     iv = zoomed["interval"]
     return ["", f"The shipped model (`{zoomed['run']}`) carries the set its own validation MAE chooses among these, "
                 f"`{zoomed['zooms']}` ({zoomed['val_mae'][zoomed['zooms']]:.3f} against {zoomed['val_mae']['none']:.3f} "
                 f"for the face alone; `{zoomed['command']}`). The test split and FG-NET, read once more with the zooms: "
-                f"test MAE {zoomed['test']['mae']:.2f} (the face alone: {plain_test:.2f}), FG-NET MAE "
-                f"{zoomed['fgnet']['mae']:.2f} ({plain_fgnet:.2f}). Its interval, refitted on validation with the zooms, "
+                f"test MAE {zoomed['test']['mae']:.2f} (the face alone: {plain_test}), FG-NET MAE "
+                f"{zoomed['fgnet']['mae']:.2f} ({plain_fgnet}). Its interval, refitted on validation with the zooms, "
                 f"covers {iv['coverage']:.1%} of the test ages at {iv['level']:.0%}, {iv['mean_width']:.1f} years wide "
                 "on average."]
 
@@ -2028,12 +2044,16 @@ def speed_section(sources):
 
 def cross_command(results):
     fgnet = results.get("cross", {}).get("FGNET", {})
-    keys = [k.split(" (")[0] for k in fgnet]
-    protocols = list(dict.fromkeys(k.split("/")[0] for k in keys))
-    models = list(dict.fromkeys(k.split("/")[1] for k in keys))
+    # "P/NAME" or "P/NAME (Haar box crop)"; an earlier split's rows ("P (earlier split, to D)/NAME") are not
+    # reproduced: their split is gone
+    pairs = [(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1].split(" (")[0]) for k in fgnet if "/" in k]
+    pairs = [(p, n) for p, n in pairs if p in PROTOCOLS]
+    keys = [f"{p}/{n}" for p, n in pairs]
+    protocols = list(dict.fromkeys(p for p, _ in pairs))
+    models = list(dict.fromkeys(n for _, n in pairs))
     argv = ["python", "benchmark.py", "--cross", CROSS_DIR, "--protocols", ",".join(protocols), "--models",
             ",".join(models)]
-    if any(" (" in k for k in fgnet):
+    if any(" (" in k.rsplit("/", 1)[-1] for k in fgnet):
         argv.append("--cross-compare")
     checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c and c["model"] in keys]
     if checks:
@@ -2545,6 +2565,8 @@ def why_not_here(results, work, protocol, name, split_digest) -> str | None:
         return f"no best.pt under {work / protocol / name}"
     if entry is None:
         return f"no record of it on Protocol {protocol}'s split"
+    if why := unfinished(work / protocol / name):
+        return why
     recorded = entry.get("split_faces_digest")
     if recorded is not None and recorded != split_digest:
         return f"its record is of another split than {work / protocol / 'splits'}"
@@ -2558,7 +2580,8 @@ def run_calibrate(args, protocols, models):
     for protocol in protocols:
         split_digest = train.split_faces_digest(work / protocol / "splits")
         for name in models:
-            if why_not_here(results, work, protocol, name, split_digest):  # it rewrites best.pt: never another split's
+            if why := why_not_here(results, work, protocol, name, split_digest):  # it rewrites best.pt: never
+                print(f"--calibrate skipped {protocol}/{name}: {why}")  # another split's, nor a run still training
                 continue
             figures = calibrate_run(protocol, name, work)
             results["protocols"][protocol][name].update(figures)
@@ -2723,8 +2746,15 @@ def retire_earlier_split(results, protocol, digest, date) -> str | None:
         results["data_check"] = renamed_key(results["data_check"], protocol, label)
     relabel(results.get("reruns", {}), f"{protocol}/", label)
     relabel(results.get("zoom_probe", {}), f"{protocol}:", label)
-    for figures in results.get("cross", {}).values():  # one table per data set, keyed "P/NAME"
-        relabel(figures, f"{protocol}/", label)
+    for section in ("cross", "cross_filters"):  # one table per data set, keyed "P/NAME"
+        for figures in results.get(section, {}).values():
+            relabel(figures, f"{protocol}/", label)
+    for check in results.get("crop_consistency", []):  # measured on that split's test faces
+        if check.get("model", "").startswith(f"{protocol}/"):
+            check["model"] = label + check["model"][len(protocol):]
+    shipped = results.get("shipped_zooms")
+    if shipped and shipped.get("run", "").startswith(f"{protocol}/"):  # its plain figures moved with the run
+        shipped["run"] = label + shipped["run"][len(protocol):]
     return label
 
 
@@ -2885,6 +2915,8 @@ def run_benchmark(args, protocols, models):
 
 
 def main(args):
+    if args.quick:  # its 2-epoch runs must never stand in WORK/P/NAME, where students and --cross take runs from
+        args.work_dir = str(Path(args.work_dir) / "quick")
     if args.table:
         return write_tables(args)
     if args.probes:

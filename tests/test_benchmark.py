@@ -419,6 +419,7 @@ def test_refresh_exports_names_and_passes_over_a_run_that_was_never_trained(tmp_
     monkeypatch.setattr(benchmark, "table", lambda results: "")
     (tmp_path / "work" / "F" / "ready").mkdir(parents=True)
     (tmp_path / "work" / "F" / "ready" / "best.pt").write_bytes(b"x")
+    (tmp_path / "work" / "F" / "ready" / "metrics.json").write_text("{}")  # finished
     out.write_text(json.dumps({"protocols": {"F": {"trained_elsewhere": {}, "ready": {}}}}))
     benchmark.run_refresh(args, ["F"], ["trained_elsewhere", "never_recorded", "ready"])
     printed = capsys.readouterr().out
@@ -781,7 +782,12 @@ def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afres
                "data": {"S": {"used": 12}, "F": {"used": 20}},  # recorded before splits had digests
                "data_check": {"S": {"same_split": False, "date": "d"}, "F": {"same_split": True, "date": "d"}},
                "reruns": {"S/a": [{"test_mae": 4.0}], "F/f": [{"test_mae": 4.8}]},
-               "zoom_probe": {"S:bench/work/S/a/model.onnx": {}}, "cross": {"FGNET": {"S/a": {}, "F/f": {}}}}
+               "zoom_probe": {"S:bench/work/S/a/model.onnx": {}},
+               "cross": {"FGNET": {"S/a": {"mae": 6.1}, "S/a (Haar box crop)": {"mae": 7.0}, "F/f": {"mae": 6.4}}},
+               "cross_filters": {"FGNET": {"S/a": {}}}, "crop_consistency": [{"model": "S/a", "images": 3}],
+               "shipped_zooms": {"run": "S/a", "zooms": "0.95", "val_mae": {"0.95": 4.0, "none": 4.1},
+                                 "command": "c", "test": {"mae": 4.0}, "fgnet": {"mae": 6.0},
+                                 "interval": {"coverage": 0.9, "level": 0.9, "mean_width": 9.0}}}
     benchmark.run_protocol(args, "S", ["b"], results, tmp_path / "r.json")
     label = f"S (earlier split, to {datetime.date.today().isoformat()})"
     assert list(results["protocols"]) == ["S", label, "F"]  # the earlier rows stay where they were
@@ -790,8 +796,13 @@ def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afres
     assert results["data"][label] == {"used": 12} and results["data"]["S"]["split_faces_digest"] == "new"
     assert set(results["data_check"]) == {label, "F"} and set(results["reruns"]) == {f"{label}/a", "F/f"}
     assert set(results["zoom_probe"]) == {f"{label}:bench/work/S/a/model.onnx"}
-    assert set(results["cross"]["FGNET"]) == {f"{label}/a", "F/f"}
+    assert set(results["cross"]["FGNET"]) == {f"{label}/a", f"{label}/a (Haar box crop)", "F/f"}
+    assert set(results["cross_filters"]["FGNET"]) == {f"{label}/a"}
+    assert results["crop_consistency"][0]["model"] == results["shipped_zooms"]["run"] == f"{label}/a"
     assert list(results["data"]) == ["S", label, "F"]
+    # the tables read the moved records (they raised KeyError and IndexError on the labels)
+    assert "the face alone: 3.95), FG-NET MAE 6.00 (6.10)" in "".join(benchmark.shipped_zooms_lines(results))
+    assert benchmark.cross_command(results).endswith("--protocols F --models f --cross-compare")
     benchmark.run_protocol(args, "S", ["c"], results, tmp_path / "r.json")  # the same split again: nothing moves
     assert list(results["protocols"]) == ["S", label, "F"] and set(results["protocols"]["S"]) == {"b", "c"}
     digest["now"] = "newer"  # another change of the split the same day: a label of its own
@@ -982,3 +993,30 @@ def test_a_run_that_ignored_amp_is_said_to_have_run_in_float32():
     assert "ran in float32" not in lines["- `simplecnn_photo_scan_60ep`"]  # no --amp in its recipe, no record
     sources["results"]["protocols"]["F"]["simplecnn_photo_scan_100ep"]["bf16"] = True
     assert "ran in float32" not in "\n".join(benchmark.models_section(sources))
+
+
+def test_a_run_still_training_is_not_measured_into_the_finished_runs_record(tmp_path, capsys, monkeypatch):
+    import argparse
+    run = tmp_path / "F" / "m"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"epoch 3 of a run still training")
+    monkeypatch.setattr(benchmark, "cross_dataset", lambda *a, **k: pytest.fail("measured an unfinished run"))
+    args = argparse.Namespace(protocols="F", models="m", cross="fgnet", cross_compare=False, cross_filters=False)
+    results = {"protocols": {"F": {"m": {"test_mae": 4.7}}}}
+    benchmark.check_cross(args, tmp_path, results, tmp_path / "results.json")
+    assert "skipped F/m" in capsys.readouterr().out and "cross" not in results
+    assert "no finished run" in benchmark.why_not_here(results, tmp_path, "F", "m", None)
+    (run / "metrics.json").write_text("{}")
+    assert benchmark.unfinished(run) is None and benchmark.why_not_here(results, tmp_path, "F", "m", None) is None
+
+
+def test_a_quick_benchmark_trains_in_its_own_work_folder(tmp_path, monkeypatch):
+    seen = []
+
+    def stop_at_selection(args):  # main's first step after choosing the folders
+        seen.append(args.work_dir)
+        raise SystemExit(0)
+    monkeypatch.setattr(benchmark, "selection", stop_at_selection)
+    with pytest.raises(SystemExit):
+        benchmark.main(benchmark.get_args_parser().parse_args(["--quick", "--work-dir", str(tmp_path)]))
+    assert seen == [str(tmp_path / "quick")]  # never WORK/S/NAME, where students and --cross take their runs
