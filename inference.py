@@ -1099,6 +1099,11 @@ def check_flags(args):
         raise DataError("--min-score filters the detector's faces; --whole-image uses no detector")
     if args.save_crops and args.video:
         raise DataError("--save-crops is for --image and --input-dir")
+    # a flag that would do nothing is refused, not ignored
+    video_only = {"--alpha": args.alpha != SMOOTH_ALPHA, "--max-frames": args.max_frames != 0,
+                  "--no-progress": args.no_progress}
+    if args.video is None and any(video_only.values()):
+        raise DataError(f"{next(k for k, v in video_only.items() if v)} is for --video")
     if args.video is not None and not 0 < args.alpha <= 1:
         raise DataError(f"--alpha must be in (0, 1], got {args.alpha}")
     if args.video is not None and args.max_frames < 0:

@@ -695,3 +695,14 @@ def test_a_reader_that_closes_stdout_early_still_gets_the_predictions_written(tm
     rows = (out / "predictions.csv").read_text().splitlines()
     annotated = [p for p in out.iterdir() if p.suffix == ".png"]
     assert 1 <= len(annotated) < 6 and len(rows) == 1 + len(annotated)  # each annotated copy has its row
+
+
+@pytest.mark.parametrize("flags, named", [(["--alpha", "0.5"], "--alpha is for --video"),
+                                          (["--max-frames", "10"], "--max-frames is for --video"),
+                                          (["--no-progress"], "--no-progress is for --video")])
+def test_a_flag_that_would_do_nothing_is_refused_in_one_line(tmp_path, faces, flags, named):
+    write_rgb(tmp_path / "in" / "face.png", faces[0])
+    with pytest.raises(DataError, match=named):
+        run_main(["--model", str(constant_model(tmp_path / "m.onnx")), "--image", str(tmp_path / "in" / "face.png"),
+                  "--output-dir", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
