@@ -92,7 +92,7 @@ def run_cli(main, parser):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except ReaderGone:  # `--json - | head -1`: the reader has what it wanted
+    except (ReaderGone, BrokenPipeError):  # `--json - | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit's flush
         sys.exit(141)
     except (DataError, ValueError, RuntimeError, OSError) as exc:  # NonFiniteLossError is a RuntimeError

@@ -610,7 +610,31 @@ def plan_outputs(args) -> Outputs:
     # (./inference_outputs/NAME) may sit in the photos' folder: --input-dir reads no sub-folder and refuses it
     if args.output_dir:
         refuse_inside_input(folder, args, what)
+    refuse_other_inputs_predictions(folder, args, what)
     return Outputs(folder, annotated, what)
+
+
+RUN_MANIFEST = "predictions_source.json"  # beside predictions.csv: which input it describes
+
+
+def input_identity(args) -> str:
+    """The input a predictions.csv describes (--image or --input-dir, resolved)."""
+    return str(Path(args.input_dir or args.image).resolve())
+
+
+def refuse_other_inputs_predictions(folder, args, what):
+    """A predictions.csv of another input is never replaced: two photos of one name (cardA/IMG_1.jpg, then
+    cardB/IMG_1.jpg) share the default folder, and a one-photo run would replace a folder run's 500 rows."""
+    if args.video is not None or not (Path(folder) / "predictions.csv").exists():
+        return
+    try:
+        earlier = json.loads((Path(folder) / RUN_MANIFEST).read_text())["input"]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = None
+    if earlier != input_identity(args):
+        whose = f"the predictions of {earlier}" if isinstance(earlier, str) else "a predictions.csv of an unknown input"
+        raise DataError(f"{what} {folder} holds {whose}, which this run would replace; pass another "
+                        f"{'--output-dir' if not args.output else '--output folder'} (or move that one away)")
 
 
 def refuse_inside_input(path, args, what):
@@ -743,8 +767,9 @@ class Recorder:
     """The results of a run: predictions.csv and predictions.json (--json) written at the end, JSON
     lines printed as they come (--json -, on `stream`: the real stdout), and the summary counts."""
 
-    def __init__(self, folder, json_mode, stream=None, csv_file=True):
+    def __init__(self, folder, json_mode, stream=None, csv_file=True, source=None):
         self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
+        self.source = source  # the input (input_identity), named in RUN_MANIFEST beside predictions.csv
         self.rows, self.objects = [], []
         self.counts = {"images": 0, "faces": 0, "no_face": 0, "outside": 0, "min_face": 0, "min_score": 0}
 
@@ -772,6 +797,9 @@ class Recorder:
         if self.csv_file:
             write_csv(self.folder / "predictions.csv", self.rows, CSV_FIELDS, line_end="\n")
             written["csv"] = str(self.folder / "predictions.csv")
+            if self.source:  # after the CSV: a run stopped between the two is refused, never replaces another's
+                text = json.dumps({"input": self.source}) + "\n"
+                atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
         if self.json_mode and self.json_mode != "-":
             data = (json.dumps(self.objects, indent=1) + "\n").encode("utf-8")
             atomic_write(self.folder / "predictions.json", lambda f: f.write(data))
@@ -815,7 +843,7 @@ def run_image(args, estimator, json_stream=None):
     outputs = plan_outputs(args)
     crops = _crops_dir(args)
     output = _prepare_output(outputs.annotated)
-    recorder = Recorder(outputs.folder, args.json, json_stream)
+    recorder = Recorder(outputs.folder, args.json, json_stream, source=input_identity(args))
     result = process_image(estimator, args.image, rgb, output, crops)
     recorder.add(result)
     written = recorder.finish()
@@ -880,7 +908,7 @@ def run_folder(args, estimator, json_stream=None):
     crops = _crops_dir(args)
     images, odd = _folder_images(in_dir)
     out_dir = _prepare_dir(outputs.folder, outputs.what)
-    recorder = Recorder(out_dir, args.json, json_stream)
+    recorder = Recorder(out_dir, args.json, json_stream, source=input_identity(args))
     start = time.perf_counter()
     stems = output_stems(images)
     skipped = []

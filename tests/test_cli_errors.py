@@ -276,3 +276,13 @@ def test_opencv_and_memory_failures_are_one_line(failure, words, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
     assert all(word in err for word in words), err
+
+
+def test_a_closed_stdout_ends_a_script_quietly_as_unix_tools_do():
+    # `script | head -1`: a print after the reader left raises BrokenPipeError; no "error: Broken pipe", exit 141
+    code = ("import cli\n"
+            "def main(args):\n"
+            "    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli.run_cli(main, cli.ArgumentParser())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 141 and proc.stderr == ""

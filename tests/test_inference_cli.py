@@ -147,14 +147,15 @@ def test_default_output_folder_is_in_the_current_folder(model, faces, tmp_path, 
     monkeypatch.chdir(work)
     result = run_main(["--model", str(model), "--input-dir", str(in_dir)])
     out = work / "inference_outputs" / "photos"
-    assert sorted(p.name for p in out.iterdir()) == ["none_age.png", "predictions.csv", "two_age.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["none_age.png", "predictions.csv",
+                                                   "predictions_source.json", "two_age.jpg"]
     assert result["output_dir"] == str(Path("inference_outputs") / "photos")
     assert sorted(p.name for p in in_dir.iterdir()) == before  # nothing written among the inputs
 
     image = run_main(["--model", str(model), "--image", str(in_dir / "two.jpg"), "--json"])
     assert image["output"] == str(Path("inference_outputs") / "two" / "two_age.jpg")
     assert sorted(p.name for p in (work / "inference_outputs" / "two").iterdir()) == [
-        "predictions.csv", "predictions.json", "two_age.jpg"]
+        "predictions.csv", "predictions.json", "predictions_source.json", "two_age.jpg"]
 
     # the outputs are never read as photos: not the output folder, not annotated copies among the photos
     with pytest.raises(DataError, match="inference_outputs folder"):
@@ -177,8 +178,8 @@ def test_outputs_among_the_inputs_are_refused(model, faces, tmp_path, monkeypatc
     # the README's first command, run in the photo's folder: the default folder is allowed there, and a later
     # --input-dir of that folder reads the photos alone
     run_main(["--model", str(model), "--image", "two.jpg"])
-    assert sorted(p.name for p in (in_dir / "inference_outputs" / "two").iterdir()) == ["predictions.csv",
-                                                                                         "two_age.jpg"]
+    assert sorted(p.name for p in (in_dir / "inference_outputs" / "two").iterdir()) == [
+        "predictions.csv", "predictions_source.json", "two_age.jpg"]
     run_main(["--model", str(model), "--input-dir", "."])
     assert [r["file"] for r in read_csv(in_dir / "inference_outputs" / "photos" / "predictions.csv")] == [
         "none.png", "two.jpg", "two.jpg"]
@@ -187,7 +188,7 @@ def test_outputs_among_the_inputs_are_refused(model, faces, tmp_path, monkeypatc
     # an explicit --output file is the user's choice, even beside the input (never the input itself)
     run_main(["--model", str(model), "--image", "two.jpg", "--output", "two_age.jpg"])
     assert sorted(p.name for p in in_dir.iterdir()) == ["inference_outputs", "none.png", "predictions.csv",
-                                                        "two.jpg", "two_age.jpg"]
+                                                        "predictions_source.json", "two.jpg", "two_age.jpg"]
     with pytest.raises(DataError, match="is the input file"):
         run_main(["--model", str(model), "--image", "two.jpg", "--output", "two.jpg"])
 
@@ -215,7 +216,8 @@ def test_inputs_sharing_a_stem_keep_apart_outputs(model, faces, tmp_path):
     assert sorted(p.name for p in (tmp_path / "crops").iterdir()) == [
         "a.JPG_0.png", "a.jpg~2_0.png", "b_0.png", "photo.jpg_0.png", "photo.png_0.png"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "a.JPG_age.jpg", "a.jpg~2_age.jpg", "b_age.png", "photo.jpg_age.jpg", "photo.png_age.png", "predictions.csv"]
+        "a.JPG_age.jpg", "a.jpg~2_age.jpg", "b_age.png", "photo.jpg_age.jpg", "photo.png_age.png", "predictions.csv",
+        "predictions_source.json"]
     assert inference.output_stems([Path("x/b.png"), Path("x/B.jpg"), Path("x/c.png")]) == {
         Path("x/b.png"): "b.png", Path("x/B.jpg"): "B.jpg", Path("x/c.png"): "c"}  # any case: one stem
     # a.jpg and a.png take their names, which a.jpg.jpg's stem is too: a number keeps it apart
@@ -687,7 +689,9 @@ def test_a_reader_that_closes_stdout_early_still_gets_the_predictions_written(tm
     proc = subprocess.Popen([sys.executable, "inference.py", "--model", str(onnx_path), "--input-dir", str(in_dir),
                              "--output-dir", str(out), "--whole-image", "--threads", "1"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proc.stdout.readline()
+    for line in iter(proc.stdout.readline, b""):  # past the model's description, at the first photo's line
+        if b".png" in line:
+            break
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
@@ -706,3 +710,25 @@ def test_a_flag_that_would_do_nothing_is_refused_in_one_line(tmp_path, faces, fl
         run_main(["--model", str(constant_model(tmp_path / "m.onnx")), "--image", str(tmp_path / "in" / "face.png"),
                   "--output-dir", str(tmp_path / "out"), *flags])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_predictions_csv_of_another_input_is_never_replaced(tmp_path, faces, monkeypatch):
+    model = constant_model(tmp_path / "m.onnx")
+    for card in ("cardA", "cardB"):  # two cameras' photos of one name
+        write_rgb(tmp_path / card / "IMG_0001.jpg", faces[0])
+    monkeypatch.chdir(tmp_path)
+    run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--whole-image"])
+    out = tmp_path / "inference_outputs" / "IMG_0001"
+    before = (out / "predictions.csv").read_bytes()
+    with pytest.raises(DataError, match=r"holds the predictions of .*cardA.IMG_0001.jpg"):
+        run_main(["--model", str(model), "--image", "cardB/IMG_0001.jpg", "--whole-image"])
+    assert (out / "predictions.csv").read_bytes() == before
+    run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--whole-image"])  # the same input: a re-run
+    # a folder run's predictions are not replaced by a one-photo run into its folder, nor an unknown CSV
+    run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])
+    with pytest.raises(DataError, match="holds the predictions of"):
+        run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--output-dir", "batch", "--whole-image"])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "predictions.csv").write_text("my own spreadsheet\n")
+    with pytest.raises(DataError, match="a predictions.csv of an unknown input"):
+        run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--output-dir", "mine", "--whole-image"])
