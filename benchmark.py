@@ -1658,7 +1658,10 @@ def target_line(protocol, models):
 
 def teachers_minutes(models, entry) -> float:
     """Training minutes of every run a distilled model needed first: its teachers, their teachers and so on,
-    each counted once (runs without a result add nothing)."""
+    each counted once (runs without a result add nothing). The figure recorded with the student wins: a
+    teacher retrained since (other weights, other minutes) taught no epoch of it."""
+    if "teachers_minutes" in entry:
+        return entry["teachers_minutes"]
     needed, todo = set(), teacher_names(entry)
     while todo:
         name = todo.pop()
@@ -1692,7 +1695,7 @@ def distillation_lines(protocols) -> list:
                 f"{models[alone]['test_mae']:.2f} → **{student['test_mae']:.2f}**")
             lines.append(f"- **Distillation** `{name}`, Protocol {protocol}{compare}. Its teachers "
                          f"({', '.join(f'`{t}`' for t in teachers)}): their mean distribution has validation MAE "
-                         f"{student['teacher_val_mae']:.3f}. Compute, all on this CPU: {student['train_minutes']:.1f} "
+                         f"{student['teacher_val_mae']:.3f}. Compute, all on a CPU (no GPU): {student['train_minutes']:.1f} "
                          f"min for the student plus {teachers_minutes(models, student):.1f} min for the runs it "
                          "learnt from (its teachers and theirs).")
     return lines
@@ -2816,8 +2819,10 @@ def run_protocol(args, protocol, models, results, out_path):
     for name in models:
         print(f"== protocol {protocol}, {name}")
         forget_figures_of(results, f"{protocol}/{name}")
-        results["protocols"][protocol][name] = run_model(protocol, name, model_args(name), splits, work,
-                                                         args.epochs, args.quick)
+        entry = run_model(protocol, name, model_args(name), splits, work, args.epochs, args.quick)
+        if "command" in entry and teacher_names(entry):  # the minutes of the teachers that taught it, before any is retrained
+            entry["teachers_minutes"] = round(teachers_minutes(results["protocols"][protocol], entry), 2)
+        results["protocols"][protocol][name] = entry
         print(json.dumps(results["protocols"][protocol][name], indent=1))
         save_results(out_path, results)
     if args.crop_check:

@@ -1020,3 +1020,13 @@ def test_a_quick_benchmark_trains_in_its_own_work_folder(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         benchmark.main(benchmark.get_args_parser().parse_args(["--quick", "--work-dir", str(tmp_path)]))
     assert seen == [str(tmp_path / "quick")]  # never WORK/S/NAME, where students and --cross take their runs
+
+
+def test_a_students_teacher_minutes_are_those_recorded_with_it():
+    teacher = {"train_minutes": 100.0, "command": "python train.py --splits w/F/splits --out-dir w/F/t"}
+    student = {"train_minutes": 50.0,
+               "command": "python train.py --splits w/F/splits --out-dir w/F/s --teacher w/F/t/best.pt"}
+    models = {"t": teacher, "s": student}
+    assert benchmark.teachers_minutes(models, student) == 100.0
+    student["teachers_minutes"] = 80.0  # the teacher that taught it; t was retrained since (100 min)
+    assert benchmark.teachers_minutes(models, student) == 80.0
