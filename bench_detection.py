@@ -363,9 +363,36 @@ def main(args):
         for name, figures in result["chip_fidelity"].items():
             print(f"chip {name}: mean |chip - UTKFace file| {figures['mean_abs_diff']:.2f} "
                   f"(median {figures['median_abs_diff']:.2f}, {figures['share_under_8']:.0%} under 8; n={figures['n']})")
+    result = with_earlier_figures(result, out)
     atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     print(f"-> {out}")
     return result
+
+
+def with_earlier_figures(result: dict, out: Path) -> dict:
+    """result plus what the earlier --out holds and this run did not measure (a run without --model, or with
+    --detectors hog alone, dropped the end-to-end time and the other detectors' rows): kept where that run
+    used the same scenes (the chip check needs none); dropped, and said so, where not."""
+    try:
+        earlier = json.loads(out.read_text()) if out.is_file() else {}
+    except (OSError, ValueError):
+        return result
+    same = {k: v for k, v in earlier.get("scenes", {}).items() if k != "limit"} == \
+        {k: v for k, v in result["scenes"].items() if k != "limit"} and \
+        earlier.get("scenes", {}).get("limit", result["scenes"]["limit"]) == result["scenes"]["limit"]
+    merged = dict(result, detectors=dict(result["detectors"]))
+    for name, row in earlier.get("detectors", {}).items():
+        if name not in merged["detectors"] and same:
+            merged["detectors"][name] = row
+            print(f"kept detector {name}'s row from {out} (the same scenes)")
+    for key in ("end_to_end", "zoom_cost", "chip_fidelity"):
+        if key in earlier and key not in result:
+            if same or key == "chip_fidelity":
+                merged[key] = earlier[key]
+                print(f"kept {key} from {out}")
+            else:
+                print(f"note: {out}'s {key} was measured on other scenes; dropped (measure it again with --model)")
+    return merged
 
 
 def add_zoom_cost(args, files, rng, out):

@@ -1030,3 +1030,19 @@ def test_a_students_teacher_minutes_are_those_recorded_with_it():
     assert benchmark.teachers_minutes(models, student) == 100.0
     student["teachers_minutes"] = 80.0  # the teacher that taught it; t was retrained since (100 min)
     assert benchmark.teachers_minutes(models, student) == 80.0
+
+
+def test_a_detection_run_keeps_the_earlier_figures_it_did_not_measure(tmp_path):
+    import bench_detection
+    scenes = {"canvas": [640, 480], "seed": 0, "limit": 300}
+    out = tmp_path / "detection.json"
+    out.write_text(json.dumps({"scenes": scenes, "detectors": {"auto": {"found": 0.99}, "hog": {"found": 0.9}},
+                               "end_to_end": {"ms_per_photo_median": 21.0}, "chip_fidelity": {"n": 100}}))
+    rerun = {"scenes": dict(scenes), "detectors": {"hog": {"found": 0.91}}}  # --detectors hog, no --model
+    merged = bench_detection.with_earlier_figures(rerun, out)
+    assert merged["detectors"] == {"hog": {"found": 0.91}, "auto": {"found": 0.99}}
+    assert merged["end_to_end"] == {"ms_per_photo_median": 21.0} and merged["chip_fidelity"] == {"n": 100}
+    other = {"scenes": {**scenes, "seed": 1}, "detectors": {"hog": {"found": 0.92}}}  # other scenes: not mixed
+    merged = bench_detection.with_earlier_figures(other, out)
+    assert merged["detectors"] == {"hog": {"found": 0.92}} and "end_to_end" not in merged
+    assert merged["chip_fidelity"] == {"n": 100}  # measured on UTKFace files, not on the scenes
