@@ -136,9 +136,26 @@ def describe_training_data(config: dict) -> str | None:
         return None
 
 
+def run_splits(checkpoint: dict, checkpoint_path) -> Path | None:
+    """The split folder a checkpoint was trained on: --splits as typed to train.py where it resolves from here,
+    else the absolute path the run's config.json recorded (export_mobile.py run from another folder found no
+    split: its data check, data description and an old checkpoint's crop recipe went missing)."""
+    typed = (checkpoint.get("config") or {}).get("splits")
+    if typed and Path(typed).is_dir():
+        return Path(typed)
+    try:
+        recorded = json.loads((Path(checkpoint_path).parent / "config.json").read_text())["splits"]["train.csv"]
+        return Path(recorded).parent
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(typed) if typed else None
+
+
 def metadata_for(checkpoint: dict, cfg, checkpoint_path) -> dict:
     """export_metadata of a saved checkpoint; test MAE from RUN/metrics.json when it describes this
     checkpoint (test_figures_describe)."""
+    splits = run_splits(checkpoint, checkpoint_path)
+    if splits is not None:
+        checkpoint = {**checkpoint, "config": {**(checkpoint.get("config") or {}), "splits": str(splits)}}
     test = None
     metrics = Path(checkpoint_path).parent / "metrics.json"
     if metrics.is_file():

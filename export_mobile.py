@@ -38,7 +38,8 @@ from cli import ArgumentParser, lazy_import, run_cli  # first: cli._missing_pack
 import numpy as np
 
 from custom_dataset import DataError, labelled_folder_above, load_split_dataset, remove_orphans
-from checkpoints import load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint, onnx_metadata
+from checkpoints import (load_checkpoint, load_torchscript, metadata_for, model_from_checkpoint, onnx_metadata,
+                         run_splits)
 from functions import atomic_write, time_runs
 
 torch = lazy_import("torch")  # imported on first use: --help answers without it
@@ -432,9 +433,9 @@ def rebuild(checkpoint: dict):
     return ExportedAgeModel(model, cfg.mean, cfg.std).eval(), cfg, cfg.image_size
 
 
-def load_val(checkpoint: dict, cfg, args):
+def load_val(checkpoint: dict, cfg, args, run_split=None):
     config = checkpoint.get("config") or {}
-    splits = Path(args.splits or config.get("splits") or "")
+    splits = Path(args.splits or run_split or config.get("splits") or "")
     if not (splits / "val.csv").is_file():
         raise DataError(f"--quantize needs the validation split: {splits / 'val.csv'} not found; pass --splits")
     from train import split_faces_digest
@@ -456,7 +457,7 @@ def main(args):
     if missing:
         raise DataError(f"{checkpoint_path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
     out = Path(args.out_dir) if args.out_dir else checkpoint_path.parent
-    splits = (checkpoint.get("config") or {}).get("splits")
+    splits = run_splits(checkpoint, checkpoint_path)
     if splits and Path(splits).is_dir():  # exports among the images would come back as faces
         from train import refuse_output_in_data
         refuse_output_in_data(out, splits)
@@ -467,7 +468,7 @@ def main(args):
         remove_orphans(out)  # partial files of an export that was killed
     wrapper, cfg, image_size = rebuild(checkpoint)
     metadata = metadata_for(checkpoint, cfg, checkpoint_path)
-    val_set = load_val(checkpoint, cfg, args) if args.quantize else None  # fail before any export
+    val_set = load_val(checkpoint, cfg, args, splits) if args.quantize else None  # fail before any export
     example = torch.rand(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)) * 255
     result = {"checkpoint": str(checkpoint_path), "weights": metadata["weights"], "exports": {}}
 

@@ -760,3 +760,17 @@ def test_a_second_run_into_a_runs_folder_is_refused_unless_it_resumes_or_overwri
     assert not (out / "model.onnx").exists() and not list(out.glob("events.out.tfevents.*"))  # none left stale
     assert not (out / "model.pte").exists()
     assert checkpoints.load_checkpoint(out / "best.pt")["config"]["seed"] == 7
+
+
+def test_a_runs_split_is_found_from_any_folder(splits, tmp_path, monkeypatch):
+    # train.py keeps --splits as typed (relative); export_mobile.py run elsewhere lost the split's data description
+    out = tmp_path / "run"
+    monkeypatch.chdir(splits.parent)
+    train.main(train_args(splits.name, out, "--epochs", "1", "--no-test", "--no-export"))
+    best = checkpoints.load_checkpoint(out / "best.pt")
+    assert best["config"]["splits"] == splits.name
+    described = checkpoints.metadata_for(best, custom_dataset.PreprocessConfig(), out / "best.pt")["data"]
+    monkeypatch.chdir(tmp_path)
+    assert checkpoints.run_splits(best, out / "best.pt").resolve() == splits.resolve()
+    assert described and checkpoints.metadata_for(best, custom_dataset.PreprocessConfig(), out / "best.pt")["data"] \
+        == described
