@@ -1141,22 +1141,37 @@ def load_results(path):
     return results
 
 
-def merged_changes(base, mine, theirs):
-    """theirs (the file now) with this process's changes since base applied, key by key in nested objects: a
-    benchmark that ran for hours does not write back the records another process saved meanwhile."""
-    if not (isinstance(base, dict) and isinstance(mine, dict) and isinstance(theirs, dict)):
+# how deep results.json's containers go before a record (protocols.P.NAME, cross.DS.KEY, data.P, ...) starts:
+# a changed record is written whole, so a retrained run keeps no key of the run it replaced
+RECORD_DEPTH = {"protocols": 2, "cross": 2, "cross_filters": 2, "reruns": 1, "zoom_probe": 1, "data": 1,
+                "data_check": 1, "ablations": 1, "long_ablations": 1}
+
+
+def merged_changes(base, mine, theirs, depth=0, section=None):
+    """theirs (the file now) with this process's changes since base applied: a benchmark that ran for hours does
+    not write back the records another process saved meanwhile. Containers merge key by key in mine's order
+    (keys only the file has follow); records, lists and values are replaced whole where this process changed
+    them; crop_consistency merges by (model, images)."""
+    if section == "crop_consistency" and depth == 1:
+        key = lambda rows: {json.dumps([r.get("model"), r.get("images")]): r for r in rows if isinstance(r, dict)}
+        merged = merged_changes(key(base or []), key(mine), key(theirs or []), 2, "crop_rows")
+        return list(merged.values())
+    limit = {None: 0, "crop_rows": 2}.get(section, RECORD_DEPTH.get(section, 0))
+    container = all(isinstance(v, dict) for v in (mine, theirs)) and depth <= limit
+    if not container:
         return theirs if mine == base else mine
-    out = dict(theirs)
-    for key in set(base) | set(mine):
+    base = base if isinstance(base, dict) else {}
+    out = {}
+    for key in list(mine) + [k for k in theirs if k not in mine]:
         old, new = base.get(key, _UNSET), mine.get(key, _UNSET)
-        if new == old:
-            continue
-        if new is _UNSET:
-            out.pop(key, None)
-        elif isinstance(new, dict) and isinstance(out.get(key), dict):
-            out[key] = merged_changes(old if isinstance(old, dict) else {}, new, out[key])
-        else:
-            out[key] = new
+        there = theirs.get(key, _UNSET)
+        if new == old:  # untouched here: the file's version (or its deletion) stands
+            if there is not _UNSET:
+                out[key] = there
+        elif new is not _UNSET:  # changed or added here
+            out[key] = new if there is _UNSET else merged_changes(old if old is not _UNSET else None, new, there,
+                                                                  depth + 1, section if depth else key)
+        # deleted here: left out
     return out
 
 
@@ -2823,8 +2838,8 @@ def run_protocol(args, protocol, models, results, out_path):
         if "command" in entry and teacher_names(entry):  # the minutes of the teachers that taught it, before any is retrained
             entry["teachers_minutes"] = round(teachers_minutes(results["protocols"][protocol], entry), 2)
         results["protocols"][protocol][name] = entry
+        save_results(out_path, results)  # before the print: a closed pipe (| tee) never costs hours of training
         print(json.dumps(results["protocols"][protocol][name], indent=1))
-        save_results(out_path, results)
     if args.crop_check:
         check_crops(args, work, protocol, models[-1], results, out_path)
 
@@ -2921,6 +2936,9 @@ def run_benchmark(args, protocols, models):
 
 def main(args):
     if args.quick:  # its 2-epoch runs must never stand in WORK/P/NAME, where students and --cross take runs from
+        if args.cross or args.ship or args.ship_zooms:
+            raise DataError("--quick trains smoke runs; --cross, --ship and --ship-zooms read finished runs: leave "
+                            "--quick out")
         args.work_dir = str(Path(args.work_dir) / "quick")
     if args.table:
         return write_tables(args)

@@ -399,6 +399,8 @@ def torchscript_forward(path, threads=None, device="cpu"):
             with torch.no_grad():
                 return module(torch.from_numpy(x).to(device)).cpu().numpy()
         except RuntimeError as exc:  # TorchScript's errors quote its code over many lines: the last one says what
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                raise  # this photo's (many faces x views): skipped, as README says, not the model's fault
             lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
             raise ModelFailed(f"{path} failed on a batch of shape {tuple(x.shape)} ("
                               f"{lines[-1][:200] if lines else type(exc).__name__}); a model.jit written by train.py "

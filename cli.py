@@ -81,6 +81,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (a BrokenPipeError from elsewhere is a real error)."""
+    try:
+        import select
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file descriptor
+        return True
+
+
 def run_cli(main, parser):
     """Parse, run, and turn expected failures into one line on stderr with exit code 2."""
     for stream in (sys.stdout, sys.stderr):  # a console or log that cannot show a file's name: escaped, not fatal
@@ -92,7 +103,10 @@ def run_cli(main, parser):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except (ReaderGone, BrokenPipeError):  # `--json - | head -1`: the reader has what it wanted
+    except (ReaderGone, BrokenPipeError) as exc:  # `--json - | head -1`: the reader has what it wanted
+        if isinstance(exc, BrokenPipeError) and not stdout_gone():  # another pipe: an error like any other
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit's flush
         sys.exit(141)
     except (DataError, ValueError, RuntimeError, OSError) as exc:  # NonFiniteLossError is a RuntimeError

@@ -39,6 +39,7 @@ TorchScript, a program: it is loaded only with --trust-model (or from the shippe
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import glob
 import json
@@ -594,14 +595,13 @@ def output_stems(paths) -> dict:
 def plan_outputs(args) -> Outputs:
     """Where this run writes, checked (never the input's folder, never a labelled data set) before
     anything is written."""
+    folder = plan_folder(args)
     if args.output:
         annotated, what = Path(args.output), "--output"
         source = None if args.input_dir or is_camera(args.video) else Path(args.image or args.video)
         if source is not None and same_file(annotated, source):
             raise DataError(f"--output {annotated} is the input file; choose another name (the input is never overwritten)")
-        folder = annotated.parent
     else:
-        folder = Path(args.output_dir) if args.output_dir else Path(OUTPUT_ROOT) / input_name(args)
         what = "--output-dir" if args.output_dir else "the default output folder"
         name = f"{input_name(args)}{ANNOTATED_SUFFIX}"
         annotated = None if args.input_dir else folder / (name + (".mp4" if args.video else _annotated_ext(Path(args.image).suffix)))
@@ -610,31 +610,75 @@ def plan_outputs(args) -> Outputs:
     # (./inference_outputs/NAME) may sit in the photos' folder: --input-dir reads no sub-folder and refuses it
     if args.output_dir:
         refuse_inside_input(folder, args, what)
-    refuse_other_inputs_predictions(folder, args, what)
+    if args.video is None:
+        earlier_predictions(folder, args)  # refused now, before anything is written
     return Outputs(folder, annotated, what)
 
 
-RUN_MANIFEST = "predictions_source.json"  # beside predictions.csv: which input it describes
+def plan_folder(args) -> Path:
+    """The folder predictions.csv goes into (plan_outputs' choice)."""
+    if args.output:
+        return Path(args.output).parent
+    return Path(args.output_dir) if args.output_dir else Path(OUTPUT_ROOT) / input_name(args)
 
 
-def input_identity(args) -> str:
-    """The input a predictions.csv describes (--image or --input-dir, resolved)."""
-    return str(Path(args.input_dir or args.image).resolve())
+RUN_MANIFEST = "predictions_source.json"  # beside predictions.csv: the inputs it describes
 
 
-def refuse_other_inputs_predictions(folder, args, what):
-    """A predictions.csv of another input is never replaced: two photos of one name (cardA/IMG_1.jpg, then
-    cardB/IMG_1.jpg) share the default folder, and a one-photo run would replace a folder run's 500 rows."""
-    if args.video is not None or not (Path(folder) / "predictions.csv").exists():
-        return
+def input_identity(args) -> dict:
+    """What a run's predictions describe: --input-dir's folder, or one --image by its file name (the rows'
+    "file"), as an absolute path and relative to the output folder (a checkout moved whole still matches)."""
+    path = Path(args.input_dir or args.image).resolve()
+    folder = plan_folder(args).resolve()
+    return {"kind": "folder" if args.input_dir else "image", "name": path.name, "path": str(path),
+            "relative": os.path.relpath(path, folder)}
+
+
+def same_input(a: dict, b: dict) -> bool:
+    return isinstance(b, dict) and a["kind"] == b.get("kind") and a["name"] == b.get("name") and (
+        a["path"] == b.get("path") or a["relative"] == b.get("relative"))
+
+
+def earlier_predictions(folder, args) -> tuple[list, list]:
+    """(rows of predictions.csv, inputs of RUN_MANIFEST) a run into folder keeps or replaces, after refusing
+    what it must not replace: a folder run's CSV, or an image's rows, of another input (two photos of one name,
+    cardA/IMG_1.jpg then cardB/IMG_1.jpg, share the default folder and their annotated copy's name)."""
+    csv_path, me = Path(folder) / "predictions.csv", input_identity(args)
+    if not csv_path.exists():
+        return [], []
     try:
-        earlier = json.loads((Path(folder) / RUN_MANIFEST).read_text())["input"]
-    except (OSError, ValueError, KeyError, TypeError):
-        earlier = None
-    if earlier != input_identity(args):
-        whose = f"the predictions of {earlier}" if isinstance(earlier, str) else "a predictions.csv of an unknown input"
-        raise DataError(f"{what} {folder} holds {whose}, which this run would replace; pass another "
-                        f"{'--output-dir' if not args.output else '--output folder'} (or move that one away)")
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        if "file" not in (reader.fieldnames or []):
+            raise ValueError("no file column")
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error):
+        raise DataError(f"{folder} holds a predictions.csv this tool did not write; pass another output folder "
+                        "(or move that file away)") from None
+    try:
+        inputs = json.loads((Path(folder) / RUN_MANIFEST).read_text())["inputs"]
+        assert isinstance(inputs, list)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        # written before RUN_MANIFEST (or without it): its rows are this input's own, or it is not replaced
+        mine = {me["name"]} if me["kind"] == "image" else {p.name for p in Path(args.input_dir).iterdir()}
+        if {r["file"] for r in rows} <= mine:
+            return ([] if me["kind"] == "folder" else rows), []
+        inputs = None
+    what = "--output-dir" if not args.output else "--output's folder"
+    if inputs is None or me["kind"] == "folder" and not (len(inputs) == 1 and same_input(me, inputs[0])):
+        whose = "the predictions of " + ", ".join(i.get("path", "?") for i in inputs if isinstance(i, dict)) \
+            if inputs else "predictions of other inputs"
+        raise DataError(f"{what} {folder} holds {whose}, which this run would replace; pass another output folder "
+                        "(or move that one away)")
+    clash = [i for i in inputs if isinstance(i, dict) and (i.get("kind") == "folder" or i.get("name") == me["name"])
+             and not same_input(me, i)]
+    if clash:
+        raise DataError(f"{what} {folder} holds the predictions of {clash[0].get('path')}, which this run would "
+                        "replace (the same file name); pass another output folder")
+    if me["kind"] == "folder":
+        return [], inputs
+    # one more image into a folder of images: the other images' rows stay, this image's are replaced
+    return [r for r in rows if r["file"] != me["name"]], [i for i in inputs if not same_input(me, i)]
 
 
 def refuse_inside_input(path, args, what):
@@ -767,9 +811,11 @@ class Recorder:
     """The results of a run: predictions.csv and predictions.json (--json) written at the end, JSON
     lines printed as they come (--json -, on `stream`: the real stdout), and the summary counts."""
 
-    def __init__(self, folder, json_mode, stream=None, csv_file=True, source=None):
+    def __init__(self, folder, json_mode, stream=None, csv_file=True, args=None):
         self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
-        self.source = source  # the input (input_identity), named in RUN_MANIFEST beside predictions.csv
+        # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images that stay
+        self.source = input_identity(args) if args is not None else None
+        self.kept_rows, self.kept_inputs = earlier_predictions(folder, args) if args is not None else ([], [])
         self.rows, self.objects = [], []
         self.counts = {"images": 0, "faces": 0, "no_face": 0, "outside": 0, "min_face": 0, "min_score": 0}
 
@@ -795,13 +841,21 @@ class Recorder:
         """Write predictions.csv / predictions.json (atomically); their paths by kind."""
         written = {}
         if self.csv_file:
-            write_csv(self.folder / "predictions.csv", self.rows, CSV_FIELDS, line_end="\n")
+            write_csv(self.folder / "predictions.csv", self.kept_rows + self.rows, CSV_FIELDS, line_end="\n")
             written["csv"] = str(self.folder / "predictions.csv")
             if self.source:  # after the CSV: a run stopped between the two is refused, never replaces another's
-                text = json.dumps({"input": self.source}) + "\n"
+                text = json.dumps({"inputs": self.kept_inputs + [self.source]}, indent=1) + "\n"
                 atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
         if self.json_mode and self.json_mode != "-":
-            data = (json.dumps(self.objects, indent=1) + "\n").encode("utf-8")
+            objects = self.objects
+            if self.source and self.source["kind"] == "image" and self.kept_inputs:  # the other images' stay
+                try:
+                    earlier = json.loads((self.folder / "predictions.json").read_text())
+                    objects = [o for o in earlier if isinstance(o, dict) and o.get("file") != self.source["name"]] \
+                        + objects
+                except (OSError, ValueError, TypeError):
+                    pass
+            data = (json.dumps(objects, indent=1) + "\n").encode("utf-8")
             atomic_write(self.folder / "predictions.json", lambda f: f.write(data))
             written["json"] = str(self.folder / "predictions.json")
         return written
@@ -843,7 +897,7 @@ def run_image(args, estimator, json_stream=None):
     outputs = plan_outputs(args)
     crops = _crops_dir(args)
     output = _prepare_output(outputs.annotated)
-    recorder = Recorder(outputs.folder, args.json, json_stream, source=input_identity(args))
+    recorder = Recorder(outputs.folder, args.json, json_stream, args=args)
     result = process_image(estimator, args.image, rgb, output, crops)
     recorder.add(result)
     written = recorder.finish()
@@ -908,7 +962,7 @@ def run_folder(args, estimator, json_stream=None):
     crops = _crops_dir(args)
     images, odd = _folder_images(in_dir)
     out_dir = _prepare_dir(outputs.folder, outputs.what)
-    recorder = Recorder(out_dir, args.json, json_stream, source=input_identity(args))
+    recorder = Recorder(out_dir, args.json, json_stream, args=args)
     start = time.perf_counter()
     stems = output_stems(images)
     skipped = []

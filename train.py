@@ -597,16 +597,25 @@ def teachers_changed(out_dir, teacher) -> bool:
         return False
     try:
         with np.load(Path(out_dir) / "teacher.npz", allow_pickle=False) as f:
-            kept = str(f["teachers_digest"]) if "teachers_digest" in f.files else None
+            kept = {k: str(f[k]) for k in ("teachers_weights", "teachers_digest") if k in f.files}
     except (OSError, ValueError):
         return False  # an unreadable table is predicted again (teacher_targets), as before
-    return kept is not None and kept != teachers_digest(teacher)
+    if "teachers_weights" in kept:  # the weights: a teacher re-saved by --calibrate (same weights) is no other
+        return kept["teachers_weights"] != teachers_weights(teacher)
+    return "teachers_digest" in kept and kept["teachers_digest"] != teachers_digest(teacher)
+
+
+def teachers_weights(teacher: str) -> str:
+    """Digest of the weights of --teacher's checkpoints (checkpoints.weights_digest of each, in order)."""
+    from checkpoints import weights_digest
+    return ",".join(weights_digest(load_checkpoint(s)["model_state"]) for s in teacher_sources(teacher))
 
 
 def write_teacher_table(args, cache_dir, path=None) -> dict:
     """The table of --teacher's checkpoints (predict_teachers), written atomically to path if given."""
     table = predict_teachers(teacher_sources(args.teacher), args, cache_dir, split_faces_digest(args.splits))
     table["teachers_digest"] = np.asarray(teachers_digest(args.teacher))
+    table["teachers_weights"] = np.asarray(teachers_weights(args.teacher))
     if path is not None:
         atomic_write(path, lambda f: np.savez(f, **table))
     return table

@@ -951,6 +951,21 @@ def test_merged_changes_applies_only_this_process_changes():
         "protocols": {"F": {"a": {"mae": 4}, "b": {"mae": 6}}, "S": {}}, "date": "d2", "cross": {"x": 1}}
     # a key this process deleted goes; one it never touched stays as the file has it now
     assert benchmark.merged_changes({"k": 1, "j": 2}, {"j": 2}, {"k": 1, "j": 3}) == {"j": 3}
+    # a retrained run's record is written whole: no key of the record it replaced survives from the file
+    base = {"protocols": {"F": {"a": {"test_mae": 5, "minutes": 1}}}}
+    theirs = {"protocols": {"F": {"a": {"test_mae": 5, "minutes": 1, "teachers_minutes": 110}}}}
+    mine = {"protocols": {"F": {"a": {"test_mae": 4}}}}
+    assert benchmark.merged_changes(base, mine, theirs) == mine
+    # order: this process's (a retired split's label before F), then keys only the file has
+    mine = {"protocols": {"S": {}, "S (earlier split, to d)": {"a": {}}, "F": {"f": {}}}}
+    theirs = {"protocols": {"S": {"a": {}}, "F": {"f": {}}, "X": {}}}
+    merged = benchmark.merged_changes({"protocols": {"S": {"a": {}}, "F": {"f": {}}}}, mine, theirs)
+    assert list(merged["protocols"]) == ["S", "S (earlier split, to d)", "F", "X"]
+    # crop checks merge by (model, images): one process drops a retrained run's, another adds its own meanwhile
+    base = {"crop_consistency": [{"model": "F/x", "images": 300}]}
+    theirs = {"crop_consistency": [{"model": "F/x", "images": 300}, {"model": "F/y", "images": 300}]}
+    assert benchmark.merged_changes(base, {"crop_consistency": []}, theirs) == {
+        "crop_consistency": [{"model": "F/y", "images": 300}]}
 
 
 def test_two_benchmark_processes_keep_each_others_records(tmp_path):

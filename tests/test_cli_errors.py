@@ -280,9 +280,14 @@ def test_opencv_and_memory_failures_are_one_line(failure, words, monkeypatch, ca
 
 def test_a_closed_stdout_ends_a_script_quietly_as_unix_tools_do():
     # `script | head -1`: a print after the reader left raises BrokenPipeError; no "error: Broken pipe", exit 141
-    code = ("import cli\n"
+    code = ("import time, cli\n"
             "def main(args):\n"
+            "    time.sleep(0.5)\n"
             "    raise BrokenPipeError(32, 'Broken pipe')\n"
             "cli.run_cli(main, cli.ArgumentParser())\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
+    # another pipe broke while stdout's reader is still there (a socket, a child's pipe): an error, said
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 141 and proc.stderr == ""
+    assert proc.returncode == 2 and "Broken pipe" in proc.stderr

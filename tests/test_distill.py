@@ -293,3 +293,20 @@ def test_a_resumed_student_refuses_teachers_retrained_since_it_began(tmp_path):
     torch.save(checkpoint, out / "last.pt")
     with pytest.raises(custom_dataset.DataError, match="teacher"):
         train.restore(args, out / "last.pt", functions.Distributed(), "d")
+
+
+def test_a_teacher_resaved_with_the_same_weights_is_the_same_teacher(tmp_path):
+    # benchmark.py --calibrate re-saves a teacher's best.pt (an interval added): its bytes change, its weights not
+    model = build_model("simplecnn", "distribution", 20, 40, 32)
+    teacher = tmp_path / "best.pt"
+    torch.save({"model_state": model.state_dict()}, teacher)
+    out = tmp_path / "run"
+    out.mkdir()
+    np.savez(out / "teacher.npz", teachers_digest=np.asarray(train.teachers_digest(str(teacher))),
+             teachers_weights=np.asarray(train.teachers_weights(str(teacher))))
+    torch.save({"model_state": model.state_dict(), "interval": {"level": 0.9}}, teacher)
+    assert not train.teachers_changed(out, str(teacher))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # retrained: other weights
+    torch.save({"model_state": model.state_dict()}, teacher)
+    assert train.teachers_changed(out, str(teacher))

@@ -716,6 +716,7 @@ def test_a_predictions_csv_of_another_input_is_never_replaced(tmp_path, faces, m
     model = constant_model(tmp_path / "m.onnx")
     for card in ("cardA", "cardB"):  # two cameras' photos of one name
         write_rgb(tmp_path / card / "IMG_0001.jpg", faces[0])
+    write_rgb(tmp_path / "cardB" / "IMG_0002.jpg", faces[1])
     monkeypatch.chdir(tmp_path)
     run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--whole-image"])
     out = tmp_path / "inference_outputs" / "IMG_0001"
@@ -724,11 +725,26 @@ def test_a_predictions_csv_of_another_input_is_never_replaced(tmp_path, faces, m
         run_main(["--model", str(model), "--image", "cardB/IMG_0001.jpg", "--whole-image"])
     assert (out / "predictions.csv").read_bytes() == before
     run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--whole-image"])  # the same input: a re-run
-    # a folder run's predictions are not replaced by a one-photo run into its folder, nor an unknown CSV
+    assert (out / "predictions.csv").read_bytes() == before
+    # single photos into one folder: each keeps its rows (a re-run replaces its own)
+    for image in ("cardA/IMG_0001.jpg", "cardB/IMG_0002.jpg", "cardB/IMG_0002.jpg"):
+        run_main(["--model", str(model), "--image", image, "--output-dir", "singles", "--whole-image", "--json"])
+    assert [r["file"] for r in read_csv(tmp_path / "singles" / "predictions.csv")] == ["IMG_0001.jpg", "IMG_0002.jpg"]
+    assert [o["file"] for o in json.loads((tmp_path / "singles" / "predictions.json").read_text())] == [
+        "IMG_0001.jpg", "IMG_0002.jpg"]
+    # a folder run's predictions are not replaced by a one-photo run into its folder, nor by another folder's
     run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])
-    with pytest.raises(DataError, match="holds the predictions of"):
-        run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--output-dir", "batch", "--whole-image"])
+    run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])  # re-run
+    for other in (["--image", "cardA/IMG_0001.jpg"], ["--input-dir", "cardA"]):
+        with pytest.raises(DataError, match="holds the predictions of"):
+            run_main(["--model", str(model), *other, "--output-dir", "batch", "--whole-image"])
+    # an earlier version's folder (no predictions_source.json) of this very input is re-run; a CSV of others is not
+    (tmp_path / "batch" / "predictions_source.json").unlink()
+    run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])
+    (tmp_path / "batch" / "predictions_source.json").unlink()
+    with pytest.raises(DataError, match="predictions of other inputs"):
+        run_main(["--model", str(model), "--input-dir", "cardA", "--output-dir", "batch", "--whole-image"])
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "predictions.csv").write_text("my own spreadsheet\n")
-    with pytest.raises(DataError, match="a predictions.csv of an unknown input"):
+    with pytest.raises(DataError, match="this tool did not write"):
         run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--output-dir", "mine", "--whole-image"])
