@@ -147,6 +147,10 @@ MODELS = {  # name -> train.py arguments that replace MODEL_BASE's (beyond split
     # hour is the student's, its teacher trained first on the same split (train.py refuses another split's)
     "simplecnn_distilled_40ep_cz": ["--epochs", "40", "--amp", "--choose-zooms",
                                     "--teacher", "{runs:simplecnn_tuned_60ep_amp}"],
+    # simplecnn_distilled_40ep_cz with one change: its teacher is the mean of two tables, the ResNet-18 + ResNet-34
+    # pair trained from scratch on an H200 (bench/gpu_teachers.py, val 4.125) and its CPU teacher's (val 4.163)
+    "simplecnn_distilled_40ep_cz_gpu": ["--epochs", "40", "--amp", "--choose-zooms", "--teacher",
+                                        "{tables:gpu_teachers/S_ensemble.npz,simplecnn_distilled_40ep_cz/teacher.npz}"],
     # simplecnn_tuned_60ep distilled from the ensemble of the protocol's three best finals (TEACHERS)
     "simplecnn_distilled": ["--epochs", "60", "--teacher", "{teachers}"],
     # a second generation: the same student distilled from a stronger ensemble, the first student among them
@@ -169,6 +173,14 @@ def with_teachers(argv, work, protocol):
     for arg in argv:
         if arg == "{teachers}":
             names = TEACHERS[protocol]
+        elif arg.startswith("{tables:") and arg.endswith("}"):  # teacher.npz files under the protocol's folder
+            tables = [work / protocol / name for name in arg[len("{tables:"):-1].split(",")]
+            missing = [str(p) for p in tables if not p.is_file()]
+            if missing:
+                raise DataError(f"distillation needs the teacher tables {', '.join(missing)} (bench/gpu_teachers.py "
+                                "writes GPU teachers' tables; a student run writes its teachers' as teacher.npz)")
+            resolved.append(",".join(map(str, tables)))
+            continue
         elif arg.startswith("{runs:") and arg.endswith("}"):
             names = tuple(arg[len("{runs:"):-1].split(","))
         else:
@@ -533,15 +545,16 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         "split_faces_digest": train.split_faces_digest(splits),  # which faces each split held
         # the precision the steps ran in: --amp is ignored on a CPU without bf16, so the command cannot tell
         **({"bf16": bool(best["bf16"])} if "bf16" in best else {}),
-        **({"teacher_val_mae": teacher_val_mae(run_dir / "teacher.npz")} if args.teacher else {}),
+        **({"teacher_val_mae": teacher_val_mae(run_dir / "teacher.npz")}
+           if args.teacher and (run_dir / "teacher.npz").is_file() else {}),
         "command": "python train.py " + shlex.join(argv),
     }
 
 
 def teacher_val_mae(table_path):
     """The validation MAE of a distillation run's teachers (their mean distribution), from RUN/teacher.npz."""
-    with np.load(table_path, allow_pickle=False) as table:
-        return round(float(table["val_mae"]), 3)
+    with np.load(table_path, allow_pickle=False) as table:  # a mean of tables has none (train.read_teacher_tables)
+        return round(float(table["val_mae"]), 3) if "val_mae" in table.files else None
 
 
 def rounded(value, digits=3):
@@ -1331,6 +1344,9 @@ MODEL_NOTES = {
                                          "95 % and 90 %), the test split then read once with them",
     "simplecnn_distilled_40ep_cz": "`simplecnn_distilled_144px_80ep_cz` at 128 px and 40 epochs, to train within "
                                    "the hour on a CPU without bf16 (`--amp` is then ignored)",
+    "simplecnn_distilled_40ep_cz_gpu": "`simplecnn_distilled_40ep_cz` taught by the mean of two tables: two ResNets "
+                                       "trained from scratch on a GPU (`bench/gpu_teachers.py`; GPU-trained teachers, "
+                                       "as issue #15 allows) and its own CPU teacher's",
     "simplecnn_distilled_gen2_144px": "`simplecnn_distilled_gen2` at 144 px input (96 px lost at 40 epochs: does "
                                       "more resolution pay?); its 8192 -> 64 layer becomes 10368 -> 64",
 }

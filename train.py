@@ -126,7 +126,8 @@ def add_recipe_args(parser):
                         "exports; at most 4); none: the image alone")
     g.add_argument("--teacher", default=None,
                    help="distillation: comma-separated best.pt of runs on the same splits (averaged: an ensemble), "
-                        "or a teacher.npz that such a run wrote; the student also learns their age distributions")
+                        "or teacher.npz tables such runs wrote (several: their mean); the student also learns their "
+                        "age distributions")
     g.add_argument("--teacher-weight", type=float, default=0.5,
                    help="share of every training target that is the teacher's (the rest is the label's)")
     g.add_argument("--teacher-online", action="store_true",
@@ -474,7 +475,9 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None, keep
     are the same."""
     faces = split_faces_digest(args.splits)
     if teacher_is_table(args.teacher):
-        table = read_teacher_file(args.teacher, faces)
+        table = read_teacher_tables(args.teacher, faces)
+        if out is not None and keep and len(teacher_sources(args.teacher)) > 1:  # the run keeps what it learnt from
+            atomic_write(out / "teacher.npz", lambda f: np.savez(f, **table))
     elif out is not None and (kept := kept_teacher_table(out / "teacher.npz", args.teacher, faces)) is not None:
         table = kept  # a --resume session learns from the very targets the run began with
         print(f"teachers: their table {out / 'teacher.npz'} was predicted from these checkpoints; read, not "
@@ -563,12 +566,23 @@ def teacher_sources(teacher: str) -> list:
 
 
 def teacher_is_table(teacher: str) -> bool:
-    """--teacher names one teacher.npz (True) or checkpoints (False); a mix is refused."""
+    """--teacher names teacher.npz tables (True) or checkpoints (False); a mix is refused."""
     sources = teacher_sources(teacher)
     tables = sum(s.lower().endswith(".npz") for s in sources)
-    if tables and len(sources) > 1:
-        raise DataError("--teacher takes one teacher.npz, or checkpoints (best.pt) only")
+    if tables and tables != len(sources):
+        raise DataError("--teacher takes teacher.npz tables, or checkpoints (best.pt), not both")
     return bool(tables)
+
+
+def read_teacher_tables(teacher: str, faces_digest: str) -> dict:
+    """--teacher's tables, one or the mean of several (each a teacher's or an ensemble's distribution, weighted
+    alike): a table trained elsewhere (bench/gpu_teachers.py) beside one predicted here."""
+    tables = [read_teacher_file(source, faces_digest) for source in teacher_sources(teacher)]
+    if len(tables) == 1:
+        return tables[0]
+    hashes, grid, probs = mean_distribution([({h: i for i, h in enumerate(t["hash"].tolist())}, t["age_grid"],
+                                               t["probs"]) for t in tables])
+    return {"hash": hashes, "age_grid": grid, "probs": probs, "split_faces": np.asarray(faces_digest)}
 
 
 def teachers_digest(teacher: str) -> str:

@@ -1061,3 +1061,12 @@ def test_a_detection_run_keeps_the_earlier_figures_it_did_not_measure(tmp_path):
     merged = bench_detection.with_earlier_figures(other, out)
     assert merged["detectors"] == {"hog": {"found": 0.92}} and "end_to_end" not in merged
     assert merged["chip_fidelity"] == {"n": 100}  # measured on UTKFace files, not on the scenes
+
+
+def test_a_table_teacher_is_found_under_the_protocols_folder_or_named(tmp_path):
+    (tmp_path / "S" / "gpu_teachers").mkdir(parents=True)
+    (tmp_path / "S" / "gpu_teachers" / "t.npz").write_bytes(b"x")
+    argv = benchmark.with_teachers(["--teacher", "{tables:gpu_teachers/t.npz}"], tmp_path, "S")
+    assert argv == ["--teacher", str(tmp_path / "S" / "gpu_teachers" / "t.npz")]
+    with pytest.raises(DataError, match="teacher tables .*missing.npz"):
+        benchmark.with_teachers(["--teacher", "{tables:gpu_teachers/t.npz,missing.npz}"], tmp_path, "S")

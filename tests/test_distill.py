@@ -310,3 +310,20 @@ def test_a_teacher_resaved_with_the_same_weights_is_the_same_teacher(tmp_path):
         next(model.parameters()).add_(1.0)  # retrained: other weights
     torch.save({"model_state": model.state_dict()}, teacher)
     assert train.teachers_changed(out, str(teacher))
+
+
+def test_several_teacher_tables_teach_their_mean(tmp_path):
+    def table(name, probs, grid):
+        np.savez(tmp_path / name, hash=np.asarray(["a", "b"]), age_grid=np.asarray(grid, np.int32),
+                 probs=np.asarray(probs, np.float32), split_faces=np.asarray("faces"))
+        return str(tmp_path / name)
+    gpu = table("gpu.npz", [[1, 0, 0], [0, 1, 0]], [20, 21, 22])
+    cpu = table("cpu.npz", [[0, 1], [0, 1]], [21, 22])  # another grid: moved onto the union 20..22
+    mean = train.read_teacher_tables(f"{gpu},{cpu}", "faces")
+    assert mean["age_grid"].tolist() == [20, 21, 22]
+    assert mean["probs"].tolist() == [[0.5, 0, 0.5], [0, 0.5, 0.5]]
+    assert train.read_teacher_tables(gpu, "faces")["probs"].tolist() == [[1, 0, 0], [0, 1, 0]]
+    with pytest.raises(custom_dataset.DataError, match="not both"):
+        train.teacher_is_table(f"{gpu},{tmp_path / 'best.pt'}")
+    with pytest.raises(custom_dataset.DataError, match="other splits"):
+        train.read_teacher_tables(f"{gpu},{cpu}", "other faces")
