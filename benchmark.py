@@ -209,7 +209,19 @@ def recorded_args(entry):
 def teacher_names(entry) -> list:
     """The runs a recorded model was distilled from (the folders of its --teacher checkpoints), in order."""
     teacher = recorded_args(entry).teacher
-    return [Path(path).parent.name for path in teacher.split(",")] if teacher else []
+    return [name for path in teacher.split(",") for name in table_runs(Path(path))] if teacher else []
+
+
+def table_runs(path: Path) -> list:
+    """The runs behind one --teacher source: a checkpoint's folder, or the checkpoints a teacher.npz was predicted
+    from (its "sources"; a table trained elsewhere names none that is here, and none is counted)."""
+    if path.suffix.lower() != ".npz":
+        return [path.parent.name]
+    try:
+        with np.load(path, allow_pickle=False) as table:
+            return [Path(str(s)).parent.name for s in table["sources"]] if "sources" in table.files else []
+    except (OSError, ValueError):
+        return []
 
 
 def with_overrides(base, overrides):
@@ -546,7 +558,8 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         # the precision the steps ran in: --amp is ignored on a CPU without bf16, so the command cannot tell
         **({"bf16": bool(best["bf16"])} if "bf16" in best else {}),
         **({"teacher_val_mae": teacher_val_mae(run_dir / "teacher.npz")}
-           if args.teacher and (run_dir / "teacher.npz").is_file() else {}),
+           if args.teacher and (run_dir / "teacher.npz").is_file()
+           and teacher_val_mae(run_dir / "teacher.npz") is not None else {}),
         "command": "python train.py " + shlex.join(argv),
     }
 
@@ -1042,8 +1055,10 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=No
     fg_signed = "" if "mean_error_per_decade" not in cross else (
         "\n  Signed error per decade (predicted - true): "
         + ", ".join(f"{k}: {v:+}" for k, v in cross["mean_error_per_decade"].items()) + ".")
+    teacher_mae = entry.get("teacher_val_mae")
     teachers_note = "" if not teacher_names(entry) else (
-        f"\n  Distilled: its teachers (validation MAE of their mean distribution {entry['teacher_val_mae']:.3f}) "
+        "\n  Distilled: its teachers"
+        + (f" (validation MAE of their mean distribution {teacher_mae:.3f})" if teacher_mae is not None else "") + " "
         f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(teacher_names(entry))} "
         "--no-speed`.")
     precision = (", in bf16 autocast (`--amp`), which this CPU computes natively (AVX-512 BF16)"
@@ -1172,7 +1187,11 @@ def merged_changes(base, mine, theirs, depth=0, section=None):
     limit = {None: 0, "crop_rows": 2}.get(section, RECORD_DEPTH.get(section, 0))
     container = all(isinstance(v, dict) for v in (mine, theirs)) and depth <= limit
     if not container:
-        return theirs if mine == base else mine
+        if mine == base:
+            return theirs
+        if depth > limit and all(isinstance(v, dict) for v in (base, mine, theirs)) and theirs != base:
+            return record_conflict(base, mine, theirs)
+        return mine
     base = base if isinstance(base, dict) else {}
     out = {}
     for key in list(mine) + [k for k in theirs if k not in mine]:
@@ -1186,6 +1205,23 @@ def merged_changes(base, mine, theirs, depth=0, section=None):
                                                                   depth + 1, section if depth else key)
         # deleted here: left out
     return out
+
+
+def record_conflict(base: dict, mine: dict, theirs: dict) -> dict:
+    """One record changed here and, since this process read it, in the file too. A retraining (another test MAE or
+    command) replaces the record whole, here or there; figures added to an unchanged run (--calibrate,
+    --refresh-exports) join the file's record; such figures of a run retrained meanwhile are dropped, said."""
+    def retrained(record):
+        return any(record.get(k) != base.get(k) for k in ("test_mae", "command"))
+    if retrained(mine):
+        return mine
+    if retrained(theirs):
+        print(f"note: a record this process updated was retrained meanwhile ({theirs.get('command', '?')[:80]}); "
+              "its update is dropped: run it again for the new weights")
+        return theirs
+    merged = {k: v for k, v in theirs.items() if k in mine or k not in base}  # keys deleted here go
+    merged.update({k: v for k, v in mine.items() if base.get(k, _UNSET) != v})
+    return merged
 
 
 def save_results(path, results):
@@ -1515,7 +1551,7 @@ def models_section(sources):
         ran = [p for p, models in protocols.items() if name in models]
         flags = f"`{shlex.join(MODELS[name])}`" if MODELS[name] else "`MODEL_BASE` itself"
         teachers = "; ".join(f"validation MAE of the teachers' mean distribution {protocols[p][name]['teacher_val_mae']:.3f} "
-                             f"(Protocol {p})" for p in ran if "teacher_val_mae" in protocols[p][name])
+                             f"(Protocol {p})" for p in ran if protocols[p][name].get("teacher_val_mae") is not None)
         float32 = [p for p in ran if "--amp" in MODELS[name] and protocols[p][name].get("bf16") is False]
         if float32:
             teachers += ("; " if teachers else "") + "its recorded run ran in float32 (`--amp` is ignored on a CPU " \
@@ -1715,7 +1751,7 @@ def distillation_lines(protocols) -> list:
     lines = []
     for protocol, models in protocols.items():
         for name, student in models.items():
-            if "teacher_val_mae" not in student:
+            if not teacher_names(student):
                 continue
             alone = next((n for n, m in models.items() if not teacher_names(m)
                           and recipe_of(m) == recipe_of(student)), None)
@@ -1724,11 +1760,15 @@ def distillation_lines(protocols) -> list:
                 f" against `{alone}` (the same recipe, input and {student['epochs']} epochs without teachers): validation "
                 f"{exported_val_mae(models[alone]):.3f} → {exported_val_mae(student):.3f}, test "
                 f"{models[alone]['test_mae']:.2f} → **{student['test_mae']:.2f}**")
+            teacher_mae = student.get("teacher_val_mae")
+            gpu = "gpu_teachers" in (recorded_args(student).teacher or "")
             lines.append(f"- **Distillation** `{name}`, Protocol {protocol}{compare}. Its teachers "
-                         f"({', '.join(f'`{t}`' for t in teachers)}): their mean distribution has validation MAE "
-                         f"{student['teacher_val_mae']:.3f}. Compute, all on a CPU (no GPU): {student['train_minutes']:.1f} "
-                         f"min for the student plus {teachers_minutes(models, student):.1f} min for the runs it "
-                         "learnt from (its teachers and theirs).")
+                         f"({', '.join(f'`{t}`' for t in teachers)}" + (", and a GPU-trained table" if gpu else "")
+                         + ("): their mean distribution has validation MAE " + f"{teacher_mae:.3f}. "
+                            if teacher_mae is not None else "). ")
+                         + f"Compute on a CPU: {student['train_minutes']:.1f} min for the student plus "
+                         f"{teachers_minutes(models, student):.1f} min for the CPU runs it learnt from (its teachers "
+                         "and theirs)" + ("; the GPU teachers: `bench/gpu_teachers.py`." if gpu else "."))
     return lines
 
 
@@ -2344,6 +2384,8 @@ def headline_block(sources) -> str:
     if s_best:
         r = protocols["S"][s_best]
         teachers = teachers_minutes(protocols["S"], r)
+        extra = ([f"{teachers:.0f} min for its teachers"] if teachers else []) + (
+            ["GPU-trained teachers: `bench/gpu_teachers.py`"] if "gpu_teachers" in (recorded_args(r).teacher or "") else [])
         digest = r.get("split_faces_digest")  # a re-run on another split has other test faces: not set beside it
         again = [x["test_mae"] for x in results.get("reruns", {}).get(f"S/{s_best}", []) if "test_mae" in x
                  and x.get("split_faces_digest") == digest]
@@ -2352,7 +2394,7 @@ def headline_block(sources) -> str:
                                              if again else "")
                     + f"; `model.jit` {latency_per_face(protocols['S'], s_best)}, "
                     f"{r['train_minutes']:.0f} min of training on a CPU"
-                    + (f" (plus {teachers:.0f} min for its teachers)" if teachers else "") + " |")
+                    + (f" (plus {', and '.join(extra)})" if extra else "") + " |")
     if detection:
         auto, e2e = detection["detectors"].get("auto"), detection.get("end_to_end")
         if auto:
@@ -2916,7 +2958,8 @@ def rerun_lines(results) -> list:
             continue
         for r in reruns:
             teachers = (f"its teachers' validation {recorded['teacher_val_mae']:.3f} → {r['teacher_val_mae']:.3f}, "
-                        if "teacher_val_mae" in r and "teacher_val_mae" in recorded else "")
+                        if r.get("teacher_val_mae") is not None and recorded.get("teacher_val_mae") is not None
+                        else "")
             test = f", test {recorded['test_mae']:.2f} → **{r['test_mae']:.2f}**" if "test_mae" in r else ""
             # the split is made again by the day's eda.py: "the same" only where it is known to be
             digests = split_digests(results, protocol, recorded, r)

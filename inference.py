@@ -630,13 +630,18 @@ def input_identity(args) -> dict:
     "file"), as an absolute path and relative to the output folder (a checkout moved whole still matches)."""
     path = Path(args.input_dir or args.image).resolve()
     folder = plan_folder(args).resolve()
-    return {"kind": "folder" if args.input_dir else "image", "name": path.name, "path": str(path),
-            "relative": os.path.relpath(path, folder)}
+    try:
+        relative = os.path.relpath(path, folder)
+    except ValueError:  # Windows: another drive
+        relative = str(path)
+    # an image by the name its rows carry (a symbolic link's own), a folder by its resolved name (input_name)
+    name = path.name if args.input_dir else Path(args.image).name
+    return {"kind": "folder" if args.input_dir else "image", "name": name, "path": str(path), "relative": relative}
 
 
 def same_input(a: dict, b: dict) -> bool:
-    return isinstance(b, dict) and a["kind"] == b.get("kind") and a["name"] == b.get("name") and (
-        a["path"] == b.get("path") or a["relative"] == b.get("relative"))
+    return isinstance(b, dict) and a["kind"] == b.get("kind") and a["name"].lower() == str(b.get("name")).lower() \
+        and (a["path"] == b.get("path") or a["relative"] == b.get("relative"))
 
 
 def earlier_predictions(folder, args) -> tuple[list, list]:
@@ -647,7 +652,7 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     if not csv_path.exists():
         return [], []
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's re-save has a BOM
             reader = csv.DictReader(f)
             rows = list(reader)
         if "file" not in (reader.fieldnames or []):
@@ -662,23 +667,23 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
         # written before RUN_MANIFEST (or without it): its rows are this input's own, or it is not replaced
         mine = {me["name"]} if me["kind"] == "image" else {p.name for p in Path(args.input_dir).iterdir()}
         if {r["file"] for r in rows} <= mine:
-            return ([] if me["kind"] == "folder" else rows), []
+            return [], []  # every row is this input's: replaced
         inputs = None
     what = "--output-dir" if not args.output else "--output's folder"
     if inputs is None or me["kind"] == "folder" and not (len(inputs) == 1 and same_input(me, inputs[0])):
-        whose = "the predictions of " + ", ".join(i.get("path", "?") for i in inputs if isinstance(i, dict)) \
+        whose = "the predictions of " + ", ".join(str(i.get("path", "?")) for i in inputs if isinstance(i, dict)) \
             if inputs else "predictions of other inputs"
         raise DataError(f"{what} {folder} holds {whose}, which this run would replace; pass another output folder "
                         "(or move that one away)")
-    clash = [i for i in inputs if isinstance(i, dict) and (i.get("kind") == "folder" or i.get("name") == me["name"])
-             and not same_input(me, i)]
+    clash = [i for i in inputs if isinstance(i, dict) and not same_input(me, i) and (
+        i.get("kind") == "folder" or str(i.get("name")).lower() == me["name"].lower())]  # case-blind disks too
     if clash:
         raise DataError(f"{what} {folder} holds the predictions of {clash[0].get('path')}, which this run would "
                         "replace (the same file name); pass another output folder")
     if me["kind"] == "folder":
-        return [], inputs
+        return [], []  # its own earlier run: replaced whole
     # one more image into a folder of images: the other images' rows stay, this image's are replaced
-    return [r for r in rows if r["file"] != me["name"]], [i for i in inputs if not same_input(me, i)]
+    return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
 
 
 def refuse_inside_input(path, args, what):

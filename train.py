@@ -477,6 +477,7 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None, keep
     if teacher_is_table(args.teacher):
         table = read_teacher_tables(args.teacher, faces)
         if out is not None and keep and len(teacher_sources(args.teacher)) > 1:  # the run keeps what it learnt from
+            table["teachers_digest"] = np.asarray(teachers_digest(args.teacher))  # --resume: the same tables?
             atomic_write(out / "teacher.npz", lambda f: np.savez(f, **table))
     elif out is not None and (kept := kept_teacher_table(out / "teacher.npz", args.teacher, faces)) is not None:
         table = kept  # a --resume session learns from the very targets the run began with
@@ -607,8 +608,10 @@ def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | No
 def teachers_changed(out_dir, teacher) -> bool:
     """Whether --teacher's checkpoints are not those OUT/teacher.npz was predicted from (a teacher retrained
     since the run began): resumed, its later epochs would learn from another teacher than its first."""
-    if not teacher or teacher_is_table(teacher) or not (Path(out_dir) / "teacher.npz").is_file():
+    if not teacher or not (Path(out_dir) / "teacher.npz").is_file():
         return False
+    if teacher_is_table(teacher) and len(teacher_sources(teacher)) == 1:
+        return False  # one table is read as it is each session: nothing of it kept to compare
     try:
         with np.load(Path(out_dir) / "teacher.npz", allow_pickle=False) as f:
             kept = {k: str(f[k]) for k in ("teachers_weights", "teachers_digest") if k in f.files}

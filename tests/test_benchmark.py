@@ -242,7 +242,7 @@ def test_distillation_is_reported_against_the_same_recipe_and_length_with_the_te
     photo["command"] += " --augment photo"
     (line,) = benchmark.distillation_lines({"S": {"photo_60ep": photo, **models}})
     assert "against `simplecnn_tuned_60ep`" in line and "validation 4.100 → 4.000, test 4.05 → **3.95**" in line
-    assert "31.0 min for the student plus 60.0 min for the runs it learnt from" in line and "MAE 4.050" in line
+    assert "31.0 min for the student plus 60.0 min for the CPU runs it learnt from" in line and "MAE 4.050" in line
     assert benchmark.distillation_lines({"S": {k: v for k, v in models.items() if k != "simplecnn_distilled"}}) == []
     # a second generation learns from the first student: its cost counts the first student's teachers too,
     # each run once (tuned_60ep teaches both)
@@ -956,6 +956,16 @@ def test_merged_changes_applies_only_this_process_changes():
     theirs = {"protocols": {"F": {"a": {"test_mae": 5, "minutes": 1, "teachers_minutes": 110}}}}
     mine = {"protocols": {"F": {"a": {"test_mae": 4}}}}
     assert benchmark.merged_changes(base, mine, theirs) == mine
+    # a record changed here and there: a retraining wins, figures of an unchanged run join the file's record
+    old = {"test_mae": 5, "command": "c1"}
+    retrained = {"test_mae": 4, "command": "c1"}
+    calibrated = {"test_mae": 5, "command": "c1", "interval": 1}
+    wrap = lambda record: {"protocols": {"F": {"a": record}}}
+    assert benchmark.merged_changes(wrap(old), wrap(calibrated), wrap(retrained)) == wrap(retrained)
+    assert benchmark.merged_changes(wrap(old), wrap(retrained), wrap(calibrated)) == wrap(retrained)
+    latency = {"test_mae": 5, "command": "c1", "latency": 2}
+    assert benchmark.merged_changes(wrap(old), wrap(latency), wrap(calibrated)) == wrap(
+        {"test_mae": 5, "command": "c1", "interval": 1, "latency": 2})
     # order: this process's (a retired split's label before F), then keys only the file has
     mine = {"protocols": {"S": {}, "S (earlier split, to d)": {"a": {}}, "F": {"f": {}}}}
     theirs = {"protocols": {"S": {"a": {}}, "F": {"f": {}}, "X": {}}}
@@ -1070,3 +1080,19 @@ def test_a_table_teacher_is_found_under_the_protocols_folder_or_named(tmp_path):
     assert argv == ["--teacher", str(tmp_path / "S" / "gpu_teachers" / "t.npz")]
     with pytest.raises(DataError, match="teacher tables .*missing.npz"):
         benchmark.with_teachers(["--teacher", "{tables:gpu_teachers/t.npz,missing.npz}"], tmp_path, "S")
+
+
+def test_a_student_of_tables_names_the_runs_behind_them_and_its_gpu_table(tmp_path):
+    cpu = tmp_path / "S" / "student" / "teacher.npz"
+    gpu = tmp_path / "S" / "gpu_teachers" / "S_ensemble.npz"
+    for path, sources in ((cpu, [str(tmp_path / "S" / "teacher_run" / "best.pt")]), (gpu, ["/tmp/gpu_runs/S/r18/best.pt"])):
+        path.parent.mkdir(parents=True)
+        np.savez(path, sources=np.asarray(sources))
+    command = f"python train.py --splits s --out-dir o --epochs 40 --teacher {gpu},{cpu}"
+    student = {"test_mae": 4.0, "best_val_mae": 4.1, "epochs": 40, "train_minutes": 30.0, "command": command}
+    assert benchmark.teacher_names(student) == ["r18", "teacher_run"]
+    models = {"teacher_run": {"train_minutes": 74.0, "epochs": 60, "command": "python train.py --splits s --out-dir o"},
+              "s_gpu": student}
+    line = benchmark.distillation_lines({"S": models})[0]
+    assert "and a GPU-trained table)" in line and "plus 74.0 min for the CPU runs" in line
+    assert "bench/gpu_teachers.py" in line and "validation MAE" not in line  # a mean of tables has none

@@ -327,3 +327,19 @@ def test_several_teacher_tables_teach_their_mean(tmp_path):
         train.teacher_is_table(f"{gpu},{tmp_path / 'best.pt'}")
     with pytest.raises(custom_dataset.DataError, match="other splits"):
         train.read_teacher_tables(f"{gpu},{cpu}", "other faces")
+
+
+def test_a_resumed_student_of_several_tables_refuses_a_table_rewritten_since(tmp_path):
+    tables = []
+    for name in ("gpu.npz", "cpu.npz"):
+        np.savez(tmp_path / name, hash=np.asarray(["a"]), age_grid=np.asarray([20], np.int32),
+                 probs=np.ones((1, 1), np.float32), split_faces=np.asarray("faces"))
+        tables.append(str(tmp_path / name))
+    teacher = ",".join(tables)
+    out = tmp_path / "run"
+    out.mkdir()
+    np.savez(out / "teacher.npz", teachers_digest=np.asarray(train.teachers_digest(teacher)))
+    assert not train.teachers_changed(out, teacher)
+    np.savez(tmp_path / "cpu.npz", hash=np.asarray(["a"]), age_grid=np.asarray([21], np.int32),
+             probs=np.ones((1, 1), np.float32), split_faces=np.asarray("faces"))
+    assert train.teachers_changed(out, teacher)

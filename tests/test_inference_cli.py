@@ -734,13 +734,19 @@ def test_a_predictions_csv_of_another_input_is_never_replaced(tmp_path, faces, m
         "IMG_0001.jpg", "IMG_0002.jpg"]
     # a folder run's predictions are not replaced by a one-photo run into its folder, nor by another folder's
     run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])
-    run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])  # re-run
+    for _ in range(2):  # re-runs (make demo run three times)
+        run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])
+    assert len(json.loads((tmp_path / "batch" / "predictions_source.json").read_text())["inputs"]) == 1
     for other in (["--image", "cardA/IMG_0001.jpg"], ["--input-dir", "cardA"]):
         with pytest.raises(DataError, match="holds the predictions of"):
             run_main(["--model", str(model), *other, "--output-dir", "batch", "--whole-image"])
     # an earlier version's folder (no predictions_source.json) of this very input is re-run; a CSV of others is not
     (tmp_path / "batch" / "predictions_source.json").unlink()
     run_main(["--model", str(model), "--input-dir", "cardB", "--output-dir", "batch", "--whole-image"])
+    for _ in range(2):  # an earlier version's one-photo folder (no predictions_source.json): its rows not doubled
+        run_main(["--model", str(model), "--image", "cardB/IMG_0002.jpg", "--output-dir", "old", "--whole-image"])
+        (tmp_path / "old" / "predictions_source.json").unlink()
+    assert [r["file"] for r in read_csv(tmp_path / "old" / "predictions.csv")] == ["IMG_0002.jpg"]
     (tmp_path / "batch" / "predictions_source.json").unlink()
     with pytest.raises(DataError, match="predictions of other inputs"):
         run_main(["--model", str(model), "--input-dir", "cardA", "--output-dir", "batch", "--whole-image"])
