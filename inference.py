@@ -662,8 +662,9 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
                         "(or move that file away)") from None
     try:
         inputs = json.loads((Path(folder) / RUN_MANIFEST).read_text())["inputs"]
-        assert isinstance(inputs, list)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        if not isinstance(inputs, list):
+            raise TypeError("inputs is no list")
+    except (OSError, ValueError, KeyError, TypeError):
         # written before RUN_MANIFEST (or without it): its rows are this input's own, or it is not replaced
         mine = {me["name"]} if me["kind"] == "image" else {p.name for p in Path(args.input_dir).iterdir()}
         if {r["file"] for r in rows} <= mine:
@@ -989,11 +990,8 @@ def run_folder(args, estimator, json_stream=None):
     counts = recorder.counts
     if images and not counts["images"]:
         raise DataError(f"none of the {len(images)} images in {in_dir} could be annotated (warnings above)")
-    try:
-        print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "
-              f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")
-    except BrokenPipeError:
-        raise ReaderGone() from None
+    print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "  # a closed stdout: cli.run_cli
+          f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")
     return {**counts, "skipped": len(skipped) + len(odd), "seconds": seconds, "output_dir": str(out_dir), **written}
 
 
