@@ -216,8 +216,8 @@ def data_digest(args) -> str:
     digest = hashlib.sha1()
     from_checkpoints = getattr(args, "teacher_sources_digest", None)
     for path in [Path(args.splits) / name for name in ("train.csv", "val.csv", "crop.json")] + (
-            [Path(args.teacher)] if args.teacher and train.teacher_is_table(args.teacher) and not from_checkpoints
-            else []):
+            [Path(t) for t in train.teacher_sources(args.teacher)]
+            if args.teacher and train.teacher_is_table(args.teacher) and not from_checkpoints else []):
         digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
     if from_checkpoints:
         digest.update(b"teachers\0" + from_checkpoints.encode())
@@ -480,7 +480,8 @@ def should_resume(run_dir: Path, argv: list) -> bool:
         return False
     final = train.get_args_parser().parse_args(argv)
     return (not train.changed_settings(saved["config"], final) and not train.precision_changed(saved, final)
-            and saved.get("split_digest") == train.split_digest(final.splits))
+            and saved.get("split_digest") == train.split_digest(final.splits)
+            and not train.teachers_changed(run_dir, final.teacher))  # train.py --resume would refuse it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -613,6 +614,9 @@ def search_and_train(args):
         argv.append("--resume" if should_resume(run_dir, argv) else "--overwrite")
         same_split_as_the_search(args, search.data)
         place_teacher_table(args, out, run_dir)
+        # the chosen pair and its command are kept (final: null) should the final run fail, and no earlier
+        # search's best_params.json is left describing another search
+        write_json(out / "best_params.json", best)
         print(f"final run: {args.final_epochs} epochs on the full training split -> {run_dir}")
         best["final"] = train.main(train.get_args_parser().parse_args(argv))
     write_json(out / "best_params.json", best)

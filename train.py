@@ -25,7 +25,7 @@ from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli  # first: cli.
 import numpy as np
 
 from custom_dataset import (MAX_DENOISE_STRENGTH, AugmentConfig, DataError, PreprocessConfig, channel_stats,
-                            load_split_dataset, make_loader, parse_zooms)
+                            labelled_folder_above, load_split_dataset, make_loader, parse_zooms)
 from checkpoints import (export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint,
                          weights_digest)
 from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
@@ -227,6 +227,10 @@ def check_numbers(args):
              ("--pretrained", not args.pretrained or not args.model.startswith("simplecnn"),
               "left out with a SimpleCNN: ImageNet weights exist for the ResNets only"),
              ("--mixup", math.isfinite(args.mixup) and args.mixup >= 0, "0 (off) or a Beta parameter (e.g. 0.2)"),
+             ("--subset-fraction", math.isfinite(args.subset_fraction) and 0 < args.subset_fraction <= 1,
+              "in (0, 1]"),
+             ("--weights", not args.weights or not args.model.startswith("simplecnn"),
+              "left out with a SimpleCNN: it takes torchvision's ResNet weights only"),
              ("--teacher-online", not args.teacher_online or bool(args.teacher) and not teacher_is_table(args.teacher),
               "used with --teacher checkpoints (best.pt), which it runs on every batch; a teacher.npz holds clean "
               "faces only")]
@@ -398,11 +402,15 @@ def data_folders(splits) -> set:
 
 
 def refuse_output_in_data(out_dir, splits, what="--out-dir"):
-    """Outputs inside the data set would be read as faces by the next eda.py run (the data set is only read)."""
+    """Outputs inside the data set would be read as faces by the next eda.py run (the data set is only read),
+    and so would they inside any other labelled face data set."""
     for folder in data_folders(splits):
         if same_or_inside(out_dir, folder):
             raise DataError(f"{what} {out_dir} is inside {folder}, which holds the data set's images; "
                             "choose a folder outside the data set")
+    if (labelled := labelled_folder_above(out_dir)) is not None:
+        raise DataError(f"{what} {out_dir} is inside {labelled}, which holds a labelled face data set: eda.py "
+                        "there would read its figures as faces; choose a folder outside it")
 
 
 SPLITS_NOT_FOUND = "splits folder not found: {splits} (eda.py writes OUT/splits)"
@@ -415,8 +423,6 @@ def load_data(args, cfg, log=print):
     cache_dir = Path(args.cache_dir) if args.cache_dir else splits.parent / "cache"
     progress = not args.no_progress
     train = load_split_dataset(splits / "train.csv", cfg, cache_dir, args.workers, progress, log)
-    if not 0 < args.subset_fraction <= 1:
-        raise DataError(f"--subset-fraction must be in (0, 1], got {args.subset_fraction}")
     if args.subset_fraction < 1:
         keep = np.random.default_rng(args.seed).permutation(len(train))[:max(1, round(len(train) * args.subset_fraction))]
         train = train.subset(np.sort(keep))
@@ -602,16 +608,27 @@ def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | No
         table = read_teacher_file(path, faces_digest)
     except DataError:
         return None
+    if "teachers_weights" in table:  # the weights, as teachers_changed judges: a --calibrate re-save is no other
+        return table if str(table["teachers_weights"]) == teachers_weights(teacher) else None
     return table if str(table.get("teachers_digest", "")) == teachers_digest(teacher) else None
 
 
 def teachers_changed(out_dir, teacher) -> bool:
     """Whether --teacher's checkpoints are not those OUT/teacher.npz was predicted from (a teacher retrained
     since the run began): resumed, its later epochs would learn from another teacher than its first."""
-    if not teacher or not (Path(out_dir) / "teacher.npz").is_file():
+    if not teacher:
+        return False
+    if teacher_is_table(teacher):  # every checkpoint keeps the digest of the tables it learnt from
+        try:
+            kept = load_checkpoint(Path(out_dir) / "last.pt").get("teachers_digest")
+        except DataError:  # no last.pt yet, or an unreadable one: restore says so
+            kept = None
+        if kept is not None:
+            return kept != teachers_digest(teacher)
+    if not (Path(out_dir) / "teacher.npz").is_file():
         return False
     if teacher_is_table(teacher) and len(teacher_sources(teacher)) == 1:
-        return False  # one table is read as it is each session: nothing of it kept to compare
+        return False  # a run from before checkpoints kept the digest: nothing of its one table to compare
     try:
         with np.load(Path(out_dir) / "teacher.npz", allow_pickle=False) as f:
             kept = {k: str(f[k]) for k in ("teachers_weights", "teachers_digest") if k in f.files}
@@ -809,9 +826,10 @@ def restore(args, resume_from: Path, dist_ctx, digest: str):
         raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
                         "re-run?); resuming would mix two splits: start a new --out-dir")
     if checkpoint.get("epoch", 0) < args.epochs and teachers_changed(args.out_dir, args.teacher):
-        raise DataError(f"--resume: the --teacher checkpoints changed since {resume_from}'s run began (its "
-                        "teacher.npz was predicted from others); its later epochs would learn from another teacher: "
-                        "pass --overwrite to start afresh")
+        what = ("--teacher tables were rewritten" if teacher_is_table(args.teacher) else
+                "--teacher checkpoints changed (its teacher.npz was predicted from others)")
+        raise DataError(f"--resume: the {what} since {resume_from}'s run began; its later epochs would learn from "
+                        "another teacher: pass --overwrite to start afresh")
     if checkpoint.get("world_size", 1) != dist_ctx.world_size:
         print(f"warning: --resume: {resume_from} was written by {checkpoint.get('world_size', 1)} processes, now "
               f"{dist_ctx.world_size}; the global batch and schedule differ from the interrupted run")
@@ -873,6 +891,7 @@ def train_run(args, dist_ctx: Distributed):
     set_seed(args.seed)
     digest = split_digest(args.splits)  # read once: every checkpoint records the split this run started with
     faces_digest = split_faces_digest(args.splits)  # the same, portable: what a distillation student checks
+    tables_digest = teachers_digest(args.teacher) if args.teacher and teacher_is_table(args.teacher) else None
     checkpoint = restore(args, out / "last.pt", dist_ctx, digest)
     # no record before it was kept; a finished run only rewrites its outputs
     if checkpoint is not None and checkpoint.get("bf16", use_amp) != use_amp and checkpoint["epoch"] < args.epochs:
@@ -951,6 +970,8 @@ def train_run(args, dist_ctx: Distributed):
                                     history=history, best_val_mae=best_val, world_size=dist_ctx.world_size,
                                     ema=ema)
             state["bf16"] = use_amp  # what the steps ran in (--amp where it pays): a resumed run must run the same
+            if tables_digest is not None:  # --resume: the same tables' bytes (teachers_changed)
+                state["teachers_digest"] = tables_digest
             save_epoch(out, state, improved, history)
         dist_ctx.barrier()
     summary = {"run": str(out), "best_val_mae": best_val, "epochs": args.epochs,

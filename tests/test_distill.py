@@ -129,9 +129,15 @@ def test_a_later_session_reads_the_runs_table_while_the_teachers_are_the_same(sp
     first = train.teacher_targets(args, data, splits.parent / "cache", 20, 50, tmp_path)
     again = train.teacher_targets(args, data, splits.parent / "cache", 20, 50, tmp_path)
     assert len(predicted) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
-    copy = tmp_path / "copy.pt"  # other bytes (a teacher trained on): predicted again
+    copy = tmp_path / "copy.pt"  # other bytes, the same weights (a --calibrate re-save): read, as resume judges
     checkpoint = checkpoints.load_checkpoint(teacher)
-    checkpoint["note"] = "trained on"
+    checkpoint["note"] = "re-saved"
+    checkpoints.save_checkpoint(copy, checkpoint)
+    train.teacher_targets(train_args(splits, tmp_path, "--teacher", str(copy)), data, splits.parent / "cache", 20, 50,
+                          tmp_path)
+    assert len(predicted) == 1
+    first_weight = next(iter(checkpoint["model_state"]))
+    checkpoint["model_state"][first_weight] = checkpoint["model_state"][first_weight] + 1  # a teacher trained on
     checkpoints.save_checkpoint(copy, checkpoint)
     train.teacher_targets(train_args(splits, tmp_path, "--teacher", str(copy)), data, splits.parent / "cache", 20, 50,
                           tmp_path)
@@ -293,6 +299,44 @@ def test_a_resumed_student_refuses_teachers_retrained_since_it_began(tmp_path):
     torch.save(checkpoint, out / "last.pt")
     with pytest.raises(custom_dataset.DataError, match="teacher"):
         train.restore(args, out / "last.pt", functions.Distributed(), "d")
+
+
+@pytest.mark.slow
+def test_a_resumed_student_of_one_table_refuses_the_table_rewritten_since(splits, teacher, tmp_path, monkeypatch):
+    """Only a run of several tables kept their digest: one table rewritten between sessions was learnt from
+    silently. Every checkpoint now keeps it."""
+    train.main(train_args(splits, tmp_path / "first", "--epochs", "1", "--teacher", str(teacher)))
+    table = tmp_path / "table.npz"
+    table.write_bytes((tmp_path / "first" / "teacher.npz").read_bytes())
+    save_epoch = train.save_epoch
+
+    def killed_after_epoch_1(out, state, improved, history):
+        save_epoch(out, state, improved, history)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_epoch", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(splits, tmp_path / "student", "--epochs", "2", "--teacher", str(table)))
+    monkeypatch.setattr(train, "save_epoch", save_epoch)
+    assert not train.teachers_changed(tmp_path / "student", str(table))
+    kept = dict(np.load(table, allow_pickle=False))
+    kept["probs"] = np.roll(kept["probs"], 1, axis=1)  # another teacher's view of the same faces
+    np.savez(table, **kept)
+    assert train.teachers_changed(tmp_path / "student", str(table))
+    resumed = train_args(splits, tmp_path / "student", "--epochs", "2", "--teacher", str(table), "--resume")
+    with pytest.raises(custom_dataset.DataError, match="tables were rewritten"):
+        train.main(resumed)
+
+
+def test_subset_fraction_and_simplecnn_weights_are_refused_before_overwrite_removes_the_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"an earlier run's weights")
+    for extra in (["--subset-fraction", "0"], ["--subset-fraction", "nan"], ["--weights", str(tmp_path / "w.pth")]):
+        args = train.get_args_parser().parse_args(["--splits", str(tmp_path), "--out-dir", str(out), "--overwrite",
+                                                   *extra])
+        with pytest.raises(custom_dataset.DataError, match=extra[0]):
+            train.main(args)
+        assert (out / "best.pt").read_bytes() == b"an earlier run's weights"
 
 
 def test_a_teacher_resaved_with_the_same_weights_is_the_same_teacher(tmp_path):

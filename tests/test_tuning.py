@@ -340,6 +340,60 @@ def test_a_trial_or_the_final_run_is_resumed_only_on_the_split_it_started_with(t
     assert not ht.should_resume(tmp_path / "final", argv)  # train.py --resume would refuse the new split
 
 
+def test_a_final_run_is_not_resumed_on_teacher_tables_rewritten_since(tmp_path):
+    """train.py --resume refuses them, and the tuner has no --overwrite to pass: the search died."""
+    import torch
+    (splits := tmp_path / "splits").mkdir()
+    for name in ("train.csv", "val.csv", "test.csv"):
+        (splits / name).write_text("path,age\n")
+    table = tmp_path / "teacher.npz"
+    table.write_bytes(b"the teachers' table")
+    args = ht.get_args_parser().parse_args(SEARCH + ["--splits", str(splits), "--out-dir", str(tmp_path),
+                                                     "--teacher", str(table)])
+    argv = ht.trial_argv(args, 1e-3, 0.0, 3, tmp_path / "final", "cache", final=True)
+    (tmp_path / "final").mkdir()
+    torch.save({"config": vars(train.get_args_parser().parse_args(argv)), "split_digest": train.split_digest(splits),
+                "model_state": {}, "epoch": 1, "teachers_digest": train.teachers_digest(str(table))},
+               tmp_path / "final" / "last.pt")
+    assert ht.should_resume(tmp_path / "final", argv)
+    table.write_bytes(b"the table of teachers trained again")
+    assert not ht.should_resume(tmp_path / "final", argv)
+
+
+def test_every_teacher_table_of_a_search_is_in_its_trials_key(tmp_path):
+    (splits := tmp_path / "splits").mkdir()
+    for name in ("train.csv", "val.csv", "crop.json"):
+        (splits / name).write_text(f"{name}\n")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "teacher.npz").write_bytes(f"table {name}".encode())
+    teachers = f"{tmp_path / 'a' / 'teacher.npz'},{tmp_path / 'b' / 'teacher.npz'}"
+    args = ht.get_args_parser().parse_args(["--splits", str(splits), "--out-dir", str(tmp_path / "out"),
+                                            "--teacher", teachers])
+    before = ht.data_digest(args)
+    (tmp_path / "b" / "teacher.npz").write_bytes(b"table b, predicted by other teachers")
+    assert ht.data_digest(args) != before
+
+
+@pytest.mark.slow
+def test_a_failing_final_run_leaves_the_chosen_pair_in_best_params(search, demo, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(search["run"], run)
+    (run / "best_params.json").write_text('{"lr": 0.5, "note": "an earlier search"}')
+    argv = [a for a in search["argv"] if a != "--skip-final"]
+    argv[argv.index("--out-dir") + 1] = str(run)
+    argv[argv.index("--splits") + 1] = str(demo["splits"])
+
+    def diverging(args):
+        raise DataError("the loss became NaN at epoch 3")
+    monkeypatch.setattr(train, "main", diverging)
+    with pytest.raises(DataError, match="NaN"):
+        ht.main(ht.get_args_parser().parse_args(argv))
+    saved = ht.json.loads((run / "best_params.json").read_text())
+    assert saved["lr"] == pytest.approx(search["best"]["lr"]) and saved["final"] is None
+    assert saved["final_command"].startswith("python train.py ") and "note" not in saved
+
+
 def test_a_search_stops_where_its_split_was_replaced_meanwhile(tmp_path):
     splits = tmp_path / "splits"
     splits.mkdir()
