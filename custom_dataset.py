@@ -66,8 +66,9 @@ def _is_image_name(path: Path) -> bool:
 
 
 def _parse_age(text: str) -> int | None:
-    """A whole number of years: "25", or "25.0" as pandas writes a column with a gap; "25.5", "nan": None."""
-    match = re.fullmatch(r"(-?\d{1,6})(?:\.0*)?", text.strip())  # 5000 digits: no age (int() would raise)
+    """A whole number of years: "25", or "25.0" as pandas writes a column with a gap ("25,0" where the decimal
+    mark is a comma); "25.5", "nan": None."""
+    match = re.fullmatch(r"(-?\d{1,6})(?:[.,]0*)?", text.strip())  # 5000 digits: no age (int() would raise)
     return int(match.group(1)) if match else None
 
 
@@ -84,10 +85,20 @@ def _csv_encoding(path: Path) -> str:
         return "utf-8-sig" if re.search(rb"[\xc2-\xf4][\x80-\xbf]", data) else "cp1252"
 
 
+def _csv_delimiter(path: Path) -> str:
+    """"," or, for a header without one, ";" (what Excel saves where the decimal mark is a comma) or a tab."""
+    with open(path, newline="", encoding=_csv_encoding(path), errors="replace") as f:
+        first = f.readline(65536)
+    if "," in first:
+        return ","
+    return next((d for d in (";", "\t") if d in first), ",")
+
+
 def _csv_header(path: Path) -> list[str]:
+    delimiter = _csv_delimiter(path)
     with open(path, newline="", encoding=_csv_encoding(path), errors="replace") as f:
         try:
-            return [h.strip().lower() for h in next(csv.reader(f), [])]
+            return [h.strip().lower() for h in next(csv.reader(f, delimiter=delimiter), [])]
         except csv.Error as exc:  # e.g. a first field over csv's 128 KiB limit
             raise DataError(f"{path} is not a readable CSV (its first line: {exc}); check the file") from None
 
@@ -156,7 +167,8 @@ def _walk_files(root: Path, pruned: list | None = None):
         except OSError:
             dirnames[:] = []
             continue
-        key = st.st_ino, st.st_dev
+        # a network or FUSE mount may give every folder inode 0: known by its real path there
+        key = (st.st_ino, st.st_dev) if st.st_ino else os.path.realpath(dirpath)
         if key in seen_dirs:  # two links to the same folder: list it once
             dirnames[:] = []
             continue
@@ -186,7 +198,7 @@ def _utf8_name(path) -> bool:
 
 def _csv_rows(path, f):
     """csv.DictReader rows; a malformed CSV (e.g. a field over csv's 128 KiB limit) is one DataError."""
-    reader = csv.DictReader(f)
+    reader = csv.DictReader(f, delimiter=_csv_delimiter(Path(path)))
     try:
         for row in reader:
             # a quote left open swallows every row after it into one field: said, not a file's rows lost in silence
@@ -456,14 +468,33 @@ def labelled_folder_above(path) -> Path | None:
             entries = list(itertools.islice(folder.iterdir(), 500))
         except OSError:  # not there yet, or not readable
             continue
-        ages = [p for p in entries
-                if p.is_dir() and _parse_age(p.name) is not None and 0 <= _parse_age(p.name) <= MAX_LABEL_AGE]
+        ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None
+                and 0 <= _parse_age(p.name) <= MAX_LABEL_AGE and not holds_this_tools_outputs(p)]
+        if is_date_folder(folder, ages):
+            ages = []
         # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
         if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name))
                                  and int(m.group(1)) <= MAX_LABEL_AGE and not is_annotated_copy(p) for p in entries) \
                 or labels_faces_inside(folder):
             return folder
     return None
+
+
+# files train.py, eda.py or inference.py write into their output folder: runs/1, runs/2 are no ages
+TOOL_OUTPUT_NAMES = (".lock", "last.pt", "best.pt", "config.json", "data_report.json", "predictions.csv")
+
+
+def holds_this_tools_outputs(folder) -> bool:
+    return any((Path(folder) / name).exists() for name in TOOL_OUTPUT_NAMES)
+
+
+def is_date_folder(folder, numbered_folders) -> bool:
+    """Whether numbered folders are months or days, not ages: Pictures/2024/03/17 as cameras and photo apps
+    file photos. They are when the folder, or the one above it, is named by a year, and every number is a
+    month or a day (1-31). What this lets through: a data set of ages 1-31 alone, filed under a year's name."""
+    folder = Path(folder)
+    named_by_year = any(re.fullmatch(r"(19|20)\d\d", f.name) for f in (folder, folder.parent))
+    return named_by_year and all(1 <= _parse_age(p.name) <= 31 for p in numbered_folders)
 
 
 def labels_faces_inside(folder) -> bool:
@@ -1320,6 +1351,8 @@ def remove_orphans(folder, pattern: str = ".*.tmp"):
 
 
 def process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) there sends Ctrl+C (CTRL_C_EVENT is 0) and checks nothing
+        return _windows_process_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1327,6 +1360,20 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _windows_process_alive(pid: int) -> bool:
+    import ctypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: another user's process, alive
+    try:
+        code = ctypes.c_ulong()
+        # a handle to a process that has exited still opens while someone holds it: its exit code tells
+        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _readable(path) -> bool:

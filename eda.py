@@ -28,7 +28,7 @@ from cli import ArgumentParser, run_cli  # first: cli._missing_package_hook
 import numpy as np
 
 from custom_dataset import (GROUP_COLUMNS, DataError, deduplicate, discover_labels, drop_conflicts_outside_filter,
-                            load_rgb, scan_images, share_like_a_new_file, source_subject_column, stratified_split,
+                            labelled_folder_above, load_rgb, scan_images, share_like_a_new_file, source_subject_column, stratified_split,
                             write_csv)
 from faces import BOX_CROP, CROPS, DEFAULT_DETECTOR, DETECTORS, UTKFACE_CROP, chip_dataset, write_split_crop
 from functions import atomic_write, folder_lock, pyplot, same_or_inside
@@ -242,10 +242,25 @@ def usable_images(records, skipped, workers, progress):
     return good, skipped
 
 
+SPLIT_FILES = {f"{name}.csv" for name in SPLITS} | {"crop.json"}  # what OUT/splits holds, all of it eda.py's
+
+
 def check_paths(args):
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
     if same_or_inside(out_dir, data_dir.parent if data_dir.is_file() else data_dir):  # a CSV: its folder
         raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
+    if (labelled := labelled_folder_above(out_dir)) is not None:
+        raise DataError(f"--out-dir {out_dir} is inside {labelled}, which holds a labelled face data set: its "
+                        "figures and chips would be read as faces by eda.py there; choose a folder outside it")
+    try:  # the split folder is replaced whole: a file of the user's there would go with it
+        foreign = sorted(p.name for p in (out_dir / "splits").iterdir()
+                         if p.name not in SPLIT_FILES and not p.name.startswith("."))
+    except OSError:  # no split folder yet
+        foreign = []
+    if foreign:
+        raise DataError(f"{out_dir / 'splits'} holds files eda.py did not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}), which replacing the split would delete; move "
+                        "them, or choose another --out-dir")
     if args.min_age is not None and args.max_age is not None and args.min_age > args.max_age:
         raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
     if args.seed < 0:  # numpy's seeds are 0 or more: said now, not after the scan
@@ -263,14 +278,27 @@ def refuse_output_among_images(out_dir, records):
 
 
 def write_outputs(out_dir, kept, parts, report, extra_columns):
-    """labels.csv, the split folder, data_report.json and the figures, each written atomically."""
+    """labels.csv, the split folder, data_report.json and the figures, each written atomically.
+    labels.csv and the report are written under staged names before the split folder is replaced, and renamed
+    right after it: a run that fails writing them (a full disk, Ctrl-C) leaves the last run's set whole, never a
+    new split beside the old report, which every export of a model trained on the split would quote."""
     for sub in ("figs", "pics"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    write_split_folder(out_dir / "splits", parts, ["path", "age", "hash", *extra_columns], report["crop"],
-                       report["crop_note"])  # first: should it fail, labels.csv and the report stay the last run's
-    write_csv(out_dir / "labels.csv", kept, ["path", "age", "hash", "width", "height", *extra_columns])
-    text = json.dumps(report, indent=2) + "\n"
-    atomic_write(out_dir / "data_report.json", lambda f: f.write(text.encode()))
+    for stale in out_dir.glob(".*.staged.*"):  # left by a run killed before its renames (the lock is ours)
+        stale.unlink(missing_ok=True)
+    report_path, labels_path = out_dir / "data_report.json", out_dir / "labels.csv"
+    staged = {path: path.with_name(f".{path.name}.staged.{os.getpid()}") for path in (report_path, labels_path)}
+    try:
+        write_csv(staged[labels_path], kept, ["path", "age", "hash", "width", "height", *extra_columns])
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(staged[report_path], lambda f: f.write(text.encode()))
+        write_split_folder(out_dir / "splits", parts, ["path", "age", "hash", *extra_columns], report["crop"],
+                           report["crop_note"])
+        for path, staged_path in staged.items():  # the report first: exports read it
+            os.replace(staged_path, path)
+    finally:
+        for staged_path in staged.values():
+            staged_path.unlink(missing_ok=True)
     plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=report["seed"])
     plot_age_distribution([r["age"] for r in kept], out_dir / "figs" / "age_distribution.png")
     plot_split_distributions({n: [r["age"] for r in rows] for n, rows in zip(SPLITS, parts)},

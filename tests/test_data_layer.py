@@ -386,6 +386,79 @@ def test_labelled_folder_above_counts_age_0_and_not_a_phones_file_names(tmp_path
     assert labelled_folder_above(phone / "annotated") == phone
 
 
+def test_month_and_day_folders_under_a_year_are_no_age_folders(tmp_path):
+    """inference.py run inside Pictures/2024/03 was refused: the month folders 01-12 beside it read as ages."""
+    from custom_dataset import labelled_folder_above
+    year = tmp_path / "Pictures" / "2024"
+    for month in ("01", "02", "03"):
+        write_jpeg(year / month / "IMG_1.jpg", seed=int(month))
+    for day in ("05", "17"):
+        write_jpeg(year / "03" / day / "IMG_2.jpg", seed=int(day))
+    assert labelled_folder_above(year / "03" / "annotated") is None
+    assert labelled_folder_above(year / "03" / "17" / "annotated") is None
+    write_jpeg(year / "45" / "face.jpg", seed=45)  # a number no month or day has: ages after all
+    assert labelled_folder_above(year / "03" / "annotated") == year
+    ages = tmp_path / "ages"  # numbers under no year's name stay ages, however small
+    for age in ("1", "2"):
+        write_jpeg(ages / age / "face.jpg", seed=int(age))
+    assert labelled_folder_above(ages / "out") == ages
+
+
+def test_numbered_run_folders_are_no_age_folders(tmp_path):
+    """runs/1, runs/2 of train.py (or eda.py outputs named by number) read as ages: a third run was refused."""
+    from custom_dataset import labelled_folder_above
+    runs = tmp_path / "runs"
+    for k, name in ((1, "last.pt"), (2, ".lock"), (3, "data_report.json")):
+        (runs / str(k)).mkdir(parents=True)
+        (runs / str(k) / name).write_bytes(b"")
+    assert labelled_folder_above(runs / "4") is None
+    write_jpeg(runs / "5" / "face.jpg", seed=5)
+    write_jpeg(runs / "6" / "face.jpg", seed=6)  # two folders of faces beside them: an age data set
+    assert labelled_folder_above(runs / "4") == runs
+
+
+def test_a_semicolon_or_tab_separated_labels_csv_is_read(tmp_path):
+    """Excel saves path;age where the decimal mark is a comma: it was 'not a CSV with path,age columns'."""
+    for k in range(3):
+        write_jpeg(tmp_path / "img" / f"{k}.jpg", seed=k)
+    (tmp_path / "semi.csv").write_text("path;age\nimg/0.jpg;25\nimg/1.jpg;30,0\nimg/2.jpg;x\n")
+    records, skipped, layout = discover_labels(tmp_path / "semi.csv")
+    assert layout == "csv" and [(Path(r["path"]).name, r["age"]) for r in records] == [("0.jpg", 25), ("1.jpg", 30)]
+    assert skipped["bad_age_label"] == 1
+    (tmp_path / "tabs.csv").write_text("path\tage\nimg/2.jpg\t41\n")
+    records, _, _ = discover_labels(tmp_path / "tabs.csv")
+    assert [(Path(r["path"]).name, r["age"]) for r in records] == [("2.jpg", 41)]
+
+
+def test_subfolders_on_a_mount_without_inodes_are_all_read(tmp_path, monkeypatch):
+    """Network and FUSE mounts may give every folder inode 0: each subfolder after the first read as seen."""
+    import custom_dataset
+    for age, sub in (("25", "session1"), ("25", "session2"), ("26", "a")):
+        write_jpeg(tmp_path / age / sub / "face.jpg", seed=len(sub) + int(age))
+    real_stat = os.stat
+
+    def no_inodes(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        fields = list(st[:10])
+        fields[1] = 0
+        return os.stat_result(fields)
+    monkeypatch.setattr(custom_dataset.os, "stat", no_inodes)
+    records, _, _ = discover_labels(tmp_path)
+    assert len(records) == 3
+
+
+def test_a_live_process_is_asked_of_windows_itself_there(monkeypatch):
+    """os.kill(pid, 0) on Windows sends Ctrl+C (CTRL_C_EVENT is 0), and raises for a process that is gone."""
+    import custom_dataset
+    asked = []
+    monkeypatch.setattr(custom_dataset.os, "kill", lambda *a: pytest.fail("os.kill used on Windows"))
+    monkeypatch.setattr(custom_dataset, "_windows_process_alive", lambda pid: asked.append(pid) or False)
+    monkeypatch.setattr(custom_dataset.os, "name", "nt")
+    alive = custom_dataset.process_alive(4242)
+    monkeypatch.undo()
+    assert alive is False and asked == [4242]
+
+
 def test_numbered_photos_and_this_tools_own_outputs_are_no_labelled_data_set(tmp_path):
     """Scans named 001.jpg annotate to 001_age.jpg, and a second run into the same folder was refused; so
     was a folder of 1_beach.jpg, 2_party.jpg. UTKFace's own naming (age_gender_race_date) still marks one."""

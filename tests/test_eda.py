@@ -154,3 +154,46 @@ def test_a_split_folder_left_by_an_earlier_run_with_the_same_pid_does_not_block_
     (stale / "train.csv").write_text("x")
     again = run_eda(data, out, "--seed", 5)
     assert again["splits"] == report["splits"] and not list(out.glob(".splits*"))
+
+
+def test_a_failure_writing_labels_leaves_the_last_runs_split_and_report_together(eda_run, run_eda, tmp_path,
+                                                                                   monkeypatch):
+    """The split folder was replaced first: a run that then failed left the new split beside the old report,
+    which every export of a model trained on it quotes."""
+    import eda
+    data, out, _, _ = eda_run
+    run = tmp_path / "out"
+    shutil.copytree(out, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".png"}
+    real_write_csv = eda.write_csv
+
+    def disk_full_at_labels(path, *args, **kwargs):
+        if "labels.csv" in Path(path).name:
+            raise OSError(28, "No space left on device")
+        return real_write_csv(path, *args, **kwargs)
+    monkeypatch.setattr(eda, "write_csv", disk_full_at_labels)
+    with pytest.raises(OSError):
+        run_eda(data, run, "--seed", 6, "--max-age", "27")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".png"}
+    assert after == before  # no staged file left, nothing replaced
+
+
+def test_a_split_folder_holding_the_users_files_is_not_replaced(eda_run, run_eda, tmp_path):
+    from custom_dataset import DataError
+    data, out, _, _ = eda_run
+    run = tmp_path / "out"
+    shutil.copytree(out, run)
+    (run / "splits" / "fgnet_holdout.csv").write_text("path,age\n")
+    with pytest.raises(DataError, match="fgnet_holdout.csv"):
+        run_eda(data, run, "--seed", 6)
+    assert (run / "splits" / "fgnet_holdout.csv").is_file()
+
+
+def test_an_out_dir_inside_another_labelled_data_set_is_refused(demo_dir, run_eda, tmp_path):
+    """Its figures would be read as age-30 faces by the next eda.py run on that set."""
+    from custom_dataset import DataError
+    other = tmp_path / "other"
+    shutil.copytree(demo_dir, other)
+    with pytest.raises(DataError, match="labelled face data set"):
+        run_eda(demo_dir, other / "25" / "eda_out")
+    assert not (other / "25" / "eda_out").exists()

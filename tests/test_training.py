@@ -672,6 +672,12 @@ def test_split_checks_read_a_spreadsheets_csv_as_training_does(tmp_path):
         train.refuse_output_in_data(data / "20" / "run", splits)
     keys = train.split_hashes(splits / "train.csv")  # no hash column: one face per file, not per name
     assert len(set(keys.values())) == 2
+    other = tmp_path / "other_set"  # another labelled data set than the split's: its next eda.py run reads it
+    for age in ("30", "31"):
+        (other / age).mkdir(parents=True)
+    with pytest.raises(custom_dataset.DataError, match="labelled face data set"):
+        train.refuse_output_in_data(other / "30" / "run", splits, "--cache-dir")
+    train.refuse_output_in_data(tmp_path / "runs" / "1", splits)
 
 
 def test_a_best_pt_ahead_of_last_pt_is_the_figure_a_resumed_run_must_beat(tmp_path):
