@@ -2437,7 +2437,33 @@ def write_tables(args):
         if new != old:
             atomic_write(readme, lambda f: f.write(new.encode()))
         print(f"rewrote the results block of {readme}" if new != old else f"{readme}'s results block is current")
+    refresh_model_card(results, Path(args.results_md).parent)
     return markdown
+
+
+def refresh_model_card(results, root: Path):
+    """models/README.md written again from results.json and the shipped export's own metadata, nothing
+    measured, so that the card follows model_card's wording without shipping the model again; left alone where
+    root ships no model of a run results.json records (the export's metadata is read, never run)."""
+    import faces
+    card_path, onnx_path = root / SHIPPED.parent / "README.md", root / SHIPPED.with_suffix(".onnx")
+    zooms = results.get("shipped_zooms")
+    shipped = zooms["run"] if zooms else shipped_run(card_path)
+    if shipped is None or not card_path.is_file() or not onnx_path.is_file():
+        return
+    protocol, name = shipped.split("/")
+    entry = results.get("protocols", {}).get(protocol, {}).get(name)
+    cross = results.get("cross", {}).get("FGNET", {}).get(shipped)
+    metadata = onnx_metadata(onnx_path)
+    if entry is None or cross is None or not metadata or protocol not in results.get("data", {}):
+        print(f"{card_path} left as it is: results.json no longer records all of {shipped}")
+        return
+    card = model_card(protocol, name, entry, cross, results["data"][protocol], metadata,
+                      faces.describe_crop(metadata["crop"]), zooms)
+    changed = card != card_path.read_text()
+    if changed:
+        atomic_write(card_path, lambda f: f.write(card.encode()))
+    print(f"rewrote {card_path}" if changed else f"{card_path} is current")
 
 
 def selection(args):

@@ -1096,3 +1096,21 @@ def test_a_student_of_tables_names_the_runs_behind_them_and_its_gpu_table(tmp_pa
     line = benchmark.distillation_lines({"S": models})[0]
     assert "and a GPU-trained table)" in line and "plus 74.0 min for the CPU runs" in line
     assert "bench/gpu_teachers.py" in line and "validation MAE" not in line  # a mean of tables has none
+
+
+def test_the_model_card_is_what_its_generator_writes_from_the_records(tmp_path):
+    """models/README.md is never typed by hand: --table writes it again from results.json and the shipped export's
+    metadata, so a change of model_card's wording reaches it without measuring the model again."""
+    (tmp_path / "models").mkdir()
+    onnx = benchmark.SHIPPED.with_suffix(".onnx")
+    (tmp_path / onnx).write_bytes((REPO / onnx).read_bytes())
+    card = REPO / benchmark.SHIPPED.parent / "README.md"
+    stale = card.read_text().replace("at least one face box in", "a face found in")
+    (tmp_path / "models" / "README.md").write_text(stale)
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    benchmark.refresh_model_card(results, tmp_path)
+    assert (tmp_path / "models" / "README.md").read_text() == card.read_text() != stale
+    del results["cross"]["FGNET"][results["shipped_zooms"]["run"]]  # a record gone: the card is left alone
+    (tmp_path / "models" / "README.md").write_text(stale)
+    benchmark.refresh_model_card(results, tmp_path)
+    assert (tmp_path / "models" / "README.md").read_text() == stale
