@@ -92,22 +92,38 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
     """What every export carries so that inference rebuilds the input from the file alone. Checkpoints
     written before crop recipes existed get their split's recipe (or, without a split, the square crop)."""
     config = best.get("config") or {}
-    crop = best.get("crop") or (read_split_crop(config["splits"]) if config.get("splits") else dict(BOX_CROP))
+    # a split folder eda.py has made again since (another range or data set) describes another model's data
+    own_split = config.get("splits") and split_is_the_runs(best, config["splits"])
+    crop = best.get("crop") or (read_split_crop(config["splits"]) if own_split else dict(BOX_CROP))
+    # this checkpoint's own epoch (last.pt's is not the best epoch's), where train.py measured no export figure
+    own_val_mae = ((best.get("metrics") or {}).get("val") or {}).get("mae", best.get("best_val_mae"))
     return {"format_version": FORMAT_VERSION, "model_name": best["model_name"], "head": best["head"],
             "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
             "crop": crop, "tta_flip": config.get("tta_flip", False),
             "tta_zoom": list(parse_zooms(config.get("tta_zoom", ""))),  # inference.py averages these views too
-            "data": describe_training_data(config),
+            "data": describe_training_data(config) if own_split or config.get("data_description") else None,
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
             "weights": weights_digest(best["model_state"]),  # which weights: export_mobile tells its files apart by it
-            "val_mae": best.get("export_val_mae", best.get("best_val_mae")),
+            "val_mae": best.get("export_val_mae", own_val_mae),
             # the same faces through the export as it is (map included: in-sample where one is kept)
-            "val_mae_views": best.get("export_val_mae_views", best.get("export_val_mae", best.get("best_val_mae"))),
+            "val_mae_views": best.get("export_val_mae_views", best.get("export_val_mae", own_val_mae)),
             "test_mae": (test_metrics or {}).get("mae"),
             "interval": best.get("interval"),  # conformal calibration (functions.fit_interval); None before it existed
             # functions.fit_age_map, applied to the graph's output by inference.py (np.interp(age, x, y));
             # None where train.py --age-map did not keep one
             "age_map": best.get("age_map")}
+
+
+def split_is_the_runs(checkpoint: dict, splits) -> bool:
+    """Whether the split folder holds the faces the checkpoint was trained on; a checkpoint from before
+    split_faces was kept is taken at its word."""
+    if not checkpoint.get("split_faces"):
+        return True
+    from train import split_faces_digest  # here, not at the top: train.py imports this module
+    try:
+        return split_faces_digest(splits) == checkpoint["split_faces"]
+    except (OSError, DataError):
+        return False
 
 
 def weights_digest(state_dict) -> str:

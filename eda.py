@@ -51,10 +51,13 @@ def get_args_parser():
     p.add_argument("--align", action="store_true",
                    help="un-aligned photos: cut each face once, as inference.py will (detect, landmarks, chip), "
                         "cache the chips under OUT/chips and train on them (UTKFace files are chips already)")
-    p.add_argument("--align-crop", choices=("utkface", "utkface5"), default="utkface",
-                   help="--align: UTKFace's 68-landmark chip, or the 5-landmark one for commercial use (README)")
-    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help="--align: face detector, recorded in crop.json: "
-                   "inference.py's default for the models trained on this split")
+    # None: left out (refused without --align, which alone uses them); check_paths fills in the defaults
+    p.add_argument("--align-crop", choices=("utkface", "utkface5"), default=None,
+                   help="--align: UTKFace's 68-landmark chip (default), or the 5-landmark one for commercial use "
+                        "(README)")
+    p.add_argument("--detector", choices=DETECTORS, default=None, help=f"--align: face detector (default "
+                   f"{DEFAULT_DETECTOR}), recorded in crop.json: inference.py's default for the models trained on "
+                   "this split")
     p.add_argument("--workers", type=int, default=2, help="processes that check images")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -265,6 +268,11 @@ def check_paths(args):
         raise DataError(f"--min-age {args.min_age} is above --max-age {args.max_age}")
     if args.seed < 0:  # numpy's seeds are 0 or more: said now, not after the scan
         raise DataError(f"--seed must be 0 or more, got {args.seed}")
+    given = [flag for flag, value in (("--align-crop", args.align_crop), ("--detector", args.detector)) if value]
+    if given and not args.align:  # the whole photos would be used as they are, the choice lost in silence
+        raise DataError(f"{' and '.join(given)} choose how --align cuts faces; add --align, or leave "
+                        f"{'them' if len(given) > 1 else 'it'} out")
+    args.align_crop, args.detector = args.align_crop or "utkface", args.detector or DEFAULT_DETECTOR
     return data_dir, out_dir
 
 

@@ -22,6 +22,8 @@ Detectors (all ship their weights inside pip packages; nothing is downloaded at 
     hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
     haar    OpenCV's Haar cascade (fast, finds small faces, also hands and fabric)
     mmod    dlib's CNN detector (finds the most, seconds per photo on a CPU)
+Every detector sees a photo over DETECT_MAX_SIDE shrunk to it, and the face sizes above are in that copy's
+pixels: in a 4032 px phone photo, hog needs a face of ~315 px; auto's small-face pass reaches ~80 px there.
 """
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once cos
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
 MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
-CHIP_VERSION = 4  # raise it with any change to detection or cutting: eda.py --align then cuts its chips anew
+CHIP_VERSION = 5  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
+                  # (5: float grey images decoded by their range, d477431)
 
 
 @dataclasses.dataclass
@@ -582,7 +585,8 @@ def chip_dataset(records, chips_dir, crop, detector: str = DEFAULT_DETECTOR, pro
     dlib = _dlib()
     pipeline = FacePipeline(crop, detector)
     # a chip (or a "no face" marker) is the work of this code and these libraries: another version cuts anew
-    code = {"version": CHIP_VERSION, "dlib": dlib.__version__, "opencv": cv2.__version__}
+    import PIL
+    code = {"version": CHIP_VERSION, "dlib": dlib.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__}
     key = hashlib.sha256(json.dumps([pipeline.crop, detector, code], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(chips_dir) / key
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ Where the outputs go (one rule for --image, --input-dir and --video):
     --video 0 -> ./inference_outputs/camera0), never beside the input;
   * in it: <name>_age.<ext> per image (the annotated copy; .mp4 for a video), predictions.csv (images),
     predictions.json with --json; --output FILE (--image/--video) names the annotated file itself, and
-    the CSV/JSON go beside it: an explicit file is the user's choice of place (it may not be the input);
+    the CSV (images) and JSON go beside it: an explicit file is the user's choice of place (it may not be the input);
     two images of --input-dir with one stem (photo.jpg, photo.png) name their outputs by their whole name
     (then ~2, ~3 where that is taken too);
   * --output-dir and --save-crops are never the input's folder or inside it (for --image and --video that
@@ -44,6 +44,7 @@ import errno
 import glob
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -105,7 +106,8 @@ def get_args_parser():
     p.add_argument("--output-dir", help=f"folder for every output (default: ./{OUTPUT_ROOT}/<input name> in the "
                    "current folder; never the input's folder or inside it)")
     p.add_argument("--output", help="--image/--video: the annotated file itself, an explicit override (default: "
-                   f"OUTPUT_DIR/<input name>{ANNOTATED_SUFFIX}.<ext>); predictions.csv/.json go beside it")
+                   f"OUTPUT_DIR/<input name>{ANNOTATED_SUFFIX}.<ext>); predictions.csv (--image) and predictions.json "
+                   "(--json) go beside it")
     p.add_argument("--json", nargs="?", const=True, metavar="-",
                    help="also write predictions.json (one object per image) into the output folder; "
                         "'--json -' prints them as JSON lines on stdout instead, every message on stderr")
@@ -795,9 +797,16 @@ def _labels(ages, flags=None, intervals=None):
 
 
 def _save_crops(folder, stem, inputs):
-    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB."""
+    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB. An earlier run's crops
+    of this photo beyond today's faces (another --min-face, another model) are removed: they would stand
+    beside predictions.csv as faces it does not have."""
+    folder = Path(folder)
     for k, image in enumerate(inputs):
-        _write_image(Path(folder) / f"{stem}_{k}.png", image)
+        _write_image(folder / f"{stem}_{k}.png", image)
+    crop_name = re.compile(re.escape(stem) + r"_(\d+)\.png")
+    for path in folder.glob(glob.escape(stem) + "_*.png"):
+        if (match := crop_name.fullmatch(path.name)) and int(match.group(1)) >= len(inputs):
+            path.unlink(missing_ok=True)
 
 
 def _list_images(folder):
@@ -885,8 +894,8 @@ def process_image(estimator, path, rgb, output, crops_dir=None, stem=None) -> Im
     stem_<face>.png, the photo's stem by default), the result returned."""
     result = estimator.analyse(rgb, Path(path).name)
     _write_image(output, result.draw(rgb))  # drawn after cutting: no box in a chip
-    if crops_dir and result.faces:
-        _save_crops(crops_dir, stem or Path(path).stem, result.inputs)
+    if crops_dir:
+        _save_crops(crops_dir, stem or Path(path).stem, result.inputs if result.faces else [])
     try:
         for line in result.lines():
             print(line)

@@ -133,7 +133,7 @@ def add_recipe_args(parser):
     g.add_argument("--teacher-online", action="store_true",
                    help="--teacher checkpoints predict every training batch as the student sees it (augmented, "
                         "mixed), one view, instead of once on the clean faces: consistent teaching; costs one "
-                        "teacher forward pass per batch")
+                        "forward pass per teacher per batch")
     return parser
 
 
@@ -163,7 +163,7 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", required=True, help="run folder: checkpoints, logs, figures, exports")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (with --teacher checkpoints, "
-                   "OUT/teacher.npz is read back while their files are unchanged)")
+                   "OUT/teacher.npz is read back while their weights are unchanged)")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out-dir that holds an earlier run, removing its checkpoints, exports, "
                         "metrics, figures and TensorBoard logs first (without it or --resume such a folder is refused)")

@@ -134,3 +134,36 @@ def test_an_export_of_last_pt_does_not_claim_the_test_mae_measured_through_best_
     old = {k: v for k, v in saved.items() if k not in ("weights", "age_map_applied")}  # before the digest: by epoch
     (tmp_path / "metrics.json").write_text(json.dumps(old))
     assert checkpoints.metadata_for(best, cfg, tmp_path / "best.pt")["test_mae"] == 4.4
+
+
+def test_an_export_of_last_pt_states_its_own_epochs_validation_mae_not_the_best_epochs():
+    import torch
+    from custom_dataset import PreprocessConfig
+    last = {"model_state": {"w": torch.ones(2)}, "epoch": 80, "model_name": "simplecnn", "head": "regression",
+            "min_age": 1, "max_age": 80, "crop": {"kind": "box", "margin": 0.0}, "config": {},
+            "best_val_mae": 4.81, "metrics": {"val": {"mae": 4.97}}}  # the best was epoch 62's
+    metadata = checkpoints.export_metadata(PreprocessConfig(), last)
+    assert metadata["val_mae"] == metadata["val_mae_views"] == 4.97
+
+
+def test_an_export_does_not_describe_a_split_made_again_since_training(tmp_path):
+    """eda.py re-run on 20-50 after a run on all ages: a later export said 'ages 20-50' of a model of 1-116."""
+    import json
+
+    import torch
+    import train
+    from custom_dataset import PreprocessConfig
+    splits = tmp_path / "out" / "splits"
+    splits.mkdir(parents=True)
+    for name in ("train", "val", "test"):
+        (splits / f"{name}.csv").write_text(f"path,age,hash\n/d/{name}.jpg,30,h{name}\n")
+    (tmp_path / "out" / "data_report.json").write_text(json.dumps(
+        {"used": 3, "layout": "utkface", "age": {"min": 1, "max": 116}, "data_dir": "/d"}))
+    run = {"model_state": {"w": torch.ones(2)}, "epoch": 3, "model_name": "simplecnn", "head": "regression",
+           "min_age": 1, "max_age": 116, "crop": {"kind": "box", "margin": 0.0}, "best_val_mae": 5.0,
+           "config": {"splits": str(splits)}, "split_faces": train.split_faces_digest(splits)}
+    assert "ages 1-116" in checkpoints.export_metadata(PreprocessConfig(), run)["data"]
+    (splits / "val.csv").write_text("path,age,hash\n/d/other.jpg,25,hother\n")  # eda.py made again
+    (tmp_path / "out" / "data_report.json").write_text(json.dumps(
+        {"used": 3, "layout": "utkface", "age": {"min": 20, "max": 50}, "data_dir": "/d"}))
+    assert checkpoints.export_metadata(PreprocessConfig(), run)["data"] is None

@@ -197,3 +197,12 @@ def test_an_out_dir_inside_another_labelled_data_set_is_refused(demo_dir, run_ed
     with pytest.raises(DataError, match="labelled face data set"):
         run_eda(demo_dir, other / "25" / "eda_out")
     assert not (other / "25" / "eda_out").exists()
+
+
+@pytest.mark.parametrize("flags", [["--align-crop", "utkface5"], ["--detector", "mmod"]])
+def test_align_settings_without_align_are_refused(demo_dir, run_eda, tmp_path, flags):
+    """The whole photos were used as they are and the chosen recipe or detector lost without a word."""
+    from custom_dataset import DataError
+    with pytest.raises(DataError, match="add --align"):
+        run_eda(demo_dir, tmp_path / "out", *flags)
+    assert not (tmp_path / "out").exists()

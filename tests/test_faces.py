@@ -326,6 +326,10 @@ def test_chips_are_cut_anew_by_another_version_of_the_code(monkeypatch, tmp_path
     monkeypatch.setattr(faces, "CHIP_VERSION", faces.CHIP_VERSION + 1)
     _, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
     assert stats["from_cache"] == 0 and len(list((tmp_path / "chips").iterdir())) == 2
+    import PIL  # the decoder too: another Pillow may decode the photo otherwise
+    monkeypatch.setattr(PIL, "__version__", PIL.__version__ + ".other")
+    _, stats = faces.chip_dataset(records, tmp_path / "chips", faces.UTKFACE_CROP, progress=False)
+    assert stats["from_cache"] == 0 and len(list((tmp_path / "chips").iterdir())) == 3
 
 
 def test_a_box_mostly_beyond_the_photos_edge_is_dropped_and_a_face_cut_by_the_edge_kept(monkeypatch):
