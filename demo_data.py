@@ -424,7 +424,7 @@ def earlier_files(out) -> set:
     if all(p.name in FILE_MANAGER_FILES for p in out.rglob("*") if p.is_file()):
         return set()
     raise DataError(f"--out-dir {out} already holds files that demo_data.py did not write (a data set, or faces of "
-                    "a version without demo_data.json); choose a new or empty folder")
+                    "a version without demo_data.json); choose a new or empty folder (`make clean` empties make demo's outputs/)")
 
 
 def get_args_parser():

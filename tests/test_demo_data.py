@@ -210,3 +210,35 @@ def test_a_smaller_second_run_leaves_only_its_own_faces_and_a_data_set_is_refuse
     with pytest.raises(DataError, match="did not write"):
         demo_data.main(parser.parse_args(["--out-dir", str(data), "--per-age", "1", "--min-age", "25", "--max-age", "25"]))
     assert (data / "25" / "25_0000.jpg").read_bytes() == b"a real face"
+
+
+def test_make_demo_never_removes_a_folder_and_ignores_an_out_in_the_environment(tmp_path):
+    """It removed $(OUT)/data when that held no demo_data.json, and OUT came from the shell: a user's photos."""
+    import os
+    import shutil
+    import subprocess
+    from conftest import REPO
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed here")
+    env = {**os.environ, "OUT": str(tmp_path / "my_project"), "DEMO_OUT": str(tmp_path / "my_project")}
+    plan = subprocess.run(["make", "-n", "-W", "requirements.txt", "demo"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "demo_data.py --out-dir outputs/demo/data" in plan and str(tmp_path) not in plan
+    assert "rm " not in plan
+
+
+def test_constraints_pin_every_requirement_at_its_own_version():
+    """make setup installs requirements.txt under constraints.txt: a requirement changed without the constraints
+    regenerated would leave pip two pins of one package (and a failed install on a clean clone)."""
+    import re
+    from conftest import REPO
+
+    def pins(name):
+        found = {}
+        for line in (REPO / name).read_text().splitlines():
+            match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s#]+)", line.strip())
+            if match:
+                found[match.group(1).lower().replace("_", "-")] = match.group(2)
+        return found
+    requirements, constraints = pins("requirements.txt"), pins("constraints.txt")
+    assert requirements and {k: constraints.get(k) for k in requirements} == requirements
