@@ -297,16 +297,25 @@ def print_detector(name, entry):
              f"boxes/photo, {fg['ms_per_photo']:.1f} ms/photo (n={fg['n']})" if fg else ""), flush=True)
 
 
-def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit):
-    """(a)-(c) for each detector: {name: figures}."""
+def spread_subset(items, n, seed):
+    """n of items drawn at random (seeded), in their order: the first n of a list sorted by file name are
+    UTKFace's ages 10-19 and 100-116, FG-NET's first two people."""
+    if n >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(np.random.default_rng([seed, n]).choice(len(items), size=n, replace=False))]
+
+
+def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit, seed=0):
+    """(a)-(c) for each detector: {name: figures}; mmod, seconds per photo, on a random mmod_limit of each."""
     out = {}
     for name in detectors:
         pipe = faces.FacePipeline(detector=name)
-        cap = mmod_limit if name == "mmod" else None
+        cap = mmod_limit if name == "mmod" else len(scenes) + len(backgrounds) + len(photos)
         start = time.perf_counter()
-        entry = {"scenes": scenes_figures(pipe, scenes[:cap]), "faceless": faceless_figures(pipe, backgrounds[:cap])}
+        entry = {"scenes": scenes_figures(pipe, spread_subset(scenes, cap, seed)),
+                 "faceless": faceless_figures(pipe, spread_subset(backgrounds, cap, seed))}
         if photos:
-            entry["fgnet"] = fgnet_figures(pipe, photos[:cap])
+            entry["fgnet"] = fgnet_figures(pipe, spread_subset(photos, cap, seed))
         entry["seconds"] = round(time.perf_counter() - start, 1)
         out[name] = entry
         print_detector(name, entry)
@@ -328,12 +337,13 @@ def checked_detectors(args):
 
 def main(args):
     if args.table:
-        print(tables(json.loads(Path(args.out).read_text())))
+        print(tables(read_result(Path(args.out))))
         return None
     data_dir, out, fgnet_dir = Path(args.data_dir), Path(args.out), Path(args.fgnet_dir)
     for folder in (data_dir, fgnet_dir):
         if same_or_inside(out, folder):
             raise DataError(f"--out {out} is inside the data folder {folder}, which is read only; write elsewhere")
+    detectors = checked_detectors(args)  # a flag's mistake is said before the data folder is looked for
     files = utkface_files(data_dir)
     rng = np.random.default_rng(args.seed)
     if args.fit_chip5:
@@ -342,17 +352,17 @@ def main(args):
         return {"template": template, "n": n}
     if args.zoom_cost:
         return add_zoom_cost(args, files, rng, out)
-    detectors = checked_detectors(args)
     cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
     backgrounds = [random_canvas(rng) for _ in range(args.limit)]
-    fgnet = sorted(p for p in fgnet_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.fgnet_limit] \
-        if fgnet_dir.is_dir() else []
+    fgnet = spread_subset(sorted(p for p in fgnet_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
+                          args.fgnet_limit, args.seed) if fgnet_dir.is_dir() else []
     photos = [load_rgb(p) for p in fgnet]
     result = {"scenes": {"canvas": [CANVAS_W, CANVAS_H], "face_fraction_of_height": list(FACE_FRACTION),
-                         "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed, "limit": args.limit},
+                         "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed, "limit": args.limit,
+                         "data_dir": str(data_dir.resolve()), "fgnet_limit": len(photos)},
               "fgnet_dir": str(fgnet_dir) if photos else None,
-              "detectors": compare_detectors(detectors, scenes, backgrounds, photos, args.mmod_limit)}
+              "detectors": compare_detectors(detectors, scenes, backgrounds, photos, args.mmod_limit, args.seed)}
     if args.model:
         result["end_to_end"] = e2e = end_to_end_ms(args.model, scenes, args.threads)
         print(f"end to end with {args.model}: median {e2e['ms_per_photo_median']:.1f} ms per 640x480 photo "
@@ -369,6 +379,20 @@ def main(args):
     return result
 
 
+def read_result(path: Path) -> dict:
+    """A detection.json written by this script, or one line saying what it is not."""
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is not there; run bench_detection.py first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not readable JSON ({type(exc).__name__}); pass bench_detection.py's --out") from None
+    if not isinstance(result, dict) or not isinstance(result.get("detectors"), dict) or "scenes" not in result:
+        raise DataError(f"{path} is no bench_detection.py result (no detectors and scenes); pass its --out "
+                        "(bench/detection.json)")
+    return result
+
+
 def with_earlier_figures(result: dict, out: Path) -> dict:
     """result plus what the earlier --out holds and this run did not measure (a run without --model, or with
     --detectors hog alone, dropped the end-to-end time and the other detectors' rows): kept where that run
@@ -377,14 +401,21 @@ def with_earlier_figures(result: dict, out: Path) -> dict:
         earlier = json.loads(out.read_text()) if out.is_file() else {}
     except (OSError, ValueError):
         return result
-    same = {k: v for k, v in earlier.get("scenes", {}).items() if k != "limit"} == \
-        {k: v for k, v in result["scenes"].items() if k != "limit"} and \
-        earlier.get("scenes", {}).get("limit", result["scenes"]["limit"]) == result["scenes"]["limit"]
-    merged = dict(result, detectors=dict(result["detectors"]))
+    # a file from before a setting was recorded is taken at its word for it (it was written with the limit, the
+    # data folders and the FG-NET count of its day); one that records another value is other scenes
+    taken_at_its_word = ("limit", "data_dir", "fgnet_limit")
+    same = {k: v for k, v in earlier.get("scenes", {}).items() if k not in taken_at_its_word} == \
+        {k: v for k, v in result["scenes"].items() if k not in taken_at_its_word} and \
+        all(earlier.get("scenes", {}).get(k, result["scenes"].get(k)) == result["scenes"].get(k)
+            for k in taken_at_its_word) and earlier.get("fgnet_dir") in (result.get("fgnet_dir"), None)
+    rows = dict(result["detectors"])
     for name, row in earlier.get("detectors", {}).items():
-        if name not in merged["detectors"] and same:
-            merged["detectors"][name] = row
+        if name not in rows and same:
+            rows[name] = row
             print(f"kept detector {name}'s row from {out} (the same scenes)")
+    # in faces.DETECTORS' order, whichever run measured a row: the table and its command read the same each time
+    order = [d for d in faces.DETECTORS if d in rows] + [d for d in rows if d not in faces.DETECTORS]
+    merged = dict(result, detectors={name: rows[name] for name in order})
     for key in ("end_to_end", "zoom_cost", "chip_fidelity"):
         if key in earlier and key not in result:
             if same or key == "chip_fidelity":
@@ -399,9 +430,17 @@ def add_zoom_cost(args, files, rng, out):
     """--zoom-cost: zoom_cost_ms on the same scenes as a full run (same --seed and --limit), into --out."""
     if not args.model:
         raise DataError("--zoom-cost times --model's zooms; pass --model MODEL.onnx")
-    if not out.is_file():
-        raise DataError(f"--zoom-cost adds to {out}, which is not there; run bench_detection.py with --model first")
-    result = json.loads(out.read_text())
+    result = read_result(out)
+    e2e, scenes_of_file = result.get("end_to_end") or {}, result.get("scenes") or {}
+    if e2e.get("model") is None:
+        raise DataError(f"--zoom-cost adds to the end-to-end figures of {out}, which has none; run "
+                        "bench_detection.py with --model first")
+    if Path(e2e["model"]).resolve() != Path(args.model).resolve():
+        raise DataError(f"{out}'s end-to-end figures are of {e2e['model']}, not --model {args.model}: the zooms' cost "
+                        "would be set beside another model's time; pass that model or measure this one first")
+    if (scenes_of_file.get("seed", args.seed), scenes_of_file.get("limit", args.limit)) != (args.seed, args.limit):
+        raise DataError(f"{out} was measured on --seed {scenes_of_file.get('seed')} --limit "
+                        f"{scenes_of_file.get('limit')}: pass the same, so the zooms are timed on the same scenes")
     cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
     cost = zoom_cost_ms(args.model, scenes, args.threads)

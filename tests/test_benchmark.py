@@ -1066,11 +1066,48 @@ def test_a_detection_run_keeps_the_earlier_figures_it_did_not_measure(tmp_path):
     rerun = {"scenes": dict(scenes), "detectors": {"hog": {"found": 0.91}}}  # --detectors hog, no --model
     merged = bench_detection.with_earlier_figures(rerun, out)
     assert merged["detectors"] == {"hog": {"found": 0.91}, "auto": {"found": 0.99}}
+    assert list(merged["detectors"]) == ["auto", "hog"]  # faces.DETECTORS' order: the table reads the same
     assert merged["end_to_end"] == {"ms_per_photo_median": 21.0} and merged["chip_fidelity"] == {"n": 100}
     other = {"scenes": {**scenes, "seed": 1}, "detectors": {"hog": {"found": 0.92}}}  # other scenes: not mixed
     merged = bench_detection.with_earlier_figures(other, out)
     assert merged["detectors"] == {"hog": {"found": 0.92}} and "end_to_end" not in merged
     assert merged["chip_fidelity"] == {"n": 100}  # measured on UTKFace files, not on the scenes
+    elsewhere = {"scenes": {**scenes, "data_dir": "/other/UTKFace", "fgnet_limit": 1002}, "fgnet_dir": "/f",
+                 "detectors": {"hog": {"found": 0.93}}}  # the file records no data folder: taken at its word
+    assert "auto" in bench_detection.with_earlier_figures(elsewhere, out)["detectors"]
+    out.write_text(json.dumps({"scenes": {**scenes, "data_dir": "/data/UTKFace", "fgnet_limit": 100},
+                               "fgnet_dir": "/f", "detectors": {"auto": {"found": 0.99}}}))
+    for changed in ({"data_dir": "/other/UTKFace"}, {"fgnet_limit": 1002}):
+        rerun = {"scenes": {**scenes, "data_dir": "/data/UTKFace", "fgnet_limit": 100, **changed}, "fgnet_dir": "/f",
+                 "detectors": {"hog": {"found": 0.93}}}
+        assert "auto" not in bench_detection.with_earlier_figures(rerun, out)["detectors"]
+
+
+def test_mmod_and_a_limited_fgnet_are_measured_on_a_spread_of_the_photos_not_the_first_by_name():
+    """UTKFace's first names are ages 10-19 and 100-116 (100_..., 10_...), FG-NET's first photos two people."""
+    import bench_detection
+    names = [f"{k:03d}A{a:02d}.JPG" for k in range(1, 83) for a in range(12)]
+    picked = bench_detection.spread_subset(names, 20, seed=0)
+    assert len(picked) == 20 and picked == sorted(picked) and len({p[:3] for p in picked}) > 10
+    assert picked == bench_detection.spread_subset(names, 20, seed=0) != bench_detection.spread_subset(names, 20, 1)
+    assert bench_detection.spread_subset(names[:5], 20, seed=0) == names[:5]
+
+
+def test_zoom_cost_is_added_only_beside_the_same_models_time_on_the_same_scenes(tmp_path):
+    import bench_detection
+    out = tmp_path / "detection.json"
+    parse = lambda *a: bench_detection.get_args_parser().parse_args(["--zoom-cost", "--out", str(out), *a])
+    base = {"scenes": {"seed": 0, "limit": 300}, "detectors": {"auto": {}}}
+    cases = [({**base}, (), "has none"),
+             ({**base, "end_to_end": {"model": "a.onnx"}}, (), "not --model"),
+             ({**base, "end_to_end": {"model": "m.onnx"}}, ("--limit", "30"), "pass the same")]
+    for record, extra, words in cases:
+        out.write_text(json.dumps(record))
+        with pytest.raises(DataError, match=words):
+            bench_detection.add_zoom_cost(parse("--model", "m.onnx", *extra), [], None, out)
+    out.write_text(json.dumps({"end_to_end": {"model": "m.onnx"}}))  # not this script's result
+    with pytest.raises(DataError, match="no bench_detection.py result"):
+        bench_detection.main(bench_detection.get_args_parser().parse_args(["--table", "--out", str(out)]))
 
 
 def test_a_table_teacher_is_found_under_the_protocols_folder_or_named(tmp_path):

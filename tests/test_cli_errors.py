@@ -14,8 +14,9 @@ from conftest import REPO, assert_one_line_error, run_script
     ("inference.py", ["--image", "a.jpg", "--detector", "yolo"], ["invalid choice", "see inference.py --help"]),
     ("inference.py", [], ["one of the arguments"]),
     ("bench_detection.py", ["--limit", "many"], ["--limit"]),
-    ("bench_detection.py", ["--mmod-limit", "0"], ["--mmod-limit must be at least 1"]),
-    ("bench_detection.py", ["--limit", "0"], ["--limit and --mmod-limit must be at least 1"]),
+    # a flag's mistake is said first, also on a clone without ../shared/data
+    ("bench_detection.py", ["--mmod-limit", "0", "--data-dir", "no_such_folder"], ["--mmod-limit must be at least 1"]),
+    ("bench_detection.py", ["--limit", "0", "--data-dir", "no_such_folder"], ["--limit and --mmod-limit must be at least 1"]),
     ("hyperparameter_tunning.py", ["--nope"], ["the following arguments are required"]),
     ("train.py", ["--splits", "s", "--out-dir", "o", "--nope"], ["unrecognized arguments: --nope"]),
 ])
