@@ -2735,7 +2735,7 @@ def goes_on(run_dir, args) -> bool:
         return False
     if train.changed_settings(saved.get("config", {}), args) or saved.get("split_digest") != \
             train.split_digest(args.splits) or train.precision_changed(saved, args) or \
-            train.teachers_changed(run_dir, args.teacher):
+            train.teachers_changed(run_dir, args.teacher, saved):
         print(f"note: {last} is of other settings, split, precision or teachers; training from epoch 1")
         return False
     print(f"{run_dir} holds this run, stopped at epoch {saved['epoch']}: it goes on from there")

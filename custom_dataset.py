@@ -458,34 +458,48 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
         return np.asarray(rgb)
 
 
-def labelled_folder_above(path) -> Path | None:
-    """The first folder at or above path that holds a labelled face data set: folders named by age, or images
-    named as UTKFace names its files (inference.py's own annotated copies aside). Outputs written there would
-    come back as training faces on the next eda.py run. A folder of loosely numbered photos (1_beach.jpg) is
-    none: eda.py would read it, but passes over the annotated copies (NAME_age.jpg) written there."""
+def labelled_folder_above(path, csv_sets=True) -> Path | None:
+    """The first folder at or above path that holds a labelled face data set: folders named by age holding
+    photos, or images named as UTKFace names its files (inference.py's own annotated copies aside), whose files
+    come back as training faces on the next eda.py run; with csv_sets, also a path,age CSV's folder (eda.py
+    counts the images there it does not list). A folder of loosely numbered photos (1_beach.jpg) is none:
+    eda.py would read it, but passes over the annotated copies (NAME_age.jpg) written there."""
     for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
         try:
             entries = list(itertools.islice(folder.iterdir(), 500))
         except OSError:  # not there yet, or not readable
             continue
         ages = [p for p in entries if p.is_dir() and _parse_age(p.name) is not None
-                and 0 <= _parse_age(p.name) <= MAX_LABEL_AGE and not holds_this_tools_outputs(p)]
+                and 0 <= _parse_age(p.name) <= MAX_LABEL_AGE and holds_photos(p)]
         if is_date_folder(folder, ages):
             ages = []
         # 20230805_101010.jpg (a phone's name) is no UTKFace face: its "age" is no age
         if len(ages) >= 2 or any(_is_image_name(p) and (m := UTKFACE_FULL_NAME.match(p.name))
                                  and int(m.group(1)) <= MAX_LABEL_AGE and not is_annotated_copy(p) for p in entries) \
-                or labels_faces_inside(folder):
+                or csv_sets and labels_faces_inside(folder):
             return folder
     return None
 
 
-# files train.py, eda.py or inference.py write into their output folder: runs/1, runs/2 are no ages
-TOOL_OUTPUT_NAMES = (".lock", "last.pt", "best.pt", "config.json", "data_report.json", "predictions.csv")
+# files this tool writes into its output folders (train.py, eda.py, the tuner, inference.py): a numbered
+# folder holding one (runs/1, searches/2) is no age, whatever figures (PNG) it holds
+TOOL_OUTPUT_NAMES = (".lock", "last.pt", "best.pt", "config.json", "metrics.json", "data_report.json",
+                     "best_params.json", "lr_sweep.csv", "overfit.json", "predictions.csv", "predictions.json")
 
 
-def holds_this_tools_outputs(folder) -> bool:
-    return any((Path(folder) / name).exists() for name in TOOL_OUTPUT_NAMES)
+def holds_photos(folder) -> bool:
+    """Whether a numbered folder is an age folder as eda.py reads one: images in it or a folder below (a few
+    entries looked at), and none of this tool's outputs (an empty runs/3 left by a Ctrl-C is none either)."""
+    folder = Path(folder)
+    if any((folder / name).exists() for name in TOOL_OUTPUT_NAMES):
+        return False
+    try:
+        entries = list(itertools.islice(folder.iterdir(), 50))
+        below = [q for p in entries if p.is_dir() and not _system_folder(p.name)
+                 for q in itertools.islice(p.iterdir(), 50)]
+    except OSError:
+        return False
+    return any(p.is_file() and _is_image_name(p) for p in entries + below)
 
 
 def is_date_folder(folder, numbered_folders) -> bool:

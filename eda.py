@@ -252,7 +252,7 @@ def check_paths(args):
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
     if same_or_inside(out_dir, data_dir.parent if data_dir.is_file() else data_dir):  # a CSV: its folder
         raise DataError(f"--out-dir {out_dir} is inside the data folder; choose a folder outside {data_dir}")
-    if (labelled := labelled_folder_above(out_dir)) is not None:
+    if (labelled := labelled_folder_above(out_dir, csv_sets=False)) is not None:  # a CSV set reads what it lists
         raise DataError(f"--out-dir {out_dir} is inside {labelled}, which holds a labelled face data set: its "
                         "figures and chips would be read as faces by eda.py there; choose a folder outside it")
     try:  # the split folder is replaced whole: a file of the user's there would go with it

@@ -481,7 +481,7 @@ def should_resume(run_dir: Path, argv: list) -> bool:
     final = train.get_args_parser().parse_args(argv)
     return (not train.changed_settings(saved["config"], final) and not train.precision_changed(saved, final)
             and saved.get("split_digest") == train.split_digest(final.splits)
-            and not train.teachers_changed(run_dir, final.teacher))  # train.py --resume would refuse it
+            and not train.teachers_changed(run_dir, final.teacher, saved))  # train.py --resume would refuse it
 
 
 # ----------------------------------------------------------------------------------------------

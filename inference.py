@@ -44,7 +44,6 @@ import errno
 import glob
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -125,7 +124,8 @@ def get_args_parser():
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
                    help="the inputs are face crops already: no detection, the whole image is the face")
     p.add_argument("--save-crops", metavar="DIR",
-                   help="write each face's model input as DIR/<image stem>_<face index>.png (RGB, before normalisation)")
+                   help="write each face's model input as DIR/<image stem>_<face index>.png (RGB, before normalisation; "
+                        "an earlier run's files there are left as they are: a fresh DIR per run)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where the model runs: cuda needs onnxruntime-gpu (ONNX) or a CUDA torch (TorchScript)")
     p.add_argument("--alpha", type=float, default=SMOOTH_ALPHA, help="--video: weight of the newest age (EMA)")
@@ -797,16 +797,10 @@ def _labels(ages, flags=None, intervals=None):
 
 
 def _save_crops(folder, stem, inputs):
-    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB. An earlier run's crops
-    of this photo beyond today's faces (another --min-face, another model) are removed: they would stand
-    beside predictions.csv as faces it does not have."""
-    folder = Path(folder)
+    """Each face's model input (before normalisation) as folder/<stem>_<index>.png, RGB. Nothing is removed:
+    another photo of the same name may have written the crops an earlier run left here."""
     for k, image in enumerate(inputs):
-        _write_image(folder / f"{stem}_{k}.png", image)
-    crop_name = re.compile(re.escape(stem) + r"_(\d+)\.png")
-    for path in folder.glob(glob.escape(stem) + "_*.png"):
-        if (match := crop_name.fullmatch(path.name)) and int(match.group(1)) >= len(inputs):
-            path.unlink(missing_ok=True)
+        _write_image(Path(folder) / f"{stem}_{k}.png", image)
 
 
 def _list_images(folder):
@@ -894,8 +888,8 @@ def process_image(estimator, path, rgb, output, crops_dir=None, stem=None) -> Im
     stem_<face>.png, the photo's stem by default), the result returned."""
     result = estimator.analyse(rgb, Path(path).name)
     _write_image(output, result.draw(rgb))  # drawn after cutting: no box in a chip
-    if crops_dir:
-        _save_crops(crops_dir, stem or Path(path).stem, result.inputs if result.faces else [])
+    if crops_dir and result.faces:
+        _save_crops(crops_dir, stem or Path(path).stem, result.inputs)
     try:
         for line in result.lines():
             print(line)

@@ -408,7 +408,8 @@ def refuse_output_in_data(out_dir, splits, what="--out-dir"):
         if same_or_inside(out_dir, folder):
             raise DataError(f"{what} {out_dir} is inside {folder}, which holds the data set's images; "
                             "choose a folder outside the data set")
-    if (labelled := labelled_folder_above(out_dir)) is not None:
+    # a path,age CSV's folder is left out: eda.py reads only the faces such a CSV lists
+    if (labelled := labelled_folder_above(out_dir, csv_sets=False)) is not None:
         raise DataError(f"{what} {out_dir} is inside {labelled}, which holds a labelled face data set: eda.py "
                         "there would read its figures as faces; choose a folder outside it")
 
@@ -613,14 +614,14 @@ def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | No
     return table if str(table.get("teachers_digest", "")) == teachers_digest(teacher) else None
 
 
-def teachers_changed(out_dir, teacher) -> bool:
+def teachers_changed(out_dir, teacher, last=None) -> bool:
     """Whether --teacher's checkpoints are not those OUT/teacher.npz was predicted from (a teacher retrained
     since the run began): resumed, its later epochs would learn from another teacher than its first."""
     if not teacher:
         return False
     if teacher_is_table(teacher):  # every checkpoint keeps the digest of the tables it learnt from
-        try:
-            kept = load_checkpoint(Path(out_dir) / "last.pt").get("teachers_digest")
+        try:  # last: OUT/last.pt as the caller loaded it already
+            kept = (last if last is not None else load_checkpoint(Path(out_dir) / "last.pt")).get("teachers_digest")
         except DataError:  # no last.pt yet, or an unreadable one: restore says so
             kept = None
         if kept is not None:
@@ -825,7 +826,7 @@ def restore(args, resume_from: Path, dist_ctx, digest: str):
     if checkpoint.get("split_digest", digest) != digest:
         raise DataError(f"--resume: the split in {args.splits} changed since {resume_from} was written (eda.py "
                         "re-run?); resuming would mix two splits: start a new --out-dir")
-    if checkpoint.get("epoch", 0) < args.epochs and teachers_changed(args.out_dir, args.teacher):
+    if checkpoint.get("epoch", 0) < args.epochs and teachers_changed(args.out_dir, args.teacher, checkpoint):
         what = ("--teacher tables were rewritten" if teacher_is_table(args.teacher) else
                 "--teacher checkpoints changed (its teacher.npz was predicted from others)")
         raise DataError(f"--resume: the {what} since {resume_from}'s run began; its later epochs would learn from "

@@ -381,6 +381,9 @@ def test_labelled_folder_above_counts_age_0_and_not_a_phones_file_names(tmp_path
     ages = tmp_path / "ages"
     for age in ("0", "1"):
         (ages / age).mkdir(parents=True)
+    assert labelled_folder_above(ages / "out") is None  # numbered folders holding no photo: no ages
+    for age in ("0", "1"):
+        write_jpeg(ages / age / "face.jpg", seed=int(age))
     assert labelled_folder_above(ages / "out") == ages
     write_jpeg(phone / "34_1_0_20170116.jpg", seed=1)
     assert labelled_folder_above(phone / "annotated") == phone
@@ -408,9 +411,11 @@ def test_numbered_run_folders_are_no_age_folders(tmp_path):
     """runs/1, runs/2 of train.py (or eda.py outputs named by number) read as ages: a third run was refused."""
     from custom_dataset import labelled_folder_above
     runs = tmp_path / "runs"
-    for k, name in ((1, "last.pt"), (2, ".lock"), (3, "data_report.json")):
+    for k, name in ((1, "last.pt"), (2, ".lock"), (3, "data_report.json"), (4, "best_params.json")):
         (runs / str(k)).mkdir(parents=True)
         (runs / str(k) / name).write_bytes(b"")
+        write_jpeg(runs / str(k) / "learning_curves.jpg", seed=k)  # a run's figures are no faces
+    (runs / "7").mkdir()  # left empty by a run stopped before it wrote anything
     assert labelled_folder_above(runs / "4") is None
     write_jpeg(runs / "5" / "face.jpg", seed=5)
     write_jpeg(runs / "6" / "face.jpg", seed=6)  # two folders of faces beside them: an age data set

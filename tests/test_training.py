@@ -675,9 +675,17 @@ def test_split_checks_read_a_spreadsheets_csv_as_training_does(tmp_path):
     other = tmp_path / "other_set"  # another labelled data set than the split's: its next eda.py run reads it
     for age in ("30", "31"):
         (other / age).mkdir(parents=True)
+        (other / age / "face.jpg").write_bytes(b"a photo")
     with pytest.raises(custom_dataset.DataError, match="labelled face data set"):
         train.refuse_output_in_data(other / "30" / "run", splits, "--cache-dir")
-    train.refuse_output_in_data(tmp_path / "runs" / "1", splits)
+    for k, output in ((1, "last.pt"), (2, "best_params.json")):  # earlier runs and searches named by number
+        (tmp_path / "runs" / str(k)).mkdir(parents=True)
+        (tmp_path / "runs" / str(k) / output).write_bytes(b"")
+        (tmp_path / "runs" / str(k) / "curves.png").write_bytes(b"a figure")
+    train.refuse_output_in_data(tmp_path / "runs" / "3", splits)
+    (tmp_path / "project" / "images").mkdir(parents=True)  # a labels CSV's folder: it reads only what it lists
+    (tmp_path / "project" / "labels.csv").write_text("path,age\nimages/a.jpg,30\n")
+    train.refuse_output_in_data(tmp_path / "project" / "runs" / "r1", splits)
 
 
 def test_a_best_pt_ahead_of_last_pt_is_the_figure_a_resumed_run_must_beat(tmp_path):
