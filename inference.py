@@ -377,8 +377,9 @@ class ImageResult:
 
     def draw(self, rgb, ages=None, intervals=None, flags=None) -> np.ndarray:
         """Annotated copy of rgb (ages, intervals, flags: what to show instead of the raw ones, e.g. smoothed)."""
-        if not self.faces:
-            return annotate(rgb, [], ["no face found"])
+        if not self.faces:  # faces the filters left out are said, as the printed line says them
+            return annotate(rgb, [], [f"{len(self.dropped)} face(s) left out by --min-face/--min-score"
+                                      if self.dropped else "no face found"])
         ages = [f["age"] for f in self.faces] if ages is None else ages
         if intervals is None:
             intervals = [(f["age_low"], f["age_high"]) if "age_low" in f else None for f in self.faces]
@@ -451,8 +452,9 @@ def _label(out, text, x, y, font_scale, thickness, colour, box_height=0, inside=
     """Text on a filled band above the box (below it, or inside its top, where there is no room)."""
     height, width = out.shape[:2]
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-    if tw > width - 4:  # never wider than the image
-        font_scale *= (width - 4) / tw
+    if tw > width - 4:  # never wider than the image; the strokes thinner with the letters, or their loops close
+        ratio = (width - 4) / tw
+        font_scale, thickness = font_scale * ratio, max(1, round(thickness * ratio))
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
     pad = max(2, th // 4)
     if inside:
@@ -614,6 +616,8 @@ def plan_outputs(args) -> Outputs:
         refuse_inside_input(folder, args, what)
     if args.video is None:
         earlier_predictions(folder, args)  # refused now, before anything is written
+    elif not is_camera(args.video):
+        refuse_other_inputs(folder, args)
     return Outputs(folder, annotated, what)
 
 
@@ -628,17 +632,19 @@ RUN_MANIFEST = "predictions_source.json"  # beside predictions.csv: the inputs i
 
 
 def input_identity(args) -> dict:
-    """What a run's predictions describe: --input-dir's folder, or one --image by its file name (the rows'
-    "file"), as an absolute path and relative to the output folder (a checkout moved whole still matches)."""
-    path = Path(args.input_dir or args.image).resolve()
+    """What a run's predictions describe: --input-dir's folder, or one --image (--video file) by its file name
+    (the rows' "file"), as an absolute path and relative to the output folder (a checkout moved whole still
+    matches)."""
+    path = Path(args.input_dir or args.image or args.video).resolve()
     folder = plan_folder(args).resolve()
     try:
         relative = os.path.relpath(path, folder)
     except ValueError:  # Windows: another drive
         relative = str(path)
     # an image by the name its rows carry (a symbolic link's own), a folder by its resolved name (input_name)
-    name = path.name if args.input_dir else Path(args.image).name
-    return {"kind": "folder" if args.input_dir else "image", "name": name, "path": str(path), "relative": relative}
+    name = path.name if args.input_dir else Path(args.image or args.video).name
+    kind = "folder" if args.input_dir else "image" if args.image else "video"
+    return {"kind": kind, "name": name, "path": str(path), "relative": relative}
 
 
 def same_input(a: dict, b: dict) -> bool:
@@ -652,6 +658,7 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     cardA/IMG_1.jpg then cardB/IMG_1.jpg, share the default folder and their annotated copy's name)."""
     csv_path, me = Path(folder) / "predictions.csv", input_identity(args)
     if not csv_path.exists():
+        refuse_other_inputs(folder, args)  # a video's outputs have no CSV
         return [], []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's re-save has a BOM
@@ -687,6 +694,26 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
         return [], []  # its own earlier run: replaced whole
     # one more image into a folder of images: the other images' rows stay, this image's are replaced
     return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
+
+
+def refuse_other_inputs(folder, args):
+    """A video's run (no predictions.csv), or a run into a folder without one: refused where the folder holds
+    another input's outputs (a video's, named in RUN_MANIFEST; for a video, photos' predictions.csv too).
+    cardA/clip.mp4 then cardB/clip.mp4, or IMG_1.jpg then IMG_1.mp4, share the default folder."""
+    folder, me = Path(folder), input_identity(args)
+    what = "--output-dir" if not args.output else "--output's folder"
+    if me["kind"] == "video" and (folder / "predictions.csv").exists():
+        raise DataError(f"{what} {folder} holds the predictions.csv of photos, which this video's predictions.json "
+                        "would not match; pass another output folder")
+    try:
+        inputs = json.loads((folder / RUN_MANIFEST).read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    others = [i for i in inputs if isinstance(i, dict) and not same_input(me, i)
+              and (me["kind"] == "video" or i.get("kind") == "video")] if isinstance(inputs, list) else []
+    if others:
+        raise DataError(f"{what} {folder} holds the outputs of {others[0].get('path')}, which this run would "
+                        "replace; pass another output folder")
 
 
 def refuse_inside_input(path, args, what):
@@ -774,8 +801,9 @@ def _write_image(path, rgb):
     except ValueError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:
-        # a name too long is this image's problem alone; anything else (no space, no permission) is every image's
-        kind = DataError if exc.errno == errno.ENAMETOOLONG else OutputFailed
+        # a name too long, or one the file system does not take (a ':' on exFAT/FAT: EINVAL), is this image's
+        # problem alone; anything else (no space, no permission) is every image's
+        kind = DataError if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL) else OutputFailed
         raise kind(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 
 
@@ -822,9 +850,11 @@ class Recorder:
 
     def __init__(self, folder, json_mode, stream=None, csv_file=True, args=None):
         self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
-        # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images that stay
-        self.source = input_identity(args) if args is not None else None
-        self.kept_rows, self.kept_inputs = earlier_predictions(folder, args) if args is not None else ([], [])
+        # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images that stay; a
+        # video file is named too (a camera's frames are no file another run could be told from)
+        self.source = input_identity(args) if args is not None and not is_camera(args.video) else None
+        self.kept_rows, self.kept_inputs = earlier_predictions(folder, args) \
+            if args is not None and args.video is None else ([], [])
         self.rows, self.objects = [], []
         self.counts = {"images": 0, "faces": 0, "no_face": 0, "outside": 0, "min_face": 0, "min_score": 0}
 
@@ -855,6 +885,9 @@ class Recorder:
             if self.source:  # after the CSV: a run stopped between the two is refused, never replaces another's
                 text = json.dumps({"inputs": self.kept_inputs + [self.source]}, indent=1) + "\n"
                 atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
+        elif self.source:  # a video: its outputs named, so that another input's run never replaces them
+            text = json.dumps({"inputs": [self.source]}, indent=1) + "\n"
+            atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
         if self.json_mode and self.json_mode != "-":
             objects = self.objects
             if self.source and self.source["kind"] == "image" and self.kept_inputs:  # the other images' stay
@@ -979,11 +1012,16 @@ def run_folder(args, estimator, json_stream=None):
         for path in images:
             if not _annotate_file(estimator, path, out_dir, crops, recorder, stems[path]):
                 skipped.append(path.name)
-    except (KeyboardInterrupt, ReaderGone) as stop:  # hours of annotated images keep their predictions
-        written = recorder.finish()
-        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stdout closed"
+    except (KeyboardInterrupt, ReaderGone, OutputFailed, ModelFailed) as stop:  # hours of annotated images keep
+        try:  # their predictions; a full disk may refuse the CSV too, and then its own error is not the one to tell
+            where = ", ".join(recorder.finish().values()) or "stdout"
+        except OSError:
+            if not isinstance(stop, OutputFailed):
+                raise
+            where = "nowhere (the disk refused them too)"
+        why = {KeyboardInterrupt: "interrupted", ReaderGone: "stdout closed"}.get(type(stop), "stopped")
         print(f"{why} after {recorder.counts['images'] + len(skipped)} of {len(images)} images; the predictions -> "
-              f"{', '.join(written.values()) or 'stdout'}", file=sys.stderr)
+              f"{where}", file=sys.stderr)
         raise
     written = recorder.finish()
     seconds = time.perf_counter() - start
@@ -1153,7 +1191,7 @@ def run_video(args, estimator, json_stream=None):
     try:
         outputs = plan_outputs(args)
         output = _prepare_output(outputs.annotated, kind="video")
-        recorder = Recorder(outputs.folder, args.json, json_stream, csv_file=False)
+        recorder = Recorder(outputs.folder, args.json, json_stream, csv_file=False, args=args)
         video = _VideoFile(output, frame_rate(cap.get(cv2.CAP_PROP_FPS)))
         start = time.perf_counter()
         try:

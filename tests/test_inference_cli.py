@@ -252,8 +252,8 @@ def test_a_full_disk_stops_a_folder_run_instead_of_skipping_every_image(model, f
                   "--whole-image"])
 
 
-def test_ctrl_c_in_a_folder_run_keeps_the_predictions_of_the_images_already_annotated(model, faces, tmp_path,
-                                                                                        monkeypatch, capsys):
+def three_photos_stopping_at_b(tmp_path, faces, monkeypatch, stop):
+    """in/a.png, b.png, c.png, with process_image raising stop at b.png; the folder."""
     in_dir = tmp_path / "in"
     for name in ("a.png", "b.png", "c.png"):
         write_rgb(in_dir / name, scene(faces[:1]))
@@ -261,9 +261,15 @@ def test_ctrl_c_in_a_folder_run_keeps_the_predictions_of_the_images_already_anno
 
     def stop_at_b(estimator, path, *rest, **kwargs):
         if Path(path).name == "b.png":
-            raise KeyboardInterrupt
+            raise stop
         return real(estimator, path, *rest, **kwargs)
     monkeypatch.setattr(inference, "process_image", stop_at_b)
+    return in_dir
+
+
+def test_ctrl_c_in_a_folder_run_keeps_the_predictions_of_the_images_already_annotated(model, faces, tmp_path,
+                                                                                        monkeypatch, capsys):
+    in_dir = three_photos_stopping_at_b(tmp_path, faces, monkeypatch, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
                   "--whole-image", "--json"])
@@ -469,6 +475,35 @@ def test_video_json_frames_and_default_output(model, faces, tmp_path, monkeypatc
     assert "frame" in capsys.readouterr().err  # the progress bar
     run_main(["--model", str(model), "--video", str(src), "--output-dir", str(tmp_path / "quiet"), "--no-progress"])
     assert capsys.readouterr().err == ""
+
+
+def test_a_video_never_replaces_another_inputs_outputs_nor_they_its(model, faces, tmp_path, monkeypatch):
+    """cardA/clip.mp4 then cardB/clip.mp4, or IMG_1.jpg then IMG_1.mp4 (a phone's motion photo), share the
+    default folder: the video replaced the other's predictions.json and annotated copy without a word."""
+    monkeypatch.chdir(tmp_path)
+    for card in ("cardA", "cardB"):
+        src = tmp_path / card / "clip.mp4"
+        src.parent.mkdir()
+        writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+        for _ in range(2):
+            writer.write(cv2.cvtColor(scene(faces[:1], gap=320)[:240, :320], cv2.COLOR_RGB2BGR))
+        writer.release()
+    video = lambda card, *extra: run_main(["--model", str(model), "--video", str(tmp_path / card / "clip.mp4"),
+                                           "--json", "--no-progress", *extra])
+    video("cardA")
+    video("cardA")  # the same video again: its own outputs, replaced
+    before = (tmp_path / "inference_outputs" / "clip" / "predictions.json").read_bytes()
+    with pytest.raises(DataError, match="cardA"):
+        video("cardB")
+    write_rgb(tmp_path / "cardB" / "clip.png", scene(faces[:1]))
+    with pytest.raises(DataError, match="cardA"):  # a photo of the video's name, into the video's folder
+        run_main(["--model", str(model), "--image", str(tmp_path / "cardB" / "clip.png"), "--json"])
+    assert (tmp_path / "inference_outputs" / "clip" / "predictions.json").read_bytes() == before
+    write_rgb(tmp_path / "photos" / "IMG_1.png", scene(faces[:1]))
+    run_main(["--model", str(model), "--image", str(tmp_path / "photos" / "IMG_1.png"), "--json",
+              "--output-dir", str(tmp_path / "shared")])
+    with pytest.raises(DataError, match="predictions.csv of photos"):
+        video("cardA", "--output-dir", str(tmp_path / "shared"))
 
 
 @pytest.mark.slow
@@ -754,3 +789,55 @@ def test_a_predictions_csv_of_another_input_is_never_replaced(tmp_path, faces, m
     (tmp_path / "mine" / "predictions.csv").write_text("my own spreadsheet\n")
     with pytest.raises(DataError, match="this tool did not write"):
         run_main(["--model", str(model), "--image", "cardA/IMG_0001.jpg", "--output-dir", "mine", "--whole-image"])
+
+
+def test_a_run_stopped_by_a_full_disk_keeps_the_predictions_of_the_images_done(model, faces, tmp_path, monkeypatch,
+                                                                             capsys):
+    """Only Ctrl-C and a closed stdout wrote predictions.csv; a disk filling up at image 2 left hours of annotated
+    copies without one."""
+    in_dir = three_photos_stopping_at_b(tmp_path, faces, monkeypatch, inference.OutputFailed(
+        "cannot write b_age.png (No space left on device); check the output folder"))
+    with pytest.raises(DataError, match="No space left"):
+        run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                  "--whole-image"])
+    assert [r["file"] for r in read_csv(tmp_path / "out" / "predictions.csv")] == ["a.png"]
+    assert "stopped after 1 of 3 images" in capsys.readouterr().err
+
+
+def test_a_name_the_output_disk_refuses_skips_that_image_alone(model, faces, tmp_path, monkeypatch, capsys):
+    """exFAT and FAT refuse ':' in a name (EINVAL): that image's problem, not every image's."""
+    import errno
+    in_dir = tmp_path / "in"
+    for name in ("a.png", "party 12_30.png"):
+        write_rgb(in_dir / name, scene(faces[:1]))
+    real = inference.write_image
+
+    def fat_disk(path, rgb, *a):
+        if "party" in Path(path).name:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, rgb, *a)
+    monkeypatch.setattr(inference, "write_image", fat_disk)
+    run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+              "--whole-image"])
+    assert [r["file"] for r in read_csv(tmp_path / "out" / "predictions.csv")] == ["a.png"]
+    assert "skipping party 12_30.png" in capsys.readouterr().err
+
+
+def test_the_annotated_copy_says_faces_were_left_out_not_that_none_was_found(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(inference, "annotate", lambda rgb, boxes, labels, *a: drawn.append(labels) or rgb)
+    result = inference.ImageResult("group.jpg", faces=[], dropped=[{"box": [0, 0, 10, 10]}, {"box": [20, 0, 10, 10]}])
+    result.draw(np.zeros((40, 40, 3), np.uint8))
+    result.dropped = []
+    result.draw(np.zeros((40, 40, 3), np.uint8))
+    assert drawn == [["2 face(s) left out by --min-face/--min-score"], ["no face found"]]
+
+
+def test_a_label_shrunk_to_fit_the_photo_gets_thinner_strokes(monkeypatch):
+    strokes = []
+    real = inference.cv2.putText
+    monkeypatch.setattr(inference.cv2, "putText", lambda img, text, org, font, scale, colour, thickness, *a:
+                        strokes.append((scale, thickness)) or real(img, text, org, font, scale, colour, thickness, *a))
+    inference._label(np.zeros((400, 300, 3), np.uint8), "Age: 34 (29-40)", 0, 0, 2.35, 7, (0, 255, 0), box_height=400)
+    (scale, thickness), = strokes
+    assert scale < 2.35 and thickness < 7 and thickness / scale == pytest.approx(7 / 2.35, rel=0.25)
