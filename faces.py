@@ -15,7 +15,8 @@ Detectors (all ship their weights inside pip packages; nothing is downloaded at 
             for detection, over 1024 px, smaller proposals too, so that a close-up face hides no group);
             only where nothing was found at all, passes on a contrast-equalised copy, cheapest first, each only
             if the ones before found nothing: HOG at a lower threshold on the photo (dark, low-contrast
-            faces: the commonest miss), smaller Haar proposals (checked by HOG at its own threshold),
+            faces: the commonest miss; in a shrunk photo with the small proposals too, as in the first
+            pass), smaller Haar proposals (checked by HOG at its own threshold),
             HOG at the lower threshold on a border-padded copy (faces filling the frame) and on copies
             turned by +-25 degrees (tilted heads)
     hog     dlib's HOG frontal detector alone (faces above ~80 px)
@@ -77,8 +78,8 @@ MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once cos
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
 MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
-CHIP_VERSION = 5  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
-                  # (5: float grey images decoded by their range, d477431)
+CHIP_VERSION = 6  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
+                  # (5: float grey images decoded by their range, d477431; 6: small faces in dim large photos)
 
 
 @dataclasses.dataclass
@@ -456,6 +457,9 @@ class FacePipeline:
         # most faces the first pass missed are dim or low in contrast, and one HOG pass finds them: cheaper
         # than the small-face and border passes below, so it goes first
         found = [(b, s, "hog_contrast") for b, s in hog_faces(gray, 0, FALLBACK_THRESHOLD)]
+        if found and shrunk:  # a dim group photo: as in the first pass, one close-up face must not hide the rest
+            small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MIN_FACE)
+            self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
         if found:
             return found
         # waited for at once, but in Haar's thread all the same: the classifier is never used by two threads

@@ -443,13 +443,16 @@ def annotate(rgb, boxes, labels, flags=None):
         thickness, colour = max(1, round(max(w, h) / 60)), RANGE_COLOUR if flag else FACE_COLOUR
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
         drawn.append((x, y, w, h, thickness, colour))
+    placed = []  # the label bands drawn so far: in a group photo a wide label would cover its neighbour's
     for (x, y, w, h, thickness, colour), text in zip(drawn, labels):  # after every box: none covers a label
-        _label(out, text, x, y, max(0.35, max(w, h) / 170), thickness, colour, box_height=h)
+        placed.append(_label(out, text, x, y, max(0.35, max(w, h) / 170), thickness, colour, box_height=h,
+                             avoid=placed))
     return out
 
 
-def _label(out, text, x, y, font_scale, thickness, colour, box_height=0, inside=False):
-    """Text on a filled band above the box (below it, or inside its top, where there is no room)."""
+def _label(out, text, x, y, font_scale, thickness, colour, box_height=0, inside=False, avoid=()):
+    """Text on a filled band above the box (below it, or inside its top, where there is no room), moved up or
+    down by band heights off the bands in avoid (x0, y0, x1, y1) where it can be; its band returned."""
     height, width = out.shape[:2]
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
     if tw > width - 4:  # never wider than the image; the strokes thinner with the letters, or their loops close
@@ -466,8 +469,20 @@ def _label(out, text, x, y, font_scale, thickness, colour, box_height=0, inside=
     else:
         ty = y + th + pad
     tx = min(max(x, 0), max(0, width - tw - 2 * pad))
+    band = th + pad + base
+    inside_image = [t for t in (ty + k * sign * band for k in range(1, 6) for sign in (-1, 1))
+                    if t - th - pad >= 0 and t + base <= height]
+    for candidate in [ty, *inside_image]:
+        if not any(_overlap((tx, candidate - th - pad, tx + tw + 2 * pad, candidate + base), other) for other in avoid):
+            ty = candidate
+            break
     cv2.rectangle(out, (tx, ty - th - pad), (tx + tw + 2 * pad, ty + base), colour, -1)
     cv2.putText(out, text, (tx + pad, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return tx, ty - th - pad, tx + tw + 2 * pad, ty + base
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 

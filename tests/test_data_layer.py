@@ -678,3 +678,18 @@ def test_a_file_whose_bytes_changed_since_the_split_is_skipped_until_split_again
     write_csv(tmp_path / "a" / "train.csv", [{**r, "hash": "source", "source": "x"} for r in rows],
               ["path", "age", "hash", "source"])
     assert "hash" not in read_split(tmp_path / "a" / "train.csv")[0]
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_and_other_formats_refused(tmp_path, monkeypatch):
+    """A 108 Mpx phone photo was refused by inference.py ("image too large"); JPEG decodes at 1/2 its size for
+    free, within the same bound on memory."""
+    import custom_dataset
+    from PIL import Image as PILImage
+    monkeypatch.setattr(custom_dataset, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10_000)
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)  # 19,200 px
+    PILImage.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
+    PILImage.fromarray(pixels).save(tmp_path / "big.png")
+    assert custom_dataset.load_rgb(tmp_path / "big.jpg").shape == (60, 80, 3)
+    with pytest.raises(DataError, match="too large"):
+        custom_dataset.load_rgb(tmp_path / "big.png")

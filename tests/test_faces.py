@@ -136,10 +136,8 @@ def test_no_face_in_noise_or_flat_images():
     assert pipe.faces(np.full((300, 300, 3), 128, np.uint8)) == []
 
 
-def test_a_close_up_face_does_not_hide_the_small_faces_of_a_large_group_photo(utkface_chips):
-    """A 6000 px photo is shrunk to DETECT_MAX_SIDE for detection, which takes its 170 px faces under the first
-    pass's smallest size; the small-face pass then ran only where nothing at all was found, so one close-up face
-    hid the five others."""
+def group_photo(chips):
+    """A 6000 x 4000 px photo: six 170 px faces in a row and one 1500 px close-up; (photo, the six centres)."""
     rng = np.random.default_rng(0)
     photo = np.clip(rng.normal(110, 12, (4000, 6000, 3)), 0, 255).astype(np.uint8)
 
@@ -151,13 +149,33 @@ def test_a_close_up_face_does_not_hide_the_small_faces_of_a_large_group_photo(ut
         region[disc > 0] = face[disc > 0]
     centres = [(400 + 800 * k, 600) for k in range(6)]
     for k, (cx, cy) in enumerate(centres):
-        put(utkface_chips[k], 170, cx, cy)
-    put(utkface_chips[7], 1500, 3000, 2400)
+        put(chips[k], 170, cx, cy)
+    put(chips[7], 1500, 3000, 2400)
+    return photo, centres
+
+
+def test_a_close_up_face_does_not_hide_the_small_faces_of_a_large_group_photo(utkface_chips):
+    """A 6000 px photo is shrunk to DETECT_MAX_SIDE for detection, which takes its 170 px faces under the first
+    pass's smallest size; the small-face pass then ran only where nothing at all was found, so one close-up face
+    hid the five others."""
+    photo, centres = group_photo(utkface_chips)
     found = faces.FacePipeline(faces.UTKFACE_CROP, "auto").detect(photo)
     small = [f for f in found if f.box[2] < 300]
     assert any(f.box[2] > 1000 for f in found)
     hit = {min(range(6), key=lambda k: abs(f.box[0] + f.box[2] / 2 - centres[k][0])) for f in small}
     assert len(small) == len(hit) >= 5 and all(abs(f.box[1] + f.box[3] / 2 - 600) < 60 for f in small)
+
+
+def test_in_a_dim_group_photo_the_contrast_pass_also_looks_for_the_small_faces(utkface_chips):
+    """The contrast pass returned as soon as it found the close-up face: a dim or backlit group photo kept one
+    face of seven."""
+    photo, centres = group_photo(utkface_chips)
+    dim = (photo * 0.2).astype(np.uint8)
+    assert not faces.FacePipeline(faces.UTKFACE_CROP, "hog").detect(dim)  # the first pass finds nothing here
+    found = faces.FacePipeline(faces.UTKFACE_CROP, "auto").detect(dim)
+    small = [f for f in found if f.box[2] < 300]
+    assert any(f.box[2] > 1000 for f in found) and len(small) >= 3
+    assert all(min(abs(f.box[0] + f.box[2] / 2 - cx) for cx, _ in centres) < 60 for f in small)
 
 
 def test_chip_dataset_counts_photos_without_a_face_and_reuses_its_cache(utkface_chips, paste_face, tmp_path):

@@ -841,3 +841,18 @@ def test_a_label_shrunk_to_fit_the_photo_gets_thinner_strokes(monkeypatch):
     inference._label(np.zeros((400, 300, 3), np.uint8), "Age: 34 (29-40)", 0, 0, 2.35, 7, (0, 255, 0), box_height=400)
     (scale, thickness), = strokes
     assert scale < 2.35 and thickness < 7 and thickness / scale == pytest.approx(7 / 2.35, rel=0.25)
+
+
+def test_labels_of_neighbouring_faces_do_not_cover_each_other(monkeypatch):
+    """A label is wider than a small face's box: in a group photo the next label's band hid the interval."""
+    bands = []
+    real = inference.cv2.rectangle
+    monkeypatch.setattr(inference.cv2, "rectangle", lambda img, p1, p2, colour, thickness, *a:
+                        (bands.append((*p1, *p2)) if thickness == -1 else None) or real(img, p1, p2, colour,
+                                                                                         thickness, *a))
+    rgb = np.zeros((400, 600, 3), np.uint8)
+    inference.annotate(rgb, [(100, 200, 100, 100), (220, 200, 100, 100), (340, 200, 100, 100)],
+                       ["Age: 34 (29-40)", "Age: 35 (30-41)", "Age: 36 (31-42)"])
+    assert len(bands) == 3
+    overlap = lambda a, b: a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+    assert not any(overlap(a, b) for i, a in enumerate(bands) for b in bands[i + 1:])
