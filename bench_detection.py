@@ -361,7 +361,7 @@ def main(args):
     result = {"scenes": {"canvas": [CANVAS_W, CANVAS_H], "face_fraction_of_height": list(FACE_FRACTION),
                          "max_tilt_degrees": MAX_TILT, "gain": list(GAIN), "seed": args.seed, "limit": args.limit,
                          "data_dir": str(data_dir.resolve()), "fgnet_limit": len(photos)},
-              "fgnet_dir": str(fgnet_dir) if photos else None,
+              "fgnet_dir": str(fgnet_dir.resolve()) if photos else None,
               "detectors": compare_detectors(detectors, scenes, backgrounds, photos, args.mmod_limit, args.seed)}
     if args.model:
         result["end_to_end"] = e2e = end_to_end_ms(args.model, scenes, args.threads)
@@ -403,26 +403,30 @@ def with_earlier_figures(result: dict, out: Path) -> dict:
         return result
     # a file from before a setting was recorded is taken at its word for it (it was written with the limit, the
     # data folders and the FG-NET count of its day); one that records another value is other scenes
-    taken_at_its_word = ("limit", "data_dir", "fgnet_limit")
-    same = {k: v for k, v in earlier.get("scenes", {}).items() if k not in taken_at_its_word} == \
-        {k: v for k, v in result["scenes"].items() if k not in taken_at_its_word} and \
-        all(earlier.get("scenes", {}).get(k, result["scenes"].get(k)) == result["scenes"].get(k)
-            for k in taken_at_its_word) and earlier.get("fgnet_dir") in (result.get("fgnet_dir"), None)
+    was, now = earlier.get("scenes", {}), result["scenes"]
+    at_its_word = lambda key: was.get(key, now.get(key)) == now.get(key)
+    fgnet_keys = ("fgnet_limit",)
+    same_scenes = {k: v for k, v in was.items() if k not in ("limit", "data_dir", *fgnet_keys)} == \
+        {k: v for k, v in now.items() if k not in ("limit", "data_dir", *fgnet_keys)} and \
+        at_its_word("limit") and at_its_word("data_dir")
+    same_fgnet = at_its_word("fgnet_limit") and earlier.get("fgnet_dir") in (result.get("fgnet_dir"), None)
     rows = dict(result["detectors"])
     for name, row in earlier.get("detectors", {}).items():
-        if name not in rows and same:
+        if name not in rows and same_scenes and same_fgnet:
             rows[name] = row
-            print(f"kept detector {name}'s row from {out} (the same scenes)")
+            print(f"kept detector {name}'s row from {out} (the same scenes and photos)")
     # in faces.DETECTORS' order, whichever run measured a row: the table and its command read the same each time
     order = [d for d in faces.DETECTORS if d in rows] + [d for d in rows if d not in faces.DETECTORS]
     merged = dict(result, detectors={name: rows[name] for name in order})
-    for key in ("end_to_end", "zoom_cost", "chip_fidelity"):
+    # what each figure was measured on: the scenes (end to end, zoom cost), the UTKFace files (chips)
+    depends = {"end_to_end": same_scenes, "zoom_cost": same_scenes, "chip_fidelity": at_its_word("data_dir")}
+    for key, same in depends.items():
         if key in earlier and key not in result:
-            if same or key == "chip_fidelity":
+            if same:
                 merged[key] = earlier[key]
                 print(f"kept {key} from {out}")
             else:
-                print(f"note: {out}'s {key} was measured on other scenes; dropped (measure it again with --model)")
+                print(f"note: {out}'s {key} was measured on other scenes or files; dropped (measure it again)")
     return merged
 
 
@@ -438,9 +442,12 @@ def add_zoom_cost(args, files, rng, out):
     if Path(e2e["model"]).resolve() != Path(args.model).resolve():
         raise DataError(f"{out}'s end-to-end figures are of {e2e['model']}, not --model {args.model}: the zooms' cost "
                         "would be set beside another model's time; pass that model or measure this one first")
-    if (scenes_of_file.get("seed", args.seed), scenes_of_file.get("limit", args.limit)) != (args.seed, args.limit):
+    if (scenes_of_file.get("seed", args.seed), scenes_of_file.get("limit", args.limit),
+            scenes_of_file.get("data_dir", str(Path(args.data_dir).resolve()))) != \
+            (args.seed, args.limit, str(Path(args.data_dir).resolve())):
         raise DataError(f"{out} was measured on --seed {scenes_of_file.get('seed')} --limit "
-                        f"{scenes_of_file.get('limit')}: pass the same, so the zooms are timed on the same scenes")
+                        f"{scenes_of_file.get('limit')} --data-dir {scenes_of_file.get('data_dir', args.data_dir)}: "
+                        "pass the same, so the zooms are timed on the same scenes")
     cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
     cost = zoom_cost_ms(args.model, scenes, args.threads)

@@ -453,7 +453,9 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
             shrink = 2
             while img.width * img.height / shrink ** 2 > MAX_IMAGE_PIXELS and shrink < 8:
                 shrink *= 2
-            img.draft("RGB", (-(-img.width // shrink), -(-img.height // shrink)))
+            # Pillow picks the scale as min(W // w, H // h) for a requested (w, h): W // shrink gives shrink, a
+            # size rounded up would give 1 for an odd side
+            img.draft("RGB", (max(1, img.width // shrink), max(1, img.height // shrink)))
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)")
         if max_side is None:
@@ -495,18 +497,15 @@ TOOL_OUTPUT_NAMES = (".lock", "last.pt", "best.pt", "config.json", "metrics.json
 
 
 def holds_photos(folder) -> bool:
-    """Whether a numbered folder is an age folder as eda.py reads one: images in it or a folder below (a few
-    entries looked at), and none of this tool's outputs (an empty runs/3 left by a Ctrl-C is none either)."""
+    """Whether a numbered folder is an age folder as eda.py reads one: images in it or in folders below (the
+    first 200 files looked at), and none of this tool's outputs (an empty runs/3 left by a Ctrl-C is none)."""
     folder = Path(folder)
     if any((folder / name).exists() for name in TOOL_OUTPUT_NAMES):
         return False
-    try:
-        entries = list(itertools.islice(folder.iterdir(), 50))
-        below = [q for p in entries if p.is_dir() and not _system_folder(p.name)
-                 for q in itertools.islice(p.iterdir(), 50)]
+    try:  # at any depth, as eda.py reads an age folder (DATA/25/person/session/*.jpg), a bounded look
+        return any(_is_image_name(Path(f)) for f in itertools.islice(_walk_files(folder), 200))
     except OSError:
         return False
-    return any(p.is_file() and _is_image_name(p) for p in entries + below)
 
 
 def is_date_folder(folder, numbered_folders) -> bool:

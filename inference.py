@@ -631,7 +631,7 @@ def plan_outputs(args) -> Outputs:
         refuse_inside_input(folder, args, what)
     if args.video is None:
         earlier_predictions(folder, args)  # refused now, before anything is written
-    elif not is_camera(args.video):
+    else:
         refuse_other_inputs(folder, args)
     return Outputs(folder, annotated, what)
 
@@ -650,6 +650,9 @@ def input_identity(args) -> dict:
     """What a run's predictions describe: --input-dir's folder, or one --image (--video file) by its file name
     (the rows' "file"), as an absolute path and relative to the output folder (a checkout moved whole still
     matches)."""
+    if is_camera(args.video):  # no file: known by its number
+        name = f"camera{int(args.video)}"
+        return {"kind": "camera", "name": name, "path": name, "relative": name}
     path = Path(args.input_dir or args.image or args.video).resolve()
     folder = plan_folder(args).resolve()
     try:
@@ -672,9 +675,9 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     what it must not replace: a folder run's CSV, or an image's rows, of another input (two photos of one name,
     cardA/IMG_1.jpg then cardB/IMG_1.jpg, share the default folder and their annotated copy's name)."""
     csv_path, me = Path(folder) / "predictions.csv", input_identity(args)
+    others = refuse_other_inputs(folder, args)  # a video's outputs (no CSV) among them
     if not csv_path.exists():
-        refuse_other_inputs(folder, args)  # a video's outputs have no CSV
-        return [], []
+        return [], others
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's re-save has a BOM
             reader = csv.DictReader(f)
@@ -711,24 +714,33 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
 
 
-def refuse_other_inputs(folder, args):
-    """A video's run (no predictions.csv), or a run into a folder without one: refused where the folder holds
-    another input's outputs (a video's, named in RUN_MANIFEST; for a video, photos' predictions.csv too).
-    cardA/clip.mp4 then cardB/clip.mp4, or IMG_1.jpg then IMG_1.mp4, share the default folder."""
+def refuse_other_inputs(folder, args) -> list:
+    """The other inputs RUN_MANIFEST names (they stay named in it), after refusing a run that would replace what
+    one of them wrote: a video's (or camera's) --json over another input's predictions.json, or its annotated
+    copy over another video's of the same file name (cardA/clip.mp4 then cardB/clip.mp4 share the default
+    folder); a photo's --json over a video's predictions.json. A photo and a video of one name (IMG_1.jpg,
+    IMG_1.mp4) without --json replace nothing of each other's."""
     folder, me = Path(folder), input_identity(args)
     what = "--output-dir" if not args.output else "--output's folder"
-    if me["kind"] == "video" and (folder / "predictions.csv").exists():
-        raise DataError(f"{what} {folder} holds the predictions.csv of photos, which this video's predictions.json "
-                        "would not match; pass another output folder")
     try:
         inputs = json.loads((folder / RUN_MANIFEST).read_text())["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
-        return
-    others = [i for i in inputs if isinstance(i, dict) and not same_input(me, i)
-              and (me["kind"] == "video" or i.get("kind") == "video")] if isinstance(inputs, list) else []
-    if others:
-        raise DataError(f"{what} {folder} holds the outputs of {others[0].get('path')}, which this run would "
-                        "replace; pass another output folder")
+        inputs = []
+    others = [i for i in inputs if isinstance(i, dict) and not same_input(me, i)] if isinstance(inputs, list) else []
+    json_file = args.json is True and (folder / "predictions.json").exists()
+    if me["kind"] in ("video", "camera"):  # its predictions.json holds its own frames alone
+        if json_file and (others or (folder / "predictions.csv").exists()):
+            whose = others[0].get("path") if others else "photos"
+            raise DataError(f"{what} {folder} holds the predictions.json of {whose}, which this run's --json would "
+                            "replace; pass another output folder")
+        clash = [i for i in others if i.get("kind") == me["kind"] and str(i.get("name")).lower() == me["name"].lower()]
+        if clash and not args.output:
+            raise DataError(f"{what} {folder} holds the annotated video of {clash[0].get('path')} (the same file "
+                            "name), which this run would replace; pass another output folder")
+    elif json_file and any(i.get("kind") in ("video", "camera") for i in others):
+        raise DataError(f"{what} {folder} holds a video's predictions.json, which this run's --json would replace; "
+                        "pass another output folder")
+    return others
 
 
 def refuse_inside_input(path, args, what):
@@ -865,11 +877,11 @@ class Recorder:
 
     def __init__(self, folder, json_mode, stream=None, csv_file=True, args=None):
         self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
-        # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images that stay; a
-        # video file is named too (a camera's frames are no file another run could be told from)
-        self.source = input_identity(args) if args is not None and not is_camera(args.video) else None
-        self.kept_rows, self.kept_inputs = earlier_predictions(folder, args) \
-            if args is not None and args.video is None else ([], [])
+        # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images and the other
+        # inputs named there, which stay
+        self.source = input_identity(args) if args is not None else None
+        self.kept_rows, self.kept_inputs = ([], []) if args is None else earlier_predictions(folder, args) \
+            if args.video is None else ([], refuse_other_inputs(folder, args))
         self.rows, self.objects = [], []
         self.counts = {"images": 0, "faces": 0, "no_face": 0, "outside": 0, "min_face": 0, "min_score": 0}
 
@@ -901,7 +913,7 @@ class Recorder:
                 text = json.dumps({"inputs": self.kept_inputs + [self.source]}, indent=1) + "\n"
                 atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
         elif self.source:  # a video: its outputs named, so that another input's run never replaces them
-            text = json.dumps({"inputs": [self.source]}, indent=1) + "\n"
+            text = json.dumps({"inputs": self.kept_inputs + [self.source]}, indent=1) + "\n"
             atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
         if self.json_mode and self.json_mode != "-":
             objects = self.objects
@@ -1013,6 +1025,9 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
     return True
 
 
+FIRST_FAILURES_STOP = 10  # a folder run stops where its first this many images all failed
+
+
 def run_folder(args, estimator, json_stream=None):
     in_dir = _check_input_dir(args.input_dir)
     outputs = plan_outputs(args)
@@ -1027,9 +1042,16 @@ def run_folder(args, estimator, json_stream=None):
         for path in images:
             if not _annotate_file(estimator, path, out_dir, crops, recorder, stems[path]):
                 skipped.append(path.name)
+                # a cause every file shares that looks like one file's (EINVAL from a mount refusing fsync):
+                # stopped here, not after hours of images all skipped
+                if len(skipped) == FIRST_FAILURES_STOP and not recorder.counts["images"]:
+                    raise DataError(f"the first {FIRST_FAILURES_STOP} images of {in_dir} all failed (warnings "
+                                    "above); stopping: every image seems to fail the same way")
     except (KeyboardInterrupt, ReaderGone, OutputFailed, ModelFailed) as stop:  # hours of annotated images keep
         try:  # their predictions; a full disk may refuse the CSV too, and then its own error is not the one to tell
-            where = ", ".join(recorder.finish().values()) or "stdout"
+            # a run stopped before its first image leaves an earlier run's outputs as they were
+            where = (", ".join(recorder.finish().values()) or "stdout") if recorder.counts["images"] else \
+                "nowhere (no image was done; the folder's earlier outputs are left as they were)"
         except OSError:
             if not isinstance(stop, OutputFailed):
                 raise

@@ -1083,6 +1083,21 @@ def test_a_detection_run_keeps_the_earlier_figures_it_did_not_measure(tmp_path):
         assert "auto" not in bench_detection.with_earlier_figures(rerun, out)["detectors"]
 
 
+def test_each_kept_detection_figure_depends_on_what_it_was_measured_on(tmp_path):
+    """The end-to-end time needs the same scenes only; the chip check the same UTKFace folder only."""
+    import bench_detection
+    scenes = {"canvas": [640, 480], "seed": 0, "limit": 300, "data_dir": "/data/UTKFace", "fgnet_limit": 1002}
+    out = tmp_path / "detection.json"
+    out.write_text(json.dumps({"scenes": scenes, "fgnet_dir": "/f", "detectors": {"auto": {"found": 0.99}},
+                               "end_to_end": {"ms_per_photo_median": 21.0}, "chip_fidelity": {"n": 100}}))
+    fewer_photos = {"scenes": {**scenes, "fgnet_limit": 0}, "fgnet_dir": None, "detectors": {"hog": {}}}
+    merged = bench_detection.with_earlier_figures(fewer_photos, out)
+    assert "auto" not in merged["detectors"] and merged["end_to_end"] and merged["chip_fidelity"]
+    other_folder = {"scenes": {**scenes, "data_dir": "/other"}, "fgnet_dir": "/f", "detectors": {"hog": {}}}
+    merged = bench_detection.with_earlier_figures(other_folder, out)
+    assert "end_to_end" not in merged and "chip_fidelity" not in merged
+
+
 def test_mmod_and_a_limited_fgnet_are_measured_on_a_spread_of_the_photos_not_the_first_by_name():
     """UTKFace's first names are ages 10-19 and 100-116 (100_..., 10_...), FG-NET's first photos two people."""
     import bench_detection

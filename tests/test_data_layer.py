@@ -417,6 +417,10 @@ def test_numbered_run_folders_are_no_age_folders(tmp_path):
         write_jpeg(runs / str(k) / "learning_curves.jpg", seed=k)  # a run's figures are no faces
     (runs / "7").mkdir()  # left empty by a run stopped before it wrote anything
     assert labelled_folder_above(runs / "4") is None
+    deep = tmp_path / "deep"  # photos two folders below their age, as eda.py reads them too
+    for age in ("25", "26"):
+        write_jpeg(deep / age / "person" / "session1" / "face.jpg", seed=int(age))
+    assert labelled_folder_above(deep / "25" / "out") == deep
     write_jpeg(runs / "5" / "face.jpg", seed=5)
     write_jpeg(runs / "6" / "face.jpg", seed=6)  # two folders of faces beside them: an age data set
     assert labelled_folder_above(runs / "4") == runs
@@ -687,9 +691,9 @@ def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_and_other_formats_refuse
     from PIL import Image as PILImage
     monkeypatch.setattr(custom_dataset, "MAX_IMAGE_PIXELS", 10_000)
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10_000)
-    pixels = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)  # 19,200 px
+    pixels = np.random.default_rng(0).integers(0, 256, (121, 161, 3), dtype=np.uint8)  # 19,481 px, odd sides
     PILImage.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
     PILImage.fromarray(pixels).save(tmp_path / "big.png")
-    assert custom_dataset.load_rgb(tmp_path / "big.jpg").shape == (60, 80, 3)
+    assert custom_dataset.load_rgb(tmp_path / "big.jpg").shape == (61, 81, 3)
     with pytest.raises(DataError, match="too large"):
         custom_dataset.load_rgb(tmp_path / "big.png")

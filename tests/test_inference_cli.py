@@ -493,17 +493,26 @@ def test_a_video_never_replaces_another_inputs_outputs_nor_they_its(model, faces
     video("cardA")
     video("cardA")  # the same video again: its own outputs, replaced
     before = (tmp_path / "inference_outputs" / "clip" / "predictions.json").read_bytes()
-    with pytest.raises(DataError, match="cardA"):
+    with pytest.raises(DataError, match="predictions.json of .*cardA"):
         video("cardB")
+    with pytest.raises(DataError, match="annotated video of .*cardA"):  # without --json: its clip_age.mp4
+        run_main(["--model", str(model), "--video", str(tmp_path / "cardB" / "clip.mp4"), "--no-progress"])
     write_rgb(tmp_path / "cardB" / "clip.png", scene(faces[:1]))
-    with pytest.raises(DataError, match="cardA"):  # a photo of the video's name, into the video's folder
+    with pytest.raises(DataError, match="a video's predictions.json"):  # a photo of the video's name, --json
         run_main(["--model", str(model), "--image", str(tmp_path / "cardB" / "clip.png"), "--json"])
     assert (tmp_path / "inference_outputs" / "clip" / "predictions.json").read_bytes() == before
+    # a photo of the video's name without --json replaces nothing of the video's: both stay named
+    run_main(["--model", str(model), "--image", str(tmp_path / "cardB" / "clip.png")])
+    names = json.loads((tmp_path / "inference_outputs" / "clip" / "predictions_source.json").read_text())["inputs"]
+    assert sorted(i["kind"] for i in names) == ["image", "video"]
     write_rgb(tmp_path / "photos" / "IMG_1.png", scene(faces[:1]))
     run_main(["--model", str(model), "--image", str(tmp_path / "photos" / "IMG_1.png"), "--json",
               "--output-dir", str(tmp_path / "shared")])
-    with pytest.raises(DataError, match="predictions.csv of photos"):
+    with pytest.raises(DataError, match="predictions.json of .*IMG_1.png"):
         video("cardA", "--output-dir", str(tmp_path / "shared"))
+    for card in ("cardA", "cardB"):  # --output FILE: the user's choice of place, each its own file
+        run_main(["--model", str(model), "--video", str(tmp_path / card / "clip.mp4"), "--no-progress",
+                  "--output", str(tmp_path / "desktop" / f"{card}.mp4")])
 
 
 @pytest.mark.slow
@@ -856,3 +865,36 @@ def test_labels_of_neighbouring_faces_do_not_cover_each_other(monkeypatch):
     assert len(bands) == 3
     overlap = lambda a, b: a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
     assert not any(overlap(a, b) for i, a in enumerate(bands) for b in bands[i + 1:])
+
+
+def test_a_model_failing_on_the_first_photo_leaves_the_earlier_runs_predictions_as_they_were(model, faces, tmp_path,
+                                                                                            monkeypatch):
+    """The stop handler wrote the CSV of the images done: none, so an earlier run's 500 rows became a header."""
+    in_dir = three_photos_stopping_at_b(tmp_path, faces, monkeypatch, inference.ModelFailed("the model failed"))
+    argv = ["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"), "--whole-image"]
+    with pytest.raises(DataError):
+        run_main(argv)
+    rows = (tmp_path / "out" / "predictions.csv").read_bytes()
+    (in_dir / "a.png").rename(in_dir / "z.png")  # b.png now comes first: the model fails before any image is done
+    with pytest.raises(DataError):
+        run_main(argv)
+    assert (tmp_path / "out" / "predictions.csv").read_bytes() == rows
+
+
+def test_a_folder_run_whose_first_images_all_fail_stops_instead_of_skipping_them_all(model, faces, tmp_path,
+                                                                                    monkeypatch):
+    """A mount refusing every fsync with EINVAL looked like one bad name per image: hours of images skipped."""
+    import errno
+    in_dir = tmp_path / "in"
+    for k in range(inference.FIRST_FAILURES_STOP + 3):
+        write_rgb(in_dir / f"{k:02d}.png", scene(faces[:1]))
+    seen = []
+
+    def refusing_mount(path, rgb, *a):
+        seen.append(path)
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(inference, "write_image", refusing_mount)
+    with pytest.raises(DataError, match=f"first {inference.FIRST_FAILURES_STOP} images .* all failed"):
+        run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
+                  "--whole-image"])
+    assert len(seen) == inference.FIRST_FAILURES_STOP
