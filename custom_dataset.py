@@ -447,7 +447,7 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
     except Image.DecompressionBombError:  # over twice the limit: Pillow refuses before we can look
         raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)") from None
     with img:
-        if img.width * img.height > MAX_IMAGE_PIXELS and img.format == "JPEG":
+        if img.width * img.height > MAX_IMAGE_PIXELS and img.format in ("JPEG", "MPO"):  # MPO: a camera's JPEG
             # a 108 or 200 Mpx phone photo: decoded at 1/2 (1/4, 1/8) of its size, which JPEG gives for free, not
             # refused; the bound on memory holds all the same (a data set's scan still skips it as too_large)
             shrink = 2
