@@ -644,6 +644,7 @@ def plan_folder(args) -> Path:
 
 
 RUN_MANIFEST = "predictions_source.json"  # beside predictions.csv: the inputs it describes
+VIDEO_KINDS = ("video", "camera")  # inputs whose outputs are an annotated video and its frames' JSON, no CSV rows
 
 
 def input_identity(args) -> dict:
@@ -698,7 +699,9 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
             return [], []  # every row is this input's: replaced
         inputs = None
     what = "--output-dir" if not args.output else "--output's folder"
-    if inputs is None or me["kind"] == "folder" and not (len(inputs) == 1 and same_input(me, inputs[0])):
+    videos = [i for i in inputs or [] if isinstance(i, dict) and i.get("kind") in VIDEO_KINDS]  # no rows of theirs
+    photos = [i for i in inputs or [] if i not in videos]
+    if inputs is None or me["kind"] == "folder" and not (len(photos) == 1 and same_input(me, photos[0])):
         whose = "the predictions of " + ", ".join(str(i.get("path", "?")) for i in inputs if isinstance(i, dict)) \
             if inputs else "predictions of other inputs"
         raise DataError(f"{what} {folder} holds {whose}, which this run would replace; pass another output folder "
@@ -709,7 +712,7 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
         raise DataError(f"{what} {folder} holds the predictions of {clash[0].get('path')}, which this run would "
                         "replace (the same file name); pass another output folder")
     if me["kind"] == "folder":
-        return [], []  # its own earlier run: replaced whole
+        return [], videos  # its own earlier run: replaced whole; a video's outputs beside it stay named
     # one more image into a folder of images: the other images' rows stay, this image's are replaced
     return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
 
@@ -728,16 +731,20 @@ def refuse_other_inputs(folder, args) -> list:
         inputs = []
     others = [i for i in inputs if isinstance(i, dict) and not same_input(me, i)] if isinstance(inputs, list) else []
     json_file = args.json is True and (folder / "predictions.json").exists()
-    if me["kind"] in ("video", "camera"):  # its predictions.json holds its own frames alone
-        if json_file and (others or (folder / "predictions.csv").exists()):
-            whose = others[0].get("path") if others else "photos"
+    # which inputs wrote predictions.json ("json"; an entry of an earlier version may have: taken as one)
+    json_owners = [i for i in others if i.get("json", True)]
+    if me["kind"] in VIDEO_KINDS:  # its predictions.json holds its own frames alone
+        if json_file and (json_owners or not inputs and (folder / "predictions.csv").exists()):
+            whose = json_owners[0].get("path") if json_owners else "photos"
             raise DataError(f"{what} {folder} holds the predictions.json of {whose}, which this run's --json would "
                             "replace; pass another output folder")
-        clash = [i for i in others if i.get("kind") == me["kind"] and str(i.get("name")).lower() == me["name"].lower()]
+        # the annotated copy is named by the stem: clip.mp4 and clip.MOV both write clip_age.mp4
+        clash = [i for i in others if i.get("kind") == me["kind"]
+                 and Path(str(i.get("name"))).stem.lower() == Path(me["name"]).stem.lower()]
         if clash and not args.output:
             raise DataError(f"{what} {folder} holds the annotated video of {clash[0].get('path')} (the same file "
                             "name), which this run would replace; pass another output folder")
-    elif json_file and any(i.get("kind") in ("video", "camera") for i in others):
+    elif json_file and any(i.get("kind") in VIDEO_KINDS for i in json_owners):
         raise DataError(f"{what} {folder} holds a video's predictions.json, which this run's --json would replace; "
                         "pass another output folder")
     return others
@@ -818,6 +825,10 @@ def _prepare_dir(path, what):
     return path
 
 
+class NameRefused(DataError):
+    """An output the file system refuses by its name (too long, a character it does not take): that image's."""
+
+
 class OutputFailed(DataError):
     """An output that cannot be written for a reason every later output shares (a full or read-only disk)."""
 
@@ -830,7 +841,7 @@ def _write_image(path, rgb):
     except OSError as exc:
         # a name too long, or one the file system does not take (a ':' on exFAT/FAT: EINVAL), is this image's
         # problem alone; anything else (no space, no permission) is every image's
-        kind = DataError if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL) else OutputFailed
+        kind = NameRefused if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL) else OutputFailed
         raise kind(f"cannot write {path} ({exc.strerror or exc}); check the output folder") from None
 
 
@@ -879,7 +890,7 @@ class Recorder:
         self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
         # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images and the other
         # inputs named there, which stay
-        self.source = input_identity(args) if args is not None else None
+        self.source = None if args is None else {**input_identity(args), "json": args.json is True}
         self.kept_rows, self.kept_inputs = ([], []) if args is None else earlier_predictions(folder, args) \
             if args.video is None else ([], refuse_other_inputs(folder, args))
         self.rows, self.objects = [], []
@@ -1003,10 +1014,10 @@ def _folder_images(in_dir):
     return images, odd
 
 
-def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
-    """One image of --input-dir; False (and a warning) where it cannot be read or its outputs' names are too
-    long for the file system: one such image never costs the run its predictions.csv. A full or read-only
-    disk stops the run (every image would fail)."""
+def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool | str:
+    """One image of --input-dir: True, or (with a warning) False where it cannot be read, "output refused"
+    where the file system refuses its outputs' names (too long, a character it does not take): one such image
+    never costs the run its predictions.csv. A full or read-only disk stops the run (every image would fail)."""
     try:
         rgb = _read_image(path)
         recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
@@ -1018,14 +1029,14 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool:
         raise
     except DataError as exc:
         print(f"warning: skipping {path.name}: {str(exc).split('; ')[0].replace(str(path), 'it')}", file=sys.stderr)
-        return False
+        return "output refused" if isinstance(exc, NameRefused) else False
     except (MemoryError, RuntimeError, ValueError, cv2.error) as exc:  # this photo's (a huge one, a detector's)
         print(f"warning: skipping {path.name}: {type(exc).__name__}: {str(exc).strip()[:200]}", file=sys.stderr)
         return False
     return True
 
 
-FIRST_FAILURES_STOP = 10  # a folder run stops where its first this many images all failed
+FIRST_FAILURES_STOP = 10  # a folder run stops where the outputs of its first this many images were all refused
 
 
 def run_folder(args, estimator, json_stream=None):
@@ -1039,14 +1050,17 @@ def run_folder(args, estimator, json_stream=None):
     stems = output_stems(images)
     skipped = []
     try:
+        refused = 0
         for path in images:
-            if not _annotate_file(estimator, path, out_dir, crops, recorder, stems[path]):
+            done = _annotate_file(estimator, path, out_dir, crops, recorder, stems[path])
+            if done is not True:
                 skipped.append(path.name)
+                refused += done == "output refused"
                 # a cause every file shares that looks like one file's (EINVAL from a mount refusing fsync):
-                # stopped here, not after hours of images all skipped
-                if len(skipped) == FIRST_FAILURES_STOP and not recorder.counts["images"]:
-                    raise DataError(f"the first {FIRST_FAILURES_STOP} images of {in_dir} all failed (warnings "
-                                    "above); stopping: every image seems to fail the same way")
+                # stopped here, not after hours of images all skipped (unreadable inputs never stop a run)
+                if refused == FIRST_FAILURES_STOP and not recorder.counts["images"]:
+                    raise DataError(f"the outputs of the first {FIRST_FAILURES_STOP} images of {in_dir} were all "
+                                    f"refused (warnings above); stopping: check {out_dir}")
     except (KeyboardInterrupt, ReaderGone, OutputFailed, ModelFailed) as stop:  # hours of annotated images keep
         try:  # their predictions; a full disk may refuse the CSV too, and then its own error is not the one to tell
             # a run stopped before its first image leaves an earlier run's outputs as they were

@@ -867,6 +867,30 @@ def test_labels_of_neighbouring_faces_do_not_cover_each_other(monkeypatch):
     assert not any(overlap(a, b) for i, a in enumerate(bands) for b in bands[i + 1:])
 
 
+def test_a_rerun_is_refused_only_by_outputs_another_input_would_lose(model, faces, tmp_path, monkeypatch):
+    """A folder, a video beside it and re-runs of each: none replaces the other's; clip.mp4 and clip.MOV write one
+    annotated name."""
+    monkeypatch.chdir(tmp_path)
+    card = tmp_path / "card"
+    write_rgb(card / "a.png", scene(faces[:1]))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("clip.mp4", "clip.MOV"):
+        writer = cv2.VideoWriter(str(videos / name), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+        for _ in range(2):
+            writer.write(cv2.cvtColor(scene(faces[:1], gap=320)[:240, :320], cv2.COLOR_RGB2BGR))
+        writer.release()
+    base = ["--model", str(model), "--output-dir", str(tmp_path / "out")]
+    run_main([*base, "--input-dir", str(card), "--whole-image", "--json"])
+    run_main([*base, "--video", str(videos / "clip.mp4"), "--no-progress"])  # no --json: the photos' JSON stays
+    run_main([*base, "--input-dir", str(card), "--whole-image", "--json"])  # the folder again: its own outputs
+    run_main([*base, "--video", str(videos / "clip.mp4"), "--no-progress"])  # the video again
+    with pytest.raises(DataError, match="annotated video of .*clip.mp4"):
+        run_main([*base, "--video", str(videos / "clip.MOV"), "--no-progress"])
+    with pytest.raises(DataError, match="predictions.json of .*card"):
+        run_main([*base, "--video", str(videos / "clip.mp4"), "--no-progress", "--json"])
+
+
 def test_a_model_failing_on_the_first_photo_leaves_the_earlier_runs_predictions_as_they_were(model, faces, tmp_path,
                                                                                             monkeypatch):
     """The stop handler wrote the CSV of the images done: none, so an earlier run's 500 rows became a header."""
@@ -894,7 +918,9 @@ def test_a_folder_run_whose_first_images_all_fail_stops_instead_of_skipping_them
         seen.append(path)
         raise OSError(errno.EINVAL, "Invalid argument")
     monkeypatch.setattr(inference, "write_image", refusing_mount)
-    with pytest.raises(DataError, match=f"first {inference.FIRST_FAILURES_STOP} images .* all failed"):
+    for k in range(12):  # unreadable inputs first (a Mac's ._IMG files): skipped, never a stop
+        (in_dir / f"._{k:02d}.png").write_bytes(b"AppleDouble")
+    with pytest.raises(DataError, match=f"first {inference.FIRST_FAILURES_STOP} images .* were all refused"):
         run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
                   "--whole-image"])
     assert len(seen) == inference.FIRST_FAILURES_STOP
