@@ -19,7 +19,8 @@ Measured per detector of faces.DETECTORS (data read in place, never written):
       inference.py picks for the model.
   (e) crop fidelity: UTKFace files re-chipped from a border-padded copy with faces.UTKFACE_CROP and
       UTKFACE_CROP5; mean absolute difference to the file (0-255).
-mmod costs seconds per photo, so --mmod-limit caps its sample.
+mmod costs seconds per photo, so --mmod-limit caps its sample: a seeded spread of the scenes, faceless
+backgrounds and FG-NET photos (--fgnet-limit draws FG-NET's the same way), never the first by file name.
 """
 import json
 import shlex
@@ -50,8 +51,9 @@ def get_args_parser():
                    help="FG-NET photos (read only; skipped if absent; default: %(default)s)")
     p.add_argument("--detectors", default=",".join(faces.DETECTORS), help="comma-separated (default: %(default)s)")
     p.add_argument("--limit", type=int, default=300, help="pasted scenes (default: %(default)s)")
-    p.add_argument("--fgnet-limit", type=int, default=1002, help="FG-NET photos (default: %(default)s)")
-    p.add_argument("--mmod-limit", type=int, default=60, help="scenes and photos for mmod (default: %(default)s)")
+    p.add_argument("--fgnet-limit", type=int, default=1002, help="FG-NET photos, a seeded spread of them (default: %(default)s)")
+    p.add_argument("--mmod-limit", type=int, default=60, help="scenes, faceless backgrounds and photos for mmod, a seeded spread of each "
+                   "(default: %(default)s)")
     p.add_argument("--chip-limit", type=int, default=150, help="UTKFace files re-chipped for (e) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample and scene seed (default: %(default)s)")
     p.add_argument("--model", default=None,

@@ -53,9 +53,9 @@ def get_args_parser():
                         "cache the chips under OUT/chips and train on them (UTKFace files are chips already)")
     # None: left out (refused without --align, which alone uses them); check_paths fills in the defaults
     p.add_argument("--align-crop", choices=("utkface", "utkface5"), default=None,
-                   help="--align: UTKFace's 68-landmark chip (default), or the 5-landmark one for commercial use "
+                   help="--align only (refused without it): UTKFace's 68-landmark chip (default), or the 5-landmark one for commercial use "
                         "(README)")
-    p.add_argument("--detector", choices=DETECTORS, default=None, help=f"--align: face detector (default "
+    p.add_argument("--detector", choices=DETECTORS, default=None, help=f"--align only (refused without it): face detector (default "
                    f"{DEFAULT_DETECTOR}), recorded in crop.json: inference.py's default for the models trained on "
                    "this split")
     p.add_argument("--workers", type=int, default=2, help="processes that check images")
