@@ -302,9 +302,7 @@ def print_detector(name, entry):
 def spread_subset(items, n, seed):
     """n of items drawn at random (seeded), in their order: the first n of a list sorted by file name are
     UTKFace's ages 10-19 and 100-116, FG-NET's first two people."""
-    if n >= len(items):
-        return list(items)
-    return [items[i] for i in sorted(np.random.default_rng([seed, n]).choice(len(items), size=n, replace=False))]
+    return sample(items, n, np.random.default_rng([seed, n]))  # its own generator: the scenes' stream is untouched
 
 
 def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit, seed=0):

@@ -85,20 +85,20 @@ def _csv_encoding(path: Path) -> str:
         return "utf-8-sig" if re.search(rb"[\xc2-\xf4][\x80-\xbf]", data) else "cp1252"
 
 
-def _csv_delimiter(path: Path) -> str:
-    """"," or, for a header without one, ";" (what Excel saves where the decimal mark is a comma) or a tab."""
-    with open(path, newline="", encoding=_csv_encoding(path), errors="replace") as f:
-        first = f.readline(65536)
+def _csv_delimiter(f) -> str:
+    """"," or, for a header without one, ";" (what Excel saves where the decimal mark is a comma) or a tab; read
+    from the open file's first line, which is then read again by the caller (the file is rewound)."""
+    first = f.readline(65536)
+    f.seek(0)
     if "," in first:
         return ","
     return next((d for d in (";", "\t") if d in first), ",")
 
 
 def _csv_header(path: Path) -> list[str]:
-    delimiter = _csv_delimiter(path)
     with open(path, newline="", encoding=_csv_encoding(path), errors="replace") as f:
         try:
-            return [h.strip().lower() for h in next(csv.reader(f, delimiter=delimiter), [])]
+            return [h.strip().lower() for h in next(csv.reader(f, delimiter=_csv_delimiter(f)), [])]
         except csv.Error as exc:  # e.g. a first field over csv's 128 KiB limit
             raise DataError(f"{path} is not a readable CSV (its first line: {exc}); check the file") from None
 
@@ -198,7 +198,7 @@ def _utf8_name(path) -> bool:
 
 def _csv_rows(path, f):
     """csv.DictReader rows; a malformed CSV (e.g. a field over csv's 128 KiB limit) is one DataError."""
-    reader = csv.DictReader(f, delimiter=_csv_delimiter(Path(path)))
+    reader = csv.DictReader(f, delimiter=_csv_delimiter(f))
     try:
         for row in reader:
             # a quote left open swallows every row after it into one field: said, not a file's rows lost in silence

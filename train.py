@@ -609,9 +609,15 @@ def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | No
         table = read_teacher_file(path, faces_digest)
     except DataError:
         return None
-    if "teachers_weights" in table:  # the weights, as teachers_changed judges: a --calibrate re-save is no other
-        return table if str(table["teachers_weights"]) == teachers_weights(teacher) else None
-    return table if str(table.get("teachers_digest", "")) == teachers_digest(teacher) else None
+    return table if predicted_from(table, teacher) else None
+
+
+def predicted_from(kept, teacher) -> bool:
+    """Whether a teacher.npz's record (its teachers_weights, or teachers_digest in tables from before it) names
+    --teacher's checkpoints: judged by weights where recorded, so a --calibrate re-save is no other teacher."""
+    if "teachers_weights" in kept:
+        return str(kept["teachers_weights"]) == teachers_weights(teacher)
+    return str(kept.get("teachers_digest", "")) == teachers_digest(teacher)
 
 
 def teachers_changed(out_dir, teacher, last=None) -> bool:
@@ -635,9 +641,7 @@ def teachers_changed(out_dir, teacher, last=None) -> bool:
             kept = {k: str(f[k]) for k in ("teachers_weights", "teachers_digest") if k in f.files}
     except (OSError, ValueError):
         return False  # an unreadable table is predicted again (teacher_targets), as before
-    if "teachers_weights" in kept:  # the weights: a teacher re-saved by --calibrate (same weights) is no other
-        return kept["teachers_weights"] != teachers_weights(teacher)
-    return "teachers_digest" in kept and kept["teachers_digest"] != teachers_digest(teacher)
+    return bool(kept) and not predicted_from(kept, teacher)  # a table recording neither: nothing to compare
 
 
 def teachers_weights(teacher: str) -> str:
