@@ -42,8 +42,10 @@ torch = lazy_import("torch")  # imported on first use: eda and ONNX inference ne
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
-# Pillow's own guard (89 Mpx: a warning, twice that: an error) set to ours, so one rule and one message hold
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Pillow's own guard (a warning above it, an error above twice it) set far enough above ours that a JPEG of any
+# size JPEG allows (65,535 px a side: 4.3 Gpx) is opened and decoded at 1/8 of its size; our own check refuses
+# every other image over MAX_IMAGE_PIXELS after reading its header, before a pixel is decoded
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS * 64
 MAX_FILE_BYTES = 300_000_000    # a 100 Mpx photo is far smaller as a JPEG or PNG
 UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; the rest is irregular
 # the whole of UTKFace's own naming (age_gender_race_date): what marks a folder as a UTKFace-style data set for
@@ -440,12 +442,20 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
     max_side (for previews only): shrink so that the longer side is at most max_side; JPEGs are
     then decoded at reduced scale, which is much faster for very large photos.
     """
+    return load_rgb_shrunk(path, max_side)[0]
+
+
+def load_rgb_shrunk(path, max_side: int | None = None) -> tuple[np.ndarray, int]:
+    """load_rgb's array and the factor a JPEG over MAX_IMAGE_PIXELS was decoded smaller by (1, 2, 4 or 8;
+    1 for every other image, and for a preview made with max_side): pixel (x, y) of the array covers the
+    file's pixels from (x, y) * factor on."""
     try:
         with warnings.catch_warnings():  # the size is checked just below, with one message for every size
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except Image.DecompressionBombError:  # over twice the limit: Pillow refuses before we can look
+    except Image.DecompressionBombError:  # over 128 times our limit: no JPEG is that large
         raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)") from None
+    shrink = 1
     with img:
         if img.width * img.height > MAX_IMAGE_PIXELS and img.format in ("JPEG", "MPO"):  # MPO: a camera's JPEG
             # a 108 or 200 Mpx phone photo: decoded at 1/2 (1/4, 1/8) of its size, which JPEG gives for free, not
@@ -459,12 +469,12 @@ def load_rgb(path, max_side: int | None = None) -> np.ndarray:
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)")
         if max_side is None:
-            return np.asarray(to_rgb(img))
+            return np.asarray(to_rgb(img)), shrink
         if img.format == "JPEG":
             img.draft("RGB", (max_side, max_side))
         rgb = to_rgb(img)
         rgb.thumbnail((max_side, max_side))
-        return np.asarray(rgb)
+        return np.asarray(rgb), 1
 
 
 def labelled_folder_above(path, csv_sets=True) -> Path | None:

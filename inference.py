@@ -57,9 +57,9 @@ from PIL import Image
 
 import faces as face_pipeline
 from checkpoints import DEVICES, ModelFailed, check_metadata, read_export, shown
-from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, _utf8_name,
-                            is_annotated_copy, labelled_folder_above, load_rgb, parse_zooms, plain_number,
-                            preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image, zoom_batch)
+from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, DataError,
+                            _utf8_name, is_annotated_copy, labelled_folder_above, load_rgb_shrunk, parse_zooms,
+                            plain_number, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
                        same_or_inside)
@@ -298,13 +298,14 @@ class AgeEstimator:
         inputs = self.model_inputs([f.chip for f in found]) if found else np.zeros((0,), np.uint8)
         return found, inputs, self.predict_inputs(inputs)
 
-    def analyse(self, rgb, name="") -> ImageResult:
-        """Everything about one RGB image, built once: used by predict, the CSV, the JSON and the drawing."""
+    def analyse(self, rgb, name="", shrink=1) -> ImageResult:
+        """Everything about one RGB image, built once: used by predict, the CSV, the JSON and the drawing.
+        shrink: the factor a huge JPEG was decoded smaller by (load_rgb_shrunk), for boxes in the file's pixels."""
         kept, dropped = self.detect(rgb)
         inputs = self.model_inputs([f.chip for f in kept]) if kept else np.zeros((0,), np.uint8)
         ages = self.predict_inputs(inputs)
         faces = [self.face_record(f, a, i) for f, a, i in zip(kept, ages, self.intervals(ages))]
-        return ImageResult(file=name, faces=faces, inputs=inputs,
+        return ImageResult(file=name, faces=faces, inputs=inputs, shrink=shrink,
                            dropped=[{**_box_fields(f), "reason": r} for f, r in dropped])
 
     def face_record(self, face: Face, age, interval=None) -> dict:
@@ -321,7 +322,10 @@ class AgeEstimator:
         Returns, per image, a list of {"box", "score", "detector", "age", "outside_training_range"}
         (one image: that list)."""
         single = not isinstance(images, (list, tuple))
-        results = [self.analyse(as_rgb(image)).faces for image in ([images] if single else images)]
+        results = []
+        for image in [images] if single else images:
+            rgb, shrink = _rgb_and_shrink(image)
+            results.append(self.analyse(rgb, shrink=shrink).file_faces())
         return results[0] if single else results
 
 
@@ -334,10 +338,17 @@ class ImageResult:
     """One image's (or video frame's) faces, built once by AgeEstimator.analyse and reused by the printed
     lines, predictions.csv, predictions.json and the drawing."""
     file: str
-    faces: list = field(default_factory=list)     # face_record dicts, largest face first
+    faces: list = field(default_factory=list)     # face_record dicts, largest face first, boxes in rgb's pixels
     dropped: list = field(default_factory=list)   # {"box", "score", "detector", "reason"} of filtered faces
     inputs: np.ndarray | None = None              # the kept faces' model inputs (--save-crops)
     extra: dict = field(default_factory=dict)     # per-frame fields of a video: frame, time
+    shrink: int = 1                               # a huge JPEG decoded at 1/shrink of its size (load_rgb_shrunk)
+
+    def file_faces(self, faces=None) -> list[dict]:
+        """faces (the kept ones by default) with their boxes in the file's pixels: what the CSV, the JSON, the
+        printed lines and predict() report; the drawing is made on the decoded pixels."""
+        return [{**f, "box": tuple(v * self.shrink for v in f["box"])}
+                for f in (self.faces if faces is None else faces)]
 
     @property
     def face_found(self) -> bool:
@@ -356,13 +367,13 @@ class ImageResult:
                  **{k: f"{f[k]:.2f}" if k in f and np.isfinite(f[k]) else "" for k in ("age_low", "age_high")},
                  "outside_training_range": _csv_flag(f["outside_training_range"]), "face_found": "true",
                  "faces_dropped": len(self.dropped)}
-                for k, f in enumerate(self.faces)]
+                for k, f in enumerate(self.file_faces())]
 
     def to_json(self) -> dict:
         faces = [{**f, "box": list(f["box"]), "score": round(f["score"], 4), "age": round(f["age"], 2),
                   **{k: round(f[k], 2) if np.isfinite(f[k]) else None for k in ("age_low", "age_high") if k in f}}
-                 for f in self.faces]
-        dropped = [{**f, "box": list(f["box"]), "score": round(f["score"], 4)} for f in self.dropped]
+                 for f in self.file_faces()]
+        dropped = [{**f, "box": list(f["box"]), "score": round(f["score"], 4)} for f in self.file_faces(self.dropped)]
         return {"file": self.file, **self.extra, "face_found": self.face_found, "faces": faces, "dropped": dropped}
 
     def lines(self) -> list[str]:
@@ -373,7 +384,7 @@ class ImageResult:
         return [f"{self.file}, face {k}, box {','.join(map(str, f['box']))}, {f['detector']} score {f['score']:.2f}, "
                 f"age {f['age']:.1f}" + (_interval_text(f["age_low"], f["age_high"], "{:.1f}") if "age_low" in f else "")
                 + (" (outside the training ages)" if f["outside_training_range"] else "")
-                for k, f in enumerate(self.faces)]
+                for k, f in enumerate(self.file_faces())]
 
     def draw(self, rgb, ages=None, intervals=None, flags=None) -> np.ndarray:
         """Annotated copy of rgb (ages, intervals, flags: what to show instead of the raw ones, e.g. smoothed)."""
@@ -394,9 +405,14 @@ def _csv_flag(value) -> str:
 def as_rgb(image) -> np.ndarray:
     """HxWx3 uint8 RGB from a path, a PIL image or an array (gray and RGBA are converted), at least
     MIN_IMAGE_SIDE pixels a side as files must be."""
+    return _rgb_and_shrink(image)[0]
+
+
+def _rgb_and_shrink(image) -> tuple[np.ndarray, int]:
+    """as_rgb's array and the factor a huge JPEG file was decoded smaller by (1 for everything else)."""
     if isinstance(image, (str, os.PathLike)):
         return _read_image(image)
-    return big_enough(_array_rgb(image), "an image array")
+    return big_enough(_array_rgb(image), "an image array"), 1
 
 
 def big_enough(rgb, name) -> np.ndarray:
@@ -784,19 +800,21 @@ IMAGE_NOT_FOUND = "image not found: {path} (pass --image with an existing file)"
 VIDEO_NOT_FOUND = "video not found: {path} (pass --video with an existing file, or a camera number such as 0)"
 
 
-def _read_image(path):
+def _read_image(path) -> tuple[np.ndarray, int]:
+    """The photo's RGB array and the factor it was decoded smaller by (a JPEG over MAX_IMAGE_PIXELS), or a
+    one-line DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(IMAGE_NOT_FOUND.format(path=path))
     try:
-        rgb = load_rgb(path)
+        rgb, shrink = load_rgb_shrunk(path)
     except DataError:
         raise
     except PermissionError:
         raise DataError(f"cannot read {path}: permission denied; check its permissions") from None
     except Exception as exc:
         raise DataError(f"cannot read {path} as an image ({type(exc).__name__}); pass a JPEG/PNG/... file") from None
-    return big_enough(rgb, path)
+    return big_enough(rgb, path), shrink
 
 
 def _prepare_output(path, kind="image"):
@@ -954,14 +972,17 @@ class Recorder:
         return text
 
 
-def process_image(estimator, path, rgb, output, crops_dir=None, stem=None) -> ImageResult:
+def process_image(estimator, path, rgb, output, crops_dir=None, stem=None, shrink=1) -> ImageResult:
     """Faces and ages of one photo: lines printed, annotated copy and crops written (crops named
-    stem_<face>.png, the photo's stem by default), the result returned."""
-    result = estimator.analyse(rgb, Path(path).name)
+    stem_<face>.png, the photo's stem by default), the result returned. shrink: see _read_image."""
+    result = estimator.analyse(rgb, Path(path).name, shrink)
     _write_image(output, result.draw(rgb))  # drawn after cutting: no box in a chip
     if crops_dir and result.faces:
         _save_crops(crops_dir, stem or Path(path).stem, result.inputs)
     try:
+        if shrink > 1:
+            print(f"{Path(path).name}: over {MAX_IMAGE_PIXELS // 1_000_000} million pixels, read at 1/{shrink} of its "
+                  f"size; its boxes are in the file's pixels, its annotated copy is 1/{shrink} of its size")
         for line in result.lines():
             print(line)
     except BrokenPipeError:  # `inference.py --input-dir photos | head`: the run stops, its predictions written
@@ -973,16 +994,16 @@ def process_image(estimator, path, rgb, output, crops_dir=None, stem=None) -> Im
 # Modes
 
 def run_image(args, estimator, json_stream=None):
-    rgb = _read_image(args.image)
+    rgb, shrink = _read_image(args.image)
     outputs = plan_outputs(args)
     crops = _crops_dir(args)
     output = _prepare_output(outputs.annotated)
     recorder = Recorder(outputs.folder, args.json, json_stream, args=args)
-    result = process_image(estimator, args.image, rgb, output, crops)
+    result = process_image(estimator, args.image, rgb, output, crops, shrink=shrink)
     recorder.add(result)
     written = recorder.finish()
     print(f"{recorder.summary(estimator)}; annotated image -> {output}")
-    return {"output": str(output), "boxes": [f["box"] for f in result.faces], "ages": [f["age"] for f in result.faces],
+    return {"output": str(output), "boxes": [f["box"] for f in result.file_faces()], "ages": [f["age"] for f in result.faces],
             "rows": result.csv_rows(), "result": result, **recorder.counts, **written}
 
 
@@ -1019,8 +1040,8 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool | st
     where the file system refuses its outputs' names (too long, a character it does not take): one such image
     never costs the run its predictions.csv. A full or read-only disk stops the run (every image would fail)."""
     try:
-        rgb = _read_image(path)
-        recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem))
+        rgb, shrink = _read_image(path)
+        recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem, shrink))
     except ReaderGone as gone:
         if gone.args:
             recorder.add(gone.args[0])

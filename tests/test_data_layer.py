@@ -689,11 +689,23 @@ def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_and_other_formats_refuse
     free, within the same bound on memory."""
     import custom_dataset
     from PIL import Image as PILImage
+    # scaled down as the module sets them: Pillow's own guard as far above ours as there
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS * 10_000 // custom_dataset.MAX_IMAGE_PIXELS)
     monkeypatch.setattr(custom_dataset, "MAX_IMAGE_PIXELS", 10_000)
-    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10_000)
     pixels = np.random.default_rng(0).integers(0, 256, (121, 161, 3), dtype=np.uint8)  # 19,481 px, odd sides
     PILImage.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
     PILImage.fromarray(pixels).save(tmp_path / "big.png")
     assert custom_dataset.load_rgb(tmp_path / "big.jpg").shape == (61, 81, 3)
+    assert custom_dataset.load_rgb_shrunk(tmp_path / "big.jpg")[1] == 2  # boxes found on it are doubled
+    assert custom_dataset.load_rgb_shrunk(tmp_path / "big.jpg", max_side=40)[1] == 1  # a preview
     with pytest.raises(DataError, match="too large"):
         custom_dataset.load_rgb(tmp_path / "big.png")
+    # 30 times the limit (a 200 Mpx photo is twice 100): Pillow refused it before its size could be read
+    huge = np.random.default_rng(1).integers(0, 256, (401, 751, 3), dtype=np.uint8)
+    PILImage.fromarray(huge).save(tmp_path / "huge.jpg", quality=90)
+    PILImage.fromarray(huge).save(tmp_path / "huge.png")
+    rgb, shrink = custom_dataset.load_rgb_shrunk(tmp_path / "huge.jpg")
+    assert rgb.shape == (51, 94, 3) and shrink == 8
+    with pytest.raises(DataError, match="too large"):
+        custom_dataset.load_rgb(tmp_path / "huge.png")
+    assert custom_dataset.check_image(tmp_path / "huge.jpg")["reason"] == "too_large"  # never a training face

@@ -601,10 +601,10 @@ def test_an_unexpected_error_on_one_photo_skips_it_and_keeps_the_others(model, f
         write_rgb(in_dir / name, faces[0])
     real = inference.AgeEstimator.analyse
 
-    def fails_on_b(self, rgb, name=""):
+    def fails_on_b(self, rgb, name="", shrink=1):
         if str(name).endswith("b.png"):
             raise MemoryError("a 90-megapixel panorama")
-        return real(self, rgb, name)
+        return real(self, rgb, name, shrink)
     monkeypatch.setattr(inference.AgeEstimator, "analyse", fails_on_b)
     result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
                        "--whole-image"])
@@ -680,13 +680,36 @@ def test_a_video_that_does_not_read_back_is_not_put_in_place(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["clip_age.mp4"]
 
 
+def test_a_jpeg_read_at_half_size_reports_its_boxes_in_the_files_pixels(model, faces, tmp_path, monkeypatch, capsys):
+    """A JPEG over the pixel limit is read at 1/2 of its size: its boxes were reported in the half-size pixels,
+    so the CSV's boxes fell on the wrong part of the user's photo."""
+    import custom_dataset
+    big = cv2.resize(scene(faces), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    write_rgb(tmp_path / "big.jpg", big)
+    full = run_main(["--image", str(tmp_path / "big.jpg"), "--output", str(tmp_path / "full" / "a.jpg"),
+                     "--model", str(model)])
+    monkeypatch.setattr(custom_dataset, "MAX_IMAGE_PIXELS", big.shape[0] * big.shape[1] - 1)
+    half = run_main(["--image", str(tmp_path / "big.jpg"), "--output", str(tmp_path / "half" / "a.jpg"),
+                     "--model", str(model)])
+    assert len(full["boxes"]) == len(half["boxes"]) == 2
+    for want, got in zip(sorted(full["boxes"]), sorted(half["boxes"])):
+        assert np.abs(np.subtract(want, got)).max() <= 12, (want, got)  # one detector, one face, two scales
+    assert "read at 1/2 of its size" in capsys.readouterr().out
+    rows = read_csv(tmp_path / "half" / "predictions.csv")
+    assert [tuple(int(r[k]) for k in "xywh") for r in rows] == [tuple(b) for b in half["boxes"]]
+    assert [f["box"] for f in half["result"].to_json()["faces"]] == [list(b) for b in half["boxes"]]
+    assert cv2.imread(str(tmp_path / "half" / "a.jpg")).shape[:2] == (big.shape[0] // 2, big.shape[1] // 2)
+    estimator = inference.AgeEstimator(model, detector="haar", threads=1)
+    assert [f["box"] for f in estimator.predict(str(tmp_path / "big.jpg"))] == [tuple(b) for b in half["boxes"]]
+
+
 def test_a_file_without_read_permission_says_so(model, faces, tmp_path, monkeypatch):
     import checkpoints
     photo = write_rgb(tmp_path / "in" / "a.png", faces[0])
 
     def denied(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(inference, "load_rgb", denied)
+    monkeypatch.setattr(inference, "load_rgb_shrunk", denied)
     with pytest.raises(DataError, match="a.png: permission denied"):
         inference._read_image(photo)
     monkeypatch.setattr(checkpoints.os, "access", lambda path, mode: False)  # as for a user without the right
