@@ -560,6 +560,10 @@ def run_model(protocol, name, train_args, splits, work, epochs=None, quick=False
         **({"teacher_val_mae": teacher_val_mae(run_dir / "teacher.npz")}
            if args.teacher and (run_dir / "teacher.npz").is_file()
            and teacher_val_mae(run_dir / "teacher.npz") is not None else {}),
+        # which weights: a student tells by them whether a teacher was trained again after it learnt from it
+        **({"weights": test["weights"]} if "weights" in test else {}),
+        **({"teachers_weights": train.teachers_weights(args.teacher)}
+           if args.teacher and not train.teacher_is_table(args.teacher) else {}),
         "command": "python train.py " + shlex.join(argv),
     }
 
@@ -708,6 +712,16 @@ def trained_views(best) -> dict:
     figures a gain the colour figure lacks (run_model measures them as trained too)."""
     config = best["config"]
     return test_time_views({**config, "tta_zoom": ""} if best.get("zoom_choice") else config)
+
+
+def exported_views(entry) -> dict:
+    """The test-time views of a recorded run's export: its command's, with the zooms --choose-zooms chose
+    after training in place of none (train.py writes the chosen set into the exported config)."""
+    config = vars(recorded_args(entry))
+    chosen = (entry.get("zoom_choice") or {}).get("chosen")
+    if chosen is not None:
+        config = {**config, "tta_zoom": "" if chosen == "none" else chosen}
+    return test_time_views(config)
 
 
 def probe_train_step(batch, channels_last, image_size, steps=12, seed_order=False, amp=False):
@@ -987,7 +1001,8 @@ def check_cross(args, work, results, out_path):
     for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             run_dir = work / protocol / name
-            if why := unfinished(run_dir):
+            entry = results.get("protocols", {}).get(protocol, {}).get(name, {})
+            if why := unfinished(run_dir) or other_weights(entry, run_dir):
                 print(f"--cross skipped {protocol}/{name}: {why}")
                 continue
             variants = {f"{protocol}/{name}": {}}
@@ -1021,6 +1036,8 @@ def ship(args, work, results):
         raise DataError(f"only Protocol F models are shipped (the shipped model serves every age); got {args.ship}")
     run_dir = work / protocol / name
     entry = results["protocols"][protocol][name]
+    if why := other_weights(entry, run_dir):
+        raise DataError(f"--ship {args.ship}: {why}; run benchmark.py --protocols {protocol} --models {name} again")
     cross = results.get("cross", {}).get("FGNET", {}).get(f"{protocol}/{name}")
     if cross is None:
         raise DataError(f"no FG-NET figure for {args.ship} in {args.out}; run benchmark.py --cross first")
@@ -1035,18 +1052,23 @@ def ship(args, work, results):
         target = SHIPPED.with_suffix(suffix)
         blob = (run_dir / f"model{suffix}").read_bytes()
         atomic_write(target, lambda f: f.write(blob))
-    if results.pop("shipped_zooms", None):  # they were chosen for the exports just replaced
+    probes = [k for k in results.get("zoom_probe", {}) if k.split(":", 1)[1] == str(SHIPPED.with_suffix(".onnx"))]
+    for key in probes:  # measured on the exports just replaced
+        del results["zoom_probe"][key]
+    if results.pop("shipped_zooms", None) or probes:  # they were chosen for the exports just replaced
         save_results(args.out, results)
-    card = model_card(protocol, name, entry, cross, data, metadata, faces.describe_crop(metadata["crop"]))
+    card = model_card(protocol, name, entry, cross, data, metadata, faces.describe_crop(metadata["crop"]),
+                      retrained=teachers_retrained(results["protocols"][protocol], entry))
     card_path = SHIPPED.parent / "README.md"
     atomic_write(card_path, lambda f: f.write(card.encode()))
     print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
 
 
-def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=None) -> str:
+def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=None, retrained=False) -> str:
     """models/README.md for the run PROTOCOL/NAME, every figure from its results.json entry, its FG-NET
     figures (cross), the protocol's data record and the export's metadata; zooms: the shipped_zooms record
-    (benchmark.py --ship-zooms), whose figures then replace the run's, which are given beside them."""
+    (benchmark.py --ship-zooms), whose figures then replace the run's, which are given beside them;
+    retrained: teachers_retrained of the entry."""
     plain_test, plain_fgnet = entry["test_mae"], cross["mae"]
     if zooms:
         entry, cross = zoomed_entry(entry, zooms), zooms["fgnet"]
@@ -1060,7 +1082,7 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=No
         "\n  Distilled: its teachers"
         + (f" (validation MAE of their mean distribution {teacher_mae:.3f})" if teacher_mae is not None else "") + " "
         f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(teacher_names(entry))} "
-        "--no-speed`.")
+        "--no-speed`." + (f"\n  Note: {RETRAINED_NOTE}." if retrained else ""))
     precision = (", in bf16 autocast (`--amp`), which this CPU computes natively (AVX-512 BF16)"
                  if recorded_args(entry).amp else "")
     return f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
@@ -1346,7 +1368,8 @@ MODEL_NOTES = {
                                                       "the mean of three: its two teachers and that student",
     "simplecnn_photo_scan_distilled_gen2_144px_70ep_cz": "`simplecnn_photo_scan_distilled_gen2_144px_70ep` whose "
                                                          "test-time zooms are chosen on validation after training "
-                                                         "(`--choose-zooms`)",
+                                                         "(`--choose-zooms`), taught by its three teachers as trained "
+                                                         "again on 2026-12-04 (gen2 learnt from their earlier runs)",
     "simplecnn_photo_scan_distilled_gen3_144px_80ep": "`simplecnn_photo_scan_distilled_gen2_144px_70ep` at 80 "
                                                       "epochs, distilled from the mean of five: its three teachers, "
                                                       "it and the film-grain run",
@@ -1571,6 +1594,11 @@ def models_section(sources):
     return lines
 
 
+def validated_with_zooms(entry) -> bool:
+    """Whether a run was trained with test-time zooms (--tta-zoom), which its every validation figure then averages."""
+    return "command" in entry and bool(recorded_args(entry).tta_zoom)
+
+
 SHIP_RULE = ("best_val_mae", "val_mae_gray", "val_mae_scan")  # validation figures whose mean chooses the shipped model
 
 
@@ -1602,12 +1630,17 @@ def shipped_section(sources):
     for key, r in candidates.items():
         fg = f"{fgnet[key]['mae']:.2f}" if key in fgnet else "-"
         grained = f"{r['val_mae_grain']:.2f}" if "val_mae_grain" in r else "-"
-        mark = (" (**chosen**)" if key == chosen else "") + (" †" if (r.get("age_map") or {}).get("keep") else "")
+        mark = ((" (**chosen**)" if key == chosen else "") + (" †" if (r.get("age_map") or {}).get("keep") else "")
+                + (" ‡" if validated_with_zooms(r) else ""))
         lines.append(f"| {key}{mark} | {r['best_val_mae']:.2f} | {r['val_mae_gray']:.2f} | {r['val_mae_scan']:.2f} | "
                      f"{mean[key]:.2f} | {r['test_mae']:.2f} | {fg} | {grained} |")
     if any((r.get("age_map") or {}).get("keep") for r in candidates.values()):
         lines += ["", "† The run kept an age map: its validation figures here are its network's (the rule compares "
                       "networks alike), its test MAE the export's, map included."]
+    if any(validated_with_zooms(r) for r in candidates.values()):
+        lines += ["", "‡ Trained with test-time zooms (`--tta-zoom`): its validation figures are those of the face, its "
+                      "zooms and their mirrors, where the others' are of the face and its mirror alone (zooms chosen "
+                      "after training, by `--choose-zooms` or `--ship-zooms`, play no part in the rule)."]
     lines += ["", f"Shipped: `{shipped or 'none yet'}`" + ("" if shipped in (None, chosen) else
                                                             f" (not the rule's choice, {chosen})") + ", by:", ""]
     zoomed = (results.get("shipped_zooms") or {}).get("run") == shipped and shipped is not None
@@ -1738,6 +1771,24 @@ def teachers_minutes(models, entry) -> float:
     return sum(models[n]["train_minutes"] for n in sorted(needed))  # a fixed order: the same rounding every run
 
 
+def teachers_retrained(models, entry) -> bool:
+    """Whether a run recorded in models was trained again after this distilled entry learnt from it, so that
+    the entry's command now teaches from other weights: told by the teachers' weights where the entry records
+    them, else by the teachers' minutes recorded with it (a record from before weights were kept)."""
+    names = teacher_names(entry)
+    if "teachers_weights" in entry and len(entry["teachers_weights"].split(",")) == len(names):
+        return any(models.get(n, {}).get("weights") not in (None, w)
+                   for n, w in zip(names, entry["teachers_weights"].split(",")))
+    if "teachers_minutes" not in entry or not all(n in models for n in names):
+        return False  # nothing recorded to compare with
+    now = teachers_minutes(models, {k: v for k, v in entry.items() if k != "teachers_minutes"})
+    return abs(now - entry["teachers_minutes"]) > 0.01
+
+
+RETRAINED_NOTE = ("one or more of its teachers' runs were trained again after it learnt from them, so its command now "
+                  "teaches from other weights: its figures are those of the student of the earlier runs")
+
+
 def recipe_of(entry, without=("teacher", "teacher_weight")) -> dict:
     """What a recorded run learnt with: its recipe (train.recipe_keys), epochs, learning rate, weight decay and
     seed, less the `without` settings; two runs with the same recipe_of differ only in those."""
@@ -1768,7 +1819,8 @@ def distillation_lines(protocols) -> list:
                             if teacher_mae is not None else "). ")
                          + f"Compute on a CPU: {student['train_minutes']:.1f} min for the student plus "
                          f"{teachers_minutes(models, student):.1f} min for the CPU runs it learnt from (its teachers "
-                         "and theirs)" + ("; the GPU teachers: `bench/gpu_teachers.py`." if gpu else "."))
+                         "and theirs)" + ("; the GPU teachers: `bench/gpu_teachers.py`." if gpu else ".")
+                         + (f" Note: {RETRAINED_NOTE}." if teachers_retrained(models, student) else ""))
     return lines
 
 
@@ -2056,7 +2108,7 @@ def speed_table(results):
                   f"{others('images_per_s_b64', ',.0f')} | ≥ {TARGETS['jit_b64_images_per_s']:,} — "
                   + speed_verdict(s, chosen, "images_per_s_b64", lambda v: v >= TARGETS["jit_b64_images_per_s"],
                                   "images/s") + " |"]
-    tta = test_time_views(vars(recorded_args(s[chosen]))) if chosen else None
+    tta = exported_views(s[chosen]) if chosen else None
     if tta and forward_passes(tta) > 1:  # the latencies above are one forward pass each
         lines.append(f"| forward passes per face under the S choice's test-time views ({views_text(tta)}) | "
                      f"{forward_passes(tta)} | |")
@@ -2298,9 +2350,12 @@ def search_section(sources):
             "--out-dir", "bench/work/S/search", "--lrs", ",".join(r["lr"] for r in sweep),
             "--weight-decays", ",".join(dict.fromkeys(r["weight_decay"] for r in grid)),
             "--epochs-per-trial", str(best["trial_epochs"]), "--subset-fraction", str(best["subset_fraction"]),
-            "--top-lrs", str(len({r["lr"] for r in grid}))] + (["--skip-final"] if best.get("final") is None else [])
-    argv += ["--head", best["head"], "--loss", best["loss"], *SEARCH_RECIPE]
+            "--top-lrs", str(len({r["lr"] for r in grid}))]
+    # a search from before skip_final was recorded: a final that never ran is told by its empty result
+    argv += ["--skip-final"] if best.get("skip_final", best.get("final") is None) else []
     overfit = best["overfit_check"]
+    argv += ["--skip-overfit"] if overfit is None else []
+    argv += ["--head", best["head"], "--loss", best["loss"], *SEARCH_RECIPE]
     lines = ["## Hyper-parameter search", "",
              f"On Protocol S, sized for a 2-core CPU ({best['subset_fraction']:.0%} of the training split, "
              f"{best['trial_epochs']} epochs per trial); selection on validation only.", "",
@@ -2309,7 +2364,8 @@ def search_section(sources):
     for step, rows in (("lr sweep", sweep), ("weight-decay grid", grid)):
         lines += [f"| {step}{' (the sweep trial)' if r.get('source') == 'lr_sweep' else ''} | {r['lr']} | {r['weight_decay']} | {float(r['val_mae']):.3f} | {float(r['val_cs5']):.1%} | "
                   f"{float(r['train_mae']):.3f} | {r['seconds']} |" for r in rows]
-    lines += ["", f"- Overfit check: {'passed' if overfit['passed'] else 'failed'}, training MAE "
+    lines += ["", "- Overfit check: skipped (`--skip-overfit`)." if overfit is None else
+              f"- Overfit check: {'passed' if overfit['passed'] else 'failed'}, training MAE "
               f"{overfit['final_mae']:.2f} after {overfit['steps']} steps.",
               f"- Chosen ({best['selected_by']}): lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
               f"(val MAE {best['val_mae']:.3f}); the CSVs and `best_params.json` are copied to `bench/`.", ""]
@@ -2458,8 +2514,12 @@ def refresh_model_card(results, root: Path):
     if entry is None or cross is None or not metadata or protocol not in results.get("data", {}):
         print(f"{card_path} left as it is: results.json no longer records all of {shipped}")
         return
+    if entry.get("weights") not in (None, metadata.get("weights")):
+        print(f"{card_path} left as it is: {shipped} was trained again after it was shipped (other weights); "
+              f"ship it again (benchmark.py --ship {shipped}) or ship another run")
+        return
     card = model_card(protocol, name, entry, cross, results["data"][protocol], metadata,
-                      faces.describe_crop(metadata["crop"]), zooms)
+                      faces.describe_crop(metadata["crop"]), zooms, teachers_retrained(results["protocols"][protocol], entry))
     changed = card != card_path.read_text()
     if changed:
         atomic_write(card_path, lambda f: f.write(card.encode()))
@@ -2629,7 +2689,8 @@ def ship_zooms(args, work, results, out_path):
     results["shipped_zooms"] = record
     save_results(out_path, results)
     card = model_card(protocol, name, entry, results["cross"]["FGNET"][shipped],
-                      results["data"][protocol], metadata, faces.describe_crop(metadata["crop"]), record)
+                      results["data"][protocol], metadata, faces.describe_crop(metadata["crop"]), record,
+                      teachers_retrained(results["protocols"][protocol], entry))
     atomic_write(SHIPPED.parent / "README.md", lambda f: f.write(card.encode()))
     print(f"{shipped}: zooms {chosen} (validation MAE {val_mae[chosen]:.3f}, the face alone {val_mae['none']:.3f}); "
           f"test MAE {record['test']['mae']:.2f}, FG-NET {fgnet['mae']:.2f} -> {onnx_path}, "
@@ -2658,6 +2719,18 @@ def run_zoom_probe(args, protocols):
     save_results(out_path, results)
 
 
+def other_weights(entry, run_dir) -> str | None:
+    """Why RUN/best.pt is not the run its results entry records (trained again since, or stopped after
+    train.py finished but before benchmark.py recorded it), judged by weights where the entry records them;
+    None where it is, or where the entry is from before weights were recorded."""
+    if "weights" not in entry:
+        return None
+    from checkpoints import weights_digest
+    if weights_digest(load_checkpoint(Path(run_dir) / "best.pt")["model_state"]) != entry["weights"]:
+        return f"{Path(run_dir) / 'best.pt'} holds other weights than its record in results.json (trained again since?)"
+    return None
+
+
 def why_not_here(results, work, protocol, name, split_digest) -> str | None:
     """Why WORK/P/NAME is not the recorded run of P's split that --calibrate and --refresh-exports may rewrite
     and record: no best.pt, no record of it, or a record of another split than the one under WORK/P (whose
@@ -2667,7 +2740,7 @@ def why_not_here(results, work, protocol, name, split_digest) -> str | None:
         return f"no best.pt under {work / protocol / name}"
     if entry is None:
         return f"no record of it on Protocol {protocol}'s split"
-    if why := unfinished(work / protocol / name):
+    if why := unfinished(work / protocol / name) or other_weights(entry, work / protocol / name):
         return why
     recorded = entry.get("split_faces_digest")
     if recorded is not None and recorded != split_digest:

@@ -602,7 +602,8 @@ def search_and_train(args):
             "model": args.model, "head": args.head, "loss": args.loss, "batch_size": args.batch_size,
             "augment": args.augment, "image_size": args.image_size,
             "overfit_check": None if overfit is None else {k: overfit[k] for k in ("passed", "steps", "final_mae")},
-            "trials_trained_this_run": search.trained, "final": None}
+            "trials_trained_this_run": search.trained, "final": None,
+            "skip_final": bool(args.skip_final)}  # final stays null also while (or where) the final run fails
     run_dir = out / "final"
     argv = trial_argv(args, chosen["lr"], chosen["weight_decay"], args.final_epochs, run_dir, cache_dir, final=True)
     # the whole recipe the trials measured, also after --skip-final: the fields above alone leave out the

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 import pytest
+import torch
 
 import benchmark
 import train
@@ -1166,3 +1167,110 @@ def test_the_model_card_is_what_its_generator_writes_from_the_records(tmp_path):
     (tmp_path / "models" / "README.md").write_text(stale)
     benchmark.refresh_model_card(results, tmp_path)
     assert (tmp_path / "models" / "README.md").read_text() == stale
+
+
+def test_the_speed_table_counts_the_zooms_a_chosen_zoom_run_exports():
+    """A --choose-zooms run's command names no zooms: the table said 2 forward passes per face for an export
+    averaging 6 (the face, its 95 % and 90 % crops, each mirrored)."""
+    recorded = json.loads((REPO / "bench" / "results.json").read_text())["protocols"]["F"]
+    name, run = next(iter(recorded.items()))
+    run = {**run, "command": run["command"].replace(" --tta-zoom", " --tta-zoom-was"),
+           "zoom_choice": {"val_mae": {"none": 4.2, "0.95,0.9": 4.1}, "chosen": "0.95,0.9"}}
+    assert benchmark.exported_views(run)["tta_zoom"] == (0.95, 0.9)
+    assert benchmark.exported_views({**run, "zoom_choice": {"chosen": "none"}})["tta_zoom"] == ()
+    text = "\n".join(benchmark.speed_table({"protocols": {"S": {name: run}}}))
+    (line,) = [line for line in text.splitlines() if "forward passes per face" in line]
+    assert line.endswith("| 6 | |"), line
+
+
+def test_a_student_whose_teachers_were_trained_again_says_so():
+    """gen2's command names its teachers' folders; after they were trained again its figures are no longer what
+    that command makes, and the page did not say so."""
+    teacher = {"train_minutes": 100.0, "weights": "aaa", "epochs": 40,
+               "command": "python train.py --splits w/F/splits --out-dir w/F/t"}
+    student = {"train_minutes": 50.0, "best_val_mae": 4.0, "test_mae": 4.1, "epochs": 60, "teachers_weights": "aaa",
+               "command": "python train.py --splits w/F/splits --out-dir w/F/s --teacher w/F/t/best.pt"}
+    models = {"t": teacher, "s": student}
+    assert not benchmark.teachers_retrained(models, student)
+    assert "trained again" not in "\n".join(benchmark.distillation_lines({"F": models}))
+    teacher["weights"] = "bbb"
+    assert benchmark.teachers_retrained(models, student)
+    assert benchmark.RETRAINED_NOTE in "\n".join(benchmark.distillation_lines({"F": models}))
+    # a record from before weights were kept: told by the teachers' minutes recorded with it
+    old = {k: v for k, v in student.items() if k != "teachers_weights"}
+    assert not benchmark.teachers_retrained(models, old)  # nothing recorded to compare with
+    assert not benchmark.teachers_retrained(models, {**old, "teachers_minutes": 100.0})
+    assert benchmark.teachers_retrained(models, {**old, "teachers_minutes": 80.0})
+    cross = {"mae": 6.0, "cs5": 0.5, "faces_found": 1.0, "n": 9, "mae_per_decade": {"0-9": 5.0}}
+    data = {"splits": {"train": 9, "val": 9, "test": 9}, "test_mae_of_train_median": 14.0}
+    entry = {**student, "params": 1, "best_epoch": 1, "test_cs5": 0.5, "test_images": 9,
+             "test_mae_per_decade": {"0-9": 1.0}}
+    metadata = {"min_age": 1, "max_age": 116, "preprocess": {"image_size": 128}}
+    assert benchmark.RETRAINED_NOTE in benchmark.model_card("F", "s", entry, cross, data, metadata, "chip", retrained=True)
+    assert "trained again" not in benchmark.model_card("F", "s", entry, cross, data, metadata, "chip")
+
+
+def test_a_run_validated_with_its_zooms_is_marked_in_the_ship_rule():
+    def entry(colour, extra=""):
+        return {"best_val_mae": colour, "val_mae_gray": colour, "val_mae_scan": colour, "test_mae": 1.0,
+                "command": "python train.py --splits s --out-dir o" + extra}
+    results = {"protocols": {"F": {"plain": entry(5.0), "zoomed": entry(5.1, " --tta-zoom 0.95,0.9")}}}
+    text = "\n".join(benchmark.shipped_section({"results": results, "shipped": None}))
+    assert "| F/zoomed ‡ |" in text and "| F/plain (**chosen**) |" in text and "‡ Trained with test-time zooms" in text
+    del results["protocols"]["F"]["zoomed"]
+    assert "‡" not in "\n".join(benchmark.shipped_section({"results": results, "shipped": None}))
+
+
+def test_a_run_trained_again_since_its_record_is_not_measured_or_shipped_under_it(tmp_path, capsys, monkeypatch):
+    import argparse
+    import checkpoints
+    run = tmp_path / "F" / "m"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    state = {"w": torch.ones(2)}
+    torch.save({"model_state": state}, run / "best.pt")
+    monkeypatch.setattr(benchmark, "load_checkpoint", lambda path: torch.load(path, weights_only=True))
+    entry = {"test_mae": 4.7, "weights": checkpoints.weights_digest(state)}
+    results = {"protocols": {"F": {"m": entry}}}
+    assert benchmark.other_weights(entry, run) is None and benchmark.why_not_here(results, tmp_path, "F", "m", None) is None
+    torch.save({"model_state": {"w": torch.zeros(2)}}, run / "best.pt")  # trained again, not yet recorded
+    assert "other weights" in benchmark.why_not_here(results, tmp_path, "F", "m", None)
+    monkeypatch.setattr(benchmark, "cross_dataset", lambda *a, **k: pytest.fail("measured other weights"))
+    args = argparse.Namespace(protocols="F", models="m", cross="fgnet", cross_compare=False, cross_filters=False)
+    benchmark.check_cross(args, tmp_path, results, tmp_path / "results.json")
+    assert "skipped F/m" in capsys.readouterr().out and "cross" not in results
+    with pytest.raises(DataError, match="other weights"):
+        benchmark.ship(benchmark.get_args_parser().parse_args(["--ship", "F/m"]), tmp_path, results)
+    assert benchmark.other_weights({"test_mae": 4.7}, run) is None  # a record from before weights were kept
+
+
+def test_a_card_is_not_rewritten_for_a_shipped_run_trained_again_since(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    onnx = benchmark.SHIPPED.with_suffix(".onnx")
+    (tmp_path / onnx).write_bytes((REPO / onnx).read_bytes())
+    (tmp_path / "models" / "README.md").write_text("the card as shipped")
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    protocol, name = results["shipped_zooms"]["run"].split("/")
+    results["protocols"][protocol][name]["weights"] = "weights of a later run"
+    benchmark.refresh_model_card(results, tmp_path)
+    assert (tmp_path / "models" / "README.md").read_text() == "the card as shipped"
+    assert "trained again after it was shipped" in capsys.readouterr().out
+
+
+def test_the_search_section_reads_a_search_without_overfit_check_or_with_a_final_still_to_come():
+    """--skip-overfit writes overfit_check null (--table crashed on it), and best_params.json is written with
+    final null before the final run: that search was shown as run with --skip-final."""
+    row = {"lr": "0.001", "weight_decay": "0.0001", "val_mae": "5.1", "val_cs5": "0.5", "train_mae": "4.0", "seconds": "9"}
+    best = {"model": "simplecnn", "head": "distribution", "loss": "l1", "trial_epochs": 3, "subset_fraction": 0.5,
+            "overfit_check": None, "final": None, "skip_final": False, "selected_by": "lowest validation MAE",
+            "lr": 0.001, "weight_decay": 0.0001, "val_mae": 5.1}
+
+    def section(best):
+        return "\n".join(benchmark.search_section({"search": {"best": best, "lr_sweep": [row], "grid": [row]}}))
+    text = section(best)
+    assert "Overfit check: skipped" in text and "--skip-overfit" in text and "--skip-final" not in text
+    assert "--skip-final" in section({**best, "skip_final": True})
+    old = {k: v for k, v in best.items() if k != "skip_final"}  # a record from before skip_final was kept
+    assert "--skip-final" in section(old) and "--skip-final" not in section({**old, "final": {"test": {}}})
+    checked = section({**best, "overfit_check": {"passed": True, "final_mae": 0.5, "steps": 120}})
+    assert "passed, training MAE 0.50 after 120 steps" in checked and "--skip-overfit" not in checked

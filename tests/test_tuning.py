@@ -392,6 +392,7 @@ def test_a_failing_final_run_leaves_the_chosen_pair_in_best_params(search, demo,
     saved = ht.json.loads((run / "best_params.json").read_text())
     assert saved["lr"] == pytest.approx(search["best"]["lr"]) and saved["final"] is None
     assert saved["final_command"].startswith("python train.py ") and "note" not in saved
+    assert saved["skip_final"] is False and search["best"]["skip_final"] is True  # a final that failed, not one skipped
 
 
 def test_a_search_stops_where_its_split_was_replaced_meanwhile(tmp_path):
