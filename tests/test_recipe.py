@@ -2,6 +2,8 @@
 travels: the tuner's trials, the resume check, the seeds of an epoch."""
 import json
 
+import pytest
+
 import hyperparameter_tunning
 import train
 
@@ -107,3 +109,32 @@ def test_group_metrics_are_plain_python_values():
     table = group_metrics([30.0, 22.0], [25.0, 24.0], {"gender": ["female", "male"]})
     assert all(type(label) is str for column in table.values() for label in column)
     assert all(type(label) is str for label in regression_metrics([30.0], [25.0])["mae_per_bin"])
+
+
+def test_the_weight_average_warms_up_so_a_short_run_is_not_judged_on_its_first_step():
+    """With a fixed decay 0.999, ten updates toward 1 from a first step at 0 left the average at 0.01: a short
+    tuner trial's validation judged the model after one step."""
+    import torch
+    model = torch.nn.BatchNorm1d(1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = train.weight_average(model, 0.999, None)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    model.num_batches_tracked.fill_(7)
+    for _ in range(10):
+        ema.update_parameters(model)
+    # decays (1 + n) / (10 + n) for n = 1..10: the share of the first step is their product
+    first_share = 1.0
+    for n in range(1, 11):
+        first_share *= (1 + n) / (10 + n)
+    assert float(ema.module.weight.detach()) == pytest.approx(1 - first_share, abs=1e-6)
+    assert float(ema.module.weight.detach()) > 0.9 and int(ema.module.num_batches_tracked) == 7
+    # late in a run the decay is the one asked for
+    before = float(ema.module.weight.detach())
+    ema.n_averaged.fill_(100_000)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update_parameters(model)
+    assert float(ema.module.weight.detach()) == pytest.approx(before + 0.001 * (2.0 - before), abs=1e-6)

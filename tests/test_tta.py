@@ -332,6 +332,28 @@ def test_a_finished_run_resumed_with_choose_zooms_gets_them_without_training_aga
 
 
 @pytest.mark.slow
+def test_a_finished_student_resumed_asks_no_teacher_and_keeps_its_table(shipped_run, tmp_path, monkeypatch):
+    """Its teacher trained again since: the finish predicted the new teacher's table (minutes) and wrote it over
+    RUN/teacher.npz, which then no longer said what the student learnt from."""
+    import shutil
+    monkeypatch.setattr(train, "ZOOM_CANDIDATES", ("", "0.75"))
+    splits = shipped_run / "F" / "splits"
+    common = ["--splits", str(splits), "--epochs", "1", "--image-size", "32", "--batch-size", "32", "--threads", "1",
+              "--no-tensorboard", "--no-progress"]
+    (tmp_path / "teacher").mkdir()
+    shutil.copy(shipped_run / "F" / "m" / "best.pt", tmp_path / "teacher" / "best.pt")
+    student = ["--out-dir", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher" / "best.pt")]
+    train.main(train.get_args_parser().parse_args(common + student))
+    table = (tmp_path / "student" / "teacher.npz").read_bytes()
+    train.main(train.get_args_parser().parse_args(common + ["--out-dir", str(tmp_path / "other"), "--seed", "2"]))
+    shutil.copy(tmp_path / "other" / "best.pt", tmp_path / "teacher" / "best.pt")  # the teacher trained again
+    monkeypatch.setattr(train, "teacher_targets", lambda *a, **k: pytest.fail("asked the teacher"))
+    train.main(train.get_args_parser().parse_args(common + student + ["--resume", "--choose-zooms"]))
+    assert (tmp_path / "student" / "teacher.npz").read_bytes() == table
+    assert "zoom_choice" in json.loads((tmp_path / "student" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
 def test_the_zoom_cost_times_each_scene_with_and_without_the_zooms(shipped_run, tmp_path, monkeypatch):
     import shutil
     import bench_detection
