@@ -487,15 +487,16 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None, keep
         if out is not None and keep and len(teacher_sources(args.teacher)) > 1:  # the run keeps what it learnt from
             table["teachers_digest"] = np.asarray(teachers_digest(args.teacher))  # --resume: the same tables?
             atomic_write(out / "teacher.npz", lambda f: np.savez(f, **table))
-    elif out is not None and (kept := kept_teacher_table(out / "teacher.npz", args.teacher, faces)) is not None:
+    # a kept table lacking faces (unreadable when it was predicted, readable now) is predicted again: the same
+    # teachers give the faces it has the same figures
+    elif out is not None and (kept := kept_teacher_table(out / "teacher.npz", args.teacher, faces)) is not None \
+            and None not in teacher_rows(kept, args.splits, train_set):
         table = kept  # a --resume session learns from the very targets the run began with
         print(f"teachers: their table {out / 'teacher.npz'} was predicted from these checkpoints; read, not "
               f"predicted again (val MAE {float(table['val_mae']):.3f})")
     else:
         table = write_teacher_table(args, cache_dir, out / "teacher.npz" if out is not None and keep else None)
-    row_of = {h: i for i, h in enumerate(table["hash"].tolist())}
-    hashes = split_hashes(Path(args.splits) / "train.csv")
-    rows = [row_of.get(hashes.get(path)) for path in train_set.paths]
+    rows = teacher_rows(table, args.splits, train_set)
     missing = sum(r is None for r in rows)
     if missing:
         raise DataError(f"--teacher {args.teacher} has no prediction for {missing} of {len(rows)} training faces; "
@@ -504,6 +505,20 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None, keep
     probs = table["probs"][rows] @ onto_student_ages(table["age_grid"], min_age, max_age)
     ages = table["probs"][rows] @ table["age_grid"].astype(np.float32)
     return torch.from_numpy(ages.astype(np.float32)), torch.from_numpy(probs.astype(np.float32))
+
+
+def images_used(train_set, val_set) -> str:
+    """Digest of the training (after --subset-fraction) and validation images a run reads: a split's files
+    unreadable in one session and readable in the next (or deleted) change them, though not the split."""
+    import hashlib
+    return hashlib.sha1("\n".join([*map(str, train_set.paths), "", *map(str, val_set.paths)]).encode()).hexdigest()
+
+
+def teacher_rows(table, splits, train_set) -> list:
+    """The row of a teacher table for each face of train_set (None where the table has none)."""
+    row_of = {h: i for i, h in enumerate(table["hash"].tolist())}
+    hashes = split_hashes(Path(splits) / "train.csv")
+    return [row_of.get(hashes.get(path)) for path in train_set.paths]
 
 
 def teacher_age_grid(checkpoint) -> np.ndarray:
@@ -907,6 +922,11 @@ def train_run(args, dist_ctx: Distributed):
     crop = checkpoint.get("crop") if checkpoint else read_split_crop(args.splits)  # how the faces were cut
     # rank 0 builds the cache while the others wait; then they read it
     train_set, val_set, cache_dir = dist_ctx.in_turn(lambda: load_data(args, preprocess_config(args)))
+    used = images_used(train_set, val_set)
+    if checkpoint is not None and checkpoint.get("images_used", used) != used:
+        print(f"warning: --resume: the images readable in {args.splits} are not those {out / 'last.pt'} began with "
+              f"(now {len(train_set)} training, {len(val_set)} validation; files unreadable then or now): the "
+              "subset, the shuffle and the validation figures differ from the interrupted run's", file=sys.stderr)
     cfg = PreprocessConfig.from_dict(checkpoint["preprocess"]) if checkpoint else preprocess_config(args)
     if checkpoint is None:
         cfg.mean, cfg.std = channel_stats(train_set.images)
@@ -979,6 +999,7 @@ def train_run(args, dist_ctx: Distributed):
                                     history=history, best_val_mae=best_val, world_size=dist_ctx.world_size,
                                     ema=ema)
             state["bf16"] = use_amp  # what the steps ran in (--amp where it pays): a resumed run must run the same
+            state["images_used"] = used  # --resume: the same images read?
             if tables_digest is not None:  # --resume: the same tables' bytes (teachers_changed)
                 state["teachers_digest"] = tables_digest
             save_epoch(out, state, improved, history)

@@ -387,3 +387,35 @@ def test_a_resumed_student_of_several_tables_refuses_a_table_rewritten_since(tmp
     np.savez(tmp_path / "cpu.npz", hash=np.asarray(["a"]), age_grid=np.asarray([21], np.int32),
              probs=np.ones((1, 1), np.float32), split_faces=np.asarray("faces"))
     assert train.teachers_changed(out, teacher)
+
+
+@pytest.mark.slow
+def test_a_face_readable_again_on_resume_is_predicted_by_the_teachers_and_said(splits, teacher, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A training image missing when a student's table was predicted and back on --resume: the kept table had no
+    row for it, so every resume stopped ("has no prediction for 1 of N training faces"); and the resumed run read
+    other images than its first session without a word."""
+    import shutil
+    from pathlib import Path
+    photo = Path(train.split_csv_rows(splits / "train.csv")[0]["path"])
+    photo = photo if photo.is_absolute() else splits / photo
+    aside = tmp_path / ("aside" + photo.suffix)
+    run = ["--epochs", "2", "--teacher", str(teacher), "--cache-dir", str(tmp_path / "cache")]
+    save_epoch = train.save_epoch
+
+    def killed_after_epoch_1(out, state, improved, history):
+        save_epoch(out, state, improved, history)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_epoch", killed_after_epoch_1)
+    shutil.move(photo, aside)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(train_args(splits, tmp_path / "student", *run))
+    finally:
+        shutil.move(aside, photo)
+    monkeypatch.setattr(train, "save_epoch", save_epoch)
+    first = np.load(tmp_path / "student" / "teacher.npz")["hash"].size
+    capsys.readouterr()
+    train.main(train_args(splits, tmp_path / "student", *run, "--resume"))
+    assert "are not those" in capsys.readouterr().err
+    assert np.load(tmp_path / "student" / "teacher.npz")["hash"].size == first + 1
