@@ -1083,13 +1083,16 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=No
         + (f" (validation MAE of their mean distribution {teacher_mae:.3f})" if teacher_mae is not None else "") + " "
         f"were trained first by\n  `python benchmark.py --protocols {protocol} --models {','.join(teacher_names(entry))} "
         "--no-speed`." + (f"\n  Note: {RETRAINED_NOTE}." if retrained else ""))
-    precision = (", in bf16 autocast (`--amp`), which this CPU computes natively (AVX-512 BF16)"
-                 if recorded_args(entry).amp else "")
+    precision = ("" if not recorded_args(entry).amp else
+                 ", in float32: `--amp` was given, but that CPU has no bf16" if entry.get("bf16") is False else
+                 ", in bf16 autocast (`--amp`), which this CPU computes natively (AVX-512 BF16)")
+    model_name = {"simplecnn": "SimpleCNN"}.get(metadata["model_name"], metadata["model_name"])
+    head = "label-distribution head" if metadata["head"] == "distribution" else f"{metadata['head']} head"
     return f"""# Shipped model: `{SHIPPED.name}.onnx` (and `.jit`)
 
 Written by `python benchmark.py --ship {protocol}/{name}` from `bench/results.json`; do not edit by hand.
 
-- **What**: SimpleCNN ({entry['params']:,} parameters, label-distribution head over ages
+- **What**: {model_name} ({entry['params']:,} parameters, {head} over ages
   {metadata['min_age']}-{metadata['max_age']}), input {metadata['preprocess']['image_size']} px, {views_text(metadata)}.
   `inference.py` uses it when no `--model` is given. `model.onnx` runs in ONNX Runtime (no Python code
   inside); the `.jit` (TorchScript) is a program: load it only from this repository.

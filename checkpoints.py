@@ -66,6 +66,10 @@ def load_checkpoint(path) -> dict:
                         "pass a best.pt/last.pt written by train.py") from None
     if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
         raise DataError(f"{path} is not a checkpoint written by train.py (no model_state)")
+    version = checkpoint.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{path} has checkpoint format {version!r}, newer than this code reads ({FORMAT_VERSION}); "
+                        "update this repository (git pull) to use it")
     return checkpoint
 
 
@@ -103,6 +107,10 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             "tta_zoom": list(parse_zooms(config.get("tta_zoom", ""))),  # inference.py averages these views too
             "data": describe_training_data(config) if own_split or config.get("data_description") else None,
             "input": "float32 N x 3 x S x S RGB 0-255 after custom_dataset.preprocess_rgb",
+            # what an app must add to the graph to get the figures below (inference.AgeEstimator does)
+            "output": "N ages in years, one view each: average the views tta_flip and tta_zoom name (mirror; centred "
+                      "crops of those shares of the side, resized back), then np.interp(age, age_map x, y) where "
+                      "age_map is given; val_mae and test_mae are of that whole",
             "weights": weights_digest(best["model_state"]),  # which weights: export_mobile tells its files apart by it
             "val_mae": best.get("export_val_mae", own_val_mae),
             # the same faces through the export as it is (map included: in-sample where one is kept)
@@ -226,8 +234,10 @@ def load_torchscript(path, optimize: bool = True, map_location="cpu"):
         raise DataError(f"model file not found: {path} (train.py writes RUN/model.jit)")
     extra = {"metadata.json": ""}
     try:
-        # frozen weights are constants: map_location is what places them on a device
-        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+        # frozen weights are constants: map_location is what places them on a device. A file object, not the
+        # name: given a name, torch's C++ reads it in Windows' local code page (a folder named Jürgen fails)
+        with open(path, "rb") as f:
+            module = torch.jit.load(f, map_location=map_location, _extra_files=extra)
     except Exception as exc:
         raise DataError(f"{path} is not a TorchScript model ({type(exc).__name__}); pass the model.jit "
                         "written by train.py") from None
@@ -282,7 +292,8 @@ def rewrite_export_metadata(path, metadata: dict):
     else:
         with warnings.catch_warnings():  # torch's deprecation notice of TorchScript, said in export_torchscript
             warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
+            with open(path, "rb") as f:  # a file object: see load_torchscript
+                module = torch.jit.load(f, map_location="cpu")
             atomic_write(path, lambda f: torch.jit.save(module, f, _extra_files={"metadata.json": json.dumps(metadata)}))
     return path
 

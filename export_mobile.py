@@ -297,7 +297,8 @@ def load_pt2(path):
         raise DataError(f"model file not found: {path}")
     extra = {"metadata.json": ""}
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with open(path, "rb") as f:  # a file object: torch's C++ reads a name in Windows' local code page
+            program = torch.export.load(f, extra_files=extra)
     except Exception as exc:
         raise DataError(f"{path} is not a torch.export program ({type(exc).__name__}); "
                         "write one with export_mobile.py") from None
@@ -544,7 +545,8 @@ def quantize_step(wrapper, example, val_set, out, metadata, calibration_images: 
     float_mae = float(np.abs(float_pred - true).mean())
     int8_mae = float(np.abs(int8_pred - true).mean())
     gap = float(np.abs(int8_pred - float_pred).max())
-    print(f"exported {path} ({path.stat().st_size / 1024:.0f} KB); val MAE (n={len(true)}): float {float_mae:.3f}, "
+    print(f"exported {path} ({path.stat().st_size / 1024:.0f} KB); val MAE of the graph alone (one view per face, "
+          f"no age map: not the metadata's val_mae) (n={len(true)}): float {float_mae:.3f}, "
           f"int8 {int8_mae:.3f} ({int8_mae - float_mae:+.3f}); max |int8 - float| {gap:.3f} years; "
           f"calibrated on {len(calibration)} val images")
     return {"file": path.name, "val_n": int(len(true)), "val_mae_float": float_mae, "val_mae_int8": int8_mae,

@@ -304,7 +304,8 @@ def test_the_model_card_takes_every_figure_from_the_records_and_names_a_distille
     cross = {"mae": 7.034, "cs5": 0.498, "faces_found": 0.996, "n": 998, "mae_per_decade": {"0-9": 5.23},
              "mean_error_per_decade": {"0-9": 5.07, "60-69": -2.2}}
     data = {"splits": {"train": 18488, "val": 2312, "test": 2312}, "test_mae_of_train_median": 14.97}
-    metadata = {"min_age": 1, "max_age": 116, "preprocess": {"image_size": 128}}
+    metadata = {"min_age": 1, "max_age": 116, "preprocess": {"image_size": 128}, "model_name": "simplecnn",
+                "head": "distribution"}
     card = benchmark.model_card("F", "simplecnn_photo", entry, cross, data, metadata, "aligned 200 px chip")
     for text in ("--ship F/simplecnn_photo", "629,332 parameters", "ages\n  1-116", "input 128 px", "covers 91.3%",
                  "21.4 years", "aligned 200 px chip", "18,488 / 2,312 / 2,312", "epoch 38 of 40", "MAE\n  4.97 years",
@@ -314,6 +315,13 @@ def test_the_model_card_takes_every_figure_from_the_records_and_names_a_distille
     assert "Distilled" not in card and "bf16" not in card
     in_bf16 = dict(entry, command=entry["command"] + " --amp")
     assert "in bf16 autocast (`--amp`)" in benchmark.model_card("F", "m", in_bf16, cross, data, metadata, "chip")
+    assert "SimpleCNN (629,332 parameters, label-distribution head" in card
+    # a run whose CPU ignored --amp, and another network and head: said as they are, not as the shipped one's
+    ignored = benchmark.model_card("F", "m", dict(in_bf16, bf16=False), cross, data, metadata, "chip")
+    assert "in float32: `--amp` was given" in ignored and "bf16 autocast" not in ignored
+    other = benchmark.model_card("F", "m", entry, cross, data, {**metadata, "model_name": "resnet18",
+                                                                "head": "regression"}, "chip")
+    assert "resnet18 (629,332 parameters, regression head" in other
     distilled = dict(entry, command=entry["command"] + " --teacher w/F/a/best.pt,w/F/b/best.pt",
                      teacher_val_mae=4.9461)
     card = benchmark.model_card("F", "simplecnn_distilled", distilled, cross, data, metadata, "chip")
@@ -1205,7 +1213,8 @@ def test_a_student_whose_teachers_were_trained_again_says_so():
     data = {"splits": {"train": 9, "val": 9, "test": 9}, "test_mae_of_train_median": 14.0}
     entry = {**student, "params": 1, "best_epoch": 1, "test_cs5": 0.5, "test_images": 9,
              "test_mae_per_decade": {"0-9": 1.0}}
-    metadata = {"min_age": 1, "max_age": 116, "preprocess": {"image_size": 128}}
+    metadata = {"min_age": 1, "max_age": 116, "preprocess": {"image_size": 128}, "model_name": "simplecnn",
+                "head": "distribution"}
     assert benchmark.RETRAINED_NOTE in benchmark.model_card("F", "s", entry, cross, data, metadata, "chip", retrained=True)
     assert "trained again" not in benchmark.model_card("F", "s", entry, cross, data, metadata, "chip")
 

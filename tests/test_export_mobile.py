@@ -290,3 +290,33 @@ def test_an_export_of_the_runs_tested_weights_carries_their_test_mae(run_dir):
         checkpoint = checkpoints.load_checkpoint(run_dir / name)
         cfg = PreprocessConfig.from_dict(checkpoint["preprocess"])
         assert checkpoints.metadata_for(checkpoint, cfg, run_dir / name)["test_mae"] == expected
+
+
+def test_exports_in_a_folder_of_non_ascii_name_are_read_through_a_file_object(run_dir, eager, tmp_path, monkeypatch):
+    """Given a file name, torch's C++ reads it in Windows' local code page: a .jit or .pt2 under C:\\Users\\Jürgen
+    was 'not a TorchScript model'. Names are refused here as they fail there."""
+    folder = tmp_path / "Jürgen"
+    folder.mkdir()
+    shutil.copy(run_dir / "model.jit", folder / "model.jit")
+    wrapper, images = eager
+    export_mobile.export_pt2(wrapper, images, folder / "model.pt2", {"model_name": "simplecnn"})
+
+    def by_name_fails(load):
+        def load_as_on_windows(f, *args, **kwargs):
+            if isinstance(f, (str, Path)) and not str(f).isascii():
+                raise RuntimeError("open file failed because of errno 2 on fopen")
+            return load(f, *args, **kwargs)
+        return load_as_on_windows
+    monkeypatch.setattr(torch.jit, "load", by_name_fails(torch.jit.load))
+    monkeypatch.setattr(torch.export, "load", by_name_fails(torch.export.load))
+    module, metadata = checkpoints.load_torchscript(folder / "model.jit")
+    assert metadata["model_name"] == "simplecnn"
+    checkpoints.rewrite_export_metadata(folder / "model.jit", {**metadata, "val_mae": 1.5})
+    assert checkpoints.load_torchscript(folder / "model.jit")[1]["val_mae"] == 1.5
+    assert export_mobile.load_pt2(folder / "model.pt2")[1]["model_name"] == "simplecnn"
+
+
+def test_the_exports_say_what_their_graph_outputs_and_what_an_app_adds(run_dir):
+    """val_mae is of the views and the age map averaged and applied after the graph; nothing in the file said so."""
+    metadata = checkpoints.load_torchscript(run_dir / "model.jit")[1]
+    assert "one view each" in metadata["output"] and "age_map" in metadata["output"]

@@ -206,6 +206,13 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     bad.write_text("not a checkpoint")
     with pytest.raises(custom_dataset.DataError, match="not a readable checkpoint"):
         checkpoints.load_checkpoint(bad)
+    # a later format's checkpoint: refused with advice, as export metadata is, not read as this format
+    newer = {"version": checkpoints.FORMAT_VERSION + 1, "model_state": {}}
+    checkpoints.save_checkpoint(tmp_path / "newer.pt", newer)
+    with pytest.raises(custom_dataset.DataError, match="checkpoint format 2, newer than this code reads"):
+        checkpoints.load_checkpoint(tmp_path / "newer.pt")
+    checkpoints.save_checkpoint(tmp_path / "old.pt", {"model_state": {}})  # from before versions: format 1
+    assert checkpoints.load_checkpoint(tmp_path / "old.pt") == {"model_state": {}}
 
 
 # ---------------------------------------------------------------------------------------------- training runs
@@ -318,6 +325,24 @@ def test_exports_that_fail_the_parity_check_never_replace_the_last_good_pair(ful
     checkpoints.export_best(model, cfg, ckpt, run, val)
     assert sorted(p.name for p in run.iterdir()) == ["model.jit", "model.onnx"]
     assert checkpoints.read_export(run / "model.onnx")[1]["weights"] == checkpoints.weights_digest(ckpt["model_state"])
+
+
+def test_an_export_from_a_one_image_validation_split_takes_any_batch(full_run, splits, tmp_path):
+    """The export's example batch is the first 8 validation faces. torch.export specialises a dimension of size 1
+    (export_mobile repeats its example for that); the ONNX exporter keeps the batch dynamic from one face, as this
+    checks: an ONNX taking one face at a time would fail every flip-averaged (batch-2) prediction."""
+    import onnxruntime
+    out, _ = full_run
+    ckpt = checkpoints.load_checkpoint(out / "best.pt")
+    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
+    model, _ = checkpoints.model_from_checkpoint(ckpt)
+    val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoints.export_best(model, cfg, ckpt, run, val.subset(np.array([0])))
+    session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    three = val.batch(range(3))[0].float().numpy()
+    assert session.run(None, {session.get_inputs()[0].name: three})[0].reshape(-1).shape == (3,)
 
 
 def test_preprocessing_cache_is_reused_and_invalidated(splits, tmp_path):
