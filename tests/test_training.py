@@ -301,13 +301,16 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     assert np.abs(onnx_out - eager).max() <= 1e-4
 
 
+def best_of(full_run, splits):
+    """(checkpoint, preprocessing, model, validation set) of full_run's best epoch."""
+    ckpt = checkpoints.load_checkpoint(full_run[0] / "best.pt")
+    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
+    return ckpt, cfg, checkpoints.model_from_checkpoint(ckpt)[0], custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+
+
 def test_exports_that_fail_the_parity_check_never_replace_the_last_good_pair(full_run, splits, tmp_path,
                                                                               monkeypatch):
-    out, _ = full_run
-    ckpt = checkpoints.load_checkpoint(out / "best.pt")
-    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
-    model, _ = checkpoints.model_from_checkpoint(ckpt)
-    val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+    ckpt, cfg, model, val = best_of(full_run, splits)
     run = tmp_path / "run"
     run.mkdir()
     for name in ("model.jit", "model.onnx"):
@@ -332,11 +335,7 @@ def test_an_export_from_a_one_image_validation_split_takes_any_batch(full_run, s
     (export_mobile repeats its example for that); the ONNX exporter keeps the batch dynamic from one face, as this
     checks: an ONNX taking one face at a time would fail every flip-averaged (batch-2) prediction."""
     import onnxruntime
-    out, _ = full_run
-    ckpt = checkpoints.load_checkpoint(out / "best.pt")
-    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
-    model, _ = checkpoints.model_from_checkpoint(ckpt)
-    val = custom_dataset.load_split_dataset(splits / "val.csv", cfg)
+    ckpt, cfg, model, val = best_of(full_run, splits)
     run = tmp_path / "run"
     run.mkdir()
     checkpoints.export_best(model, cfg, ckpt, run, val.subset(np.array([0])))
