@@ -1369,11 +1369,13 @@ def superseded_caches(cache_dir, name, cfg: PreprocessConfig, paths, current_met
 def remove_orphans(folder, pattern: str = ".*.tmp"):
     """What a killed process left in folder: entries matching pattern (files, or staging folders) whose name
     carries the PID as its last all-digit dotted field (.x.npy.123.tmp, .clip_age.123.tmp.mp4, .staging.123),
-    that process being gone. A live process's are kept."""
+    that process being gone. A live process's are kept; this process's own PID counts as gone (in a container
+    every run is PID 1, so a killed run's files carried a live PID forever): every caller cleans before it
+    writes its own."""
     import shutil
     for left in Path(folder).glob(pattern):
         pid = next((field for field in reversed(left.name.split(".")) if field.isdigit()), None)
-        if pid is not None and not process_alive(int(pid)):
+        if pid is not None and (int(pid) == os.getpid() or not process_alive(int(pid))):
             if left.is_dir():
                 shutil.rmtree(left, ignore_errors=True)
             else:

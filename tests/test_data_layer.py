@@ -709,3 +709,22 @@ def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_and_other_formats_refuse
     with pytest.raises(DataError, match="too large"):
         custom_dataset.load_rgb(tmp_path / "huge.png")
     assert custom_dataset.check_image(tmp_path / "huge.jpg")["reason"] == "too_large"  # never a training face
+
+
+def test_a_killed_runs_temporary_files_go_even_where_its_pid_is_this_process(tmp_path):
+    """In a container every run is PID 1: a killed run's .x.npy.1.tmp carried a live PID (ours) and stayed."""
+    import os
+    import subprocess
+    import sys
+    from custom_dataset import remove_orphans
+    ours = tmp_path / f".part.npy.{os.getpid()}.tmp"
+    ours.write_bytes(b"left by a killed run of the same PID")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        theirs = tmp_path / f".part.npy.{alive.pid}.tmp"
+        theirs.write_bytes(b"being written by a live process")
+        remove_orphans(tmp_path)
+        assert not ours.exists() and theirs.exists()
+    finally:
+        alive.kill()
+        alive.wait()
