@@ -2171,23 +2171,25 @@ def speed_section(sources):
     return lines
 
 
-def cross_command(results):
+def cross_commands(results) -> list:
+    """The commands that measured the FG-NET rows as they are kept: each protocol's models, those with a Haar box
+    row again with --cross-compare, and each crop check (run for the last model named) by itself. An earlier
+    split's rows ("P (earlier split, to D)/NAME") are not reproduced: their split is gone."""
     fgnet = results.get("cross", {}).get("FGNET", {})
-    # "P/NAME" or "P/NAME (Haar box crop)"; an earlier split's rows ("P (earlier split, to D)/NAME") are not
-    # reproduced: their split is gone
-    pairs = [(k.rsplit("/", 1)[0], k.rsplit("/", 1)[1].split(" (")[0]) for k in fgnet if "/" in k]
-    pairs = [(p, n) for p, n in pairs if p in PROTOCOLS]
-    keys = [f"{p}/{n}" for p, n in pairs]
-    protocols = list(dict.fromkeys(p for p, _ in pairs))
-    models = list(dict.fromkeys(n for _, n in pairs))
-    argv = ["python", "benchmark.py", "--cross", CROSS_DIR, "--protocols", ",".join(protocols), "--models",
-            ",".join(models)]
-    if any(" (" in k.rsplit("/", 1)[-1] for k in fgnet):
-        argv.append("--cross-compare")
-    checks = [c for c in results.get("crop_consistency", []) if "mae_through_pipeline" in c and c["model"] in keys]
-    if checks:
-        argv += ["--crop-check", str(checks[-1]["images"])]
-    return shlex.join(argv)
+    rows = [(k.rsplit("/", 1)[0], *k.rsplit("/", 1)[1].split(" (", 1)) for k in fgnet if "/" in k]
+    commands = []
+    for protocol in dict.fromkeys(p for p, *_ in rows if p in PROTOCOLS):
+        argv = ["python", "benchmark.py", "--cross", CROSS_DIR, "--protocols", protocol, "--models"]
+        plain = [n for p, n, *variant in rows if p == protocol and not variant]
+        haar = [n for p, n, *variant in rows if p == protocol and variant == ["Haar box crop)"]]
+        commands += [shlex.join(argv + [",".join(plain)])] if plain else []
+        commands += [shlex.join(argv + [",".join(haar), "--cross-compare"]) + "   # the Haar box crop rows"] \
+            if haar else []
+        for check in results.get("crop_consistency", []):
+            if "mae_through_pipeline" in check and check["model"] in {f"{protocol}/{n}" for n in plain}:
+                commands.append(shlex.join(argv + [check["model"].split("/", 1)[1], "--crop-check",
+                                                   str(check["images"])]) + "   # its crop check")
+    return commands
 
 
 def cross_reading(results, shipped):
@@ -2236,7 +2238,7 @@ def cross_section(sources):
             "`inference.py`'s own pipeline (detect, align, preprocess, predict; a photo without a face is counted, "
             "not guessed), once with the model's own crop and once with a Haar box and a square crop; and Protocol "
             "F test faces pasted into the scenes of Face detection, compared with the files themselves.", "",
-            *code_block([cross_command(results)]), "", tables, "", *cross_reading(results, sources["shipped"]),
+            *code_block(cross_commands(results)), "", tables, "", *cross_reading(results, sources["shipped"]),
             *cross_filter_lines(results)]
 
 

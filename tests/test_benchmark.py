@@ -811,7 +811,7 @@ def test_a_new_split_moves_the_recorded_runs_aside_and_the_protocol_starts_afres
     assert list(results["data"]) == ["S", label, "F"]
     # the tables read the moved records (they raised KeyError and IndexError on the labels)
     assert "the face alone: 3.95), FG-NET MAE 6.00 (6.10)" in "".join(benchmark.shipped_zooms_lines(results))
-    assert benchmark.cross_command(results).endswith("--protocols F --models f --cross-compare")
+    assert benchmark.cross_commands(results) == [f"python benchmark.py --cross {benchmark.CROSS_DIR} --protocols F --models f"]
     benchmark.run_protocol(args, "S", ["c"], results, tmp_path / "r.json")  # the same split again: nothing moves
     assert list(results["protocols"]) == ["S", label, "F"] and set(results["protocols"]["S"]) == {"b", "c"}
     digest["now"] = "newer"  # another change of the split the same day: a label of its own
@@ -1283,3 +1283,17 @@ def test_the_search_section_reads_a_search_without_overfit_check_or_with_a_final
     assert "--skip-final" in section(old) and "--skip-final" not in section({**old, "final": {"test": {}}})
     checked = section({**best, "overfit_check": {"passed": True, "final_mae": 0.5, "steps": 120}})
     assert "passed, training MAE 0.50 after 120 steps" in checked and "--skip-overfit" not in checked
+
+
+def test_the_fgnet_commands_remake_each_row_as_it_is_kept():
+    """One command named every model with --cross-compare and --crop-check: it would add Haar rows to models that
+    have none, and the crop check runs for the last model named only, so the checked model's row was made by no
+    command shown."""
+    figures = {"mae": 6.0}
+    results = {"cross": {"FGNET": {"F/a": figures, "F/a (Haar box crop)": figures, "F/b": figures, "F/c": figures,
+                                   "S (earlier split, to 2026-12-03)/old": figures}},
+               "crop_consistency": [{"model": "F/b", "images": 300, "mae_through_pipeline": 5.0},
+                                    {"model": "F/gone", "images": 300, "mae_through_pipeline": 5.0}]}
+    cross = f"python benchmark.py --cross {benchmark.CROSS_DIR} --protocols F --models"
+    assert benchmark.cross_commands(results) == [f"{cross} a,b,c", f"{cross} a --cross-compare   # the Haar box crop rows",
+                                                 f"{cross} b --crop-check 300   # its crop check"]
