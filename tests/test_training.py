@@ -563,7 +563,8 @@ def test_weight_average_golden_values():
     with torch.no_grad():
         net.weight += 1.0
     ema.update_parameters(net)
-    assert torch.allclose(ema.module.weight, start + 0.1)  # 0.9 * w + 0.1 * (w + 1)
+    # warmed up: the second update's decay is min(0.9, (1 + 1) / (10 + 1)) = 2/11, so w + 9/11
+    assert torch.allclose(ema.module.weight, start + 9 / 11)
     assert train.weight_average(net, 0.0, None) is None
 
 
