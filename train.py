@@ -1121,15 +1121,20 @@ class EpochLogger:
         settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                     for k, v in vars(args).items() if k in RESUME_CHECKED + recipe_keys()}
         for summary in hparams(settings, metrics):
-            self.writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value)
+            self.writer.file_writer.add_summary(summary, self.finish_step)
+        self.scalars(metrics)
         self.writer.flush()
+
+    @property
+    def finish_step(self) -> int:
+        """The step of what is logged at the finish: after the last epoch, so that a finished run resumed
+        (--choose-zooms) starts its writer at this step (purge_step) and its new scores replace the old."""
+        return self.epochs + 1
 
     def scalars(self, values: dict):
         if self.writer is not None:
             for tag, value in values.items():
-                self.writer.add_scalar(tag, value)
+                self.writer.add_scalar(tag, value, self.finish_step)
 
     def close(self):
         if self.writer is not None:

@@ -354,6 +354,24 @@ def test_a_finished_student_resumed_asks_no_teacher_and_keeps_its_table(shipped_
 
 
 @pytest.mark.slow
+def test_a_finished_run_finished_again_replaces_its_scores_in_tensorboard(shipped_run, tmp_path, monkeypatch):
+    """The finish's scores were logged at step 0: a --resume --choose-zooms showed two test/mae values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setattr(train, "ZOOM_CANDIDATES", ("", "0.75"))
+    argv = ["--splits", str(shipped_run / "F" / "splits"), "--out-dir", str(tmp_path / "run"), "--epochs", "1",
+            "--image-size", "32", "--batch-size", "32", "--threads", "1", "--no-progress"]
+    train.main(train.get_args_parser().parse_args(argv))
+    train.main(train.get_args_parser().parse_args(argv + ["--resume", "--choose-zooms"]))
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    finish_tags = [t for t in events.Tags()["scalars"] if t.startswith("test")]
+    assert finish_tags
+    for tag in finish_tags:
+        assert [e.step for e in events.Scalars(tag)] == [2], tag  # once, after the last epoch
+    assert [e.step for e in events.Scalars("mae/val")] == [1]
+
+
+@pytest.mark.slow
 def test_the_zoom_cost_times_each_scene_with_and_without_the_zooms(shipped_run, tmp_path, monkeypatch):
     import shutil
     import bench_detection
