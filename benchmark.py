@@ -982,7 +982,8 @@ def unfinished(run_dir) -> str | None:
 
 
 def check_crops(args, work, protocol, name, results, out_path):
-    if why := unfinished(work / protocol / name):
+    entry = results.get("protocols", {}).get(protocol, {}).get(name, {})
+    if why := unfinished(work / protocol / name) or other_weights(entry, work / protocol / name):
         print(f"--crop-check skipped: {why}")
         return
     fresh = {"model": f"{protocol}/{name}", **crop_consistency(work / protocol / name, work / protocol / "splits",
@@ -1052,7 +1053,7 @@ def ship(args, work, results):
         target = SHIPPED.with_suffix(suffix)
         blob = (run_dir / f"model{suffix}").read_bytes()
         atomic_write(target, lambda f: f.write(blob))
-    probes = [k for k in results.get("zoom_probe", {}) if k.split(":", 1)[1] == str(SHIPPED.with_suffix(".onnx"))]
+    probes = shipped_probes(results)
     for key in probes:  # measured on the exports just replaced
         del results["zoom_probe"][key]
     if results.pop("shipped_zooms", None) or probes:  # they were chosen for the exports just replaced
@@ -1062,6 +1063,12 @@ def ship(args, work, results):
     card_path = SHIPPED.parent / "README.md"
     atomic_write(card_path, lambda f: f.write(card.encode()))
     print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
+
+
+def shipped_probes(results) -> list:
+    """The --zoom-probe records of the shipped export, however its path was written (./models/..., absolute)."""
+    return [k for k in results.get("zoom_probe", {})
+            if Path(k.split(":", 1)[1]).resolve() == SHIPPED.with_suffix(".onnx").resolve()]
 
 
 def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=None, retrained=False) -> str:
@@ -2172,23 +2179,23 @@ def speed_section(sources):
 
 
 def cross_commands(results) -> list:
-    """The commands that measured the FG-NET rows as they are kept: each protocol's models, those with a Haar box
-    row again with --cross-compare, and each crop check (run for the last model named) by itself. An earlier
-    split's rows ("P (earlier split, to D)/NAME") are not reproduced: their split is gone."""
+    """The commands that measured the FG-NET rows as they are kept, each row once: a protocol's models, those with
+    a Haar box row with --cross-compare, and each crop-checked model by itself (--crop-check checks the last model
+    named). An earlier split's rows ("P (earlier split, to D)/NAME") are not reproduced: their split is gone."""
     fgnet = results.get("cross", {}).get("FGNET", {})
     rows = [(k.rsplit("/", 1)[0], *k.rsplit("/", 1)[1].split(" (", 1)) for k in fgnet if "/" in k]
     commands = []
     for protocol in dict.fromkeys(p for p, *_ in rows if p in PROTOCOLS):
         argv = ["python", "benchmark.py", "--cross", CROSS_DIR, "--protocols", protocol, "--models"]
         plain = [n for p, n, *variant in rows if p == protocol and not variant]
-        haar = [n for p, n, *variant in rows if p == protocol and variant == ["Haar box crop)"]]
-        commands += [shlex.join(argv + [",".join(plain)])] if plain else []
-        commands += [shlex.join(argv + [",".join(haar), "--cross-compare"]) + "   # the Haar box crop rows"] \
-            if haar else []
-        for check in results.get("crop_consistency", []):
-            if "mae_through_pipeline" in check and check["model"] in {f"{protocol}/{n}" for n in plain}:
-                commands.append(shlex.join(argv + [check["model"].split("/", 1)[1], "--crop-check",
-                                                   str(check["images"])]) + "   # its crop check")
+        haar = {n for p, n, *variant in rows if p == protocol and variant == ["Haar box crop)"]}
+        checked = {c["model"].split("/", 1)[1]: c["images"] for c in results.get("crop_consistency", [])
+                   if "mae_through_pipeline" in c and c["model"] in {f"{protocol}/{n}" for n in plain}}
+        for group, extra in (([n for n in plain if n not in haar and n not in checked], []),
+                             ([n for n in plain if n in haar and n not in checked], ["--cross-compare"])):
+            commands += [shlex.join(argv + [",".join(group), *extra])] if group else []
+        commands += [shlex.join(argv + [n, *(["--cross-compare"] if n in haar else []), "--crop-check", str(images)])
+                     for n, images in checked.items()]
     return commands
 
 
@@ -2650,6 +2657,9 @@ def ship_zooms(args, work, results, out_path):
     onnx_path = SHIPPED.with_suffix(".onnx")
     estimator = AgeEstimator(onnx_path, whole_image=True, threads=torch.get_num_threads())
     metadata = dict(estimator.metadata)
+    if entry.get("weights") not in (None, metadata.get("weights")):  # the card would mix two models' figures
+        raise DataError(f"{shipped} was trained again after it was shipped (other weights than {onnx_path}); ship it "
+                        f"again (benchmark.py --ship {shipped}) first")
     val, test = (load_split_dataset(splits / f"{split}.csv", estimator.cfg, splits.parent / "cache", progress=False)
                  for split in ("val", "test"))
     true = val.ages.numpy()

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import unicodedata
 import warnings
 from collections import Counter
@@ -42,10 +43,9 @@ torch = lazy_import("torch")  # imported on first use: eda and ONNX inference ne
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
-# Pillow's own guard (a warning above it, an error above twice it) set far enough above ours that a JPEG of any
-# size JPEG allows (65,535 px a side: 4.3 Gpx) is opened and decoded at 1/8 of its size; our own check refuses
-# every other image over MAX_IMAGE_PIXELS after reading its header, before a pixel is decoded
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS * 64
+# Pillow's own guard (89 Mpx: a warning, twice that: an error) set to ours, so one rule and one message hold;
+# load_rgb_shrunk alone lifts it, to read a baseline JPEG of any size at 1/2 to 1/8 of it
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MAX_FILE_BYTES = 300_000_000    # a 100 Mpx photo is far smaller as a JPEG or PNG
 UTKFACE_NAME = re.compile(r"^(\d+)_")  # age is the text before the first "_"; the rest is irregular
 # the whole of UTKFace's own naming (age_gender_race_date): what marks a folder as a UTKFace-style data set for
@@ -449,14 +449,20 @@ def load_rgb_shrunk(path, max_side: int | None = None) -> tuple[np.ndarray, int]
     """load_rgb's array and the factor a JPEG over MAX_IMAGE_PIXELS was decoded smaller by (1, 2, 4 or 8;
     1 for every other image, and for a preview made with max_side): pixel (x, y) of the array covers the
     file's pixels from (x, y) * factor on."""
+    too_large = f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)"
     try:
-        with warnings.catch_warnings():  # the size is checked just below, with one message for every size
+        with warnings.catch_warnings(), _pillow_guard_lifted():  # our own check below, one message for every size
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError:  # over 128 times our limit: no JPEG is that large
-        raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)") from None
+        raise DataError(too_large) from None
     shrink = 1
     with img:
+        # a progressive JPEG keeps every coefficient of the whole image while it decodes, whatever the scale
+        # (3 bytes a pixel and more): over twice the limit, as before, it is refused
+        baseline = not img.info.get("progressive") and not img.info.get("progression")
+        if img.width * img.height > MAX_IMAGE_PIXELS * (64 if baseline else 2) and img.format in ("JPEG", "MPO"):
+            raise DataError(too_large)
         if img.width * img.height > MAX_IMAGE_PIXELS and img.format in ("JPEG", "MPO"):  # MPO: a camera's JPEG
             # a 108 or 200 Mpx phone photo: decoded at 1/2 (1/4, 1/8) of its size, which JPEG gives for free, not
             # refused; the bound on memory holds all the same (a data set's scan still skips it as too_large)
@@ -467,7 +473,7 @@ def load_rgb_shrunk(path, max_side: int | None = None) -> tuple[np.ndarray, int]
             # size rounded up would give 1 for an odd side
             img.draft("RGB", (max(1, img.width // shrink), max(1, img.height // shrink)))
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise DataError(f"image too large: {path} (over {MAX_IMAGE_PIXELS // 1_000_000} million pixels)")
+            raise DataError(too_large)
         if max_side is None:
             return np.asarray(to_rgb(img)), shrink
         if img.format == "JPEG":
@@ -475,6 +481,17 @@ def load_rgb_shrunk(path, max_side: int | None = None) -> tuple[np.ndarray, int]
         rgb = to_rgb(img)
         rgb.thumbnail((max_side, max_side))
         return np.asarray(rgb), 1
+
+
+@contextlib.contextmanager
+def _pillow_guard_lifted():
+    """Pillow's size guard raised while one file is opened (its header read, nothing decoded): to 64 times ours,
+    the most a JPEG read at 1/8 can be; every other caller keeps it as set."""
+    kept, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS * 64
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = kept
 
 
 def labelled_folder_above(path, csv_sets=True) -> Path | None:
@@ -1366,16 +1383,28 @@ def superseded_caches(cache_dir, name, cfg: PreprocessConfig, paths, current_met
     return stale
 
 
+PROCESS_STARTED = time.time()  # about when this process started (this module is among its first imports)
+
+
 def remove_orphans(folder, pattern: str = ".*.tmp"):
     """What a killed process left in folder: entries matching pattern (files, or staging folders) whose name
     carries the PID as its last all-digit dotted field (.x.npy.123.tmp, .clip_age.123.tmp.mp4, .staging.123),
-    that process being gone. A live process's are kept; this process's own PID counts as gone (in a container
-    every run is PID 1, so a killed run's files carried a live PID forever): every caller cleans before it
-    writes its own."""
+    that process being gone. A live process's are kept. Files of this process's own PID last changed before it
+    started are a killed run's (in a container every run is PID 1, and they stayed forever); a newer one may be
+    another container's, writing into a shared folder."""
     import shutil
     for left in Path(folder).glob(pattern):
         pid = next((field for field in reversed(left.name.split(".")) if field.isdigit()), None)
-        if pid is not None and (int(pid) == os.getpid() or not process_alive(int(pid))):
+        if pid is None:
+            continue
+        if int(pid) == os.getpid():
+            try:
+                gone = left.stat().st_mtime < PROCESS_STARTED
+            except OSError:
+                continue
+        else:
+            gone = not process_alive(int(pid))
+        if gone:
             if left.is_dir():
                 shutil.rmtree(left, ignore_errors=True)
             else:

@@ -265,25 +265,26 @@ class AgeEstimator:
                             "not one exported by train.py")
         return out[:, 0].reshape(len(views), len(x)).mean(axis=0)
 
-    def drop_reason(self, face: Face) -> str | None:
+    def drop_reason(self, face: Face, shrink=1) -> str | None:
         """"min_face" or "min_score" where a filter drops the face, else None. The detector applies it before
-        it removes duplicate boxes (FacePipeline.detect_filtered), to the box as reported (inside the photo)."""
-        if self.min_face and min(face.box[2], face.box[3]) < self.min_face:
+        it removes duplicate boxes (FacePipeline.detect_filtered), to the box as reported (inside the photo),
+        in the file's pixels (shrink: the factor a huge JPEG was read smaller by)."""
+        if self.min_face and min(face.box[2], face.box[3]) * shrink < self.min_face:
             return "min_face"
         if self.min_score is not None and face.score < self.min_score:
             return "min_score"
         return None
 
-    def detect(self, rgb) -> tuple[list[Face], list[tuple[Face, str]]]:
-        """(kept faces with their chips, largest first; [(dropped face, reason)]) of one RGB image.
-        Dropped faces are never cut out nor shown to the model."""
+    def detect(self, rgb, shrink=1) -> tuple[list[Face], list[tuple[Face, str]]]:
+        """(kept faces with their chips, largest first; [(dropped face, reason)]) of one RGB image (a file read
+        at 1/shrink of its size). Dropped faces are never cut out nor shown to the model."""
         rgb = _array_rgb(rgb)  # a caller's gray, RGBA or mirrored (non-contiguous) frame: the chips must be RGB too
         if self.whole_image:
             height, width = rgb.shape[:2]
             face = Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)
-            reason = self.drop_reason(face)
+            reason = self.drop_reason(face, shrink)
             return ([], [(face, reason)]) if reason else ([face], [])
-        found, dropped = self.pipeline.detect_filtered(rgb, self.drop_reason)
+        found, dropped = self.pipeline.detect_filtered(rgb, lambda face: self.drop_reason(face, shrink))
         found.sort(key=lambda f: -f.box[2] * f.box[3])
         dropped.sort(key=lambda d: -d[0].box[2] * d[0].box[3])
         return [self.pipeline.cut(rgb, face) for face in found], dropped
@@ -301,7 +302,7 @@ class AgeEstimator:
     def analyse(self, rgb, name="", shrink=1) -> ImageResult:
         """Everything about one RGB image, built once: used by predict, the CSV, the JSON and the drawing.
         shrink: the factor a huge JPEG was decoded smaller by (load_rgb_shrunk), for boxes in the file's pixels."""
-        kept, dropped = self.detect(rgb)
+        kept, dropped = self.detect(rgb, shrink)
         inputs = self.model_inputs([f.chip for f in kept]) if kept else np.zeros((0,), np.uint8)
         ages = self.predict_inputs(inputs)
         faces = [self.face_record(f, a, i) for f, a, i in zip(kept, ages, self.intervals(ages))]

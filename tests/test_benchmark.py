@@ -1251,6 +1251,26 @@ def test_a_run_trained_again_since_its_record_is_not_measured_or_shipped_under_i
     with pytest.raises(DataError, match="other weights"):
         benchmark.ship(benchmark.get_args_parser().parse_args(["--ship", "F/m"]), tmp_path, results)
     assert benchmark.other_weights({"test_mae": 4.7}, run) is None  # a record from before weights were kept
+    monkeypatch.setattr(benchmark, "crop_consistency", lambda *a, **k: pytest.fail("checked other weights' crops"))
+    benchmark.check_crops(argparse.Namespace(crop_check=300), tmp_path, "F", "m", results, tmp_path / "r.json")
+    assert "--crop-check skipped" in capsys.readouterr().out and "crop_consistency" not in results
+
+
+def test_the_zooms_of_a_shipped_run_trained_again_since_are_not_chosen(tmp_path):
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    protocol, name = results["shipped_zooms"]["run"].split("/")
+    results["protocols"][protocol][name]["weights"] = "weights of a later run"
+    (tmp_path / protocol / "splits").mkdir(parents=True)
+    (tmp_path / protocol / "splits" / "test.csv").write_text("path,age\n")
+    args = benchmark.get_args_parser().parse_args(["--ship-zooms"])
+    with pytest.raises(DataError, match="trained again after it was shipped"):
+        benchmark.ship_zooms(args, tmp_path, results, tmp_path / "r.json")
+
+
+def test_the_shipped_exports_zoom_probes_are_found_however_their_path_was_written():
+    onnx = benchmark.SHIPPED.with_suffix(".onnx")
+    probes = {f"F:{onnx}": {}, f"F:./{onnx}": {}, f"F:{onnx.resolve()}": {}, "F:bench/work/F/m/model.onnx": {}}
+    assert benchmark.shipped_probes({"zoom_probe": probes}) == list(probes)[:3]
 
 
 def test_a_card_is_not_rewritten_for_a_shipped_run_trained_again_since(tmp_path, capsys):
@@ -1288,12 +1308,14 @@ def test_the_search_section_reads_a_search_without_overfit_check_or_with_a_final
 def test_the_fgnet_commands_remake_each_row_as_it_is_kept():
     """One command named every model with --cross-compare and --crop-check: it would add Haar rows to models that
     have none, and the crop check runs for the last model named only, so the checked model's row was made by no
-    command shown."""
+    command shown. Each row is measured by one command only."""
     figures = {"mae": 6.0}
     results = {"cross": {"FGNET": {"F/a": figures, "F/a (Haar box crop)": figures, "F/b": figures, "F/c": figures,
                                    "S (earlier split, to 2026-12-03)/old": figures}},
                "crop_consistency": [{"model": "F/b", "images": 300, "mae_through_pipeline": 5.0},
                                     {"model": "F/gone", "images": 300, "mae_through_pipeline": 5.0}]}
     cross = f"python benchmark.py --cross {benchmark.CROSS_DIR} --protocols F --models"
-    assert benchmark.cross_commands(results) == [f"{cross} a,b,c", f"{cross} a --cross-compare   # the Haar box crop rows",
-                                                 f"{cross} b --crop-check 300   # its crop check"]
+    assert benchmark.cross_commands(results) == [f"{cross} c", f"{cross} a --cross-compare", f"{cross} b --crop-check 300"]
+    results["cross"]["FGNET"]["F/b (Haar box crop)"] = figures  # each row once: b's Haar row with its crop check
+    assert benchmark.cross_commands(results)[1:] == [f"{cross} a --cross-compare",
+                                                     f"{cross} b --cross-compare --crop-check 300"]

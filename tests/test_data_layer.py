@@ -689,7 +689,7 @@ def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_and_other_formats_refuse
     free, within the same bound on memory."""
     import custom_dataset
     from PIL import Image as PILImage
-    # scaled down as the module sets them: Pillow's own guard as far above ours as there
+    # scaled down as the module sets them: Pillow's own guard at ours
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS * 10_000 // custom_dataset.MAX_IMAGE_PIXELS)
     monkeypatch.setattr(custom_dataset, "MAX_IMAGE_PIXELS", 10_000)
     pixels = np.random.default_rng(0).integers(0, 256, (121, 161, 3), dtype=np.uint8)  # 19,481 px, odd sides
@@ -709,22 +709,34 @@ def test_a_jpeg_over_the_pixel_limit_is_decoded_smaller_and_other_formats_refuse
     with pytest.raises(DataError, match="too large"):
         custom_dataset.load_rgb(tmp_path / "huge.png")
     assert custom_dataset.check_image(tmp_path / "huge.jpg")["reason"] == "too_large"  # never a training face
+    assert PILImage.MAX_IMAGE_PIXELS == 10_000  # lifted for that one file only: every other caller keeps the guard
+    # a progressive JPEG decodes at full size in memory whatever the scale: over twice the limit it is refused
+    PILImage.fromarray(huge).save(tmp_path / "huge_progressive.jpg", quality=90, progressive=True)
+    with pytest.raises(DataError, match="too large"):
+        custom_dataset.load_rgb(tmp_path / "huge_progressive.jpg")
+    PILImage.fromarray(pixels).save(tmp_path / "big_progressive.jpg", quality=95, progressive=True)
+    assert custom_dataset.load_rgb_shrunk(tmp_path / "big_progressive.jpg")[0].shape == (61, 81, 3)
 
 
 def test_a_killed_runs_temporary_files_go_even_where_its_pid_is_this_process(tmp_path):
-    """In a container every run is PID 1: a killed run's .x.npy.1.tmp carried a live PID (ours) and stayed."""
+    """In a container every run is PID 1: a killed run's .x.npy.1.tmp carried a live PID (ours) and stayed. One
+    of our PID written since we started may be another container's in a shared folder: it stays."""
     import os
     import subprocess
     import sys
+    import custom_dataset
     from custom_dataset import remove_orphans
-    ours = tmp_path / f".part.npy.{os.getpid()}.tmp"
-    ours.write_bytes(b"left by a killed run of the same PID")
+    killed = tmp_path / f".part.npy.{os.getpid()}.tmp"
+    killed.write_bytes(b"left by a killed run of the same PID")
+    os.utime(killed, (custom_dataset.PROCESS_STARTED - 60, custom_dataset.PROCESS_STARTED - 60))
+    shared = tmp_path / f".other.npy.{os.getpid()}.tmp"
+    shared.write_bytes(b"being written by another container's PID 1")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         theirs = tmp_path / f".part.npy.{alive.pid}.tmp"
         theirs.write_bytes(b"being written by a live process")
         remove_orphans(tmp_path)
-        assert not ours.exists() and theirs.exists()
+        assert not killed.exists() and shared.exists() and theirs.exists()
     finally:
         alive.kill()
         alive.wait()

@@ -701,6 +701,11 @@ def test_a_jpeg_read_at_half_size_reports_its_boxes_in_the_files_pixels(model, f
     assert cv2.imread(str(tmp_path / "half" / "a.jpg")).shape[:2] == (big.shape[0] // 2, big.shape[1] // 2)
     estimator = inference.AgeEstimator(model, detector="haar", threads=1)
     assert [f["box"] for f in estimator.predict(str(tmp_path / "big.jpg"))] == [tuple(b) for b in half["boxes"]]
+    # --min-face is in the file's pixels too: a 200 px face read at 100 px is no face under 150 px
+    side = min(min(b[2], b[3]) for b in half["boxes"])
+    kept = run_main(["--image", str(tmp_path / "big.jpg"), "--output", str(tmp_path / "min" / "a.jpg"),
+                     "--model", str(model), "--min-face", str(side - 20)])
+    assert len(kept["boxes"]) == 2
 
 
 def test_a_file_without_read_permission_says_so(model, faces, tmp_path, monkeypatch):

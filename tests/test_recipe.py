@@ -111,8 +111,8 @@ def test_group_metrics_are_plain_python_values():
     assert all(type(label) is str for label in regression_metrics([30.0], [25.0])["mae_per_bin"])
 
 
-def test_the_weight_average_warms_up_so_a_short_run_is_not_judged_on_its_first_step():
-    """With a fixed decay 0.999, ten updates toward 1 from a first step at 0 left the average at 0.01: a short
+def test_the_weight_average_is_bias_corrected_so_a_short_run_is_not_judged_on_its_first_step():
+    """Without the correction, ten updates toward 1 from a first step at 0 left the 0.999 average at 0.01: a short
     tuner trial's validation judged the model after one step."""
     import torch
     model = torch.nn.BatchNorm1d(1)
@@ -125,11 +125,8 @@ def test_the_weight_average_warms_up_so_a_short_run_is_not_judged_on_its_first_s
     model.num_batches_tracked.fill_(7)
     for _ in range(10):
         ema.update_parameters(model)
-    # decays (1 + n) / (10 + n) for n = 1..10: the share of the first step is their product
-    first_share = 1.0
-    for n in range(1, 11):
-        first_share *= (1 + n) / (10 + n)
-    assert float(ema.module.weight.detach()) == pytest.approx(1 - first_share, abs=1e-6)
+    # the normalised exponential average of 11 steps, ten of them at 1: (1 - d^10) / (1 - d^11)
+    assert float(ema.module.weight.detach()) == pytest.approx((1 - 0.999 ** 10) / (1 - 0.999 ** 11), abs=1e-6)
     assert float(ema.module.weight.detach()) > 0.9 and int(ema.module.num_batches_tracked) == 7
     # late in a run the decay is the one asked for
     before = float(ema.module.weight.detach())

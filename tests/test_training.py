@@ -563,8 +563,8 @@ def test_weight_average_golden_values():
     with torch.no_grad():
         net.weight += 1.0
     ema.update_parameters(net)
-    # warmed up: the second update's decay is min(0.9, (1 + 1) / (10 + 1)) = 2/11, so w + 9/11
-    assert torch.allclose(ema.module.weight, start + 9 / 11)
+    # bias-corrected: the second update moves it by 0.1 / (1 - 0.9^2) = 10/19 of the way
+    assert torch.allclose(ema.module.weight, start + 10 / 19)
     assert train.weight_average(net, 0.0, None) is None
 
 
