@@ -321,7 +321,10 @@ def get_args_parser():
     p.add_argument("--quick", action="store_true", help="smoke run: Protocol S, 2 epochs on 10 %% of train")
     p.add_argument("--no-speed", action="store_true", help="skip the loader speed measurement")
     p.add_argument("--crop-check", type=int, default=0,
-                   help="also compare test MAE of UTKFace's files directly vs found again in N photo-like scenes")
+                   help="also compare test MAE of UTKFace's files directly vs found again in N photo-like scenes, "
+                        "for the last of --models (with --cross or --refresh-exports: of the last protocol); "
+                        "skipped, said, where its run is unfinished or its best.pt holds other weights than its "
+                        "record (records made from 2026-12-04 on keep their weights)")
     p.add_argument("--table", action="store_true",
                    help="only write --results-md and the results block of --readme from --out, --detection and "
                         "the other records in bench/ (and print the main tables)")
@@ -342,7 +345,10 @@ def get_args_parser():
     p.add_argument("--cross-compare", action="store_true",
                    help="with --cross: also run each model with the old Haar box crop, for comparison")
     p.add_argument("--ship", metavar="PROTOCOL/NAME", default=None,
-                   help="only copy that run's exports to models/ and write the model card (needs --cross first)")
+                   help="only export that Protocol F run again from its best.pt (with its interval), copy the "
+                        "exports to models/ and write the model card (needs --cross first); drops the earlier "
+                        "shipped zooms and zoom probes (run --ship-zooms again); refused where best.pt holds other "
+                        "weights than its record (records made from 2026-12-04 on keep their weights)")
     p.add_argument("--ablations", default=None,
                    help="comma-separated one-lever experiments on Protocol S, validation only: "
                         f"{', '.join(ABLATIONS)}; at 40 epochs on simplecnn_tuned's recipe: {', '.join(LONG_ABLATIONS)}")
@@ -1032,11 +1038,14 @@ def ship(args, work, results):
     """--ship PROTOCOL/NAME: copy that run's exports to models/ and write the model card from
     bench/results.json (no figure typed by hand)."""
     import faces
-    protocol, name = args.ship.split("/")
+    protocol, _, name = args.ship.partition("/")
     if protocol != "F":
         raise DataError(f"only Protocol F models are shipped (the shipped model serves every age); got {args.ship}")
     run_dir = work / protocol / name
-    entry = results["protocols"][protocol][name]
+    entry = results.get("protocols", {}).get(protocol, {}).get(name)
+    if entry is None:
+        raise DataError(f"--ship {args.ship}: {args.out} records no run F/{name or 'NAME'}; train it with "
+                        f"benchmark.py --protocols F --models {name or 'NAME'} (or pass --ship F/NAME of a recorded run)")
     if why := other_weights(entry, run_dir):
         raise DataError(f"--ship {args.ship}: {why}; run benchmark.py --protocols {protocol} --models {name} again")
     cross = results.get("cross", {}).get("FGNET", {}).get(f"{protocol}/{name}")

@@ -27,7 +27,9 @@ landmarks found, and cut out exactly as the model's training faces were cut (the
 model's metadata: UTKFace-trained models get UTKFace's own dlib chip). The chip goes through
 custom_dataset.preprocess_rgb, the very function training used, and all faces of an image are
 predicted in one forward pass. A photo without a face says so; it is never guessed from the whole
-photo unless --whole-image says the inputs are face crops already. Video faces are tracked across
+photo unless --whole-image says the inputs are face crops already. A JPEG over 100 Mpx is read at 1/2 to 1/8
+of its size (its annotated copy too; boxes are given in the file's pixels); a progressive one over 200 Mpx,
+and any other image over 100 Mpx, is refused. Video faces are tracked across
 frames by box overlap and their age is smoothed, so the number does not jitter. An age at the edge of
 the model's training ages or beyond is flagged (outside_training_range; "?" and orange on the image).
 Models that carry an interval calibration (train.py writes one) give each age an interval at
@@ -111,8 +113,9 @@ def get_args_parser():
                    help="also write predictions.json (one object per image) into the output folder; "
                         "'--json -' prints them as JSON lines on stdout instead, every message on stderr")
     p.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
-                   help="drop faces whose box is narrower or shorter than PIXELS, counted in the summary, before "
-                        "overlapping boxes are merged (a dropped box never hides a face); 0 = off")
+                   help="drop faces whose box is narrower or shorter than PIXELS (of the file, also where a JPEG "
+                        "over 100 Mpx is read smaller), counted in the summary, before overlapping boxes are "
+                        "merged (a dropped box never hides a face); 0 = off")
     p.add_argument("--min-score", type=float, default=None,
                    help="drop faces whose detector score is below this (scores are in the CSV; default: off)")
     p.add_argument("--detector", choices=DETECTORS, default=None,

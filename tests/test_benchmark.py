@@ -333,6 +333,10 @@ def test_only_protocol_f_models_are_shipped(tmp_path):
     args = benchmark.get_args_parser().parse_args(["--ship", "S/simplecnn_tuned"])
     with pytest.raises(DataError, match="only Protocol F"):
         benchmark.ship(args, tmp_path, {})
+    # a name without a record, or none at all: one line, not a KeyError or an unpacking error
+    for ship, words in (("F/never_trained", "records no run F/never_trained"), ("F", "records no run F/NAME")):
+        with pytest.raises(DataError, match=words):
+            benchmark.ship(benchmark.get_args_parser().parse_args(["--ship", ship]), tmp_path, {"protocols": {"F": {}}})
 
 
 def test_the_cross_reading_names_the_shipped_models_largest_signed_error():
