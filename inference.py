@@ -28,7 +28,8 @@ model's metadata: UTKFace-trained models get UTKFace's own dlib chip). The chip 
 custom_dataset.preprocess_rgb, the very function training used, and all faces of an image are
 predicted in one forward pass. A photo without a face says so; it is never guessed from the whole
 photo unless --whole-image says the inputs are face crops already. A JPEG over 100 Mpx is read at 1/2 to 1/8
-of its size (its annotated copy too; boxes are given in the file's pixels); a progressive one over 200 Mpx,
+of its size (its annotated copy too; boxes are given in the file's full-size pixels, as every box is, in the
+photo turned upright by its EXIF orientation); a progressive one over 200 Mpx,
 and any other image over 100 Mpx, is refused. Video faces are tracked across
 frames by box overlap and their age is smoothed, so the number does not jitter. An age at the edge of
 the model's training ages or beyond is flagged (outside_training_range; "?" and orange on the image).
