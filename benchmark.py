@@ -2535,7 +2535,7 @@ def refresh_model_card(results, root: Path):
     if entry is None or cross is None or not metadata or protocol not in results.get("data", {}):
         print(f"{card_path} left as it is: results.json no longer records all of {shipped}")
         return
-    if entry.get("weights") not in (None, metadata.get("weights")):
+    if not_the_records(entry, metadata.get("weights")):
         print(f"{card_path} left as it is: {shipped} was trained again after it was shipped (other weights); "
               f"ship it again (benchmark.py --ship {shipped}) or ship another run")
         return
@@ -2666,7 +2666,7 @@ def ship_zooms(args, work, results, out_path):
     onnx_path = SHIPPED.with_suffix(".onnx")
     estimator = AgeEstimator(onnx_path, whole_image=True, threads=torch.get_num_threads())
     metadata = dict(estimator.metadata)
-    if entry.get("weights") not in (None, metadata.get("weights")):  # the card would mix two models' figures
+    if not_the_records(entry, metadata.get("weights")):  # the card would mix two models' figures
         raise DataError(f"{shipped} was trained again after it was shipped (other weights than {onnx_path}); ship it "
                         f"again (benchmark.py --ship {shipped}) first")
     val, test = (load_split_dataset(splits / f"{split}.csv", estimator.cfg, splits.parent / "cache", progress=False)
@@ -2743,6 +2743,12 @@ def run_zoom_probe(args, protocols):
     save_results(out_path, results)
 
 
+def not_the_records(entry, digest) -> bool:
+    """Whether weights of this digest are not those a results entry records (False for a record from before
+    weights were recorded: nothing to compare)."""
+    return entry.get("weights") not in (None, digest)
+
+
 def other_weights(entry, run_dir) -> str | None:
     """Why RUN/best.pt is not the run its results entry records (trained again since, or stopped after
     train.py finished but before benchmark.py recorded it), judged by weights where the entry records them;
@@ -2750,7 +2756,7 @@ def other_weights(entry, run_dir) -> str | None:
     if "weights" not in entry:
         return None
     from checkpoints import weights_digest
-    if weights_digest(load_checkpoint(Path(run_dir) / "best.pt")["model_state"]) != entry["weights"]:
+    if not_the_records(entry, weights_digest(load_checkpoint(Path(run_dir) / "best.pt")["model_state"])):
         return f"{Path(run_dir) / 'best.pt'} holds other weights than its record in results.json (trained again since?)"
     return None
 

@@ -482,21 +482,24 @@ def teacher_targets(args, train_set, cache_dir, min_age, max_age, out=None, keep
     and which a later session of this run reads instead of predicting again, while the checkpoints' bytes
     are the same."""
     faces = split_faces_digest(args.splits)
+    kept = None if teacher_is_table(args.teacher) or out is None else \
+        kept_teacher_table(out / "teacher.npz", args.teacher, faces)
+    # a kept table lacking faces (unreadable when it was predicted, readable now) is predicted again: the same
+    # teachers give the faces it has the same figures
+    rows = None if kept is None else teacher_rows(kept, args.splits, train_set)
     if teacher_is_table(args.teacher):
         table = read_teacher_tables(args.teacher, faces)
         if out is not None and keep and len(teacher_sources(args.teacher)) > 1:  # the run keeps what it learnt from
             table["teachers_digest"] = np.asarray(teachers_digest(args.teacher))  # --resume: the same tables?
             atomic_write(out / "teacher.npz", lambda f: np.savez(f, **table))
-    # a kept table lacking faces (unreadable when it was predicted, readable now) is predicted again: the same
-    # teachers give the faces it has the same figures
-    elif out is not None and (kept := kept_teacher_table(out / "teacher.npz", args.teacher, faces)) is not None \
-            and None not in teacher_rows(kept, args.splits, train_set):
+    elif rows is not None and None not in rows:
         table = kept  # a --resume session learns from the very targets the run began with
         print(f"teachers: their table {out / 'teacher.npz'} was predicted from these checkpoints; read, not "
               f"predicted again (val MAE {float(table['val_mae']):.3f})")
     else:
         table = write_teacher_table(args, cache_dir, out / "teacher.npz" if out is not None and keep else None)
-    rows = teacher_rows(table, args.splits, train_set)
+    if table is not kept:
+        rows = teacher_rows(table, args.splits, train_set)
     missing = sum(r is None for r in rows)
     if missing:
         raise DataError(f"--teacher {args.teacher} has no prediction for {missing} of {len(rows)} training faces; "
