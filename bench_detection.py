@@ -3,6 +3,7 @@
     python bench_detection.py --limit 300 --fgnet-limit 1002 --out bench/detection.json
     python bench_detection.py --fit-chip5 300        # refit faces.UTKFACE_CROP5's template (prints it)
     python bench_detection.py --zoom-cost --model M  # only what M's test-time zooms add end to end (paired)
+    python bench_detection.py --size-light 80 --model M  # only M's age error by face size and brightness
 
 Measured per detector of faces.DETECTORS (data read in place, never written):
   (a) scenes: UTKFace chips pasted into 640 x 480 random backgrounds at 15-80 % of the height,
@@ -39,6 +40,9 @@ CANVAS_W, CANVAS_H = 640, 480
 FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height
 MAX_TILT = 20.0               # degrees
 GAIN = (0.35, 1.8)            # scene brightness factor, log-uniform
+SIZE_SIDES = (20, 24, 32, 40, 48, 64, 96, 160)  # --size-light: pasted chip sides (px), at the scenes' own brightness
+LIGHT_GAINS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 1.8)  # ... and scene gains, the chip at LIGHT_SIDE px
+LIGHT_SIDE = 240
 CHIP_PAD = 60                 # replicated border around a UTKFace file before re-chipping it
 
 
@@ -62,6 +66,10 @@ def get_args_parser():
     p.add_argument("--zoom-cost", action="store_true",
                    help="only time --model's whole chain with and without its test-time zooms on the scenes (paired) "
                         "and add the figures to --out's end_to_end record; the detectors are not run again")
+    p.add_argument("--size-light", type=int, default=0, metavar="N",
+                   help="only measure --model's age error on N UTKFace files pasted upright at each face size of "
+                        "SIZE_SIDES and each brightness of LIGHT_GAINS (with no --min-face), and add the figures to "
+                        "--out; the detectors are not run again")
     p.add_argument("--threads", type=int, default=2, help="threads for OpenCV and the model (default: %(default)s)")
     p.add_argument("--fit-chip5", type=int, default=0, metavar="N",
                    help="only fit the 5-point chip template on N UTKFace files and print it")
@@ -86,12 +94,13 @@ def random_canvas(rng, width=CANVAS_W, height=CANVAS_H) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_scene(chip, rng, gain=None):
+def make_scene(chip, rng, gain=None, side=None, tilt=None):
     """(scene, (centre x, centre y, side)): the chip resized, turned and pasted into a random canvas,
-    then the whole scene's brightness scaled (by `gain`, or a random one from GAIN)."""
+    then the whole scene's brightness scaled (by `gain`, or a random one from GAIN); side (pixels) and tilt
+    (degrees) are drawn where not given."""
     canvas = random_canvas(rng)
-    side = int(round(rng.uniform(*FACE_FRACTION) * CANVAS_H))
-    tilt = rng.uniform(-MAX_TILT, MAX_TILT)
+    side = int(round(rng.uniform(*FACE_FRACTION) * CANVAS_H)) if side is None else side
+    tilt = rng.uniform(-MAX_TILT, MAX_TILT) if tilt is None else tilt
     face = cv2.resize(chip, (side, side), interpolation=cv2.INTER_AREA if side < chip.shape[0] else cv2.INTER_LINEAR)
     m = cv2.getRotationMatrix2D((side / 2, side / 2), tilt, 1.0)
     turned = cv2.warpAffine(face, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -161,7 +170,7 @@ def end_to_end_ms(model, scenes, threads):
         estimator.estimate(scene)
         ms.append(1000 * (time.perf_counter() - t0))
     return {"model": str(model), "detector": estimator.pipeline.detector, "tta_zoom": list(estimator.tta_zoom),
-            "n": len(ms),
+            "min_face": estimator.min_face, "n": len(ms),
             "ms_per_photo_median": statistics.median(ms),
             "ms_per_photo_mean": float(np.mean(ms)), "ms_per_photo_p90": float(np.percentile(ms, 90))}
 
@@ -189,6 +198,68 @@ def zoom_cost_ms(model, scenes, threads) -> dict:
             "ms_per_photo_median_with": statistics.median(ms["with"]),
             "ms_per_photo_median_without": statistics.median(ms["without"]),
             "paired_difference_median_ms": float(np.median(np.subtract(ms["with"], ms["without"])))}
+
+
+def size_light_error(model, chips, rng, threads) -> dict:
+    """The model's age error through inference.AgeEstimator (no --min-face) on the same faces (chip, true age)
+    pasted upright into random scenes: by chip side at the original brightness, then by scene gain at
+    LIGHT_SIDE px. Per condition: share found, MAE of those found, median box side; and the faces' own
+    MAE (the files given directly) for scale. How small and how dark a face can be before its age is a guess."""
+    import inference
+    estimator = inference.AgeEstimator(model, None, threads=threads, min_face=0)
+    direct = inference.AgeEstimator(model, None, whole_image=True, threads=threads, min_face=0)
+
+    def judge(side, gain):
+        errors, boxes = [], []
+        for chip, age in chips:
+            scene, truth = make_scene(chip, rng, gain, side=side, tilt=0.0)
+            found, _, ages = estimator.estimate(scene)
+            hit = [(f, a) for f, a in zip(found, ages) if is_hit(f.box, truth)]
+            if hit:
+                errors.append(abs(float(hit[0][1]) - age))
+                boxes.append(min(hit[0][0].box[2:]))
+        return {"found": len(errors) / len(chips), "mae": float(np.mean(errors)) if errors else None,
+                "box_side_median": float(np.median(boxes)) if boxes else None}
+
+    result = {"model": str(model), "n": len(chips), "light_side": LIGHT_SIDE,
+              "mae_direct": float(np.mean([abs(float(direct.estimate(c)[2][0]) - a) for c, a in chips])),
+              "by_side": {}, "by_gain": {}}
+    for side in SIZE_SIDES:
+        result["by_side"][str(side)] = r = judge(side, 1.0)
+        print(f"chip side {side} px: found {r['found']:.0%}, MAE {r['mae'] or float('nan'):.2f}", flush=True)
+    for gain in LIGHT_GAINS:
+        result["by_gain"][str(gain)] = r = judge(LIGHT_SIDE, gain)
+        print(f"gain {gain}: found {r['found']:.0%}, MAE {r['mae'] or float('nan'):.2f}", flush=True)
+    return result
+
+
+def size_light_table(result) -> str:
+    """--size-light's figures as a Markdown table ("" when they were not measured)."""
+    r = result.get("size_light")
+    if not r:
+        return ""
+    cell = lambda x: "-" if x["mae"] is None else f"{x['mae']:.2f}"
+    box = lambda x: "-" if x["box_side_median"] is None else f"{x['box_side_median']:.0f}"
+    lines = ["| pasted face | box side (median, px) | found | MAE |", "|---|---|---|---|",
+             f"| the files themselves (no detection) | - | - | {r['mae_direct']:.2f} |"]
+    lines += [f"| {side} px | {box(x)} | {x['found']:.0%} | {cell(x)} |" for side, x in r["by_side"].items()]
+    lines += [f"| {r['light_side']} px, scene ×{gain} | {box(x)} | {x['found']:.0%} | {cell(x)} |"
+              for gain, x in r["by_gain"].items()]
+    return "\n".join(lines)
+
+
+def add_size_light(args, files, rng, out):
+    """--size-light N: size_light_error on N UTKFace files, into --out (whatever scenes its detectors saw)."""
+    if not args.model:
+        raise DataError("--size-light measures --model's age error; pass --model MODEL.onnx")
+    result = read_result(out)
+    cv2.setNumThreads(args.threads)
+    chips = [(load_rgb(p), int(p.name.split("_")[0])) for p in sample(files, args.size_light, rng)]
+    result["size_light"] = figures = size_light_error(args.model, chips, rng, args.threads)
+    figures["seed"] = args.seed
+    atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    print(f"-> {out}")
+    return figures
 
 
 def fgnet_figures(pipe, photos):
@@ -265,9 +336,8 @@ def crop_table(result) -> str:
 
 
 def tables(result) -> str:
-    """The detector and crop tables, from a result of main()."""
-    crops = crop_table(result)
-    return detector_table(result) + ("\n\n" + crops if crops else "")
+    """The detector, crop and face size/brightness tables, from a result of main()."""
+    return "\n\n".join(t for t in (detector_table(result), crop_table(result), size_light_table(result)) if t)
 
 
 def command(result) -> str:
@@ -352,6 +422,8 @@ def main(args):
         return {"template": template, "n": n}
     if args.zoom_cost:
         return add_zoom_cost(args, files, rng, out)
+    if args.size_light:
+        return add_size_light(args, files, rng, out)
     cv2.setNumThreads(args.threads)
     scenes = [make_scene(load_rgb(p), rng) for p in sample(files, args.limit, rng)]
     backgrounds = [random_canvas(rng) for _ in range(args.limit)]
@@ -419,7 +491,8 @@ def with_earlier_figures(result: dict, out: Path) -> dict:
     order = [d for d in faces.DETECTORS if d in rows] + [d for d in rows if d not in faces.DETECTORS]
     merged = dict(result, detectors={name: rows[name] for name in order})
     # what each figure was measured on: the scenes (end to end, zoom cost), the UTKFace files (chips)
-    depends = {"end_to_end": same_scenes, "zoom_cost": same_scenes, "chip_fidelity": at_its_word("data_dir")}
+    depends = {"end_to_end": same_scenes, "zoom_cost": same_scenes, "chip_fidelity": at_its_word("data_dir"),
+               "size_light": at_its_word("data_dir")}
     for key, same in depends.items():
         if key in earlier and key not in result:
             if same:

@@ -437,6 +437,7 @@ def crop_consistency(run_dir, splits, n, seed=0):
                 errors[key].append(abs(ages[0] - rec["age"]))
     mae = {k: float(np.mean(v)) for k, v in errors.items()}
     return {"images": len(records), "found": found, "crop": photo_model.crop, "detector": photo_model.pipeline.detector,
+            "min_face": photo_model.min_face,
             "mae_direct": mae["direct"], "mae_through_pipeline": mae["scene"],
             "mae_through_pipeline_same_light": mae["scene_same_light"], "gap": mae["scene"] - mae["direct"],
             "gap_same_light": mae["scene_same_light"] - mae["direct"]}
@@ -476,7 +477,7 @@ def cross_dataset(model_path, data_dir, detector=None, crop=None, faces_out=None
             "photos": len(records), "faces_found": round(figures["n"] / len(records), 4),
             "mae_per_decade": {k: round(v["mae"], 2) for k, v in figures["mae_per_bin"].items()},
             "mean_error_per_decade": {k: round(v["mean_error"], 2) for k, v in decades.items()},
-            "crop": estimator.crop, "detector": estimator.pipeline.detector,
+            "crop": estimator.crop, "detector": estimator.pipeline.detector, "min_face": estimator.min_face,
             "ms_per_photo_median": round(1000 * statistics.median(seconds), 1)}
 
 
@@ -2307,7 +2308,8 @@ def detection_section(sources):
              "- **`auto`** (the default) is a cascade: dlib's HOG detector and, in a second thread meanwhile, Haar "
              "proposals for faces under HOG's ~80 px window, each checked by HOG on an enlarged patch; only where "
              "nothing was found, passes at a lower threshold on a contrast-equalised copy, cheapest first, each only if the ones before found "
-             "nothing: HOG on the photo, Haar down to 20 px, HOG on a padded copy, HOG on copies turned by ±25°. "
+             "nothing: HOG on the photo, Haar down to 20 px, HOG on a padded copy, HOG on copies turned by ±25°; then HOG at its own threshold on copies turned by ±90° "
+             "(sideways photos without an EXIF tag). "
              "The faceless column shows what that costs in invented boxes.",
              "- `hog` alone misses small, dark and tilted faces; `haar` alone finds small faces but also false boxes "
              "and misses tilted ones; `mmod` (dlib's CNN) finds the most but costs seconds per photo on a CPU."]
@@ -2320,6 +2322,7 @@ def detection_section(sources):
                      f"{reached(e2e['ms_per_photo_median'] <= TARGETS['end_to_end_ms'])}, mean "
                      f"{reached(e2e['ms_per_photo_mean'] <= TARGETS['end_to_end_ms'])} (the fallback passes run where "
                      "the first pass finds nothing)." + zoom_cost_text(e2e))
+    lines += size_light_lines(detection)
     crops = bench_detection.crop_table(detection)
     if crops:
         lines += ["", "## Which crop to use", "", "UTKFace files re-chipped from a border-padded copy and compared "
@@ -2330,6 +2333,28 @@ def detection_section(sources):
                   "utkface5`: dlib's 5-point model (CC0 training data) with a template fitted on UTKFace's chips "
                   "(`python bench_detection.py --fit-chip5 300` prints it); it is less exact per face."]
     return lines
+
+
+def size_light_lines(detection) -> list:
+    """RESULTS.md's words for bench_detection.py --size-light: the age error by face size and brightness, and the
+    --min-face default it sets."""
+    import bench_detection
+    import inference
+    r = detection.get("size_light")
+    if not r:
+        return []
+    return ["", "## How small and how dark a face can be", "",
+            f"{r['n']} UTKFace files, each pasted upright into random scenes at each size (at their own brightness) "
+            f"and at {r['light_side']} px with the scene darker or brighter, through `inference.py`'s pipeline with "
+            f"no `--min-face`; the age error of the faces found, against the files given directly:", "",
+            *code_block([f"python bench_detection.py --size-light {r['n']} --model {r['model']}"
+                         + (f" --seed {r['seed']}" if r.get("seed", 0) else "")]), "",
+            bench_detection.size_light_table(r and {"size_light": r}), "",
+            f"`inference.py` drops (and counts) faces whose box is under {inference.DEFAULT_MIN_FACE} px by default "
+            "(`--min-face`; 0 keeps them; not with `--whole-image`, whose input is a crop): smaller boxes' error is far "
+            "above the large faces', and the interval, calibrated on full-size faces, would not say so. A dark or "
+            "over-exposed scene costs less as long as the face is found; the landmarks and the model see the photo's "
+            "own light (training varied brightness by ±20%)."]
 
 
 def mobile_section(sources):

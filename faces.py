@@ -17,8 +17,10 @@ Detectors (all ship their weights inside pip packages; nothing is downloaded at 
             if the ones before found nothing: HOG at a lower threshold on the photo (dark, low-contrast
             faces: the commonest miss; in a shrunk photo with the small proposals too, as in the first
             pass), smaller Haar proposals (checked by HOG at its own threshold),
-            HOG at the lower threshold on a border-padded copy (faces filling the frame) and on copies
-            turned by +-25 degrees (tilted heads)
+            HOG at the lower threshold on a border-padded copy (faces filling the frame), on copies
+            turned by +-25 degrees (tilted heads) and, where those find nothing, by +-90 degrees at HOG's
+            own threshold (a photo saved sideways without an EXIF tag); a face found on a turned copy is
+            cut (landmarks, or the box crop) from the full-resolution photo turned likewise
     hog     dlib's HOG frontal detector alone (faces above ~80 px)
     hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
     haar    OpenCV's Haar cascade (fast, finds small faces, also hands and fabric)
@@ -72,14 +74,18 @@ HAAR_SMALLEST = 20         # the small-face pass (nothing found at all, or a pho
 VERIFY_FACE_SIDE = 120     # a Haar proposal's patch is scaled so the face is this big for HOG to check it
 PAD_FRACTION = 0.25        # fallback: replicated border (share of the longer side) for faces filling the frame
 ROTATIONS = (-25.0, 25.0)  # fallback: tilted copies for heads leaning further than HOG's ~15 degrees
+QUARTER_TURNS = (90.0, -90.0)  # then, where those find nothing: a photo saved sideways without an EXIF tag
 HOG_THRESHOLD = 0.0        # HOG's own decision threshold; raising it trades faces for fewer false boxes
 FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run only where nothing was found
+QUARTER_TURN_THRESHOLD = HOG_THRESHOLD  # the quarter turns at HOG's own: at the lower one they invented 0.03 boxes
+                           # per faceless scene (bench_detection.py), and a sideways face is rarely also dim
 MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once costs 4x (seconds more)
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
 MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
-CHIP_VERSION = 6  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
-                  # (5: float grey images decoded by their range, d477431; 6: small faces in dim large photos)
+CHIP_VERSION = 7  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
+                  # (5: float grey images decoded by their range, d477431; 6: small faces in dim large photos;
+                  # 7: turned faces' landmarks on the full-resolution photo, sideways photos)
 
 
 @dataclasses.dataclass
@@ -93,6 +99,8 @@ class Face:
     chip: np.ndarray | None = None
     rect: tuple | None = None  # the detector's box as it came, which may reach past the photo's edge: the
     # landmarks are found in it (UTKFace's chips were made that way); `box` is it clipped to the photo
+    angle: float = 0.0  # degrees the photo was turned by (counter-clockwise) for the pass that found the face:
+    # its landmarks are fitted on the full-resolution photo turned the same way, as the landmark model expects
 
 
 def check_crop(crop) -> dict:
@@ -387,7 +395,8 @@ class FacePipeline:
 
     # -- detection --------------------------------------------------------------------------
     def detect(self, rgb) -> list[Face]:
-        """Face boxes (with landmarks where a rotated pass found them) in photo pixels, strongest first."""
+        """Face boxes in photo pixels (with the angle of the turned copy a fallback pass found them on),
+        strongest first."""
         return self.detect_filtered(rgb)[0]
 
     def detect_filtered(self, rgb, reject=None) -> tuple[list[Face], list[tuple[Face, str]]]:
@@ -414,10 +423,7 @@ class FacePipeline:
         faces = []
         for item in found:
             box, score, source = item[:3]
-            face = Face(_scaled(box, scale), score, source)
-            if len(item) > 3 and item[3] is not None:  # landmarks found on a rotated copy (detection pixels)
-                face.landmarks = item[3] / scale
-            faces.append(face)
+            faces.append(Face(_scaled(box, scale), score, source, angle=item[3] if len(item) > 3 else 0.0))
         # too small (or mostly beyond the photo's edge) first: a box of no use must not suppress a usable one
         faces = [f for f in faces if min(f.box[2:]) >= self.min_face
                  and _inside(f.box, (0, 0, width, height)) >= MIN_SHARE_INSIDE]
@@ -475,6 +481,10 @@ class FacePipeline:
             return found
         for degrees in ROTATIONS:
             found += self._rotated(padded, degrees, pad)
+        if found:
+            return found
+        for degrees in QUARTER_TURNS:
+            found += self._rotated(padded, degrees, pad, QUARTER_TURN_THRESHOLD)
         return found
 
     @staticmethod
@@ -487,23 +497,20 @@ class FacePipeline:
             if checked is not None and not any(iou(checked[0], f[0]) > NMS_IOU for f in found):
                 found.append((checked[0], checked[1], source))
 
-    def _rotated(self, padded, degrees, pad):
-        """HOG on a rotated copy; landmarks are found there and turned back, since an upright box
-        around a tilted face is not what the landmark model was trained on."""
+    @staticmethod
+    def _rotated(padded, degrees, pad, threshold=FALLBACK_THRESHOLD):
+        """HOG on a copy turned by `degrees`: (box, score, source, degrees) of each face, the box keeping its
+        size around the turned-back centre (the face, not its upright hull). The angle goes with the face, so
+        that cut() fits its landmarks on the photo turned likewise: an upright box around a tilted face is not
+        what the landmark model was trained on."""
         m, size = _rotation(padded.shape, degrees)
         turned = cv2.warpAffine(padded, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         back = cv2.invertAffineTransform(m)
         found = []
-        for box, score in hog_faces(turned, 0, FALLBACK_THRESHOLD):
-            # the box keeps its size around the turned-back centre (the face, not its upright hull)
+        for box, score in hog_faces(turned, 0, threshold):
             cx, cy = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]) @ back[:, :2].T + back[:, 2] - pad
-            landmarks = None
-            if self.points:
-                shape = shape_predictor(self.points)(turned, _box_to_rect(box))
-                marks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-                landmarks = marks @ back[:, :2].T + back[:, 2] - pad
             found.append(((cx - box[2] / 2, cy - box[3] / 2, box[2], box[3]), score, f"hog_rotated{degrees:+.0f}",
-                          landmarks))
+                          degrees))
         return found
 
     # -- landmarks and chips ----------------------------------------------------------------
@@ -521,13 +528,50 @@ class FacePipeline:
         """Fill face.landmarks (if not yet there) and face.chip, following the crop recipe."""
         rect = face.rect if face.rect is not None else face.box
         if self.crop["kind"] == "box":
-            face.chip = crop_face(rgb, rect, self.crop["margin"])
+            if face.angle:  # the square cut from the photo turned as the pass that found the face turned it
+                patch, box_in_patch, _ = turned_patch(rgb, rect, face.angle, 1.0 + max(self.crop["margin"], 0.0))
+                face.chip = crop_face(patch, box_in_patch, self.crop["margin"])
+            else:
+                face.chip = crop_face(rgb, rect, self.crop["margin"])
             return face
         if face.landmarks is None:
-            shape = shape_predictor(self.points)(rgb, _box_to_rect(rect))
-            face.landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            face.landmarks = landmarks_in(rgb, rect, self.points, face.angle)
         face.chip = chip_from_landmarks(rgb, face.landmarks, self.crop)
         return face
+
+
+def turned_patch(rgb, rect, angle: float, reach: float = 1.0):
+    """(patch, box, back): a square patch of the photo around box `rect` (x, y, w, h, photo pixels) reaching
+    `reach` times the box's longer side from its centre, turned by `angle` degrees (counter-clockwise) about that
+    centre, with a replicated border where it passes the photo's edge (as the padded detection copy had); the box
+    in the patch's pixels; and the affine map from the patch back to the photo."""
+    x, y, w, h = rect
+    cx, cy = x + w / 2, y + h / 2
+    half = int(math.ceil(reach * max(w, h)))
+    x0, y0 = int(math.floor(cx)) - half, int(math.floor(cy)) - half
+    patch = cv2.copyMakeBorder(rgb[max(y0, 0):max(y0 + 2 * half, 0), max(x0, 0):max(x0 + 2 * half, 0)],
+                               max(-y0, 0), max(y0 + 2 * half - rgb.shape[0], 0),
+                               max(-x0, 0), max(x0 + 2 * half - rgb.shape[1], 0), cv2.BORDER_REPLICATE)
+    m = cv2.getRotationMatrix2D((cx - x0, cy - y0), angle, 1.0)  # about the face's centre, which stays put
+    turned = cv2.warpAffine(patch, m, (2 * half, 2 * half), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = cv2.invertAffineTransform(m)
+    back[:, 2] += (x0, y0)
+    return np.ascontiguousarray(turned), (cx - x0 - w / 2, cy - y0 - h / 2, w, h), back
+
+
+def landmarks_in(rgb, rect, points: int, angle: float = 0.0) -> np.ndarray:
+    """points x 2 landmarks (photo pixels) of the face in box `rect` (x, y, w, h, photo pixels), fitted on the
+    full-resolution photo. A face found on a turned copy (angle, degrees counter-clockwise) is fitted on a
+    patch around it turned by the same angle, where it stands upright in its box (the landmark model looks a
+    little past its box: the patch reaches a box's side from the centre), and the points are turned back."""
+    predict = shape_predictor(points)
+    if not angle:
+        shape = predict(rgb, _box_to_rect(rect))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+    patch, box, back = turned_patch(rgb, rect, angle)
+    shape = predict(patch, _box_to_rect(box))
+    marks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+    return marks @ back[:, :2].T + back[:, 2]
 
 
 def chip_from_landmarks(rgb, landmarks, crop) -> np.ndarray:

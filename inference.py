@@ -69,6 +69,10 @@ from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_m
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
 
+# faces with a box under this many pixels (of the file) are dropped and counted, not estimated: the age error of
+# 18-28 px boxes is 1.4-2.3 times that of large faces (bench_detection.py --size-light; RESULTS.md, "How small and
+# how dark a face can be"); 0 keeps all
+DEFAULT_MIN_FACE = 32
 FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
 
 # Outputs (the rule is in the module docstring)
@@ -113,10 +117,12 @@ def get_args_parser():
     p.add_argument("--json", nargs="?", const=True, metavar="-",
                    help="also write predictions.json (one object per image) into the output folder; "
                         "'--json -' prints them as JSON lines on stdout instead, every message on stderr")
-    p.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
+    p.add_argument("--min-face", type=int, default=None, metavar="PIXELS",
                    help="drop faces whose box is narrower or shorter than PIXELS (of the file, also where a JPEG "
                         "over 100 Mpx is read smaller), counted in the summary, before overlapping boxes are "
-                        "merged (a dropped box never hides a face); 0 = off")
+                        "merged (a dropped box never hides a face); the default is where the age error of smaller "
+                        f"faces rises by half or more (RESULTS.md); 0 keeps every face (default: {DEFAULT_MIN_FACE}, none with "
+                        "--whole-image)")
     p.add_argument("--min-score", type=float, default=None,
                    help="drop faces whose detector score is below this (scores are in the CSV; default: off)")
     p.add_argument("--detector", choices=DETECTORS, default=None,
@@ -169,17 +175,20 @@ class AgeEstimator:
             print(face["box"], face["age"], face["outside_training_range"])
 
     The model file carries its preprocessing and crop recipe; detection, alignment and
-    preprocessing are the ones training used. min_face (pixels) and min_score drop small or doubtful
+    preprocessing are the ones training used. min_face (pixels; None: DEFAULT_MIN_FACE with a detector, none
+    with whole_image, whose input is a crop of any size; 0: none) and min_score drop small or doubtful
     detections before the model sees them; device is "cpu" or "cuda".
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=None, whole_image=False,
-                 threads=None, *, min_face=0, min_score=None, device="cpu", interval_level=0.9, trust_code=False):
+                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=0.9, trust_code=False):
         path = Path(model)
         if not path.is_file():
             hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
             raise DataError(f"model file not found: {path}{hint}; pass --model RUN/model.onnx written by train.py")
-        if min_face is None or min_face < 0:
+        if min_face is None:
+            min_face = 0 if whole_image else DEFAULT_MIN_FACE
+        if min_face < 0:
             raise DataError(f"--min-face must be 0 (off) or a number of pixels, got {min_face}")
         if min_score is not None and not np.isfinite(min_score):
             raise DataError(f"--min-score must be a finite number, got {min_score}")

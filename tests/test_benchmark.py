@@ -1109,6 +1109,10 @@ def test_each_kept_detection_figure_depends_on_what_it_was_measured_on(tmp_path)
     other_folder = {"scenes": {**scenes, "data_dir": "/other"}, "fgnet_dir": "/f", "detectors": {"hog": {}}}
     merged = bench_detection.with_earlier_figures(other_folder, out)
     assert "end_to_end" not in merged and "chip_fidelity" not in merged
+    # the size and light figures (their own pasted faces) need the same UTKFace folder only
+    out.write_text(json.dumps({"scenes": scenes, "fgnet_dir": "/f", "detectors": {}, "size_light": {"n": 80}}))
+    assert bench_detection.with_earlier_figures({**fewer_photos}, out)["size_light"] == {"n": 80}
+    assert "size_light" not in bench_detection.with_earlier_figures(other_folder, out)
 
 
 def test_mmod_and_a_limited_fgnet_are_measured_on_a_spread_of_the_photos_not_the_first_by_name():
@@ -1136,6 +1140,57 @@ def test_zoom_cost_is_added_only_beside_the_same_models_time_on_the_same_scenes(
     out.write_text(json.dumps({"end_to_end": {"model": "m.onnx"}}))  # not this script's result
     with pytest.raises(DataError, match="no bench_detection.py result"):
         bench_detection.main(bench_detection.get_args_parser().parse_args(["--table", "--out", str(out)]))
+
+
+def test_size_light_pairs_each_pasted_face_with_its_own_age_and_keeps_the_small_faces(
+        utkface_chips, tmp_path, monkeypatch):
+    """--size-light: every condition sees the same faces; the MAE is of the faces found against their own ages,
+    with no --min-face (a face under the default must still be judged, or the table could not show why the
+    default is where it is)."""
+    import bench_detection
+    import faces
+    import inference
+    model = constant_model(tmp_path / "m.onnx", age=30.0, crop=dict(faces.UTKFACE_CROP))
+    min_faces = []
+
+    class Recording(inference.AgeEstimator):
+        def __init__(self, *args, **kwargs):
+            min_faces.append(kwargs.get("min_face", "the default"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "AgeEstimator", Recording)
+    monkeypatch.setattr(bench_detection, "SIZE_SIDES", (inference.DEFAULT_MIN_FACE - 6, 200))
+    monkeypatch.setattr(bench_detection, "LIGHT_GAINS", (1.0,))
+    monkeypatch.setattr(bench_detection, "random_canvas", lambda rng, width=640, height=480:
+                        np.full((height, width, 3), 110, np.uint8))  # plain: nothing but the face to find
+    chips = [(utkface_chips[2], 22), (utkface_chips[3], 61)]
+    r = bench_detection.size_light_error(model, chips, np.random.default_rng(0), threads=1)
+    assert r["n"] == 2 and r["mae_direct"] == pytest.approx((8 + 31) / 2)
+    big = r["by_side"]["200"]
+    assert big["found"] == 1.0 and big["mae"] == pytest.approx((8 + 31) / 2) and 150 < big["box_side_median"] < 230
+    assert r["by_gain"]["1.0"]["found"] == 1.0
+    assert set(r["by_side"]) == {str(inference.DEFAULT_MIN_FACE - 6), "200"} and min_faces == [0, 0]
+
+
+def test_the_size_light_table_and_its_words_in_results_md():
+    import bench_detection
+    import inference
+    figures = {"model": "models/m.onnx", "n": 80, "light_side": 240, "mae_direct": 3.861, "seed": 0,
+               "by_side": {"20": {"found": 0.15, "mae": 7.214, "box_side_median": 19.0},
+                           "16": {"found": 0.0, "mae": None, "box_side_median": None}},
+               "by_gain": {"0.25": {"found": 1.0, "mae": 5.771, "box_side_median": 223.0}}}
+    assert bench_detection.size_light_table({"size_light": figures}).splitlines() == [
+        "| pasted face | box side (median, px) | found | MAE |", "|---|---|---|---|",
+        "| the files themselves (no detection) | - | - | 3.86 |",
+        "| 20 px | 19 | 15% | 7.21 |", "| 16 px | - | 0% | - |", "| 240 px, scene ×0.25 | 223 | 100% | 5.77 |"]
+    assert bench_detection.size_light_table({}) == ""
+    lines = benchmark.size_light_lines({"size_light": figures})
+    assert "python bench_detection.py --size-light 80 --model models/m.onnx" in lines
+    assert any(f"under {inference.DEFAULT_MIN_FACE} px by default" in line for line in lines)
+    assert benchmark.size_light_lines({}) == []
+    with pytest.raises(DataError, match="pass --model"):
+        bench_detection.add_size_light(bench_detection.get_args_parser().parse_args(["--size-light", "5"]), [], None,
+                                       None)
 
 
 def test_a_table_teacher_is_found_under_the_protocols_folder_or_named(tmp_path):

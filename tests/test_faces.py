@@ -216,9 +216,10 @@ def test_chip_dataset_remembers_several_faces_and_retries_an_unreadable_photo(ut
 
 
 @pytest.mark.parametrize("crop", [faces.UTKFACE_CROP, faces.BOX_CROP])
-def test_rotated_pass_maps_boxes_and_landmarks_back_to_the_photo(utkface_chips, paste_face, crop):
-    """The fallback's turned copy: what it finds is mapped back onto the photo (box centre, landmarks,
-    so the chip is upright again); a model without landmarks gets the box alone."""
+def test_rotated_pass_maps_boxes_back_and_the_landmarks_are_fitted_on_the_turned_photo(utkface_chips, paste_face, crop):
+    """The fallback's turned copy: the box it finds is mapped back onto the photo and the face keeps the angle,
+    so cut() fits its landmarks on the photo turned likewise and the chip is upright again; a model without
+    landmarks gets the box alone."""
     chip = utkface_chips[1]
     scene, (cx, cy, s) = paste_face(chip, 240, tilt=50.0, at=(0.5, 0.5))
     pipe = faces.FacePipeline(crop, detector="auto")
@@ -227,14 +228,67 @@ def test_rotated_pass_maps_boxes_and_landmarks_back_to_the_photo(utkface_chips, 
     padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     found = pipe._rotated(padded, -50.0, pad) + pipe._rotated(padded, 50.0, pad)
     assert len(found) == 1, found
-    (x, y, w, h), _, source, landmarks = found[0]
-    assert abs(x + w / 2 - cx) < 0.15 * s and abs(y + h / 2 - cy) < 0.15 * s
+    box, score, source, angle = found[0]
+    assert (angle, source) == (-50.0, "hog_rotated-50")  # pasted turned counter-clockwise by 50
+    assert abs(box[0] + box[2] / 2 - cx) < 0.15 * s and abs(box[1] + box[3] / 2 - cy) < 0.15 * s
+    face = pipe.cut(scene, faces.Face(box, score, source, angle=angle))
     if crop["kind"] == "box":
-        assert landmarks is None
+        assert face.landmarks is None
     else:
-        upright = faces.chip_from_landmarks(scene, landmarks, faces.UTKFACE_CROP).astype(float)
         inner = slice(50, 150)
-        assert np.abs(upright[inner, inner] - chip[inner, inner]).mean() < 12
+        assert np.abs(face.chip.astype(float)[inner, inner] - chip[inner, inner]).mean() < 12
+        # fitted upright (a 68-point model given the tilted face in an upright box misplaces them)
+        untilted = faces.landmarks_in(scene, box, 68)
+        assert np.abs(untilted - face.landmarks).mean() > 3
+
+
+def test_landmarks_of_a_turned_face_are_fitted_at_full_resolution_near_the_photo_edge(utkface_chips):
+    """landmarks_in with an angle: the same points (turned back) as on the upright face, in a large photo and for
+    a face whose patch reaches past the photo's edge (filled with a replicated border, not zeros)."""
+    chip = utkface_chips[2]
+    upright = np.full((1000, 1000, 3), 120, np.uint8)
+    upright[300:700, 300:700] = cv2.resize(chip, (400, 400), interpolation=cv2.INTER_LINEAR)
+    box = faces.FacePipeline(detector="hog").detect(upright)[0].rect
+    truth = faces.landmarks_in(upright, box, 68)
+    for degrees in (30.0, 90.0):
+        m = cv2.getRotationMatrix2D((500, 500), -degrees, 1.0)  # the face turned clockwise; +degrees stands it up
+        tilted = cv2.warpAffine(upright, m, (1000, 1000), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        moved = truth @ m[:, :2].T + m[:, 2]
+        centre = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]) @ m[:, :2].T + m[:, 2]
+        turned_box = (centre[0] - box[2] / 2, centre[1] - box[3] / 2, box[2], box[3])
+        marks = faces.landmarks_in(tilted, turned_box, 68, degrees)
+        assert np.abs(marks - moved).mean() < 0.02 * box[2], degrees
+        # the same face at the photo's corner: the patch (a box's side each way from its centre) reaches past
+        # two edges
+        reach = int(0.6 * box[2])
+        corner = tilted[int(centre[1]) - reach:, int(centre[0]) - reach:]
+        shift = np.array([int(centre[0]) - reach, int(centre[1]) - reach])
+        near = faces.landmarks_in(corner, (turned_box[0] - shift[0], turned_box[1] - shift[1], *box[2:]), 68, degrees)
+        assert np.abs(near + shift - moved).mean() < 0.02 * box[2], degrees
+
+
+def test_a_sideways_photo_without_an_exif_tag_is_found_and_chipped_upright(utkface_chips, paste_face):
+    """A phone photo saved sideways without an Orientation tag (or a scan fed in sideways): the quarter turns
+    run where nothing else found a face, and the chip comes out upright."""
+    chip = utkface_chips[2]  # [1] turned clockwise gets a weak upright HOG box, which stops the fallback
+    scene, _ = paste_face(chip, 240, at=(0.45, 0.5))
+    pipe = faces.FacePipeline(faces.UTKFACE_CROP, detector="auto")
+    for turns, source in ((1, "hog_rotated-90"), (3, "hog_rotated+90")):
+        sideways = np.ascontiguousarray(np.rot90(scene, turns))
+        assert not faces.FacePipeline(detector="hog").detect(sideways)
+        found = pipe.faces(sideways)
+        assert [f.source for f in found] == [source]
+        inner = slice(50, 150)
+        assert np.abs(found[0].chip.astype(float)[inner, inner] - chip[inner, inner]).mean() < 12
+    # a model of the square box crop gets its square upright too
+    boxed = faces.FacePipeline(faces.BOX_CROP, detector="auto").faces(np.ascontiguousarray(np.rot90(scene, 1)))
+    assert [f.source for f in boxed] == ["hog_rotated-90"]
+    (u, v, w, h), width = boxed[0].box, scene.shape[1]
+    cx, cy = width - 1 - (v + h / 2), u + w / 2  # np.rot90 took (x, y) to (y, width - 1 - x)
+    upright = faces.crop_face(scene, (cx - w / 2, cy - h / 2, w, h), 0.0).astype(float)
+    assert upright.shape == boxed[0].chip.shape
+    assert np.abs(boxed[0].chip - upright).mean() < 8
+    assert np.abs(np.rot90(boxed[0].chip, 1) - upright).mean() > 20  # not sideways
 
 
 def test_a_dim_face_the_first_pass_misses_is_found_by_one_contrast_pass_before_the_costly_ones(

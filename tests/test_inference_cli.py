@@ -75,18 +75,16 @@ def test_api_on_a_path_an_array_and_a_batch(model, faces, tmp_path):
 
 
 def test_readme_example(tmp_path, faces, capsys, monkeypatch):
-    """The README's five lines, as written, with the shipped model (a photo path swapped in)."""
+    """The README's example, read from the README, with the shipped model (a photo path swapped in)."""
     if not inference.DEFAULT_MODEL.is_file():
         pytest.skip("the shipped model is not in models/")
     photo = write_rgb(tmp_path / "photo.jpg", scene(faces))
     monkeypatch.chdir(REPO)
-    example = '''
-from inference import AgeEstimator
-estimator = AgeEstimator("models/age_simplecnn_utkface.onnx", min_face=40)   # load once
-print(estimator.describe())                   # model, training ages and data
-for face in estimator.predict("photo.jpg"):   # also PIL images, RGB arrays, or a list of them
-    print(face["box"], round(face["age"], 1), face["outside_training_range"])
-'''
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Use it from Python"):]
+    start = section.index("```python\n") + len("```python\n")
+    example = section[start:section.index("\n```", start)]
+    assert "AgeEstimator(" in example and "predict(\"photo.jpg\")" in example
     exec(example.replace('"photo.jpg"', repr(str(photo))), {})
     out = capsys.readouterr().out
     assert "training ages 1-116" in out and "training data: UTKFace" in out
@@ -398,6 +396,23 @@ def test_a_box_min_face_drops_does_not_suppress_the_face_around_it(model, monkey
     monkeypatch.setattr(face_pipeline, "hog_faces", lambda gray, *a, **k: [((-30, 80, 60, 60), 1.0)])
     kept, dropped = estimator.detect(np.full((240, 320, 3), 100, np.uint8))
     assert kept == [] and [(tuple(f.box), reason) for f, reason in dropped] == [((0, 80, 30, 60), "min_face")]
+
+
+def test_faces_under_the_default_min_face_are_dropped_and_counted_unless_it_is_0(model, monkeypatch):
+    """Faces under DEFAULT_MIN_FACE px are left out by default (bench_detection.py --size-light: their age error
+    rises by half or more); --min-face 0 keeps them, from Python and from the command line."""
+    import faces as face_pipeline
+    small = inference.DEFAULT_MIN_FACE - 4
+    monkeypatch.setattr(face_pipeline, "hog_faces", lambda gray, *a, **k: [((20, 20, 80, 80), 1.0),
+                                                                          ((200, 40, small, small), 1.5)])
+    photo = np.full((240, 320, 3), 100, np.uint8)
+    kept, dropped = inference.AgeEstimator(model, detector="hog").detect(photo)
+    assert [tuple(f.box) for f in kept] == [(20, 20, 80, 80)]
+    assert [(tuple(f.box), reason) for f, reason in dropped] == [((200, 40, small, small), "min_face")]
+    kept, dropped = inference.AgeEstimator(model, detector="hog", min_face=0).detect(photo)
+    assert len(kept) == 2 and dropped == []
+    # a --whole-image input is a crop of any size, not a detector's box: no default filter
+    assert inference.AgeEstimator(model, whole_image=True).detect(np.full((24, 24, 3), 100, np.uint8))[0]
 
 
 def test_min_face_and_min_score_drop_and_count(model, faces, tmp_path, capsys):
