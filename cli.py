@@ -13,7 +13,7 @@ MODEL_NAMES = ("simplecnn", "simplecnn_bn", "simplecnn_deep", "simplecnn_gap", "
 
 # pip's name for each import name that differs from it
 PACKAGE_OF = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "dlib": "dlib-bin",
-              "face_recognition_models": "face-recognition-models"}
+              "face_recognition_models": "face-recognition-models", "pi_heif": "pi-heif"}
 
 
 def _missing_package_hook(kind, exc, tb, previous_hook=sys.excepthook):

@@ -34,13 +34,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from pi_heif import register_heif_opener
 
 from cli import DataError, lazy_import  # DataError re-exported: one class for every one-line error
 
 torch = lazy_import("torch")  # imported on first use: eda and ONNX inference never need it
 
-# what Pillow decodes (a GIF: its first frame); HEIC needs a plug-in, so it is not among them
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif"}
+# HEIC/HEIF (an iPhone's photos) through pi-heif's decoder (libheif applies the file's own rotation, and sets the
+# EXIF Orientation it hands on to 1, so to_rgb turns nothing twice)
+register_heif_opener()
+# what Pillow decodes (a GIF: its first frame)
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif", ".heic",
+                    ".heif"}
 MIN_IMAGE_SIDE = 16  # smaller images carry no usable face at 128 px and are skipped as "too_small"
 MAX_IMAGE_PIXELS = 100_000_000  # far above any photo; guards against decompression bombs
 # Pillow's own guard (89 Mpx: a warning, twice that: an error) set to ours, so one rule and one message hold;

@@ -554,12 +554,33 @@ def test_a_folder_reads_gif_and_jfif_and_names_the_types_it_ignores(model, faces
     Image.open(in_dir / "a.png").save(in_dir / "b.gif")
     Image.open(in_dir / "a.png").save(in_dir / "c.jfif", "JPEG")
     (in_dir / "a.png").unlink()
-    (in_dir / "d.heic").write_bytes(b"not decodable without a plug-in")
+    (in_dir / "d.psd").write_bytes(b"a format no reader here knows")
     (in_dir / "notes.txt").write_text("x")
     result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out"),
                        "--whole-image"])
     assert result["images"] == 2 and result["faces"] == 2
-    assert "ignored 2 file(s) of other types (.heic, .txt;" in capsys.readouterr().out
+    assert "ignored 2 file(s) of other types (.psd, .txt;" in capsys.readouterr().out
+
+
+HEIC_FIXTURES = Path(__file__).parent / "data"  # made by tests/data/make_heic.py (pillow-heif's encoder)
+
+
+def test_an_iphone_heic_photo_is_read_upright_and_annotated_as_a_jpeg(model, faces, tmp_path, capsys):
+    """HEIC (an iPhone's default) is decoded by pi-heif: the same pixels as the scene it was made from (lossy
+    codec), the one stored turned with its rotation in the file comes out upright (not turned twice by its EXIF
+    tag), and the annotated copy is a JPEG (nothing here writes HEIC)."""
+    from custom_dataset import load_rgb
+    expected = scene(faces[:1]).astype(float)
+    for name in ("face.heic", "face_turned.heic"):
+        rgb = load_rgb(HEIC_FIXTURES / name)
+        assert rgb.shape == expected.shape, name
+        assert np.abs(rgb - expected).mean() < 6, name
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    (in_dir / "IMG_0001.HEIC").write_bytes((HEIC_FIXTURES / "face_turned.heic").read_bytes())
+    result = run_main(["--model", str(model), "--input-dir", str(in_dir), "--output-dir", str(tmp_path / "out")])
+    assert result["images"] == 1 and result["faces"] == 1 and "ignored" not in capsys.readouterr().out
+    assert (tmp_path / "out" / "IMG_0001_age.jpg").is_file()
 
 
 def test_the_detector_the_training_chips_were_cut_after_is_the_default(tmp_path, capsys):
