@@ -562,7 +562,7 @@ def test_a_folder_reads_gif_and_jfif_and_names_the_types_it_ignores(model, faces
     assert "ignored 2 file(s) of other types (.psd, .txt;" in capsys.readouterr().out
 
 
-HEIC_FIXTURES = Path(__file__).parent / "data"  # made by tests/data/make_heic.py (pillow-heif's encoder)
+HEIC_FIXTURES = Path(__file__).parent / "fixtures"  # made by tests/fixtures/make_heic.py (pillow-heif's encoder)
 
 
 def test_an_iphone_heic_photo_is_read_upright_and_annotated_as_a_jpeg(model, faces, tmp_path, capsys):
