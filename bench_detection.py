@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 import faces
-from custom_dataset import DataError, UTKFACE_NAME, load_rgb
+from custom_dataset import DataError, UTKFACE_NAME, exposure_luma, load_rgb
 from functions import atomic_write, same_or_inside
 CANVAS_W, CANVAS_H = 640, 480
 FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height
@@ -209,8 +209,10 @@ def size_light_error(model, chips, rng, threads) -> dict:
     estimator = inference.AgeEstimator(model, None, threads=threads, min_face=0)
     direct = inference.AgeEstimator(model, None, whole_image=True, threads=threads, min_face=0)
 
+    floor = estimator.dark_floor
+
     def judge(side, gain):
-        errors, boxes = [], []
+        errors, unlifted, boxes = [], [], []
         for chip, age in chips:
             scene, truth = make_scene(chip, rng, gain, side=side, tilt=0.0)
             found, _, ages = estimator.estimate(scene)
@@ -218,10 +220,17 @@ def size_light_error(model, chips, rng, threads) -> dict:
             if hit:
                 errors.append(abs(float(hit[0][1]) - age))
                 boxes.append(min(hit[0][0].box[2:]))
+                estimator.dark_floor = 0.0  # the same face as the model sees it without the floor
+                try:
+                    unlifted.append(abs(float(estimator.predict_inputs(estimator.model_inputs([hit[0][0].chip]))[0])
+                                        - age))
+                finally:
+                    estimator.dark_floor = floor
         return {"found": len(errors) / len(chips), "mae": float(np.mean(errors)) if errors else None,
+                "mae_without_dark_floor": float(np.mean(unlifted)) if unlifted else None,
                 "box_side_median": float(np.median(boxes)) if boxes else None}
 
-    result = {"model": str(model), "n": len(chips), "light_side": LIGHT_SIDE,
+    result = {"model": str(model), "n": len(chips), "light_side": LIGHT_SIDE, "dark_floor": floor,
               "mae_direct": float(np.mean([abs(float(direct.estimate(c)[2][0]) - a) for c, a in chips])),
               "by_side": {}, "by_gain": {}}
     for side in SIZE_SIDES:
@@ -238,13 +247,20 @@ def size_light_table(result) -> str:
     r = result.get("size_light")
     if not r:
         return ""
-    cell = lambda x: "-" if x["mae"] is None else f"{x['mae']:.2f}"
+    cell = lambda x, key="mae": "-" if x.get(key) is None else f"{x[key]:.2f}"
     box = lambda x: "-" if x["box_side_median"] is None else f"{x['box_side_median']:.0f}"
-    lines = ["| pasted face | box side (median, px) | found | MAE |", "|---|---|---|---|",
-             f"| the files themselves (no detection) | - | - | {r['mae_direct']:.2f} |"]
-    lines += [f"| {side} px | {box(x)} | {x['found']:.0%} | {cell(x)} |" for side, x in r["by_side"].items()]
-    lines += [f"| {r['light_side']} px, scene ×{gain} | {box(x)} | {x['found']:.0%} | {cell(x)} |"
-              for gain, x in r["by_gain"].items()]
+    floor = r.get("dark_floor")
+    lines = ["| pasted face | box side (median, px) | found | MAE |"
+             + (f" MAE without `--dark-floor {floor:g}` |" if floor else ""), "|---|---|---|---|" + ("---|" if floor else ""),
+             f"| the files themselves (no detection) | - | - | {r['mae_direct']:.2f} |" + (" - |" if floor else "")]
+    rows = [(f"{side} px", x) for side, x in r["by_side"].items()]
+    rows += [(f"{r['light_side']} px, scene ×{gain}", x) for gain, x in r["by_gain"].items()]
+    lines += [f"| {what} | {box(x)} | {x['found']:.0%} | {cell(x)} |" + (f" {cell(x, 'mae_without_dark_floor')} |"
+                                                                         if floor else "") for what, x in rows]
+    if r.get("luma_percentiles"):
+        lines += ["", f"Exposure (`custom_dataset.exposure_luma`: the 95th percentile of luma, 0-255) of UTKFace's "
+                  f"{r['luma_files']:,} files, percentiles: "
+                  + ", ".join(f"{q}%: {v:.0f}" for q, v in r["luma_percentiles"].items())]
     return "\n".join(lines)
 
 
@@ -257,6 +273,13 @@ def add_size_light(args, files, rng, out):
     chips = [(load_rgb(p), int(p.name.split("_")[0])) for p in sample(files, args.size_light, rng)]
     result["size_light"] = figures = size_light_error(args.model, chips, rng, args.threads)
     figures["seed"] = args.seed
+    # how dark UTKFace's own faces are (as lift_dark measures a face), every file (seconds): where
+    # inference.DEFAULT_DARK_FLOOR comes from
+    luma = [exposure_luma(load_rgb(p)) for p in files]
+    figures["luma_files"] = len(luma)
+    figures["luma_percentiles"] = {str(q): float(np.percentile(luma, q)) for q in (1, 5, 50)}
+    print("exposure of UTKFace's files, percentiles: " + ", ".join(
+        f"{q}%: {v:.1f}" for q, v in figures["luma_percentiles"].items()))
     atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     print(f"-> {out}")
     return figures

@@ -31,8 +31,8 @@ import numpy as np
 
 import eda
 import train
-from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset, DataError,
-                            PreprocessConfig, build_cache, make_loader, read_split)
+from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset,
+                            DataError, PreprocessConfig, build_cache, make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
                          rewrite_export_metadata, save_checkpoint)
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
@@ -437,7 +437,7 @@ def crop_consistency(run_dir, splits, n, seed=0):
                 errors[key].append(abs(ages[0] - rec["age"]))
     mae = {k: float(np.mean(v)) for k, v in errors.items()}
     return {"images": len(records), "found": found, "crop": photo_model.crop, "detector": photo_model.pipeline.detector,
-            "min_face": photo_model.min_face,
+            "min_face": photo_model.min_face, "dark_floor": photo_model.dark_floor,
             "mae_direct": mae["direct"], "mae_through_pipeline": mae["scene"],
             "mae_through_pipeline_same_light": mae["scene_same_light"], "gap": mae["scene"] - mae["direct"],
             "gap_same_light": mae["scene_same_light"] - mae["direct"]}
@@ -478,6 +478,7 @@ def cross_dataset(model_path, data_dir, detector=None, crop=None, faces_out=None
             "mae_per_decade": {k: round(v["mae"], 2) for k, v in figures["mae_per_bin"].items()},
             "mean_error_per_decade": {k: round(v["mean_error"], 2) for k, v in decades.items()},
             "crop": estimator.crop, "detector": estimator.pipeline.detector, "min_face": estimator.min_face,
+            "dark_floor": estimator.dark_floor,
             "ms_per_photo_median": round(1000 * statistics.median(seconds), 1)}
 
 
@@ -1087,6 +1088,7 @@ def model_card(protocol, name, entry, cross, data, metadata, crop_text, zooms=No
     (benchmark.py --ship-zooms), whose figures then replace the run's, which are given beside them;
     retrained: teachers_retrained of the entry."""
     plain_test, plain_fgnet = entry["test_mae"], cross["mae"]
+    rules = "" if not zooms else rules_note(cross, zooms["fgnet"])
     if zooms:
         entry, cross = zoomed_entry(entry, zooms), zooms["fgnet"]
     decades = ", ".join(f"{k}: {v}" for k, v in entry["test_mae_per_decade"].items())
@@ -1126,7 +1128,7 @@ Written by `python benchmark.py --ship {protocol}/{name}` from `bench/results.js
   Autoencoder", CVPR 2017.
 - **Test split** (read once, best validation epoch {entry['best_epoch']} of {entry['epochs']}): MAE
   {entry['test_mae']:.2f} years, CS@5 {entry['test_cs5']:.1%}, n = {entry['test_images']:,}. Per decade: {decades}.
-  Predicting the training median instead: MAE {data['test_mae_of_train_median']:.2f}.{zooms_note(zooms, plain_test, plain_fgnet)}
+  Predicting the training median instead: MAE {data['test_mae_of_train_median']:.2f}.{zooms_note(zooms, plain_test, plain_fgnet, rules)}
 - **FG-NET** (another data set: 1,002 scanned photos of 82 people, ages 0-69, through `inference.py`'s
   own pipeline, largest face per photo): MAE {cross['mae']:.2f}, CS@5 {cross['cs5']:.1%}, at least one face box in
   {cross['faces_found']:.1%} of the photos (n = {cross['n']}). Per decade: {fg_decades}.{fg_signed}
@@ -1158,15 +1160,28 @@ def shipped_figures(results, shipped):
     return entry, fgnet
 
 
-def zooms_note(zooms, plain_test, plain_fgnet) -> str:
-    """The model card's words for test-time zooms chosen after training (--ship-zooms); "" without them."""
+def rules_note(older, newer) -> str:
+    """Words for an FG-NET record measured under other rules of inference.py than a newer one ("" where the same):
+    the rules each face went through (min_face, dark_floor), recorded since 2026-12-04; a record without them
+    was made before either rule existed."""
+    rules = lambda r: (r.get("min_face", 0), r.get("dark_floor", 0))
+    if rules(older) == rules(newer):
+        return ""
+    size, floor = rules(older)
+    return (", measured under the rules inference.py had then: " + (f"a minimum face of {size} px" if size else
+            "no minimum face size") + " and " + (f"a dark floor of {floor:g}" if floor else "no dark floor"))
+
+
+def zooms_note(zooms, plain_test, plain_fgnet, rules="") -> str:
+    """The model card's words for test-time zooms chosen after training (--ship-zooms); "" without them. rules:
+    rules_note of the FG-NET figure without them."""
     if not zooms:
         return ""
     tried = ", ".join(f"{z} {mae:.3f}" for z, mae in zooms["val_mae"].items())
     return (f"\n- **Test-time zooms** (`{zooms['command']}`, after training): the set with the lowest validation MAE "
             f"among the face alone and its centred crops ({tried}), `{zooms['zooms']}`; the interval was refitted on "
             f"validation with them. The test split and FG-NET were then read once more, with the zooms: the figures "
-            f"above and below. Without them: test MAE {plain_test:.2f}, FG-NET MAE {plain_fgnet:.2f}.")
+            f"above and below. Without them: test MAE {plain_test:.2f}, FG-NET MAE {plain_fgnet:.2f}{rules}.")
 
 
 def interval_line(entry) -> str:
@@ -1903,8 +1918,11 @@ def shipped_zooms_lines(results) -> list:
     protocol, name = zoomed["run"].rsplit("/", 1)  # "F (earlier split, to DATE)/NAME" too
     # the run's own figures for the face alone, where still recorded (a retrained run's FG-NET row is dropped)
     plain_test = results["protocols"].get(protocol, {}).get(name, {}).get("test_mae")
-    plain_fgnet = results.get("cross", {}).get("FGNET", {}).get(zoomed["run"], {}).get("mae")
+    plain_record = results.get("cross", {}).get("FGNET", {}).get(zoomed["run"], {})
+    plain_fgnet = plain_record.get("mae")
     plain_test, plain_fgnet = (f"{v:.2f}" if v is not None else "not recorded" for v in (plain_test, plain_fgnet))
+    if plain_record:
+        plain_fgnet += rules_note(plain_record, zoomed["fgnet"])
     iv = zoomed["interval"]
     return ["", f"The shipped model (`{zoomed['run']}`) carries the set its own validation MAE chooses among these, "
                 f"`{zoomed['zooms']}` ({zoomed['val_mae'][zoomed['zooms']]:.3f} against {zoomed['val_mae']['none']:.3f} "
@@ -2220,8 +2238,15 @@ def cross_reading(results, shipped):
                          f"{box['faces_found']:.1%}.")
     if shipped in fgnet:
         r, zoomed = shipped_figures(results, shipped)[1], results.get("shipped_zooms")
-        how = "" if r is fgnet[shipped] else f" with its test-time zooms {zoomed['zooms']} ({fgnet[shipped]['mae']:.2f} without)"
+        how = "" if r is fgnet[shipped] else (f" with its test-time zooms {zoomed['zooms']} ({fgnet[shipped]['mae']:.2f} "
+                                              f"without{rules_note(fgnet[shipped], r)})")
         worst = sorted(r["mae_per_decade"].items(), key=lambda kv: -kv[1])[:2]
+        older = sum(bool(rules_note(row, r)) for row in fgnet.values())
+        if older:
+            lines.append(f"- {older} of the table's {len(fgnet)} rows were measured under other rules of `inference.py` "
+                         f"than the shipped model's figure below (a minimum face of {r.get('min_face', 0)} px and a dark "
+                         f"floor of {r.get('dark_floor', 0):g}): before 2026-12-04 faces of any size were estimated and "
+                         "dim faces went to the model as they were.")
         lines.append(f"- FG-NET target (MAE ≤ {TARGETS['fgnet_mae']:.1f}): "
                      f"{reached(r['mae'] <= TARGETS['fgnet_mae'])}; the shipped model (`{shipped}`) has "
                      f"{r['mae']:.2f}{how}, worst in " + " and ".join(f"{k} ({v:.1f})" for k, v in worst) +
@@ -2346,15 +2371,22 @@ def size_light_lines(detection) -> list:
     return ["", "## How small and how dark a face can be", "",
             f"{r['n']} UTKFace files, each pasted upright into random scenes at each size (at their own brightness) "
             f"and at {r['light_side']} px with the scene darker or brighter, through `inference.py`'s pipeline with "
-            f"no `--min-face`; the age error of the faces found, against the files given directly:", "",
+            "no `--min-face`; the age error of the faces found, against the files given directly"
+            + (" (the last column: the same faces without the dark floor, `--dark-floor 0`)" if r.get("dark_floor")
+               else "") + ":", "",
             *code_block([f"python bench_detection.py --size-light {r['n']} --model {r['model']}"
                          + (f" --seed {r['seed']}" if r.get("seed", 0) else "")]), "",
             bench_detection.size_light_table(r and {"size_light": r}), "",
             f"`inference.py` drops (and counts) faces whose box is under {inference.DEFAULT_MIN_FACE} px by default "
             "(`--min-face`; 0 keeps them; not with `--whole-image`, whose input is a crop): smaller boxes' error is far "
-            "above the large faces', and the interval, calibrated on full-size faces, would not say so. A dark or "
-            "over-exposed scene costs less as long as the face is found; the landmarks and the model see the photo's "
-            "own light (training varied brightness by ±20%)."]
+            "above the large faces', and the interval, calibrated on full-size faces, would not say so. In a dim "
+            "photo the face is found, but the model never saw a face that dark (training varied brightness by ±20%). "
+            + (f"`inference.py` brightens a face whose exposure (the 95th percentile of its luma) is under "
+               f"{r['dark_floor']:g} to it, by at most ×{MAX_LIFT:g} (`--dark-floor`), a level under 99% of UTKFace's "
+               "faces, so that the faces the model learnt from pass unchanged; the bright end of a face rather than "
+               "its mean, so that a dark-skinned face in good light is not taken for a dim photo. " if r.get("dark_floor")
+               else "")
+            + "Over-exposure (×1.8) is not undone."]
 
 
 def mobile_section(sources):

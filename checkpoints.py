@@ -110,7 +110,8 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             # what an app must add to the graph to get the figures below (inference.AgeEstimator does)
             "output": "N ages in years, one view each: average the views tta_flip and tta_zoom name (mirror; centred "
                       "crops of those shares of the side, resized back), then np.interp(age, age_map x, y) where "
-                      "age_map is given; val_mae and test_mae are of that whole",
+                      "age_map is given; val_mae and test_mae are of that whole. On photos inference.py also "
+                      "brightens a face darker than inference.DEFAULT_DARK_FLOOR first (custom_dataset.lift_dark)",
             "weights": weights_digest(best["model_state"]),  # which weights: export_mobile tells its files apart by it
             "val_mae": best.get("export_val_mae", own_val_mae),
             # the same faces through the export as it is (map included: in-sample where one is kept)

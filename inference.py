@@ -24,7 +24,9 @@ Where the outputs go (one rule for --image, --input-dir and --video):
 Each face goes through faces.FacePipeline: detected (--detector; default the detector the model's training
 chips were cut after, where eda.py --align recorded one, else the HOG/Haar cascade), its
 landmarks found, and cut out exactly as the model's training faces were cut (the crop recipe is in the
-model's metadata: UTKFace-trained models get UTKFace's own dlib chip). The chip goes through
+model's metadata: UTKFace-trained models get UTKFace's own dlib chip). Faces whose box is under
+DEFAULT_MIN_FACE px are dropped and counted (--min-face). A chip darker than the faces the model learnt from is
+brightened to DEFAULT_DARK_FLOOR (--dark-floor; the one step training has no need of). The chip goes through
 custom_dataset.preprocess_rgb, the very function training used, and all faces of an image are
 predicted in one forward pass. A photo without a face says so; it is never guessed from the whole
 photo unless --whole-image says the inputs are face crops already. A JPEG over 100 Mpx is read at 1/2 to 1/8
@@ -61,7 +63,7 @@ from PIL import Image
 import faces as face_pipeline
 from checkpoints import DEVICES, ModelFailed, check_metadata, read_export, shown
 from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, DataError,
-                            _utf8_name, is_annotated_copy, labelled_folder_above, load_rgb_shrunk, parse_zooms,
+                            _utf8_name, is_annotated_copy, labelled_folder_above, lift_dark, load_rgb_shrunk, parse_zooms,
                             plain_number, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
@@ -73,6 +75,16 @@ DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped mo
 # 18-28 px boxes is 1.4-2.3 times that of large faces (bench_detection.py --size-light; RESULTS.md, "How small and
 # how dark a face can be"); 0 keeps all
 DEFAULT_MIN_FACE = 32
+# a face less exposed than this (custom_dataset.exposure_luma: the 95th percentile of its luma, 0-255) is brightened
+# to it before the model sees it (custom_dataset.lift_dark): less than 99% of UTKFace's faces (1st percentile of its
+# files: 117.4, bench_detection.py --size-light), so nearly all the faces a UTKFace model learnt from pass unchanged;
+# a model's metadata "dark_floor" overrides it, --dark-floor 0 turns it off
+DEFAULT_DARK_FLOOR = 117.0
+
+
+def _is_number(value) -> bool:
+    """A real number, not a bool (True is an int to Python) and not NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
 
 # Outputs (the rule is in the module docstring)
@@ -129,6 +141,12 @@ def get_args_parser():
                    help="face detector (RESULTS.md, 'Face detection', compares them); default: the one the model's "
                         f"training chips were cut with where eda.py --align recorded it, else "
                         f"{face_pipeline.DEFAULT_DETECTOR}")
+    p.add_argument("--dark-floor", type=float, default=None, metavar="LUMA",
+                   help="brighten a face whose exposure (95th percentile of its luma, 0-255) is under LUMA to it "
+                        "before the model sees it: a face "
+                        "in a dim photo is darker than any the model learnt from (RESULTS.md, 'How small and how dark "
+                        f"a face can be'); 0 = off (default: the model's metadata dark_floor, else {DEFAULT_DARK_FLOOR:g}, "
+                        "darker than 99%% of UTKFace's faces)")
     p.add_argument("--interval-level", type=float, default=0.9,
                    help="coverage of the age interval (age_low, age_high) of models that carry a calibration")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
@@ -177,11 +195,13 @@ class AgeEstimator:
     The model file carries its preprocessing and crop recipe; detection, alignment and
     preprocessing are the ones training used. min_face (pixels; None: DEFAULT_MIN_FACE with a detector, none
     with whole_image, whose input is a crop of any size; 0: none) and min_score drop small or doubtful
-    detections before the model sees them; device is "cpu" or "cuda".
+    detections before the model sees them; dark_floor (exposure_luma; None: the model's metadata "dark_floor", else
+    DEFAULT_DARK_FLOOR; 0: off) brightens a dim face first; device is "cpu" or "cuda".
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=None, whole_image=False,
-                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=0.9, trust_code=False):
+                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=0.9, trust_code=False,
+                 dark_floor=None):
         path = Path(model)
         if not path.is_file():
             hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
@@ -194,6 +214,8 @@ class AgeEstimator:
             raise DataError(f"--min-score must be a finite number, got {min_score}")
         if not 0 < interval_level < 1:
             raise DataError(f"--interval-level must be between 0 and 1 (e.g. 0.9), got {interval_level}")
+        if dark_floor is not None and not (_is_number(dark_floor) and 0 <= dark_floor < 255):
+            raise DataError(f"--dark-floor must be a luma from 0 (off) to under 255, got {dark_floor!r}")
         self._forward, self.metadata = read_export(path, threads, device, trust_code)
         self.path, self.device = path, device
         self.cfg, self.crop = check_metadata(path, self.metadata)
@@ -207,6 +229,12 @@ class AgeEstimator:
         # the half widths depend only on the calibration and the level: computed once, not per face
         self._interval_bands = None if self.interval is None else interval_bands(self.interval, interval_level)
         self.min_face, self.min_score = int(min_face), min_score
+        recorded = self.metadata.get("dark_floor")
+        if dark_floor is None and recorded is not None and not (_is_number(recorded) and 0 <= recorded < 255):
+            raise DataError(f"{path}: its metadata's dark_floor ({recorded!r}) is no luma from 0 to under 255; "
+                            "pass --dark-floor or re-export the model with train.py")
+        self.dark_floor = float(dark_floor if dark_floor is not None else
+                                DEFAULT_DARK_FLOOR if recorded is None else recorded)
         self.whole_image = whole_image
         cut_by = self.crop.get("detector")  # the detector the training chips were cut after (eda.py --align)
         self.detector_note = "" if whole_image or detector in (None, cut_by) or cut_by is None else (
@@ -232,8 +260,9 @@ class AgeEstimator:
         averaged = "" if views == 1 else f", mean of {views} views per face (" + " and ".join(
             (["mirror"] if self.metadata.get("tta_flip") else [])
             + ([f"centred {', '.join(f'{z:.0%}' for z in self.tta_zoom)} crops"] if self.tta_zoom else [])) + ")"
+        lift = f"; faces exposed under luma {self.dark_floor:g} brightened to it" if self.dark_floor else ""
         return (f"model {self.path.name}: {shown(self.metadata.get('model_name', '?'))}, {self.cfg.image_size} px"
-                f"{averaged}, {self.device}; faces: {how}\n{ages}; {data}\n{interval}")
+                f"{averaged}, {self.device}; faces: {how}{lift}\n{ages}; {data}\n{interval}")
 
     def intervals(self, ages) -> list:
         """(low, high) per age at interval_level from the model's calibration; None without one."""
@@ -243,8 +272,9 @@ class AgeEstimator:
         return list(zip(low.tolist(), high.tolist()))
 
     def model_inputs(self, chips) -> np.ndarray:
-        """N x S x S x 3 uint8: each chip through preprocess_rgb, as training preprocessed its faces."""
-        return np.stack([preprocess_rgb(np.ascontiguousarray(c), self.cfg) for c in chips])
+        """N x S x S x 3 uint8: each chip brightened where it is darker than dark_floor (lift_dark: darker than
+        the faces the model learnt from), then through preprocess_rgb, as training preprocessed its faces."""
+        return np.stack([preprocess_rgb(lift_dark(np.ascontiguousarray(c), self.dark_floor), self.cfg) for c in chips])
 
     def predict_inputs(self, inputs) -> np.ndarray:
         """Ages (float64) of N x S x S x 3 uint8 model inputs: the mean over the model's test-time views
@@ -1345,7 +1375,7 @@ def main(args):
     with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
                                  min_score=args.min_score, device=args.device, interval_level=args.interval_level,
-                                 trust_code=args.trust_model)
+                                 trust_code=args.trust_model, dark_floor=args.dark_floor)
         print(estimator.describe())
         if estimator.detector_note:
             print(estimator.detector_note, file=sys.stderr)

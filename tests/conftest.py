@@ -206,9 +206,10 @@ def write_rgb(path, rgb):
 
 
 def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests", interval=None,
-                   age_map=None, preprocess=None, crop=None):
+                   age_map=None, preprocess=None, crop=None, extra=None):
     """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
-    None leaves the key out, as older models do; preprocess: a PreprocessConfig of 32 px, default plain)."""
+    None leaves the key out, as older models do; preprocess: a PreprocessConfig of 32 px, default plain; extra:
+    more metadata keys)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -230,7 +231,7 @@ def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces
                 "max_age": max_age, "crop": dict(crop or face_pipeline.BOX_CROP), "tta_flip": False, "data": data,
                 "interval": interval, "age_map": age_map,
                 "preprocess": (preprocess or PreprocessConfig(image_size=size, denoise=False, deblur=False)).to_dict()}
-    metadata = {k: v for k, v in metadata.items() if v is not None}
+    metadata = {**{k: v for k, v in metadata.items() if v is not None}, **(extra or {})}
     entry = proto.metadata_props.add()
     entry.key, entry.value = "metadata.json", json.dumps(metadata)
     path.parent.mkdir(parents=True, exist_ok=True)

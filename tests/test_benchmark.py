@@ -1159,6 +1159,8 @@ def test_size_light_pairs_each_pasted_face_with_its_own_age_and_keeps_the_small_
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(inference, "AgeEstimator", Recording)
+    floors = []
+    monkeypatch.setattr(inference, "lift_dark", lambda rgb, floor: floors.append(floor) or rgb)
     monkeypatch.setattr(bench_detection, "SIZE_SIDES", (inference.DEFAULT_MIN_FACE - 6, 200))
     monkeypatch.setattr(bench_detection, "LIGHT_GAINS", (1.0,))
     monkeypatch.setattr(bench_detection, "random_canvas", lambda rng, width=640, height=480:
@@ -1170,6 +1172,20 @@ def test_size_light_pairs_each_pasted_face_with_its_own_age_and_keeps_the_small_
     assert big["found"] == 1.0 and big["mae"] == pytest.approx((8 + 31) / 2) and 150 < big["box_side_median"] < 230
     assert r["by_gain"]["1.0"]["found"] == 1.0
     assert set(r["by_side"]) == {str(inference.DEFAULT_MIN_FACE - 6), "200"} and min_faces == [0, 0]
+    # the same faces without the dark floor (a constant model: the same ages), the floor recorded
+    assert big["mae_without_dark_floor"] == big["mae"] and r["dark_floor"] == inference.DEFAULT_DARK_FLOOR
+    assert set(floors) == {inference.DEFAULT_DARK_FLOOR, 0.0}  # each found face also without it
+
+
+def test_an_older_fgnet_figure_names_the_rules_it_was_measured_under():
+    """The card and RESULTS.md set the shipped model's FG-NET figures side by side; one measured before the minimum
+    face size and the dark floor existed says so, rather than passing for the same pipeline."""
+    today = {"mae": 6.07, "min_face": 32, "dark_floor": 63.0}
+    assert benchmark.rules_note({"mae": 6.25}, today) == (
+        ", measured under the rules inference.py had then: no minimum face size and no dark floor")
+    assert benchmark.rules_note({"mae": 6.2, "min_face": 32, "dark_floor": 0.0}, today) == (
+        ", measured under the rules inference.py had then: a minimum face of 32 px and no dark floor")
+    assert benchmark.rules_note(dict(today, mae=6.3), today) == ""
 
 
 def test_the_size_light_table_and_its_words_in_results_md():
@@ -1184,6 +1200,14 @@ def test_the_size_light_table_and_its_words_in_results_md():
         "| the files themselves (no detection) | - | - | 3.86 |",
         "| 20 px | 19 | 15% | 7.21 |", "| 16 px | - | 0% | - |", "| 240 px, scene ×0.25 | 223 | 100% | 5.77 |"]
     assert bench_detection.size_light_table({}) == ""
+    floored = {**figures, "dark_floor": 64.0, "luma_files": 2000, "luma_percentiles": {"1": 64.1, "5": 80.4},
+               "by_gain": {"0.25": {"found": 1.0, "mae": 4.97, "mae_without_dark_floor": 5.771, "box_side_median": 223.0}}}
+    table = bench_detection.size_light_table({"size_light": floored}).splitlines()
+    assert table[0].endswith("| MAE | MAE without `--dark-floor 64` |") and table[1] == "|---|---|---|---|---|"
+    assert table[-3:] == ["| 240 px, scene ×0.25 | 223 | 100% | 4.97 | 5.77 |", "",
+                          "Exposure (`custom_dataset.exposure_luma`: the 95th percentile of luma, 0-255) of UTKFace's 2,000 files, "
+                          "percentiles: 1%: 64, 5%: 80"]
+    assert "| 16 px | - | 0% | - | - |" in table
     lines = benchmark.size_light_lines({"size_light": figures})
     assert "python bench_detection.py --size-light 80 --model models/m.onnx" in lines
     assert any(f"under {inference.DEFAULT_MIN_FACE} px by default" in line for line in lines)

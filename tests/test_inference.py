@@ -515,3 +515,53 @@ def test_a_torchscript_model_runs_only_where_it_is_vouched_for(model_path, onnx_
         inference.AgeEstimator(model_path)
     assert read_export(model_path, trust_code=True)[1] == read_export(onnx_path)[1]
     assert read_export(next(SHIPPED_MODELS.glob("*.jit")))[1]["model_name"]
+
+
+def test_lift_dark_golden():
+    """One gain brings a face's exposure (the 95th percentile of its luma) up to the floor; a face exposed enough
+    already, or floor 0, is left as is."""
+    from custom_dataset import MAX_LIFT, exposure_luma, lift_dark
+    dark = np.array([[[20, 40, 60], [40, 80, 120]]], np.uint8)  # luma 36.3 and 72.6: 95th percentile 70.785
+    assert exposure_luma(dark) == pytest.approx(36.3 + 0.95 * 36.3, abs=1e-3)
+    lifted = lift_dark(dark, 100.0)
+    assert lifted.tolist() == np.clip(np.floor(dark * (100.0 / 70.785) + 0.5), 0, 255).astype(np.uint8).tolist()
+    assert lifted.tolist() == [[[28, 57, 85], [57, 113, 170]]]
+    assert lift_dark(dark, 70.0) is dark and lift_dark(dark, 0) is dark
+    bright = lift_dark(np.array([[[200, 10, 10], [10, 10, 10]]], np.uint8), 120.0)  # clipped at 255, not wrapped
+    assert bright.tolist() == [[[255, 19, 19], [19, 19, 19]]] and bright.dtype == np.uint8
+    # at most MAX_LIFT: a nearly black face is not stretched into noise
+    assert lift_dark(np.full((8, 8, 3), 5, np.uint8), 117.0).max() == round(5 * MAX_LIFT)
+    # a dark-skinned face in good light (dark on the whole, bright in its highlights) is not a dim photo; its mean
+    # luma (65) would have taken it for one
+    skin = np.full((40, 40, 3), 50, np.uint8)
+    skin[:8] = 200  # a sixth of it bright: eyes, highlights, background
+    assert lift_dark(skin, 117.0) is skin
+    # a non-contiguous view (a mirrored frame) is read as it looks
+    assert np.array_equal(lift_dark(dark[:, ::-1], 100.0), lifted[:, ::-1])
+
+
+def test_a_face_darker_than_the_floor_is_brightened_before_the_model_sees_it(tmp_path):
+    """The default floor (or the model's own dark_floor) brightens a dim face's model input; a face bright
+    enough passes unchanged; --dark-floor 0 turns it off; a bad value is one line."""
+    from custom_dataset import exposure_luma as luma
+    model = constant_model(tmp_path / "m.onnx")
+    face = np.repeat(np.linspace(100, 220, 64)[None, :, None], 64, axis=0).repeat(3, axis=2).astype(np.uint8)  # smooth:
+    # its 95th percentile survives the resize to the model's 32 px
+    dim = (face * 0.2).astype(np.uint8)
+    default = inference.AgeEstimator(model, whole_image=True)
+    assert default.dark_floor == inference.DEFAULT_DARK_FLOOR and "brightened" in default.describe()
+    assert luma(default.model_inputs([dim])[0]) == pytest.approx(inference.DEFAULT_DARK_FLOOR, abs=3)
+    assert np.array_equal(default.model_inputs([face]), inference.AgeEstimator(
+        model, whole_image=True, dark_floor=0).model_inputs([face]))
+    off = inference.AgeEstimator(model, whole_image=True, dark_floor=0)
+    assert luma(off.model_inputs([dim])[0]) == pytest.approx(luma(dim), abs=3) and "brightened" not in off.describe()
+    own = inference.AgeEstimator(constant_model(tmp_path / "own.onnx", extra={"dark_floor": 100.0}), whole_image=True)
+    assert own.dark_floor == 100.0
+    assert inference.AgeEstimator(tmp_path / "own.onnx", whole_image=True, dark_floor=30).dark_floor == 30.0
+    for bad in (255, True, "dim", float("nan")):
+        with pytest.raises(DataError, match="--dark-floor must be"):
+            inference.AgeEstimator(model, whole_image=True, dark_floor=bad)
+    for bad in ("dim", True):  # True is an int to Python: not a luma of 1
+        constant_model(tmp_path / "bad.onnx", extra={"dark_floor": bad})
+        with pytest.raises(DataError, match="dark_floor"):
+            inference.AgeEstimator(tmp_path / "bad.onnx", whole_image=True)
