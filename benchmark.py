@@ -32,7 +32,7 @@ import numpy as np
 import eda
 import train
 from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset,
-                            DataError, PreprocessConfig, build_cache, make_loader, read_split)
+                            DataError, PreprocessConfig, build_cache, lift_dark, make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
                          rewrite_export_metadata, save_checkpoint)
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
@@ -369,6 +369,10 @@ def get_args_parser():
                         "its Protocol F validation MAE most, refit its interval on validation with it, and measure "
                         "its test split and FG-NET (--cross DIR, default ../shared/data/FGNET) once with it -> the "
                         "exports' metadata, results['shipped_zooms'] and the model card")
+    p.add_argument("--dark-floor-check", action="store_true",
+                   help="the shipped model (models/) on Protocol F's test faces, given directly, with and without "
+                        "inference.py's dark floor: overall, per race, and the faces it brightens -> "
+                        "results['dark_floor_check'] (whether the floor changes faces in good light, dark skin among them)")
     p.add_argument("--data-check", action="store_true",
                    help="only make each --protocols split again with today's eda.py (in a temporary folder; WORK is "
                         "left alone) and set it beside the split under WORK/P/splits, which the recorded runs used "
@@ -2347,7 +2351,7 @@ def detection_section(sources):
                      f"{reached(e2e['ms_per_photo_median'] <= TARGETS['end_to_end_ms'])}, mean "
                      f"{reached(e2e['ms_per_photo_mean'] <= TARGETS['end_to_end_ms'])} (the fallback passes run where "
                      "the first pass finds nothing)." + zoom_cost_text(e2e))
-    lines += size_light_lines(detection)
+    lines += size_light_lines(detection) + dark_floor_lines(sources["results"])
     crops = bench_detection.crop_table(detection)
     if crops:
         lines += ["", "## Which crop to use", "", "UTKFace files re-chipped from a border-padded copy and compared "
@@ -2696,6 +2700,51 @@ def zoom_predictions(estimator, dataset, label) -> dict:
     finally:
         estimator.tta_zoom = own
     return predictions
+
+
+def dark_floor_check(splits, results, out_path, model=None) -> dict:
+    """--dark-floor-check: the shipped export (or `model`) on the test split's faces, given directly, once with
+    inference.py's dark floor and once without: MAE overall, per race, and of the faces the floor brightens. The
+    floor is judged by its exposure (the bright end of a face) so that a dark-skinned face in good light passes
+    unchanged; this measures whether it does."""
+    from custom_dataset import load_rgb
+    from inference import AgeEstimator
+    model = Path(model or SHIPPED.with_suffix(".onnx"))
+    records = read_split(Path(splits) / "test.csv")
+    estimator = AgeEstimator(model, whole_image=True, threads=torch.get_num_threads())
+    floor = estimator.dark_floor
+    if not floor:
+        raise DataError(f"{model} turns the dark floor off (its metadata's dark_floor is 0): nothing to check")
+    chips = [load_rgb(r["path"]) for r in records]
+    true = np.array([r["age"] for r in records], dtype=np.float64)
+    errors = {}
+    for key, value in (("with", floor), ("without", 0.0)):
+        estimator.dark_floor = value
+        errors[key] = np.abs(np.concatenate([estimator.predict_inputs(estimator.model_inputs(chips[i:i + 256]))
+                                             for i in range(0, len(chips), 256)]) - true)
+    changed = np.array([lift_dark(c, floor) is not c for c in chips])
+    races = np.array([r.get("race") or "not recorded" for r in records])
+    pair = lambda mask: {k: round(float(errors[k][mask].mean()), 3) if mask.any() else None for k in errors}
+    record = {"model": str(model), "dark_floor": floor, "n": len(records), "mae": pair(np.ones(len(records), bool)),
+              "brightened": int(changed.sum()), "mae_brightened": pair(changed),
+              "mae_per_race": {race: pair(races == race) for race in sorted(set(races))},
+              "command": "python benchmark.py --dark-floor-check"}
+    results["dark_floor_check"] = record
+    save_results(out_path, results)
+    print(json.dumps(record))
+    return record
+
+
+def dark_floor_lines(results) -> list:
+    """RESULTS.md's words for --dark-floor-check ([] where it has not run)."""
+    r = results.get("dark_floor_check")
+    if not r:
+        return []
+    fmt = lambda pair: f"{pair['with']:.3f} with the floor, {pair['without']:.3f} without"
+    races = "; ".join(f"{race}: {fmt(pair)}" for race, pair in r["mae_per_race"].items())
+    return ["", f"The same floor on Protocol F's test faces, given directly to `{r['model']}` (`{r['command']}`): "
+                f"MAE {fmt(r['mae'])}; it brightens {r['brightened']} of the {r['n']:,} faces"
+                + (f" ({fmt(r['mae_brightened'])})" if r["brightened"] else "") + f". Per race: {races}."]
 
 
 def ship_zooms(args, work, results, out_path):
@@ -3192,6 +3241,8 @@ def main(args):
     protocols, models = selection(args)
     if args.ship_zooms:
         return ship_zooms(args, Path(args.work_dir), load_results(args.out), Path(args.out))
+    if args.dark_floor_check:
+        return dark_floor_check(Path(args.work_dir) / "F" / "splits", load_results(args.out), Path(args.out))
     if args.cross:
         return run_cross(args, protocols, models)
     if args.ship:

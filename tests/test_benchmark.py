@@ -1402,3 +1402,30 @@ def test_the_fgnet_commands_remake_each_row_as_it_is_kept():
     results["cross"]["FGNET"]["F/b (Haar box crop)"] = figures  # each row once: b's Haar row with its crop check
     assert benchmark.cross_commands(results)[1:] == [f"{cross} a --cross-compare",
                                                      f"{cross} b --cross-compare --crop-check 300"]
+
+
+def test_the_dark_floor_check_counts_the_faces_it_brightens_per_race(tmp_path):
+    """--dark-floor-check: the test faces given directly with and without the floor; a dim face is brightened and
+    counted, a face in good light is not; per race and overall both ways; the text for RESULTS.md."""
+    from conftest import write_rgb
+    bright = np.repeat(np.linspace(90, 230, 48)[None, :, None], 48, axis=0).repeat(3, axis=2).astype(np.uint8)
+    dim = (bright * 0.25).astype(np.uint8)
+    folder = tmp_path / "faces"
+    rows = ["path,age,race"]
+    for name, image, race in (("a.png", bright, "Black"), ("b.png", dim, "Black"), ("c.png", bright, "White")):
+        write_rgb(folder / name, image)
+        rows.append(f"{folder / name},40,{race}")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "test.csv").write_text("\n".join(rows) + "\n")
+    results = {}
+    record = benchmark.dark_floor_check(splits, results, tmp_path / "results.json",
+                                        model=constant_model(tmp_path / "m.onnx", age=30.0))
+    assert (record["n"], record["brightened"], record["dark_floor"]) == (3, 1, 117.0)
+    assert record["mae"] == {"with": 10.0, "without": 10.0} and record["mae_brightened"] == {"with": 10.0, "without": 10.0}
+    assert set(record["mae_per_race"]) == {"Black", "White"}
+    assert json.loads((tmp_path / "results.json").read_text())["dark_floor_check"] == record == results["dark_floor_check"]
+    lines = benchmark.dark_floor_lines(results)
+    assert "it brightens 1 of the 3 faces (10.000 with the floor, 10.000 without)" in lines[1]
+    assert "Per race: Black: 10.000 with the floor, 10.000 without; White:" in lines[1]
+    assert benchmark.dark_floor_lines({}) == []
