@@ -2248,9 +2248,10 @@ def cross_reading(results, shipped):
         older = sum(bool(rules_note(row, r)) for row in fgnet.values())
         if older:
             lines.append(f"- {older} of the table's {len(fgnet)} rows were measured under other rules of `inference.py` "
-                         f"than the shipped model's figure below (a minimum face of {r.get('min_face', 0)} px and a dark "
-                         f"floor of {r.get('dark_floor', 0):g}): before 2026-12-04 faces of any size were estimated and "
-                         "dim faces went to the model as they were.")
+                         f"than the shipped model's figure below (a minimum face of {r.get('min_face', 0)} px, a dark "
+                         f"floor of {r.get('dark_floor', 0):g}); each row's record in bench/results.json names its own "
+                         "(none: before 2026-12-04, when faces of any size were estimated and dim faces were not "
+                         "brightened).")
         lines.append(f"- FG-NET target (MAE ≤ {TARGETS['fgnet_mae']:.1f}): "
                      f"{reached(r['mae'] <= TARGETS['fgnet_mae'])}; the shipped model (`{shipped}`) has "
                      f"{r['mae']:.2f}{how}, worst in " + " and ".join(f"{k} ({v:.1f})" for k, v in worst) +
@@ -2386,8 +2387,10 @@ def size_light_lines(detection) -> list:
             "above the large faces', and the interval, calibrated on full-size faces, would not say so. In a dim "
             "photo the face is found, but the model never saw a face that dark (training varied brightness by ±20%). "
             + (f"`inference.py` brightens a face whose exposure (the 95th percentile of its luma) is under "
-               f"{r['dark_floor']:g} to it, by at most ×{MAX_LIFT:g} (`--dark-floor`), a level under 99% of UTKFace's "
-               "faces, so that the faces the model learnt from pass unchanged; the bright end of a face rather than "
+               f"{r['dark_floor']:g} to it, by at most ×{MAX_LIFT:g} (`--dark-floor`)"
+               + (f", a floor at the 1st percentile of UTKFace's faces ({r['luma_percentiles']['1']:.1f})"
+                  if "1" in (r.get("luma_percentiles") or {}) else "")
+               + ", so that the faces the model learnt from pass unchanged; the bright end of a face rather than "
                "its mean, so that a dark-skinned face in good light is not taken for a dim photo. " if r.get("dark_floor")
                else "")
             + "Over-exposure (×1.8) is not undone."]
@@ -2722,6 +2725,11 @@ def dark_floor_check(splits, results, out_path, model=None) -> dict:
         estimator.dark_floor = value
         errors[key] = np.abs(np.concatenate([estimator.predict_inputs(estimator.model_inputs(chips[i:i + 256]))
                                              for i in range(0, len(chips), 256)]) - true)
+    # the very faces the export's own test figure was measured on, or the check compares nothing it knows
+    recorded = estimator.metadata.get("test_mae")
+    if isinstance(recorded, (int, float)) and abs(float(errors["without"].mean()) - recorded) > 0.002:
+        raise DataError(f"{model}: test MAE {errors['without'].mean():.3f} on {splits}, but {recorded:.3f} when it was "
+                        "made: these are not its splits (re-run its eda.py command)")
     changed = np.array([lift_dark(c, floor) is not c for c in chips])
     races = np.array([r.get("race") or "not recorded" for r in records])
     pair = lambda mask: {k: round(float(errors[k][mask].mean()), 3) if mask.any() else None for k in errors}
@@ -2742,7 +2750,8 @@ def dark_floor_lines(results) -> list:
         return []
     fmt = lambda pair: f"{pair['with']:.3f} with the floor, {pair['without']:.3f} without"
     races = "; ".join(f"{race}: {fmt(pair)}" for race, pair in r["mae_per_race"].items())
-    return ["", f"The same floor on Protocol F's test faces, given directly to `{r['model']}` (`{r['command']}`): "
+    return ["", f"`inference.py`'s dark floor ({r['dark_floor']:g}) on Protocol F's test faces, given directly to "
+                f"`{r['model']}` (`{r['command']}`): "
                 f"MAE {fmt(r['mae'])}; it brightens {r['brightened']} of the {r['n']:,} faces"
                 + (f" ({fmt(r['mae_brightened'])})" if r["brightened"] else "") + f". Per race: {races}."]
 
@@ -3230,9 +3239,9 @@ def run_benchmark(args, protocols, models):
 
 def main(args):
     if args.quick:  # its 2-epoch runs must never stand in WORK/P/NAME, where students and --cross take runs from
-        if args.cross or args.ship or args.ship_zooms:
-            raise DataError("--quick trains smoke runs; --cross, --ship and --ship-zooms read finished runs: leave "
-                            "--quick out")
+        if args.cross or args.ship or args.ship_zooms or args.dark_floor_check:
+            raise DataError("--quick trains smoke runs; --cross, --ship, --ship-zooms and --dark-floor-check read "
+                            "finished runs: leave --quick out")
         args.work_dir = str(Path(args.work_dir) / "quick")
     if args.table:
         return write_tables(args)

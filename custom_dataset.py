@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 from pi_heif import register_heif_opener
 
 from cli import DataError, lazy_import  # DataError re-exported: one class for every one-line error
@@ -416,13 +416,42 @@ def float_gray_scale(arr) -> float:
     return 1 / 255 if finite.size == 0 or np.percentile(finite, 99.9) <= 1.05 else 1.0
 
 
+def to_srgb(img: Image.Image) -> Image.Image:
+    """An RGB, RGBA or CMYK image with an embedded colour profile converted to sRGB, the space UTKFace's files (they
+    carry no profile) and every screen assume: an iPhone's Display P3 photo, an Adobe RGB or a CMYK scan read as
+    plain sRGB would have off colours. The image itself without a profile, or with one LittleCMS cannot read."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        alpha = img.getchannel("A") if img.mode == "RGBA" else None
+        rgb = ImageCms.profileToProfile(img.convert("RGB") if alpha else img, source, _srgb(), outputMode="RGB")
+    except (OSError, ValueError, ImageCms.PyCMSError):  # a damaged or unsupported profile: the pixels as stored
+        return img
+    if alpha is not None:
+        rgb.putalpha(alpha)
+    return rgb
+
+
+def _srgb():
+    global _SRGB_PROFILE
+    if _SRGB_PROFILE is None:
+        _SRGB_PROFILE = ImageCms.createProfile("sRGB")
+    return _SRGB_PROFILE
+
+
+_SRGB_PROFILE = None
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """The one decoding rule for files and PIL images alike: EXIF rotation applied, 16-bit and float gray
-    scaled to 8 bits, transparent pixels black, RGB."""
+    """The one decoding rule for files and PIL images alike: EXIF rotation applied, an embedded colour profile
+    converted to sRGB, 16-bit and float gray scaled to 8 bits, transparent pixels black, RGB."""
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a damaged EXIF block (Pillow raises SyntaxError, among others): the pixels as stored
         pass
+    img = to_srgb(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit grayscale: 0-65535 onto 0-255 (PIL would clip everything above 255), one fixed scale, so two
         # nearly equal images never come out far apart. Float gray: 0-1 or 0-255 (float_gray_scale)
@@ -990,7 +1019,7 @@ def exposure_luma(rgb: np.ndarray) -> float:
     on a grid of at most ~250,000 pixels (a whole photo costs no more than a chip). The bright end, not the mean: a
     dark-skinned face in good light still has bright pixels (eyes, skin highlights, background), a face in a dim
     photo has none; a mean could not tell the two apart (it brightened the darkest-skinned test faces)."""
-    step = max(1, int(math.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    step = max(1, math.ceil(math.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
     grid = rgb[::step, ::step].reshape(-1, 3)
     return float(np.percentile(grid @ np.asarray(GRAY_WEIGHTS, dtype=np.float32), EXPOSURE_PERCENTILE))
 
@@ -1283,7 +1312,7 @@ def _preprocess_or_none(args):
 
 # Raise it with any change to to_rgb, preprocess_rgb or filter_input: the cached pixels of every split are then
 # made again, so training never reads pixels that inference.py, which calls the new code, would not make.
-PREPROCESS_VERSION = 3
+PREPROCESS_VERSION = 4  # 4: colour profiles converted to sRGB (to_srgb)
 
 
 def cache_key(paths, cfg: PreprocessConfig) -> str:

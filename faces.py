@@ -83,9 +83,9 @@ MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once cos
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
 MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
-CHIP_VERSION = 7  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
+CHIP_VERSION = 8  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
                   # (5: float grey images decoded by their range, d477431; 6: small faces in dim large photos;
-                  # 7: turned faces' landmarks on the full-resolution photo, sideways photos)
+                  # 7: turned faces' landmarks on the full-resolution photo, sideways photos; 8: colour profiles)
 
 
 @dataclasses.dataclass

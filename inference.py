@@ -85,6 +85,8 @@ DEFAULT_DARK_FLOOR = 117.0
 def _is_number(value) -> bool:
     """A real number, not a bool (True is an int to Python) and not NaN."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
 
 # Outputs (the rule is in the module docstring)

@@ -206,10 +206,10 @@ def write_rgb(path, rgb):
 
 
 def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces for the tests", interval=None,
-                   age_map=None, preprocess=None, crop=None, extra=None):
+                   age_map=None, preprocess=None, crop=None, extra=None, slope=0.0):
     """model.onnx that predicts `age` for every input, with export metadata (range min_age..max_age;
     None leaves the key out, as older models do; preprocess: a PreprocessConfig of 32 px, default plain; extra:
-    more metadata keys)."""
+    more metadata keys; slope: years added per unit of the input's mean pixel value, for a model that sees light)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -223,7 +223,7 @@ def constant_model(path, age=30.0, min_age=20, max_age=40, data="generated faces
         "constant_age",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("ages", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [float(slope)]),
          helper.make_tensor("age", TensorProto.FLOAT, [], [float(age)])])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
@@ -253,3 +253,31 @@ def write_noise_image(path, seed, size=24):
     from PIL import Image
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def rgb_icc_profile(gamma: float, name: str = "test") -> bytes:
+    """A minimal ICC v2 display profile (sRGB's primaries adapted to D50, one pure gamma curve), built here so the
+    tests need no profile file: gamma 1.0 makes a linear-light profile, whose mid-gray is sRGB's 188."""
+    import struct
+
+    def s15(x):
+        return struct.pack(">i", int(round(x * 65536)))
+
+    def xyz(x, y, z):
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, int(round(gamma * 256))) + bytes(2)
+    text = name.encode() + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(8) + bytes(3) + bytes(67)
+    tags = [(b"desc", desc), (b"cprt", b"text" + bytes(4) + b"none\0"), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        data += bytes(-(offset + len(data)) % 4)  # tags start on 4-byte boundaries
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    body = struct.pack(">I", len(tags)) + table + data
+    header = (struct.pack(">I", 128 + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12)
+              + b"acspAPPL" + bytes(24) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
+    return header + body

@@ -1203,7 +1203,7 @@ def test_the_size_light_table_and_its_words_in_results_md():
     floored = {**figures, "dark_floor": 64.0, "luma_files": 2000, "luma_percentiles": {"1": 64.1, "5": 80.4},
                "by_gain": {"0.25": {"found": 1.0, "mae": 4.97, "mae_without_dark_floor": 5.771, "box_side_median": 223.0}}}
     table = bench_detection.size_light_table({"size_light": floored}).splitlines()
-    assert table[0].endswith("| MAE | MAE without `--dark-floor 64` |") and table[1] == "|---|---|---|---|---|"
+    assert table[0].endswith("| MAE | MAE with `--dark-floor 0` |") and table[1] == "|---|---|---|---|---|"
     assert table[-3:] == ["| 240 px, scene ×0.25 | 223 | 100% | 4.97 | 5.77 |", "",
                           "Exposure (`custom_dataset.exposure_luma`: the 95th percentile of luma, 0-255) of UTKFace's 2,000 files, "
                           "percentiles: 1%: 64, 5%: 80"]
@@ -1419,13 +1419,20 @@ def test_the_dark_floor_check_counts_the_faces_it_brightens_per_race(tmp_path):
     splits.mkdir()
     (splits / "test.csv").write_text("\n".join(rows) + "\n")
     results = {}
-    record = benchmark.dark_floor_check(splits, results, tmp_path / "results.json",
-                                        model=constant_model(tmp_path / "m.onnx", age=30.0))
+    # a model that sees light: age 0 + 0.25 per unit of mean pixel value (the dim face: about 10, brightened: more)
+    model = constant_model(tmp_path / "m.onnx", age=0.0, slope=0.25)
+    record = benchmark.dark_floor_check(splits, results, tmp_path / "results.json", model=model)
     assert (record["n"], record["brightened"], record["dark_floor"]) == (3, 1, 117.0)
-    assert record["mae"] == {"with": 10.0, "without": 10.0} and record["mae_brightened"] == {"with": 10.0, "without": 10.0}
-    assert set(record["mae_per_race"]) == {"Black", "White"}
+    brightened = record["mae_brightened"]
+    assert brightened["with"] < brightened["without"] - 5  # the dim face was seen brighter: closer to 40
+    black, white = record["mae_per_race"]["Black"], record["mae_per_race"]["White"]
+    assert white["with"] == white["without"] and black["with"] < black["without"]  # only the dim face changed
     assert json.loads((tmp_path / "results.json").read_text())["dark_floor_check"] == record == results["dark_floor_check"]
     lines = benchmark.dark_floor_lines(results)
-    assert "it brightens 1 of the 3 faces (10.000 with the floor, 10.000 without)" in lines[1]
-    assert "Per race: Black: 10.000 with the floor, 10.000 without; White:" in lines[1]
+    assert (f"it brightens 1 of the 3 faces ({brightened['with']:.3f} with the floor, {brightened['without']:.3f} "
+            "without)") in lines[1] and "Per race: Black: " in lines[1]
     assert benchmark.dark_floor_lines({}) == []
+    # another split than the export's own test figure was measured on: refused, not compared
+    constant_model(tmp_path / "other.onnx", age=0.0, slope=0.25, extra={"test_mae": 1.0})
+    with pytest.raises(DataError, match="not its splits"):
+        benchmark.dark_floor_check(splits, {}, tmp_path / "results.json", model=tmp_path / "other.onnx")

@@ -740,3 +740,24 @@ def test_a_killed_runs_temporary_files_go_even_where_its_pid_is_this_process(tmp
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path):
+    """A photo in another colour space (Display P3, Adobe RGB, here a linear-light profile) is read as the colours it
+    shows, not as raw numbers: mid-gray in linear light is sRGB's 188. Without a profile, or with a damaged one, the
+    pixels are read as stored; an RGBA image keeps its alpha (transparent pixels black, the rule for every file); a
+    PIL image handed to inference goes the same way (to_rgb)."""
+    from conftest import rgb_icc_profile
+    from custom_dataset import load_rgb, to_rgb
+    gray = Image.new("RGB", (8, 8), (128, 128, 128))
+    for name, icc, expected in (("linear.png", rgb_icc_profile(1.0, "linear"), 188), ("plain.png", None, 128),
+                                ("damaged.png", b"not a profile", 128), ("linear.jpg", rgb_icc_profile(1.0), 188)):
+        gray.save(tmp_path / name, **({"icc_profile": icc} if icc else {}))
+        assert abs(int(load_rgb(tmp_path / name)[0, 0, 0]) - expected) <= 1, name
+    rgba = Image.new("RGBA", (8, 8), (128, 128, 128, 255))
+    rgba.putpixel((0, 0), (128, 128, 128, 0))
+    rgba.save(tmp_path / "alpha.png", icc_profile=rgb_icc_profile(1.0))
+    read = load_rgb(tmp_path / "alpha.png")
+    assert read[0, 0].tolist() == [0, 0, 0] and abs(int(read[4, 4, 0]) - 188) <= 1
+    with Image.open(tmp_path / "linear.png") as opened:
+        assert abs(int(np.asarray(to_rgb(opened))[0, 0, 0]) - 188) <= 1

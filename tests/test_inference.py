@@ -532,9 +532,9 @@ def test_lift_dark_golden():
     # at most MAX_LIFT: a nearly black face is not stretched into noise
     assert lift_dark(np.full((8, 8, 3), 5, np.uint8), 117.0).max() == round(5 * MAX_LIFT)
     # a dark-skinned face in good light (dark on the whole, bright in its highlights) is not a dim photo; its mean
-    # luma (65) would have taken it for one
+    # luma (80) would have taken it for one
     skin = np.full((40, 40, 3), 50, np.uint8)
-    skin[:8] = 200  # a sixth of it bright: eyes, highlights, background
+    skin[:8] = 200  # a fifth of it bright: eyes, highlights, background
     assert lift_dark(skin, 117.0) is skin
     # a non-contiguous view (a mirrored frame) is read as it looks
     assert np.array_equal(lift_dark(dark[:, ::-1], 100.0), lifted[:, ::-1])
