@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import itertools
@@ -417,31 +418,37 @@ def float_gray_scale(arr) -> float:
 
 
 def to_srgb(img: Image.Image) -> Image.Image:
-    """An RGB, RGBA or CMYK image with an embedded colour profile converted to sRGB, the space UTKFace's files (they
-    carry no profile) and every screen assume: an iPhone's Display P3 photo, an Adobe RGB or a CMYK scan read as
-    plain sRGB would have off colours. The image itself without a profile, or with one LittleCMS cannot read."""
+    """An RGB, RGBA, CMYK or gray (L) image with an embedded colour profile converted to sRGB (RGB or RGBA), the space
+    UTKFace's files (they carry no profile) and every screen assume: an iPhone's Display P3 photo, an Adobe RGB or
+    a CMYK scan, a gray scan's "Gray Gamma 2.2" read as plain numbers would have off colours or tones. The image
+    itself without a profile, with an sRGB one already, or with one LittleCMS cannot read."""
     icc = img.info.get("icc_profile")
-    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK", "L"):
         return img
+    if "transparency" in img.info:  # a tRNS colour would be lost with info: made an alpha channel first
+        img = img.convert("RGBA")
+    alpha = img.getchannel("A") if img.mode == "RGBA" else None
+    colour = img.convert("RGB") if alpha is not None else img
     try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        alpha = img.getchannel("A") if img.mode == "RGBA" else None
-        rgb = ImageCms.profileToProfile(img.convert("RGB") if alpha else img, source, _srgb(), outputMode="RGB")
+        transform = _to_srgb_transform(bytes(icc), colour.mode)
     except (OSError, ValueError, ImageCms.PyCMSError):  # a damaged or unsupported profile: the pixels as stored
         return img
+    if transform is None:
+        return img
+    rgb = transform.apply(colour)
     if alpha is not None:
         rgb.putalpha(alpha)
     return rgb
 
 
-def _srgb():
-    global _SRGB_PROFILE
-    if _SRGB_PROFILE is None:
-        _SRGB_PROFILE = ImageCms.createProfile("sRGB")
-    return _SRGB_PROFILE
-
-
-_SRGB_PROFILE = None
+@functools.lru_cache(maxsize=16)
+def _to_srgb_transform(icc: bytes, mode: str):
+    """The LittleCMS transform from a profile to sRGB (None for an sRGB profile: nothing to do), built once per
+    profile and mode (a CMYK profile's tables cost tens of ms); transforms are safe to share between threads."""
+    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    if "srgb" in ImageCms.getProfileDescription(source).lower():
+        return None
+    return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -255,9 +255,10 @@ def write_noise_image(path, seed, size=24):
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
 
 
-def rgb_icc_profile(gamma: float, name: str = "test") -> bytes:
-    """A minimal ICC v2 display profile (sRGB's primaries adapted to D50, one pure gamma curve), built here so the
-    tests need no profile file: gamma 1.0 makes a linear-light profile, whose mid-gray is sRGB's 188."""
+def rgb_icc_profile(gamma: float, name: str = "test", gray: bool = False) -> bytes:
+    """A minimal ICC v2 display profile (sRGB's primaries adapted to D50, one pure gamma curve; gray: a gray
+    profile with that curve), built here so the tests need no profile file: gamma 1.0 makes a linear-light
+    profile, whose mid-gray is sRGB's 188."""
     import struct
 
     def s15(x):
@@ -269,15 +270,17 @@ def rgb_icc_profile(gamma: float, name: str = "test") -> bytes:
     curve = b"curv" + bytes(4) + struct.pack(">IH", 1, int(round(gamma * 256))) + bytes(2)
     text = name.encode() + b"\0"
     desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(8) + bytes(3) + bytes(67)
-    tags = [(b"desc", desc), (b"cprt", b"text" + bytes(4) + b"none\0"), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
-            (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
-            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    tags = [(b"desc", desc), (b"cprt", b"text" + bytes(4) + b"none\0"), (b"wtpt", xyz(0.9642, 1.0, 0.8249))]
+    tags += [(b"kTRC", curve)] if gray else [
+        (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
     offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
     for sig, body in tags:
         data += bytes(-(offset + len(data)) % 4)  # tags start on 4-byte boundaries
         table += sig + struct.pack(">II", offset + len(data), len(body))
         data += body
     body = struct.pack(">I", len(tags)) + table + data
-    header = (struct.pack(">I", 128 + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12)
+    header = (struct.pack(">I", 128 + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr"
+              + (b"GRAY" if gray else b"RGB ") + b"XYZ " + bytes(12)
               + b"acspAPPL" + bytes(24) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
     return header + body

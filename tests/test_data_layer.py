@@ -761,3 +761,14 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path):
     assert read[0, 0].tolist() == [0, 0, 0] and abs(int(read[4, 4, 0]) - 188) <= 1
     with Image.open(tmp_path / "linear.png") as opened:
         assert abs(int(np.asarray(to_rgb(opened))[0, 0, 0]) - 188) <= 1
+    # a gray scan with its own gray profile; an RGB PNG with a tRNS colour keeps it transparent; a profile that is
+    # sRGB already changes nothing
+    Image.new("L", (8, 8), 128).save(tmp_path / "gray.png", icc_profile=rgb_icc_profile(1.0, gray=True))
+    assert abs(int(load_rgb(tmp_path / "gray.png")[0, 0, 1]) - 188) <= 1
+    keyed = Image.new("RGB", (8, 8), (128, 128, 128))
+    keyed.putpixel((0, 0), (10, 20, 30))
+    keyed.save(tmp_path / "keyed.png", icc_profile=rgb_icc_profile(1.0), transparency=(10, 20, 30))
+    read = load_rgb(tmp_path / "keyed.png")
+    assert read[0, 0].tolist() == [0, 0, 0] and abs(int(read[4, 4, 0]) - 188) <= 1
+    gray.save(tmp_path / "srgb.png", icc_profile=rgb_icc_profile(2.2, "sRGB IEC61966-2.1 (as a camera names it)"))
+    assert load_rgb(tmp_path / "srgb.png")[0, 0].tolist() == [128, 128, 128]
