@@ -32,7 +32,7 @@ import numpy as np
 import eda
 import train
 from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset,
-                            DataError, PreprocessConfig, build_cache, lift_dark, make_loader, read_split)
+                            DataError, PreprocessConfig, build_cache, exposure_luma, make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
                          rewrite_export_metadata, save_checkpoint)
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
@@ -2730,7 +2730,7 @@ def dark_floor_check(splits, results, out_path, model=None) -> dict:
     if isinstance(recorded, (int, float)) and abs(float(errors["without"].mean()) - recorded) > 0.002:
         raise DataError(f"{model}: test MAE {errors['without'].mean():.3f} on {splits}, but {recorded:.3f} when it was "
                         "made: these are not its splits (re-run its eda.py command)")
-    changed = np.array([lift_dark(c, floor) is not c for c in chips])
+    changed = np.array([exposure_luma(c) < floor for c in chips])  # lift_dark's own test, not the lifting again
     races = np.array([r.get("race") or "not recorded" for r in records])
     pair = lambda mask: {k: round(float(errors[k][mask].mean()), 3) if mask.any() else None for k in errors}
     record = {"model": str(model), "dark_floor": floor, "n": len(records), "mae": pair(np.ones(len(records), bool)),

@@ -1016,8 +1016,6 @@ PREPROCESS_DEFAULTS = PreprocessConfig().to_dict()
 
 
 MAX_LIFT = 4.0  # lift_dark's largest gain: a quarter of the light, the darkest bench_detection.py --size-light measures
-
-
 EXPOSURE_PERCENTILE = 95  # exposure_luma: the bright end of a face chip, not its mean
 
 

@@ -564,14 +564,10 @@ def landmarks_in(rgb, rect, points: int, angle: float = 0.0) -> np.ndarray:
     full-resolution photo. A face found on a turned copy (angle, degrees counter-clockwise) is fitted on a
     patch around it turned by the same angle, where it stands upright in its box (the landmark model looks a
     little past its box: the patch reaches a box's side from the centre), and the points are turned back."""
-    predict = shape_predictor(points)
-    if not angle:
-        shape = predict(rgb, _box_to_rect(rect))
-        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-    patch, box, back = turned_patch(rgb, rect, angle)
-    shape = predict(patch, _box_to_rect(box))
+    image, box, back = (rgb, rect, None) if not angle else turned_patch(rgb, rect, angle)
+    shape = shape_predictor(points)(image, _box_to_rect(box))
     marks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-    return marks @ back[:, :2].T + back[:, 2]
+    return marks if back is None else marks @ back[:, :2].T + back[:, 2]
 
 
 def chip_from_landmarks(rgb, landmarks, crop) -> np.ndarray:

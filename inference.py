@@ -82,11 +82,6 @@ DEFAULT_MIN_FACE = 32
 DEFAULT_DARK_FLOOR = 117.0
 
 
-def _is_number(value) -> bool:
-    """A real number, not a bool (True is an int to Python) and not NaN."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
 FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
 
 # Outputs (the rule is in the module docstring)
@@ -216,7 +211,7 @@ class AgeEstimator:
             raise DataError(f"--min-score must be a finite number, got {min_score}")
         if not 0 < interval_level < 1:
             raise DataError(f"--interval-level must be between 0 and 1 (e.g. 0.9), got {interval_level}")
-        if dark_floor is not None and not (_is_number(dark_floor) and 0 <= dark_floor < 255):
+        if dark_floor is not None and not (plain_number(dark_floor) and 0 <= dark_floor < 255):
             raise DataError(f"--dark-floor must be a luma from 0 (off) to under 255, got {dark_floor!r}")
         self._forward, self.metadata = read_export(path, threads, device, trust_code)
         self.path, self.device = path, device
@@ -232,7 +227,7 @@ class AgeEstimator:
         self._interval_bands = None if self.interval is None else interval_bands(self.interval, interval_level)
         self.min_face, self.min_score = int(min_face), min_score
         recorded = self.metadata.get("dark_floor")
-        if dark_floor is None and recorded is not None and not (_is_number(recorded) and 0 <= recorded < 255):
+        if dark_floor is None and recorded is not None and not (plain_number(recorded) and 0 <= recorded < 255):
             raise DataError(f"{path}: its metadata's dark_floor ({recorded!r}) is no luma from 0 to under 255; "
                             "pass --dark-floor or re-export the model with train.py")
         self.dark_floor = float(dark_floor if dark_floor is not None else

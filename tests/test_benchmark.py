@@ -1160,7 +1160,8 @@ def test_size_light_pairs_each_pasted_face_with_its_own_age_and_keeps_the_small_
 
     monkeypatch.setattr(inference, "AgeEstimator", Recording)
     floors = []
-    monkeypatch.setattr(inference, "lift_dark", lambda rgb, floor: floors.append(floor) or rgb)
+    monkeypatch.setattr(inference, "lift_dark", lambda rgb, floor, lift=inference.lift_dark:
+                        floors.append(floor) or lift(rgb, floor))
     monkeypatch.setattr(bench_detection, "SIZE_SIDES", (inference.DEFAULT_MIN_FACE - 6, 200))
     monkeypatch.setattr(bench_detection, "LIGHT_GAINS", (1.0,))
     monkeypatch.setattr(bench_detection, "random_canvas", lambda rng, width=640, height=480:
@@ -1175,6 +1176,12 @@ def test_size_light_pairs_each_pasted_face_with_its_own_age_and_keeps_the_small_
     # the same faces without the dark floor (a constant model: the same ages), the floor recorded
     assert big["mae_without_dark_floor"] == big["mae"] and r["dark_floor"] == inference.DEFAULT_DARK_FLOOR
     assert set(floors) == {inference.DEFAULT_DARK_FLOOR, 0.0}  # each found face also without it
+    # a model that sees light, in a dim scene: the column without the floor is the face as it came, darker
+    monkeypatch.setattr(bench_detection, "SIZE_SIDES", ())
+    monkeypatch.setattr(bench_detection, "LIGHT_GAINS", (0.25,))
+    sees_light = constant_model(tmp_path / "light.onnx", age=0.0, slope=0.25, crop=dict(faces.UTKFACE_CROP))
+    dim = bench_detection.size_light_error(sees_light, chips, np.random.default_rng(0), threads=1)["by_gain"]["0.25"]
+    assert dim["found"] == 1.0 and dim["mae"] < dim["mae_without_dark_floor"] - 2  # brighter: older, nearer 22, 61
 
 
 def test_an_older_fgnet_figure_names_the_rules_it_was_measured_under():
