@@ -11,6 +11,8 @@ Measured per detector of faces.DETECTORS (data read in place, never written):
       counts as found when a box's centre lies within a quarter of the chip's side from the chip's
       centre and the box is 40-140 % of the chip's side (HOG's box is about 0.93 of a UTKFace chip); every
       other box is a false box.
+  (a') the same scenes turned a quarter (counter-clockwise and clockwise in turn): a photo saved sideways
+      without an EXIF tag; found and false boxes as in (a).
   (b) FG-NET: the full scanned photos (one person each, a few with more): share of photos with at
       least one box (its position is not checked: FG-NET has no face boxes here), boxes per photo.
   (c) as many other random backgrounds of the same kind, without a face and at normal brightness (no
@@ -151,6 +153,19 @@ def scenes_figures(pipe, scenes):
     n = len(scenes)
     return {"n": n, "detection_rate": hits / n, "false_boxes_per_image": false_boxes / n,
             "ms_per_photo": statistics.median(ms)}
+
+
+def sideways(scenes):
+    """The scenes turned a quarter, counter-clockwise and clockwise in turn, their faces' centres with them: photos
+    saved sideways without an EXIF tag (a scan fed in sideways, a phone's photo whose tag was stripped)."""
+    turned = []
+    for index, (scene, (cx, cy, side)) in enumerate(scenes):
+        height, width = scene.shape[:2]
+        if index % 2 == 0:  # np.rot90 once takes (x, y) to (y, width - 1 - x)
+            turned.append((np.ascontiguousarray(np.rot90(scene, 1)), (cy, width - 1 - cx, side)))
+        else:  # three times, to (height - 1 - y, x)
+            turned.append((np.ascontiguousarray(np.rot90(scene, 3)), (height - 1 - cy, cx, side)))
+    return turned
 
 
 def faceless_figures(pipe, backgrounds):
@@ -335,15 +350,18 @@ CROP_LICENCES = {"utkface": "68-point model trained on iBUG 300-W: non-commercia
 
 def detector_table(result) -> str:
     """The detector comparison as a Markdown table, from a result of main()."""
-    lines = ["| detector | scenes: faces found | false boxes per scene | faceless scenes: false boxes | "
-             "FG-NET: photos with a face box | FG-NET: boxes per photo | ms per 640×480 scene (median) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| detector | scenes: faces found | false boxes per scene | sideways scenes: faces found (false boxes) | "
+             "faceless scenes: false boxes | FG-NET: photos with a face box | FG-NET: boxes per photo | "
+             "ms per 640×480 scene (median) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in result["detectors"].items():
-        fg = r.get("fgnet")
+        fg, side = r.get("fgnet"), r.get("sideways")
         fg_cells = f"{fg['photos_with_a_face']:.1%} | {fg['boxes_per_photo']:.2f}" if fg else "- | -"
+        side_cell = f"{side['detection_rate']:.1%} ({side['false_boxes_per_image']:.3f})" if side else "-"
         n = f" (n = {r['scenes']['n']})" if name == "mmod" else ""
         lines.append(f"| `{name}`{n} | {r['scenes']['detection_rate']:.1%} | {r['scenes']['false_boxes_per_image']:.3f} | "
-                     f"{r['faceless']['false_boxes_per_image']:.3f} | {fg_cells} | {r['scenes']['ms_per_photo']:.1f} |")
+                     f"{side_cell} | {r['faceless']['false_boxes_per_image']:.3f} | {fg_cells} | "
+                     f"{r['scenes']['ms_per_photo']:.1f} |")
     return "\n".join(lines)
 
 
@@ -384,9 +402,10 @@ def command(result) -> str:
 
 
 def print_detector(name, entry):
-    scenes, faceless, fg = entry["scenes"], entry["faceless"], entry.get("fgnet")
+    scenes, faceless, fg, side = entry["scenes"], entry["faceless"], entry.get("fgnet"), entry["sideways"]
     print(f"{name:7s} scenes: found {scenes['detection_rate']:.1%}, {scenes['false_boxes_per_image']:.3f} false "
-          f"boxes/image, {scenes['ms_per_photo']:.1f} ms/photo (n={scenes['n']}); no face: "
+          f"boxes/image, {scenes['ms_per_photo']:.1f} ms/photo (n={scenes['n']}); sideways: found "
+          f"{side['detection_rate']:.1%}, {side['false_boxes_per_image']:.3f} false boxes/image; no face: "
           f"{faceless['false_boxes_per_image']:.3f} false boxes/image"
           + (f" | FG-NET: {fg['photos_with_a_face']:.1%} of photos with a face box, {fg['boxes_per_photo']:.2f} "
              f"boxes/photo, {fg['ms_per_photo']:.1f} ms/photo (n={fg['n']})" if fg else ""), flush=True)
@@ -406,6 +425,7 @@ def compare_detectors(detectors, scenes, backgrounds, photos, mmod_limit, seed=0
         cap = mmod_limit if name == "mmod" else len(scenes) + len(backgrounds) + len(photos)
         start = time.perf_counter()
         entry = {"scenes": scenes_figures(pipe, spread_subset(scenes, cap, seed)),
+                 "sideways": scenes_figures(pipe, sideways(spread_subset(scenes, cap, seed))),
                  "faceless": faceless_figures(pipe, spread_subset(backgrounds, cap, seed))}
         if photos:
             entry["fgnet"] = fgnet_figures(pipe, spread_subset(photos, cap, seed))

@@ -34,7 +34,7 @@ import train
 from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset,
                             DataError, PreprocessConfig, build_cache, exposure_luma, make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
-                         rewrite_export_metadata, save_checkpoint)
+                         rewrite_export_metadata, save_checkpoint, SHIPPED_NAME)
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
                        keep_freed_memory, lowest_mae_zoom_set, test_time_views, time_runs,
                        worst_decade_rule_failures, worst_of_table)
@@ -1037,7 +1037,7 @@ def check_cross(args, work, results, out_path):
                 save_results(out_path, results)
 
 
-SHIPPED = Path("models") / "age_simplecnn_utkface"
+SHIPPED = Path("models") / SHIPPED_NAME
 
 
 def ship(args, work, results):

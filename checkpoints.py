@@ -111,7 +111,10 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
             "output": "N ages in years, one view each: average the views tta_flip and tta_zoom name (mirror; centred "
                       "crops of those shares of the side, resized back), then np.interp(age, age_map x, y) where "
                       "age_map is given; val_mae and test_mae are of that whole. On photos inference.py also "
-                      "brightens a face darker than inference.DEFAULT_DARK_FLOOR first (custom_dataset.lift_dark)",
+                      "brightens a face darker than dark_floor first (custom_dataset.lift_dark)",
+            # the 1st percentile of the training faces' exposure (custom_dataset.dark_floor_of); None before train.py
+            # measured it, and inference.py then takes UTKFace's (inference.DEFAULT_DARK_FLOOR)
+            "dark_floor": best.get("dark_floor"),
             "weights": weights_digest(best["model_state"]),  # which weights: export_mobile tells its files apart by it
             "val_mae": best.get("export_val_mae", own_val_mae),
             # the same faces through the export as it is (map included: in-sample where one is kept)
@@ -281,7 +284,7 @@ def rewrite_export_metadata(path, metadata: dict):
     for settings chosen after export (benchmark.py --ship-zooms). The .jit is a program, so only a trusted
     file (this repository's own) may be passed."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":  # read_export's rule: a .ONNX is no TorchScript to load
         import onnx
         proto = onnx.load(str(path))
         entries = [p for p in proto.metadata_props if p.key == "metadata.json"]
@@ -348,25 +351,35 @@ def export_best(model, cfg, best, out, val_set, test_metrics=None):
 DEVICES = ("cpu", "cuda")
 
 
-# The one place a model.jit is loaded from without being vouched for: the models this repository ships
 SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+SHIPPED_NAME = "age_simplecnn_utkface"  # models/NAME.onnx and .jit, with their card (benchmark.py --ship writes them)
+# The one model.jit loaded without being vouched for: the file this repository ships, not whatever else is saved
+# beside it (a downloaded model.jit put into models/ runs its code only with --trust-model)
+SHIPPED_TORCHSCRIPT = SHIPPED_MODELS / f"{SHIPPED_NAME}.jit"
 
 
 def read_export(path, threads=None, device="cpu", trust_code=False):
     """(forward, metadata) of a model.onnx or a model.jit, run on device ("cpu" or "cuda"). forward maps
     float32 N x 3 x S x S (numpy) to ages. A model.jit is a program (TorchScript runs code from the file): it
-    is loaded from the shipped models/ or where the caller vouches for it (trust_code, --trust-model)."""
+    is loaded where it is the shipped one (SHIPPED_TORCHSCRIPT) or where the caller vouches for it (trust_code,
+    --trust-model)."""
     path = Path(path)
     if device not in DEVICES:
         raise DataError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    if path.suffix == ".onnx":
+    suffix = path.suffix.lower()  # AgeModel.ONNX from a Windows share is a model.onnx; a .JIT is still a program
+    if suffix == ".onnx":
         return onnx_forward(path, threads, device)
-    if path.suffix == ".jit":
-        if not (trust_code or path.resolve().parent == SHIPPED_MODELS):
+    if suffix == ".jit":
+        if not (trust_code or path.resolve() == SHIPPED_TORCHSCRIPT):
             raise DataError(f"{path} is TorchScript, which runs code from the file: pass the model.onnx beside it "
                             "(ONNX Runtime runs no Python), or --trust-model if you made it or trust its source")
         return torchscript_forward(path, threads, device)
     raise DataError(f"{path}: pass a model.onnx (or a model.jit you trust) written by train.py")
+
+
+# how ONNX Runtime says an allocation failed: its arena ("Failed to allocate memory for requested buffer"), the C++
+# allocator's std::bad_alloc ("bad allocation" on Windows), CUDA's "out of memory"
+ONNX_OUT_OF_MEMORY = ("failed to allocate", "bad_alloc", "bad allocation", "out of memory")
 
 
 def onnx_forward(path, threads=None, device="cpu"):
@@ -407,6 +420,9 @@ def onnx_forward(path, threads=None, device="cpu"):
             return session.run(None, {name: x})[0]
         except Exception as exc:  # ONNX Runtime's own errors are no RuntimeError: one line, not a traceback
             detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            if any(words in str(exc).lower() for words in ONNX_OUT_OF_MEMORY):
+                # this photo's (a crowd: many faces x views), as in torchscript_forward: skipped, not the model's fault
+                raise MemoryError(detail) from None
             raise ModelFailed(f"{path} failed on a batch of shape {tuple(x.shape)} ({detail}); a model.onnx written "
                               "by train.py runs on the input size its metadata gives") from None
     return forward, parse_metadata(path, props["metadata.json"])

@@ -915,7 +915,12 @@ def read_split(path) -> list[dict]:
     try:
         return _read_split(path)
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable split CSV ({type(exc).__name__}: {exc}); rerun eda.py") from None
+        raise unreadable_split(path, exc) from None
+
+
+def unreadable_split(path, exc) -> DataError:
+    """The one words for a split CSV that csv cannot read (a stray quote, a field over csv's limit)."""
+    return DataError(f"{path} is not a readable split CSV ({type(exc).__name__}: {exc}); rerun eda.py")
 
 
 def _read_split(path) -> list[dict]:
@@ -1024,9 +1029,30 @@ def exposure_luma(rgb: np.ndarray) -> float:
     on a grid of at most ~250,000 pixels (a whole photo costs no more than a chip). The bright end, not the mean: a
     dark-skinned face in good light still has bright pixels (eyes, skin highlights, background), a face in a dim
     photo has none; a mean could not tell the two apart (it brightened the darkest-skinned test faces)."""
-    step = max(1, math.ceil(math.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    step = exposure_step(*rgb.shape[:2])
     grid = rgb[::step, ::step].reshape(-1, 3)
     return float(np.percentile(grid @ np.asarray(GRAY_WEIGHTS, dtype=np.float32), EXPOSURE_PERCENTILE))
+
+
+DARK_FLOOR_PERCENTILE = 1  # a model's own dark floor (train.py): darker than 99 % of the faces it learnt from
+
+
+def exposure_step(height: int, width: int) -> int:
+    """exposure_luma's grid step: at most ~250,000 pixels are read, whatever the image's size."""
+    return max(1, math.ceil(math.sqrt(height * width / 250_000)))
+
+
+def dark_floor_of(images, batch: int = 256) -> float:
+    """The DARK_FLOOR_PERCENTILE-th percentile of the exposure_luma of N x H x W x 3 uint8 images (a split's cache,
+    read a batch at a time): the dark floor of a model trained on them, which its export records as "dark_floor"."""
+    step = exposure_step(*images.shape[1:3])
+    weights = np.asarray(GRAY_WEIGHTS, dtype=np.float32)
+    levels = []
+    for i in range(0, len(images), batch):
+        grid = np.asarray(images[i:i + batch])[:, ::step, ::step]
+        luma = grid.reshape(len(grid), -1, 3) @ weights  # exposure_luma's sums, image by image
+        levels.append(np.percentile(luma, EXPOSURE_PERCENTILE, axis=1))
+    return round(float(np.percentile(np.concatenate(levels), DARK_FLOOR_PERCENTILE)), 1)
 
 
 def lift_dark(rgb: np.ndarray, floor: float) -> np.ndarray:
@@ -1320,14 +1346,20 @@ def _preprocess_or_none(args):
 PREPROCESS_VERSION = 4  # 4: colour profiles converted to sRGB (to_srgb)
 
 
-def cache_key(paths, cfg: PreprocessConfig) -> str:
-    """Hash of the settings, the preprocessing code's version (and OpenCV's and Pillow's, which decode,
-    resize and denoise), and of every file's path, size and modification time."""
+def decoder_versions() -> dict:
+    """The libraries that decode, resize and denoise an image file: a cached result made under other versions
+    is made again."""
     import PIL
     import cv2
     import pi_heif
-    code = {"version": PREPROCESS_VERSION, "opencv": cv2.__version__, "pillow": PIL.__version__,
+    return {"opencv": cv2.__version__, "pillow": PIL.__version__,
             "pi_heif": pi_heif.__version__, "libheif": pi_heif.libheif_version()}  # HEIC files are decoded by it
+
+
+def cache_key(paths, cfg: PreprocessConfig) -> str:
+    """Hash of the settings, the preprocessing code's version (and its libraries', decoder_versions), and of
+    every file's path, size and modification time."""
+    code = {"version": PREPROCESS_VERSION, **decoder_versions()}
     h = hashlib.sha256(json.dumps([cfg.cache_settings(), code], sort_keys=True).encode())
     for p in paths:
         try:

@@ -17,6 +17,7 @@ names; a CSV's own columns); data_report.json counts those groups per split. The
 only read.
 """
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -105,14 +106,16 @@ def plot_samples(records, path, seed=0, n=24, cols=8):
     picks.sort(key=lambda r: r["age"])
     rows = max(1, int(np.ceil(len(picks) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.85))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, rec in zip(np.ravel(axes), picks):
-        ax.imshow(load_rgb(rec["path"], max_side=256))  # a thumbnail: fast even for huge photos
-        ax.set_title(f"age {rec['age']}", fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    try:  # a file that fails to decode leaves no open figure behind (write_outputs goes on without this one)
+        for ax in np.ravel(axes):
+            ax.axis("off")
+        for ax, rec in zip(np.ravel(axes), picks):
+            ax.imshow(load_rgb(rec["path"], max_side=256))  # a thumbnail: fast even for huge photos
+            ax.set_title(f"age {rec['age']}", fontsize=9)
+        fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def print_summary(report):
@@ -289,7 +292,8 @@ def write_outputs(out_dir, kept, parts, report, extra_columns):
     """labels.csv, the split folder, data_report.json and the figures, each written atomically.
     labels.csv and the report are written under staged names before the split folder is replaced, and renamed
     right after it: a run that fails writing them (a full disk, Ctrl-C) leaves the last run's set whole, never a
-    new split beside the old report, which every export of a model trained on the split would quote."""
+    new split beside the old report, which every export of a model trained on the split would quote. A figure that
+    fails after that is a warning, and the earlier run's copy of it is removed."""
     for sub in ("figs", "pics"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.staged.*"):  # left by a run killed before its renames (the lock is ours)
@@ -307,10 +311,17 @@ def write_outputs(out_dir, kept, parts, report, extra_columns):
     finally:
         for staged_path in staged.values():
             staged_path.unlink(missing_ok=True)
-    plot_samples(kept, out_dir / "pics" / "sample_images.png", seed=report["seed"])
-    plot_age_distribution([r["age"] for r in kept], out_dir / "figs" / "age_distribution.png")
-    plot_split_distributions({n: [r["age"] for r in rows] for n, rows in zip(SPLITS, parts)},
-                             out_dir / "figs" / "train_test_valid_age_distri.png")
+    split_ages = {n: [r["age"] for r in rows] for n, rows in zip(SPLITS, parts)}
+    figures = {"pics/sample_images.png": functools.partial(plot_samples, kept, seed=report["seed"]),
+               "figs/age_distribution.png": functools.partial(plot_age_distribution, [r["age"] for r in kept]),
+               "figs/train_test_valid_age_distri.png": functools.partial(plot_split_distributions, split_ages)}
+    for name, plot in figures.items():
+        try:
+            plot(out_dir / name)
+        except Exception as exc:  # the split is written: a figure (a photo that no longer decodes) cannot undo it
+            (out_dir / name).unlink(missing_ok=True)  # the earlier run's would pass for this split's
+            print(f"warning: figure {out_dir / name} not written ({type(exc).__name__}: {exc}); the split, "
+                  "labels.csv and data_report.json are written", file=sys.stderr)
 
 
 def main(args):

@@ -536,12 +536,13 @@ def check_args(args):
         if not (splits / name).is_file():
             raise DataError(f"{splits / name} not found (eda.py writes OUT/splits/train.csv and val.csv)")
     # what train.py would refuse only after the overfit check built the cache, named now, as the tuner's flags
-    runs = [(epochs, lr, "a trial", f"--epochs-per-trial {args.epochs_per_trial}")
+    runs = [(epochs, lr, "a trial", f"--epochs-per-trial {args.epochs_per_trial}", False)
             for epochs in [args.epochs_per_trial] for lr in args.lrs]
-    if not args.skip_final:
-        runs.append((args.final_epochs, args.lrs[0], "the final run", f"--final-epochs {args.final_epochs}"))
-    for epochs, lr, which, flag in runs:
-        trial = train.get_args_parser().parse_args(trial_argv(args, lr, 0.0, epochs, Path(args.out_dir), "cache"))
+    if not args.skip_final:  # the final run's own argv, without --no-test: a missing test.csv is named now
+        runs.append((args.final_epochs, args.lrs[0], "the final run", f"--final-epochs {args.final_epochs}", True))
+    for epochs, lr, which, flag, final in runs:
+        trial = train.get_args_parser().parse_args(trial_argv(args, lr, 0.0, epochs, Path(args.out_dir), "cache",
+                                                              final=final))
         try:
             train.check_settings(trial)
         except DataError as exc:
@@ -549,8 +550,7 @@ def check_args(args):
                 "; or pass --no-test", "; or pass --skip-final")
             raise DataError(text + (f" (in {which}, {flag})" if "epochs" in text else "")) from None
     train.refuse_output_in_data(Path(args.out_dir), splits)
-    if args.cache_dir:
-        train.refuse_output_in_data(Path(args.cache_dir), splits, "--cache-dir")
+    train.refuse_output_in_data(train.cache_folder(args), splits, train.CACHE_FLAG)
 
 
 def main(args):
@@ -564,7 +564,7 @@ def search_and_train(args):
     configure_threads(args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.splits).parent / "cache"
+    cache_dir = train.cache_folder(args)
     device = train.resolve_device(args.device)
     start = time.perf_counter()
     args = with_teacher_table(args, out, cache_dir)

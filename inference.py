@@ -19,7 +19,11 @@ Where the outputs go (one rule for --image, --input-dir and --video):
     reads it; no output goes inside a labelled face data set: such a run stops with one line of advice
     before anything is written;
   * --input-dir never reads this tool's outputs: files named *_age.<image extension> are skipped (and
-    counted), and a folder inside an inference_outputs folder is refused as input.
+    counted), and a folder inside an inference_outputs folder is refused as input;
+  * a re-run replaces its input's predictions; one of a folder stopped early (Ctrl-C, a closed stdout, a failing
+    model, a full disk) keeps the earlier run's of the images it did not reach, as their annotated copies stay;
+    a run without --json takes the replaced images out of an earlier predictions.json (it would disagree with
+    the CSV).
 
 Each face goes through faces.FacePipeline: detected (--detector; default the detector the model's training
 chips were cut after, where eda.py --align recorded one, else the HOG/Haar cascade), its
@@ -47,6 +51,7 @@ import contextlib
 import csv
 import errno
 import glob
+import heapq
 import json
 import os
 import sys
@@ -61,15 +66,14 @@ import numpy as np
 from PIL import Image
 
 import faces as face_pipeline
-from checkpoints import DEVICES, ModelFailed, check_metadata, read_export, shown
+from checkpoints import DEVICES, SHIPPED_MODELS, SHIPPED_NAME, ModelFailed, check_metadata, read_export, shown
 from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, DataError,
                             _utf8_name, is_annotated_copy, labelled_folder_above, lift_dark, load_rgb_shrunk, parse_zooms,
                             plain_number, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
                        same_or_inside)
-REPO = Path(__file__).resolve().parent
-DEFAULT_MODEL = REPO / "models" / "age_simplecnn_utkface.onnx"  # the shipped model (models/README.md)
+DEFAULT_MODEL = SHIPPED_MODELS / f"{SHIPPED_NAME}.onnx"  # the shipped model (models/README.md)
 
 # faces with a box under this many pixels (of the file) are dropped and counted, not estimated: the age error of
 # 18-28 px boxes is 1.4-2.3 times that of large faces (bench_detection.py --size-light; RESULTS.md, "How small and
@@ -78,8 +82,9 @@ DEFAULT_MIN_FACE = 32
 # a face less exposed than this (custom_dataset.exposure_luma: the 95th percentile of its luma, 0-255) is brightened
 # to it before the model sees it (custom_dataset.lift_dark): less than 99% of UTKFace's faces (1st percentile of its
 # files: 117.4, bench_detection.py --size-light), so nearly all the faces a UTKFace model learnt from pass unchanged;
-# a model's metadata "dark_floor" overrides it, --dark-floor 0 turns it off
+# a model's metadata "dark_floor" (train.py measures its own faces' floor) overrides it, --dark-floor 0 turns it off
 DEFAULT_DARK_FLOOR = 117.0
+DEFAULT_INTERVAL_LEVEL = 0.9  # coverage of the age interval of a model that carries a calibration
 
 
 FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
@@ -142,9 +147,10 @@ def get_args_parser():
                    help="brighten a face whose exposure (95th percentile of its luma, 0-255) is under LUMA to it "
                         "before the model sees it: a face "
                         "in a dim photo is darker than any the model learnt from (RESULTS.md, 'How small and how dark "
-                        f"a face can be'); 0 = off (default: the model's metadata dark_floor, else {DEFAULT_DARK_FLOOR:g}, "
-                        "darker than 99%% of UTKFace's faces)")
-    p.add_argument("--interval-level", type=float, default=0.9,
+                        "a face can be'); 0 = off (default: the model's metadata dark_floor, darker than 99%% of its "
+                        f"training faces; for a model exported before train.py measured it {DEFAULT_DARK_FLOOR:g}, "
+                        "UTKFace's)")
+    p.add_argument("--interval-level", type=float, default=DEFAULT_INTERVAL_LEVEL,
                    help="coverage of the age interval (age_low, age_high) of models that carry a calibration")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
                    help="the inputs are face crops already: no detection, the whole image is the face")
@@ -197,8 +203,8 @@ class AgeEstimator:
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=None, whole_image=False,
-                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=0.9, trust_code=False,
-                 dark_floor=None):
+                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=DEFAULT_INTERVAL_LEVEL,
+                 trust_code=False, dark_floor=None):
         path = Path(model)
         if not path.is_file():
             hint = " (the shipped model is made by models/README.md's command)" if path == DEFAULT_MODEL else ""
@@ -456,6 +462,38 @@ def _rgb_and_shrink(image) -> tuple[np.ndarray, int]:
     return big_enough(_array_rgb(image), "an image array"), 1
 
 
+EXIF_ORIENTATION, EXIF_IFD, EXIF_WIDTH, EXIF_HEIGHT = 0x0112, 0x8769, 0xA002, 0xA003
+
+
+def without_stale_orientation(image):
+    """A PIL image a caller turned by hand (Image.open(p).rotate(-90, expand=True)) keeps the file's EXIF
+    Orientation, and to_rgb would turn it a second time. An image as decoded (its `format` set) is left as it is;
+    a derived one whose shape matches the EXIF pixel size with width and height swapped, and not as stored, was
+    turned already: a copy without the tag. An image still as stored (Image.open(p).convert("RGB")) keeps it."""
+    if getattr(image, "format", None):
+        return image
+    try:
+        exif = image.getexif()
+        stored = exif.get_ifd(EXIF_IFD)
+        size = int(stored.get(EXIF_WIDTH, 0)), int(stored.get(EXIF_HEIGHT, 0))
+        quarter = exif.get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+    except Exception:  # a damaged EXIF block: to_rgb's own rule (the pixels as stored) decides
+        return image
+    width, height = image.size
+    if not quarter or min(size) <= 0 or size[0] == size[1]:
+        return image
+    # the aspect ratio, not the size: the caller may also have shrunk it
+    turned = abs(width / height - size[1] / size[0]) < 0.02 * size[1] / size[0]
+    as_stored = abs(width / height - size[0] / size[1]) < 0.02 * size[0] / size[1]
+    if not turned or as_stored:
+        return image
+    image = image.copy()
+    tags = image.getexif()
+    del tags[EXIF_ORIENTATION]
+    image.info["exif"] = tags.tobytes()
+    return image
+
+
 def big_enough(rgb, name) -> np.ndarray:
     """rgb, or DataError where it is under MIN_IMAGE_SIDE a side: the rule training images meet too."""
     if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
@@ -466,7 +504,7 @@ def big_enough(rgb, name) -> np.ndarray:
 
 def _array_rgb(image) -> np.ndarray:
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL: EXIF rotation, alpha, 16 bit as for files
-        return np.asarray(to_rgb(image))
+        return np.asarray(to_rgb(without_stale_orientation(image)))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise DataError(f"images must be uint8 arrays, got {array.dtype}")
@@ -753,7 +791,7 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
         # written before RUN_MANIFEST (or without it): its rows are this input's own, or it is not replaced
         mine = {me["name"]} if me["kind"] == "image" else {p.name for p in Path(args.input_dir).iterdir()}
         if {r["file"] for r in rows} <= mine:
-            return [], []  # every row is this input's: replaced
+            return rows, []  # every row is this input's: replaced (Recorder.finish)
         inputs = None
     what = "--output-dir" if not args.output else "--output's folder"
     videos = [i for i in inputs or [] if isinstance(i, dict) and i.get("kind") in VIDEO_KINDS]  # no rows of theirs
@@ -768,10 +806,31 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     if clash:
         raise DataError(f"{what} {folder} holds the predictions of {clash[0].get('path')}, which this run would "
                         "replace (the same file name); pass another output folder")
+    # IMG_1.HEIC and IMG_1.JPG both write IMG_1_age.jpg: refused as a video of another's stem is
+    drawn = annotated_name(me["name"]).lower()
+    clash = [i for i in inputs if isinstance(i, dict) and i.get("kind") == "image" and not same_input(me, i)
+             and annotated_name(str(i.get("name"))).lower() == drawn]
+    if me["kind"] == "image" and clash and not args.output:
+        raise DataError(f"{what} {folder} holds the annotated copy of {clash[0].get('path')} ("
+                        f"{annotated_name(me['name'])}), which this run would replace; pass another output folder")
     if me["kind"] == "folder":
-        return [], videos  # its own earlier run: replaced whole; a video's outputs beside it stay named
+        # its own earlier run: replaced whole, unless this run stops early (Recorder.finish); a video's outputs
+        # beside it stay named
+        return rows, videos
     # one more image into a folder of images: the other images' rows stay, this image's are replaced
     return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
+
+
+def photos_wrote_json(folder) -> bool:
+    """Whether folder's predictions.json is one that runs of this tool over photos wrote, as RUN_MANIFEST records
+    (an entry of an earlier version without "json" taken as a writer, as refuse_other_inputs takes it)."""
+    try:
+        inputs = json.loads((Path(folder) / RUN_MANIFEST).read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    writers = [i for i in inputs if isinstance(i, dict) and i.get("json", True)] if isinstance(inputs, list) else []
+    return bool(writers) and all(i.get("kind") not in VIDEO_KINDS for i in writers) \
+        and (Path(folder) / "predictions.json").is_file()
 
 
 def refuse_other_inputs(folder, args) -> list:
@@ -947,11 +1006,14 @@ class Recorder:
 
     def __init__(self, folder, json_mode, stream=None, csv_file=True, args=None):
         self.folder, self.json_mode, self.stream, self.csv_file = Path(folder), json_mode, stream, csv_file
-        # the input (input_identity) named in RUN_MANIFEST, and the earlier rows of other images and the other
-        # inputs named there, which stay
+        # the input (input_identity) named in RUN_MANIFEST; the earlier rows (other images' stay, a folder's own
+        # only where its run stops early: finish) and the other inputs named there, which stay
         self.source = None if args is None else {**input_identity(args), "json": args.json is True}
         self.kept_rows, self.kept_inputs = ([], []) if args is None else earlier_predictions(folder, args) \
             if args.video is None else ([], refuse_other_inputs(folder, args))
+        # asked before this run replaces RUN_MANIFEST, which names the writers of predictions.json
+        self.earlier_json = csv_file and args is not None and photos_wrote_json(folder)
+        self.earlier_files = 0  # a folder run stopped early: the files whose earlier predictions stayed (finish)
         self.rows, self.objects = [], []
         self.counts = {"images": 0, "faces": 0, "no_face": 0, "outside": 0, "min_face": 0, "min_score": 0}
 
@@ -973,31 +1035,69 @@ class Recorder:
         elif self.json_mode:
             self.objects.append(result.to_json())
 
-    def finish(self) -> dict:
-        """Write predictions.csv / predictions.json (atomically); their paths by kind."""
-        written = {}
+    def finish(self, reached=None) -> dict:
+        """Write predictions.csv / predictions.json (atomically); their paths by kind. reached: the files a folder
+        run stopped early got to (annotated or skipped): the earlier run's rows and objects of the others stay, as
+        their annotated copies do; without it a folder's earlier predictions are replaced whole."""
+        written, source = {}, self.source
+        earlier = self._earlier_objects()
+        objects = self._together(earlier, self.objects, reached)
+        if self.csv_file and self.json_mode is not True and len(objects) < len(earlier):
+            # this run writes no predictions.json: the earlier one's objects of the files it replaces would give
+            # other ages than the CSV beside them; taken out before the CSV is replaced, so that none is ever stale
+            if objects:
+                self._write_json(objects)
+            else:
+                (self.folder / "predictions.json").unlink(missing_ok=True)
+            if objects and source["kind"] == "folder":  # what stays of it is this input's: named its writer
+                source = {**source, "json": True}
         if self.csv_file:
-            write_csv(self.folder / "predictions.csv", self.kept_rows + self.rows, CSV_FIELDS, line_end="\n")
+            kept = [r for r in self.kept_rows if self._stays(r["file"], reached)]
+            self.earlier_files = len({r["file"] for r in kept}) if source and source["kind"] == "folder" else 0
+            write_csv(self.folder / "predictions.csv", self._together(kept, self.rows, reached), CSV_FIELDS,
+                      line_end="\n")
             written["csv"] = str(self.folder / "predictions.csv")
-            if self.source:  # after the CSV: a run stopped between the two is refused, never replaces another's
-                text = json.dumps({"inputs": self.kept_inputs + [self.source]}, indent=1) + "\n"
+            if source:  # after the CSV: a run stopped between the two is refused, never replaces another's
+                text = json.dumps({"inputs": self.kept_inputs + [source]}, indent=1) + "\n"
                 atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
-        elif self.source:  # a video: its outputs named, so that another input's run never replaces them
-            text = json.dumps({"inputs": self.kept_inputs + [self.source]}, indent=1) + "\n"
+        elif source:  # a video: its outputs named, so that another input's run never replaces them
+            text = json.dumps({"inputs": self.kept_inputs + [source]}, indent=1) + "\n"
             atomic_write(self.folder / RUN_MANIFEST, lambda f: f.write(text.encode("utf-8")))
-        if self.json_mode and self.json_mode != "-":
-            objects = self.objects
-            if self.source and self.source["kind"] == "image" and self.kept_inputs:  # the other images' stay
-                try:
-                    earlier = json.loads((self.folder / "predictions.json").read_text())
-                    objects = [o for o in earlier if isinstance(o, dict) and o.get("file") != self.source["name"]] \
-                        + objects
-                except (OSError, ValueError, TypeError):
-                    pass
-            data = (json.dumps(objects, indent=1) + "\n").encode("utf-8")
-            atomic_write(self.folder / "predictions.json", lambda f: f.write(data))
+        if self.json_mode is True:
+            self._write_json(objects)
             written["json"] = str(self.folder / "predictions.json")
         return written
+
+    def _stays(self, file, reached) -> bool:
+        """Whether the earlier rows and object of `file` stay beside this run's: another image's (one more image
+        into a folder of images), or, of a folder run stopped early, a file it did not reach."""
+        kind = self.source and self.source["kind"]
+        if kind == "image":
+            return str(file).lower() != self.source["name"].lower()
+        return kind == "folder" and reached is not None and file not in reached
+
+    def _together(self, earlier, new, reached) -> list:
+        """The entries (rows or objects) of earlier that stay, then new's; a folder's merged in the order it is
+        read (sorted, as _list_images lists it), so that a run stopped early reads as one run."""
+        file = lambda entry: str(entry.get("file"))
+        kept = [e for e in earlier if self._stays(file(e), reached)]
+        if self.source and self.source["kind"] == "folder":
+            return list(heapq.merge(kept, new, key=lambda entry: Path(file(entry))))
+        return kept + new
+
+    def _earlier_objects(self) -> list:
+        """The objects of the predictions.json earlier runs over photos wrote here ([] where there is none)."""
+        if not self.earlier_json:
+            return []
+        try:
+            earlier = json.loads((self.folder / "predictions.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [o for o in earlier if isinstance(o, dict)] if isinstance(earlier, list) else []
+
+    def _write_json(self, objects):
+        data = (json.dumps(objects, indent=1) + "\n").encode("utf-8")
+        atomic_write(self.folder / "predictions.json", lambda f: f.write(data))
 
     def summary(self, estimator, unit="images") -> str:
         """"3 images, 4 faces (1 outside the training ages 20-40), 1 images without a face[, dropped ...]"."""
@@ -1125,9 +1225,13 @@ def run_folder(args, estimator, json_stream=None):
                                     f"refused (warnings above); stopping: check {out_dir}")
     except (KeyboardInterrupt, ReaderGone, OutputFailed, ModelFailed) as stop:  # hours of annotated images keep
         try:  # their predictions; a full disk may refuse the CSV too, and then its own error is not the one to tell
-            # a run stopped before its first image leaves an earlier run's outputs as they were
-            where = (", ".join(recorder.finish().values()) or "stdout") if recorder.counts["images"] else \
+            # a run stopped before its first image leaves an earlier run's outputs as they were; one stopped later
+            # keeps the earlier predictions of the files it did not reach (ReaderGone's photo is among the rows)
+            reached = set(skipped) | {row["file"] for row in recorder.rows}
+            where = (", ".join(recorder.finish(reached).values()) or "stdout") if recorder.counts["images"] else \
                 "nowhere (no image was done; the folder's earlier outputs are left as they were)"
+            if recorder.earlier_files:
+                where += f" (with the earlier run's predictions of the {recorder.earlier_files} image(s) not reached)"
         except OSError:
             if not isinstance(stop, OutputFailed):
                 raise
@@ -1198,20 +1302,29 @@ def frame_rate(reported) -> float:
 class _VideoFile:
     """The annotated video, written under a temporary name and renamed into place when complete."""
 
-    def __init__(self, output, fps):
+    def __init__(self, output, fps, realtime=False):
         self.output, self.fps, self.writer = Path(output), fps, None
+        # a camera's frames come as fast as each is annotated (a few a second), not at its reported rate: each is
+        # then written as often as the time until the next one fills at fps, so that the video plays in real time
+        self.realtime, self.written = realtime, 0
         suffix = self.output.suffix or ".mp4"  # OpenCV picks the container by it
         if self.output.parent.is_dir():  # a killed run's temporary video
             remove_orphans(self.output.parent, f".{glob.escape(self.output.stem)}.*.tmp{suffix}")
         self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp{suffix}")
 
-    def write(self, rgb):
+    def write(self, rgb, seconds=0.0):
+        """One frame, shown `seconds` from the start (used where realtime: the frames since the last one repeat
+        it, so that frame n of the file is shown at n / fps)."""
         if self.writer is None:
             height, width = rgb.shape[:2]
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
             if not self.writer.isOpened():
                 raise DataError(f"cannot write the video {self.output}; use an .mp4 name in a writable folder")
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        copies = max(1, int(seconds * self.fps) + 1 - self.written) if self.realtime else 1
+        for _ in range(copies):
+            self.writer.write(bgr)
+        self.written += copies
 
     def close(self, keep, frames=0):  # frames: how many were written, for the message
         if self.writer is not None:
@@ -1270,7 +1383,7 @@ def _annotate_frame(estimator, tracker, rgb, index, name, seconds, video) -> Ima
         face["track"], face["age_smoothed"] = track, round(age, 2)
     # the interval follows the smoothed age: it is the calibrated interval of the age shown
     flags = [outside_training_range(age, estimator.age_range) for age in shown]
-    video.write(result.draw(rgb, shown, estimator.intervals(shown), flags) if result.faces else rgb)
+    video.write(result.draw(rgb, shown, estimator.intervals(shown), flags) if result.faces else rgb, seconds)
     return result
 
 
@@ -1305,7 +1418,7 @@ def run_video(args, estimator, json_stream=None):
         outputs = plan_outputs(args)
         output = _prepare_output(outputs.annotated, kind="video")
         recorder = Recorder(outputs.folder, args.json, json_stream, csv_file=False, args=args)
-        video = _VideoFile(output, frame_rate(cap.get(cv2.CAP_PROP_FPS)))
+        video = _VideoFile(output, frame_rate(cap.get(cv2.CAP_PROP_FPS)), realtime=is_camera(args.video))
         start = time.perf_counter()
         try:
             frames, tracker = _annotate_frames(cap, estimator, video, recorder, args, name, total or 0)
@@ -1325,8 +1438,15 @@ def run_video(args, estimator, json_stream=None):
             **written}
 
 
+PATH_FLAGS = ("model", "image", "video", "output", "output_dir", "save_crops", "input_dir")
+
+
 def check_flags(args):
     """Flag combinations and values, and that the input is there, before anything is loaded."""
+    # an unset shell variable (--image "$PHOTO") is no path: the checks below take "" for a flag not given
+    for flag in PATH_FLAGS:
+        if getattr(args, flag, None) == "":
+            raise DataError(f"--{flag.replace('_', '-')} is empty (an unset shell variable?); pass a path")
     if args.output and args.input_dir:
         raise DataError("--input-dir writes into --output-dir; --output is for --image and --video")
     if args.output and args.output_dir:
@@ -1338,6 +1458,9 @@ def check_flags(args):
         raise DataError("--min-score filters the detector's faces; --whole-image uses no detector")
     if args.save_crops and args.video:
         raise DataError("--save-crops is for --image and --input-dir")
+    if args.trust_model and Path(args.model).suffix.lower() == ".onnx":
+        raise DataError(f"--trust-model is for a model.jit (TorchScript runs code from the file); ONNX Runtime runs "
+                        f"none from {args.model}: leave --trust-model out")
     # a flag that would do nothing is refused, not ignored
     video_only = {"--alpha": args.alpha != SMOOTH_ALPHA, "--max-frames": args.max_frames != 0,
                   "--no-progress": args.no_progress}
@@ -1348,7 +1471,7 @@ def check_flags(args):
     if args.video is not None and args.max_frames < 0:
         raise DataError(f"--max-frames must be 0 (all) or more, got {args.max_frames}")
     # OpenCV's bindings crash (a segfault, no message) on a path holding bytes that are not UTF-8
-    for flag in ("model", "image", "video", "output", "output_dir", "save_crops", "input_dir"):
+    for flag in PATH_FLAGS:
         value = getattr(args, flag, None)
         if value is not None and not _utf8_name(value):
             raise DataError(f"--{flag.replace('_', '-')} {value!r}: the path holds bytes that are not UTF-8, which "
@@ -1373,6 +1496,9 @@ def main(args):
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
                                  min_score=args.min_score, device=args.device, interval_level=args.interval_level,
                                  trust_code=args.trust_model, dark_floor=args.dark_floor)
+        if estimator.interval is None and args.interval_level != DEFAULT_INTERVAL_LEVEL:  # known once loaded
+            raise DataError(f"--interval-level sets the coverage of the age interval, and {estimator.path.name} "
+                            "carries no interval calibration (train.py writes one): leave --interval-level out")
         print(estimator.describe())
         if estimator.detector_note:
             print(estimator.detector_note, file=sys.stderr)

@@ -25,7 +25,8 @@ from cli import MODEL_NAMES, ArgumentParser, lazy_import, run_cli  # first: cli.
 import numpy as np
 
 from custom_dataset import (MAX_DENOISE_STRENGTH, AugmentConfig, DataError, PreprocessConfig, channel_stats,
-                            labelled_folder_above, load_split_dataset, make_loader, parse_zooms)
+                            labelled_folder_above, load_split_dataset, make_loader, parse_zooms, unreadable_split,
+                            dark_floor_of)
 from checkpoints import (export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint,
                          weights_digest)
 from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
@@ -209,6 +210,7 @@ def preprocess_config(args) -> PreprocessConfig:
 def check_numbers(args):
     """One line naming the first setting that cannot work (instead of a ZeroDivisionError later)."""
     rules = [("--batch-size", args.batch_size >= 1, "at least 1"), ("--epochs", args.epochs >= 1, "at least 1"),
+             ("--seed", args.seed >= 0, "0 or more"),  # numpy refuses a negative seed, but only later
              ("--lr", math.isfinite(args.lr) and args.lr > 0, "a positive number"),
              ("--weight-decay", math.isfinite(args.weight_decay) and args.weight_decay >= 0, "0 or more"),
              ("--image-size", 16 <= args.image_size <= 1024, "between 16 and 1024"),
@@ -295,8 +297,7 @@ def main(args):
     check_settings(args)  # before torch loads (setup_distributed): a typo is answered at once, not in 3 s
     refuse_earlier_run(args)
     refuse_output_in_data(args.out_dir, args.splits)
-    if args.cache_dir:
-        refuse_output_in_data(args.cache_dir, args.splits, "--cache-dir")
+    refuse_output_in_data(cache_folder(args), args.splits, CACHE_FLAG)
     dist_ctx = setup_distributed(args)
     try:
         if not dist_ctx.active:
@@ -416,13 +417,19 @@ def refuse_output_in_data(out_dir, splits, what="--out-dir"):
 
 
 SPLITS_NOT_FOUND = "splits folder not found: {splits} (eda.py writes OUT/splits)"
+CACHE_FLAG = "--cache-dir (default: SPLITS/../cache)"  # the default is checked too: a split inside the data set
+
+
+def cache_folder(args) -> Path:
+    """The preprocessing cache: --cache-dir, or beside the splits folder."""
+    return Path(args.cache_dir) if args.cache_dir else Path(args.splits).parent / "cache"
 
 
 def load_data(args, cfg, log=print):
     splits = Path(args.splits)
     if not splits.is_dir():
         raise DataError(SPLITS_NOT_FOUND.format(splits=splits))
-    cache_dir = Path(args.cache_dir) if args.cache_dir else splits.parent / "cache"
+    cache_dir = cache_folder(args)
     progress = not args.no_progress
     train = load_split_dataset(splits / "train.csv", cfg, cache_dir, args.workers, progress, log)
     if args.subset_fraction < 1:
@@ -467,7 +474,10 @@ def split_csv_rows(path) -> list:
     Path/AGE in any case): every check of the split sees the rows training sees."""
     import csv
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        return [{k.strip().lower(): (v or "") for k, v in row.items() if k} for row in csv.DictReader(f)]
+        try:
+            return [{k.strip().lower(): (v or "") for k, v in row.items() if k} for row in csv.DictReader(f)]
+        except csv.Error as exc:  # read_split's words, as training says them
+            raise unreadable_split(path, exc) from None
 
 
 def split_hashes(split_csv) -> dict:
@@ -633,9 +643,10 @@ def kept_teacher_table(path: Path, teacher: str, faces_digest: str) -> dict | No
 
 def predicted_from(kept, teacher) -> bool:
     """Whether a teacher.npz's record (its teachers_weights, or teachers_digest in tables from before it) names
-    --teacher's checkpoints: judged by weights where recorded, so a --calibrate re-save is no other teacher."""
+    --teacher's checkpoints: judged by weights where recorded, so a --calibrate re-save is no other teacher, and by
+    their test-time views where recorded (a table from before them: by weights alone, so its run still resumes)."""
     if "teachers_weights" in kept:
-        return str(kept["teachers_weights"]) == teachers_weights(teacher)
+        return all(str(kept[key]) == value for key, value in teachers_record(teacher).items() if key in kept)
     return str(kept.get("teachers_digest", "")) == teachers_digest(teacher)
 
 
@@ -657,7 +668,7 @@ def teachers_changed(out_dir, teacher, last=None) -> bool:
         return False  # a run from before checkpoints kept the digest: nothing of its one table to compare
     try:
         with np.load(Path(out_dir) / "teacher.npz", allow_pickle=False) as f:
-            kept = {k: str(f[k]) for k in ("teachers_weights", "teachers_digest") if k in f.files}
+            kept = {k: str(f[k]) for k in ("teachers_weights", "teachers_views", "teachers_digest") if k in f.files}
     except (OSError, ValueError):
         return False  # an unreadable table is predicted again (teacher_targets), as before
     return bool(kept) and not predicted_from(kept, teacher)  # a table recording neither: nothing to compare
@@ -665,15 +676,25 @@ def teachers_changed(out_dir, teacher, last=None) -> bool:
 
 def teachers_weights(teacher: str) -> str:
     """Digest of the weights of --teacher's checkpoints (checkpoints.weights_digest of each, in order)."""
-    from checkpoints import weights_digest
-    return ",".join(weights_digest(load_checkpoint(s)["model_state"]) for s in teacher_sources(teacher))
+    return teachers_record(teacher)["teachers_weights"]
+
+
+def teachers_record(teacher: str) -> dict:
+    """What a table of --teacher's checkpoints is predicted from: their weights, and the test-time views
+    predict_teachers averages, which --choose-zooms on a resumed teacher rewrites without touching its weights."""
+    weights, views = [], []
+    for source in teacher_sources(teacher):  # each loaded once: a ResNet's checkpoint takes a while
+        checkpoint = load_checkpoint(source)
+        weights.append(weights_digest(checkpoint["model_state"]))
+        views.append(test_time_views(checkpoint.get("config") or {}))
+    return {"teachers_weights": ",".join(weights), "teachers_views": json.dumps(views)}
 
 
 def write_teacher_table(args, cache_dir, path=None) -> dict:
     """The table of --teacher's checkpoints (predict_teachers), written atomically to path if given."""
     table = predict_teachers(teacher_sources(args.teacher), args, cache_dir, split_faces_digest(args.splits))
     table["teachers_digest"] = np.asarray(teachers_digest(args.teacher))
-    table["teachers_weights"] = np.asarray(teachers_weights(args.teacher))
+    table.update({key: np.asarray(value) for key, value in teachers_record(args.teacher).items()})
     if path is not None:
         atomic_write(path, lambda f: np.savez(f, **table))
     return table
@@ -768,6 +789,9 @@ def check_settings(args):
         if not (Path(args.splits) / name).is_file():
             raise DataError(f"{Path(args.splits) / name} not found (eda.py writes train.csv, val.csv and test.csv into "
                             f"OUT/splits{'' if name != 'test.csv' else '; or pass --no-test'})")
+    if args.teacher is not None and not teacher_sources(args.teacher):  # " " or ",": a teacher of no file
+        raise DataError(f"--teacher {args.teacher!r} names no file; pass comma-separated best.pt or teacher.npz "
+                        "files, or leave --teacher out")
     for source in teacher_sources(args.teacher or ""):
         if not Path(source).is_file():
             raise DataError(f"--teacher {source} not found; pass the best.pt of a finished run on these splits, "
@@ -933,6 +957,9 @@ def train_run(args, dist_ctx: Distributed):
     cfg = PreprocessConfig.from_dict(checkpoint["preprocess"]) if checkpoint else preprocess_config(args)
     if checkpoint is None:
         cfg.mean, cfg.std = channel_stats(train_set.images)
+    # inference.py brightens a face darker than this before the model sees it: the floor of this model's own faces
+    # (a checkpoint from before it was kept: measured on the same images now)
+    dark_floor = (checkpoint or {}).get("dark_floor") or dark_floor_of(train_set.images)
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
     # rank 0 predicts the table (or finds it kept from these teachers) and keeps it as RUN/teacher.npz; the
@@ -1003,6 +1030,7 @@ def train_run(args, dist_ctx: Distributed):
                                     ema=ema)
             state["bf16"] = use_amp  # what the steps ran in (--amp where it pays): a resumed run must run the same
             state["images_used"] = used  # --resume: the same images read?
+            state["dark_floor"] = dark_floor
             if tables_digest is not None:  # --resume: the same tables' bytes (teachers_changed)
                 state["teachers_digest"] = tables_digest
             save_epoch(out, state, improved, history)

@@ -735,6 +735,22 @@ def test_the_detection_command_gives_the_limit_the_run_was_given():
     assert "--limit 230" in bench_detection.command(result)
 
 
+def test_sideways_scenes_carry_their_faces_centres_with_them():
+    """bench_detection's sideways scenes: each turned a quarter (the two ways in turn), its face's centre where the
+    turned pixels put it (a bright dot marks it here), its side unchanged."""
+    import bench_detection
+    scenes = []
+    for cx, cy in ((30, 10), (5, 40)):
+        scene = np.zeros((48, 64, 3), np.uint8)
+        scene[cy, cx] = 255
+        scenes.append((scene, (cx, cy, 20)))
+    turned = bench_detection.sideways(scenes)
+    assert [t[0].shape for t in turned] == [(64, 48, 3)] * 2
+    assert not np.array_equal(turned[0][0], np.rot90(scenes[0][0], 3))  # the first turned one way, the second the other
+    for image, (x, y, side) in turned:
+        assert side == 20 and image[int(y), int(x)].tolist() == [255, 255, 255]
+
+
 def test_end_to_end_times_the_detector_inference_chooses_for_the_model(tmp_path):
     import bench_detection
     import faces as face_pipeline

@@ -291,6 +291,32 @@ def test_a_sideways_photo_without_an_exif_tag_is_found_and_chipped_upright(utkfa
     assert np.abs(np.rot90(boxed[0].chip, 1) - upright).mean() > 20  # not sideways
 
 
+def test_a_sideways_face_is_not_hidden_by_a_weak_box_of_the_upright_fallback(utkface_chips, paste_face,
+                                                                            monkeypatch):
+    """A sideways face that every upright pass misses, where a low-threshold fallback pass draws a weak box (the
+    contrast pass, the bordered copy, a +-25 degree turn): the quarter turns run all the same, and their face wins.
+    Without the rule (WEAK_FALLBACK_SCORE at minus infinity) the weak box is all that is found."""
+    pipe = faces.FacePipeline(faces.UTKFACE_CROP, detector="auto")
+    for chip, tilt, turns, weak_source in ((utkface_chips[1], 0, 1, "hog_contrast_padded"),
+                                           (utkface_chips[1], 0, 3, "hog_contrast"),
+                                           (utkface_chips[4], 10, 3, "hog_rotated+25")):
+        scene, (cx, cy, side) = paste_face(chip, 160, tilt=tilt, at=(0.45, 0.5))
+        sideways = np.ascontiguousarray(np.rot90(scene, turns))
+        width, height = scene.shape[1], scene.shape[0]
+        # np.rot90 takes (x, y) to (y, width - 1 - x) once, to (height - 1 - y, x) three times
+        centre = np.array((cy, width - 1 - cx) if turns == 1 else (height - 1 - cy, cx))
+        found = pipe.detect(sideways)
+        assert [f.source for f in found] == ["hog_rotated-90" if turns == 1 else "hog_rotated+90"]
+        (x, y, w, h), score = found[0].box, found[0].score
+        assert np.abs(np.array((x + w / 2, y + h / 2)) - centre).max() < 0.25 * side
+        with monkeypatch.context() as m:
+            m.setattr(faces, "WEAK_FALLBACK_SCORE", -np.inf)
+            blocked = pipe.detect(sideways)
+        assert [f.source for f in blocked] == [weak_source] and blocked[0].score < min(score, faces.WEAK_FALLBACK_SCORE)
+        # the same face upright keeps its upright box: the turns find nothing stronger there
+        assert pipe.detect(scene)[0].source not in ("hog_rotated-90", "hog_rotated+90")
+
+
 def test_a_dim_face_the_first_pass_misses_is_found_by_one_contrast_pass_before_the_costly_ones(
         utkface_chips, paste_face, monkeypatch):
     """The fallback's order is its cost: a dim, low-contrast face (the commonest miss) is found by HOG on the

@@ -302,6 +302,35 @@ def test_api_takes_paths_pil_images_and_arrays(onnx_path, faces, tmp_path):
         estimator.predict(rgb.astype(np.float32))
 
 
+def test_a_pil_image_turned_by_hand_is_not_turned_again_by_its_exif_tag():
+    """A phone photo stored landscape with Orientation 6: opened, converted, turned by the caller's own hand
+    (which keeps the tag) or turned and shrunk, the API sees it upright once; without the EXIF pixel size nothing
+    tells a turned image from a stored one, and the tag is applied as for files."""
+    import io
+    from PIL import Image, ImageOps
+    stored = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+
+    def jpeg(with_size):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        if with_size:
+            exif.get_ifd(0x8769).update({0xA002: 200, 0xA003: 120})
+        buffer = io.BytesIO()
+        Image.fromarray(stored).save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+        return buffer.getvalue()
+
+    data = jpeg(True)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert upright.shape == (200, 120, 3)
+    by_hand = Image.open(io.BytesIO(data)).rotate(-90, expand=True)
+    for image in (Image.open(io.BytesIO(data)), Image.open(io.BytesIO(data)).convert("RGB"), by_hand):
+        np.testing.assert_array_equal(inference.as_rgb(image), upright)
+    assert by_hand.getexif().get(0x0112) == 6  # the caller's image is not changed
+    assert inference.as_rgb(by_hand.resize((60, 100))).shape == (100, 60, 3)
+    assert inference.as_rgb(ImageOps.exif_transpose(Image.open(io.BytesIO(data)))).shape == (200, 120, 3)
+    assert inference.as_rgb(Image.open(io.BytesIO(jpeg(False))).rotate(-90, expand=True)).shape == (120, 200, 3)
+
+
 def test_onnx_and_torchscript_give_the_same_ages(model_path, onnx_path):
     inputs = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     from_onnx = inference.AgeEstimator(onnx_path, whole_image=True).predict_inputs(inputs)
@@ -505,9 +534,11 @@ def test_outputs_inside_a_labelled_data_set_are_refused(onnx_path, faces, tmp_pa
     assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == ["25", "25/face.png", "26", "26/face.png"]
 
 
-def test_a_torchscript_model_runs_only_where_it_is_vouched_for(model_path, onnx_path, tmp_path):
+def test_a_torchscript_model_runs_only_where_it_is_vouched_for(model_path, onnx_path, tmp_path, monkeypatch):
     """A model.jit is a program: refused without --trust-model (the ONNX file beside it named instead), loaded
-    with it, and loaded from the shipped models/ folder alone without it."""
+    with it, and loaded without it where it is the shipped file, not another saved beside it."""
+    import shutil
+    import checkpoints
     from checkpoints import SHIPPED_MODELS, read_export
     proc = _cli("--model", str(model_path), "--image", _a_photo(tmp_path))
     assert_one_line_error(proc, "is TorchScript, which runs code from the file", "--trust-model", "model.onnx")
@@ -515,6 +546,14 @@ def test_a_torchscript_model_runs_only_where_it_is_vouched_for(model_path, onnx_
         inference.AgeEstimator(model_path)
     assert read_export(model_path, trust_code=True)[1] == read_export(onnx_path)[1]
     assert read_export(next(SHIPPED_MODELS.glob("*.jit")))[1]["model_name"]
+    shipped_folder = tmp_path / "models"
+    shipped_folder.mkdir()
+    monkeypatch.setattr(checkpoints, "SHIPPED_TORCHSCRIPT", shipped_folder / "shipped.jit")
+    for name in ("shipped.jit", "downloaded.jit"):
+        shutil.copy(model_path, shipped_folder / name)
+    assert read_export(shipped_folder / "shipped.jit")[1] == read_export(onnx_path)[1]
+    with pytest.raises(DataError, match="runs code from the file"):
+        read_export(shipped_folder / "downloaded.jit")
 
 
 def test_lift_dark_golden():

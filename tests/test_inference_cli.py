@@ -255,6 +255,12 @@ def three_photos_stopping_at_b(tmp_path, faces, monkeypatch, stop):
     in_dir = tmp_path / "in"
     for name in ("a.png", "b.png", "c.png"):
         write_rgb(in_dir / name, scene(faces[:1]))
+    stopping_at_b(monkeypatch, stop)
+    return in_dir
+
+
+def stopping_at_b(monkeypatch, stop):
+    """process_image raising stop at b.png from now on."""
     real = inference.process_image
 
     def stop_at_b(estimator, path, *rest, **kwargs):
@@ -262,7 +268,6 @@ def three_photos_stopping_at_b(tmp_path, faces, monkeypatch, stop):
             raise stop
         return real(estimator, path, *rest, **kwargs)
     monkeypatch.setattr(inference, "process_image", stop_at_b)
-    return in_dir
 
 
 def test_ctrl_c_in_a_folder_run_keeps_the_predictions_of_the_images_already_annotated(model, faces, tmp_path,
@@ -366,7 +371,7 @@ def test_a_video_face_is_flagged_by_the_age_it_shows(model, faces):
     tracker = inference.Tracker(alpha=0.3)
     tracker.update([box], [10.0])  # the track so far: 10 years; 0.3 * 30 + 0.7 * 10 = 16 is shown
     written = []
-    video = type("Video", (), {"fps": 10.0, "write": lambda self, frame: written.append(frame)})()
+    video = type("Video", (), {"fps": 10.0, "write": lambda self, frame, seconds=0.0: written.append(frame)})()
     result = inference._annotate_frame(estimator, tracker, rgb, 1, "f", 0.1, video)
     assert result.faces[0]["outside_training_range"] is False and result.faces[0]["age_smoothed"] == 16.0
     assert (np.abs(written[0].astype(int) - ORANGE).sum(axis=2) == 0).any()  # drawn in orange: "16?"
@@ -531,6 +536,24 @@ def test_a_video_never_replaces_another_inputs_outputs_nor_they_its(model, faces
 
 
 @pytest.mark.slow
+def test_a_camera_recording_plays_in_real_time(tmp_path):
+    """A camera's frames arrive as fast as they are annotated (here 4 in 1.5 s), not at its reported rate: the
+    annotated video repeats each until the next, so that it lasts as long as the recording (16 frames at 10 per
+    second for 1.5 s), not 0.4 s. A video file's frames are written once each, whatever their timestamps."""
+    frame = np.zeros((48, 64, 3), np.uint8)
+    for realtime, expected in ((True, 16), (False, 4)):
+        video = inference._VideoFile(tmp_path / f"camera_{realtime}.mp4", 10.0, realtime=realtime)
+        for seconds in (0.0, 0.35, 0.4, 1.5):
+            video.write(frame, seconds)
+        video.close(keep=True, frames=4)
+        cap = cv2.VideoCapture(str(tmp_path / f"camera_{realtime}.mp4"))
+        count = 0
+        while cap.read()[0]:
+            count += 1
+        cap.release()
+        assert count == expected
+
+
 def test_camera_that_is_not_there_is_one_line(model):
     if Path("/dev/video0").exists():
         pytest.skip("this machine has a camera 0")

@@ -301,6 +301,23 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     assert np.abs(onnx_out - eager).max() <= 1e-4
 
 
+def test_the_export_carries_the_dark_floor_of_its_own_training_faces(full_run, splits):
+    """train.py measures the exposure floor of the faces it trains on (the 1st percentile of their exposure_luma,
+    as inference.DEFAULT_DARK_FLOOR is UTKFace's) and the export carries it: inference.py brightens a face up to
+    this model's floor, not UTKFace's."""
+    import inference
+    from custom_dataset import DARK_FLOOR_PERCENTILE, exposure_luma, load_rgb, preprocess_rgb
+    out, _ = full_run
+    ckpt = checkpoints.load_checkpoint(out / "best.pt")
+    cfg = custom_dataset.PreprocessConfig.from_dict(ckpt["preprocess"])
+    faces = np.stack([preprocess_rgb(load_rgb(r["path"]), cfg) for r in custom_dataset.read_split(splits / "train.csv")])
+    expected = round(float(np.percentile([exposure_luma(f) for f in faces], DARK_FLOOR_PERCENTILE)), 1)
+    assert ckpt["dark_floor"] == custom_dataset.dark_floor_of(faces, batch=7) == expected
+    assert checkpoints.read_export(out / "model.onnx")[1]["dark_floor"] == expected
+    assert abs(expected - inference.DEFAULT_DARK_FLOOR) > 5  # the generated faces are not UTKFace's: a test of this
+    assert inference.AgeEstimator(out / "model.onnx", whole_image=True).dark_floor == expected
+
+
 def best_of(full_run, splits):
     """(checkpoint, preprocessing, model, validation set) of full_run's best epoch."""
     ckpt = checkpoints.load_checkpoint(full_run[0] / "best.pt")
