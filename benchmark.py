@@ -2323,6 +2323,7 @@ def cross_filter_lines(results) -> list:
 
 def detection_section(sources):
     import bench_detection
+    import faces
     detection = sources["detection"]
     if not detection:
         return []
@@ -2332,14 +2333,18 @@ def detection_section(sources):
              f"{sc['face_fraction_of_height'][0]:.0%}–{sc['face_fraction_of_height'][1]:.0%} of the height, tilted up "
              f"to ±{sc['max_tilt_degrees']:g}°, the scene darker or brighter (gain {sc['gain'][0]}–{sc['gain'][1]}); a "
              "face is found when a box is centred on it and of its size, every other box is false. Faceless: other random "
-             "backgrounds of the same kind, without a face, at normal brightness. FG-NET: its full scanned photos, "
-             "counted as found where at least one box is (not checked against the face's position).", "",
+             "backgrounds of the same kind, without a face, at normal brightness. Sideways: the same scenes turned a "
+             "quarter, one way and the other in turn (a photo saved sideways without an EXIF tag). FG-NET: its full "
+             "scanned photos, counted as found where at least one box is (not checked against the face's "
+             "position).", "",
              *code_block([bench_detection.command(detection)]), "", bench_detection.detector_table(detection), "",
              "- **`auto`** (the default) is a cascade: dlib's HOG detector and, in a second thread meanwhile, Haar "
              "proposals for faces under HOG's ~80 px window, each checked by HOG on an enlarged patch; only where "
-             "nothing was found, passes at a lower threshold on a contrast-equalised copy, cheapest first, each only if the ones before found "
+             "nothing was found (no box that the size filters and the caller's keep), passes at a lower threshold on a "
+             "contrast-equalised copy, cheapest first, each only if the ones before found "
              "nothing: HOG on the photo, Haar down to 20 px, HOG on a padded copy, HOG on copies turned by ±25°; then HOG at its own threshold on copies turned by ±90° "
-             "(sideways photos without an EXIF tag). "
+             f"(sideways photos without an EXIF tag), also where those passes' best box scores under "
+             f"{faces.WEAK_FALLBACK_SCORE:g} (a weak box elsewhere hid a sideways face), the stronger kept. "
              "The faceless column shows what that costs in invented boxes.",
              "- `hog` alone misses small, dark and tilted faces; `haar` alone finds small faces but also false boxes "
              "and misses tilted ones; `mmod` (dlib's CNN) finds the most but costs seconds per photo on a CPU."]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import lazy_import
-from custom_dataset import DataError, PreprocessConfig, parse_zooms, plain_number, remove_orphans
+from custom_dataset import PREPROCESS_VERSION, DataError, PreprocessConfig, parse_zooms, plain_number, remove_orphans
 from faces import BOX_CROP, check_crop, read_split_crop
 from functions import atomic_write, rng_state
 
@@ -41,6 +41,7 @@ def make_checkpoint(args, model, optimizer, scheduler, *, min_age, max_age, cfg,
     with --ema also keeps the weights being trained and the average's count, for --resume."""
     checkpoint = {"version": FORMAT_VERSION, "model_name": args.model, "head": args.head, "min_age": min_age,
                   "max_age": max_age, "config": vars(args), "preprocess": cfg.to_dict(), "crop": crop,
+                  "preprocess_version": PREPROCESS_VERSION,  # which code made the pixels it learnt from
                   "split_digest": split_digest, "split_faces": split_faces,
                   "model_state": (ema.module if ema else model).state_dict(),
                   "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
@@ -103,6 +104,9 @@ def export_metadata(cfg, best, test_metrics=None) -> dict:
     own_val_mae = ((best.get("metrics") or {}).get("val") or {}).get("mae", best.get("best_val_mae"))
     return {"format_version": FORMAT_VERSION, "model_name": best["model_name"], "head": best["head"],
             "min_age": best["min_age"], "max_age": best["max_age"], "preprocess": cfg.to_dict(),
+            # custom_dataset.PREPROCESS_VERSION of its training pixels (None before it was kept): inference.py notes
+            # a model whose pixels another version of the code made
+            "preprocess_version": best.get("preprocess_version"),
             "crop": crop, "tta_flip": config.get("tta_flip", False),
             "tta_zoom": list(parse_zooms(config.get("tta_zoom", ""))),  # inference.py averages these views too
             "data": describe_training_data(config) if own_split or config.get("data_description") else None,

@@ -1342,7 +1342,8 @@ def _preprocess_or_none(args):
 
 
 # Raise it with any change to to_rgb, preprocess_rgb or filter_input: the cached pixels of every split are then
-# made again, so training never reads pixels that inference.py, which calls the new code, would not make.
+# made again, so training never reads pixels that inference.py, which calls the new code, would not make; a model's
+# export records the version it learnt from, and inference.py notes one made under another
 PREPROCESS_VERSION = 4  # 4: colour profiles converted to sRGB (to_srgb)
 
 

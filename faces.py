@@ -13,13 +13,14 @@ Detectors (all ship their weights inside pip packages; nothing is downloaded at 
     auto    the default cascade: HOG on the photo and, in a second thread meanwhile, Haar proposals;
             those HOG missed (small faces) each checked by HOG on an enlarged patch (in a photo shrunk
             for detection, over 1024 px, smaller proposals too, so that a close-up face hides no group);
-            only where nothing was found at all, passes on a contrast-equalised copy, cheapest first, each only
-            if the ones before found nothing: HOG at a lower threshold on the photo (dark, low-contrast
+            only where nothing was found at all (no box the size and caller's filters keep), passes on a
+            contrast-equalised copy, cheapest first, each only if the ones before found nothing: HOG at a lower threshold on the photo (dark, low-contrast
             faces: the commonest miss; in a shrunk photo with the small proposals too, as in the first
             pass), smaller Haar proposals (checked by HOG at its own threshold),
             HOG at the lower threshold on a border-padded copy (faces filling the frame), on copies
-            turned by +-25 degrees (tilted heads) and, where those find nothing, by +-90 degrees at HOG's
-            own threshold (a photo saved sideways without an EXIF tag); a face found on a turned copy is
+            turned by +-25 degrees (tilted heads) and, where those find nothing or only boxes scoring under
+            WEAK_FALLBACK_SCORE, by +-90 degrees at HOG's own threshold (a photo saved sideways without an
+            EXIF tag; a stronger face found so wins over one weak box); a face found on a turned copy is
             cut (landmarks, or the box crop) from the full-resolution photo turned likewise
     hog     dlib's HOG frontal detector alone (faces above ~80 px)
     hog_up  the same on the photo upsampled twice (faces above ~40 px, 4x the cost)
@@ -74,9 +75,9 @@ HAAR_SMALLEST = 20         # the small-face pass (nothing found at all, or a pho
 VERIFY_FACE_SIDE = 120     # a Haar proposal's patch is scaled so the face is this big for HOG to check it
 PAD_FRACTION = 0.25        # fallback: replicated border (share of the longer side) for faces filling the frame
 ROTATIONS = (-25.0, 25.0)  # fallback: tilted copies for heads leaning further than HOG's ~15 degrees
-QUARTER_TURNS = (90.0, -90.0)  # then, where those find nothing: a photo saved sideways without an EXIF tag
+QUARTER_TURNS = (90.0, -90.0)  # then, where those find nothing or only weak boxes: a photo saved sideways
 HOG_THRESHOLD = 0.0        # HOG's own decision threshold; raising it trades faces for fewer false boxes
-FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run only where nothing was found
+FALLBACK_THRESHOLD = -0.3  # lower threshold for the fallback passes, which run only where nothing usable was found
 QUARTER_TURN_THRESHOLD = HOG_THRESHOLD  # the quarter turns at HOG's own: at the lower one they invented 0.03 boxes
                            # per faceless scene (bench_detection.py), and a sideways face is rarely also dim
 WEAK_FALLBACK_SCORE = 0.2  # the quarter turns run also where the fallback's best box scores under this
@@ -421,7 +422,12 @@ class FacePipeline:
         elif self.detector == "mmod":
             found = [(b, s, "mmod") for b, s in mmod_faces(small)]
         else:
-            found = self._cascade(gray, shrunk=scale < 1.0)
+            def usable(item) -> bool:  # a box (detection pixels) that the filters below keep
+                box = _scaled(item[0], scale)
+                if min(box[2:]) < self.min_face or _inside(box, (0, 0, width, height)) < MIN_SHARE_INSIDE:
+                    return False
+                return not (reject and reject(Face(clip_box(box, width, height), item[1], item[2])))
+            found = self._cascade(gray, shrunk=scale < 1.0, usable=usable)
         faces = []
         for item in found:
             box, score, source = item[:3]
@@ -441,7 +447,10 @@ class FacePipeline:
             face.rect, face.box = face.box, clip_box(face.box, width, height)  # edge); cut from the raw one
         return faces, rejected
 
-    def _cascade(self, gray, shrunk=False):
+    def _cascade(self, gray, shrunk=False, usable=lambda item: True):
+        """Boxes (detection pixels) of the cascade's passes: the next pass runs where the ones before found no box
+        that `usable` (detect_filtered's filters: size, share inside the photo, the caller's reject) would keep, so
+        that a box dropped later never stands for a face (a 20 px false box under inference.py's 32 px minimum)."""
         # faces under HOG's ~80 px window: Haar proposes on a shrunk copy (in its thread, while HOG runs
         # here), HOG checks each proposal
         shrink = min(1.0, 24 / HAAR_MIN_FACE)
@@ -456,7 +465,7 @@ class FacePipeline:
             # pass's 40 px, and one close-up face must not hide them (it did: 1 face of 6 in a 6000 px photo)
             small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MIN_FACE)
             self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
-        if found:
+        if any(map(usable, found)):
             return found
         # nothing found: dark or washed-out faces (more contrast), tiny faces, faces filling the frame (a
         # border helps), tilted heads (rotated copies); the HOG passes at a lower threshold, while the small
@@ -464,39 +473,42 @@ class FacePipeline:
         gray = _clahe().apply(gray)
         pad = int(round(PAD_FRACTION * max(gray.shape)))
         padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        found = self._fallback(gray, padded, pad, shrunk)
+        found = self._fallback(gray, padded, pad, shrunk, usable)
         # a photo saved sideways: every upright pass misses its face, but one of the low-threshold passes often
         # draws a weak box elsewhere or across the turned face, which stopped the quarter turns (4 % of sideways
         # scenes, bench_detection.py); so they also run under a weak box, and win where they find a stronger one.
         # There on the copy without the border, at 40 % of the cost: they found the same faces (a weak box is far
         # more often an upright face's than a sideways one's, and those photos pay for the check)
-        if found and max(f[1] for f in found) >= WEAK_FALLBACK_SCORE:
+        kept = [f for f in found if usable(f)]
+        if kept and max(f[1] for f in kept) >= WEAK_FALLBACK_SCORE:
             return found
-        image, border = (gray, 0) if found else (padded, pad)
+        image, border = (gray, 0) if kept else (padded, pad)
         turned = [f for degrees in QUARTER_TURNS for f in self._rotated(image, degrees, border, QUARTER_TURN_THRESHOLD)]
-        if turned and (not found or max(f[1] for f in turned) > max(f[1] for f in found)):
-            return turned
-        return found
+        turned_kept = [f for f in turned if usable(f)]
+        if not turned_kept or kept and max(f[1] for f in turned_kept) <= max(f[1] for f in kept):
+            return found
+        # one weak box is the one a sideways face's is preferred to; several (a dim group) stay beside it
+        return turned if len(kept) <= 1 else found + turned
 
-    def _fallback(self, gray, padded, pad, shrunk):
+    def _fallback(self, gray, padded, pad, shrunk, usable):
         """The upright passes after the first found nothing, cheapest first, on the contrast-equalised photo
-        (`gray`) and its bordered copy (`padded`, `pad` px a side); the first that finds a face ends them."""
+        (`gray`) and its bordered copy (`padded`, `pad` px a side); the first that finds a usable box ends them."""
         # most faces the first pass missed are dim or low in contrast, and one HOG pass finds them: cheaper
         # than the small-face and border passes below, so it goes first
         found = [(b, s, "hog_contrast") for b, s in hog_faces(gray, 0, FALLBACK_THRESHOLD)]
         if found and shrunk:  # a dim group photo: as in the first pass, one close-up face must not hide the rest
             small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MIN_FACE)
             self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
-        if found:
+        if any(map(usable, found)):
             return found
         # waited for at once, but in Haar's thread all the same: the classifier is never used by two threads
         small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MAX_FACE)
         self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
-        if found:
+        if any(map(usable, found)):
             return found
         found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast_padded")
                  for b, s in hog_faces(padded, 0, FALLBACK_THRESHOLD)]
-        if found:
+        if any(map(usable, found)):
             return found
         for degrees in ROTATIONS:
             found += self._rotated(padded, degrees, pad)

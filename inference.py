@@ -43,7 +43,7 @@ Models that carry an interval calibration (train.py writes one) give each age an
 --interval-level (age_low, age_high; drawn as "Age: 34 (29-40)"; in video it follows the smoothed age).
 
 model.onnx (ONNX Runtime runs no Python code) is the format for models from elsewhere; model.jit is
-TorchScript, a program: it is loaded only with --trust-model (or from the shipped models/ folder).
+TorchScript, a program: it is loaded only with --trust-model (or where it is the shipped models/ file).
 """
 from __future__ import annotations
 
@@ -67,9 +67,10 @@ from PIL import Image
 
 import faces as face_pipeline
 from checkpoints import DEVICES, SHIPPED_MODELS, SHIPPED_NAME, ModelFailed, check_metadata, read_export, shown
-from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, DataError,
-                            _utf8_name, is_annotated_copy, labelled_folder_above, lift_dark, load_rgb_shrunk, parse_zooms,
-                            plain_number, preprocess_rgb, remove_orphans, to_rgb, write_csv, write_image, zoom_batch)
+from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PREPROCESS_VERSION,
+                            DataError, _has_rotation, _utf8_name, is_annotated_copy, labelled_folder_above, lift_dark,
+                            load_rgb_shrunk, parse_zooms, plain_number, preprocess_rgb, remove_orphans, to_rgb, write_csv,
+                            write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
                        same_or_inside)
@@ -150,8 +151,9 @@ def get_args_parser():
                         "a face can be'); 0 = off (default: the model's metadata dark_floor, darker than 99%% of its "
                         f"training faces; for a model exported before train.py measured it {DEFAULT_DARK_FLOOR:g}, "
                         "UTKFace's)")
-    p.add_argument("--interval-level", type=float, default=DEFAULT_INTERVAL_LEVEL,
-                   help="coverage of the age interval (age_low, age_high) of models that carry a calibration")
+    p.add_argument("--interval-level", type=float, default=None,
+                   help="coverage of the age interval (age_low, age_high) of models that carry a calibration "
+                        f"(default: {DEFAULT_INTERVAL_LEVEL:g})")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
                    help="the inputs are face crops already: no detection, the whole image is the face")
     p.add_argument("--save-crops", metavar="DIR",
@@ -245,6 +247,11 @@ class AgeEstimator:
             f"start from them: --detector {detector} may cut these faces a little otherwise")
         self.pipeline = None if whole_image else FacePipeline(self.crop, detector or cut_by or
                                                               face_pipeline.DEFAULT_DETECTOR)
+        made = self.metadata.get("preprocess_version")
+        self.preprocess_note = "" if made in (None, PREPROCESS_VERSION) else (
+            f"note: {path.name} learnt from pixels of preprocessing version {shown(repr(made), 20)}, and this code "
+            f"makes version {PREPROCESS_VERSION} (custom_dataset.PREPROCESS_VERSION says what changed): a photo may "
+            "reach it a little otherwise than its training faces did; train it again to match")
 
     def describe(self) -> str:
         """What is loaded, in two lines: model and face recipe; the training ages and data."""
@@ -470,17 +477,15 @@ def without_stale_orientation(image):
     Orientation, and to_rgb would turn it a second time. An image as decoded (its `format` set) is left as it is;
     a derived one whose shape matches the EXIF pixel size with width and height swapped, and not as stored, was
     turned already: a copy without the tag. An image still as stored (Image.open(p).convert("RGB")) keeps it."""
-    if getattr(image, "format", None):
+    if getattr(image, "format", None) or not _has_rotation(image):
         return image
     try:
-        exif = image.getexif()
-        stored = exif.get_ifd(EXIF_IFD)
+        stored = image.getexif().get_ifd(EXIF_IFD)
         size = int(stored.get(EXIF_WIDTH, 0)), int(stored.get(EXIF_HEIGHT, 0))
-        quarter = exif.get(EXIF_ORIENTATION) in (5, 6, 7, 8)
-    except Exception:  # a damaged EXIF block: to_rgb's own rule (the pixels as stored) decides
+    except Exception:  # a damaged EXIF block: to_rgb's own rule decides
         return image
     width, height = image.size
-    if not quarter or min(size) <= 0 or size[0] == size[1]:
+    if min(size) <= 0 or size[0] == size[1]:
         return image
     # the aspect ratio, not the size: the caller may also have shrunk it
     turned = abs(width / height - size[1] / size[0]) < 0.02 * size[1] / size[0]
@@ -758,7 +763,10 @@ def input_identity(args) -> dict:
     # an image by the name its rows carry (a symbolic link's own), a folder by its resolved name (input_name)
     name = path.name if args.input_dir else Path(args.image or args.video).name
     kind = "folder" if args.input_dir else "image" if args.image else "video"
-    return {"kind": kind, "name": name, "path": str(path), "relative": relative}
+    identity = {"kind": kind, "name": name, "path": str(path), "relative": relative}
+    if kind == "image":  # the name of its annotated copy, which a later image's run must not take (--output's own)
+        identity["annotated"] = Path(args.output).name if args.output else annotated_name(name)
+    return identity
 
 
 def same_input(a: dict, b: dict) -> bool:
@@ -783,33 +791,30 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     except (OSError, ValueError, UnicodeDecodeError, csv.Error):
         raise DataError(f"{folder} holds a predictions.csv this tool did not write; pass another output folder "
                         "(or move that file away)") from None
-    try:
-        inputs = json.loads((Path(folder) / RUN_MANIFEST).read_text())["inputs"]
-        if not isinstance(inputs, list):
-            raise TypeError("inputs is no list")
-    except (OSError, ValueError, KeyError, TypeError):
+    inputs = manifest_inputs(folder)
+    if inputs is None:
         # written before RUN_MANIFEST (or without it): its rows are this input's own, or it is not replaced
         mine = {me["name"]} if me["kind"] == "image" else {p.name for p in Path(args.input_dir).iterdir()}
         if {r["file"] for r in rows} <= mine:
             return rows, []  # every row is this input's: replaced (Recorder.finish)
-        inputs = None
     what = "--output-dir" if not args.output else "--output's folder"
-    videos = [i for i in inputs or [] if isinstance(i, dict) and i.get("kind") in VIDEO_KINDS]  # no rows of theirs
+    videos = [i for i in inputs or [] if i.get("kind") in VIDEO_KINDS]  # no rows of theirs
     photos = [i for i in inputs or [] if i not in videos]
     if inputs is None or me["kind"] == "folder" and not (len(photos) == 1 and same_input(me, photos[0])):
-        whose = "the predictions of " + ", ".join(str(i.get("path", "?")) for i in inputs if isinstance(i, dict)) \
+        whose = "the predictions of " + ", ".join(str(i.get("path", "?")) for i in inputs) \
             if inputs else "predictions of other inputs"
         raise DataError(f"{what} {folder} holds {whose}, which this run would replace; pass another output folder "
                         "(or move that one away)")
-    clash = [i for i in inputs if isinstance(i, dict) and not same_input(me, i) and (
+    clash = [i for i in inputs if not same_input(me, i) and (
         i.get("kind") == "folder" or str(i.get("name")).lower() == me["name"].lower())]  # case-blind disks too
     if clash:
         raise DataError(f"{what} {folder} holds the predictions of {clash[0].get('path')}, which this run would "
                         "replace (the same file name); pass another output folder")
-    # IMG_1.HEIC and IMG_1.JPG both write IMG_1_age.jpg: refused as a video of another's stem is
+    # IMG_1.HEIC and IMG_1.JPG both write IMG_1_age.jpg: refused as a video of another's stem is (an entry from
+    # before "annotated" was kept: the default name)
     drawn = annotated_name(me["name"]).lower()
-    clash = [i for i in inputs if isinstance(i, dict) and i.get("kind") == "image" and not same_input(me, i)
-             and annotated_name(str(i.get("name"))).lower() == drawn]
+    clash = [i for i in inputs if i.get("kind") == "image" and not same_input(me, i)
+             and str(i.get("annotated") or annotated_name(str(i.get("name")))).lower() == drawn]
     if me["kind"] == "image" and clash and not args.output:
         raise DataError(f"{what} {folder} holds the annotated copy of {clash[0].get('path')} ("
                         f"{annotated_name(me['name'])}), which this run would replace; pass another output folder")
@@ -821,14 +826,23 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
     return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
 
 
-def photos_wrote_json(folder) -> bool:
-    """Whether folder's predictions.json is one that runs of this tool over photos wrote, as RUN_MANIFEST records
-    (an entry of an earlier version without "json" taken as a writer, as refuse_other_inputs takes it)."""
+def manifest_inputs(folder) -> list | None:
+    """The inputs folder's RUN_MANIFEST names (its entries that are objects), or None where there is none to read."""
     try:
         inputs = json.loads((Path(folder) / RUN_MANIFEST).read_text())["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
-    writers = [i for i in inputs if isinstance(i, dict) and i.get("json", True)] if isinstance(inputs, list) else []
+        return None
+    return [i for i in inputs if isinstance(i, dict)] if isinstance(inputs, list) else None
+
+
+def json_writers(inputs) -> list:
+    """The inputs that wrote predictions.json ("json"; an entry of an earlier version may have: taken as one)."""
+    return [i for i in inputs if i.get("json", True)]
+
+
+def photos_wrote_json(folder) -> bool:
+    """Whether folder's predictions.json is one that runs of this tool over photos wrote, as RUN_MANIFEST records."""
+    writers = json_writers(manifest_inputs(folder) or [])
     return bool(writers) and all(i.get("kind") not in VIDEO_KINDS for i in writers) \
         and (Path(folder) / "predictions.json").is_file()
 
@@ -841,14 +855,10 @@ def refuse_other_inputs(folder, args) -> list:
     IMG_1.mp4) without --json replace nothing of each other's."""
     folder, me = Path(folder), input_identity(args)
     what = "--output-dir" if not args.output else "--output's folder"
-    try:
-        inputs = json.loads((folder / RUN_MANIFEST).read_text())["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        inputs = []
-    others = [i for i in inputs if isinstance(i, dict) and not same_input(me, i)] if isinstance(inputs, list) else []
+    inputs = manifest_inputs(folder) or []
+    others = [i for i in inputs if not same_input(me, i)]
     json_file = args.json is True and (folder / "predictions.json").exists()
-    # which inputs wrote predictions.json ("json"; an entry of an earlier version may have: taken as one)
-    json_owners = [i for i in others if i.get("json", True)]
+    json_owners = json_writers(others)
     if me["kind"] in VIDEO_KINDS:  # its predictions.json holds its own frames alone
         if json_file and (json_owners or not inputs and (folder / "predictions.csv").exists()):
             whose = json_owners[0].get("path") if json_owners else "photos"
@@ -1304,27 +1314,31 @@ class _VideoFile:
 
     def __init__(self, output, fps, realtime=False):
         self.output, self.fps, self.writer = Path(output), fps, None
-        # a camera's frames come as fast as each is annotated (a few a second), not at its reported rate: each is
-        # then written as often as the time until the next one fills at fps, so that the video plays in real time
-        self.realtime, self.written = realtime, 0
+        # a camera's frames come as fast as each is annotated (a few a second), not at its reported rate: the
+        # slots of the file (1 / fps each) up to a frame's time then repeat the frame before it, which was what the
+        # camera showed until then, so that the video plays in real time
+        self.realtime, self.written, self.last = realtime, 0, None
         suffix = self.output.suffix or ".mp4"  # OpenCV picks the container by it
         if self.output.parent.is_dir():  # a killed run's temporary video
             remove_orphans(self.output.parent, f".{glob.escape(self.output.stem)}.*.tmp{suffix}")
         self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp{suffix}")
 
     def write(self, rgb, seconds=0.0):
-        """One frame, shown `seconds` from the start (used where realtime: the frames since the last one repeat
-        it, so that frame n of the file is shown at n / fps)."""
+        """One frame, captured `seconds` from the start (where realtime: slot n of the file is shown at n / fps,
+        and the slots before this frame's time show the frame before it)."""
         if self.writer is None:
             height, width = rgb.shape[:2]
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
             if not self.writer.isOpened():
                 raise DataError(f"cannot write the video {self.output}; use an .mp4 name in a writable folder")
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        copies = max(1, int(seconds * self.fps) + 1 - self.written) if self.realtime else 1
-        for _ in range(copies):
-            self.writer.write(bgr)
-        self.written += copies
+        if self.realtime and self.last is not None:
+            while self.written < int(seconds * self.fps):
+                self.writer.write(self.last)
+                self.written += 1
+        self.writer.write(bgr)
+        self.written += 1
+        self.last = bgr if self.realtime else None
 
     def close(self, keep, frames=0):  # frames: how many were written, for the message
         if self.writer is not None:
@@ -1493,15 +1507,17 @@ def main(args):
     check_flags(args)
     json_stream = sys.stdout if args.json == "-" else None  # --json -: stdout is for the JSON lines alone
     with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():
+        level = DEFAULT_INTERVAL_LEVEL if args.interval_level is None else args.interval_level
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
-                                 min_score=args.min_score, device=args.device, interval_level=args.interval_level,
+                                 min_score=args.min_score, device=args.device, interval_level=level,
                                  trust_code=args.trust_model, dark_floor=args.dark_floor)
-        if estimator.interval is None and args.interval_level != DEFAULT_INTERVAL_LEVEL:  # known once loaded
+        if estimator.interval is None and args.interval_level is not None:  # known once the model is loaded
             raise DataError(f"--interval-level sets the coverage of the age interval, and {estimator.path.name} "
                             "carries no interval calibration (train.py writes one): leave --interval-level out")
         print(estimator.describe())
-        if estimator.detector_note:
-            print(estimator.detector_note, file=sys.stderr)
+        for note in (estimator.detector_note, estimator.preprocess_note):
+            if note:
+                print(note, file=sys.stderr)
         mode = run_image if args.image else run_folder if args.input_dir else run_video
         return mode(args, estimator, json_stream)
 

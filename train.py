@@ -958,7 +958,7 @@ def train_run(args, dist_ctx: Distributed):
     if checkpoint is None:
         cfg.mean, cfg.std = channel_stats(train_set.images)
     # inference.py brightens a face darker than this before the model sees it: the floor of this model's own faces
-    # (a checkpoint from before it was kept: measured on the same images now)
+    # (a checkpoint from before it was kept: measured on the same images now, and given to its best.pt by finish)
     dark_floor = (checkpoint or {}).get("dark_floor") or dark_floor_of(train_set.images)
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
@@ -1044,7 +1044,7 @@ def train_run(args, dist_ctx: Distributed):
                         f"its test.csv may hold faces this model trained on, so it is not read. {out / 'best.pt'} "
                         "is kept; train again on the new split")
     if dist_ctx.is_main:  # rank 0 alone tests and exports the best epoch; the others wait at the barrier
-        finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger)
+        finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger, dark_floor)
     logger.close()
     dist_ctx.barrier()
     return summary
@@ -1193,7 +1193,7 @@ def save_epoch(out, checkpoint, improved, history):
     write_history(history, out)
 
 
-def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger):
+def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summary, logger, dark_floor=None):
     """Test and export the best epoch; say how it compares with predicting the training median,
     where the figures are and what to run next."""
     if history:  # a run killed after its last last.pt is completed by --resume here
@@ -1201,6 +1201,8 @@ def finish(args, out, model, cfg, cache_dir, history, train_set, val_set, summar
     best = load_checkpoint(out / "best.pt")
     if args.data_description:  # given now (a --resume session), it describes the exports made now
         best["config"]["data_description"] = args.data_description
+    if best.get("dark_floor") is None and dark_floor is not None:  # a best epoch saved before train.py measured it
+        best["dark_floor"] = dark_floor
     model.load_state_dict(best["model_state"])
     if args.choose_zooms and not (args.no_test and args.no_export):  # a search trial compares epochs only
         summary["zooms"] = choose_zooms(model, cfg, val_set, best, eval_batch(args))

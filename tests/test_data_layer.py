@@ -592,6 +592,21 @@ def test_a_damaged_exif_block_leaves_the_pixels_as_stored():
         np.testing.assert_array_equal(np.asarray(to_rgb(img)), pixels)
 
 
+def test_a_truncated_photo_with_an_exif_turn_raises_instead_of_coming_out_half_decoded(tmp_path):
+    """to_rgb applies the EXIF turn inside an except that keeps the pixels as stored where the EXIF block is
+    damaged: a decoder error raised in the turn must not end there, with a half-decoded image handed on."""
+    import io
+    from custom_dataset import load_rgb
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", exif=exif.tobytes(), quality=90)
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    with pytest.raises(OSError, match="truncated"):
+        load_rgb(tmp_path / "cut.jpg")
+
+
 def test_names_composed_or_decomposed_split_alike():
     import unicodedata
     from custom_dataset import stratified_split

@@ -317,6 +317,21 @@ def test_a_sideways_face_is_not_hidden_by_a_weak_box_of_the_upright_fallback(utk
         assert pipe.detect(scene)[0].source not in ("hog_rotated-90", "hog_rotated+90")
 
 
+def test_a_box_the_caller_drops_does_not_stop_the_passes_that_find_the_face(utkface_chips, paste_face):
+    """A small face the first pass finds and a large dim one only the contrast pass finds: where the caller drops
+    faces under 120 px (inference.py's --min-face), the small box must not end the cascade, as if a face had been
+    found, leaving none at all."""
+    scene, _ = paste_face(utkface_chips[7], 200, at=(0.3, 0.5))
+    scene[:, :380] = np.clip(scene[:, :380] * 0.22, 0, 255).astype(np.uint8)
+    scene[200:272, 480:552] = cv2.resize(utkface_chips[2], (72, 72), interpolation=cv2.INTER_AREA)
+    pipe = faces.FacePipeline(detector="auto")
+    assert [f.source for f in pipe.detect(scene)] == ["hog"]  # the small face alone: the fallback never ran
+    kept, rejected = pipe.detect_filtered(scene, lambda face: "small" if face.box[2] < 120 else None)
+    assert [f.source for f in kept] == ["hog_contrast"] and kept[0].box[2] > 150
+    assert [r for _, r in rejected] == ["small"]
+    assert [f.source for f in faces.FacePipeline(detector="auto", min_face=120).detect(scene)] == ["hog_contrast"]
+
+
 def test_a_dim_face_the_first_pass_misses_is_found_by_one_contrast_pass_before_the_costly_ones(
         utkface_chips, paste_face, monkeypatch):
     """The fallback's order is its cost: a dim, low-contrast face (the commonest miss) is found by HOG on the

@@ -556,6 +556,17 @@ def test_a_torchscript_model_runs_only_where_it_is_vouched_for(model_path, onnx_
         read_export(shipped_folder / "downloaded.jit")
 
 
+def test_a_model_whose_pixels_another_preprocessing_version_made_is_noted(tmp_path):
+    """An export records custom_dataset.PREPROCESS_VERSION of its training pixels: one of another version gets a
+    note (inference.py prints it), one of this version or from before the record none."""
+    from custom_dataset import PREPROCESS_VERSION
+    note = lambda extra: inference.AgeEstimator(constant_model(tmp_path / "m.onnx", extra=extra),
+                                                whole_image=True).preprocess_note
+    assert f"preprocessing version {PREPROCESS_VERSION - 1}, and this code makes version {PREPROCESS_VERSION}" \
+        in note({"preprocess_version": PREPROCESS_VERSION - 1})
+    assert note({"preprocess_version": PREPROCESS_VERSION}) == note(None) == ""
+
+
 def test_lift_dark_golden():
     """One gain brings a face's exposure (the 95th percentile of its luma) up to the floor; a face exposed enough
     already, or floor 0, is left as is."""

@@ -289,6 +289,7 @@ def test_exports_match_eager_model_and_carry_preprocessing(full_run, splits):
     x = val.batch(range(5))[0].float()
     module, metadata = checkpoints.load_torchscript(out / "model.jit")
     assert metadata["preprocess"] == cfg.to_dict()
+    assert metadata["preprocess_version"] == ckpt["preprocess_version"] == custom_dataset.PREPROCESS_VERSION
     # the interval calibration was fitted on the validation split: one sorted error per val face
     assert metadata["interval"] == ckpt["interval"]
     assert metadata["age_map"] == ckpt.get("age_map")
@@ -519,13 +520,20 @@ def test_resume_of_a_finished_run_completes_its_outputs(splits, tmp_path):
     assert run_script(*cmd).returncode == 0
     (out / "history.json").unlink()
     (out / "metrics.json").unlink()
+    measured = checkpoints.load_checkpoint(out / "best.pt")["dark_floor"]
+    for name in ("best.pt", "last.pt"):  # as a run saved before train.py measured its faces' dark floor
+        old = checkpoints.load_checkpoint(out / name)
+        del old["dark_floor"]
+        checkpoints.save_checkpoint(out / name, old)
     done = run_script(*cmd, "--resume", "--data-description", "my own faces")
     assert done.returncode == 0, done.stderr
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
     # a description given to the session that exports is the one the exports carry
     best = checkpoints.load_checkpoint(out / "best.pt")
-    assert checkpoints.export_metadata(checkpoints.model_from_checkpoint(best)[1], best)["data"] == "my own faces"
+    metadata = checkpoints.export_metadata(checkpoints.model_from_checkpoint(best)[1], best)
+    assert metadata["data"] == "my own faces"
+    assert metadata["dark_floor"] == measured  # measured again for the best epoch saved without it
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ def broken_train_csv(splits, data, kind):
     (splits / "train.csv").write_text(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["stray quote", "long field"])
 def test_a_broken_split_csv_is_one_line_in_every_check_that_reads_it(tmp_path, kind):
     splits = fake_splits(tmp_path / "splits", tmp_path / "data")
