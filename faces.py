@@ -85,10 +85,10 @@ MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once cos
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
 MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
-CHIP_VERSION = 9  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
+CHIP_VERSION = 10  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
                   # (5: float grey images decoded by their range, d477431; 6: small faces in dim large photos;
                   # 7: turned faces' landmarks on the full-resolution photo, sideways photos; 8: colour profiles;
-                  # 9: sideways faces under a weak upright box)
+                  # 9: sideways faces under a weak upright box; 10: boxes too small to keep end no pass)
 
 
 @dataclasses.dataclass
@@ -402,11 +402,13 @@ class FacePipeline:
         strongest first."""
         return self.detect_filtered(rgb)[0]
 
-    def detect_filtered(self, rgb, reject=None) -> tuple[list[Face], list[tuple[Face, str]]]:
+    def detect_filtered(self, rgb, reject=None, too_small=None) -> tuple[list[Face], list[tuple[Face, str]]]:
         """(faces, [(face, reason)]): detect's faces, with reject(face) -> reason or None (a caller's size or
         score filter) applied before duplicate boxes are removed, so that a box the caller would drop never
         suppresses a face it overlaps. Rejected faces are reported once each, and not where they are part
-        of a kept face."""
+        of a kept face. too_small(face) -> bool: the caller's size filter alone; a box it drops is no face to the
+        cascade, whose next pass runs (a box dropped for its score is a face found all the same: the next passes,
+        at lower thresholds, would find it weaker still, at 20 times the cost)."""
         rgb = three_channels(rgb)
         height, width = rgb.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
@@ -422,11 +424,11 @@ class FacePipeline:
         elif self.detector == "mmod":
             found = [(b, s, "mmod") for b, s in mmod_faces(small)]
         else:
-            def usable(item) -> bool:  # a box (detection pixels) that the filters below keep
+            def usable(item) -> bool:  # a box (detection pixels) that the size filters below keep
                 box = _scaled(item[0], scale)
                 if min(box[2:]) < self.min_face or _inside(box, (0, 0, width, height)) < MIN_SHARE_INSIDE:
                     return False
-                return not (reject and reject(Face(clip_box(box, width, height), item[1], item[2])))
+                return not (too_small and too_small(Face(clip_box(box, width, height), item[1], item[2])))
             found = self._cascade(gray, shrunk=scale < 1.0, usable=usable)
         faces = []
         for item in found:
@@ -449,8 +451,8 @@ class FacePipeline:
 
     def _cascade(self, gray, shrunk=False, usable=lambda item: True):
         """Boxes (detection pixels) of the cascade's passes: the next pass runs where the ones before found no box
-        that `usable` (detect_filtered's filters: size, share inside the photo, the caller's reject) would keep, so
-        that a box dropped later never stands for a face (a 20 px false box under inference.py's 32 px minimum)."""
+        that `usable` (detect_filtered's size filters: its own, the caller's too_small, the share inside the photo)
+        keeps, so that a box dropped later never stands for a face (a 20 px box under inference.py's 32 px minimum)."""
         # faces under HOG's ~80 px window: Haar proposes on a shrunk copy (in its thread, while HOG runs
         # here), HOG checks each proposal
         shrink = min(1.0, 24 / HAAR_MIN_FACE)
@@ -459,21 +461,22 @@ class FacePipeline:
         haar = _haar_thread().submit(haar_faces, small, min_face=24, max_face=round(HAAR_MAX_FACE * shrink))
         found = [(b, s, "hog") for b, s in hog_faces(gray)]
         proposals = [_scaled(b, shrink) for b, _ in haar.result()]
-        self._add_checked(gray, proposals, found, "haar+hog")
+        self._add_checked(gray, proposals, found, "haar+hog", usable)
         if found and shrunk:
             # a large photo (a group, a crowd) shrunk for detection: its other faces may now be under the first
             # pass's 40 px, and one close-up face must not hide them (it did: 1 face of 6 in a 6000 px photo)
             small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MIN_FACE)
-            self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
+            self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog", usable)
         if any(map(usable, found)):
             return found
+        dropped = found  # unusable boxes of every pass, returned too: the caller reports them as its drops
         # nothing found: dark or washed-out faces (more contrast), tiny faces, faces filling the frame (a
         # border helps), tilted heads (rotated copies); the HOG passes at a lower threshold, while the small
         # faces' Haar proposals are checked by HOG at its own threshold (Haar proposes hands and fabric too)
         gray = _clahe().apply(gray)
         pad = int(round(PAD_FRACTION * max(gray.shape)))
         padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        found = self._fallback(gray, padded, pad, shrunk, usable)
+        found = self._fallback(gray, padded, pad, shrunk, usable, dropped)
         # a photo saved sideways: every upright pass misses its face, but one of the low-threshold passes often
         # draws a weak box elsewhere or across the turned face, which stopped the quarter turns (4 % of sideways
         # scenes, bench_detection.py); so they also run under a weak box, and win where they find a stronger one.
@@ -481,31 +484,33 @@ class FacePipeline:
         # more often an upright face's than a sideways one's, and those photos pay for the check)
         kept = [f for f in found if usable(f)]
         if kept and max(f[1] for f in kept) >= WEAK_FALLBACK_SCORE:
-            return found
+            return found + dropped
         image, border = (gray, 0) if kept else (padded, pad)
         turned = [f for degrees in QUARTER_TURNS for f in self._rotated(image, degrees, border, QUARTER_TURN_THRESHOLD)]
         turned_kept = [f for f in turned if usable(f)]
         if not turned_kept or kept and max(f[1] for f in turned_kept) <= max(f[1] for f in kept):
-            return found
+            return found + dropped
         # one weak box is the one a sideways face's is preferred to; several (a dim group) stay beside it
-        return turned if len(kept) <= 1 else found + turned
+        return (turned + [f for f in found if not usable(f)] if len(kept) <= 1 else found + turned) + dropped
 
-    def _fallback(self, gray, padded, pad, shrunk, usable):
+    def _fallback(self, gray, padded, pad, shrunk, usable, dropped):
         """The upright passes after the first found nothing, cheapest first, on the contrast-equalised photo
-        (`gray`) and its bordered copy (`padded`, `pad` px a side); the first that finds a usable box ends them."""
+        (`gray`) and its bordered copy (`padded`, `pad` px a side); the first that finds a usable box ends them.
+        The unusable boxes of a pass whose list is not returned go into `dropped`."""
         # most faces the first pass missed are dim or low in contrast, and one HOG pass finds them: cheaper
         # than the small-face and border passes below, so it goes first
         found = [(b, s, "hog_contrast") for b, s in hog_faces(gray, 0, FALLBACK_THRESHOLD)]
         if found and shrunk:  # a dim group photo: as in the first pass, one close-up face must not hide the rest
             small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MIN_FACE)
-            self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
+            self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog", usable)
         if any(map(usable, found)):
             return found
         # waited for at once, but in Haar's thread all the same: the classifier is never used by two threads
         small_faces = _haar_thread().submit(haar_faces, gray, min_face=HAAR_SMALLEST, max_face=HAAR_MAX_FACE)
-        self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog")
+        self._add_checked(gray, [b for b, _ in small_faces.result()], found, "haar+hog", usable)
         if any(map(usable, found)):
             return found
+        dropped += found
         found = [(_scaled(b, 1.0, pad, pad), s, "hog_contrast_padded")
                  for b, s in hog_faces(padded, 0, FALLBACK_THRESHOLD)]
         if any(map(usable, found)):
@@ -515,10 +520,11 @@ class FacePipeline:
         return found
 
     @staticmethod
-    def _add_checked(gray, proposals, found, source):
-        """Append to found each Haar proposal that HOG confirms and that is not a face found already."""
+    def _add_checked(gray, proposals, found, source, usable=lambda item: True):
+        """Append to found each Haar proposal that HOG confirms and that is not a face found already (a box the
+        caller drops is none: HOG on the enlarged patch may score the face otherwise)."""
         for box in proposals:
-            if any(iou(box, f[0]) > 0.2 or _inside(f[0], box) > 0.5 for f in found):
+            if any(iou(box, f[0]) > 0.2 or _inside(f[0], box) > 0.5 for f in found if usable(f)):
                 continue
             checked = verify_with_hog(gray, box)
             if checked is not None and not any(iou(checked[0], f[0]) > NMS_IOU for f in found):

@@ -337,7 +337,8 @@ class AgeEstimator:
             face = Face((0, 0, width, height), 1.0, "whole_image", chip=rgb)
             reason = self.drop_reason(face, shrink)
             return ([], [(face, reason)]) if reason else ([face], [])
-        found, dropped = self.pipeline.detect_filtered(rgb, lambda face: self.drop_reason(face, shrink))
+        found, dropped = self.pipeline.detect_filtered(rgb, lambda face: self.drop_reason(face, shrink),
+                                                       lambda face: self.drop_reason(face, shrink) == "min_face")
         found.sort(key=lambda f: -f.box[2] * f.box[3])
         dropped.sort(key=lambda d: -d[0].box[2] * d[0].box[3])
         return [self.pipeline.cut(rgb, face) for face in found], dropped

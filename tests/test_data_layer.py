@@ -594,7 +594,9 @@ def test_a_damaged_exif_block_leaves_the_pixels_as_stored():
 
 def test_a_truncated_photo_with_an_exif_turn_raises_instead_of_coming_out_half_decoded(tmp_path):
     """to_rgb applies the EXIF turn inside an except that keeps the pixels as stored where the EXIF block is
-    damaged: a decoder error raised in the turn must not end there, with a half-decoded image handed on."""
+    damaged, and so also swallows the decoder's error raised in the turn. What keeps a half-decoded image from being
+    handed on is Pillow's own rule (13.x: a failed load decodes again, and raises again, at the next use): held here,
+    so that a Pillow that changed it shows up."""
     import io
     from custom_dataset import load_rgb
     exif = Image.Exif()

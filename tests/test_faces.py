@@ -320,16 +320,51 @@ def test_a_sideways_face_is_not_hidden_by_a_weak_box_of_the_upright_fallback(utk
 def test_a_box_the_caller_drops_does_not_stop_the_passes_that_find_the_face(utkface_chips, paste_face):
     """A small face the first pass finds and a large dim one only the contrast pass finds: where the caller drops
     faces under 120 px (inference.py's --min-face), the small box must not end the cascade, as if a face had been
-    found, leaving none at all."""
+    found, leaving none at all; a box dropped for its score (--min-score) ends it."""
     scene, _ = paste_face(utkface_chips[7], 200, at=(0.3, 0.5))
     scene[:, :380] = np.clip(scene[:, :380] * 0.22, 0, 255).astype(np.uint8)
     scene[200:272, 480:552] = cv2.resize(utkface_chips[2], (72, 72), interpolation=cv2.INTER_AREA)
     pipe = faces.FacePipeline(detector="auto")
     assert [f.source for f in pipe.detect(scene)] == ["hog"]  # the small face alone: the fallback never ran
-    kept, rejected = pipe.detect_filtered(scene, lambda face: "small" if face.box[2] < 120 else None)
+    small = lambda face: face.box[2] < 120
+    kept, rejected = pipe.detect_filtered(scene, lambda face: "small" if small(face) else None, small)
     assert [f.source for f in kept] == ["hog_contrast"] and kept[0].box[2] > 150
     assert [r for _, r in rejected] == ["small"]
+    # dropped for its score, the small box is a face all the same: no pass after it runs (each 20 times the cost)
+    kept, rejected = pipe.detect_filtered(scene, lambda face: "score" if face.score < 5 else None)
+    assert kept == [] and [(f.source, r) for f, r in rejected] == [("hog", "score")]
     assert [f.source for f in faces.FacePipeline(detector="auto", min_face=120).detect(scene)] == ["hog_contrast"]
+
+
+def test_a_small_face_the_caller_drops_is_reported_whichever_pass_ends_the_cascade(utkface_chips, paste_face):
+    """A 30 px face that only the fallback's small-face Haar pass finds, under a 40 px minimum: the passes after it go
+    on (it is no usable face) and find nothing, and the face still comes back as dropped, so that inference.py says
+    "1 dropped by --min-face" rather than "no face"."""
+    scene, _ = paste_face(utkface_chips[2], 30, at=(0.5, 0.5))
+    pipe = faces.FacePipeline(detector="auto")
+    assert [f.source for f in pipe.detect(scene)] == ["haar+hog"]
+    small = lambda face: min(face.box[2:]) < 40
+    kept, rejected = pipe.detect_filtered(scene, lambda face: "small" if small(face) else None, small)
+    assert kept == [] and [(f.source, r) for f, r in rejected] == [("haar+hog", "small")]
+
+
+def test_a_stronger_sideways_face_replaces_one_weak_fallback_box_and_joins_several(monkeypatch):
+    """The rule itself, on a blank photo (the first pass finds nothing) with the fallback's and the quarter turns'
+    boxes given: one weak box gives way to the stronger turned face; several (a dim group) stay beside it; a strong
+    fallback box runs no turn at all."""
+    pipe = faces.FacePipeline(detector="auto")
+    gray = np.full((240, 320), 100, np.uint8)
+    weak = [((10, 10, 60, 60), 0.05, "hog_contrast"), ((150, 10, 60, 60), 0.1, "hog_contrast")]
+    turned = ((100, 100, 80, 80), 0.9, "hog_rotated+90", 90.0)
+    turns = []
+    monkeypatch.setattr(faces.FacePipeline, "_rotated", staticmethod(
+        lambda image, degrees, pad, threshold=0.0: turns.append(degrees) or ([turned] if degrees == 90 else [])))
+    for fallback, expected in ((weak[:1], [turned]), (weak, weak + [turned]),
+                               ([((10, 10, 60, 60), 0.5, "hog_contrast")], [((10, 10, 60, 60), 0.5, "hog_contrast")])):
+        turns.clear()
+        monkeypatch.setattr(faces.FacePipeline, "_fallback", lambda self, *args: list(fallback))
+        assert pipe._cascade(gray) == expected
+        assert turns == ([] if fallback[0][1] >= faces.WEAK_FALLBACK_SCORE else list(faces.QUARTER_TURNS))
 
 
 def test_a_dim_face_the_first_pass_misses_is_found_by_one_contrast_pass_before_the_costly_ones(

@@ -567,6 +567,20 @@ def test_a_model_whose_pixels_another_preprocessing_version_made_is_noted(tmp_pa
     assert note({"preprocess_version": PREPROCESS_VERSION}) == note(None) == ""
 
 
+def test_a_face_under_min_face_does_not_hide_a_larger_dim_one(utkface_chips, paste_face, tmp_path):
+    """inference.py's --min-face is a size filter the detector's cascade knows: a 72 px face the first pass finds
+    under --min-face 120 lets the contrast pass find the dim 200 px face, and is reported as dropped; with
+    --min-score the first pass's face, dropped, ends the search."""
+    scene, _ = paste_face(utkface_chips[7], 200, at=(0.3, 0.5))
+    scene[:, :380] = np.clip(scene[:, :380] * 0.22, 0, 255).astype(np.uint8)
+    scene[200:272, 480:552] = cv2.resize(utkface_chips[2], (72, 72), interpolation=cv2.INTER_AREA)
+    model = constant_model(tmp_path / "m.onnx")
+    found, dropped = inference.AgeEstimator(model, detector="auto", min_face=120).detect(scene)
+    assert [f.source for f in found] == ["hog_contrast"] and [r for _, r in dropped] == ["min_face"]
+    found, dropped = inference.AgeEstimator(model, detector="auto", min_score=5).detect(scene)
+    assert found == [] and [(f.source, r) for f, r in dropped] == [("hog", "min_score")]
+
+
 def test_lift_dark_golden():
     """One gain brings a face's exposure (the 95th percentile of its luma) up to the floor; a face exposed enough
     already, or floor 0, is left as is."""
