@@ -68,9 +68,9 @@ from PIL import Image
 import faces as face_pipeline
 from checkpoints import DEVICES, SHIPPED_MODELS, SHIPPED_NAME, ModelFailed, check_metadata, read_export, shown
 from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PREPROCESS_VERSION,
-                            DataError, _has_rotation, _utf8_name, is_annotated_copy, labelled_folder_above, lift_dark,
-                            load_rgb_shrunk, parse_zooms, plain_number, preprocess_rgb, remove_orphans, to_rgb, write_csv,
-                            write_image, zoom_batch)
+                            DataError, _has_rotation, _utf8_name, is_annotated_copy, labelled_folder_above,
+                            lift_dark, load_rgb_shrunk, parse_zooms, plain_number, preprocess_rgb, remove_orphans,
+                            to_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
 from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
                        same_or_inside)
@@ -1212,6 +1212,15 @@ def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool | st
 FIRST_FAILURES_STOP = 10  # a folder run stops where the outputs of its first this many images were all refused
 
 
+def _file_state(path):
+    """(inode, modification time, size) of a file, None where there is none: an atomic rewrite changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def run_folder(args, estimator, json_stream=None):
     in_dir = _check_input_dir(args.input_dir)
     outputs = plan_outputs(args)
@@ -1221,11 +1230,14 @@ def run_folder(args, estimator, json_stream=None):
     recorder = Recorder(out_dir, args.json, json_stream, args=args)
     start = time.perf_counter()
     stems = output_stems(images)
-    skipped = []
+    skipped, current = [], None
     try:
         refused = 0
         for path in images:
+            # the photo in hand and its annotated copy's state before: a stop may come after a new copy is written
+            current = path, _file_state(out_dir / annotated_name(path, stems[path]))
             done = _annotate_file(estimator, path, out_dir, crops, recorder, stems[path])
+            current = None
             if done is not True:
                 skipped.append(path.name)
                 refused += done == "output refused"
@@ -1239,6 +1251,8 @@ def run_folder(args, estimator, json_stream=None):
             # a run stopped before its first image leaves an earlier run's outputs as they were; one stopped later
             # keeps the earlier predictions of the files it did not reach (ReaderGone's photo is among the rows)
             reached = set(skipped) | {row["file"] for row in recorder.rows}
+            if current is not None and _file_state(out_dir / annotated_name(current[0], stems[current[0]])) != current[1]:
+                reached.add(current[0].name)  # stopped after its new drawing: the earlier row's age would not match it
             where = (", ".join(recorder.finish(reached).values()) or "stdout") if recorder.counts["images"] else \
                 "nowhere (no image was done; the folder's earlier outputs are left as they were)"
             if recorder.earlier_files:
@@ -1251,14 +1265,15 @@ def run_folder(args, estimator, json_stream=None):
         print(f"{why} after {recorder.counts['images'] + len(skipped)} of {len(images)} images; the predictions -> "
               f"{where}", file=sys.stderr)
         raise
-    written = recorder.finish()
     seconds = time.perf_counter() - start
     if skipped:
         print(f"warning: skipped {len(skipped)} file(s) that could not be read or annotated: {', '.join(skipped[:5])}"
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     counts = recorder.counts
-    if images and not counts["images"]:
-        raise DataError(f"none of the {len(images)} images in {in_dir} could be annotated (warnings above)")
+    if images and not counts["images"]:  # before finish: an earlier run's predictions are not replaced by none
+        raise DataError(f"none of the {len(images)} images in {in_dir} could be annotated (warnings above); "
+                        f"{out_dir}'s earlier outputs are left as they were")
+    written = recorder.finish()
     print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "  # a closed stdout: cli.run_cli
           f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")
     return {**counts, "skipped": len(skipped) + len(odd), "seconds": seconds, "output_dir": str(out_dir), **written}
@@ -1471,6 +1486,9 @@ def check_flags(args):
                         f"stdout), got {args.json!r}")
     if args.whole_image and args.min_score is not None:  # the whole image's score is a fixed 1.0
         raise DataError("--min-score filters the detector's faces; --whole-image uses no detector")
+    if args.detector and args.whole_image:
+        raise DataError(f"--detector {args.detector} chooses how faces are found; --whole-image finds none (the image "
+                        "is the face): leave one out")
     if args.save_crops and args.video:
         raise DataError("--save-crops is for --image and --input-dir")
     if args.trust_model and Path(args.model).suffix.lower() == ".onnx":

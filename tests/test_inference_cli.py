@@ -42,7 +42,8 @@ def faces():
 
 
 def run_main(argv):
-    return inference.main(inference.get_args_parser().parse_args([*argv, "--threads", "1", "--detector", "haar"]))
+    detector = [] if "--whole-image" in argv else ["--detector", "haar"]  # the generated faces are Haar's to find
+    return inference.main(inference.get_args_parser().parse_args([*argv, "--threads", "1", *detector]))
 
 
 def photos(folder, faces):

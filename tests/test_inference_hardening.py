@@ -59,6 +59,43 @@ def test_a_rerun_stopped_early_keeps_the_earlier_predictions_of_the_photos_it_di
     assert files_and_ages(read_rows(out / "predictions.csv")[1]) == [("a.png", "35.00"), ("b.png", "35.00")]
 
 
+def test_a_rerun_stopped_after_a_photos_new_drawing_drops_its_earlier_row(faces, tmp_path, monkeypatch):
+    """Ctrl-C after b.png's new annotated copy was written but before its row was recorded: the earlier run's row
+    of b.png (another age) is not kept beside the new drawing; c.png, not reached, keeps its earlier row."""
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a.png", "b.png", "c.png"):
+        write_rgb(in_dir / name, faces[0])
+    run = lambda age: run_main(["--model", str(constant_model(tmp_path / f"{age}.onnx", age=age)), "--input-dir",
+                                str(in_dir), "--output-dir", str(out), "--whole-image"])
+    run(30)
+    real = inference.process_image
+
+    def drawn_then_stopped(estimator, path, *rest, **kwargs):
+        result = real(estimator, path, *rest, **kwargs)
+        if Path(path).name == "b.png":
+            raise KeyboardInterrupt
+        return result
+    monkeypatch.setattr(inference, "process_image", drawn_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(35)
+    assert files_and_ages(read_rows(out / "predictions.csv")[1]) == [("a.png", "35.00"), ("c.png", "30.00")]
+
+
+def test_a_rerun_where_no_image_can_be_read_leaves_the_earlier_predictions(faces, tmp_path):
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a.png", "b.png"):
+        write_rgb(in_dir / name, faces[0])
+    argv = ["--model", str(constant_model(tmp_path / "m.onnx")), "--input-dir", str(in_dir), "--output-dir", str(out),
+            "--whole-image"]
+    run_main(argv)
+    before = (out / "predictions.csv").read_bytes()
+    for name in ("a.png", "b.png"):
+        (in_dir / name).write_bytes(b"not an image any more")
+    with pytest.raises(DataError, match="none of the 2 images .* earlier outputs are left as they were"):
+        run_main(argv)
+    assert (out / "predictions.csv").read_bytes() == before
+
+
 def test_a_rerun_without_json_leaves_no_stale_predictions_json(faces, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = constant_model(tmp_path / "m.onnx")
@@ -126,6 +163,8 @@ def test_flags_that_would_do_nothing_with_this_model_are_refused(faces, tmp_path
     base = ["--model", str(model), "--image", str(photo), "--output-dir", str(tmp_path / "out"), "--whole-image"]
     with pytest.raises(DataError, match="--trust-model is for a model.jit"):
         run_main([*base, "--trust-model"])
+    with pytest.raises(DataError, match="--whole-image finds none"):
+        run_main([*base, "--detector", "hog"])
     for level in ("0.5", "0.9"):  # the default's value given too: a flag, not a value, that does nothing
         with pytest.raises(DataError, match="carries no interval calibration"):
             run_main([*base, "--interval-level", level])
