@@ -32,7 +32,8 @@ import numpy as np
 import eda
 import train
 from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset,
-                            DataError, PreprocessConfig, build_cache, exposure_luma, make_loader, read_split)
+                            DataError, PreprocessConfig, atomic_write_together, build_cache, exposure_luma,
+                            make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
                          rewrite_export_metadata, save_checkpoint, SHIPPED_NAME)
 from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
@@ -1064,19 +1065,18 @@ def ship(args, work, results):
     metadata = onnx_metadata(run_dir / "model.onnx")
     if metadata is None:
         raise DataError(f"{run_dir / 'model.onnx'} has no preprocessing metadata; export it with train.py")
-    for suffix in (".onnx", ".jit"):
-        target = SHIPPED.with_suffix(suffix)
-        blob = (run_dir / f"model{suffix}").read_bytes()
-        atomic_write(target, lambda f: f.write(blob))
+    blobs = {SHIPPED.with_suffix(suffix): (run_dir / f"model{suffix}").read_bytes() for suffix in (".onnx", ".jit")}
+    card = model_card(protocol, name, entry, cross, data, metadata, faces.describe_crop(metadata["crop"]),
+                      retrained=teachers_retrained(results["protocols"][protocol], entry))
+    card_path = SHIPPED.parent / "README.md"
+    blobs[card_path] = card.encode()
+    # the three replaced together: a kill while one was written left a new model beside an old one or its old card
+    atomic_write_together({path: lambda f, blob=blob: f.write(blob) for path, blob in blobs.items()})
     probes = shipped_probes(results)
     for key in probes:  # measured on the exports just replaced
         del results["zoom_probe"][key]
     if results.pop("shipped_zooms", None) or probes:  # they were chosen for the exports just replaced
         save_results(args.out, results)
-    card = model_card(protocol, name, entry, cross, data, metadata, faces.describe_crop(metadata["crop"]),
-                      retrained=teachers_retrained(results["protocols"][protocol], entry))
-    card_path = SHIPPED.parent / "README.md"
-    atomic_write(card_path, lambda f: f.write(card.encode()))
     print(f"shipped {run_dir} -> {SHIPPED}.onnx, {SHIPPED}.jit, {card_path}")
 
 

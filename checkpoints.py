@@ -10,7 +10,6 @@ with export_metadata() embedded, so inference rebuilds the input from the file a
 import copy
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -259,18 +258,15 @@ def load_torchscript(path, optimize: bool = True, map_location="cpu"):
 
 def export_onnx(wrapper, example, path, metadata: dict):
     """ONNX through torch's dynamo exporter, batch dimension dynamic, metadata in the model props."""
-    import onnx
     wrapper = wrapper.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp) / "model.onnx"
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=({0: batch},),
-                                    verbose=False)
-        program.save(str(tmp_path))
-        proto = onnx.load(str(tmp_path))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "metadata.json", json.dumps(metadata)
-        atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+    # the graph as a protobuf in memory (weights included: a SimpleCNN or ResNet is far under protobuf's 2 GB),
+    # written once, atomically, beside its destination: no copy in the system's temporary folder
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "metadata.json", json.dumps(metadata)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
     return path
 
 

@@ -842,6 +842,34 @@ def atomic_write(path, write):
     re-exports it as functions.atomic_write.
     """
     path = Path(path)
+    tmp = _write_staged(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_write_together(writes: dict):
+    """{path: write(file_object)}: the files replaced as one set, as far as a file system allows: each written
+    and synced under a temporary name beside its target first, then all renamed one after another (microseconds
+    apart; written one after another, a kill in the seconds between kept a new file beside an old one). Where a
+    write fails, no target is replaced."""
+    staged = {}
+    try:
+        for path, write in writes.items():
+            staged[Path(path)] = _write_staged(Path(path), write)
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in staged.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
+def _write_staged(path: Path, write) -> str:
+    """write(file_object) into a synced temporary file beside path; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # the PID in the name lets remove_orphans() clear what a killed process left behind; the name is cut short so
     # that a legal name near the 255-byte limit still has a legal temporary name
@@ -852,11 +880,11 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         share_like_a_new_file(tmp, 0o666)  # mkstemp's 0600 would hide outputs from other users
-        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def write_image(path, rgb, params=()):

@@ -1362,6 +1362,32 @@ def test_a_run_trained_again_since_its_record_is_not_measured_or_shipped_under_i
     assert "--crop-check skipped" in capsys.readouterr().out and "crop_consistency" not in results
 
 
+def test_ship_puts_the_runs_exports_and_their_card_in_place_together(tmp_path, monkeypatch):
+    """--ship copies the run's model.onnx and model.jit to models/ and writes the card; a card that cannot be
+    written leaves the earlier model pair in place (they are replaced together)."""
+    run = tmp_path / "work" / "F" / "m"
+    run.mkdir(parents=True)
+    for suffix in (".onnx", ".jit"):
+        (run / f"model{suffix}").write_bytes(f"new model{suffix}".encode())
+    shipped = tmp_path / "models" / "age_model"
+    monkeypatch.setattr(benchmark, "SHIPPED", shipped)
+    for name, value in (("other_weights", lambda *a: None), ("reexport_for_shipping", lambda *a: None),
+                        ("onnx_metadata", lambda path: {"crop": {"kind": "box", "margin": 0.0}}),
+                        ("teachers_retrained", lambda *a: False), ("model_card", lambda *a, **k: "the card\n")):
+        monkeypatch.setattr(benchmark, name, value)
+    results = {"protocols": {"F": {"m": {"test_mae": 4.7}}}, "cross": {"FGNET": {"F/m": {"mae": 6.0}}},
+               "data": {"F": {"splits": {"train": 10}, "age": {"min": 1, "max": 116}}}}
+    args = benchmark.get_args_parser().parse_args(["--ship", "F/m", "--out", str(tmp_path / "results.json")])
+    benchmark.ship(args, tmp_path / "work", results)
+    assert [(shipped.parent / n).read_bytes() for n in ("age_model.onnx", "age_model.jit", "README.md")] == \
+        [b"new model.onnx", b"new model.jit", b"the card\n"]
+    (run / "model.onnx").write_bytes(b"newer model.onnx")
+    monkeypatch.setattr(benchmark, "model_card", lambda *a, **k: "\ud800 not encodable")  # the card fails to encode
+    with pytest.raises(UnicodeEncodeError):
+        benchmark.ship(args, tmp_path / "work", results)
+    assert (shipped.parent / "age_model.onnx").read_bytes() == b"new model.onnx"
+
+
 def test_the_zooms_of_a_shipped_run_trained_again_since_are_not_chosen(tmp_path):
     results = json.loads((REPO / "bench" / "results.json").read_text())
     protocol, name = results["shipped_zooms"]["run"].split("/")

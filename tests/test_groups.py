@@ -146,6 +146,23 @@ def test_write_csv_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"]  # no temporary file left behind
 
 
+def test_files_written_together_are_replaced_together_or_not_at_all(tmp_path):
+    """benchmark.py --ship's model and card: where the card's write fails, the model written before it is not put in
+    place either (one atomic write after another left a new model beside the old card)."""
+    from custom_dataset import atomic_write_together
+    model, card = tmp_path / "model.onnx", tmp_path / "README.md"
+    atomic_write_together({model: lambda f: f.write(b"model 1"), card: lambda f: f.write(b"card 1")})
+    assert (model.read_bytes(), card.read_bytes()) == (b"model 1", b"card 1")
+
+    def full_disk(f):
+        f.write(b"card 2, half of it")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        atomic_write_together({model: lambda f: f.write(b"model 2"), card: full_disk})
+    assert (model.read_bytes(), card.read_bytes()) == (b"model 1", b"card 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "model.onnx"]  # no temporary file left
+
+
 def test_write_image_round_trips_and_refuses_an_unknown_type(tmp_path):
     import cv2
     import numpy as np
