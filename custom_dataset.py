@@ -846,7 +846,8 @@ def atomic_write(path, write):
     try:
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):  # a Ctrl-C during the rename may come after it: not to be hidden by ENOENT
+            os.unlink(tmp)
         raise
 
 
@@ -854,7 +855,7 @@ def atomic_write_together(writes: dict):
     """{path: write(file_object)}: the files replaced as one set, as far as a file system allows: each written
     and synced under a temporary name beside its target first, then all renamed one after another (microseconds
     apart; written one after another, a kill in the seconds between kept a new file beside an old one). Where a
-    write fails, no target is replaced."""
+    write fails, no target is replaced; a rename failing part-way (a target locked or made a folder) is not undone."""
     staged = {}
     try:
         for path, write in writes.items():

@@ -85,10 +85,10 @@ MMOD_UPSAMPLE = 0          # mmod's smallest face is ~40 px; upsampling once cos
 NMS_IOU = 0.3              # boxes overlapping more than this are one face
 MIN_FACE_PIXELS = 12       # boxes smaller than this on the original photo are dropped: no age in 12 pixels
 MIN_SHARE_INSIDE = 0.25    # boxes with less of their area inside the photo are dropped: found in a pass's padding
-CHIP_VERSION = 10  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
+CHIP_VERSION = 9  # raise it with any change to decoding, detection or cutting: eda.py --align then cuts anew
                   # (5: float grey images decoded by their range, d477431; 6: small faces in dim large photos;
                   # 7: turned faces' landmarks on the full-resolution photo, sideways photos; 8: colour profiles;
-                  # 9: sideways faces under a weak upright box; 10: boxes too small to keep end no pass)
+                  # 9: sideways faces under a weak upright box)
 
 
 @dataclasses.dataclass
@@ -488,10 +488,11 @@ class FacePipeline:
         image, border = (gray, 0) if kept else (padded, pad)
         turned = [f for degrees in QUARTER_TURNS for f in self._rotated(image, degrees, border, QUARTER_TURN_THRESHOLD)]
         turned_kept = [f for f in turned if usable(f)]
+        dropped += [f for f in turned if not usable(f)]  # a sideways face too small to keep: reported as dropped
         if not turned_kept or kept and max(f[1] for f in turned_kept) <= max(f[1] for f in kept):
             return found + dropped
         # one weak box is the one a sideways face's is preferred to; several (a dim group) stay beside it
-        return (turned + [f for f in found if not usable(f)] if len(kept) <= 1 else found + turned) + dropped
+        return (turned_kept + [f for f in found if not usable(f)] if len(kept) <= 1 else found + turned_kept) + dropped
 
     def _fallback(self, gray, padded, pad, shrunk, usable, dropped):
         """The upright passes after the first found nothing, cheapest first, on the contrast-equalised photo

@@ -1230,15 +1230,16 @@ def run_folder(args, estimator, json_stream=None):
     recorder = Recorder(out_dir, args.json, json_stream, args=args)
     start = time.perf_counter()
     stems = output_stems(images)
-    skipped, current = [], None
+    skipped, current, redrawn = [], None, False
     try:
         refused = 0
         for path in images:
             # the photo in hand and its annotated copy's state before: a stop may come after a new copy is written
             current = path, _file_state(out_dir / annotated_name(path, stems[path]))
             done = _annotate_file(estimator, path, out_dir, crops, recorder, stems[path])
-            current = None
             if done is not True:
+                # skipped after its new copy was written (its crops' names refused, say): no earlier row stays for it
+                redrawn |= _file_state(out_dir / annotated_name(path, stems[path])) != current[1]
                 skipped.append(path.name)
                 refused += done == "output refused"
                 # a cause every file shares that looks like one file's (EINVAL from a mount refusing fsync):
@@ -1246,6 +1247,7 @@ def run_folder(args, estimator, json_stream=None):
                 if refused == FIRST_FAILURES_STOP and not recorder.counts["images"]:
                     raise DataError(f"the outputs of the first {FIRST_FAILURES_STOP} images of {in_dir} were all "
                                     f"refused (warnings above); stopping: check {out_dir}")
+            current = None
     except (KeyboardInterrupt, ReaderGone, OutputFailed, ModelFailed) as stop:  # hours of annotated images keep
         try:  # their predictions; a full disk may refuse the CSV too, and then its own error is not the one to tell
             # a run stopped before its first image leaves an earlier run's outputs as they were; one stopped later
@@ -1253,8 +1255,9 @@ def run_folder(args, estimator, json_stream=None):
             reached = set(skipped) | {row["file"] for row in recorder.rows}
             if current is not None and _file_state(out_dir / annotated_name(current[0], stems[current[0]])) != current[1]:
                 reached.add(current[0].name)  # stopped after its new drawing: the earlier row's age would not match it
-            where = (", ".join(recorder.finish(reached).values()) or "stdout") if recorder.counts["images"] else \
-                "nowhere (no image was done; the folder's earlier outputs are left as they were)"
+                redrawn = True
+            where = (", ".join(recorder.finish(reached).values()) or "stdout") if recorder.counts["images"] or redrawn \
+                else "nowhere (no image was done; the folder's earlier outputs are left as they were)"
             if recorder.earlier_files:
                 where += f" (with the earlier run's predictions of the {recorder.earlier_files} image(s) not reached)"
         except OSError:
@@ -1270,9 +1273,11 @@ def run_folder(args, estimator, json_stream=None):
         print(f"warning: skipped {len(skipped)} file(s) that could not be read or annotated: {', '.join(skipped[:5])}"
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     counts = recorder.counts
-    if images and not counts["images"]:  # before finish: an earlier run's predictions are not replaced by none
-        raise DataError(f"none of the {len(images)} images in {in_dir} could be annotated (warnings above); "
-                        f"{out_dir}'s earlier outputs are left as they were")
+    if images and not counts["images"]:  # an earlier run's predictions are replaced by none only where its
+        if redrawn:  # annotated copies were
+            recorder.finish()
+        raise DataError(f"none of the {len(images)} images in {in_dir} could be annotated (warnings above)"
+                        + ("" if redrawn else f"; {out_dir}'s earlier outputs are left as they were"))
     written = recorder.finish()
     print(f"{recorder.summary(estimator)}, {len(skipped) + len(odd)} skipped; "  # a closed stdout: cli.run_cli
           f"{counts['images'] / max(seconds, 1e-9):.1f} images/s -> {out_dir}")

@@ -59,9 +59,11 @@ def test_a_rerun_stopped_early_keeps_the_earlier_predictions_of_the_photos_it_di
     assert files_and_ages(read_rows(out / "predictions.csv")[1]) == [("a.png", "35.00"), ("b.png", "35.00")]
 
 
-def test_a_rerun_stopped_after_a_photos_new_drawing_drops_its_earlier_row(faces, tmp_path, monkeypatch):
-    """Ctrl-C after b.png's new annotated copy was written but before its row was recorded: the earlier run's row
-    of b.png (another age) is not kept beside the new drawing; c.png, not reached, keeps its earlier row."""
+@pytest.mark.parametrize("stop_at", ["a.png", "b.png"])
+def test_a_rerun_stopped_after_a_photos_new_drawing_drops_its_earlier_row(faces, tmp_path, monkeypatch, stop_at):
+    """Ctrl-C after a photo's new annotated copy was written but before its row was recorded (the first photo's
+    too): the earlier run's row of it (another age) is not kept beside the new drawing; the photos not reached
+    keep theirs."""
     in_dir, out = tmp_path / "in", tmp_path / "out"
     for name in ("a.png", "b.png", "c.png"):
         write_rgb(in_dir / name, faces[0])
@@ -72,16 +74,21 @@ def test_a_rerun_stopped_after_a_photos_new_drawing_drops_its_earlier_row(faces,
 
     def drawn_then_stopped(estimator, path, *rest, **kwargs):
         result = real(estimator, path, *rest, **kwargs)
-        if Path(path).name == "b.png":
+        if Path(path).name == stop_at:
             raise KeyboardInterrupt
         return result
     monkeypatch.setattr(inference, "process_image", drawn_then_stopped)
     with pytest.raises(KeyboardInterrupt):
         run(35)
-    assert files_and_ages(read_rows(out / "predictions.csv")[1]) == [("a.png", "35.00"), ("c.png", "30.00")]
+    expected = [("a.png", "35.00"), ("c.png", "30.00")] if stop_at == "b.png" else [("b.png", "30.00"), ("c.png", "30.00")]
+    assert files_and_ages(read_rows(out / "predictions.csv")[1]) == expected
 
 
-def test_a_rerun_where_no_image_can_be_read_leaves_the_earlier_predictions(faces, tmp_path):
+def test_a_rerun_where_no_image_is_done_replaces_the_earlier_predictions_only_where_it_redrew(faces, tmp_path,
+                                                                                             monkeypatch):
+    """No photo readable any more: the earlier predictions stay, as their drawings do. Every photo skipped after its
+    new annotated copy was written (an error past the drawing): the earlier ages would disagree with the new
+    drawings, so they go."""
     in_dir, out = tmp_path / "in", tmp_path / "out"
     for name in ("a.png", "b.png"):
         write_rgb(in_dir / name, faces[0])
@@ -90,10 +97,22 @@ def test_a_rerun_where_no_image_can_be_read_leaves_the_earlier_predictions(faces
     run_main(argv)
     before = (out / "predictions.csv").read_bytes()
     for name in ("a.png", "b.png"):
+        (in_dir / name).rename(in_dir / f"{name}.kept")
         (in_dir / name).write_bytes(b"not an image any more")
     with pytest.raises(DataError, match="none of the 2 images .* earlier outputs are left as they were"):
         run_main(argv)
     assert (out / "predictions.csv").read_bytes() == before
+    for name in ("a.png", "b.png"):
+        (in_dir / f"{name}.kept").replace(in_dir / name)
+    real = inference.process_image
+
+    def drawn_then_failed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise ValueError("failed after the drawing")
+    monkeypatch.setattr(inference, "process_image", drawn_then_failed)
+    with pytest.raises(DataError, match=r"none of the 2 images .*could be annotated \(warnings above\)$"):
+        run_main(argv)
+    assert read_rows(out / "predictions.csv")[1] == []
 
 
 def test_a_rerun_without_json_leaves_no_stale_predictions_json(faces, tmp_path, monkeypatch):
