@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 import faces
-from custom_dataset import DataError, UTKFACE_NAME, exposure_luma, load_rgb
+from custom_dataset import DARK_FLOOR_PERCENTILE, DataError, UTKFACE_NAME, exposure_luma, load_rgb
 from functions import atomic_write, same_or_inside
 CANVAS_W, CANVAS_H = 640, 480
 FACE_FRACTION = (0.15, 0.80)  # pasted chip side as a share of the canvas height
@@ -292,7 +292,7 @@ def add_size_light(args, files, rng, out):
     # inference.DEFAULT_DARK_FLOOR comes from
     luma = [exposure_luma(load_rgb(p)) for p in files]
     figures["luma_files"] = len(luma)
-    figures["luma_percentiles"] = {str(q): float(np.percentile(luma, q)) for q in (1, 5, 50)}
+    figures["luma_percentiles"] = {str(q): float(np.percentile(luma, q)) for q in (DARK_FLOOR_PERCENTILE, 5, 50)}
     print("exposure of UTKFace's files, percentiles: " + ", ".join(
         f"{q}%: {v:.1f}" for q, v in figures["luma_percentiles"].items()))
     atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))

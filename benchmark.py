@@ -31,12 +31,12 @@ import numpy as np
 
 import eda
 import train
-from custom_dataset import (GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE, UTKFACE_NAME, CustomDataset,
-                            DataError, PreprocessConfig, atomic_write_together, build_cache, exposure_luma,
-                            make_loader, read_split)
+from custom_dataset import (DARK_FLOOR_PERCENTILE, GRAIN_BLOB, GRAIN_SIGMA, MAX_LIFT, SCAN_GRAIN, SCAN_SCALE,
+                            UTKFACE_NAME, CustomDataset, DataError, PreprocessConfig, atomic_write_together, build_cache,
+                            exposure_luma, make_loader, read_split)
 from checkpoints import (export_best, load_checkpoint, load_torchscript, model_from_checkpoint, onnx_metadata,
                          rewrite_export_metadata, save_checkpoint, SHIPPED_NAME)
-from functions import (MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
+from functions import (INTERVAL_LEVEL, MAE_NOISE, SPREAD_FLOOR, WORST_DECADE_MIN_FACES, ZOOM_CANDIDATES, atomic_write,
                        keep_freed_memory, lowest_mae_zoom_set, test_time_views, time_runs,
                        worst_decade_rule_failures, worst_of_table)
 
@@ -622,7 +622,7 @@ def split_predictions(model, cfg, splits, split, tta):
     return pred, true, data, spread
 
 
-def interval_experiment(val, test, level=0.9, seed=0) -> dict:
+def interval_experiment(val, test, level=INTERVAL_LEVEL, seed=0) -> dict:
     """The issue's two ways to an interval, weighed on validation: residual bands of predicted age (what
     models carry, functions.fit_interval) vs |error| / the distribution head's predicted spread
     (functions.fit_spread_interval). Each is cross-fitted on val's two halves (what decides: coverage,
@@ -675,7 +675,7 @@ def isotonic_experiment(val, test) -> dict:
     return rounded(result)
 
 
-def calibrate_run(protocol, name, work, level=0.9) -> dict:
+def calibrate_run(protocol, name, work, level=INTERVAL_LEVEL) -> dict:
     """The interval calibration train.py now fits on the validation split, for a run trained before it
     did (written into its best.pt for the next export), measured on the test split; per-group errors;
     the isotonic experiment (the age map train.py --age-map auto keeps where it passes). The map is
@@ -2393,8 +2393,9 @@ def size_light_lines(detection) -> list:
             "photo the face is found, but the model never saw a face that dark (training varied brightness by ±20%). "
             + (f"`inference.py` brightens a face whose exposure (the 95th percentile of its luma) is under "
                f"{r['dark_floor']:g} to it, by at most ×{MAX_LIFT:g} (`--dark-floor`)"
-               + (f", a floor at the 1st percentile of UTKFace's faces ({r['luma_percentiles']['1']:.1f})"
-                  if "1" in (r.get("luma_percentiles") or {}) else "")
+               + (f", a floor at percentile {DARK_FLOOR_PERCENTILE:g} of UTKFace's faces "
+                  f"({r['luma_percentiles'][str(DARK_FLOOR_PERCENTILE)]:.1f})"
+                  if str(DARK_FLOOR_PERCENTILE) in (r.get("luma_percentiles") or {}) else "")
                + ", so that the faces the model learnt from pass unchanged; the bright end of a face rather than "
                "its mean, so that a dark-skinned face in good light is not taken for a dim photo. " if r.get("dark_floor")
                else "")
@@ -2812,7 +2813,7 @@ def ship_zooms(args, work, results, out_path):
         raise DataError(f"{onnx_path}: validation MAE {own:.3f} on {splits}, but {recorded:.3f} when it "
                         "was made: these are not its splits (re-run its eda.py command)")
     zooms = parse_zooms("" if chosen == "none" else chosen)
-    level = entry["interval"]["level"] if "interval" in entry else 0.9
+    level = entry["interval"]["level"] if "interval" in entry else INTERVAL_LEVEL
     interval = fit_interval(val_pred[chosen], true)
     estimator.tta_zoom = zooms
     test_pred, test_true = estimator.predict_inputs(np.asarray(test.images)), test.ages.numpy()

@@ -284,7 +284,7 @@ def rewrite_export_metadata(path, metadata: dict):
     for settings chosen after export (benchmark.py --ship-zooms). The .jit is a program, so only a trusted
     file (this repository's own) may be passed."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":  # read_export's rule: a .ONNX is no TorchScript to load
+    if is_onnx(path):
         import onnx
         proto = onnx.load(str(path))
         entries = [p for p in proto.metadata_props if p.key == "metadata.json"]
@@ -358,6 +358,11 @@ SHIPPED_NAME = "age_simplecnn_utkface"  # models/NAME.onnx and .jit, with their 
 SHIPPED_TORCHSCRIPT = SHIPPED_MODELS / f"{SHIPPED_NAME}.jit"
 
 
+def is_onnx(path) -> bool:
+    """Whether an export is ONNX (by its suffix, any case: AgeModel.ONNX from a Windows share is a model.onnx)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def read_export(path, threads=None, device="cpu", trust_code=False):
     """(forward, metadata) of a model.onnx or a model.jit, run on device ("cpu" or "cuda"). forward maps
     float32 N x 3 x S x S (numpy) to ages. A model.jit is a program (TorchScript runs code from the file): it
@@ -366,10 +371,9 @@ def read_export(path, threads=None, device="cpu", trust_code=False):
     path = Path(path)
     if device not in DEVICES:
         raise DataError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    suffix = path.suffix.lower()  # AgeModel.ONNX from a Windows share is a model.onnx; a .JIT is still a program
-    if suffix == ".onnx":
+    if is_onnx(path):
         return onnx_forward(path, threads, device)
-    if suffix == ".jit":
+    if path.suffix.lower() == ".jit":  # a .JIT is a program all the same
         if not (trust_code or path.resolve() == SHIPPED_TORCHSCRIPT):
             raise DataError(f"{path} is TorchScript, which runs code from the file: pass the model.onnx beside it "
                             "(ONNX Runtime runs no Python), or --trust-model if you made it or trust its source")

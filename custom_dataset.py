@@ -673,9 +673,13 @@ def check_image(path) -> dict:
     return result
 
 
+EXIF_ORIENTATION, EXIF_IFD, EXIF_WIDTH, EXIF_HEIGHT = 0x0112, 0x8769, 0xA002, 0xA003  # tags (and the Exif IFD's)
+
+
 def _has_rotation(img: Image.Image) -> bool:
+    """Whether its EXIF Orientation turns it a quarter (5-8: width and height swap when shown)."""
     try:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        return img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
     except Exception:
         return False
 
@@ -1058,29 +1062,24 @@ def exposure_luma(rgb: np.ndarray) -> float:
     on a grid of at most ~250,000 pixels (a whole photo costs no more than a chip). The bright end, not the mean: a
     dark-skinned face in good light still has bright pixels (eyes, skin highlights, background), a face in a dim
     photo has none; a mean could not tell the two apart (it brightened the darkest-skinned test faces)."""
-    step = exposure_step(*rgb.shape[:2])
-    grid = rgb[::step, ::step].reshape(-1, 3)
-    return float(np.percentile(grid @ np.asarray(GRAY_WEIGHTS, dtype=np.float32), EXPOSURE_PERCENTILE))
+    return float(exposure_lumas(rgb[None])[0])
+
+
+def exposure_lumas(images) -> np.ndarray:
+    """exposure_luma of each of N x H x W x 3 uint8 images of one size, in one pass."""
+    step = max(1, math.ceil(math.sqrt(images.shape[1] * images.shape[2] / 250_000)))
+    grid = np.asarray(images)[:, ::step, ::step]
+    luma = grid.reshape(len(grid), -1, 3) @ np.asarray(GRAY_WEIGHTS, dtype=np.float32)
+    return np.percentile(luma, EXPOSURE_PERCENTILE, axis=1)
 
 
 DARK_FLOOR_PERCENTILE = 1  # a model's own dark floor (train.py): darker than 99 % of the faces it learnt from
 
 
-def exposure_step(height: int, width: int) -> int:
-    """exposure_luma's grid step: at most ~250,000 pixels are read, whatever the image's size."""
-    return max(1, math.ceil(math.sqrt(height * width / 250_000)))
-
-
 def dark_floor_of(images, batch: int = 256) -> float:
     """The DARK_FLOOR_PERCENTILE-th percentile of the exposure_luma of N x H x W x 3 uint8 images (a split's cache,
     read a batch at a time): the dark floor of a model trained on them, which its export records as "dark_floor"."""
-    step = exposure_step(*images.shape[1:3])
-    weights = np.asarray(GRAY_WEIGHTS, dtype=np.float32)
-    levels = []
-    for i in range(0, len(images), batch):
-        grid = np.asarray(images[i:i + batch])[:, ::step, ::step]
-        luma = grid.reshape(len(grid), -1, 3) @ weights  # exposure_luma's sums, image by image
-        levels.append(np.percentile(luma, EXPOSURE_PERCENTILE, axis=1))
+    levels = [exposure_lumas(images[i:i + batch]) for i in range(0, len(images), batch)]
     return round(float(np.percentile(np.concatenate(levels), DARK_FLOOR_PERCENTILE)), 1)
 
 

@@ -415,6 +415,9 @@ class FacePipeline:
         small = rgb if scale == 1.0 else cv2.resize(
             rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        def fits(box) -> bool:  # big enough, and mostly inside the photo (photo pixels): the one size rule
+            return min(box[2:]) >= self.min_face and _inside(box, (0, 0, width, height)) >= MIN_SHARE_INSIDE
+
         if self.detector == "hog":
             found = [(b, s, "hog") for b, s in hog_faces(gray)]
         elif self.detector == "hog_up":
@@ -426,17 +429,14 @@ class FacePipeline:
         else:
             def usable(item) -> bool:  # a box (detection pixels) that the size filters below keep
                 box = _scaled(item[0], scale)
-                if min(box[2:]) < self.min_face or _inside(box, (0, 0, width, height)) < MIN_SHARE_INSIDE:
-                    return False
-                return not (too_small and too_small(Face(clip_box(box, width, height), item[1], item[2])))
+                return fits(box) and not (too_small and too_small(Face(clip_box(box, width, height), *item[1:3])))
             found = self._cascade(gray, shrunk=scale < 1.0, usable=usable)
         faces = []
         for item in found:
             box, score, source = item[:3]
             faces.append(Face(_scaled(box, scale), score, source, angle=item[3] if len(item) > 3 else 0.0))
         # too small (or mostly beyond the photo's edge) first: a box of no use must not suppress a usable one
-        faces = [f for f in faces if min(f.box[2:]) >= self.min_face
-                 and _inside(f.box, (0, 0, width, height)) >= MIN_SHARE_INSIDE]
+        faces = [f for f in faces if fits(f.box)]
         # judged on the box as it is reported (inside the photo), as the caller's filters say
         reasons = [reject(dataclasses.replace(f, box=clip_box(f.box, width, height))) if reject else None
                    for f in faces]
@@ -521,7 +521,7 @@ class FacePipeline:
         return found
 
     @staticmethod
-    def _add_checked(gray, proposals, found, source, usable=lambda item: True):
+    def _add_checked(gray, proposals, found, source, usable):
         """Append to found each Haar proposal that HOG confirms and that is not a face found already (a box the
         caller drops is none: HOG on the enlarged patch may score the face otherwise)."""
         for box in proposals:

@@ -307,6 +307,7 @@ def group_metrics(pred, true, groups: dict | None = None) -> dict:
 INTERVAL_BAND = 10      # years: validation errors are pooled per band of *predicted* age, because the
                         # error grows with age (a 70-year-old is harder than a 25-year-old)
 INTERVAL_MIN_FACES = 50  # a band with fewer validation faces is merged into its neighbour
+INTERVAL_LEVEL = 0.9  # the default coverage of the age interval (train.py, inference.py, benchmark.py)
 
 
 def fit_interval(pred, true, band=INTERVAL_BAND, min_faces=INTERVAL_MIN_FACES) -> dict:

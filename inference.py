@@ -66,14 +66,16 @@ import numpy as np
 from PIL import Image
 
 import faces as face_pipeline
-from checkpoints import DEVICES, SHIPPED_MODELS, SHIPPED_NAME, ModelFailed, check_metadata, read_export, shown
-from custom_dataset import (ANNOTATED_SUFFIX, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PREPROCESS_VERSION,
+from checkpoints import (DEVICES, SHIPPED_MODELS, SHIPPED_NAME, ModelFailed, check_metadata, is_onnx, read_export,
+                         shown)
+from custom_dataset import (ANNOTATED_SUFFIX, EXIF_HEIGHT, EXIF_IFD, EXIF_ORIENTATION, EXIF_WIDTH, IMAGE_EXTENSIONS,
+                            MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, PREPROCESS_VERSION,
                             DataError, _has_rotation, _utf8_name, is_annotated_copy, labelled_folder_above,
                             lift_dark, load_rgb_shrunk, parse_zooms, plain_number, preprocess_rgb, remove_orphans,
                             to_rgb, write_csv, write_image, zoom_batch)
 from faces import DETECTORS, FacePipeline, Face, describe_crop, iou
-from functions import (apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval, same_file,
-                       same_or_inside)
+from functions import (INTERVAL_LEVEL, apply_age_map, atomic_write, interval_bands, keep_freed_memory, predict_interval,
+                       same_file, same_or_inside)
 DEFAULT_MODEL = SHIPPED_MODELS / f"{SHIPPED_NAME}.onnx"  # the shipped model (models/README.md)
 
 # faces with a box under this many pixels (of the file) are dropped and counted, not estimated: the age error of
@@ -85,7 +87,11 @@ DEFAULT_MIN_FACE = 32
 # files: 117.4, bench_detection.py --size-light), so nearly all the faces a UTKFace model learnt from pass unchanged;
 # a model's metadata "dark_floor" (train.py measures its own faces' floor) overrides it, --dark-floor 0 turns it off
 DEFAULT_DARK_FLOOR = 117.0
-DEFAULT_INTERVAL_LEVEL = 0.9  # coverage of the age interval of a model that carries a calibration
+
+
+def is_luma(value) -> bool:
+    """A dark floor inference.py can use: a plain number from 0 (off) to under 255."""
+    return plain_number(value) and 0 <= value < 255
 
 
 FORWARD_BATCH = 256  # images per forward call: every test-time view of many faces at once would fill memory
@@ -153,7 +159,7 @@ def get_args_parser():
                         "UTKFace's)")
     p.add_argument("--interval-level", type=float, default=None,
                    help="coverage of the age interval (age_low, age_high) of models that carry a calibration "
-                        f"(default: {DEFAULT_INTERVAL_LEVEL:g})")
+                        f"(default: {INTERVAL_LEVEL:g})")
     p.add_argument("--whole-image", "--no-detect", dest="whole_image", action="store_true",
                    help="the inputs are face crops already: no detection, the whole image is the face")
     p.add_argument("--save-crops", metavar="DIR",
@@ -205,7 +211,7 @@ class AgeEstimator:
     """
 
     def __init__(self, model=DEFAULT_MODEL, detector=None, whole_image=False,
-                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=DEFAULT_INTERVAL_LEVEL,
+                 threads=None, *, min_face=None, min_score=None, device="cpu", interval_level=INTERVAL_LEVEL,
                  trust_code=False, dark_floor=None):
         path = Path(model)
         if not path.is_file():
@@ -219,7 +225,7 @@ class AgeEstimator:
             raise DataError(f"--min-score must be a finite number, got {min_score}")
         if not 0 < interval_level < 1:
             raise DataError(f"--interval-level must be between 0 and 1 (e.g. 0.9), got {interval_level}")
-        if dark_floor is not None and not (plain_number(dark_floor) and 0 <= dark_floor < 255):
+        if dark_floor is not None and not is_luma(dark_floor):
             raise DataError(f"--dark-floor must be a luma from 0 (off) to under 255, got {dark_floor!r}")
         self._forward, self.metadata = read_export(path, threads, device, trust_code)
         self.path, self.device = path, device
@@ -235,7 +241,7 @@ class AgeEstimator:
         self._interval_bands = None if self.interval is None else interval_bands(self.interval, interval_level)
         self.min_face, self.min_score = int(min_face), min_score
         recorded = self.metadata.get("dark_floor")
-        if dark_floor is None and recorded is not None and not (plain_number(recorded) and 0 <= recorded < 255):
+        if dark_floor is None and recorded is not None and not is_luma(recorded):
             raise DataError(f"{path}: its metadata's dark_floor ({recorded!r}) is no luma from 0 to under 255; "
                             "pass --dark-floor or re-export the model with train.py")
         self.dark_floor = float(dark_floor if dark_floor is not None else
@@ -468,9 +474,6 @@ def _rgb_and_shrink(image) -> tuple[np.ndarray, int]:
     if isinstance(image, (str, os.PathLike)):
         return _read_image(image)
     return big_enough(_array_rgb(image), "an image array"), 1
-
-
-EXIF_ORIENTATION, EXIF_IFD, EXIF_WIDTH, EXIF_HEIGHT = 0x0112, 0x8769, 0xA002, 0xA003
 
 
 def without_stale_orientation(image):
@@ -813,18 +816,19 @@ def earlier_predictions(folder, args) -> tuple[list, list]:
                         "replace (the same file name); pass another output folder")
     # IMG_1.HEIC and IMG_1.JPG both write IMG_1_age.jpg: refused as a video of another's stem is (an entry from
     # before "annotated" was kept: the default name)
-    drawn = annotated_name(me["name"]).lower()
-    clash = [i for i in inputs if i.get("kind") == "image" and not same_input(me, i)
-             and str(i.get("annotated") or annotated_name(str(i.get("name")))).lower() == drawn]
-    if me["kind"] == "image" and clash and not args.output:
-        raise DataError(f"{what} {folder} holds the annotated copy of {clash[0].get('path')} ("
-                        f"{annotated_name(me['name'])}), which this run would replace; pass another output folder")
+    if me["kind"] == "image" and not args.output:
+        clash = [i for i in inputs if i.get("kind") == "image" and not same_input(me, i)
+                 and str(i.get("annotated") or annotated_name(str(i.get("name")))).lower() == me["annotated"].lower()]
+        if clash:
+            raise DataError(f"{what} {folder} holds the annotated copy of {clash[0].get('path')} ({me['annotated']}), "
+                            "which this run would replace; pass another output folder")
     if me["kind"] == "folder":
         # its own earlier run: replaced whole, unless this run stops early (Recorder.finish); a video's outputs
         # beside it stay named
         return rows, videos
     # one more image into a folder of images: the other images' rows stay, this image's are replaced
-    return [r for r in rows if r["file"].lower() != me["name"].lower()], [i for i in inputs if not same_input(me, i)]
+    # (Recorder.finish: _stays)
+    return rows, [i for i in inputs if not same_input(me, i)]
 
 
 def manifest_inputs(folder) -> list | None:
@@ -1187,13 +1191,14 @@ def _folder_images(in_dir):
     return images, odd
 
 
-def _annotate_file(estimator, path, out_dir, crops, recorder, stem) -> bool | str:
-    """One image of --input-dir: True, or (with a warning) False where it cannot be read, "output refused"
+def _annotate_file(estimator, path, target, crops, recorder, stem) -> bool | str:
+    """One image of --input-dir (its annotated copy: target): True, or (with a warning) False where it cannot be
+    read, "output refused"
     where the file system refuses its outputs' names (too long, a character it does not take): one such image
     never costs the run its predictions.csv. A full or read-only disk stops the run (every image would fail)."""
     try:
         rgb, shrink = _read_image(path)
-        recorder.add(process_image(estimator, path, rgb, out_dir / annotated_name(path, stem), crops, stem, shrink))
+        recorder.add(process_image(estimator, path, rgb, target, crops, stem, shrink))
     except ReaderGone as gone:
         if gone.args:
             recorder.add(gone.args[0])
@@ -1235,11 +1240,12 @@ def run_folder(args, estimator, json_stream=None):
         refused = 0
         for path in images:
             # the photo in hand and its annotated copy's state before: a stop may come after a new copy is written
-            current = path, _file_state(out_dir / annotated_name(path, stems[path]))
-            done = _annotate_file(estimator, path, out_dir, crops, recorder, stems[path])
+            target = out_dir / annotated_name(path, stems[path])
+            current = path, target, _file_state(target)
+            done = _annotate_file(estimator, path, target, crops, recorder, stems[path])
             if done is not True:
                 # skipped after its new copy was written (its crops' names refused, say): no earlier row stays for it
-                redrawn |= _file_state(out_dir / annotated_name(path, stems[path])) != current[1]
+                redrawn |= _file_state(target) != current[2]
                 skipped.append(path.name)
                 refused += done == "output refused"
                 # a cause every file shares that looks like one file's (EINVAL from a mount refusing fsync):
@@ -1253,7 +1259,7 @@ def run_folder(args, estimator, json_stream=None):
             # a run stopped before its first image leaves an earlier run's outputs as they were; one stopped later
             # keeps the earlier predictions of the files it did not reach (ReaderGone's photo is among the rows)
             reached = set(skipped) | {row["file"] for row in recorder.rows}
-            if current is not None and _file_state(out_dir / annotated_name(current[0], stems[current[0]])) != current[1]:
+            if current is not None and _file_state(current[1]) != current[2]:
                 reached.add(current[0].name)  # stopped after its new drawing: the earlier row's age would not match it
                 redrawn = True
             where = (", ".join(recorder.finish(reached).values()) or "stdout") if recorder.counts["images"] or redrawn \
@@ -1496,7 +1502,7 @@ def check_flags(args):
                         "is the face): leave one out")
     if args.save_crops and args.video:
         raise DataError("--save-crops is for --image and --input-dir")
-    if args.trust_model and Path(args.model).suffix.lower() == ".onnx":
+    if args.trust_model and is_onnx(args.model):
         raise DataError(f"--trust-model is for a model.jit (TorchScript runs code from the file); ONNX Runtime runs "
                         f"none from {args.model}: leave --trust-model out")
     # a flag that would do nothing is refused, not ignored
@@ -1531,7 +1537,7 @@ def main(args):
     check_flags(args)
     json_stream = sys.stdout if args.json == "-" else None  # --json -: stdout is for the JSON lines alone
     with contextlib.redirect_stdout(sys.stderr) if json_stream else contextlib.nullcontext():
-        level = DEFAULT_INTERVAL_LEVEL if args.interval_level is None else args.interval_level
+        level = INTERVAL_LEVEL if args.interval_level is None else args.interval_level
         estimator = AgeEstimator(args.model, args.detector, args.whole_image, args.threads, min_face=args.min_face,
                                  min_score=args.min_score, device=args.device, interval_level=level,
                                  trust_code=args.trust_model, dark_floor=args.dark_floor)

@@ -29,7 +29,8 @@ from custom_dataset import (MAX_DENOISE_STRENGTH, AugmentConfig, DataError, Prep
                             dark_floor_of)
 from checkpoints import (export_best, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint,
                          weights_digest)
-from functions import (LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside, Distributed,
+from functions import (INTERVAL_LEVEL, LABEL_SIGMA, NonFiniteLossError, atomic_write, folder_lock, same_or_inside,
+                       Distributed,
                        gaussian_targets,
                        apply_age_map, broadcast_buffers, calibrate_ages, configure_threads, evaluate, evaluate_sharded,
                        face_grid_figure, forwarding_ddp, group_metrics, interval_metrics, metrics_of_predictions,
@@ -182,7 +183,7 @@ def get_args_parser():
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: all cores, divided among a node's torchrun processes)")
     add_cache_workers_arg(g)
-    g.add_argument("--interval-level", type=float, default=0.9,
+    g.add_argument("--interval-level", type=float, default=INTERVAL_LEVEL,
                    help="coverage of the age interval reported on the test split (the calibration on the "
                         "validation split travels in best.pt and every export; inference picks its own level)")
     g.add_argument("--age-map", choices=("auto", "off"), default="auto",
@@ -958,8 +959,9 @@ def train_run(args, dist_ctx: Distributed):
     if checkpoint is None:
         cfg.mean, cfg.std = channel_stats(train_set.images)
     # inference.py brightens a face darker than this before the model sees it: the floor of this model's own faces
-    # (a checkpoint from before it was kept: measured on the same images now, and given to its best.pt by finish)
-    dark_floor = (checkpoint or {}).get("dark_floor") or dark_floor_of(train_set.images)
+    # (a checkpoint from before it was kept: measured on the same images now, and given to its best.pt by finish);
+    # rank 0 alone, which alone saves and exports
+    dark_floor = ((checkpoint or {}).get("dark_floor") or dark_floor_of(train_set.images)) if dist_ctx.is_main else None
     mean, std = torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device)
     model, (min_age, max_age) = build_model_for(args, checkpoint, train_set.ages, device)
     # rank 0 predicts the table (or finds it kept from these teachers) and keeps it as RUN/teacher.npz; the

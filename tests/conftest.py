@@ -165,6 +165,17 @@ def paste_face():
     return paste
 
 
+def small_face_beside_a_large_dim_one(chips):
+    """A 640 x 480 scene: a 200 px face (chips[7]) in a dim left part, which only the contrast pass finds, and a
+    72 px face (chips[2]) that the first pass finds (the cascade's size-filter tests)."""
+    import cv2
+    import numpy as np
+    scene, _ = paste(chips[7], 200, at=(0.3, 0.5))
+    scene[:, :380] = np.clip(scene[:, :380] * 0.22, 0, 255).astype(np.uint8)
+    scene[200:272, 480:552] = cv2.resize(chips[2], (72, 72), interpolation=cv2.INTER_AREA)
+    return scene
+
+
 # ----------------------------------------------------------------------------------------------
 # Generated faces in scenes (inference tests)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import benchmark
+import custom_dataset
 import train
 from conftest import REPO, constant_model
 from custom_dataset import DataError
@@ -1386,6 +1387,19 @@ def test_ship_puts_the_runs_exports_and_their_card_in_place_together(tmp_path, m
     with pytest.raises(UnicodeEncodeError):
         benchmark.ship(args, tmp_path / "work", results)
     assert (shipped.parent / "age_model.onnx").read_bytes() == b"new model.onnx"
+    # the card encodes, but the disk refuses it once the models are staged: none of the three is replaced
+    monkeypatch.setattr(benchmark, "model_card", lambda *a, **k: "a newer card\n")
+    staged = custom_dataset._write_staged
+
+    def full_at_the_card(path, write):
+        if path.name == "README.md":
+            raise OSError(28, "No space left on device")
+        return staged(path, write)
+    monkeypatch.setattr(custom_dataset, "_write_staged", full_at_the_card)
+    with pytest.raises(OSError):
+        benchmark.ship(args, tmp_path / "work", results)
+    assert (shipped.parent / "age_model.onnx").read_bytes() == b"new model.onnx"
+    assert (shipped.parent / "README.md").read_bytes() == b"the card\n"
 
 
 def test_the_zooms_of_a_shipped_run_trained_again_since_are_not_chosen(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import faces
+from conftest import small_face_beside_a_large_dim_one
 from custom_dataset import DataError
 
 cv2.setNumThreads(1)
@@ -317,13 +318,11 @@ def test_a_sideways_face_is_not_hidden_by_a_weak_box_of_the_upright_fallback(utk
         assert pipe.detect(scene)[0].source not in ("hog_rotated-90", "hog_rotated+90")
 
 
-def test_a_box_the_caller_drops_does_not_stop_the_passes_that_find_the_face(utkface_chips, paste_face):
+def test_a_box_the_caller_drops_does_not_stop_the_passes_that_find_the_face(utkface_chips):
     """A small face the first pass finds and a large dim one only the contrast pass finds: where the caller drops
     faces under 120 px (inference.py's --min-face), the small box must not end the cascade, as if a face had been
     found, leaving none at all; a box dropped for its score (--min-score) ends it."""
-    scene, _ = paste_face(utkface_chips[7], 200, at=(0.3, 0.5))
-    scene[:, :380] = np.clip(scene[:, :380] * 0.22, 0, 255).astype(np.uint8)
-    scene[200:272, 480:552] = cv2.resize(utkface_chips[2], (72, 72), interpolation=cv2.INTER_AREA)
+    scene = small_face_beside_a_large_dim_one(utkface_chips)
     pipe = faces.FacePipeline(detector="auto")
     assert [f.source for f in pipe.detect(scene)] == ["hog"]  # the small face alone: the fallback never ran
     small = lambda face: face.box[2] < 120

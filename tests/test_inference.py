@@ -11,7 +11,8 @@ import torch
 import demo_data
 import faces as face_pipeline
 import inference
-from conftest import assert_one_line_error, constant_model, detectable_faces, run_script, scene, write_rgb
+from conftest import (assert_one_line_error, constant_model, detectable_faces, run_script, scene,
+                      small_face_beside_a_large_dim_one, write_rgb)
 from custom_dataset import DataError
 
 torch.set_num_threads(1)  # the machine is shared; these models are tiny
@@ -567,13 +568,11 @@ def test_a_model_whose_pixels_another_preprocessing_version_made_is_noted(tmp_pa
     assert note({"preprocess_version": PREPROCESS_VERSION}) == note(None) == ""
 
 
-def test_a_face_under_min_face_does_not_hide_a_larger_dim_one(utkface_chips, paste_face, tmp_path):
+def test_a_face_under_min_face_does_not_hide_a_larger_dim_one(utkface_chips, tmp_path):
     """inference.py's --min-face is a size filter the detector's cascade knows: a 72 px face the first pass finds
     under --min-face 120 lets the contrast pass find the dim 200 px face, and is reported as dropped; with
     --min-score the first pass's face, dropped, ends the search."""
-    scene, _ = paste_face(utkface_chips[7], 200, at=(0.3, 0.5))
-    scene[:, :380] = np.clip(scene[:, :380] * 0.22, 0, 255).astype(np.uint8)
-    scene[200:272, 480:552] = cv2.resize(utkface_chips[2], (72, 72), interpolation=cv2.INTER_AREA)
+    scene = small_face_beside_a_large_dim_one(utkface_chips)
     model = constant_model(tmp_path / "m.onnx")
     found, dropped = inference.AgeEstimator(model, detector="auto", min_face=120).detect(scene)
     assert [f.source for f in found] == ["hog_contrast"] and [r for _, r in dropped] == ["min_face"]

@@ -11,18 +11,9 @@ import numpy as np
 import pytest
 
 import inference
-from conftest import assert_one_line_error, constant_model, detectable_faces, read_rows, run_script, scene, write_rgb
+from conftest import assert_one_line_error, constant_model, read_rows, run_script, scene, write_rgb
 from custom_dataset import DataError
-from test_inference_cli import stopping_at_b
-
-
-@pytest.fixture(scope="module")
-def faces():
-    return detectable_faces(2)
-
-
-def run_main(argv):
-    return inference.main(inference.get_args_parser().parse_args([*argv, "--threads", "1"]))
+from test_inference_cli import faces, run_main, stopping_at_b  # noqa: F401 (faces: the fixture, shared)
 
 
 def files_and_ages(rows):
@@ -228,7 +219,7 @@ def test_onnx_runtime_out_of_memory_on_a_crowd_photo_skips_that_photo(faces, tmp
     write_rgb(in_dir / "crowd.png", scene(faces))
     write_rgb(in_dir / "one.png", scene(faces[:1]))
     result = run_main(["--model", str(constant_model(tmp_path / "m.onnx")), "--input-dir", str(in_dir),
-                       "--output-dir", str(tmp_path / "out"), "--detector", "haar"])
+                       "--output-dir", str(tmp_path / "out")])
     assert result["images"] == 1 and result["skipped"] == 1
     assert "skipping crowd.png: MemoryError: Failed to allocate memory" in capsys.readouterr().err
     assert [r["file"] for r in read_rows(tmp_path / "out" / "predictions.csv")[1]] == ["one.png"]
